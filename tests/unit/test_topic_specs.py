@@ -1,0 +1,92 @@
+"""Topic specs are data: malformed files get an error naming the file and the field."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eventjobs.topics import PRIORITIES, TopicNames, TopicSpecError, load_spec, load_specs, retention_ms
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_specs_load_and_name_every_topic() -> None:
+    names = TopicNames("shop", load_specs(ROOT / "topics"))
+    assert names.events == "shop.events"
+    assert names.job_state == "shop.job-state"
+    assert names.timers == "shop.timers"
+    assert names.dead_letters == "shop.dead-letters"
+    assert names.quarantine == "shop.quarantine"
+    assert names.ready("emails", "critical") == "shop.ready.emails.critical"
+    planned = [name for name, _ in names.planned(["emails"])]
+    assert len(planned) == 5 + len(PRIORITIES)
+    assert len(set(planned)) == len(planned)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("30d", 2_592_000_000), ("12h", 43_200_000), ("15m", 900_000), ("90s", 90_000), ("500ms", 500),
+     ("forever", -1), (1234, 1234)],
+)
+def test_retention_units(text: str | int, expected: int) -> None:
+    assert retention_ms(text) == expected
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "events.yaml"
+    path.write_text(body)
+    return path
+
+
+GOOD = """name: "{namespace}.events"
+purpose: test
+partitions: 3
+replication_factor: 1
+cleanup_policy: delete
+retention: 7d
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("partitions: 3", "partitions: 0"), "field 'partitions': Input should be greater than 0 (got 0)"),
+        (("partitions: 3", "partitions: many"), "field 'partitions': Input should be a valid integer"),
+        (("cleanup_policy: delete", "cleanup_policy: shred"), "field 'cleanup_policy'"),
+        (("retention: 7d", "retention: 7 weeks"), "field 'retention': Value error, '7 weeks' is not a duration"),
+        (('"{namespace}.events"', '"{namespace}.{tenant}"'), "unknown placeholder(s) ['tenant']"),
+        (("purpose: test\n", ""), "field 'purpose': Field required"),
+        (("retention: 7d", "retention: 7d\ncolour: red"), "field 'colour': Extra inputs are not permitted"),
+    ],
+)
+def test_malformed_spec_names_file_and_field(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    path = _write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(TopicSpecError) as error:
+        load_spec(path)
+    assert str(error.value).startswith(f"{path}: ")
+    assert message in str(error.value)
+
+
+def test_invalid_yaml_and_wrong_shape(tmp_path: Path) -> None:
+    with pytest.raises(TopicSpecError, match="not valid YAML"):
+        load_spec(_write(tmp_path, "name: [unclosed"))
+    with pytest.raises(TopicSpecError, match="expected a mapping of fields"):
+        load_spec(_write(tmp_path, "- just\n- a list\n"))
+
+
+def test_cli_reports_bad_spec_without_traceback(tmp_path: Path) -> None:
+    for source in (ROOT / "topics").glob("*.yaml"):
+        (tmp_path / source.name).write_text(source.read_text())
+    (tmp_path / "timers.yaml").write_text(GOOD.replace("partitions: 3", "partitions: -2"))
+    result = subprocess.run(
+        [sys.executable, "-m", "eventjobs.cli", "topics", "apply"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "EVENTJOBS_TOPICS_DIR": str(tmp_path), "COLUMNS": "300"},
+    )
+    assert result.returncode == 1
+    assert f"{tmp_path / 'timers.yaml'}: field 'partitions'" in result.stderr
+    assert "Traceback" not in result.stderr
