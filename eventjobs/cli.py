@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from eventjobs.cli_readside import register as register_readside
 from eventjobs.dev.broker import DevStackError, LocalKafka
 from eventjobs.settings import Settings, load_settings
 from eventjobs.topic_admin import KafkaUnavailable, apply_topics, list_topics
@@ -26,6 +27,7 @@ dev_app = typer.Typer(help="A local single-node Kafka broker for development and
 topics_app = typer.Typer(help="Topics from topics/*.yaml: apply and inspect.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
 app.add_typer(topics_app, name="topics")
+register_readside(app)
 
 out = Console()
 err = Console(stderr=True)
