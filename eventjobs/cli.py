@@ -17,9 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from eventjobs.cli_readside import register as register_readside
+from eventjobs.cli_runtime import AppLoadError
+from eventjobs.cli_runtime import register as register_runtime
 from eventjobs.dev.broker import DevStackError, LocalKafka
 from eventjobs.settings import Settings, load_settings
-from eventjobs.topic_admin import KafkaUnavailable, apply_topics, list_topics
+from eventjobs.app import InvalidJobArguments, NotInDeadLetters, PayloadTooLarge
+from eventjobs.core.options import InvalidJobOptions
+from eventjobs.registry import UnknownJob
+from eventjobs.topic_admin import KafkaUnavailable, TopicLayoutError, apply_topics, list_topics
 from eventjobs.topics import TopicSpecError
 
 app = typer.Typer(help="Event-sourced background jobs over Apache Kafka.", no_args_is_help=True)
@@ -27,6 +32,7 @@ dev_app = typer.Typer(help="A local single-node Kafka broker for development and
 topics_app = typer.Typer(help="Topics from topics/*.yaml: apply and inspect.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
 app.add_typer(topics_app, name="topics")
+register_runtime(app)
 register_readside(app)
 
 out = Console()
@@ -167,7 +173,10 @@ def demo(
 
 
 # Errors the user can act on: printed as one clear message, no traceback, exit code 1.
-USER_ERRORS: tuple[type[BaseException], ...] = (DevStackError, KafkaUnavailable, TopicSpecError, ValidationError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    DevStackError, KafkaUnavailable, TopicSpecError, TopicLayoutError, ValidationError, AppLoadError, UnknownJob,
+    InvalidJobOptions, InvalidJobArguments, PayloadTooLarge, NotInDeadLetters,
+)
 
 
 def _configure_logging() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
 
@@ -69,3 +71,50 @@ def consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaCons
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+async def read_to_end(
+    settings: Settings, partitions: list[TopicPartition], *, timeout_s: float = 120.0
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every committed record of `partitions` from the beginning up to their current end.
+
+    Used to restore state from compacted topics (the processor's changelog, the dead-letter
+    list). The end is taken once at the start; transaction markers count as offsets, so the
+    loop compares positions, not record counts.
+    """
+    reader = consumer(settings, group_id=None)
+    await reader.start()
+    try:
+        reader.assign(partitions)
+        ends = await reader.end_offsets(partitions)
+        await reader.seek_to_beginning(*partitions)
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while remaining:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"reading {sorted(map(str, remaining))} to the end took over {timeout_s:.0f} s")
+            batch = await reader.getmany(*remaining, timeout_ms=200, max_records=10_000)
+            for records in batch.values():
+                for record in records:
+                    yield record
+            for tp in list(remaining):
+                if await reader.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await reader.stop()
+
+
+async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
+    """The partitions of `topic` (empty when it does not exist)."""
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(topic, p["partition"])
+        for t in described
+        if t["topic"] == topic and not t.get("error_code")
+        for p in sorted(t["partitions"], key=lambda p: p["partition"])
+    ]

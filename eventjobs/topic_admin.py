@@ -175,3 +175,59 @@ async def list_topics(settings: Settings, queues: list[str] | None = None) -> li
         return [(name, spec, live.get(name)) for name, spec in planned]
     finally:
         await admin.close()
+
+
+class TopicLayoutError(RuntimeError):
+    """Topics exist but do not fit together (missing, or not co-partitioned)."""
+
+
+async def check_layout(settings: Settings) -> int:
+    """The event log, the state changelog and the timers must exist with one partition count.
+
+    The processor writes a job's state and timers to the partition number of the job's events;
+    with different counts a job's records would land on different owners. Returns the count.
+    """
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    wanted = [names.events, names.job_state, names.timers, names.dead_letters, names.quarantine]
+    admin = await _connect(settings)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            raise TopicLayoutError(
+                f"topics {missing} do not exist; create them with `eventjobs topics apply --namespace {settings.namespace}`"
+            )
+        counts = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(wanted[:3])}
+    finally:
+        await admin.close()
+    if len(set(counts.values())) != 1:
+        raise TopicLayoutError(
+            f"{names.events}, {names.job_state} and {names.timers} must have the same number of partitions, "
+            f"found {counts}"
+        )
+    return counts[names.events]
+
+
+async def ensure_ready_topics(settings: Settings, routes: list[str]) -> list[str]:
+    """Create the ready topics (every priority) of these queue routes if they are missing."""
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    spec = names.specs["ready"].spec
+    admin = await _connect(settings)
+    try:
+        existing = set(await admin.list_topics())
+        brokers = await _broker_count(admin)
+        replication = min(spec.replication_factor, brokers)
+        wanted = [name for name, _ in names.planned(routes) if name.startswith(f"{settings.namespace}.ready.")]
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(name, spec.partitions, replication, topic_configs=effective_configs(spec, replication))
+                 for name in missing]
+            )
+            for topic_name, error_code, *rest in response.topic_errors:
+                if error_code and error_code != 36:
+                    raise for_code(error_code)(f"creating topic {topic_name}: {rest[0] if rest else ''}")
+            await wait_for_topics(admin, missing)
+        return wanted
+    finally:
+        await admin.close()

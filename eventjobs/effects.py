@@ -1,0 +1,134 @@
+"""What the processor must write after applying one event: a pure function of before and after.
+
+`apply` decides how a job's state changes; this module turns that change into records for the
+other topics: the changelog write, a ready record when an attempt may run, timers to arm or
+cancel, and the dead-letter entry. Keeping it pure (no Kafka here) means the processor loop only
+moves bytes, and the rules can be tested without a broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from eventjobs.core.events import JobEvent
+from eventjobs.core.fold import Decision
+from eventjobs.core.state import JobState, JobStatus
+from eventjobs.records import DeadLetterRecord, ReadyRecord, TimerKind, TimerRecord, timer_key
+
+_ACTIVE = (JobStatus.CLAIMED, JobStatus.RUNNING)
+
+
+@dataclass
+class Effects:
+    """Everything one batch must write, besides the consumed offsets."""
+
+    states: dict[str, JobState] = field(default_factory=dict)  # job id -> latest state (changelog)
+    events: list[JobEvent] = field(default_factory=list)  # derived events, back to the event log
+    ready: list[ReadyRecord] = field(default_factory=list)
+    timers: dict[bytes, TimerRecord | None] = field(default_factory=dict)  # None: tombstone
+    dead_letters: dict[str, DeadLetterRecord | None] = field(default_factory=dict)  # None: tombstone
+
+    def __len__(self) -> int:
+        return len(self.states) + len(self.events) + len(self.ready) + len(self.timers) + len(self.dead_letters)
+
+
+def _arm(effects: Effects, job_id: str, kind: TimerKind, attempt: int, due_at: datetime) -> None:
+    record = TimerRecord(job_id=job_id, kind=kind, attempt=attempt, due_at=due_at)
+    effects.timers[record.key] = record
+
+
+def _cancel(effects: Effects, job_id: str, kind: TimerKind) -> None:
+    effects.timers[timer_key(job_id, kind)] = None
+
+
+def ready_record(state: JobState, now: datetime) -> ReadyRecord:
+    return ReadyRecord(
+        job_id=state.job_id,
+        attempt=state.attempt,
+        name=state.name,
+        queue=state.queue,
+        priority=state.priority,
+        args=state.args,
+        options=state.options,
+        enqueued_at=state.enqueued_at,
+        ready_at=now,
+        parent_job_id=state.parent_job_id,
+    )
+
+
+def dead_letter_record(state: JobState) -> DeadLetterRecord:
+    error = state.last_error
+    return DeadLetterRecord(
+        job_id=state.job_id,
+        name=state.name,
+        queue=state.queue,
+        reason=state.reason or "",
+        error_type=error.error_type if error else "",
+        message=error.message if error else "",
+        traceback=error.traceback if error else "",
+        attempts=state.attempts_started,
+        dead_letter_event_id=state.dead_letter_event_id or "",
+        dead_lettered_at=state.finished_at or state.updated_at,
+    )
+
+
+def collect(effects: Effects, before: JobState | None, decision: Decision, event: JobEvent) -> None:
+    """Add to `effects` what applying `event` (giving `decision`) requires beyond the state."""
+    after = decision.state
+    effects.events.extend(decision.derived)
+    if after is None:
+        return
+    if decision.rejected is not None or after is before:
+        _heal_stale_lease(effects, after, event, decision)
+        return
+    effects.states[after.job_id] = after
+    now = event.occurred_at
+    was = before.status if before is not None else None
+    status = after.status
+
+    if status is JobStatus.PENDING and (was is not JobStatus.PENDING or before is None or before.attempt != after.attempt):
+        effects.ready.append(ready_record(after, now))
+    if status is JobStatus.SCHEDULED and was is not JobStatus.SCHEDULED and after.next_due_at is not None:
+        _arm(effects, after.job_id, "run_at", after.attempt, after.next_due_at)
+    if status is JobStatus.RETRYING and was is not JobStatus.RETRYING and after.next_due_at is not None:
+        _arm(effects, after.job_id, "retry", after.attempt, after.next_due_at)
+    if after.expires_at is not None and (before is None or before.expires_at != after.expires_at):
+        _arm(effects, after.job_id, "ttl", after.attempt, after.expires_at)
+
+    if status in _ACTIVE:
+        if after.lease_deadline is not None and (before is None or before.lease_deadline != after.lease_deadline):
+            _arm(effects, after.job_id, "lease", after.attempt, after.lease_deadline)
+        if was not in _ACTIVE and before is not None and before.expires_at is not None:
+            _cancel(effects, after.job_id, "ttl")  # started in time: the TTL no longer applies
+    elif was in _ACTIVE:
+        _cancel(effects, after.job_id, "lease")
+
+    if after.is_terminal and was is not None and was is not status:
+        if was is JobStatus.SCHEDULED:
+            _cancel(effects, after.job_id, "run_at")
+        elif was is JobStatus.RETRYING:
+            _cancel(effects, after.job_id, "retry")
+        if before is not None and before.expires_at is not None and was not in _ACTIVE:
+            _cancel(effects, after.job_id, "ttl")
+
+    if status is JobStatus.DEAD_LETTERED and was is not JobStatus.DEAD_LETTERED:
+        effects.dead_letters[after.job_id] = dead_letter_record(after)
+    elif was is JobStatus.DEAD_LETTERED and status is not JobStatus.DEAD_LETTERED:
+        effects.dead_letters[after.job_id] = None
+
+
+def _heal_stale_lease(effects: Effects, state: JobState, event: JobEvent, decision: Decision) -> None:
+    """A lease timer that fired after a heartbeat extended the lease: arm the current deadline again.
+
+    The timer service tombstones what it fires, which may have removed the extended lease timer
+    written just before; re-arming here keeps a lease timer for every running attempt.
+    """
+    if (
+        event.type == "lease_expired"
+        and decision.rejected is not None
+        and state.status in _ACTIVE
+        and state.lease_deadline is not None
+        and getattr(event, "attempt", None) == state.attempt
+    ):
+        _arm(effects, state.job_id, "lease", state.attempt, state.lease_deadline)

@@ -1,0 +1,97 @@
+"""Records the processor writes besides events: ready work, timers and dead letters.
+
+These are derived data, never the truth (the event log is): a ready record tells a worker which
+attempt of which job to run, a timer record tells the timer service what to fire when, and a
+dead-letter record lists a job an operator may retry or discard. Each carries just enough to act
+without looking anything up.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from eventjobs.core.options import JobOptionsSpec, Priority
+
+TimerKind = Literal["run_at", "retry", "lease", "ttl"]
+TIMER_KINDS: tuple[TimerKind, ...] = ("run_at", "retry", "lease", "ttl")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class ReadyRecord(_Record):
+    """Attempt `attempt` of job `job_id` may run now (on the ready topic of its queue and priority)."""
+
+    job_id: str
+    attempt: int
+    name: str
+    queue: str
+    priority: Priority
+    args: dict[str, Any]
+    options: JobOptionsSpec
+    enqueued_at: datetime
+    ready_at: datetime
+    parent_job_id: str | None = None
+
+    @classmethod
+    def decode(cls, data: bytes) -> ReadyRecord:
+        return cls.model_validate_json(data)
+
+
+class TimerRecord(_Record):
+    """Fire `kind` for `job_id` at `due_at`; the key is `job_id:kind`, so a newer one replaces it."""
+
+    job_id: str
+    kind: TimerKind
+    attempt: int
+    due_at: datetime
+
+    @property
+    def key(self) -> bytes:
+        return timer_key(self.job_id, self.kind)
+
+    @classmethod
+    def decode(cls, data: bytes) -> TimerRecord:
+        return cls.model_validate_json(data)
+
+
+def timer_key(job_id: str, kind: TimerKind) -> bytes:
+    return f"{job_id}:{kind}".encode()
+
+
+class DeadLetterRecord(_Record):
+    """A job in the dead-letter queue; `dead_letter_event_id` is what retry and discard refer to."""
+
+    job_id: str
+    name: str
+    queue: str
+    reason: str
+    error_type: str
+    message: str
+    traceback: str
+    attempts: int
+    dead_letter_event_id: str
+    dead_lettered_at: datetime
+
+    @classmethod
+    def decode(cls, data: bytes) -> DeadLetterRecord:
+        return cls.model_validate_json(data)
+
+
+def capability_route(queue: str, capabilities: tuple[str, ...] | list[str]) -> str:
+    """The ready-topic queue segment for jobs that need `capabilities`.
+
+    Jobs needing capabilities go to their own ready topics, which only workers having all of
+    them subscribe to, so such a job can never be handed to a worker without them.
+    """
+    if not capabilities:
+        return queue
+    caps = sorted({cap.replace(":", "_") for cap in capabilities})
+    return f"{queue}.caps.{'.'.join(caps)}"

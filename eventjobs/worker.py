@@ -1,0 +1,413 @@
+"""The worker: takes ready jobs of its queues, claims them, runs the handlers, reports outcomes.
+
+Per queue (and per capability route, see `records.capability_route`) one consumer in the group
+`<ns>.workers.<route>` reads the four priority topics. Fetched records wait in one bounded
+buffer per priority; a free slot always takes the highest priority first, and a priority whose
+buffer is full has its partitions paused, so a backlog of low jobs never hides a critical one.
+
+A ready record's offset is committed once the claim for it is acknowledged: a worker that dies
+before that leaves the record to another worker; one that dies after it leaves a claimed job
+whose lease expires, and the processor makes it ready again. Execution is at-least-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import os
+import socket
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from eventjobs.app import App
+from eventjobs.context import JobContext
+from eventjobs.core.codec import encode
+from eventjobs.core.events import (
+    AttemptFailedEvent,
+    AttemptStartedEvent,
+    AttemptTimedOutEvent,
+    ClaimedEvent,
+    HeartbeatEvent,
+    JobEvent,
+    ProgressEvent,
+)
+from eventjobs.core.ids import new_event_id
+from eventjobs.core.outcome import outcome_event
+from eventjobs.core.state import decode_state
+from eventjobs.kafka import consumer, partitions_of, producer
+from eventjobs.records import ReadyRecord, capability_route
+from eventjobs.topic_admin import ensure_ready_topics
+from eventjobs.topics import PRIORITIES
+
+log = logging.getLogger("eventjobs.worker")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def capability_subsets(capabilities: list[str]) -> list[tuple[str, ...]]:
+    """Every subset of the worker's capabilities: it may run jobs needing any of them."""
+    caps = sorted(set(capabilities))
+    return [combo for size in range(len(caps) + 1) for combo in itertools.combinations(caps, size)]
+
+
+@dataclass
+class _Offsets:
+    """Which fetched offsets of one partition are not yet safe to commit."""
+
+    outstanding: set[int] = field(default_factory=set)
+    next_offset: int = -1
+
+    def committable(self) -> int:
+        return min(self.outstanding) if self.outstanding else self.next_offset
+
+
+@dataclass
+class _Item:
+    source: AIOKafkaConsumer
+    record: ConsumerRecord[bytes, bytes]
+
+
+class Worker:
+    """Runs jobs of `queues` with at most `concurrency` at once."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int = 10,
+        capabilities: list[str] | None = None,
+        worker_id: str | None = None,
+        lease_s: float = 30.0,
+        grace_s: float = 30.0,
+        prefetch: int | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.app = app
+        self.settings = app.settings
+        self.queues = queues or sorted({d.options.queue for d in app.jobs.values()} or {"default"})
+        self.concurrency = concurrency
+        self.capabilities = sorted(set(capabilities or []))
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.actor = f"worker:{self.worker_id}"
+        self.lease_s = lease_s
+        self.heartbeat_s = max(lease_s / 3, 0.2)
+        self.grace_s = grace_s
+        self.prefetch = prefetch or max(2 * concurrency, 16)
+        self.buffers: dict[str, deque[_Item]] = {p: deque() for p in PRIORITIES}
+        self.offsets: dict[tuple[int, TopicPartition], _Offsets] = {}
+        self.running: dict[asyncio.Task[None], tuple[ReadyRecord, _Item]] = {}
+        self.cancel_seen: set[str] = set()
+        self.completed = 0
+        self._consumers: list[AIOKafkaConsumer] = []
+        self._paused: set[str] = set()
+        self._sender: AIOKafkaProducer | None = None
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eventjobs-job")
+        self._wakeup = asyncio.Event()
+        self._draining = False
+        self.started = asyncio.Event()
+
+    # -- set-up ----------------------------------------------------------------------------
+    def routes(self) -> list[str]:
+        return [capability_route(q, subset) for q in self.queues for subset in capability_subsets(self.capabilities)]
+
+    async def _start(self) -> None:
+        names = self.app.names
+        routes = self.routes()
+        await ensure_ready_topics(self.settings, routes)
+        self._sender = producer(self.settings, linger_ms=2)
+        await self._sender.start()
+        for route in routes:
+            source = consumer(
+                self.settings,
+                group_id=f"{self.settings.namespace}.workers.{route}",
+                fetch_max_wait_ms=20,
+                max_poll_records=self.prefetch,
+                session_timeout_ms=10_000,
+                heartbeat_interval_ms=2_000,
+            )
+            await source.start()
+            source.subscribe([names.ready(route, priority) for priority in PRIORITIES])
+            self._consumers.append(source)
+
+    # -- the loops -------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._start()
+        fetchers = [asyncio.create_task(self._fetch(source, stop)) for source in self._consumers]
+        committer = asyncio.create_task(self._commit_loop(stop))
+        cancels = asyncio.create_task(self._watch_cancels(stop))
+        self.started.set()
+        log.info("worker %s serving %s with concurrency %d", self.worker_id, ", ".join(self.routes()), self.concurrency)
+        try:
+            await self._dispatch(stop)
+        finally:
+            for task in fetchers:
+                task.cancel()
+            await asyncio.gather(*fetchers, return_exceptions=True)
+            await self._drain()
+            committer.cancel()
+            cancels.cancel()
+            await asyncio.gather(committer, cancels, return_exceptions=True)
+            await self._commit()
+            for source in self._consumers:
+                await source.stop()
+            if self._sender is not None:
+                await self._sender.stop()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _fetch(self, source: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        index = self._consumers.index(source)
+        while not stop.is_set():
+            batch = await source.getmany(timeout_ms=100)
+            for tp, records in batch.items():
+                priority = tp.topic.rsplit(".", 1)[1]
+                state = self.offsets.setdefault((index, tp), _Offsets())
+                for record in records:
+                    state.outstanding.add(record.offset)
+                    state.next_offset = record.offset + 1
+                    self.buffers[priority].append(_Item(source, record))
+            if batch:
+                self._apply_backpressure()
+                self._wakeup.set()
+
+    def _apply_backpressure(self) -> None:
+        for priority, buffer in self.buffers.items():
+            full = len(buffer) >= self.prefetch
+            if full and priority not in self._paused:
+                self._paused.add(priority)
+                self._set_paused(priority, True)
+            elif not full and priority in self._paused and len(buffer) <= self.prefetch // 2:
+                self._paused.discard(priority)
+                self._set_paused(priority, False)
+
+    def _set_paused(self, priority: str, paused: bool) -> None:
+        for source in self._consumers:
+            tps = [tp for tp in source.assignment() if tp.topic.endswith(f".{priority}")]
+            if paused:
+                source.pause(*tps)
+            else:
+                source.resume(*tps)
+
+    def _next_item(self) -> _Item | None:
+        for priority in PRIORITIES:
+            if self.buffers[priority]:
+                return self.buffers[priority].popleft()
+        return None
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                if len(self.running) >= self.concurrency:
+                    await asyncio.wait([stopping, *self.running], return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                item = self._next_item()
+                if item is None:
+                    self._wakeup.clear()
+                    waker = asyncio.ensure_future(self._wakeup.wait())
+                    await asyncio.wait([stopping, waker], return_when=asyncio.FIRST_COMPLETED)
+                    waker.cancel()
+                    continue
+                self._apply_backpressure()
+                self._start_job(item)
+        finally:
+            stopping.cancel()
+
+    def _start_job(self, item: _Item) -> None:
+        try:
+            ready = ReadyRecord.decode(item.record.value)
+        except Exception as error:  # noqa: BLE001 - a broken ready record must not stop the worker
+            log.error("skipping undecodable ready record %s/%d@%d: %s", item.record.topic,
+                      item.record.partition, item.record.offset, error)
+            self._settled(item)
+            return
+        if not set(ready.options.capabilities) <= set(self.capabilities):
+            log.error("job %s needs %s but this worker has %s; not claimed", ready.job_id,
+                      ready.options.capabilities, self.capabilities)
+            self._settled(item)
+            return
+        task = asyncio.create_task(self._run_job(ready, item))
+        self.running[task] = (ready, item)
+        task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self.running.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task failed unexpectedly", exc_info=task.exception())
+
+    def _settled(self, item: _Item) -> None:
+        """The record's claim is durable (or the record is skipped): its offset may be committed."""
+        index = self._consumers.index(item.source)
+        tp = TopicPartition(item.record.topic, item.record.partition)
+        state = self.offsets.get((index, tp))
+        if state is not None:
+            state.outstanding.discard(item.record.offset)
+
+    # -- one job ---------------------------------------------------------------------------
+    async def _send(self, event: JobEvent) -> asyncio.Future[Any]:
+        assert self._sender is not None
+        return await self._sender.send(self.app.names.events, encode(event), key=event.job_id.encode())
+
+    def _envelope(self, ready: ReadyRecord) -> dict[str, Any]:
+        return {"event_id": new_event_id(), "job_id": ready.job_id, "occurred_at": _now(), "actor": self.actor}
+
+    async def _run_job(self, ready: ReadyRecord, item: _Item) -> None:
+        now = _now()
+        lease = timedelta(seconds=max(self.lease_s, 0.5))
+        await self._send(ClaimedEvent(**self._envelope(ready), attempt=ready.attempt, worker_id=self.worker_id,
+                                      lease_deadline=now + lease))
+        started = await self._send(AttemptStartedEvent(**self._envelope(ready), attempt=ready.attempt,
+                                                        worker_id=self.worker_id))
+        started.add_done_callback(lambda _: self._settled(item))
+        heartbeats = asyncio.create_task(self._heartbeat_loop(ready))
+        try:
+            outcome = await self._call(ready)
+        except asyncio.CancelledError:
+            if ready.job_id not in self.cancel_seen or self._draining:
+                raise
+            outcome = AttemptFailedEvent(**self._envelope(ready), attempt=ready.attempt, error_type="Cancelled",
+                                         message="cancel requested while running; stopped at a heartbeat",
+                                         retryable=False)
+        finally:
+            heartbeats.cancel()
+        await self._send(outcome)
+        self.completed += 1
+
+    async def _call(self, ready: ReadyRecord) -> JobEvent:
+        """Run the handler under its timeout; map whatever happens to the attempt's event."""
+        definition = self.app.jobs.get(ready.name)
+        common = {"job_id": ready.job_id, "attempt": ready.attempt, "retry_on": ready.options.retry_on,
+                  "actor": self.actor}
+        if definition is None:
+            known = ", ".join(sorted(self.app.jobs)) or "none"
+            return AttemptFailedEvent(
+                **self._envelope(ready), attempt=ready.attempt, error_type="UnknownJob",
+                message=f"no handler registered for job {ready.name!r} in app {self.app.name!r} (registered: {known})",
+                retryable=False,
+            )
+        ctx = self._context(ready)
+        backoff = definition.options.backoff if callable(definition.options.backoff) else None
+        try:
+            async with asyncio.timeout(ready.options.timeout_s) as deadline:
+                if definition.is_async:
+                    call = definition.handler(ready.args, ctx) if definition.takes_context else definition.handler(ready.args)
+                    result = await call
+                else:
+                    loop = asyncio.get_running_loop()
+                    partial = (functools.partial(definition.handler, ready.args, ctx) if definition.takes_context
+                               else functools.partial(definition.handler, ready.args))
+                    result = await loop.run_in_executor(self._executor, partial)
+        except TimeoutError as error:
+            if deadline.expired():
+                return AttemptTimedOutEvent(**self._envelope(ready), attempt=ready.attempt,
+                                            timeout_s=ready.options.timeout_s)
+            return outcome_event(error, occurred_at=_now(), backoff=backoff, **common)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 - every failure is reported, with its traceback
+            return outcome_event(error, occurred_at=_now(), backoff=backoff, **common)
+        return outcome_event(result, occurred_at=_now(), backoff=backoff, **common)
+
+    def _context(self, ready: ReadyRecord) -> JobContext:
+        async def send_progress(percent: float, message: str) -> None:
+            await self._send(ProgressEvent(**self._envelope(ready), attempt=ready.attempt, percent=percent,
+                                           message=message))
+
+        async def send_heartbeat() -> None:
+            await self._send(HeartbeatEvent(**self._envelope(ready), attempt=ready.attempt,
+                                            lease_deadline=_now() + timedelta(seconds=self.lease_s)))
+
+        async def enqueue_child(name: str, args: dict[str, Any] | None, **options: Any) -> str:
+            return await self.app.enqueue(name, args, **options)
+
+        return JobContext(
+            job_id=ready.job_id, name=ready.name, queue=ready.queue, attempt=ready.attempt,
+            max_attempts=ready.options.max_attempts, send_progress=send_progress, send_heartbeat=send_heartbeat,
+            enqueue_child=enqueue_child, loop=asyncio.get_running_loop(),
+            cancel_requested=lambda: ready.job_id in self.cancel_seen,
+        )
+
+    async def _heartbeat_loop(self, ready: ReadyRecord) -> None:
+        """Extend the lease while the handler runs; stop the handler once a cancel is seen."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if ready.job_id in self.cancel_seen:
+                for task, (running, _) in list(self.running.items()):
+                    if running.job_id == ready.job_id and task is not asyncio.current_task():
+                        task.cancel()
+                return
+            await self._send(HeartbeatEvent(**self._envelope(ready), attempt=ready.attempt,
+                                            lease_deadline=_now() + timedelta(seconds=self.lease_s)))
+
+    # -- cancels of running jobs -----------------------------------------------------------
+    async def _watch_cancels(self, stop: asyncio.Event) -> None:
+        """Tail the state changelog for cancel requests on jobs running here (keys checked first)."""
+        topic = self.app.names.job_state
+        partitions = await partitions_of(self.settings, topic)
+        reader = consumer(self.settings, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=100)
+        await reader.start()
+        try:
+            reader.assign(partitions)
+            await reader.seek_to_end()
+            while not stop.is_set():
+                batch = await reader.getmany(timeout_ms=200)
+                running = {ready.job_id for ready, _ in self.running.values()}
+                for records in batch.values():
+                    for record in records:
+                        job_id = record.key.decode() if record.key else ""
+                        if job_id in running and record.value is not None:
+                            if decode_state(record.value).cancel_requested:
+                                self.cancel_seen.add(job_id)
+        finally:
+            await reader.stop()
+
+    # -- shutdown and commits --------------------------------------------------------------
+    async def _drain(self) -> None:
+        """Let running jobs finish within the grace period; report the rest as interrupted."""
+        self._draining = True
+        for source in self._consumers:
+            source.pause(*source.assignment())
+        if self.running:
+            log.info("waiting up to %.0f s for %d running job(s)", self.grace_s, len(self.running))
+            await asyncio.wait(list(self.running), timeout=self.grace_s)
+        for task, (ready, item) in list(self.running.items()):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await self._send(AttemptFailedEvent(
+                **self._envelope(ready), attempt=ready.attempt, error_type="WorkerShutdown",
+                message=f"worker {self.worker_id} shut down before the job finished (grace {self.grace_s:g} s)",
+                traceback="".join(traceback.format_stack(limit=1)), retryable=True,
+            ))
+        if self._sender is not None:
+            await self._sender.flush()
+
+    async def _commit_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.5)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        for index, source in enumerate(self._consumers):
+            assigned = source.assignment()
+            offsets = {
+                tp: OffsetAndMetadata(state.committable(), "")
+                for (i, tp), state in self.offsets.items()
+                if i == index and tp in assigned and state.committable() >= 0
+            }
+            if offsets:
+                try:
+                    await source.commit(offsets)
+                except Exception as error:  # noqa: BLE001 - a rebalance; the next commit retries
+                    log.debug("offset commit failed: %s", error)
