@@ -1,0 +1,96 @@
+"""In-process runtime for end-to-end tests: the real processor, timer service and worker as tasks
+against the session broker. Tests that kill processes start their own subprocesses instead."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from eventjobs import App
+from eventjobs.core.codec import decode
+from eventjobs.core.events import JobEvent
+from eventjobs.kafka import partitions_of, read_to_end
+from eventjobs.processor import run_processor
+from eventjobs.settings import Settings
+from eventjobs.topic_admin import apply_topics
+from eventjobs.worker import Worker
+from tests.support.jobs_app import build_app
+
+ROOT = Path(__file__).resolve().parents[2]
+QUEUES = ["default", "render"]
+
+
+@dataclass
+class Runtime:
+    app: App
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
+
+    def start_processor(self) -> None:
+        self.tasks.append(asyncio.create_task(run_processor(self.app.settings, self.stop)))
+
+    async def start_worker(self, **options: object) -> Worker:
+        worker = Worker(self.app, queues=options.pop("queues", ["default"]), lease_s=options.pop("lease_s", 5.0),  # type: ignore[arg-type]
+                        **options)  # type: ignore[arg-type]
+        self.workers.append(worker)
+        self.tasks.append(asyncio.create_task(worker.run(self.stop)))
+        await asyncio.wait_for(worker.started.wait(), 30)
+        return worker
+
+    async def close(self) -> None:
+        self.stop.set()
+        results = await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.app.close()
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, errors
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[App]:
+    await apply_topics(settings, QUEUES)
+    application = build_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap)
+    yield application
+    await application.close()
+
+
+@pytest.fixture
+async def runtime(app: App) -> AsyncIterator[Runtime]:
+    rt = Runtime(app)
+    rt.start_processor()
+    yield rt
+    await rt.close()
+
+
+async def job_events(settings: Settings, job_id: str | None = None) -> list[JobEvent]:
+    """Every event on the namespace's log (of one job, if given), in log order per partition."""
+    topic = f"{settings.namespace}.events"
+    events = [decode(r.value) async for r in read_to_end(settings, await partitions_of(settings, topic))]
+    return [e for e in events if job_id is None or e.job_id == job_id]
+
+
+def spawn(args: list[str], settings: Settings, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """An `eventjobs` subprocess of this test's namespace (processor, worker, ...)."""
+    handle = open(log, "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "eventjobs.cli", *args], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
+             "EVENTJOBS_NAMESPACE": settings.namespace, **env},
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
