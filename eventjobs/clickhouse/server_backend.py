@@ -1,0 +1,162 @@
+"""The server backend: a ClickHouse server (or the projector's read API) over HTTP.
+
+clickhouse-connect carries the requests; this module only chooses the database per call, sends
+the same SQL and the same formats as the chdb backend, and turns clickhouse-connect's exceptions
+into the read side's errors. The URL may carry a password: it is never logged or put in an error
+message unredacted (`redact_url`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from eventjobs.clickhouse.backend import (
+    INSERT_SETTINGS,
+    OUTPUT_SETTINGS,
+    BackendKind,
+    Parameters,
+    Result,
+    decode_json_compact,
+    encode_columns,
+    parameter_values,
+    qualified,
+)
+from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseQueryError, ClickHouseUnavailable
+
+_FOR_URL = re.compile(r"\s*\(for url [^)]*\)")
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***` (safe for logs and error messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def url_database(url: str) -> str | None:
+    """The database named in the URL path (`http://host:8123/mydb`), if any."""
+    path = urlsplit(url).path.strip("/")
+    return unquote(path) if path else None
+
+
+class ServerBackend:
+    """ClickHouse over HTTP. One clickhouse-connect client per database (the database is client state)."""
+
+    kind: BackendKind = "server"
+
+    def __init__(self, url: str, database: str = "default", *, connect_timeout_s: float = 5.0,
+                 request_timeout_s: float = 300.0) -> None:
+        self._url = url
+        self.database = url_database(url) or database
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self._clients: dict[str | None, Client] = {}
+        self._lock = threading.Lock()
+        self._client(None)  # fail now, with a clear message, if the server does not answer
+
+    def describe(self) -> str:
+        return f"ClickHouse server at {redact_url(self._url)} (database {self.database})"
+
+    def _client(self, database: str | None) -> Client:
+        with self._lock:
+            client = self._clients.get(database)
+            if client is None:
+                client = self._connect(database)
+                self._clients[database] = client
+            return client
+
+    def _connect(self, database: str | None) -> Client:
+        parts = urlsplit(self._url)
+        dsn = urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
+        try:
+            return clickhouse_connect.get_client(
+                dsn=dsn, database=database or "", connect_timeout=int(max(1, self._connect_timeout_s)),
+                send_receive_timeout=int(self._request_timeout_s), autogenerate_session_id=False,
+                query_retries=0,
+            )
+        except OperationalError as error:
+            raise ClickHouseUnavailable(
+                f"cannot reach ClickHouse at {redact_url(self._url)}: {self._clean(error)}; "
+                f"check EVENTJOBS_CLICKHOUSE_URL and that the server runs"
+            ) from None
+        except DatabaseError as error:
+            raise self._query_error(error) from None
+
+    def _target(self, database: str | None) -> str | None:
+        return self.database if database is None else (database or None)
+
+    def _clean(self, error: Exception) -> str:
+        text = _FOR_URL.sub("", str(error))
+        return text.replace(self._url, redact_url(self._url))
+
+    def _query_error(self, error: DatabaseError) -> ClickHouseError:
+        if isinstance(error, OperationalError) or getattr(error, "code", None) is None and "HTTP" in str(error):
+            return ClickHouseUnavailable(f"ClickHouse at {redact_url(self._url)} failed: {self._clean(error)}")
+        text = self._clean(error)
+        marker = "server response: "
+        if marker in text:
+            text = text.split(marker, 1)[1]
+        wrapped = ClickHouseQueryError.from_engine_message(text)
+        if wrapped.code is None:
+            wrapped.code = getattr(error, "code", None)
+        return wrapped
+
+    def command(self, sql: str, parameters: Parameters | None = None, *, database: str | None = None) -> None:
+        self.raw_query(sql, "TabSeparated", database=self._target(database), parameters=parameter_values(parameters))
+
+    def query(self, sql: str, parameters: Parameters | None = None, *, database: str | None = None) -> Result:
+        body = self.raw_query(sql, "JSONCompact", database=self._target(database),
+                              parameters=parameter_values(parameters), settings=OUTPUT_SETTINGS)
+        return decode_json_compact(body)
+
+    def raw_query(self, sql: str, fmt: str, *, database: str | None, parameters: dict[str, Any] | None = None,
+                  settings: dict[str, str] | None = None) -> bytes:
+        """Run `sql` and return the server's bytes in `fmt`."""
+        client = self._client(database)
+        try:
+            return client.raw_query(sql, parameters=parameters or None, settings=settings or None, fmt=fmt)
+        except DatabaseError as error:
+            raise self._query_error(error) from None
+        except OSError as error:
+            raise ClickHouseUnavailable(f"ClickHouse at {redact_url(self._url)} failed: {error}") from None
+
+    def insert(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]], *,
+               database: str | None = None) -> int:
+        target = self._target(database)
+        body = encode_columns(columns, data)
+        client = self._client(target)
+        try:
+            client.raw_insert(qualified(target, table), list(columns), body, settings=dict(INSERT_SETTINGS),
+                              fmt="JSONCompactColumns")
+        except DatabaseError as error:
+            raise self._query_error(error) from None
+        except OSError as error:
+            raise ClickHouseUnavailable(f"ClickHouse at {redact_url(self._url)} failed: {error}") from None
+        return len(data[0]) if data else 0
+
+    def forget_database(self, database: str) -> None:
+        """Drop the client bound to `database` (after the database was dropped)."""
+        with self._lock:
+            client = self._clients.pop(database, None)
+        if client is not None:
+            client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
