@@ -191,8 +191,7 @@ class App:
         """The latest state the changelog has shown for the job (after `wait` started watching)."""
         if self._watcher is None:
             self._watcher = StateWatcher(self.settings, self.names.job_state)
-        await self._watcher.start()
-        return self._watcher.states.get(job_id)
+        return await self._watcher.latest(job_id)
 
     async def cancel(self, job_id: str, reason: str = "cancelled by request") -> None:
         """Ask to cancel: pending, scheduled and retrying jobs stop at once; a running one at its end."""

@@ -26,6 +26,7 @@ class Effects:
     states: dict[str, JobState] = field(default_factory=dict)  # job id -> latest state (changelog)
     events: list[JobEvent] = field(default_factory=list)  # derived events, back to the event log
     ready: list[ReadyRecord] = field(default_factory=list)
+    revoked: list[ReadyRecord] = field(default_factory=list)  # published ready records no longer valid
     timers: dict[bytes, TimerRecord | None] = field(default_factory=dict)  # None: tombstone
     dead_letters: dict[str, DeadLetterRecord | None] = field(default_factory=dict)  # None: tombstone
 
@@ -89,6 +90,9 @@ def collect(effects: Effects, before: JobState | None, decision: Decision, event
 
     if status is JobStatus.PENDING and (was is not JobStatus.PENDING or before is None or before.attempt != after.attempt):
         effects.ready.append(ready_record(after, now))
+    if was is JobStatus.PENDING and status is not JobStatus.PENDING and event.type != "claimed" and before is not None:
+        # cancelled or expired while its ready record waits for a worker: tell the workers
+        effects.revoked.append(ready_record(before, now))
     if status is JobStatus.SCHEDULED and was is not JobStatus.SCHEDULED and after.next_due_at is not None:
         _arm(effects, after.job_id, "run_at", after.attempt, after.next_due_at)
     if status is JobStatus.RETRYING and was is not JobStatus.RETRYING and after.next_due_at is not None:

@@ -160,7 +160,7 @@ class LifecycleProcessor:
             self.settings,
             group_id=self.group_id,
             max_poll_records=self.max_batch,
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=500,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
             max_poll_interval_ms=120_000,
@@ -217,6 +217,9 @@ class LifecycleProcessor:
         for ready in effects.ready:
             topic = names.ready(capability_route(ready.queue, ready.options.capabilities), ready.priority.value)
             await txn.send(topic, ready.encode(), key=ready.job_id.encode())
+        for revoked in effects.revoked:
+            topic = names.ready(capability_route(revoked.queue, revoked.options.capabilities), revoked.priority.value)
+            await txn.send(topic, None, key=revoked.job_id.encode())
         for key, timer in effects.timers.items():
             await txn.send(names.timers, timer.encode() if timer else None, key=key, partition=partition)
         for job_id, entry in effects.dead_letters.items():

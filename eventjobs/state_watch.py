@@ -27,17 +27,19 @@ class StateWatcher:
         self.states: OrderedDict[str, JobState] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[JobState]]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # set once everything written before start() was read
+        self._ends: dict[object, int] = {}
 
     async def start(self) -> None:
         if self._task is None:
             partitions = await partitions_of(self.settings, self.topic)
             if not partitions:
                 raise RuntimeError(f"topic {self.topic} does not exist; run `eventjobs topics apply`")
-            reader = consumer(self.settings, group_id=None, fetch_max_wait_ms=20)
+            reader = consumer(self.settings, group_id=None, fetch_max_wait_ms=500)
             await reader.start()
             reader.assign(partitions)
             await reader.seek_to_beginning()
+            self._ends = await reader.end_offsets(partitions)
             self._task = asyncio.create_task(self._follow(reader))
 
     async def stop(self) -> None:
@@ -60,6 +62,10 @@ class StateWatcher:
                             log.warning("skipping undecodable state at %s: %s", record.offset, error)
                             continue
                         self._remember(state)
+                if not self._ready.is_set():
+                    positions = {tp: await reader.position(tp) for tp in self._ends}
+                    if all(positions[tp] >= end for tp, end in self._ends.items()):
+                        self._ready.set()
         finally:
             await reader.stop()
 
@@ -72,6 +78,12 @@ class StateWatcher:
             for waiter in self._waiters.pop(state.job_id, []):
                 if not waiter.done():
                     waiter.set_result(state)
+
+    async def latest(self, job_id: str) -> JobState | None:
+        """The job's state as of at least the moment of the first call (the changelog read to its end)."""
+        await self.start()
+        await self._ready.wait()
+        return self.states.get(job_id)
 
     async def wait(self, job_id: str, timeout_s: float) -> JobState:
         await self.start()

@@ -115,7 +115,7 @@ class TimerService:
         self._source = consumer(
             self.settings,
             group_id=self.group_id,
-            fetch_max_wait_ms=10,
+            fetch_max_wait_ms=500,
             max_poll_records=50_000,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,

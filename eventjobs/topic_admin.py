@@ -88,16 +88,23 @@ async def describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, Li
 
 
 async def wait_for_topics(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
-    """Creation is acknowledged by the controller before every broker's metadata shows it;
-    wait until it does, so that callers (and `apply` run right after) see the new topics."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
+    """Creation is acknowledged by the controller before every partition has a leader in the
+    brokers' metadata; wait until it does, so that the first writes do not bounce."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     missing = set(names)
     while missing:
-        missing -= set(await admin.list_topics())
+        listed = set(await admin.list_topics())
+        ready = [name for name in missing & listed]
+        if ready:
+            for topic in await admin.describe_topics(ready):
+                partitions = topic.get("partitions") or []
+                if not topic.get("error_code") and partitions and all(p["leader"] >= 0 for p in partitions):
+                    missing.discard(topic["topic"])
         if not missing:
             return
-        if asyncio.get_running_loop().time() > deadline:
-            raise KafkaUnavailable(f"topics {sorted(missing)} were created but not visible after {timeout_s:.0f} s")
+        if loop.time() > deadline:
+            raise KafkaUnavailable(f"topics {sorted(missing)} were created but have no leader after {timeout_s:.0f} s")
         await asyncio.sleep(0.1)
 
 

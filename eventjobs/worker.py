@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -110,6 +110,7 @@ class Worker:
         self.offsets: dict[tuple[int, TopicPartition], _Offsets] = {}
         self.running: dict[asyncio.Task[None], tuple[ReadyRecord, _Item]] = {}
         self.cancel_seen: set[str] = set()
+        self.revoked: OrderedDict[str, None] = OrderedDict()
         self.completed = 0
         self._consumers: list[AIOKafkaConsumer] = []
         self._paused: set[str] = set()
@@ -133,7 +134,7 @@ class Worker:
             source = consumer(
                 self.settings,
                 group_id=f"{self.settings.namespace}.workers.{route}",
-                fetch_max_wait_ms=20,
+                fetch_max_wait_ms=500,
                 max_poll_records=self.prefetch,
                 session_timeout_ms=10_000,
                 heartbeat_interval_ms=2_000,
@@ -175,12 +176,25 @@ class Worker:
                 priority = tp.topic.rsplit(".", 1)[1]
                 state = self.offsets.setdefault((index, tp), _Offsets())
                 for record in records:
-                    state.outstanding.add(record.offset)
                     state.next_offset = record.offset + 1
+                    if record.value is None:  # the processor revoked this job's ready record
+                        self._revoke(record.key.decode() if record.key else "", priority)
+                        continue
+                    state.outstanding.add(record.offset)
                     self.buffers[priority].append(_Item(source, record))
             if batch:
                 self._apply_backpressure()
                 self._wakeup.set()
+
+    def _revoke(self, job_id: str, priority: str) -> None:
+        """Drop a buffered ready record of a job cancelled or expired before it started."""
+        self.revoked[job_id] = None
+        while len(self.revoked) > 100_000:
+            self.revoked.popitem(last=False)
+        buffer = self.buffers[priority]
+        for item in [i for i in buffer if i.record.key == job_id.encode()]:
+            buffer.remove(item)
+            self._settled(item)
 
     def _apply_backpressure(self) -> None:
         for priority, buffer in self.buffers.items():
@@ -231,6 +245,9 @@ class Worker:
         except Exception as error:  # noqa: BLE001 - a broken ready record must not stop the worker
             log.error("skipping undecodable ready record %s/%d@%d: %s", item.record.topic,
                       item.record.partition, item.record.offset, error)
+            self._settled(item)
+            return
+        if ready.job_id in self.revoked:
             self._settled(item)
             return
         if not set(ready.options.capabilities) <= set(self.capabilities):
@@ -356,7 +373,7 @@ class Worker:
         """Tail the state changelog for cancel requests on jobs running here (keys checked first)."""
         topic = self.app.names.job_state
         partitions = await partitions_of(self.settings, topic)
-        reader = consumer(self.settings, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=100)
+        reader = consumer(self.settings, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=500)
         await reader.start()
         try:
             reader.assign(partitions)
