@@ -118,6 +118,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eventjobs-job")
         self._wakeup = asyncio.Event()
         self._draining = False
+        self._commit_soon = asyncio.Event()
         self.started = asyncio.Event()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -271,6 +272,7 @@ class Worker:
         state = self.offsets.get((index, tp))
         if state is not None:
             state.outstanding.discard(item.record.offset)
+        self._commit_soon.set()
 
     # -- one job ---------------------------------------------------------------------------
     async def _send(self, event: JobEvent) -> asyncio.Future[Any]:
@@ -411,8 +413,14 @@ class Worker:
             await self._sender.flush()
 
     async def _commit_loop(self, stop: asyncio.Event) -> None:
+        """Commit soon after claims become durable (debounced), so a crash redelivers little."""
         while not stop.is_set():
-            await asyncio.sleep(0.5)
+            try:
+                await asyncio.wait_for(self._commit_soon.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(0.01)
+            self._commit_soon.clear()
             await self._commit()
 
     async def _commit(self) -> None:

@@ -1,0 +1,117 @@
+"""Crashes in separate processes: SIGKILL of a worker mid-job, of a processor under load, and a
+processor paused (SIGSTOP) past its session timeout that must not commit when it wakes up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+from subprocess import Popen
+
+from eventjobs import App
+from eventjobs.core.fold import fold
+from eventjobs.core.options import ConstantBackoff
+from eventjobs.core.state import JobStatus
+from eventjobs.settings import Settings
+from tests.e2e.conftest import Runtime, job_events, spawn
+from tests.e2e.test_lifecycle import _wait_for_status
+
+APP = "tests.support.jobs_app:app"
+
+
+async def _wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_worker_killed_mid_job_is_rerun_elsewhere(runtime: Runtime, tmp_path: Path,
+                                                        processes: list[Popen[bytes]]) -> None:
+    app = runtime.app
+    doomed = spawn(["worker", "--app", APP, "--lease", "2s", "--worker-id", "doomed"], app.settings, tmp_path / "w1.log")
+    processes.append(doomed)
+    job_id = await app.enqueue("sleepy", {"seconds": 4})
+    await _wait_for_status(runtime, job_id, JobStatus.RUNNING, timeout=60)
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait(timeout=10)
+
+    rescuer = spawn(["worker", "--app", APP, "--lease", "2s", "--worker-id", "rescuer"], app.settings, tmp_path / "w2.log")
+    processes.append(rescuer)
+    state = await app.wait(job_id, timeout=60)
+    assert state.status is JobStatus.COMPLETED and state.worker_id == "rescuer"
+    events = await job_events(app.settings, job_id)
+    types = [e.type for e in events]
+    assert types.count("lease_expired") == 1 and types.count("completed") == 1
+    claims = [(e.attempt, e.worker_id) for e in events if e.type == "claimed"]
+    assert claims[0] == (0, "doomed") and (1, "rescuer") in claims  # a redelivered attempt-0 claim is refused
+
+
+async def _final_states_match_the_fold(settings: Settings, app: App, job_ids: list[str]) -> Counter[str]:
+    events = await job_events(settings)
+    folded = fold(events)
+    for job_id in job_ids:
+        live = await app.state(job_id)
+        assert live is not None, job_id
+        assert folded[job_id].model_dump(exclude={"recent_event_ids"}) == live.model_dump(exclude={"recent_event_ids"})
+    return Counter(e.job_id for e in events if e.type == "completed")
+
+
+async def test_processor_killed_under_load_resumes_to_the_same_state(app: App, tmp_path: Path,
+                                                                     processes: list[Popen[bytes]]) -> None:
+    settings = app.settings
+    first = spawn(["processor", "--app", APP, "--max-batch", "50"], settings, tmp_path / "p1.log")
+    processes.append(first)
+    worker = spawn(["worker", "--app", APP, "--concurrency", "20"], settings, tmp_path / "w.log")
+    processes.append(worker)
+    events = [app.build_enqueue("add", {"a": i, "b": 1}) for i in range(1500)]
+    events += [app.build_enqueue("flaky", {"fail_times": 1}, backoff=ConstantBackoff(delay_s=0.2)) for _ in range(100)]
+    job_ids = [e.job_id for e in events]
+    for start in range(0, len(events), 100):
+        await app.append(events[start:start + 100])
+        if start == 800:
+            await asyncio.sleep(0.5)
+            os.kill(first.pid, signal.SIGKILL)  # mid-stream, with transactions in flight
+            first.wait(timeout=10)
+            processes.append(spawn(["processor", "--app", APP], settings, tmp_path / "p2.log"))
+    for job_id in job_ids:
+        state = await app.wait(job_id, timeout=120)
+        assert state.status is JobStatus.COMPLETED, state
+    await asyncio.sleep(1.0)
+    completed = await _final_states_match_the_fold(settings, app, job_ids)
+    assert all(completed[job_id] == 1 for job_id in job_ids), "a job completed twice in effect"
+
+
+async def test_paused_processor_is_fenced_when_it_wakes_up(app: App, tmp_path: Path,
+                                                           processes: list[Popen[bytes]]) -> None:
+    settings = app.settings
+    zombie = spawn(["processor", "--app", APP], settings, tmp_path / "zombie.log")
+    processes.append(zombie)
+    worker = spawn(["worker", "--app", APP, "--concurrency", "10"], settings, tmp_path / "w.log")
+    processes.append(worker)
+    warm = await app.enqueue("add", {"a": 1, "b": 1})
+    await app.wait(warm, timeout=60)
+
+    os.kill(zombie.pid, signal.SIGSTOP)  # stalls with its partitions
+    batch = [app.build_enqueue("add", {"a": i, "b": 2}) for i in range(200)]
+    await app.append(batch)
+    successor = spawn(["processor", "--app", APP], settings, tmp_path / "successor.log")
+    processes.append(successor)
+    for event in batch:  # the successor takes over after the zombie's session times out (10 s)
+        assert (await app.wait(event.job_id, timeout=90)).status is JobStatus.COMPLETED
+
+    os.kill(zombie.pid, signal.SIGCONT)  # wakes up believing it still owns its partitions
+    more = [app.build_enqueue("add", {"a": i, "b": 3}) for i in range(100)]
+    await app.append(more)
+    for event in more:
+        assert (await app.wait(event.job_id, timeout=90)).status is JobStatus.COMPLETED
+    await asyncio.sleep(3)
+    job_ids = [warm] + [e.job_id for e in batch + more]
+    completed = await _final_states_match_the_fold(settings, app, job_ids)
+    assert all(completed[job_id] == 1 for job_id in job_ids)
+    zombie_log = (tmp_path / "zombie.log").read_text()
+    assert zombie.poll() is not None or "released partition" in zombie_log, zombie_log[-3000:]
