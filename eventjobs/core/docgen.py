@@ -1,0 +1,265 @@
+"""Generate ``docs/events.md`` (the event catalogue and the state diagram) from the code.
+
+Why this module exists: documentation that is typed by hand drifts from the code. Here every
+table and the Mermaid diagram are rendered from the models (field types, descriptions,
+``written_by``), ``JobStatus`` and ``TRANSITIONS``, and ``tests/core/test_docgen.py`` fails if
+the committed file differs from what this prints.
+
+    python -m eventjobs.core.docgen > docs/events.md
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from typing import Any
+
+from pydantic import BaseModel
+
+from eventjobs.core.codec import DEFAULT_MAX_EVENT_BYTES
+from eventjobs.core.events import DERIVED_TYPES, EVENT_TYPES, TIMESTAMP_PATTERN, Event
+from eventjobs.core.options import (
+    CallableBackoff,
+    ConstantBackoff,
+    ExponentialBackoff,
+    JobOptionsSpec,
+    LinearBackoff,
+    NoBackoff,
+)
+from eventjobs.core.state import TERMINAL_STATUSES, TRANSITIONS, JobStatus
+
+__all__ = ["render_events_md"]
+
+_ENVELOPE = tuple(Event.model_fields)
+
+
+def _type_of(prop: dict[str, Any], defs: dict[str, Any]) -> str:
+    """A short human type for a JSON-schema property."""
+    if "anyOf" in prop:
+        options = [p for p in prop["anyOf"] if p.get("type") != "null"]
+        text = " \\| ".join(_type_of(p, defs) for p in options)
+        return f"{text} \\| null" if len(options) < len(prop["anyOf"]) else text
+    if "oneOf" in prop:
+        return " \\| ".join(_type_of(p, defs) for p in prop["oneOf"])
+    if "$ref" in prop:
+        name = prop["$ref"].rsplit("/", 1)[-1]
+        target = defs.get(name, {})
+        if "enum" in target:
+            return _type_of(target, defs)
+        return f"`{name}`"
+    if "const" in prop:
+        return f"`{prop['const']!r}`".replace("'", '"')
+    if "enum" in prop:
+        return " \\| ".join(f'`"{v}"`' for v in prop["enum"])
+    kind = prop.get("type")
+    if kind in ("integer", "number"):
+        bounds = []
+        for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+            if key in prop:
+                bounds.append(f"{op} {_number(prop[key])}")
+        return ("int" if kind == "integer" else "float") + (" " + ", ".join(bounds) if bounds else "")
+    if kind == "string":
+        if prop.get("format") == "date-time" and prop.get("pattern") == TIMESTAMP_PATTERN:
+            return "timestamp"
+        text = "string"
+        if "maxLength" in prop:
+            text += f" (<= {prop['maxLength']:,} chars)"
+        if "pattern" in prop:
+            text += f" `{prop['pattern']}`"
+        return text
+    if kind == "boolean":
+        return "bool"
+    if kind == "object":
+        return "JSON object"
+    if kind == "array":
+        items = prop.get("items", {})
+        return f"list of {_type_of(items, defs)}" if items else "list"
+    return "any"
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def _md(text: str) -> str:
+    """Docstrings use reST ``literals``; Markdown wants `literals`."""
+    return text.replace("``", "`")
+
+
+def _field_rows(model: type[BaseModel], names: tuple[str, ...] | None = None) -> list[str]:
+    schema = model.model_json_schema(mode="validation")
+    props, defs = schema.get("properties", {}), schema.get("$defs", {})
+    required = set(schema.get("required", []))
+    rows = ["| field | type | required | description |", "|---|---|---|---|"]
+    for name, field in model.model_fields.items():
+        if names is not None and name not in names:
+            continue
+        if names is None and name in _ENVELOPE and model is not Event:
+            continue
+        prop = props.get(name, {})
+        value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        default = "" if name in required else f" (default `{_default(value)}`)"
+        need = "yes" if name in required else "no"
+        rows.append(f"| `{name}` | {_type_of(prop, defs)} | {need} | {_md(field.description or '')}{default} |")
+    return rows
+
+
+def _default(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if hasattr(value, "value"):
+        return f'"{value.value}"'
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def _mermaid() -> list[str]:
+    edges: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for row in TRANSITIONS:
+        source = row.source.value if row.source is not None else "[*]"
+        label = row.event
+        if row.event == "enqueued":
+            label = "enqueued (run_at later)" if row.target is JobStatus.SCHEDULED else "enqueued"
+        if label not in edges[(source, row.target.value)]:
+            edges[(source, row.target.value)].append(label)
+    lines = ["```mermaid", "stateDiagram-v2"]
+    for (source, target), labels in edges.items():
+        lines.append(f"    {source} --> {target}: {', '.join(labels)}")
+    for status in JobStatus:
+        if status in TERMINAL_STATUSES and status is not JobStatus.DEAD_LETTERED:
+            lines.append(f"    {status.value} --> [*]")
+    lines.append("```")
+    return lines
+
+
+def render_events_md() -> str:
+    """The full text of docs/events.md."""
+    out: list[str] = [
+        "# Job events",
+        "",
+        "<!-- Generated by `python -m eventjobs.core.docgen > docs/events.md` from eventjobs/core.",
+        "     Do not edit by hand: tests/core/test_docgen.py fails when this file is stale. -->",
+        "",
+        "Every fact about a job is one event in the job event log, keyed by `job_id`. The processor",
+        "folds a job's events with `eventjobs.core.apply(state, event)` into its current `JobState`",
+        "and appends the events that follow from them (*derived* events). Rebuilding state from the",
+        "log gives the same result as the live processor.",
+        "",
+        "## Wire format",
+        "",
+        "- Flat JSON (UTF-8), one event per Kafka record: the envelope fields sit beside the",
+        "  type's own fields, no nested `data` object. Unknown fields are rejected.",
+        "- Timestamps are UTC with millisecond precision, written `2024-01-31T12:00:00.123Z`",
+        f"  (decoding accepts only `{TIMESTAMP_PATTERN}`).",
+        "- Ids are strings. `event_id` is a UUIDv7 (sorts by time); ids of derived events are",
+        "  UUIDv8 computed from (cause, type, index), so deriving twice gives the same ids.",
+        "- Attempts are 0-based integers and only grow over a job's life (a dead-letter retry",
+        "  continues the count with a fresh budget).",
+        "- `args` and `result` are JSON objects (finite numbers, 64-bit integers).",
+        f"- Decoding is strict and size-limited ({DEFAULT_MAX_EVENT_BYTES:,} bytes by default); a bad",
+        "  record raises `EventDecodeError` naming the field, what is allowed and what was found,",
+        "  e.g. `field 'attempt' of 'claimed' event: expected an integer >= 0 and <= 1000000, got 'x'`.",
+        "",
+        "## Envelope (every event)",
+        "",
+        *_field_rows(Event, _ENVELOPE),
+        "",
+        "## Catalogue",
+        "",
+        "| type | written by | meaning |",
+        "|---|---|---|",
+    ]
+    for type_, model in EVENT_TYPES.items():
+        summary = (model.__doc__ or "").strip().split("\n")[0]
+        out.append(f"| [`{type_}`](#{type_}) | {model.written_by} | {_md(summary)} |")
+    out += [
+        "",
+        "Derived events (" + ", ".join(f"`{t}`" for t in EVENT_TYPES if t in DERIVED_TYPES) + ") are written",
+        "only by the processor, as consequences of the event named in their `causation_id`. They are",
+        "already reflected in the state when they are appended; applying them again changes nothing.",
+        "",
+    ]
+    for type_, model in EVENT_TYPES.items():
+        doc = " ".join(line.strip() for line in (model.__doc__ or "").strip().splitlines() if line.strip())
+        out += [f"### `{type_}`", "", _md(doc), "", f"Written by: {model.written_by}.", ""]
+        rows = _field_rows(model)
+        out += rows if len(rows) > 2 else ["No fields besides the envelope."]
+        out.append("")
+
+    out += ["## Options carried by `enqueued`", "", "`JobOptionsSpec`:", "", *_field_rows(JobOptionsSpec), ""]
+    out += ["Backoff policies (`backoff`, discriminated by `kind`); delays are seconds after the 0-based attempt that failed:", ""]
+    for model, formula in (
+        (ExponentialBackoff, "`min(base_s * 2**attempt, cap_s)`"),
+        (LinearBackoff, "`step_s * (attempt + 1)`, capped at `cap_s` if set"),
+        (ConstantBackoff, "`delay_s`"),
+        (NoBackoff, "`0`"),
+        (CallableBackoff, "the worker evaluates the user's callable and sends `retry_delay_s`; otherwise `fallback`"),
+    ):
+        kind = model.model_fields["kind"].default
+        out += [f"- `{kind}`: {formula}.", ""]
+        out += ["  " + row for row in _field_rows(model) if "`kind`" not in row]
+        out.append("")
+    out += [
+        "With `jitter` j > 0 the delay is multiplied by `1 - j*u`, where u in [0, 1) is a hash of",
+        "(seed, job id, attempt): spread out, yet the same on every replay.",
+        "",
+        "## Statuses",
+        "",
+        "| status | terminal | meaning |",
+        "|---|---|---|",
+    ]
+    for status in JobStatus:
+        terminal = "yes" if status in TERMINAL_STATUSES else "no"
+        if status is JobStatus.DEAD_LETTERED:
+            terminal = "until retried or discarded"
+        out.append(f"| `{status.value}` | {terminal} | {status.description} |")
+    out += ["", "## State diagram", "", *_mermaid(), "", "## Transitions", ""]
+    out += ["| from | event | to | when | derives |", "|---|---|---|---|---|"]
+    for row in TRANSITIONS:
+        source = f"`{row.source.value}`" if row.source is not None else "(new job)"
+        derives = ", ".join(f"`{d}`" for d in row.derives) or ""
+        out.append(f"| {source} | `{row.event}` | `{row.target.value}` | {row.when} | {derives} |")
+    out += [
+        "",
+        "## Rejections",
+        "",
+        "`apply` never raises. An event that does not fit is returned as rejected, with a reason, and",
+        "the state is unchanged (the event stays in the log as the record of what was attempted):",
+        "",
+        "- any event but `enqueued` for an unknown job;",
+        "- an event type not accepted in the job's status (see the table; terminal statuses accept",
+        "  nothing except `dead_letter_retried`/`discarded` on `dead_lettered`);",
+        "- a stale attempt: `attempt` differs from the job's current attempt (a late result of an",
+        "  attempt that lost its lease, for example): recorded, but it cannot change the outcome;",
+        "- `claimed` when the attempt is already claimed, or with a lease that has already ended;",
+        "- `attempt_started` from another worker than the claim's;",
+        "- `heartbeat` that does not extend the lease; `progress` older than the last one;",
+        "- `lease_expired` whose `lease_deadline` is not the current one (the lease was extended);",
+        "- `due` with the wrong timer kind; `expired` with no TTL armed or after the job started;",
+        "- `cancel_requested` when a cancel is already pending;",
+        "- `dead_letter_retried`/`discarded` whose `causation_id` is not the job's current",
+        "  `dead_lettered` event (a stale operator action);",
+        "- a second `enqueued` for an existing job id with another `event_id` (same idempotency",
+        "  key): rejected, and a `duplicate_rejected` event is derived;",
+        "- a derived-type event whose id is not the derivation of its `causation_id`.",
+        "",
+        "Applying an event that was already applied (same `event_id`, or the echo of a derived",
+        "event) is a no-op reported as `duplicate`.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main() -> None:
+    sys.stdout.write(render_events_md())
+
+
+if __name__ == "__main__":
+    main()

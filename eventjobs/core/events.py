@@ -1,0 +1,465 @@
+"""The job event catalogue: every fact about a job, as frozen pydantic models.
+
+Why this module exists: the event log is the source of truth, so the shape of an event is the
+system's most important contract. Every event is flat JSON: the envelope (``event_id``,
+``job_id``, ``type``, ``occurred_at``, ``schema_version``, ``causation_id``, ``actor``) sits
+beside the type's own fields, with no nested "data" object. ``JobEvent`` is one union
+discriminated on ``type``; ``EVENT_TYPES`` maps each type string to its model.
+
+Validation is strict (no "1" for 1, no 1.0 for an int, no unknown fields) and uses
+pydantic-core's native checks wherever possible, because decoding is on the hot path of every
+processor. Timestamps are aware UTC with millisecond precision; on the wire they are
+``2024-01-31T12:00:00.123Z`` (see ``UtcTimestamp``). ``args`` and ``result`` must be JSON objects
+(finite floats, 64-bit integers), so any event survives encode/decode unchanged.
+
+``docs/events.md`` is generated from these models (``python -m eventjobs.core.docgen``): the
+field descriptions and the ``written_by`` notes below are the documentation.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, TypeAdapter
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
+
+from eventjobs.core.clock import format_utc_ms, utc_ms
+from eventjobs.core.options import JobOptionsSpec, Priority
+
+__all__ = [
+    "CURRENT_SCHEMA_VERSION",
+    "DERIVED_TYPES",
+    "EVENT_ADAPTER",
+    "EVENT_TYPES",
+    "TIMESTAMP_PATTERN",
+    "AttemptFailedEvent",
+    "AttemptStartedEvent",
+    "AttemptSucceededEvent",
+    "AttemptTimedOutEvent",
+    "CancelRequestedEvent",
+    "CancelledEvent",
+    "ClaimedEvent",
+    "CompletedEvent",
+    "DeadLetterRetriedEvent",
+    "DeadLetteredEvent",
+    "DiscardedEvent",
+    "DueEvent",
+    "DuplicateRejectedEvent",
+    "EnqueuedEvent",
+    "ExpiredEvent",
+    "FailedEvent",
+    "HeartbeatEvent",
+    "JobEvent",
+    "LeaseExpiredEvent",
+    "ProgressEvent",
+    "RetryScheduledEvent",
+    "ScheduledEvent",
+    "UtcTimestamp",
+    "check_json_object",
+]
+
+CURRENT_SCHEMA_VERSION = 1
+
+# --------------------------------------------------------------------------------------------
+# Field types
+# --------------------------------------------------------------------------------------------
+
+#: The only timestamp form accepted on the wire: UTC, "Z", at most millisecond precision.
+TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,3})?Z$"
+
+
+class _UtcTimestampMarker:
+    """Schema for ``UtcTimestamp``.
+
+    From JSON: a string matching ``TIMESTAMP_PATTERN``, parsed natively (no Python call on the
+    hot path). From Python: an aware datetime, converted to UTC and truncated to milliseconds;
+    naive datetimes are rejected. Serialized to JSON as ``YYYY-MM-DDTHH:MM:SS.mmmZ``.
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        from_json = core_schema.chain_schema(
+            [
+                core_schema.str_schema(pattern=TIMESTAMP_PATTERN),
+                core_schema.datetime_schema(tz_constraint="aware", strict=False),
+            ]
+        )
+        from_python = core_schema.no_info_after_validator_function(
+            utc_ms, core_schema.datetime_schema(tz_constraint="aware")
+        )
+        return core_schema.json_or_python_schema(
+            json_schema=from_json,
+            python_schema=from_python,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                format_utc_ms, when_used="json", return_schema=core_schema.str_schema()
+            ),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN}
+
+
+UtcTimestamp = Annotated[datetime, _UtcTimestampMarker]
+
+_I64_MIN = -(2**63)
+_U64_MAX = 2**64 - 1
+
+
+def _json_problem(value: Any, path: str) -> str | None:
+    """Why ``value`` is not a JSON value orjson can write and read back unchanged, or None."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return None
+    if kind is int:
+        return None if _I64_MIN <= value <= _U64_MAX else f"{path}: integer {value} is outside the 64-bit range"
+    if kind is float:
+        return None if math.isfinite(value) else f"{path}: {value} is not a finite number"
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return f"{path}: key {key!r} is not a string"
+            problem = _json_problem(item, f"{path}.{key}")
+            if problem:
+                return problem
+        return None
+    if kind is list:
+        for index, item in enumerate(value):
+            problem = _json_problem(item, f"{path}[{index}]")
+            if problem:
+                return problem
+        return None
+    return f"{path}: {kind.__name__} is not a JSON value (use str, int, float, bool, None, list, dict)"
+
+
+def check_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    """Accept a dict only if it is JSON all the way down (finite floats, 64-bit ints, lists, str keys)."""
+    for key, item in value.items():
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        problem = _json_problem(item, str(key))
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(check_json_object)]
+EventId = Annotated[str, Field(min_length=1, max_length=128)]
+Text = Annotated[str, Field(max_length=1_000_000)]
+Attempt = Annotated[int, Field(ge=0, le=1_000_000)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+JobName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$")]
+QueueName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")]
+
+# --------------------------------------------------------------------------------------------
+# Envelope
+# --------------------------------------------------------------------------------------------
+
+
+class _Event(BaseModel):
+    """Envelope fields shared by every event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+    #: Who appends this event (documentation; see docs/events.md).
+    written_by: ClassVar[str] = ""
+
+    event_id: EventId = Field(description="Unique, time-ordered id (UUIDv7; derived events: UUIDv8 from the cause).")
+    job_id: EventId = Field(description="The job; also the Kafka key, so a job's events stay in order.")
+    type: str = Field(description="Discriminator: which event this is.")
+    occurred_at: UtcTimestamp = Field(description="When it happened (UTC, ms). The only clock the core knows.")
+    schema_version: Annotated[int, Field(ge=1, le=CURRENT_SCHEMA_VERSION)] = Field(
+        CURRENT_SCHEMA_VERSION, description="Envelope/payload version, for upcasting old events."
+    )
+    causation_id: EventId | None = Field(None, description="The event that caused this one, if any.")
+    actor: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        description="Who wrote it: 'producer:host:pid', 'processor:3', 'worker:w1', 'timer:0', 'operator:alice'."
+    )
+
+
+_ATTEMPT = "0-based attempt number this event is about."
+
+
+class EnqueuedEvent(_Event):
+    """A job was submitted."""
+
+    written_by: ClassVar[str] = "producer (Python API, CLI, a handler's ctx.enqueue)"
+    type: Literal["enqueued"] = "enqueued"
+    name: JobName = Field(description="Job type: selects a handler registered in the app.")
+    queue: QueueName = Field(description="Queue the job runs on.")
+    args: JsonObject = Field(description="Arguments for the handler (a JSON object).")
+    options: JobOptionsSpec = Field(description="Retry budget, backoff, timeout, ttl, retry_on, capabilities.")
+    run_at: UtcTimestamp | None = Field(None, description="Do not run before this time (None: at once).")
+    priority: Annotated[Priority, Field(strict=False)] = Field(
+        Priority.NORMAL, description="critical > high > normal > low."
+    )
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        None, description="Deduplication key; the job id is derived from it."
+    )
+    parent_job_id: EventId | None = Field(None, description="The job that enqueued this one, if any.")
+
+
+class ScheduledEvent(_Event):
+    """The job waits for its ``run_at`` (derived from an ``enqueued`` with a future run_at)."""
+
+    written_by: ClassVar[str] = "processor (derived)"
+    type: Literal["scheduled"] = "scheduled"
+    run_at: UtcTimestamp = Field(description="When the timer service makes the job due.")
+
+
+class DueEvent(_Event):
+    """A timer fired: a scheduled job's run_at, or a retry's backoff, has passed."""
+
+    written_by: ClassVar[str] = "timer service"
+    type: Literal["due"] = "due"
+    attempt: Attempt = Field(description="The attempt that becomes ready (must be the job's current attempt).")
+    timer: Literal["run_at", "retry"] = Field(description="Which timer fired.")
+
+
+class ClaimedEvent(_Event):
+    """A worker took the job for one attempt and holds a lease on it."""
+
+    written_by: ClassVar[str] = "worker"
+    type: Literal["claimed"] = "claimed"
+    attempt: Attempt = Field(description=_ATTEMPT)
+    worker_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="The claiming worker.")
+    lease_deadline: UtcTimestamp = Field(description="The lease ends here unless a heartbeat extends it.")
+
+
+class AttemptStartedEvent(_Event):
+    """The handler started running."""
+
+    written_by: ClassVar[str] = "worker"
+    type: Literal["attempt_started"] = "attempt_started"
+    attempt: Attempt = Field(description=_ATTEMPT)
+    worker_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="Must be the claiming worker.")
+
+
+class ProgressEvent(_Event):
+    """The handler reported progress (``ctx.progress(pct, message)``)."""
+
+    written_by: ClassVar[str] = "worker"
+    type: Literal["progress"] = "progress"
+    attempt: Attempt = Field(description=_ATTEMPT)
+    percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = Field(description="0 to 100.")
+    message: Annotated[str, Field(max_length=10_000)] = Field("", description="Free text.")
+
+
+class HeartbeatEvent(_Event):
+    """The worker is alive and extends its lease."""
+
+    written_by: ClassVar[str] = "worker"
+    type: Literal["heartbeat"] = "heartbeat"
+    attempt: Attempt = Field(description=_ATTEMPT)
+    lease_deadline: UtcTimestamp = Field(description="New end of the lease (only a later one counts).")
+
+
+class AttemptSucceededEvent(_Event):
+    """The handler returned None or a dict."""
+
+    written_by: ClassVar[str] = "worker"
+    type: Literal["attempt_succeeded"] = "attempt_succeeded"
+    attempt: Attempt = Field(description=_ATTEMPT)
+    result: JsonObject | None = Field(None, description="The dict the handler returned, if any.")
+
+
+class AttemptFailedEvent(_Event):
+    """The handler raised, returned ``Retry`` or ``Cancel``, or returned something invalid."""
+
+    written_by: ClassVar[str] = "worker"
+    type: Literal["attempt_failed"] = "attempt_failed"
+    attempt: Attempt = Field(description=_ATTEMPT)
+    error_type: Annotated[str, Field(min_length=1, max_length=500)] = Field(description="Exception type name.")
+    message: Text = Field(description="str(exception) or the marker's reason.")
+    traceback: Text = Field("", description="Formatted traceback ('' when nothing was raised).")
+    retryable: bool = Field(description="False for Cancel, invalid results, and exceptions outside retry_on.")
+    retry_delay_s: Annotated[float, Field(ge=0, le=366 * 24 * 3600.0, allow_inf_nan=False)] | None = Field(
+        None, description="Delay chosen by the worker (Retry(delay=...) or a callable backoff); None: the spec's backoff."
+    )
+
+
+class AttemptTimedOutEvent(_Event):
+    """The attempt ran longer than the job's timeout."""
+
+    written_by: ClassVar[str] = "worker (or a timer that enforces timeouts)"
+    type: Literal["attempt_timed_out"] = "attempt_timed_out"
+    attempt: Attempt = Field(description=_ATTEMPT)
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(description="The timeout that was exceeded.")
+
+
+class LeaseExpiredEvent(_Event):
+    """The worker's lease ran out without a result (worker died or stalled)."""
+
+    written_by: ClassVar[str] = "timer service"
+    type: Literal["lease_expired"] = "lease_expired"
+    attempt: Attempt = Field(description=_ATTEMPT)
+    lease_deadline: UtcTimestamp = Field(description="The deadline that passed (must be the job's current one).")
+
+
+class RetryScheduledEvent(_Event):
+    """A failed attempt will be retried after a backoff delay."""
+
+    written_by: ClassVar[str] = "processor (derived)"
+    type: Literal["retry_scheduled"] = "retry_scheduled"
+    attempt: Attempt = Field(description="The next attempt number.")
+    due_at: UtcTimestamp = Field(description="When the timer service makes the retry due.")
+    delay_s: Seconds = Field(description="due_at - occurred_at, in seconds.")
+
+
+class CompletedEvent(_Event):
+    """The job finished successfully (terminal)."""
+
+    written_by: ClassVar[str] = "processor (derived)"
+    type: Literal["completed"] = "completed"
+    attempt: Attempt = Field(description="The attempt that succeeded.")
+    result: JsonObject | None = Field(None, description="The handler's result.")
+
+
+class FailedEvent(_Event):
+    """The job failed for good: no retry left, or not retryable. Followed by ``dead_lettered``."""
+
+    written_by: ClassVar[str] = "processor (derived)"
+    type: Literal["failed"] = "failed"
+    attempt: Attempt = Field(description="The last attempt.")
+    reason: Text = Field(description="Why it will not be retried.")
+    error_type: Annotated[str, Field(min_length=1, max_length=500)] = Field(description="The last error's type.")
+    message: Text = Field(description="The last error's message.")
+    traceback: Text = Field("", description="The last error's traceback.")
+
+
+class CancelRequestedEvent(_Event):
+    """Someone asked to cancel the job."""
+
+    written_by: ClassVar[str] = "operator / producer (API, CLI)"
+    type: Literal["cancel_requested"] = "cancel_requested"
+    reason: Text = Field("", description="Why.")
+
+
+class CancelledEvent(_Event):
+    """The job was cancelled (terminal)."""
+
+    written_by: ClassVar[str] = "processor (derived)"
+    type: Literal["cancelled"] = "cancelled"
+    reason: Text = Field("", description="Why.")
+
+
+class ExpiredEvent(_Event):
+    """The job's TTL passed before it started."""
+
+    written_by: ClassVar[str] = "timer service"
+    type: Literal["expired"] = "expired"
+    reason: Text = Field("", description="Free text from the timer service.")
+
+
+class DeadLetteredEvent(_Event):
+    """The job moved to the dead-letter queue (terminal until retried or discarded)."""
+
+    written_by: ClassVar[str] = "processor (derived)"
+    type: Literal["dead_lettered"] = "dead_lettered"
+    reason: Text = Field(description="Why: attempts exhausted, not retryable, or expired.")
+    error_type: Annotated[str, Field(max_length=500)] = Field("", description="The last error's type ('' if none).")
+    message: Text = Field("", description="The last error's message.")
+    traceback: Text = Field("", description="The last error's traceback.")
+
+
+class DeadLetterRetriedEvent(_Event):
+    """An operator sent a dead-lettered job back to run, with a fresh attempt budget.
+
+    ``causation_id`` must be the ``event_id`` of the ``dead_lettered`` event being retried: that
+    makes the action idempotent and stops a stale click from retrying a later dead-letter.
+    """
+
+    written_by: ClassVar[str] = "operator (CLI/API)"
+    type: Literal["dead_letter_retried"] = "dead_letter_retried"
+    reason: Text = Field("", description="Why.")
+
+
+class DiscardedEvent(_Event):
+    """An operator dropped a dead-lettered job for good (terminal).
+
+    ``causation_id`` must be the ``event_id`` of the ``dead_lettered`` event being discarded.
+    """
+
+    written_by: ClassVar[str] = "operator (CLI/API)"
+    type: Literal["discarded"] = "discarded"
+    reason: Text = Field("", description="Why.")
+
+
+class DuplicateRejectedEvent(_Event):
+    """A second ``enqueued`` for an existing job id (same idempotency key) was refused."""
+
+    written_by: ClassVar[str] = "processor (derived)"
+    type: Literal["duplicate_rejected"] = "duplicate_rejected"
+    idempotency_key: str | None = Field(None, description="The key of the refused enqueue.")
+    duplicate_event_id: EventId = Field(description="event_id of the refused enqueued event.")
+
+
+JobEvent = Annotated[
+    Union[
+        EnqueuedEvent,
+        ScheduledEvent,
+        DueEvent,
+        ClaimedEvent,
+        AttemptStartedEvent,
+        ProgressEvent,
+        HeartbeatEvent,
+        AttemptSucceededEvent,
+        AttemptFailedEvent,
+        AttemptTimedOutEvent,
+        LeaseExpiredEvent,
+        RetryScheduledEvent,
+        CompletedEvent,
+        FailedEvent,
+        CancelRequestedEvent,
+        CancelledEvent,
+        ExpiredEvent,
+        DeadLetteredEvent,
+        DeadLetterRetriedEvent,
+        DiscardedEvent,
+        DuplicateRejectedEvent,
+    ],
+    Field(discriminator="type"),
+]
+
+#: Validates (and, in the codec, decodes) any event; dispatches on ``type`` natively.
+EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobEvent)
+
+#: type string -> model, in catalogue order.
+EVENT_TYPES: dict[str, type[_Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        EnqueuedEvent,
+        ScheduledEvent,
+        DueEvent,
+        ClaimedEvent,
+        AttemptStartedEvent,
+        ProgressEvent,
+        HeartbeatEvent,
+        AttemptSucceededEvent,
+        AttemptFailedEvent,
+        AttemptTimedOutEvent,
+        LeaseExpiredEvent,
+        RetryScheduledEvent,
+        CompletedEvent,
+        FailedEvent,
+        CancelRequestedEvent,
+        CancelledEvent,
+        ExpiredEvent,
+        DeadLetteredEvent,
+        DeadLetterRetriedEvent,
+        DiscardedEvent,
+        DuplicateRejectedEvent,
+    )
+}
+
+#: Types only the processor writes, as consequences of another event. When they come back
+#: through the log, ``apply`` recognises them as already reflected in the state.
+DERIVED_TYPES: frozenset[str] = frozenset(
+    {"scheduled", "retry_scheduled", "completed", "failed", "cancelled", "dead_lettered", "duplicate_rejected"}
+)
+
+Event = _Event  # the common base, for isinstance checks and type hints

@@ -1,0 +1,610 @@
+"""``apply(state, event)``: the single place where a job changes state.
+
+Why this module exists: every processor, every replay and every test computes job state with
+this one pure function, so they all agree. It never reads a clock (times come from the event),
+never raises (an event that does not fit is rejected with a reason), and returns a ``Decision``:
+
+* ``state``: the new state (or the unchanged one);
+* ``derived``: events the processor must append because of this one (``retry_scheduled``,
+  ``completed``, ``failed`` + ``dead_lettered``, ``cancelled``, ``scheduled``,
+  ``duplicate_rejected``). Their ids come from ``derived_event_id`` (so deriving twice gives the
+  same ids), ``occurred_at`` is the trigger's, ``causation_id`` the trigger's id;
+* ``rejected``: why the event was refused (illegal, stale), or None;
+* ``duplicate``: the event was already applied (a redelivery, or the echo of a derived event).
+
+Derived events are already reflected in the returned state; when they come back through the
+log, ``apply`` recognises them and changes nothing. So folding the whole log from scratch and a
+live processor end in identical states.
+
+Idempotency does not hang on remembering ids. Each accepted event moves the job somewhere it
+cannot accept that same event again: attempt numbers only grow, heartbeats must extend the
+lease, progress must be newer, operator actions name the dead-letter entry they act on, a TTL
+is disarmed once the job is retried from the dead-letter queue. The few recent ids kept in the
+state only make ``duplicate`` (rather than a "stale" rejection) precise for near redeliveries.
+
+Performance: the state and derived events are built without re-validation (everything that
+goes into them was validated when the triggering event was decoded); the tests check that such
+objects equal their validated counterparts and survive encode/decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+from eventjobs.core.clock import add_seconds, format_utc_ms
+from eventjobs.core.events import (
+    DERIVED_TYPES,
+    AttemptFailedEvent,
+    AttemptTimedOutEvent,
+    CancelledEvent,
+    CompletedEvent,
+    DeadLetteredEvent,
+    DuplicateRejectedEvent,
+    EnqueuedEvent,
+    Event,
+    FailedEvent,
+    JobEvent,
+    LeaseExpiredEvent,
+    RetryScheduledEvent,
+    ScheduledEvent,
+)
+from eventjobs.core.ids import derived_event_id
+from eventjobs.core.options import backoff_delay_s
+from eventjobs.core.state import (
+    ACCEPTING_STATUSES,
+    RECENT_EVENT_IDS,
+    TERMINAL_STATUSES,
+    ErrorInfo,
+    JobState,
+    JobStatus,
+)
+
+__all__ = ["Decision", "apply", "fold", "replay"]
+
+PENDING = JobStatus.PENDING
+SCHEDULED = JobStatus.SCHEDULED
+CLAIMED = JobStatus.CLAIMED
+RUNNING = JobStatus.RUNNING
+RETRYING = JobStatus.RETRYING
+COMPLETED = JobStatus.COMPLETED
+CANCELLED = JobStatus.CANCELLED
+DEAD_LETTERED = JobStatus.DEAD_LETTERED
+DISCARDED = JobStatus.DISCARDED
+
+
+class Decision(NamedTuple):
+    """What ``apply`` decided for one event."""
+
+    state: JobState | None
+    derived: tuple[JobEvent, ...] = ()
+    rejected: str | None = None
+    duplicate: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        """The event changed the state (neither rejected nor a duplicate)."""
+        return self.rejected is None and not self.duplicate
+
+
+# --------------------------------------------------------------------------------------------
+# Building values without re-validation
+# --------------------------------------------------------------------------------------------
+
+_new = object.__new__
+_set = object.__setattr__
+_STATE_FIELDS = frozenset(JobState.model_fields)
+
+
+_tuple_new = tuple.__new__
+
+
+def _build(cls: type[Any], data: dict[str, Any], fields: frozenset[str]) -> Any:
+    """An instance of a pydantic model from already-valid data (what ``model_construct`` does, faster)."""
+    obj = _new(cls)
+    _set(obj, "__dict__", data)
+    _set(obj, "__pydantic_fields_set__", fields)
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
+
+
+_DERIVED_CLASSES = (
+    ScheduledEvent,
+    RetryScheduledEvent,
+    CompletedEvent,
+    FailedEvent,
+    CancelledEvent,
+    DeadLetteredEvent,
+    DuplicateRejectedEvent,
+)
+_EVENT_FIELDS = {cls: frozenset(cls.model_fields) for cls in _DERIVED_CLASSES}
+_TYPE_OF = {cls: cls.model_fields["type"].default for cls in _DERIVED_CLASSES}
+
+
+def _derive(cls: type[Any], trigger: Event, index: int, actor: str, payload: dict[str, Any]) -> Any:
+    """A derived event: deterministic id, the trigger's time, caused by the trigger."""
+    type_ = _TYPE_OF[cls]
+    cause = trigger.event_id
+    data = {
+        "event_id": derived_event_id(cause, type_, index),
+        "job_id": trigger.job_id,
+        "type": type_,
+        "occurred_at": trigger.occurred_at,
+        "schema_version": 1,
+        "causation_id": cause,
+        "actor": actor,
+        **payload,
+    }
+    obj = _new(cls)
+    _set(obj, "__dict__", data)
+    _set(obj, "__pydantic_fields_set__", _EVENT_FIELDS[cls])
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Outcomes of one event
+# --------------------------------------------------------------------------------------------
+
+
+def _accept(state: JobState, event: Event, data: dict[str, Any], derived: tuple[Any, ...] = ()) -> Decision:
+    """Finish a new state: ``data`` is a copy of the old state's fields with this event's changes."""
+    ids = state.recent_event_ids
+    if derived:
+        data["recent_event_ids"] = (*ids, event.event_id, *[d.event_id for d in derived])[-RECENT_EVENT_IDS:]
+    else:
+        data["recent_event_ids"] = ids[1 - RECENT_EVENT_IDS :] + (event.event_id,)
+    data["version"] = state.version + 1
+    data["updated_at"] = event.occurred_at
+    new = _new(JobState)
+    _set(new, "__dict__", data)
+    _set(new, "__pydantic_fields_set__", _STATE_FIELDS)
+    _set(new, "__pydantic_extra__", None)
+    _set(new, "__pydantic_private__", None)
+    return _tuple_new(Decision, (new, derived, None, False))  # type: ignore[no-any-return]
+
+
+def _reject(state: JobState | None, reason: str) -> Decision:
+    return _tuple_new(Decision, (state, (), reason, False))  # type: ignore[no-any-return]
+
+
+def _duplicate(state: JobState) -> Decision:
+    return _tuple_new(Decision, (state, (), None, True))  # type: ignore[no-any-return]
+
+
+def _not_accepted(state: JobState, event: Event) -> Decision:
+    status = state.status
+    if status is DEAD_LETTERED:
+        return _reject(
+            state,
+            f"job is dead_lettered: '{event.type}' changes nothing (only dead_letter_retried or discarded do)",
+        )
+    if status in TERMINAL_STATUSES:
+        return _reject(state, f"job is {status.value} (terminal): '{event.type}' changes nothing")
+    allowed = ", ".join(sorted(s.value for s in ACCEPTING_STATUSES.get(event.type, ())))
+    return _reject(state, f"'{event.type}' is not accepted while the job is {status.value} (only when: {allowed})")
+
+
+def _stale_attempt(state: JobState, event: Any) -> Decision:
+    return _reject(
+        state,
+        f"stale attempt {event.attempt}: job is on attempt {state.attempt} ({state.status.value}); recorded, no effect",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# One handler per event type
+# --------------------------------------------------------------------------------------------
+
+
+def _create(event: EnqueuedEvent, actor: str) -> Decision:
+    occurred_at = event.occurred_at
+    run_at = event.run_at
+    options = event.options
+    scheduled = run_at is not None and run_at > occurred_at
+    expires_at = None
+    if options.ttl_s is not None:
+        expires_at = add_seconds(run_at if scheduled else occurred_at, options.ttl_s)  # type: ignore[arg-type]
+    derived: tuple[Any, ...] = ()
+    if scheduled:
+        derived = (_derive(ScheduledEvent, event, 0, actor, {"run_at": run_at}),)
+    data = {  # every JobState field, in declaration order (a test checks this)
+        "job_id": event.job_id,
+        "name": event.name,
+        "queue": event.queue,
+        "priority": event.priority,
+        "args": event.args,
+        "options": options,
+        "status": SCHEDULED if scheduled else PENDING,
+        "attempt": 0,
+        "attempts_started": 0,
+        "max_attempts": options.max_attempts,
+        "enqueued_at": occurred_at,
+        "run_at": run_at,
+        "next_due_at": run_at if scheduled else None,
+        "expires_at": expires_at,
+        "lease_deadline": None,
+        "worker_id": None,
+        "started_at": None,
+        "finished_at": None,
+        "updated_at": occurred_at,
+        "result": None,
+        "last_error": None,
+        "reason": None,
+        "cancel_requested": False,
+        "progress_percent": None,
+        "progress_message": None,
+        "progress_at": None,
+        "progress_event_id": None,
+        "idempotency_key": event.idempotency_key,
+        "parent_job_id": event.parent_job_id,
+        "enqueued_event_id": event.event_id,
+        "dead_letter_event_id": None,
+        "version": 1,
+        "recent_event_ids": (event.event_id, *[d.event_id for d in derived]),
+    }
+    return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), derived, None, False))  # type: ignore[no-any-return]
+
+
+def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
+    if event.event_id == state.enqueued_event_id:
+        return _duplicate(state)
+    notice = _derive(
+        DuplicateRejectedEvent,
+        event,
+        0,
+        actor,
+        {"idempotency_key": event.idempotency_key, "duplicate_event_id": event.event_id},
+    )
+    key = f" (idempotency key {event.idempotency_key!r})" if event.idempotency_key else ""
+    reason = f"job {state.job_id} already exists{key}, enqueued by event {state.enqueued_event_id}; duplicate refused"
+    return _tuple_new(Decision, (state, (notice,), reason, False))  # type: ignore[no-any-return]
+
+
+def _on_due(state: JobState, event: Any, actor: str) -> Decision:
+    status = state.status
+    if status is not SCHEDULED and status is not RETRYING:
+        return _not_accepted(state, event)
+    if event.attempt != state.attempt:
+        return _stale_attempt(state, event)
+    expected = "run_at" if status is SCHEDULED else "retry"
+    if event.timer != expected:
+        return _reject(state, f"a '{event.timer}' timer does not apply to a {status.value} job (expects '{expected}')")
+    data = state.__dict__.copy()
+    data["status"] = PENDING
+    data["next_due_at"] = None
+    return _accept(state, event, data)
+
+
+def _on_claimed(state: JobState, event: Any, actor: str) -> Decision:
+    if event.attempt != state.attempt:
+        return _stale_attempt(state, event)
+    status = state.status
+    if status is not PENDING:
+        if status is CLAIMED or status is RUNNING:
+            return _reject(state, f"attempt {state.attempt} is already claimed by {state.worker_id}")
+        return _not_accepted(state, event)
+    if event.lease_deadline <= event.occurred_at:
+        return _reject(state, "lease_deadline is not after occurred_at: the lease would already be over")
+    data = state.__dict__.copy()
+    data["status"] = CLAIMED
+    data["worker_id"] = event.worker_id
+    data["lease_deadline"] = event.lease_deadline
+    data["attempts_started"] = state.attempts_started + 1
+    if state.progress_at is not None:
+        data["progress_percent"] = data["progress_message"] = data["progress_at"] = data["progress_event_id"] = None
+    return _accept(state, event, data)
+
+
+def _on_attempt_started(state: JobState, event: Any, actor: str) -> Decision:
+    if event.attempt != state.attempt:
+        return _stale_attempt(state, event)
+    if state.status is not CLAIMED:
+        return _not_accepted(state, event)
+    if event.worker_id != state.worker_id:
+        return _reject(state, f"attempt {state.attempt} is claimed by {state.worker_id}, not {event.worker_id}")
+    data = state.__dict__.copy()
+    data["status"] = RUNNING
+    data["started_at"] = event.occurred_at
+    return _accept(state, event, data)
+
+
+def _on_progress(state: JobState, event: Any, actor: str) -> Decision:
+    if event.attempt != state.attempt:
+        return _stale_attempt(state, event)
+    status = state.status
+    if status is not CLAIMED and status is not RUNNING:
+        return _not_accepted(state, event)
+    last_at = state.progress_at
+    if last_at is not None and (event.occurred_at, event.event_id) <= (last_at, state.progress_event_id):
+        return _reject(state, "progress older than the last recorded one")
+    data = state.__dict__.copy()
+    data["progress_percent"] = event.percent
+    data["progress_message"] = event.message
+    data["progress_at"] = event.occurred_at
+    data["progress_event_id"] = event.event_id
+    return _accept(state, event, data)
+
+
+def _on_heartbeat(state: JobState, event: Any, actor: str) -> Decision:
+    if event.attempt != state.attempt:
+        return _stale_attempt(state, event)
+    status = state.status
+    if status is not CLAIMED and status is not RUNNING:
+        return _not_accepted(state, event)
+    if state.lease_deadline is not None and event.lease_deadline <= state.lease_deadline:
+        return _reject(state, "heartbeat does not extend the lease (deadline not later than the current one)")
+    data = state.__dict__.copy()
+    data["lease_deadline"] = event.lease_deadline
+    return _accept(state, event, data)
+
+
+def _on_attempt_succeeded(state: JobState, event: Any, actor: str) -> Decision:
+    if event.attempt != state.attempt:
+        return _stale_attempt(state, event)
+    status = state.status
+    if status is not CLAIMED and status is not RUNNING:
+        return _not_accepted(state, event)
+    completed = _derive(CompletedEvent, event, 0, actor, {"attempt": event.attempt, "result": event.result})
+    data = state.__dict__.copy()
+    data["status"] = COMPLETED
+    data["result"] = event.result
+    data["finished_at"] = event.occurred_at
+    data["lease_deadline"] = None
+    return _accept(state, event, data, (completed,))
+
+
+_ERROR_FIELDS = frozenset(ErrorInfo.model_fields)
+
+
+def _error(error_type: str, message: str, traceback: str) -> ErrorInfo:
+    data = {"error_type": error_type, "message": message, "traceback": traceback}
+    return _build(ErrorInfo, data, _ERROR_FIELDS)  # type: ignore[no-any-return]
+
+
+def _failure_error(state: JobState, event: Any) -> tuple[ErrorInfo, bool, float | None]:
+    """(error, retryable, worker-chosen delay) for the three ways an attempt can fail."""
+    if type(event) is AttemptFailedEvent:
+        return _error(event.error_type, event.message, event.traceback), event.retryable, event.retry_delay_s
+    if type(event) is AttemptTimedOutEvent:
+        message = f"attempt {event.attempt} timed out after {event.timeout_s:g} s"
+        return _error("TimeoutError", message, ""), True, None
+    deadline = format_utc_ms(event.lease_deadline)
+    message = f"lease of worker {state.worker_id} on attempt {event.attempt} expired at {deadline}"
+    return _error("LeaseExpired", message, ""), True, None
+
+
+def _on_attempt_ended_badly(state: JobState, event: Any, actor: str) -> Decision:
+    """attempt_failed, attempt_timed_out, lease_expired: retry, dead-letter, or finish a cancel."""
+    attempt = state.attempt
+    if event.attempt != attempt:
+        return _stale_attempt(state, event)
+    status = state.status
+    if status is not CLAIMED and status is not RUNNING:
+        return _not_accepted(state, event)
+    if type(event) is LeaseExpiredEvent and event.lease_deadline != state.lease_deadline:
+        return _reject(state, "lease was extended since this timer was set: the worker is still alive")
+    error, retryable, delay_s = _failure_error(state, event)
+    now = event.occurred_at
+    data = state.__dict__.copy()
+    data["last_error"] = error
+    data["lease_deadline"] = None
+
+    if state.cancel_requested:
+        cancelled = _derive(CancelledEvent, event, 0, actor, {"reason": state.reason or "cancel requested"})
+        data["status"] = CANCELLED
+        data["finished_at"] = now
+        return _accept(state, event, data, (cancelled,))
+
+    if retryable and attempt + 1 < state.max_attempts:
+        if delay_s is None:
+            delay_s = backoff_delay_s(state.options.backoff, attempt, state.job_id)
+        delay_s = round(delay_s * 1000) / 1000  # whole milliseconds, like every time on the wire
+        due_at = add_seconds(now, delay_s)
+        scheduled = _derive(RetryScheduledEvent, event, 0, actor, {"attempt": attempt + 1, "due_at": due_at, "delay_s": delay_s})
+        data["status"] = RETRYING
+        data["attempt"] = attempt + 1
+        data["next_due_at"] = due_at
+        return _accept(state, event, data, (scheduled,))
+
+    if retryable:
+        reason = f"attempts exhausted: {attempt - state.budget_start + 1} of {state.options.max_attempts} failed"
+    else:
+        reason = f"not retryable: {error.error_type}"
+    error_fields = {"error_type": error.error_type, "message": error.message, "traceback": error.traceback}
+    failed = _derive(FailedEvent, event, 0, actor, {"attempt": attempt, "reason": reason, **error_fields})
+    dead = _derive(DeadLetteredEvent, event, 1, actor, {"reason": reason, **error_fields})
+    data["status"] = DEAD_LETTERED
+    data["finished_at"] = now
+    data["reason"] = reason
+    data["dead_letter_event_id"] = dead.event_id
+    return _accept(state, event, data, (failed, dead))
+
+
+def _on_cancel_requested(state: JobState, event: Any, actor: str) -> Decision:
+    status = state.status
+    reason = event.reason or "cancel requested"
+    if status is PENDING or status is SCHEDULED or status is RETRYING:
+        cancelled = _derive(CancelledEvent, event, 0, actor, {"reason": reason})
+        data = state.__dict__.copy()
+        data["status"] = CANCELLED
+        data["finished_at"] = event.occurred_at
+        data["reason"] = reason
+        data["next_due_at"] = None
+        return _accept(state, event, data, (cancelled,))
+    if status is CLAIMED or status is RUNNING:
+        if state.cancel_requested:
+            return _reject(state, "cancel already requested; the running attempt decides when it ends")
+        data = state.__dict__.copy()
+        data["cancel_requested"] = True
+        data["reason"] = reason
+        return _accept(state, event, data)
+    return _not_accepted(state, event)
+
+
+def _on_expired(state: JobState, event: Any, actor: str) -> Decision:
+    status = state.status
+    if status is not PENDING and status is not SCHEDULED and status is not RETRYING:
+        return _not_accepted(state, event)
+    if state.expires_at is None:
+        return _reject(state, "no ttl is armed for this job (none set, or it was retried from the dead-letter queue)")
+    if status is not RETRYING and state.attempts_started:
+        return _reject(state, f"job already started ({state.attempts_started} attempt(s)); ttl only limits the wait")
+    reason = f"expired: ttl of {state.options.ttl_s or 0.0:g} s passed before the job started"
+    last = state.last_error
+    dead = _derive(
+        DeadLetteredEvent,
+        event,
+        0,
+        actor,
+        {
+            "reason": reason,
+            "error_type": last.error_type if last else "",
+            "message": last.message if last else "",
+            "traceback": last.traceback if last else "",
+        },
+    )
+    data = state.__dict__.copy()
+    data["status"] = DEAD_LETTERED
+    data["finished_at"] = event.occurred_at
+    data["reason"] = reason
+    data["next_due_at"] = None
+    data["dead_letter_event_id"] = dead.event_id
+    return _accept(state, event, data, (dead,))
+
+
+def _dead_letter_entry_mismatch(state: JobState, event: Any) -> Decision | None:
+    if state.status is not DEAD_LETTERED:
+        return _not_accepted(state, event)
+    if event.causation_id != state.dead_letter_event_id:
+        return _reject(
+            state,
+            f"'{event.type}' must name the dead-letter entry it acts on: causation_id is {event.causation_id!r}, "
+            f"the job's dead_lettered event is {state.dead_letter_event_id!r}",
+        )
+    return None
+
+
+def _on_dead_letter_retried(state: JobState, event: Any, actor: str) -> Decision:
+    refusal = _dead_letter_entry_mismatch(state, event)
+    if refusal is not None:
+        return refusal
+    attempt = state.attempt + 1
+    data = state.__dict__.copy()
+    data.update(
+        status=PENDING,
+        attempt=attempt,
+        max_attempts=attempt + state.options.max_attempts,
+        lease_deadline=None,
+        worker_id=None,
+        next_due_at=None,
+        expires_at=None,
+        finished_at=None,
+        result=None,
+        reason=None,
+        cancel_requested=False,
+        progress_percent=None,
+        progress_message=None,
+        progress_at=None,
+        progress_event_id=None,
+        dead_letter_event_id=None,
+    )
+    return _accept(state, event, data)
+
+
+def _on_discarded(state: JobState, event: Any, actor: str) -> Decision:
+    refusal = _dead_letter_entry_mismatch(state, event)
+    if refusal is not None:
+        return refusal
+    data = state.__dict__.copy()
+    data["status"] = DISCARDED
+    data["finished_at"] = event.occurred_at
+    data["reason"] = event.reason or "discarded"
+    return _accept(state, event, data)
+
+
+def _on_derived(state: JobState, event: Any, actor: str) -> Decision:
+    """An event only the processor writes: already reflected in the state if it is a derivation."""
+    cause = event.causation_id
+    if cause is not None:
+        for index in range(2):
+            if event.event_id == derived_event_id(cause, event.type, index):
+                return _duplicate(state)
+    return _reject(
+        state,
+        f"'{event.type}' is written only by the processor as a consequence of another event; "
+        f"event {event.event_id} is not such a derivation",
+    )
+
+
+_Handler = Callable[[JobState, Any, str], Decision]
+_HANDLERS: dict[str, _Handler] = {
+    "enqueued": _on_enqueued,
+    "due": _on_due,
+    "claimed": _on_claimed,
+    "attempt_started": _on_attempt_started,
+    "progress": _on_progress,
+    "heartbeat": _on_heartbeat,
+    "attempt_succeeded": _on_attempt_succeeded,
+    "attempt_failed": _on_attempt_ended_badly,
+    "attempt_timed_out": _on_attempt_ended_badly,
+    "lease_expired": _on_attempt_ended_badly,
+    "cancel_requested": _on_cancel_requested,
+    "expired": _on_expired,
+    "dead_letter_retried": _on_dead_letter_retried,
+    "discarded": _on_discarded,
+    **{type_: _on_derived for type_ in DERIVED_TYPES},
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def apply(state: JobState | None, event: JobEvent, actor: str = "processor") -> Decision:
+    """Apply one event to a job's state (None: the job is unknown so far).
+
+    ``actor`` is written into derived events (e.g. ``"processor:3"``). Never raises: anything
+    that does not fit is returned as ``Decision(rejected=reason)`` with the state unchanged.
+    """
+    try:
+        if state is None:
+            if event.type == "enqueued":
+                return _create(event, actor)  # type: ignore[arg-type]
+            return _reject(None, f"unknown job {event.job_id!r}: no enqueued event seen for it")
+        if event.job_id != state.job_id:
+            return _reject(state, f"event for job {event.job_id!r} applied to the state of job {state.job_id!r}")
+        if event.event_id in state.recent_event_ids:
+            return _duplicate(state)
+        return _HANDLERS[event.type](state, event, actor)
+    except Exception as exc:  # a bug must not stop a processor: reject, keep the state, say why
+        return _reject(state, f"internal error applying {getattr(event, 'type', '?')!r}: {exc!r}")
+
+
+def replay(
+    events: Iterable[JobEvent], states: dict[str, JobState] | None = None, actor: str = "processor"
+) -> Iterator[tuple[JobEvent, Decision]]:
+    """Apply events in order, yielding each with its decision; ``states`` (job id -> state) is updated in place."""
+    if states is None:
+        states = {}
+    for event in events:
+        decision = apply(states.get(event.job_id), event, actor)
+        if decision.state is not None:
+            states[event.job_id] = decision.state
+        yield event, decision
+
+
+def fold(
+    events: Iterable[JobEvent], states: dict[str, JobState] | None = None, actor: str = "processor"
+) -> dict[str, JobState]:
+    """The state of every job after ``events`` (starting from ``states``, not modified)."""
+    result: dict[str, JobState] = dict(states) if states else {}
+    get = result.get
+    for event in events:
+        new = apply(get(event.job_id), event, actor).state
+        if new is not None:
+            result[event.job_id] = new
+    return result

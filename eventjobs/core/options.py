@@ -1,0 +1,489 @@
+"""Job options, priorities and retry backoff.
+
+Why this module exists: options are what users configure per job type and override per enqueue,
+and they must be checked once, at the boundary, with a message that says what to change
+(``InvalidJobOptions``). What the processor needs to decide later travels inside the
+``enqueued`` event as a serializable ``JobOptionsSpec``, so a replay in another process makes
+the same decisions without importing user code.
+
+Backoff policies are pure: ``backoff_delay_s(spec, attempt, job_id)`` returns seconds for the
+0-based attempt that just failed. Jitter is replay-safe: the "random" fraction is a hash of
+(seed, job id, attempt), so the processor computes the same delay every time; the seed only
+chooses which sequence. A callable backoff is user code, so only the worker can evaluate it
+(it puts the result in ``attempt_failed.retry_delay_s``); when no worker was involved (a lease
+or timeout detected by a timer) the spec's serializable ``fallback`` is used.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from eventjobs.core.clock import add_seconds, utc_ms
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_QUEUE",
+    "DEFAULT_TIMEOUT_S",
+    "BackoffSpec",
+    "CallableBackoff",
+    "ConstantBackoff",
+    "ExponentialBackoff",
+    "InvalidJobOptions",
+    "JobOptions",
+    "JobOptionsSpec",
+    "LinearBackoff",
+    "NoBackoff",
+    "Priority",
+    "backoff_delay_s",
+    "exception_type_name",
+    "matches_retry_on",
+]
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 20
+DEFAULT_TIMEOUT_S = 30.0
+QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
+CAPABILITY_RE = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+_MAX_DELAY_S = 366 * 24 * 3600.0  # a year: anything longer is a mistake, not a backoff
+
+
+class InvalidJobOptions(ValueError):
+    """Job options that cannot work; the message says which option and what is allowed."""
+
+
+class Priority(str, enum.Enum):
+    """How urgently a job should run: critical > high > normal > low."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for critical ... 3 for low: sort ascending to take the most urgent first."""
+        return _PRIORITY_RANK[self]
+
+    @classmethod
+    def parse(cls, value: Priority | str) -> Priority:
+        """Accept a member or its name; reject anything else with the allowed values."""
+        if isinstance(value, Priority):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(p.value for p in cls)
+            raise InvalidJobOptions(f"unknown priority {value!r} (allowed: {allowed})") from None
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_PRIORITY_RANK = {Priority.CRITICAL: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 3}
+
+
+# --------------------------------------------------------------------------------------------
+# Backoff policies (serializable: they travel inside the enqueued event)
+# --------------------------------------------------------------------------------------------
+
+_Seconds = Annotated[float, Field(ge=0, le=_MAX_DELAY_S, allow_inf_nan=False)]
+_Jitter = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class _Backoff(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    kind: str  # each policy pins it to a literal; declared here so it comes first in JSON
+    jitter: _Jitter = Field(
+        0.0,
+        description="Fraction in [0, 1]: the delay is scaled by (1 - jitter * u), u in [0, 1) hashed "
+        "from (seed, job id, attempt), so it is spread but replay-deterministic.",
+    )
+    seed: int | None = Field(None, description="Chooses the jitter sequence (tests pin it).")
+
+    def base_seconds(self, attempt: int) -> float:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def seconds(self, attempt: int, job_id: str = "") -> float:
+        """Seconds to wait after the 0-based ``attempt`` failed, jitter included."""
+        delay = self.base_seconds(attempt)
+        if self.jitter and delay:
+            delay *= 1.0 - self.jitter * _jitter_unit(self.seed, job_id, attempt)
+        return delay
+
+
+def _jitter_unit(seed: int | None, job_id: str, attempt: int) -> float:
+    """A number in [0, 1) that is a pure function of (seed, job id, attempt)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{job_id}\x1f{attempt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class ExponentialBackoff(_Backoff):
+    """``min(base_s * 2**attempt, cap_s)``: 1 s, 2 s, 4 s ... capped at 300 s by default."""
+
+    kind: Literal["exponential"] = "exponential"
+    base_s: Annotated[float, Field(gt=0, le=_MAX_DELAY_S, allow_inf_nan=False)] = Field(
+        1.0, description="Delay after attempt 0, doubled for each further attempt."
+    )
+    cap_s: _Seconds = Field(300.0, description="Upper bound of the delay.")
+
+    def base_seconds(self, attempt: int) -> float:
+        if attempt >= 64:
+            return self.cap_s
+        return min(self.base_s * (1 << max(attempt, 0)), self.cap_s)
+
+
+class LinearBackoff(_Backoff):
+    """``step_s * (attempt + 1)``, optionally capped at ``cap_s``."""
+
+    kind: Literal["linear"] = "linear"
+    step_s: _Seconds = Field(description="Added for each further attempt.")
+    cap_s: _Seconds | None = Field(None, description="Upper bound of the delay, if any.")
+
+    def base_seconds(self, attempt: int) -> float:
+        delay = self.step_s * (max(attempt, 0) + 1)
+        return min(delay, self.cap_s) if self.cap_s is not None else min(delay, _MAX_DELAY_S)
+
+
+class ConstantBackoff(_Backoff):
+    """The same ``delay_s`` after every attempt."""
+
+    kind: Literal["constant"] = "constant"
+    delay_s: _Seconds = Field(description="The delay, every time.")
+
+    def base_seconds(self, attempt: int) -> float:
+        return self.delay_s
+
+
+class NoBackoff(_Backoff):
+    """Retry immediately (the retry still goes through the timer, with a zero delay)."""
+
+    kind: Literal["none"] = "none"
+
+    def base_seconds(self, attempt: int) -> float:
+        return 0.0
+
+
+class CallableBackoff(_Backoff):
+    """Placeholder for a user callable: only the worker can run it (see module docstring)."""
+
+    kind: Literal["callable"] = "callable"
+    name: str = Field(description="The callable's qualified name, for display only.")
+    fallback: ExponentialBackoff = Field(
+        default_factory=ExponentialBackoff,
+        description="Used when no worker evaluated the callable (lease expired, timeout seen by a timer).",
+    )
+
+    def base_seconds(self, attempt: int) -> float:
+        return self.fallback.base_seconds(attempt)
+
+    def seconds(self, attempt: int, job_id: str = "") -> float:
+        return self.fallback.seconds(attempt, job_id)
+
+
+BackoffSpec = Annotated[
+    Union[ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff, CallableBackoff],
+    Field(discriminator="kind"),
+]
+BackoffPolicy = Union[ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff, CallableBackoff]
+
+
+def backoff_delay_s(spec: BackoffPolicy, attempt: int, job_id: str) -> float:
+    """Seconds to wait before retrying after the 0-based ``attempt`` failed (pure, replay-safe)."""
+    return spec.seconds(attempt, job_id)
+
+
+# --------------------------------------------------------------------------------------------
+# retry_on: exception type names
+# --------------------------------------------------------------------------------------------
+
+
+def exception_type_name(exc_type: type[BaseException]) -> str:
+    """``ValueError`` for builtins, ``package.module.QualName`` for everything else."""
+    module = exc_type.__module__
+    if module == "builtins":
+        return exc_type.__qualname__
+    return f"{module}.{exc_type.__qualname__}"
+
+
+def matches_retry_on(exc_type: type[BaseException], retry_on: Sequence[str]) -> bool:
+    """Whether ``exc_type`` or one of its base classes is named in ``retry_on``.
+
+    Names match either fully qualified (``myapp.errors.Transient``) or by bare class name
+    (``Transient``), so the default ``("Exception",)`` retries every ordinary exception.
+    """
+    names = set(retry_on)
+    for klass in exc_type.__mro__:
+        if klass.__qualname__ in names or exception_type_name(klass) in names:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# The serializable spec (inside `enqueued`) and the user-facing options
+# --------------------------------------------------------------------------------------------
+
+
+class JobOptionsSpec(BaseModel):
+    """The part of a job's options the processor needs, in serializable form."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    max_attempts: Annotated[int, Field(ge=1)] = Field(DEFAULT_MAX_ATTEMPTS, description="Attempt budget (>= 1).")
+    backoff: BackoffSpec = Field(default_factory=ExponentialBackoff, description="Delay before each retry.")
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        DEFAULT_TIMEOUT_S, description="Seconds one attempt may run."
+    )
+    ttl_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="Seconds the job may wait before it starts; then it expires."
+    )
+    retry_on: tuple[str, ...] = Field(
+        ("Exception",), description="Exception type names that retry; anything else fails at once."
+    )
+    capabilities: tuple[str, ...] = Field((), description="Capabilities a worker must have to run the job.")
+
+
+def _seconds(name: str, value: float | timedelta | None, *, allow_zero: bool) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ValueError(f"{name} must be a number of seconds or a timedelta, got {type(value).__name__}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name} must be a finite number of seconds, got {seconds}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound} seconds, got {value if not isinstance(value, timedelta) else seconds}")
+    return seconds
+
+
+class JobOptions(BaseModel):
+    """Options of a job type, overridable per enqueue (``options.merged(priority="high")``).
+
+    Durations are seconds (int/float) or ``timedelta``; they are stored as seconds. Anything
+    invalid raises ``InvalidJobOptions`` naming the option and what is allowed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    queue: str = DEFAULT_QUEUE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff: BackoffPolicy | Callable[[int], float] = Field(default_factory=ExponentialBackoff)
+    retry_on: tuple[str, ...] = ("Exception",)
+    timeout: float = DEFAULT_TIMEOUT_S
+    priority: Priority = Priority.NORMAL
+    ttl: float | None = None
+    idempotency_key: str | Callable[[Mapping[str, Any]], str] | None = None
+    run_at: datetime | None = None
+    delay: float | None = None
+    capabilities: tuple[str, ...] = ()
+
+    _KNOWN: ClassVar[tuple[str, ...]] = (
+        "queue", "max_attempts", "backoff", "retry_on", "timeout", "priority", "ttl",
+        "idempotency_key", "run_at", "delay", "capabilities",
+    )  # fmt: skip
+
+    def __init__(self, **data: Any) -> None:
+        unknown = sorted(set(data) - set(self._KNOWN))
+        if unknown:
+            raise InvalidJobOptions(
+                f"unknown job option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(self._KNOWN)})"
+            )
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidJobOptions(_describe_errors(exc)) from None
+
+    @field_validator("queue", mode="before")
+    @classmethod
+    def _check_queue(cls, value: Any) -> str:
+        if not isinstance(value, str) or not QUEUE_NAME_RE.fullmatch(value):
+            raise ValueError(f"invalid queue name {value!r}: use 1-100 characters from A-Z a-z 0-9 . _ -")
+        return value
+
+    @field_validator("max_attempts", mode="before")
+    @classmethod
+    def _check_max_attempts(cls, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"max_attempts must be an integer >= 1, got {value!r}")
+        if value < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {value}")
+        return value
+
+    @field_validator("backoff", mode="before")
+    @classmethod
+    def _check_backoff(cls, value: Any) -> Any:
+        if isinstance(value, (ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff, CallableBackoff)):
+            return value
+        if value is None:
+            return NoBackoff()
+        if callable(value):
+            return value
+        raise ValueError(
+            "backoff must be ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff or a "
+            f"callable of the 0-based attempt returning seconds, got {type(value).__name__}"
+        )
+
+    @field_validator("retry_on", mode="before")
+    @classmethod
+    def _check_retry_on(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, (type, str)):
+            value = (value,)
+        if not isinstance(value, (list, tuple, set, frozenset)):
+            raise ValueError(f"retry_on must be exception types or their names, got {type(value).__name__}")
+        names: list[str] = []
+        for item in value:
+            if isinstance(item, type) and issubclass(item, BaseException):
+                names.append(exception_type_name(item))
+            elif isinstance(item, str) and item:
+                names.append(item)
+            else:
+                raise ValueError(f"retry_on entries must be exception types or their names, got {item!r}")
+        return tuple(dict.fromkeys(names))
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _check_timeout(cls, value: Any) -> float:
+        seconds = _seconds("timeout", value, allow_zero=False)
+        if seconds is None:
+            raise ValueError("timeout must be > 0 seconds, got None")
+        return seconds
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _check_ttl(cls, value: Any) -> float | None:
+        return _seconds("ttl", value, allow_zero=False)
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _check_delay(cls, value: Any) -> float | None:
+        return _seconds("delay", value, allow_zero=True)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _check_priority(cls, value: Any) -> Priority:
+        try:
+            return Priority.parse(value)
+        except InvalidJobOptions as exc:
+            raise ValueError(str(exc)) from None
+        except TypeError:
+            raise ValueError(f"unknown priority {value!r} (allowed: critical, high, normal, low)") from None
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _check_run_at(cls, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise ValueError(f"run_at must be a timezone-aware datetime, got {type(value).__name__}")
+        if value.utcoffset() is None:
+            raise ValueError(f"run_at must be timezone-aware, got naive {value.isoformat()}")
+        return utc_ms(value)
+
+    @field_validator("idempotency_key", mode="before")
+    @classmethod
+    def _check_key(cls, value: Any) -> Any:
+        if value is None or callable(value):
+            return value
+        if isinstance(value, str) and 0 < len(value) <= 512:
+            return value
+        raise ValueError(f"idempotency_key must be a non-empty string (<= 512 chars) or a callable of the args, got {value!r}")
+
+    @field_validator("capabilities", mode="before")
+    @classmethod
+    def _check_capabilities(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, (list, tuple, set, frozenset)):
+            raise ValueError(f"capabilities must be a list of names, got {type(value).__name__}")
+        for item in value:
+            if not isinstance(item, str) or not CAPABILITY_RE.fullmatch(item):
+                raise ValueError(f"invalid capability {item!r}: use 1-100 characters from A-Z a-z 0-9 . _ : -")
+        return tuple(sorted(set(value)))
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> JobOptions:
+        if self.run_at is not None and self.delay is not None:
+            raise ValueError("give run_at or delay, not both")
+        return self
+
+    # ---- derived values ------------------------------------------------------------------
+
+    def merged(self, **overrides: Any) -> JobOptions:
+        """These options with ``overrides`` applied (validated again). ``run_at`` and ``delay`` replace each other."""
+        data = {name: getattr(self, name) for name in self._KNOWN}
+        if "run_at" in overrides:
+            data["delay"] = None
+        if "delay" in overrides:
+            data["run_at"] = None
+        data.update(overrides)
+        return JobOptions(**data)
+
+    def backoff_spec(self) -> BackoffPolicy:
+        """The serializable backoff (a callable becomes ``CallableBackoff`` with its name)."""
+        if isinstance(self.backoff, (ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff, CallableBackoff)):
+            return self.backoff
+        name = getattr(self.backoff, "__qualname__", None) or type(self.backoff).__qualname__
+        module = getattr(self.backoff, "__module__", None)
+        return CallableBackoff(name=f"{module}.{name}" if module else name)
+
+    @property
+    def callable_backoff(self) -> Callable[[int], float] | None:
+        """The user's backoff callable, if the backoff is one (the worker evaluates it), else None."""
+        if isinstance(self.backoff, BaseModel) or not callable(self.backoff):
+            return None
+        return self.backoff
+
+    def to_spec(self) -> JobOptionsSpec:
+        """The serializable options carried by the ``enqueued`` event."""
+        return JobOptionsSpec(
+            max_attempts=self.max_attempts,
+            backoff=self.backoff_spec(),
+            timeout_s=self.timeout,
+            ttl_s=self.ttl,
+            retry_on=self.retry_on,
+            capabilities=self.capabilities,
+        )
+
+    def resolve_run_at(self, now: datetime) -> datetime | None:
+        """When the job should first run: ``run_at``, or ``now + delay``, or None (at once)."""
+        if self.run_at is not None:
+            return self.run_at
+        if self.delay:
+            return add_seconds(utc_ms(now), self.delay)
+        return None
+
+    def resolve_idempotency_key(self, args: Mapping[str, Any]) -> str | None:
+        """The idempotency key for these args (calls the key function when one was given)."""
+        key = self.idempotency_key
+        if key is None or isinstance(key, str):
+            return key
+        value = key(args)
+        if not isinstance(value, str) or not value or len(value) > 512:
+            raise InvalidJobOptions(f"idempotency_key function returned {value!r}; return a non-empty string (<= 512 chars)")
+        return value
+
+
+def _describe_errors(exc: ValidationError) -> str:
+    """One line per problem, phrased as the validator phrased it (no pydantic boilerplate)."""
+    lines: list[str] = []
+    for error in exc.errors(include_url=False):
+        ctx = error.get("ctx") or {}
+        if error["type"] == "value_error" and "error" in ctx:
+            lines.append(str(ctx["error"]))
+        else:
+            where = ".".join(str(part) for part in error["loc"]) or "options"
+            lines.append(f"{where}: {error['msg']}")
+    return "; ".join(lines)

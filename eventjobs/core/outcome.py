@@ -1,0 +1,160 @@
+"""The handler outcome protocol, and its translation into an attempt event.
+
+Why this module exists: what a handler did (returned a value, returned or raised a marker,
+raised an exception) must become exactly one ``attempt_succeeded`` or ``attempt_failed``
+event, by the same rules in every worker, and this is easy to get subtly wrong inside a worker
+loop full of I/O. Here it is one pure function, tested on its own:
+
+* returns ``None`` or a dict                  -> ``attempt_succeeded`` (the dict is the result)
+* returns anything else                       -> ``attempt_failed``, not retryable
+  ("handler returned int; return None or a dict")
+* returns or raises ``Retry(reason, delay)``  -> ``attempt_failed``, retryable (``delay`` overrides the backoff)
+* returns or raises ``Cancel(reason)``        -> ``attempt_failed``, not retryable (fails at once)
+* raises an exception named in ``retry_on``   -> ``attempt_failed``, retryable
+* raises any other exception                  -> ``attempt_failed``, not retryable
+
+Whether a retryable failure is really retried (attempts left? cancel requested?) is decided by
+``fold.apply``, not here.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback as traceback_module
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from eventjobs.core.events import AttemptFailedEvent, AttemptSucceededEvent, check_json_object
+from eventjobs.core.ids import new_event_id
+from eventjobs.core.options import exception_type_name, matches_retry_on
+
+__all__ = ["Cancel", "Retry", "outcome_event"]
+
+_MAX_DELAY_S = 366 * 24 * 3600.0
+
+
+class Retry(Exception):
+    """Return (or raise) this from a handler to fail the attempt and retry it.
+
+    ``delay`` (seconds) replaces the job's backoff for this retry. A retry still counts against
+    ``max_attempts``.
+    """
+
+    def __init__(self, reason: str = "", delay: float | None = None) -> None:
+        if delay is not None:
+            if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
+                raise ValueError(f"Retry delay must be a number of seconds >= 0, got {delay!r}")
+            delay = float(min(delay, _MAX_DELAY_S))
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+    def __repr__(self) -> str:
+        return f"Retry(reason={self.reason!r}, delay={self.delay!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Retry) and (self.reason, self.delay) == (other.reason, other.delay)
+
+    def __hash__(self) -> int:
+        return hash((Retry, self.reason, self.delay))
+
+
+class Cancel(Exception):
+    """Return (or raise) this from a handler to fail the job at once, without retrying."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Cancel(reason={self.reason!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cancel) and self.reason == other.reason
+
+    def __hash__(self) -> int:
+        return hash((Cancel, self.reason))
+
+
+def _format_traceback(exc: BaseException) -> str:
+    return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def outcome_event(
+    outcome: Any,
+    *,
+    job_id: str,
+    attempt: int,
+    retry_on: Sequence[str],
+    occurred_at: datetime,
+    actor: str,
+    causation_id: str | None = None,
+    event_id: str | None = None,
+    backoff: Callable[[int], float] | None = None,
+) -> AttemptSucceededEvent | AttemptFailedEvent:
+    """Map a handler's return value, or the exception it raised, to the attempt's event.
+
+    ``outcome`` is what the handler returned, or the exception it raised. ``retry_on`` are the
+    job's exception type names. ``backoff`` is the job's callable backoff, if it has one: the
+    worker is the only place user code can run, so its value for this attempt is put in
+    ``retry_delay_s``. ``event_id`` defaults to a new UUIDv7.
+    """
+    envelope: dict[str, Any] = {
+        "event_id": event_id or new_event_id(),
+        "job_id": job_id,
+        "occurred_at": occurred_at,
+        "causation_id": causation_id,
+        "actor": actor,
+        "attempt": attempt,
+    }
+
+    def failed(error_type: str, message: str, tb: str, retryable: bool, delay: float | None = None) -> AttemptFailedEvent:
+        if retryable and delay is None and backoff is not None:
+            delay = _callable_delay(backoff, attempt)
+        return AttemptFailedEvent(
+            **envelope, error_type=error_type, message=message, traceback=tb, retryable=retryable, retry_delay_s=delay
+        )
+
+    if outcome is None or type(outcome) is dict:
+        if outcome is not None:
+            problem = _result_problem(outcome)
+            if problem:
+                return failed("InvalidHandlerResult", problem, "", False)
+        return AttemptSucceededEvent(**envelope, result=outcome)
+    if isinstance(outcome, Retry):
+        tb = _format_traceback(outcome) if outcome.__traceback__ is not None else ""
+        return failed("Retry", outcome.reason or "handler asked to retry", tb, True, outcome.delay)
+    if isinstance(outcome, Cancel):
+        tb = _format_traceback(outcome) if outcome.__traceback__ is not None else ""
+        return failed("Cancel", outcome.reason or "handler cancelled the job", tb, False)
+    if isinstance(outcome, BaseException):
+        exc_type = type(outcome)
+        retryable = matches_retry_on(exc_type, retry_on) and isinstance(outcome, Exception)
+        return failed(exception_type_name(exc_type), str(outcome), _format_traceback(outcome), retryable)
+    return failed(
+        "InvalidHandlerResult", f"handler returned {type(outcome).__name__}; return None or a dict", "", False
+    )
+
+
+def _result_problem(result: dict[str, Any]) -> str | None:
+    """Why a returned dict cannot be stored as a result (None if it can)."""
+    try:
+        check_json_object(result)
+        orjson.dumps(result)
+    except (ValueError, TypeError) as exc:
+        return f"handler result is not a JSON object: {exc}"
+    return None
+
+
+def _callable_delay(backoff: Callable[[int], float], attempt: int) -> float | None:
+    """The user's backoff for ``attempt``, or None (the processor then uses the spec's fallback)."""
+    try:
+        seconds = float(backoff(attempt))
+    except Exception:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, _MAX_DELAY_S)

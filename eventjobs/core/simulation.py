@@ -1,0 +1,275 @@
+"""Synthetic but valid job event logs, reproducible from a seed.
+
+Why this module exists: property tests, the fold benchmark and load tests all need realistic
+logs (many jobs interleaved, retries, lease losses, cancellations, dead letters, operator
+actions) that are valid by construction. The simulator plays every writer (producer, worker,
+timer service, operator) against the real ``apply``, so a log contains exactly what a healthy
+system would write, including the processor's derived events right after their cause.
+
+Everything is a pure function of the ``random.Random`` it is given: ids and times included.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from eventjobs.core.clock import add_seconds
+from eventjobs.core.events import (
+    AttemptFailedEvent,
+    AttemptStartedEvent,
+    AttemptSucceededEvent,
+    AttemptTimedOutEvent,
+    CancelRequestedEvent,
+    ClaimedEvent,
+    DeadLetterRetriedEvent,
+    DiscardedEvent,
+    DueEvent,
+    EnqueuedEvent,
+    ExpiredEvent,
+    HeartbeatEvent,
+    JobEvent,
+    LeaseExpiredEvent,
+    ProgressEvent,
+)
+from eventjobs.core.fold import apply
+from eventjobs.core.options import (
+    ConstantBackoff,
+    ExponentialBackoff,
+    JobOptions,
+    LinearBackoff,
+    NoBackoff,
+    Priority,
+)
+from eventjobs.core.state import JobState, JobStatus
+
+__all__ = ["SimulationProfile", "generate_log", "job_lifecycle", "sim_id"]
+
+EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def sim_id(rng: random.Random, at: datetime) -> str:
+    """A UUIDv7-shaped id for time ``at`` with random bits from ``rng`` (reproducible)."""
+    ms = int(at.timestamp() * 1000)
+    value = (ms << 80) | (0x7 << 76) | (rng.getrandbits(12) << 64) | (0b10 << 62) | rng.getrandbits(62)
+    hex32 = f"{value:032x}"
+    return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
+
+
+@dataclass(frozen=True)
+class SimulationProfile:
+    """How often things happen (probabilities per decision point)."""
+
+    succeed: float = 0.80  # a running attempt succeeds (otherwise one of the failure kinds)
+    retryable: float = 0.85  # a failure is retryable
+    timeout: float = 0.05  # a failure is a timeout
+    lease_loss: float = 0.05  # a claimed/running attempt loses its lease
+    cancel: float = 0.02  # someone asks to cancel at a decision point
+    heartbeats: float = 0.5  # mean heartbeats per attempt
+    progress: float = 0.5  # mean progress reports per attempt
+    scheduled: float = 0.1  # the job has a future run_at
+    ttl: float = 0.1  # the job has a ttl
+    expire: float = 0.3  # a job with a ttl expires while waiting (per waiting period)
+    dlq_retry: float = 0.5  # an operator retries a dead-lettered job (once per job at most)
+    discard: float = 0.3  # an operator discards a dead-lettered job
+
+
+def _options(rng: random.Random, profile: SimulationProfile) -> JobOptions:
+    backoff = rng.choice(
+        [
+            ExponentialBackoff(),
+            ExponentialBackoff(base_s=0.5, cap_s=60, jitter=0.2, seed=rng.getrandbits(16)),
+            LinearBackoff(step_s=2),
+            ConstantBackoff(delay_s=5),
+            NoBackoff(),
+        ]
+    )
+    return JobOptions(
+        queue=rng.choice(["default", "email", "reports"]),
+        max_attempts=rng.choice([1, 2, 3, 5, 20]),
+        backoff=backoff,
+        retry_on=("Exception",),
+        timeout=rng.choice([10, 30, 120]),
+        priority=rng.choice(list(Priority)),
+        ttl=rng.choice([60.0, 600.0]) if rng.random() < profile.ttl else None,
+    )
+
+
+def job_lifecycle(
+    rng: random.Random,
+    *,
+    start: datetime = EPOCH,
+    options: JobOptions | None = None,
+    profile: SimulationProfile = SimulationProfile(),
+    name: str = "demo.task",
+    args: dict[str, Any] | None = None,
+    max_steps: int = 500,
+) -> Iterator[JobEvent]:
+    """The events of one job from ``enqueued`` to a terminal status, derived events included.
+
+    Every original event is accepted by ``apply`` (the simulator checks); each is followed by
+    the events the processor derives from it.
+    """
+    options = options or _options(rng, profile)
+    now = start
+    actor_w = f"worker:w{rng.randint(1, 8)}"
+    state: JobState | None = None
+
+    def tick(max_ms: int = 2000) -> datetime:
+        nonlocal now
+        now = now + timedelta(milliseconds=rng.randint(1, max_ms))
+        return now
+
+    def env() -> dict[str, Any]:
+        return {"event_id": sim_id(rng, now), "job_id": job_id, "occurred_at": now}
+
+    job_id = sim_id(rng, now)
+    run_at = add_seconds(now, rng.choice([5, 60, 3600])) if rng.random() < profile.scheduled else None
+    first = EnqueuedEvent(
+        **env(),
+        actor="producer:sim:1",
+        name=name,
+        queue=options.queue,
+        args=args if args is not None else {"n": rng.randint(0, 10**6), "to": f"user{rng.randint(0, 999)}@example.com"},
+        options=options.to_spec(),
+        run_at=run_at,
+        priority=options.priority,
+    )
+    pending: list[JobEvent] = [first]
+    dlq_retried = False
+
+    for _ in range(max_steps):
+        if not pending:
+            assert state is not None
+            event = _next_event(rng, state, profile, env, tick, actor_w, dlq_retried)
+            if event is None:
+                return
+            if event.type == "dead_letter_retried":
+                dlq_retried = True
+            pending.append(event)
+        event = pending.pop(0)
+        decision = apply(state, event)
+        if decision.rejected is not None:  # pragma: no cover - a simulator bug
+            raise AssertionError(f"simulator wrote an illegal event {event.type}: {decision.rejected}")
+        state = decision.state
+        yield event
+        yield from decision.derived
+        if state is not None and state.next_due_at is not None and state.next_due_at > now:
+            now = state.next_due_at  # timers fire at (or after) their due time
+
+
+def _next_event(
+    rng: random.Random,
+    state: JobState,
+    p: SimulationProfile,
+    env: Any,
+    tick: Any,
+    worker: str,
+    dlq_retried: bool,
+) -> JobEvent | None:
+    status = state.status
+    attempt = state.attempt
+    if status in (JobStatus.SCHEDULED, JobStatus.PENDING, JobStatus.RETRYING):
+        roll = rng.random()
+        if roll < p.cancel:
+            tick()
+            return CancelRequestedEvent(**env(), actor="operator:sim", reason="no longer needed")
+        can_expire = state.expires_at is not None and (status is JobStatus.RETRYING or state.attempts_started == 0)
+        if can_expire and rng.random() < p.expire:
+            tick()
+            return ExpiredEvent(**env(), actor="timer:0", reason="ttl passed")
+        if status is JobStatus.PENDING:
+            at = tick()
+            return ClaimedEvent(
+                **env(), actor=worker, attempt=attempt, worker_id=worker[7:], lease_deadline=add_seconds(at, state.options.timeout_s + 30)
+            )
+        tick(50)
+        timer = "run_at" if status is JobStatus.SCHEDULED else "retry"
+        return DueEvent(**env(), actor="timer:0", attempt=attempt, timer=timer)
+
+    if status is JobStatus.CLAIMED:
+        if rng.random() < p.lease_loss:
+            deadline = state.lease_deadline
+            assert deadline is not None
+            tick(50)
+            return LeaseExpiredEvent(**{**env(), "occurred_at": max(deadline, env()["occurred_at"])}, actor="timer:0", attempt=attempt, lease_deadline=deadline)
+        tick(200)
+        return AttemptStartedEvent(**env(), actor=worker, attempt=attempt, worker_id=state.worker_id or worker[7:])
+
+    if status is JobStatus.RUNNING:
+        if not state.cancel_requested and rng.random() < p.cancel:
+            tick()
+            return CancelRequestedEvent(**env(), actor="operator:sim", reason="stop it")
+        if rng.random() < p.heartbeats / (1 + p.heartbeats):
+            at = tick(5000)
+            return HeartbeatEvent(**env(), actor=worker, attempt=attempt, lease_deadline=add_seconds(at, state.options.timeout_s + 30))
+        if rng.random() < p.progress / (1 + p.progress):
+            tick(1000)
+            return ProgressEvent(**env(), actor=worker, attempt=attempt, percent=float(rng.randint(0, 100)), message="working")
+        if rng.random() < p.lease_loss:
+            deadline = state.lease_deadline
+            assert deadline is not None
+            tick(50)
+            return LeaseExpiredEvent(**{**env(), "occurred_at": max(deadline, env()["occurred_at"])}, actor="timer:0", attempt=attempt, lease_deadline=deadline)
+        tick(3000)
+        if rng.random() < p.succeed:
+            result = {"ok": True, "n": rng.randint(0, 1000)} if rng.random() < 0.5 else None
+            return AttemptSucceededEvent(**env(), actor=worker, attempt=attempt, result=result)
+        if rng.random() < p.timeout:
+            return AttemptTimedOutEvent(**env(), actor=worker, attempt=attempt, timeout_s=state.options.timeout_s)
+        retryable = rng.random() < p.retryable
+        return AttemptFailedEvent(
+            **env(),
+            actor=worker,
+            attempt=attempt,
+            error_type="ConnectionError" if retryable else "ValueError",
+            message="connection reset by peer" if retryable else "bad input",
+            traceback='Traceback (most recent call last):\n  File "tasks.py", line 12, in send\n    raise exc\n',
+            retryable=retryable,
+            retry_delay_s=rng.choice([None, None, None, 0.5]) if retryable else None,
+        )
+
+    if status is JobStatus.DEAD_LETTERED:
+        roll = rng.random()
+        tick(60_000)
+        if not dlq_retried and roll < p.dlq_retry:
+            return DeadLetterRetriedEvent(**env(), causation_id=state.dead_letter_event_id, actor="operator:sim", reason="fixed")
+        if roll < p.dlq_retry + p.discard:
+            return DiscardedEvent(**env(), causation_id=state.dead_letter_event_id, actor="operator:sim", reason="obsolete")
+        return None
+    return None  # completed, cancelled, discarded: nothing more happens
+
+
+def generate_log(
+    n_events: int,
+    *,
+    seed: int = 0,
+    concurrency: int = 1000,
+    profile: SimulationProfile = SimulationProfile(),
+    start: datetime = EPOCH,
+) -> list[JobEvent]:
+    """About ``n_events`` events (exactly that many) of many jobs, ``concurrency`` of them interleaved."""
+    rng = random.Random(seed)
+    live: list[Iterator[JobEvent]] = []
+    log: list[JobEvent] = []
+    job_start = start
+
+    def new_job() -> Iterator[JobEvent]:
+        nonlocal job_start
+        job_start = job_start + timedelta(milliseconds=rng.randint(0, 50))
+        return job_lifecycle(random.Random(rng.getrandbits(64)), start=job_start, profile=profile)
+
+    while len(log) < n_events:
+        while len(live) < concurrency:
+            live.append(new_job())
+        index = rng.randrange(len(live))
+        event = next(live[index], None)
+        if event is None:
+            live[index] = live[-1]
+            live.pop()
+            continue
+        log.append(event)
+    return log

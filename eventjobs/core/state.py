@@ -1,0 +1,234 @@
+"""A job's current state, its statuses, and the table of legal transitions.
+
+Why this module exists: ``JobState`` is what the processor keeps per job (in memory, and in the
+compacted changelog topic, one record per event), what operators see, and what ``apply``
+reads to decide. It is a frozen value: ``apply`` returns a new one. It stays small because it
+is written to Kafka once per event: the job's history lives in the event log, not here.
+
+``TRANSITIONS`` is the state machine as data. ``apply`` rejects an event whose type is not
+allowed from the current status using this table, ``docs/events.md`` draws its diagram from
+it, and a test checks that every row is what ``apply`` really does, so the three cannot drift.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from eventjobs.core.options import JobOptionsSpec, Priority
+
+__all__ = [
+    "ACCEPTING_STATUSES",
+    "RECENT_EVENT_IDS",
+    "TERMINAL_STATUSES",
+    "TRANSITIONS",
+    "ErrorInfo",
+    "JobState",
+    "JobStatus",
+    "StateDecodeError",
+    "Transition",
+    "decode_state",
+    "encode_state",
+]
+
+#: How many recent event ids a state remembers, to flag exact redeliveries as duplicates.
+#: Correctness does not depend on it (every transition is also guarded structurally, see
+#: ``fold``); it only makes ``Decision.duplicate`` precise for near duplicates.
+RECENT_EVENT_IDS = 8
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life. Closed: no other values exist."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    DEAD_LETTERED = "dead_lettered"
+    DISCARDED = "discarded"
+
+    @property
+    def description(self) -> str:
+        """What happens to a job in this status (also rendered in docs/events.md)."""
+        return _STATUS_DOC[self]
+
+    @property
+    def terminal(self) -> bool:
+        """No event moves the job on (dead_lettered: only an operator's retry or discard)."""
+        return self in TERMINAL_STATUSES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_STATUS_DOC = {
+    JobStatus.PENDING: "Ready to run: a worker of its queue (with the required capabilities) may claim the current attempt.",
+    JobStatus.SCHEDULED: "Waiting for its run_at; the timer service writes `due` (timer run_at) then.",
+    JobStatus.CLAIMED: "A worker holds a lease on the current attempt but has not started the handler yet.",
+    JobStatus.RUNNING: "The handler is running; heartbeats extend the lease, progress is recorded.",
+    JobStatus.RETRYING: "An attempt failed and a retry is due at next_due_at; the timer service writes `due` (timer retry) then.",
+    JobStatus.COMPLETED: "Terminal: the handler succeeded; result holds what it returned.",
+    JobStatus.CANCELLED: "Terminal: cancelled on request, before it ran or when the running attempt ended.",
+    JobStatus.DEAD_LETTERED: "In the dead-letter queue: failed for good, not retryable, or expired. Leaves only by "
+    "`dead_letter_retried` (runs again with a fresh attempt budget) or `discarded`.",
+    JobStatus.DISCARDED: "Terminal: an operator dropped it from the dead-letter queue.",
+}
+
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.DEAD_LETTERED, JobStatus.DISCARDED}
+)
+
+
+class Transition(NamedTuple):
+    """One legal move: ``event`` in ``source`` (None: no job yet) leads to ``target`` when ``when`` holds."""
+
+    source: JobStatus | None
+    event: str
+    target: JobStatus
+    when: str
+    derives: tuple[str, ...] = ()
+
+
+_S = JobStatus
+_FAILURES = ("attempt_failed", "attempt_timed_out", "lease_expired")
+_ACTIVE = (_S.CLAIMED, _S.RUNNING)
+_WAITING = (_S.SCHEDULED, _S.PENDING, _S.RETRYING)
+
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition(None, "enqueued", _S.PENDING, "run_at is empty or not after occurred_at"),
+    Transition(None, "enqueued", _S.SCHEDULED, "run_at is after occurred_at", ("scheduled",)),
+    Transition(_S.SCHEDULED, "due", _S.PENDING, "timer is run_at, attempt is the current one"),
+    Transition(_S.RETRYING, "due", _S.PENDING, "timer is retry, attempt is the current one"),
+    Transition(_S.PENDING, "claimed", _S.CLAIMED, "attempt is the current one, lease_deadline after occurred_at"),
+    Transition(_S.CLAIMED, "attempt_started", _S.RUNNING, "same attempt and worker as the claim"),
+    *(Transition(s, "progress", s, "current attempt, newer than the last progress") for s in _ACTIVE),
+    *(Transition(s, "heartbeat", s, "current attempt, lease_deadline later than the current one") for s in _ACTIVE),
+    *(Transition(s, "attempt_succeeded", _S.COMPLETED, "current attempt", ("completed",)) for s in _ACTIVE),
+    *(
+        row
+        for event in _FAILURES
+        for s in _ACTIVE
+        for row in (
+            Transition(s, event, _S.RETRYING, "retryable, attempts left, no cancel requested", ("retry_scheduled",)),
+            Transition(s, event, _S.DEAD_LETTERED, "not retryable or no attempts left", ("failed", "dead_lettered")),
+            Transition(s, event, _S.CANCELLED, "cancel was requested", ("cancelled",)),
+        )
+    ),
+    *(Transition(s, "cancel_requested", _S.CANCELLED, "not started", ("cancelled",)) for s in _WAITING),
+    *(Transition(s, "cancel_requested", s, "sets cancel_requested; the attempt's end decides") for s in _ACTIVE),
+    *(
+        Transition(s, "expired", _S.DEAD_LETTERED, "ttl armed and no attempt started yet", ("dead_lettered",))
+        for s in (_S.SCHEDULED, _S.PENDING)
+    ),
+    Transition(_S.RETRYING, "expired", _S.DEAD_LETTERED, "ttl armed (the retry has not started)", ("dead_lettered",)),
+    Transition(_S.DEAD_LETTERED, "dead_letter_retried", _S.PENDING, "causation_id is the dead_lettered event"),
+    Transition(_S.DEAD_LETTERED, "discarded", _S.DISCARDED, "causation_id is the dead_lettered event"),
+)
+
+#: event type -> statuses in which ``apply`` considers it (from ``TRANSITIONS``).
+ACCEPTING_STATUSES: dict[str, frozenset[JobStatus]] = {}
+for _row in TRANSITIONS:
+    if _row.source is not None:
+        ACCEPTING_STATUSES[_row.event] = ACCEPTING_STATUSES.get(_row.event, frozenset()) | {_row.source}
+del _row
+
+
+class ErrorInfo(BaseModel):
+    """The last failure of a job: kept so every failure's error and traceback can be shown."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    error_type: str
+    message: str
+    traceback: str = ""
+
+
+class JobState(BaseModel):
+    """The current state of one job. Frozen; ``apply`` returns a new one.
+
+    Attempt numbers are 0-based and only grow over a job's life (a dead-letter retry continues
+    the count), so a late event of an old attempt can always be recognised as stale.
+    ``max_attempts`` is the effective budget: attempt numbers below it may run. A dead-letter
+    retry raises it to ``attempt + options.max_attempts`` (a fresh budget).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    job_id: str
+    name: str
+    queue: str
+    priority: Priority
+    args: dict[str, Any]
+    options: JobOptionsSpec
+    status: JobStatus
+    attempt: int = Field(0, description="Current 0-based attempt number.")
+    attempts_started: int = Field(0, description="Claims accepted over the job's whole life.")
+    max_attempts: int = Field(description="Effective budget: attempts numbered below this may run.")
+    enqueued_at: datetime
+    run_at: datetime | None = None
+    next_due_at: datetime | None = Field(None, description="When the run_at or retry timer fires (scheduled/retrying).")
+    expires_at: datetime | None = Field(None, description="When the TTL timer fires, if a ttl is armed.")
+    lease_deadline: datetime | None = None
+    worker_id: str | None = None
+    started_at: datetime | None = Field(None, description="When the current/last attempt started.")
+    finished_at: datetime | None = Field(None, description="When the job reached its terminal status.")
+    updated_at: datetime
+    result: dict[str, Any] | None = None
+    last_error: ErrorInfo | None = None
+    reason: str | None = Field(None, description="Why the job is cancelled/dead-lettered/discarded (or cancel asked).")
+    cancel_requested: bool = False
+    progress_percent: float | None = None
+    progress_message: str | None = None
+    progress_at: datetime | None = None
+    progress_event_id: str | None = None
+    idempotency_key: str | None = None
+    parent_job_id: str | None = None
+    enqueued_event_id: str = Field(description="The enqueued event that created the job.")
+    dead_letter_event_id: str | None = Field(None, description="The dead_lettered event operators act on.")
+    version: int = Field(1, description="Number of events applied (rejected and duplicate ones excluded).")
+    recent_event_ids: tuple[str, ...] = Field((), description="Last few applied ids (incl. derived), for duplicate flags.")
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def budget_start(self) -> int:
+        """First attempt number of the current budget (0, or where the last dead-letter retry began)."""
+        return self.max_attempts - self.options.max_attempts
+
+
+class StateDecodeError(ValueError):
+    """A changelog record is not a valid ``JobState``."""
+
+
+def _state_default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.__dict__
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def encode_state(state: JobState) -> bytes:
+    """The state as JSON for the compacted changelog topic (timestamps RFC 3339 with ``Z``).
+
+    Written once per applied event, so it uses orjson's native datetime writer (microsecond
+    digits, always ``000`` since states only hold millisecond times).
+    """
+    return orjson.dumps(state.__dict__, default=_state_default, option=orjson.OPT_UTC_Z)
+
+
+def decode_state(data: bytes) -> JobState:
+    """Read a changelog record back; raises ``StateDecodeError`` if it is not a valid state."""
+    try:
+        return JobState.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "state"
+        raise StateDecodeError(f"invalid job state: {where}: {first['msg']}") from None
