@@ -121,13 +121,13 @@ class App:
 
     async def append(self, events: list[JobEvent]) -> None:
         """Append events to the log and wait until the broker acknowledged every one."""
-        payloads = [(event, encode(event)) for event in events]
+        payloads = [(event, encode(event, max_bytes=None)) for event in events]
         for event, payload in payloads:
             if len(payload) > self.settings.max_event_bytes:
                 raise PayloadTooLarge(
                     f"{event.type} event of job {event.job_id} is {len(payload):,} bytes, over the limit of "
-                    f"{self.settings.max_event_bytes:,} (EVENTJOBS_MAX_EVENT_BYTES); store large data elsewhere "
-                    f"and pass a reference in args"
+                    f"{self.settings.max_event_bytes:,} (EVENTJOBS_MAX_EVENT_BYTES); nothing was sent. Store large "
+                    f"data elsewhere and pass a reference in args"
                 )
         sender = await self._producer()
         pending = [
@@ -151,7 +151,8 @@ class App:
             raise
         except ValidationError as error:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg']}" for issue in error.errors(include_url=False)
+                f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg'].removeprefix('Value error, ')}"
+                for issue in error.errors(include_url=False)
             )
             raise InvalidJobArguments(f"cannot enqueue job {name!r}: {problems}") from None
 

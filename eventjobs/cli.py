@@ -23,11 +23,14 @@ from eventjobs.dev.broker import DevStackError, LocalKafka
 from eventjobs.settings import Settings, load_settings
 from eventjobs.app import InvalidJobArguments, NotInDeadLetters, PayloadTooLarge
 from eventjobs.core.options import InvalidJobOptions
+from eventjobs.processor import ProcessorFenced
 from eventjobs.registry import UnknownJob
 from eventjobs.topic_admin import KafkaUnavailable, TopicLayoutError, apply_topics, list_topics
 from eventjobs.topics import TopicSpecError
 
-app = typer.Typer(help="Event-sourced background jobs over Apache Kafka.", no_args_is_help=True)
+app = typer.Typer(
+    help="Event-sourced background jobs over Apache Kafka.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 dev_app = typer.Typer(help="A local single-node Kafka broker for development and tests.", no_args_is_help=True)
 topics_app = typer.Typer(help="Topics from topics/*.yaml: apply and inspect.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
@@ -175,7 +178,7 @@ def demo(
 # Errors the user can act on: printed as one clear message, no traceback, exit code 1.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DevStackError, KafkaUnavailable, TopicSpecError, TopicLayoutError, ValidationError, AppLoadError, UnknownJob,
-    InvalidJobOptions, InvalidJobArguments, PayloadTooLarge, NotInDeadLetters,
+    InvalidJobOptions, InvalidJobArguments, PayloadTooLarge, NotInDeadLetters, ProcessorFenced,
 )
 
 
@@ -201,10 +204,9 @@ def main() -> None:
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
+    except Exception as error:
+        # usage errors (bad option values, missing arguments) from typer's bundled click
+        if hasattr(error, "show") and isinstance(getattr(error, "exit_code", None), int):
             error.show()
             sys.exit(error.exit_code)
         raise

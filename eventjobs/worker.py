@@ -30,7 +30,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from eventjobs.app import App
 from eventjobs.context import JobContext
-from eventjobs.core.codec import encode
+from eventjobs.core.codec import EventEncodeError, encode
 from eventjobs.core.events import (
     AttemptFailedEvent,
     AttemptStartedEvent,
@@ -301,7 +301,11 @@ class Worker:
                                          retryable=False)
         finally:
             heartbeats.cancel()
-        await self._send(outcome)
+        try:
+            await self._send(outcome)
+        except EventEncodeError as error:  # e.g. a result over the size limit: report, don't vanish
+            await self._send(AttemptFailedEvent(**self._envelope(ready), attempt=ready.attempt,
+                                                error_type="InvalidHandlerResult", message=str(error), retryable=False))
         self.completed += 1
 
     async def _call(self, ready: ReadyRecord) -> JobEvent:

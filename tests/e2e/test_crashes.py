@@ -114,4 +114,5 @@ async def test_paused_processor_is_fenced_when_it_wakes_up(app: App, tmp_path: P
     completed = await _final_states_match_the_fold(settings, app, job_ids)
     assert all(completed[job_id] == 1 for job_id in job_ids)
     zombie_log = (tmp_path / "zombie.log").read_text()
-    assert zombie.poll() is not None or "released partition" in zombie_log, zombie_log[-3000:]
+    assert zombie.wait(timeout=30) == 1, zombie_log[-3000:]  # it stopped instead of committing
+    assert "is owned by another processor" in zombie_log, zombie_log[-3000:]

@@ -1,0 +1,126 @@
+"""Bad input at `enqueue` and on the CLI: a clear error, and nothing reaches the event log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from eventjobs import App, InvalidJobArguments, InvalidJobOptions, PayloadTooLarge, UnknownJob
+from eventjobs.core.codec import encode
+from eventjobs.kafka import consumer, partitions_of, producer
+from eventjobs.settings import Settings
+from eventjobs.topic_admin import KafkaUnavailable
+from tests.e2e.conftest import Runtime, job_events
+from tests.support.jobs_app import build_app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _log_size(settings: Settings) -> int:
+    parts = await partitions_of(settings, f"{settings.namespace}.events")
+    reader = consumer(settings, group_id=None)
+    await reader.start()
+    try:
+        return sum((await reader.end_offsets(parts)).values())
+    finally:
+        await reader.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "options", "error", "message"),
+    [
+        ("nope", {}, {}, UnknownJob, "unknown job 'nope'; registered jobs: add,"),
+        ("add", ["not", "a", "dict"], {}, InvalidJobArguments, "args of job 'add' must be a dict (JSON object), got list"),
+        ("add", {"when": datetime(2024, 1, 1)}, {}, InvalidJobArguments, "args: when: datetime is not a JSON value"),
+        ("add", {"x": float("nan")}, {}, InvalidJobArguments, "nan is not a finite number"),
+        ("add", {"blob": "x" * 2_000_000}, {}, PayloadTooLarge, "over the limit of 1,048,576"),
+        ("add", {}, {"delay": -5}, InvalidJobOptions, "delay must be >= 0 seconds, got -5"),
+        ("add", {}, {"priority": "urgent"}, InvalidJobOptions, "unknown priority 'urgent'"),
+        ("add", {}, {"max_attempts": 0}, InvalidJobOptions, "max_attempts must be >= 1, got 0"),
+        ("add", {}, {"colour": "red"}, InvalidJobOptions, "unknown job option 'colour'"),
+    ],
+)
+async def test_enqueue_rejects_bad_input_and_sends_nothing(
+    app: App, name: str, args: object, options: dict[str, object], error: type[Exception], message: str
+) -> None:
+    before = await _log_size(app.settings)
+    with pytest.raises(error) as raised:
+        await app.enqueue(name, args, **options)  # type: ignore[arg-type]
+    assert message in str(raised.value)
+    assert await _log_size(app.settings) == before
+
+
+async def test_enqueue_with_the_broker_down_says_so(settings: Settings) -> None:
+    offline = build_app(settings.namespace, kafka_bootstrap="127.0.0.1:1", kafka_request_timeout_s=2)
+    with pytest.raises(KafkaUnavailable, match="cannot reach Kafka at 127.0.0.1:1 .*nothing was sent"):
+        await offline.enqueue("add", {"a": 1, "b": 2})
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventjobs.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
+             "EVENTJOBS_NAMESPACE": settings.namespace, "COLUMNS": "200"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["enqueue", "add", "--app", "tests.support.jobs_app:app", "--args", "{bad json"], "not valid JSON"),
+        (["enqueue", "add", "--app", "tests.support.jobs_app:app", "--args", "[1, 2]"], "must be a JSON object"),
+        (["enqueue", "nope", "--app", "tests.support.jobs_app:app"], "unknown job 'nope'"),
+        (["enqueue", "add", "--app", "tests.support.jobs_app:app", "--delay", "soon"], "'soon' is not a duration"),
+        (["enqueue", "add", "--app", "tests.support.jobs_app:app", "--priority", "urgent"], "unknown priority 'urgent'"),
+        (["enqueue", "add", "--app", "no.such.module:app"], "cannot import module 'no.such.module'"),
+        (["enqueue", "add", "--app", "tests.support.jobs_app:build_app"], "is function, not an eventjobs.App"),
+        (["enqueue", "add", "--app", "jobs_app"], "must look like module:attribute"),
+    ],
+)
+async def test_cli_rejects_bad_input_and_sends_nothing(app: App, args: list[str], message: str) -> None:
+    before = await _log_size(app.settings)
+    result = _cli(app.settings, *args)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert await _log_size(app.settings) == before
+
+
+async def test_cli_enqueue_prints_the_job_id(app: App) -> None:
+    result = _cli(app.settings, "enqueue", "add", "--app", "tests.support.jobs_app:app", "--args", '{"a": 1, "b": 2}',
+                  "--idempotency-key", "k1", "--priority", "high", "--delay", "250ms")
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    events = await job_events(app.settings, job_id)
+    assert len(events) == 1 and events[0].type == "enqueued"
+    assert events[0].priority.value == "high" and events[0].idempotency_key == "k1" and events[0].run_at is not None
+
+
+async def test_malformed_event_on_the_log_is_quarantined_and_the_rest_goes_on(runtime: Runtime) -> None:
+    await runtime.start_worker()
+    settings = runtime.app.settings
+    sender = producer(settings)
+    await sender.start()
+    try:
+        await sender.send_and_wait(f"{settings.namespace}.events", b'{"type": "enqueued", "job_id": 42', key=b"junk")
+        good = runtime.app.build_enqueue("add", {"a": 20, "b": 22})
+        await sender.send_and_wait(f"{settings.namespace}.events", encode(good), key=good.job_id.encode())
+    finally:
+        await sender.stop()
+    assert (await runtime.app.wait(good.job_id, timeout=30)).result == {"sum": 42}
+    quarantine = consumer(settings, f"{settings.namespace}.quarantine")
+    await quarantine.start()
+    try:
+        batch = await quarantine.getmany(timeout_ms=10_000)
+    finally:
+        await quarantine.stop()
+    records = [r for rs in batch.values() for r in rs]
+    assert len(records) == 1 and records[0].value == b'{"type": "enqueued", "job_id": 42'
+    headers = dict(records[0].headers)
+    assert b"not valid JSON" in headers["eventjobs.reason"] or b"JSON" in headers["eventjobs.reason"]
+    assert headers["eventjobs.source"].startswith(f"{settings.namespace}.events/".encode())
