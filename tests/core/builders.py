@@ -1,0 +1,213 @@
+"""Test helpers: write the events of one job the way the real writers would.
+
+``JobLog`` plays producer, worker, timer service and operator for one job, with a clock that
+only moves when told to, and short readable event ids (``e001``...). ``Run`` applies events
+one by one and keeps the state, the decisions and the log (derived events included).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from eventjobs.core.clock import add_seconds
+from eventjobs.core.events import (
+    AttemptFailedEvent,
+    AttemptStartedEvent,
+    AttemptSucceededEvent,
+    AttemptTimedOutEvent,
+    CancelRequestedEvent,
+    ClaimedEvent,
+    DeadLetterRetriedEvent,
+    DiscardedEvent,
+    DueEvent,
+    EnqueuedEvent,
+    ExpiredEvent,
+    HeartbeatEvent,
+    JobEvent,
+    LeaseExpiredEvent,
+    ProgressEvent,
+)
+from eventjobs.core.fold import Decision, apply
+from eventjobs.core.options import ConstantBackoff, JobOptions
+from eventjobs.core.state import JobState, JobStatus
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+TRACEBACK = 'Traceback (most recent call last):\n  File "job.py", line 3, in run\nConnectionError: reset\n'
+
+
+class JobLog:
+    """Events of one job, written at a controllable time."""
+
+    def __init__(self, job_id: str = "job-1", start: datetime = T0) -> None:
+        self.job_id = job_id
+        self.now = start
+        self._n = 0
+
+    def tick(self, seconds: float = 1.0) -> datetime:
+        self.now = add_seconds(self.now, seconds)
+        return self.now
+
+    def next_id(self) -> str:
+        self._n += 1
+        return f"{self.job_id}-e{self._n:03d}"
+
+    def _env(self, **overrides: Any) -> dict[str, Any]:
+        env: dict[str, Any] = {"event_id": self.next_id(), "job_id": self.job_id, "occurred_at": self.now}
+        env.update(overrides)
+        return env
+
+    # producer ---------------------------------------------------------------------------------
+    def enqueued(
+        self,
+        options: JobOptions | None = None,
+        *,
+        run_in: float | None = None,
+        args: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> EnqueuedEvent:
+        options = options or JobOptions(max_attempts=3, backoff=ConstantBackoff(delay_s=10))
+        return EnqueuedEvent(
+            **self._env(**overrides),
+            actor="producer:test:1",
+            name="send_email",
+            queue=options.queue,
+            args=args if args is not None else {"to": "a@example.com"},
+            options=options.to_spec(),
+            run_at=add_seconds(self.now, run_in) if run_in is not None else None,
+            priority=options.priority,
+            idempotency_key=options.idempotency_key if isinstance(options.idempotency_key, str) else None,
+        )
+
+    # worker -------------------------------------------------------------------------------------
+    def claimed(self, attempt: int = 0, worker: str = "w1", lease_s: float = 60.0, **overrides: Any) -> ClaimedEvent:
+        return ClaimedEvent(
+            **self._env(**overrides), actor=f"worker:{worker}", attempt=attempt, worker_id=worker,
+            lease_deadline=add_seconds(self.now, lease_s),
+        )
+
+    def started(self, attempt: int = 0, worker: str = "w1", **overrides: Any) -> AttemptStartedEvent:
+        return AttemptStartedEvent(**self._env(**overrides), actor=f"worker:{worker}", attempt=attempt, worker_id=worker)
+
+    def progress(self, attempt: int = 0, percent: float = 50.0, message: str = "half", **overrides: Any) -> ProgressEvent:
+        return ProgressEvent(**self._env(**overrides), actor="worker:w1", attempt=attempt, percent=percent, message=message)
+
+    def heartbeat(self, attempt: int = 0, lease_s: float = 60.0, **overrides: Any) -> HeartbeatEvent:
+        return HeartbeatEvent(
+            **self._env(**overrides), actor="worker:w1", attempt=attempt, lease_deadline=add_seconds(self.now, lease_s)
+        )
+
+    def succeeded(self, attempt: int = 0, result: dict[str, Any] | None = None, **overrides: Any) -> AttemptSucceededEvent:
+        return AttemptSucceededEvent(**self._env(**overrides), actor="worker:w1", attempt=attempt, result=result)
+
+    def failed(
+        self,
+        attempt: int = 0,
+        *,
+        retryable: bool = True,
+        error_type: str = "ConnectionError",
+        message: str = "reset",
+        delay: float | None = None,
+        **overrides: Any,
+    ) -> AttemptFailedEvent:
+        return AttemptFailedEvent(
+            **self._env(**overrides), actor="worker:w1", attempt=attempt, error_type=error_type, message=message,
+            traceback=TRACEBACK, retryable=retryable, retry_delay_s=delay,
+        )
+
+    def timed_out(self, attempt: int = 0, timeout_s: float = 30.0, **overrides: Any) -> AttemptTimedOutEvent:
+        return AttemptTimedOutEvent(**self._env(**overrides), actor="worker:w1", attempt=attempt, timeout_s=timeout_s)
+
+    # timer service ------------------------------------------------------------------------------
+    def due(self, attempt: int = 0, timer: str = "retry", **overrides: Any) -> DueEvent:
+        return DueEvent(**self._env(**overrides), actor="timer:0", attempt=attempt, timer=timer)  # type: ignore[arg-type]
+
+    def lease_expired(self, attempt: int, lease_deadline: datetime, **overrides: Any) -> LeaseExpiredEvent:
+        return LeaseExpiredEvent(**self._env(**overrides), actor="timer:0", attempt=attempt, lease_deadline=lease_deadline)
+
+    def expired(self, **overrides: Any) -> ExpiredEvent:
+        return ExpiredEvent(**self._env(**overrides), actor="timer:0", reason="ttl passed")
+
+    # operator -----------------------------------------------------------------------------------
+    def cancel(self, reason: str = "not needed", **overrides: Any) -> CancelRequestedEvent:
+        return CancelRequestedEvent(**self._env(**overrides), actor="operator:ann", reason=reason)
+
+    def dlq_retry(self, entry: str | None, **overrides: Any) -> DeadLetterRetriedEvent:
+        return DeadLetterRetriedEvent(**self._env(causation_id=entry, **overrides), actor="operator:ann", reason="fixed")
+
+    def discard(self, entry: str | None, **overrides: Any) -> DiscardedEvent:
+        return DiscardedEvent(**self._env(causation_id=entry, **overrides), actor="operator:ann", reason="obsolete")
+
+
+class Run:
+    """Applies events in order like a processor; remembers everything."""
+
+    def __init__(self, state: JobState | None = None) -> None:
+        self.state = state
+        self.decisions: list[Decision] = []
+        self.log: list[JobEvent] = []
+
+    def apply(self, event: JobEvent, *, accepted: bool = True) -> Decision:
+        decision = apply(self.state, event)
+        if accepted:
+            assert decision.rejected is None, f"{event.type} rejected: {decision.rejected}"
+            assert not decision.duplicate, f"{event.type} unexpectedly a duplicate"
+        self.decisions.append(decision)
+        self.log.append(event)
+        self.log.extend(decision.derived)
+        self.state = decision.state
+        return decision
+
+    def all(self, *events: JobEvent) -> JobState:
+        for event in events:
+            self.apply(event)
+        assert self.state is not None
+        return self.state
+
+
+def reach(
+    status: JobStatus,
+    *,
+    log: JobLog | None = None,
+    options: JobOptions | None = None,
+    run: Run | None = None,
+) -> tuple[JobState, JobLog, Run]:
+    """Drive a fresh job to ``status`` through valid events; return (state, log, run).
+
+    retrying / dead_lettered are reached by failures of attempt 0; scheduled by a future run_at.
+    """
+    log = log or JobLog()
+    run = run or Run()
+    options = options or JobOptions(max_attempts=3, backoff=ConstantBackoff(delay_s=10))
+    S = JobStatus
+    if status is S.SCHEDULED:
+        return run.all(log.enqueued(options, run_in=60)), log, run
+    run.apply(log.enqueued(options))
+    if status is S.PENDING:
+        return run.state, log, run  # type: ignore[return-value]
+    log.tick()
+    run.apply(log.claimed())
+    if status is S.CLAIMED:
+        return run.state, log, run  # type: ignore[return-value]
+    run.apply(log.started())
+    if status is S.RUNNING:
+        return run.state, log, run  # type: ignore[return-value]
+    log.tick()
+    if status is S.COMPLETED:
+        return run.all(log.succeeded(result={"sent": True})), log, run
+    if status is S.RETRYING:
+        return run.all(log.failed(retryable=True)), log, run
+    if status is S.CANCELLED:
+        run.apply(log.cancel())
+        return run.all(log.failed()), log, run
+    if status in (S.DEAD_LETTERED, S.DISCARDED):
+        run.apply(log.failed(retryable=False, error_type="ValueError", message="bad address"))
+        if status is S.DISCARDED:
+            assert run.state is not None
+            run.apply(log.discard(run.state.dead_letter_event_id))
+        return run.state, log, run  # type: ignore[return-value]
+    raise AssertionError(f"cannot reach {status}")
+
+
+def later(at: datetime, seconds: float) -> datetime:
+    return at + timedelta(seconds=seconds)
