@@ -1,0 +1,361 @@
+"""processor.fold_batch: one partition's batch of raw records -> states, effects and quarantine.
+
+No Kafka: records are aiokafka `ConsumerRecord`s built in memory, values are real encoded events.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.structs import ConsumerRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventjobs.core import commands
+from eventjobs.core.clock import add_seconds
+from eventjobs.core.codec import encode
+from eventjobs.core.events import JobEvent, LeaseExpiredEvent
+from eventjobs.core.fold import apply, fold
+from eventjobs.core.options import ConstantBackoff, JobOptions
+from eventjobs.core.outcome import Cancel, outcome_event
+from eventjobs.core.state import JobState, JobStatus, encode_state
+from eventjobs.effects import Effects
+from eventjobs.processor import BatchResult, fold_batch
+from eventjobs.records import timer_key
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+TOPIC = "ns.events"
+MAX = 1_048_576
+S = JobStatus
+
+
+def record(value: bytes | None, key: bytes | None, offset: int = 0) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=TOPIC, partition=3, offset=offset, timestamp=1_735_732_800_000, timestamp_type=0, key=key, value=value,
+        checksum=None, serialized_key_size=len(key) if key else -1,
+        serialized_value_size=len(value) if value is not None else -1, headers=[],
+    )
+
+
+def records_of(events: list[JobEvent], start: int = 0) -> list[ConsumerRecord[bytes, bytes]]:
+    return [record(encode(e), e.job_id.encode(), start + i) for i, e in enumerate(events)]
+
+
+def run(table: dict[str, JobState], records: list[ConsumerRecord[bytes, bytes]], max_bytes: int = MAX) -> BatchResult:
+    return fold_batch(table, records, actor="processor:3", max_event_bytes=max_bytes)
+
+
+class Writer:
+    """Writes the events of one job as its producers, workers, timers and operators would."""
+
+    def __init__(self, job_id: str, start: datetime = T0) -> None:
+        self.job_id = job_id
+        self.now = start
+        self.n = 0
+        self.state: JobState | None = None
+        self.log: list[JobEvent] = []  # what reaches the event log, derived events included
+
+    def eid(self) -> str:
+        self.n += 1
+        return f"{self.job_id}-e{self.n:03d}"
+
+    def tick(self, seconds: float = 1.0) -> datetime:
+        self.now = add_seconds(self.now, seconds)
+        return self.now
+
+    def write(self, event: JobEvent, *, derived: bool = True) -> JobEvent:
+        decision = apply(self.state, event, actor="processor:3")
+        if decision.state is not None:
+            self.state = decision.state
+        self.log.append(event)
+        if derived:
+            self.log.extend(decision.derived)  # the processor appends them; they come back through the log
+        return event
+
+    @property
+    def s(self) -> JobState:
+        assert self.state is not None
+        return self.state
+
+    def enqueue(self, **options: Any) -> JobEvent:
+        options.setdefault("backoff", ConstantBackoff(delay_s=5))
+        return self.write(commands.enqueue("send_email", {"to": "a@example.com"}, JobOptions(**options),
+                                           now=self.now, actor="producer:t:1", job_id=self.job_id, event_id=self.eid()))
+
+    def claim(self, lease_s: float = 60) -> JobEvent:
+        return self.write(commands.claim(self.s, worker_id="w1", now=self.tick(), actor="worker:w1", lease_s=lease_s,
+                                         event_id=self.eid()))
+
+    def start(self) -> JobEvent:
+        return self.write(commands.attempt_started(self.s, now=self.tick(), actor="worker:w1", event_id=self.eid()))
+
+    def heartbeat(self, lease_s: float = 300) -> JobEvent:
+        return self.write(commands.heartbeat(self.s, now=self.tick(), actor="worker:w1", lease_s=lease_s,
+                                             event_id=self.eid()))
+
+    def progress(self, percent: float) -> JobEvent:
+        return self.write(commands.progress(self.s, percent, now=self.tick(), actor="worker:w1", event_id=self.eid()))
+
+    def outcome(self, value: Any) -> JobEvent:
+        return self.write(outcome_event(value, job_id=self.job_id, attempt=self.s.attempt, retry_on=("Exception",),
+                                        occurred_at=self.tick(), actor="worker:w1", event_id=self.eid()))
+
+    def due(self) -> JobEvent:
+        return self.write(commands.due(self.s, now=self.tick(10), actor="timer:3", event_id=self.eid()))
+
+    def expire(self) -> JobEvent:
+        return self.write(commands.expire(self.s, now=self.tick(), actor="timer:3", event_id=self.eid()))
+
+    def cancel(self) -> JobEvent:
+        return self.write(commands.cancel_request(self.s, now=self.tick(), actor="operator:ann", event_id=self.eid()))
+
+    def dlq_retry(self) -> JobEvent:
+        return self.write(commands.dead_letter_retry(self.s, now=self.tick(), actor="operator:ann", event_id=self.eid()))
+
+    def lease_expired(self, deadline: datetime) -> JobEvent:
+        return self.write(LeaseExpiredEvent(event_id=self.eid(), job_id=self.job_id, occurred_at=self.tick(),
+                                            actor="timer:3", attempt=self.s.attempt, lease_deadline=deadline))
+
+
+def scenario(kind: str, job_id: str) -> list[JobEvent]:
+    """The whole event log of one job (derived events included) for a lifecycle `kind`."""
+    w = Writer(job_id)
+    if kind == "happy":
+        w.enqueue(), w.claim(), w.start(), w.progress(40), w.heartbeat(), w.outcome({"ok": 1})
+    elif kind == "retry":
+        w.enqueue(max_attempts=2), w.claim(), w.start(), w.outcome(ConnectionError("x")), w.due(), w.claim()
+        w.outcome(None)
+    elif kind == "dead_letter_retry":
+        w.enqueue(max_attempts=1), w.claim(), w.outcome(Cancel("no")), w.dlq_retry(), w.claim(), w.start()
+    elif kind == "scheduled_cancel":
+        w.enqueue(delay=60, ttl=30), w.cancel()
+    elif kind == "expire":
+        w.enqueue(ttl=30), w.expire()
+    elif kind == "stale_lease":
+        w.enqueue(), w.claim(lease_s=20)
+        first = w.s.lease_deadline
+        assert first is not None
+        w.heartbeat(), w.lease_expired(first), w.start()
+    elif kind == "duplicate":
+        first = w.enqueue(idempotency_key="k")
+        w.enqueue(idempotency_key="k"), w.write(first)  # another enqueue with the key, then a redelivery
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    return w.log
+
+
+KINDS = ["happy", "retry", "dead_letter_retry", "scheduled_cancel", "expire", "stale_lease", "duplicate"]
+
+
+def enqueued_bytes(job_id: str = "job-1", **options: Any) -> bytes:
+    return encode(Writer(job_id).enqueue(**options))
+
+
+# -- quarantine -------------------------------------------------------------------------------
+
+
+def test_bad_records_are_quarantined_with_a_reason_and_good_ones_applied() -> None:
+    oversized_args = {"blob": "x" * 2_000}
+    big = encode(Writer("job-big").write(commands.enqueue("send_email", oversized_args, now=T0, actor="producer:t:1",
+                                                          job_id="job-big", event_id="big-1")))
+    unknown = orjson.dumps({"event_id": "u1", "job_id": "job-u", "type": "exploded", "occurred_at": "2025-01-01T12:00:00Z",
+                            "actor": "x"})
+    missing = orjson.loads(enqueued_bytes("job-m"))
+    del missing["queue"]
+    batch = [
+        record(enqueued_bytes("job-a"), b"job-a", 10),
+        record(b'{"event_id": ', b"job-x", 11),
+        record(unknown, b"job-u", 12),
+        record(big, b"job-big", 13),
+        record(None, b"job-t", 14),
+        record(enqueued_bytes("job-k"), b"job-other", 15),
+        record(orjson.dumps(missing), b"job-m", 16),
+        record(b"[1, 2]", b"job-y", 17),
+        record(b"\xff\xfe", b"job-z", 18),
+        record(enqueued_bytes("job-b"), b"job-b", 19),
+    ]
+    result = run({}, batch, max_bytes=1_000)
+
+    assert [q.record.offset for q in result.quarantined] == [11, 12, 13, 14, 15, 16, 17, 18]
+    assert all(q.record is batch[q.record.offset - 10] for q in result.quarantined)  # the raw record, untouched
+    reasons = {q.record.offset: q.reason for q in result.quarantined}
+    assert reasons[11] == "not valid JSON at byte 13: unexpected end of data"
+    assert reasons[12].startswith("unknown event type 'exploded' (known: enqueued, scheduled, due,")
+    assert reasons[13] == f"event is {len(big):,} bytes, over the limit of 1,000"
+    assert reasons[14] == "empty record (tombstone) on the event log"
+    assert reasons[15] == "record key b'job-other' is not the event's job_id 'job-k'"
+    assert reasons[16].startswith("field 'queue' of 'enqueued' event is missing")
+    assert reasons[17] == "an event must be a JSON object, got an array"
+    assert reasons[18].startswith("not valid JSON at byte 0")
+
+    assert (result.applied, result.rejected) == (2, 0)
+    assert set(result.effects.states) == {"job-a", "job-b"}
+    assert [r.job_id for r in result.effects.ready] == ["job-a", "job-b"]
+    assert "job-k" not in result.effects.states  # a valid event under the wrong key is not applied
+
+
+def test_event_exactly_at_the_size_limit_is_accepted_one_byte_less_is_not() -> None:
+    value = enqueued_bytes("job-1")
+    assert run({}, [record(value, b"job-1")], max_bytes=len(value)).applied == 1
+    result = run({}, [record(value, b"job-1")], max_bytes=len(value) - 1)
+    assert result.applied == 0 and result.effects.states == {}
+    assert [q.reason for q in result.quarantined] == [f"event is {len(value):,} bytes, over the limit of {len(value) - 1:,}"]
+
+
+def test_a_batch_of_only_bad_records_writes_nothing_but_quarantine() -> None:
+    result = run({}, [record(None, b"a", 0), record(b"{}", b"b", 1)])
+    assert len(result.quarantined) == 2
+    assert result.quarantined[1].reason.startswith("event has no 'type' field")
+    assert len(result.effects) == 0 and result.effects.revoked == []
+    assert (result.applied, result.rejected) == (0, 0)
+
+
+# -- applying ---------------------------------------------------------------------------------
+
+
+def test_several_events_of_one_job_chain_within_a_batch() -> None:
+    log = scenario("happy", "job-1")
+    result = run({}, records_of(log))
+    assert result.quarantined == []
+    final = result.effects.states["job-1"]
+    assert final == fold(log)["job-1"]
+    assert final.status is S.COMPLETED and final.result == {"ok": 1} and final.progress_percent == 40
+    assert final.version == 6  # one per applied event: the echo of the derived completed is a duplicate
+    # effects of the whole chain: the ready record from the enqueue, the lease armed then tombstoned
+    assert [(r.job_id, r.attempt) for r in result.effects.ready] == [("job-1", 0)]
+    assert result.effects.timers == {timer_key("job-1", "lease"): None}
+    assert [e.type for e in result.effects.events] == ["completed"]
+    assert result.rejected == 0
+
+
+def test_batch_continues_from_the_table_state() -> None:
+    w = Writer("job-1")
+    w.enqueue(ttl=60)
+    table = {"job-1": w.s}
+    w.log.clear()
+    w.claim(lease_s=30), w.start(), w.outcome(Cancel("bad"))
+    result = run(table, records_of(w.log))
+    state = result.effects.states["job-1"]
+    assert state == w.s and state.status is S.DEAD_LETTERED and state.version == table["job-1"].version + 3
+    assert result.effects.timers == {timer_key("job-1", "ttl"): None, timer_key("job-1", "lease"): None}
+    entry = result.effects.dead_letters["job-1"]
+    assert entry is not None and entry.reason == "not retryable: Cancel"
+
+
+def test_input_table_is_not_mutated() -> None:
+    w = Writer("job-1")
+    w.enqueue()
+    table = {"job-1": w.s}
+    snapshot = {k: encode_state(v) for k, v in table.items()}
+    original = table["job-1"]
+    w.log.clear()
+    w.claim(), w.start(), w.outcome(None)
+    other = scenario("happy", "job-2")
+    result = run(table, records_of(w.log + other))
+    assert list(table) == ["job-1"] and table["job-1"] is original
+    assert {k: encode_state(v) for k, v in table.items()} == snapshot
+    assert result.effects.states["job-1"].status is S.COMPLETED
+    assert result.effects.states["job-2"].status is S.COMPLETED
+    assert original.status is S.PENDING
+
+
+def test_interleaved_jobs_each_chain_correctly() -> None:
+    a, b = scenario("retry", "job-a"), scenario("stale_lease", "job-b")
+    mixed = [e for pair in zip(a, b) for e in pair] + a[len(b):] + b[len(a):]
+    result = run({}, records_of(mixed))
+    assert result.effects.states == {k: v for k, v in fold(mixed).items()}
+    assert result.effects.states["job-a"].status is S.COMPLETED
+    assert result.effects.states["job-b"].status is S.RUNNING
+    # job-b's stale lease fire was rejected and its current lease re-armed
+    lease = result.effects.timers[timer_key("job-b", "lease")]
+    assert lease is not None and lease.due_at == result.effects.states["job-b"].lease_deadline
+
+
+def test_rejected_and_duplicate_events_are_counted_and_change_nothing() -> None:
+    w = Writer("job-1")
+    first = w.enqueue()
+    stranger = commands.claim(w.s, worker_id="w9", now=T0, actor="worker:w9", event_id="s1").model_copy(
+        update={"job_id": "job-ghost"}
+    )
+    again = commands.enqueue("send_email", {}, now=T0, actor="producer:t:1", job_id="job-1", event_id="other")
+    result = run({}, records_of([first, stranger, again]))
+    assert result.rejected == 2  # claim of an unknown job; second enqueue of job-1
+    assert result.applied == 1
+    assert set(result.effects.states) == {"job-1"}
+    assert [e.type for e in result.effects.events] == ["duplicate_rejected"]
+    assert len(result.effects.ready) == 1
+
+
+def test_record_without_key_is_applied() -> None:
+    result = run({}, [record(enqueued_bytes("job-1"), None)])
+    assert result.quarantined == [] and set(result.effects.states) == {"job-1"}
+
+
+# -- property: batching does not matter ---------------------------------------------------------
+
+
+def compacted(effects_list: list[Effects]) -> dict[str, Any]:
+    """What the topics hold after writing these effects in order (compacted topics: last write wins)."""
+    timers: dict[bytes, Any] = {}
+    dead: dict[str, Any] = {}
+    out: dict[str, Any] = {"ready": [], "revoked": [], "events": []}
+    for effects in effects_list:
+        timers.update(effects.timers)
+        dead.update(effects.dead_letters)
+        out["ready"] += effects.ready
+        out["revoked"] += effects.revoked
+        out["events"] += effects.events
+    out["timers"], out["dead_letters"] = timers, dead
+    return out
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(KINDS), min_size=1, max_size=4),
+    data=st.data(),
+)
+def test_any_split_into_batches_gives_the_same_states_and_writes(kinds: list[str], data: Any) -> None:
+    logs = [scenario(kind, f"job-{i}") for i, kind in enumerate(kinds)]
+    # interleave the jobs' logs keeping each job's order (one partition holds many jobs)
+    positions = [0] * len(logs)
+    merged: list[JobEvent] = []
+    while any(p < len(log) for p, log in zip(positions, logs)):
+        live = [i for i, log in enumerate(logs) if positions[i] < len(log)]
+        i = data.draw(st.sampled_from(live), label="next job")
+        merged.append(logs[i][positions[i]])
+        positions[i] += 1
+    raw = records_of(merged)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(raw) - 1)), max_size=6), label="cuts")))
+    bounds = [0, *cuts, len(raw)]
+
+    whole = run({}, raw)
+    table: dict[str, JobState] = {}
+    parts = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        before = copy.copy(table)
+        part = run(table, raw[lo:hi])
+        assert table == before  # never modified by fold_batch
+        table.update(part.effects.states)  # what the processor does after committing the batch
+        parts.append(part)
+
+    expected = fold(merged)
+    assert table == expected == whole.effects.states
+    assert compacted(p.effects for p in parts) == compacted([whole.effects])  # type: ignore[arg-type]
+    assert sum(p.applied for p in parts) == whole.applied
+    assert sum(p.rejected for p in parts) == whole.rejected
+    assert whole.quarantined == [] and all(p.quarantined == [] for p in parts)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_scenario_ends_where_the_writer_says(kind: str) -> None:
+    log = scenario(kind, "job-1")
+    final = run({}, records_of(log)).effects.states["job-1"]
+    expected = {
+        "happy": S.COMPLETED, "retry": S.COMPLETED, "dead_letter_retry": S.RUNNING, "scheduled_cancel": S.CANCELLED,
+        "expire": S.DEAD_LETTERED, "stale_lease": S.RUNNING, "duplicate": S.PENDING,
+    }[kind]
+    assert final.status is expected
