@@ -133,6 +133,5 @@ def _heal_stale_lease(effects: Effects, state: JobState, event: JobEvent, decisi
         and decision.rejected is not None
         and state.status in _ACTIVE
         and state.lease_deadline is not None
-        and getattr(event, "attempt", None) == state.attempt
     ):
         _arm(effects, state.job_id, "lease", state.attempt, state.lease_deadline)

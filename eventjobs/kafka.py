@@ -55,7 +55,10 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 1,
-        "max_request_size": max(settings.max_event_bytes * 2, 1_048_576),
+        # Large batches: with the idempotent producer one batch per partition is in flight, so a
+        # transaction carrying thousands of records would otherwise wait for many round trips.
+        "max_batch_size": 1_048_576,
+        "max_request_size": max(settings.max_event_bytes * 2, 4_194_304),
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)

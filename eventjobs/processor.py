@@ -160,7 +160,7 @@ class LifecycleProcessor:
             self.settings,
             group_id=self.group_id,
             max_poll_records=self.max_batch,
-            fetch_max_wait_ms=500,
+            fetch_max_wait_ms=20,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
             max_poll_interval_ms=120_000,

@@ -8,6 +8,7 @@ without looking anything up.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, Literal
 
@@ -89,9 +90,12 @@ def capability_route(queue: str, capabilities: tuple[str, ...] | list[str]) -> s
     """The ready-topic queue segment for jobs that need `capabilities`.
 
     Jobs needing capabilities go to their own ready topics, which only workers having all of
-    them subscribe to, so such a job can never be handed to a worker without them.
+    them subscribe to, so such a job can never be handed to a worker without them. The set is
+    named by a digest: capability names may contain '.' and ':', so joining them could make two
+    different sets share a topic, and a long set could exceed Kafka's topic name limit.
     """
-    if not capabilities:
+    caps = sorted(set(capabilities))
+    if not caps:
         return queue
-    caps = sorted({cap.replace(":", "_") for cap in capabilities})
-    return f"{queue}.caps.{'.'.join(caps)}"
+    digest = hashlib.sha256("\x1f".join(caps).encode()).hexdigest()[:16]
+    return f"{queue}.caps-{digest}"

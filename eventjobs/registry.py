@@ -55,6 +55,7 @@ def define(name: str, handler: Handler, options: JobOptions) -> JobDefinition:
         name=name,
         handler=handler,
         options=options,
-        is_async=inspect.iscoroutinefunction(handler),
+        is_async=inspect.iscoroutinefunction(handler)
+        or inspect.iscoroutinefunction(getattr(handler, "__call__", None)),
         takes_context=len(parameters) == 2,
     )

@@ -105,7 +105,7 @@ class Worker:
         self.lease_s = lease_s
         self.heartbeat_s = max(lease_s / 3, 0.2)
         self.grace_s = grace_s
-        self.prefetch = prefetch or max(2 * concurrency, 16)
+        self.prefetch = prefetch or max(4 * concurrency, 100)
         self.buffers: dict[str, deque[_Item]] = {p: deque() for p in PRIORITIES}
         self.offsets: dict[tuple[int, TopicPartition], _Offsets] = {}
         self.running: dict[asyncio.Task[None], tuple[ReadyRecord, _Item]] = {}
@@ -113,12 +113,12 @@ class Worker:
         self.revoked: OrderedDict[str, None] = OrderedDict()
         self.completed = 0
         self._consumers: list[AIOKafkaConsumer] = []
-        self._paused: set[str] = set()
         self._sender: AIOKafkaProducer | None = None
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eventjobs-job")
         self._wakeup = asyncio.Event()
         self._draining = False
         self._commit_soon = asyncio.Event()
+        self._room = asyncio.Event()  # a buffer has room again
         self.started = asyncio.Event()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -170,9 +170,23 @@ class Worker:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _fetch(self, source: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """Fetch only priorities whose buffer has room; the fetcher keeps the rest prefetched.
+
+        (Pausing partitions instead would make a resumed partition wait for the next fetch round,
+        up to fetch_max_wait_ms, every time a buffer drained.)
+        """
         index = self._consumers.index(source)
         while not stop.is_set():
-            batch = await source.getmany(timeout_ms=100)
+            if not source.assignment():  # still joining the group, or nothing assigned to us
+                await asyncio.sleep(0.05)
+                continue
+            wanted = [tp for tp in source.assignment()
+                      if len(self.buffers[tp.topic.rsplit(".", 1)[1]]) < self.prefetch]
+            if not wanted:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            batch = await source.getmany(*wanted, timeout_ms=100, max_records=self.prefetch)
             for tp, records in batch.items():
                 priority = tp.topic.rsplit(".", 1)[1]
                 state = self.offsets.setdefault((index, tp), _Offsets())
@@ -184,7 +198,6 @@ class Worker:
                     state.outstanding.add(record.offset)
                     self.buffers[priority].append(_Item(source, record))
             if batch:
-                self._apply_backpressure()
                 self._wakeup.set()
 
     def _revoke(self, job_id: str, priority: str) -> None:
@@ -196,24 +209,6 @@ class Worker:
         for item in [i for i in buffer if i.record.key == job_id.encode()]:
             buffer.remove(item)
             self._settled(item)
-
-    def _apply_backpressure(self) -> None:
-        for priority, buffer in self.buffers.items():
-            full = len(buffer) >= self.prefetch
-            if full and priority not in self._paused:
-                self._paused.add(priority)
-                self._set_paused(priority, True)
-            elif not full and priority in self._paused and len(buffer) <= self.prefetch // 2:
-                self._paused.discard(priority)
-                self._set_paused(priority, False)
-
-    def _set_paused(self, priority: str, paused: bool) -> None:
-        for source in self._consumers:
-            tps = [tp for tp in source.assignment() if tp.topic.endswith(f".{priority}")]
-            if paused:
-                source.pause(*tps)
-            else:
-                source.resume(*tps)
 
     def _next_item(self) -> _Item | None:
         for priority in PRIORITIES:
@@ -235,7 +230,7 @@ class Worker:
                     await asyncio.wait([stopping, waker], return_when=asyncio.FIRST_COMPLETED)
                     waker.cancel()
                     continue
-                self._apply_backpressure()
+                self._room.set()
                 self._start_job(item)
         finally:
             stopping.cancel()

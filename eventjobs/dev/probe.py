@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -30,6 +31,12 @@ def broker_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
     previous = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        return asyncio.run(broker_answers_async(bootstrap, timeout_s))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(broker_answers_async(bootstrap, timeout_s))
+        # called from async code (tests, benchmarks): probe on a thread with its own loop
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, broker_answers_async(bootstrap, timeout_s)).result()
     finally:
         logger.setLevel(previous)

@@ -541,12 +541,6 @@ def test_stale_lease_expired_after_the_job_finished_writes_nothing() -> None:
     nothing_at_all(job.lease_expired(deadline=deadline, attempt=0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG effects._heal_stale_lease only re-arms when the stale lease_expired names the current attempt; "
-    "the timer service tombstones job:lease when it fires, so a late fire of the previous attempt's lease timer "
-    "deletes the running attempt's lease timer and nothing re-arms it",
-)
 def test_stale_lease_expired_of_an_earlier_attempt_rearms_the_running_attempts_lease() -> None:
     job = Job()
     job.enqueue(max_attempts=1)

@@ -98,12 +98,6 @@ def test_methods_partials_and_callable_objects() -> None:
     assert flags(functools.partial(async_with_client, "c")) == (True, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG registry.define: inspect.iscoroutinefunction(obj) is False for an instance whose __call__ is "
-    "'async def', so is_async=False; the worker then runs it in a thread and gets a coroutine back "
-    "('handler returned coroutine', not retryable) instead of awaiting it",
-)
 def test_callable_object_with_async_call_is_async() -> None:
     class AsyncHandler:
         async def __call__(self, args, ctx):  # type: ignore[no-untyped-def]
