@@ -154,9 +154,9 @@ def _field_problem(error: Any) -> str:
         detail = str((error.get("ctx") or {}).get("error", error["msg"]))
         return f"{where}: {detail}"
     got = _short(error.get("input"))
-    detail = (error.get("ctx") or {}).get("error")
-    if detail and kind.startswith(("datetime", "date", "time")):
-        got = f"{got} ({detail})"
+    parse_error = (error.get("ctx") or {}).get("error")
+    if parse_error and kind.startswith(("datetime", "date", "time")):
+        got = f"{got} ({parse_error})"
     if len(loc) == 2:  # a top-level field: describe what it accepts
         return f"{where}: expected {_allowed(event_type, path)}, got {got}"
     message = error["msg"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from eventjobs.core.clock import add_seconds, utc_ms
 from eventjobs.core.events import (
@@ -152,6 +152,7 @@ def timed_out(state: JobState, *, now: datetime, actor: str, event_id: str | Non
 
 def due(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> DueEvent:
     """The timer service: the run_at (scheduled) or retry (retrying) timer of the job fired."""
+    timer: Literal["run_at", "retry"]
     if state.status is JobStatus.SCHEDULED:
         timer = "run_at"
     elif state.status is JobStatus.RETRYING:

@@ -195,16 +195,16 @@ def render_events_md() -> str:
 
     out += ["## Options carried by `enqueued`", "", "`JobOptionsSpec`:", "", *_field_rows(JobOptionsSpec), ""]
     out += ["Backoff policies (`backoff`, discriminated by `kind`); delays are seconds after the 0-based attempt that failed:", ""]
-    for model, formula in (
+    for policy, formula in (
         (ExponentialBackoff, "`min(base_s * 2**attempt, cap_s)`"),
         (LinearBackoff, "`step_s * (attempt + 1)`, capped at `cap_s` if set"),
         (ConstantBackoff, "`delay_s`"),
         (NoBackoff, "`0`"),
         (CallableBackoff, "the worker evaluates the user's callable and sends `retry_delay_s`; otherwise `fallback`"),
     ):
-        kind = model.model_fields["kind"].default
+        kind = policy.model_fields["kind"].default
         out += [f"- `{kind}`: {formula}.", ""]
-        out += ["  " + row for row in _field_rows(model) if "`kind`" not in row]
+        out += ["  " + row for row in _field_rows(policy) if "`kind`" not in row]
         out.append("")
     out += [
         "With `jitter` j > 0 the delay is multiplied by `1 - j*u`, where u in [0, 1) is a hash of",

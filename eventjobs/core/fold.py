@@ -163,15 +163,15 @@ def _accept(state: JobState, event: Event, data: dict[str, Any], derived: tuple[
     _set(new, "__pydantic_fields_set__", _STATE_FIELDS)
     _set(new, "__pydantic_extra__", None)
     _set(new, "__pydantic_private__", None)
-    return _tuple_new(Decision, (new, derived, None, False))  # type: ignore[no-any-return]
+    return _tuple_new(Decision, (new, derived, None, False))
 
 
 def _reject(state: JobState | None, reason: str) -> Decision:
-    return _tuple_new(Decision, (state, (), reason, False))  # type: ignore[no-any-return]
+    return _tuple_new(Decision, (state, (), reason, False))
 
 
 def _duplicate(state: JobState) -> Decision:
-    return _tuple_new(Decision, (state, (), None, True))  # type: ignore[no-any-return]
+    return _tuple_new(Decision, (state, (), None, True))
 
 
 def _not_accepted(state: JobState, event: Event) -> Decision:
@@ -245,7 +245,7 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
         "version": 1,
         "recent_event_ids": (event.event_id, *[d.event_id for d in derived]),
     }
-    return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), derived, None, False))  # type: ignore[no-any-return]
+    return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), derived, None, False))
 
 
 def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
@@ -260,7 +260,7 @@ def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
     )
     key = f" (idempotency key {event.idempotency_key!r})" if event.idempotency_key else ""
     reason = f"job {state.job_id} already exists{key}, enqueued by event {state.enqueued_event_id}; duplicate refused"
-    return _tuple_new(Decision, (state, (notice,), reason, False))  # type: ignore[no-any-return]
+    return _tuple_new(Decision, (state, (notice,), reason, False))
 
 
 def _on_due(state: JobState, event: Any, actor: str) -> Decision:
@@ -573,7 +573,7 @@ def apply(state: JobState | None, event: JobEvent, actor: str = "processor") -> 
     try:
         if state is None:
             if event.type == "enqueued":
-                return _create(event, actor)  # type: ignore[arg-type]
+                return _create(event, actor)
             return _reject(None, f"unknown job {event.job_id!r}: no enqueued event seen for it")
         if event.job_id != state.job_id:
             return _reject(state, f"event for job {event.job_id!r} applied to the state of job {state.job_id!r}")

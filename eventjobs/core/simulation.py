@@ -187,8 +187,9 @@ def _next_event(
                 **env(), actor=worker, attempt=attempt, worker_id=worker[7:], lease_deadline=add_seconds(at, state.options.timeout_s + 30)
             )
         tick(50)
-        timer = "run_at" if status is JobStatus.SCHEDULED else "retry"
-        return DueEvent(**env(), actor="timer:0", attempt=attempt, timer=timer)
+        if status is JobStatus.SCHEDULED:
+            return DueEvent(**env(), actor="timer:0", attempt=attempt, timer="run_at")
+        return DueEvent(**env(), actor="timer:0", attempt=attempt, timer="retry")
 
     if status is JobStatus.CLAIMED:
         if rng.random() < p.lease_loss:
