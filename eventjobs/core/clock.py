@@ -32,7 +32,7 @@ def utc_ms(value: datetime) -> datetime:
     micro = value.microsecond
     if micro % 1000:
         value = value.replace(microsecond=micro - micro % 1000)
-    if offset != _ZERO or value.tzinfo is None:
+    if value.tzinfo is not UTC:  # one shared tzinfo: cheaper to keep (and to garbage-collect)
         value = value.astimezone(UTC)
     return value
 

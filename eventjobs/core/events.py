@@ -59,6 +59,7 @@ __all__ = [
     "ScheduledEvent",
     "UtcTimestamp",
     "check_json_object",
+    "parse_wire_timestamp",
 ]
 
 CURRENT_SCHEMA_VERSION = 1
@@ -71,22 +72,49 @@ CURRENT_SCHEMA_VERSION = 1
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,3})?Z$"
 
 
+_fromisoformat = datetime.fromisoformat
+_TIMESTAMP_EXAMPLE = "a UTC timestamp like '2024-01-31T12:00:00.123Z'"
+
+
+def parse_wire_timestamp(text: str) -> datetime:
+    """Parse ``YYYY-MM-DDTHH:MM:SS[.f{1,3}]Z`` (exactly ``TIMESTAMP_PATTERN``) to an aware UTC datetime.
+
+    The positional checks pin the format (so ``fromisoformat``'s other ISO forms are refused);
+    ``fromisoformat`` checks the digits and ranges in C. The result's tzinfo is the
+    ``timezone.utc`` singleton: pydantic's own parser would attach a new tzinfo object, which
+    the garbage collector must track, to every datetime.
+    """
+    n = len(text)
+    if (
+        (n == 20 or 22 <= n <= 24)
+        and text[-1] == "Z"
+        and text[4] == "-"
+        and text[7] == "-"
+        and text[10] == "T"
+        and text[13] == ":"
+        and text[16] == ":"
+        and text.isascii()
+        and (n == 20 or (text[19] == "." and text[20:-1].isdigit()))
+    ):
+        try:
+            return _fromisoformat(text)
+        except ValueError as exc:
+            raise ValueError(f"expected {_TIMESTAMP_EXAMPLE}, got {text!r} ({exc})") from None
+    raise ValueError(f"expected {_TIMESTAMP_EXAMPLE}, got {text[:60]!r}")
+
+
 class _UtcTimestampMarker:
     """Schema for ``UtcTimestamp``.
 
-    From JSON: a string matching ``TIMESTAMP_PATTERN``, parsed natively (no Python call on the
-    hot path). From Python: an aware datetime, converted to UTC and truncated to milliseconds;
-    naive datetimes are rejected. Serialized to JSON as ``YYYY-MM-DDTHH:MM:SS.mmmZ``.
+    From JSON: a string matching ``TIMESTAMP_PATTERN`` (UTC, ``Z``, at most milliseconds),
+    parsed by ``parse_wire_timestamp``. From Python: an aware datetime, converted to UTC and
+    truncated to milliseconds; naive datetimes are rejected. Serialized to JSON as
+    ``YYYY-MM-DDTHH:MM:SS.mmmZ``.
     """
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        from_json = core_schema.chain_schema(
-            [
-                core_schema.str_schema(pattern=TIMESTAMP_PATTERN),
-                core_schema.datetime_schema(tz_constraint="aware", strict=False),
-            ]
-        )
+        from_json = core_schema.no_info_after_validator_function(parse_wire_timestamp, core_schema.str_schema())
         from_python = core_schema.no_info_after_validator_function(
             utc_ms, core_schema.datetime_schema(tz_constraint="aware")
         )

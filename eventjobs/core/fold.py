@@ -50,7 +50,7 @@ from eventjobs.core.events import (
     ScheduledEvent,
 )
 from eventjobs.core.ids import derived_event_id
-from eventjobs.core.options import backoff_delay_s
+from eventjobs.core.options import JobOptionsSpec, backoff_delay_s
 from eventjobs.core.state import (
     ACCEPTING_STATUSES,
     RECENT_EVENT_IDS,
@@ -199,10 +199,26 @@ def _stale_attempt(state: JobState, event: Any) -> Decision:
 # --------------------------------------------------------------------------------------------
 
 
+_SHARED_OPTIONS: dict[JobOptionsSpec, JobOptionsSpec] = {}
+_SHARED_OPTIONS_MAX = 4096
+
+
+def _shared(options: JobOptionsSpec) -> JobOptionsSpec:
+    """One instance per distinct options spec (many jobs share a few), so a large state table
+    holds fewer objects for the garbage collector to scan. Values are immutable: sharing them
+    changes no result. Bounded: past the limit new specs are simply not shared."""
+    shared = _SHARED_OPTIONS.get(options)
+    if shared is not None:
+        return shared
+    if len(_SHARED_OPTIONS) < _SHARED_OPTIONS_MAX:
+        _SHARED_OPTIONS[options] = options
+    return options
+
+
 def _create(event: EnqueuedEvent, actor: str) -> Decision:
     occurred_at = event.occurred_at
     run_at = event.run_at
-    options = event.options
+    options = _shared(event.options)
     scheduled = run_at is not None and run_at > occurred_at
     expires_at = None
     if options.ttl_s is not None:

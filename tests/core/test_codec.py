@@ -102,7 +102,7 @@ def test_timestamps_with_fewer_fraction_digits_are_accepted() -> None:
         (
             {"lease_deadline": "2025-13-01T00:00:00Z"},
             "field 'lease_deadline' of 'claimed' event: expected a UTC timestamp like '2024-01-31T12:00:00.123Z', "
-            "got '2025-13-01T00:00:00Z' (month value is outside expected range of 1-12)",
+            "got '2025-13-01T00:00:00Z' (month must be in 1..12)",
             "lease_deadline",
         ),
         ({"schema_version": 2}, "field 'schema_version' of 'claimed' event: expected an integer equal to 1, got 2", "schema_version"),

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from eventjobs.core.codec import decode, encode
 from eventjobs.core.events import (
     DERIVED_TYPES,
     EVENT_ADAPTER,
     EVENT_TYPES,
+    TIMESTAMP_PATTERN,
     ClaimedEvent,
     EnqueuedEvent,
     Event,
     JobEvent,
+    parse_wire_timestamp,
 )
 from eventjobs.core.options import JobOptions, Priority
 from tests.core.builders import T0, JobLog
@@ -101,3 +107,49 @@ def test_job_names_and_queues_are_constrained() -> None:
 def test_the_adapter_dispatches_on_type() -> None:
     event = JobLog().claimed()
     assert EVENT_ADAPTER.validate_python(event.model_dump()) == event
+
+
+# --------------------------------------------------------------------------------------------
+# wire timestamps
+# --------------------------------------------------------------------------------------------
+
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+
+
+def _accepts(text: str) -> bool:
+    try:
+        parse_wire_timestamp(text)
+    except ValueError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.from_regex(TIMESTAMP_PATTERN, fullmatch=True), st.text(max_size=30),
+                      st.from_regex(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{0,7})?[Z+z ]?", fullmatch=True)))
+def test_wire_timestamps_are_exactly_the_pattern(text: str) -> None:
+    # accepted if and only if it matches the pattern and is a real date and time
+    if not _TIMESTAMP.fullmatch(text):
+        assert not _accepts(text)
+        return
+    try:
+        expected = datetime.strptime(text.rstrip("Z") + ("" if "." in text else ".0"), "%Y-%m-%dT%H:%M:%S.%f")
+    except ValueError:
+        assert not _accepts(text)
+        return
+    parsed = parse_wire_timestamp(text)
+    assert parsed == expected.replace(tzinfo=timezone.utc)
+    assert parsed.tzinfo is timezone.utc
+
+
+def test_wire_timestamp_errors_say_what_is_expected() -> None:
+    with pytest.raises(ValueError, match=r"^expected a UTC timestamp like '2024-01-31T12:00:00.123Z', got '2025-01-01 12:00:00Z'$"):
+        parse_wire_timestamp("2025-01-01 12:00:00Z")
+    with pytest.raises(ValueError, match=r"got '2025-02-30T12:00:00Z' \(day is out of range for month\)$"):
+        parse_wire_timestamp("2025-02-30T12:00:00Z")
+
+
+def test_decoded_timestamps_share_the_utc_singleton() -> None:
+    # one shared tzinfo instead of one object per datetime: less for the garbage collector
+    event = decode(encode(JobLog().claimed()))
+    assert event.occurred_at.tzinfo is timezone.utc and event.lease_deadline.tzinfo is timezone.utc

@@ -752,3 +752,12 @@ def test_derived_times_are_whole_milliseconds() -> None:
     assert retry.delay_s == 1.235
     assert retry.due_at == add_seconds(log.now, 1.235)
     assert retry.due_at.microsecond % 1000 == 0
+
+
+def test_jobs_with_equal_options_share_one_options_object() -> None:
+    first = apply(None, JobLog("a").enqueued(JobOptions(max_attempts=7))).state
+    second = apply(None, decode(encode(JobLog("b").enqueued(JobOptions(max_attempts=7))))).state
+    other = apply(None, JobLog("c").enqueued(JobOptions(max_attempts=8))).state
+    assert first is not None and second is not None and other is not None
+    assert first.options is second.options
+    assert other.options is not first.options and other.options.max_attempts == 8
