@@ -20,7 +20,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerFenced
 
@@ -97,6 +97,24 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.processor._take(assigned)
 
 
+@dataclass
+class _Lane:
+    """One owned partition: its producer, its state table, and the batches waiting for it.
+
+    Partitions commit independently, so a slow transaction of one partition never delays
+    events of another, and a partition's next batch collects what arrived meanwhile.
+    """
+
+    partition: TopicPartition
+    producer: AIOKafkaProducer
+    table: dict[str, JobState]
+    pending: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task[None] | None = None
+    next_offset: int = -1  # first offset not yet committed (-1: unknown)
+
+
 class LifecycleProcessor:
     """Consumes `<ns>.events` in the group `<ns>.processor`; run several for more throughput."""
 
@@ -106,31 +124,42 @@ class LifecycleProcessor:
         self.group_id = f"{settings.namespace}.processor"
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.max_batch = max_batch
-        self.tables: dict[int, dict[str, JobState]] = {}
-        self.producers: dict[int, AIOKafkaProducer] = {}
+        self.lanes: dict[int, _Lane] = {}
         self.ready_topics: set[str] = set()
-        self.lock = asyncio.Lock()
         self.processed = 0
         self.started = asyncio.Event()
+        self.failure: BaseException | None = None
+        self._source: AIOKafkaConsumer | None = None
+        self._taking = asyncio.Lock()
+
+    @property
+    def tables(self) -> dict[int, dict[str, JobState]]:
+        return {partition: lane.table for partition, lane in self.lanes.items()}
 
     # -- partition ownership ---------------------------------------------------------------
     async def _take(self, assigned: list[TopicPartition]) -> None:
-        async with self.lock:
-            for tp in assigned:
-                if tp.topic != self.names.events or tp.partition in self.producers:
-                    continue
-                txn = producer(
-                    self.settings,
-                    transactional_id=f"{self.settings.namespace}.processor.{tp.partition}",
-                    transaction_timeout_ms=60_000,
-                    linger_ms=5,
-                )
-                await txn.start()  # init_transactions: fences the previous owner of this partition
-                self.producers[tp.partition] = txn
-                self.tables[tp.partition] = await self._restore(tp.partition)
-                log.info("processor %s owns partition %d (%d jobs restored)",
-                         self.instance, tp.partition, len(self.tables[tp.partition]))
-            self.started.set()
+        async with self._taking:
+            await self._take_locked(assigned)
+
+    async def _take_locked(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            if tp.topic != self.names.events or tp.partition in self.lanes:
+                continue
+            txn = producer(
+                self.settings,
+                transactional_id=f"{self.settings.namespace}.processor.{tp.partition}",
+                transaction_timeout_ms=60_000,
+                linger_ms=0,
+                # right after a commit the coordinator answers CONCURRENT_TRANSACTIONS until the
+                # markers are written; retry that quickly instead of after the default 100 ms
+                retry_backoff_ms=5,
+            )
+            await txn.start()  # init_transactions: fences the previous owner of this partition
+            lane = _Lane(tp, txn, await self._restore(tp.partition))
+            lane.task = asyncio.create_task(self._run_lane(lane))
+            self.lanes[tp.partition] = lane
+            log.info("processor %s owns partition %d (%d jobs restored)", self.instance, tp.partition, len(lane.table))
+        self.started.set()
 
     async def _restore(self, partition: int) -> dict[str, JobState]:
         table: dict[str, JobState] = {}
@@ -145,61 +174,95 @@ class LifecycleProcessor:
         return table
 
     async def _release(self, revoked: list[TopicPartition]) -> None:
-        async with self.lock:
-            for tp in revoked:
-                txn = self.producers.pop(tp.partition, None)
-                self.tables.pop(tp.partition, None)
-                if txn is not None:
-                    await txn.stop()
-                    log.info("processor %s released partition %d", self.instance, tp.partition)
+        for tp in revoked:
+            lane = self.lanes.pop(tp.partition, None)
+            if lane is None:
+                continue
+            async with lane.lock:  # let an in-flight transaction finish first
+                if lane.task is not None:
+                    lane.task.cancel()
+                    await asyncio.gather(lane.task, return_exceptions=True)
+            await lane.producer.stop()
+            log.info("processor %s released partition %d", self.instance, tp.partition)
 
-    # -- the loop --------------------------------------------------------------------------
+    # -- the loops -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         await check_layout(self.settings)
         source = consumer(
             self.settings,
             group_id=self.group_id,
             max_poll_records=self.max_batch,
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=500,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
             max_poll_interval_ms=120_000,
         )
+        self._source = source
         await source.start()
         source.subscribe([self.names.events], listener=_Rebalance(self))
         try:
-            while not stop.is_set():
-                batch = await source.getmany(timeout_ms=50, max_records=self.max_batch)
-                if not batch:
+            while not stop.is_set() and self.failure is None:
+                backlog = sum(len(lane.pending) for lane in self.lanes.values())
+                if backlog >= 4 * self.max_batch:  # lanes are behind: let them catch up first
+                    await asyncio.sleep(0.005)
                     continue
-                async with self.lock:
-                    owned = {tp: records for tp, records in batch.items() if tp.partition in self.producers}
-                    outcomes = await asyncio.gather(
-                        *(self._commit(tp, records) for tp, records in owned.items()), return_exceptions=True
-                    )
-                for (tp, records), outcome in zip(owned.items(), outcomes):
-                    if isinstance(outcome, ProducerFenced):
-                        raise ProcessorFenced(
-                            f"partition {tp.partition} is owned by another processor; this one ({self.instance}) stops"
-                        ) from outcome
-                    if isinstance(outcome, BaseException):
-                        log.warning("batch of partition %d not committed (%s); it will be redone", tp.partition, outcome)
-                        source.seek(tp, records[0].offset)
+                batch = await source.getmany(timeout_ms=50, max_records=self.max_batch)
+                if batch:
+                    async with self._taking:  # records can arrive while a partition is still being taken
+                        pass
+                for tp, records in batch.items():
+                    lane = self.lanes.get(tp.partition)
+                    if lane is None:
+                        continue
+                    fresh = [r for r in records if r.offset >= lane.next_offset]
+                    if fresh:
+                        lane.pending.extend(fresh)
+                        lane.wakeup.set()
+            if self.failure is not None:
+                raise self.failure
         finally:
+            for partition in list(self.lanes):
+                await self._release([TopicPartition(self.names.events, partition)])
             await source.stop()
-            for txn in self.producers.values():
-                await txn.stop()
-            self.producers.clear()
 
-    async def _commit(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        table = self.tables[tp.partition]
-        result = fold_batch(table, records, actor=f"processor:{tp.partition}", max_event_bytes=self.settings.max_event_bytes)
+    async def _run_lane(self, lane: _Lane) -> None:
+        while True:
+            await lane.wakeup.wait()
+            lane.wakeup.clear()
+            while lane.pending:
+                records, lane.pending = lane.pending[: self.max_batch], lane.pending[self.max_batch :]
+                async with lane.lock:
+                    try:
+                        await self._commit(lane, records)
+                    except ProducerFenced as error:
+                        self.failure = ProcessorFenced(
+                            f"partition {lane.partition.partition} is owned by another processor; "
+                            f"this one ({self.instance}) stops"
+                        )
+                        self.failure.__cause__ = error
+                        return
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as error:  # noqa: BLE001 - redo the batch from its first offset
+                        log.warning("batch of partition %d not committed (%s); it will be redone",
+                                    lane.partition.partition, error)
+                        lane.pending.clear()
+                        lane.next_offset = records[0].offset
+                        if self._source is not None:
+                            self._source.seek(lane.partition, records[0].offset)
+                        await asyncio.sleep(0.1)
+                        break
+
+    async def _commit(self, lane: _Lane, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        tp = lane.partition
+        result = fold_batch(lane.table, records, actor=f"processor:{tp.partition}",
+                            max_event_bytes=self.settings.max_event_bytes)
         await self._ensure_ready_topics(result.effects)
-        txn = self.producers[tp.partition]
-        async with txn.transaction():
-            await self._send(txn, tp.partition, result)
-            await txn.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-        table.update(result.effects.states)
+        async with lane.producer.transaction():
+            await self._send(lane.producer, tp.partition, result)
+            await lane.producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+        lane.table.update(result.effects.states)
+        lane.next_offset = records[-1].offset + 1
         self.processed += len(records)
 
     async def _ensure_ready_topics(self, effects: Effects) -> None:
