@@ -43,7 +43,7 @@ def _cancel(effects: Effects, job_id: str, kind: TimerKind) -> None:
     effects.timers[timer_key(job_id, kind)] = None
 
 
-def ready_record(state: JobState, now: datetime) -> ReadyRecord:
+def ready_record(state: JobState, now: datetime, partition: int | None = None) -> ReadyRecord:
     return ReadyRecord(
         job_id=state.job_id,
         attempt=state.attempt,
@@ -55,6 +55,7 @@ def ready_record(state: JobState, now: datetime) -> ReadyRecord:
         enqueued_at=state.enqueued_at,
         ready_at=now,
         parent_job_id=state.parent_job_id,
+        partition=partition,
     )
 
 

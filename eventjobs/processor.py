@@ -279,7 +279,7 @@ class LifecycleProcessor:
             await txn.send(names.events, encode(event), key=event.job_id.encode(), partition=partition)
         for ready in effects.ready:
             topic = names.ready(capability_route(ready.queue, ready.options.capabilities), ready.priority.value)
-            await txn.send(topic, ready.encode(), key=ready.job_id.encode())
+            await txn.send(topic, ready.model_copy(update={"partition": partition}).encode(), key=ready.job_id.encode())
         for revoked in effects.revoked:
             topic = names.ready(capability_route(revoked.queue, revoked.options.capabilities), revoked.priority.value)
             await txn.send(topic, None, key=revoked.job_id.encode())

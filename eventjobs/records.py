@@ -40,6 +40,7 @@ class ReadyRecord(_Record):
     enqueued_at: datetime
     ready_at: datetime
     parent_job_id: str | None = None
+    partition: int | None = None  # the job's event-log partition (saves the worker hashing its key)
 
     @classmethod
     def decode(cls, data: bytes) -> ReadyRecord:

@@ -83,6 +83,7 @@ class TimerService:
         self.fired = 0
         self.lateness_ms: list[float] = []  # recent fire lateness, for metrics and benchmarks
         self._source = None
+        self.loaded = asyncio.Event()  # set once every assigned partition was read to its end
 
     @property
     def pending(self) -> int:
@@ -143,6 +144,8 @@ class TimerService:
                         if await source.position(tp) >= end:
                             del self.loading[partition]
                             log.info("timer partition %d loaded: %d pending", partition, len(self.indexes[partition]))
+                            if not self.loading:
+                                self.loaded.set()
                     await self._fire_due()
         finally:
             await source.stop()

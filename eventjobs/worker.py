@@ -273,9 +273,10 @@ class Worker:
         self._commit_soon.set()
 
     # -- one job ---------------------------------------------------------------------------
-    async def _send(self, event: JobEvent) -> asyncio.Future[Any]:
+    async def _send(self, event: JobEvent, partition: int | None = None) -> asyncio.Future[Any]:
         assert self._sender is not None
-        return await self._sender.send(self.app.names.events, encode(event), key=event.job_id.encode())
+        return await self._sender.send(self.app.names.events, encode(event), key=event.job_id.encode(),
+                                       partition=partition)
 
     def _envelope(self, ready: ReadyRecord) -> dict[str, Any]:
         return {"event_id": new_event_id(), "job_id": ready.job_id, "occurred_at": _now(), "actor": self.actor}
@@ -284,9 +285,9 @@ class Worker:
         now = _now()
         lease = timedelta(seconds=max(self.lease_s, 0.5))
         await self._send(ClaimedEvent(**self._envelope(ready), attempt=ready.attempt, worker_id=self.worker_id,
-                                      lease_deadline=now + lease))
+                                      lease_deadline=now + lease), ready.partition)
         started = await self._send(AttemptStartedEvent(**self._envelope(ready), attempt=ready.attempt,
-                                                        worker_id=self.worker_id))
+                                                        worker_id=self.worker_id), ready.partition)
         started.add_done_callback(lambda _: self._settled(item))
         heartbeats = asyncio.create_task(self._heartbeat_loop(ready))
         try:
@@ -300,7 +301,7 @@ class Worker:
         finally:
             heartbeats.cancel()
         try:
-            await self._send(outcome)
+            await self._send(outcome, ready.partition)
         except EventEncodeError as error:  # e.g. a result over the size limit: report, don't vanish
             await self._send(AttemptFailedEvent(**self._envelope(ready), attempt=ready.attempt,
                                                 error_type="InvalidHandlerResult", message=str(error), retryable=False))
