@@ -166,13 +166,10 @@ def demo(
     home: HomeOption = Path(".eventjobs/kafka"),
     port: PortOption = 9092,
 ) -> None:
-    """Start the local stack (Kafka broker) and create the demo app's topics."""
-    broker = _broker(home, port)
-    with err.status("starting Kafka (first run downloads the broker jars with Maven)..."):
-        status = broker.up()
-    out.print(f"[green]Kafka is up[/] at [bold]{status.bootstrap}[/] (pid {status.pid})")
-    _print_apply(load_settings(kafka_bootstrap=status.bootstrap), ["default", "emails"])
-    out.print("Stop the broker with: eventjobs dev down")
+    """Run the whole system: local Kafka, processor, worker, real jobs (some failing), ClickHouse results."""
+    from eventjobs.demo_runner import run_demo
+
+    run_demo(home, port, out)
 
 
 # Errors the user can act on: printed as one clear message, no traceback, exit code 1.

@@ -108,6 +108,8 @@ def register(cli: typer.Typer) -> None:
         app: OptionalAppOption = None,
         namespace: NamespaceOption = None,
         max_batch: Annotated[int, typer.Option(help="Most events per transaction and partition.")] = 2000,
+        project: Annotated[bool, typer.Option("--project/--no-project",
+                                              help="Also run the ClickHouse projector in this process.")] = False,
     ) -> None:
         """Run the lifecycle processor and the timer service (start several for more throughput)."""
         from eventjobs.processor import run_processor
@@ -115,7 +117,7 @@ def register(cli: typer.Typer) -> None:
         _configure_logging()
         target = _app_or_namespace(app, namespace)
         err.print(f"processor for namespace [bold]{target.settings.namespace}[/] at {target.settings.kafka_bootstrap}")
-        run_until_signalled(lambda stop: run_processor(target.settings, stop, max_batch=max_batch))
+        run_until_signalled(lambda stop: run_processor(target.settings, stop, project=project, max_batch=max_batch))
 
     @cli.command("worker")
     def worker_command(

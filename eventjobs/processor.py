@@ -297,13 +297,17 @@ class LifecycleProcessor:
             log.warning("quarantined %s/%d@%d: %s", record.topic, record.partition, record.offset, bad.reason)
 
 
-async def run_processor(settings: Settings, stop: asyncio.Event, **options: object) -> None:
-    """Run the lifecycle processor and the timer service together until `stop` is set."""
+async def run_processor(settings: Settings, stop: asyncio.Event, *, project: bool = False, **options: object) -> None:
+    """Run the lifecycle processor and the timer service (and the projector) until `stop` is set."""
     from eventjobs.timers import TimerService
 
     processor = LifecycleProcessor(settings, **options)  # type: ignore[arg-type]
-    timers = TimerService(settings)
-    tasks = [asyncio.create_task(processor.run(stop)), asyncio.create_task(timers.run(stop))]
+    services = [processor.run(stop), TimerService(settings).run(stop)]
+    if project:
+        from eventjobs.projection.service import run_projector
+
+        services.append(run_projector(settings, stop))
+    tasks = [asyncio.create_task(service) for service in services]
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     for task in done:
         if task.exception() is not None:
