@@ -111,6 +111,7 @@ class Worker:
         self.running: dict[asyncio.Task[None], tuple[ReadyRecord, _Item]] = {}
         self.cancel_seen: set[str] = set()
         self.revoked: OrderedDict[str, None] = OrderedDict()
+        self.claimed_here: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.completed = 0
         self._consumers: list[AIOKafkaConsumer] = []
         self._sender: AIOKafkaProducer | None = None
@@ -246,9 +247,14 @@ class Worker:
                       item.record.partition, item.record.offset, error)
             self._settled(item)
             return
-        if ready.job_id in self.revoked:
+        if ready.job_id in self.revoked or (ready.job_id, ready.attempt) in self.claimed_here:
+            # revoked, or a repeat of a ready record this worker already claimed (a processor batch
+            # redone after a crash publishes its ready records again): never run an attempt twice here
             self._settled(item)
             return
+        self.claimed_here[(ready.job_id, ready.attempt)] = None
+        while len(self.claimed_here) > 100_000:
+            self.claimed_here.popitem(last=False)
         if not set(ready.options.capabilities) <= set(self.capabilities):
             log.error("job %s needs %s but this worker has %s; not claimed", ready.job_id,
                       ready.options.capabilities, self.capabilities)

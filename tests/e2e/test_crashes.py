@@ -116,3 +116,51 @@ async def test_paused_processor_is_fenced_when_it_wakes_up(app: App, tmp_path: P
     zombie_log = (tmp_path / "zombie.log").read_text()
     assert zombie.wait(timeout=30) == 1, zombie_log[-3000:]  # it stopped instead of committing
     assert "is owned by another processor" in zombie_log, zombie_log[-3000:]
+
+
+async def test_timers_survive_a_processor_kill_and_fire_once_in_effect(app: App, tmp_path: Path,
+                                                                       processes: list[Popen[bytes]]) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    settings = app.settings
+    first = spawn(["processor", "--app", APP], settings, tmp_path / "p1.log")
+    processes.append(first)
+    processes.append(spawn(["worker", "--app", APP, "--concurrency", "20"], settings, tmp_path / "w.log"))
+    base = datetime.now(timezone.utc) + timedelta(seconds=2)
+    events = [app.build_enqueue("add", {"a": i, "b": 0}, run_at=base + timedelta(milliseconds=20 * i))
+              for i in range(200)]
+    await app.append(events)
+    await asyncio.sleep(3.5)  # about half of the timers have fired
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    processes.append(spawn(["processor", "--app", APP], settings, tmp_path / "p2.log"))
+    for event in events:
+        assert (await app.wait(event.job_id, timeout=90)).status is JobStatus.COMPLETED
+    log = await job_events(settings)
+    for event in events:
+        mine = [e for e in log if e.job_id == event.job_id]
+        assert sum(e.type == "attempt_started" for e in mine) == 1, [e.type for e in mine]
+        assert sum(e.type == "completed" for e in mine) == 1
+        due = [e for e in mine if e.type == "due"]
+        assert due and all(e.occurred_at >= event.run_at for e in due)  # never before run_at
+
+
+async def test_sigterm_lets_running_jobs_finish_and_hands_back_the_rest(runtime: Runtime, tmp_path: Path,
+                                                                        processes: list[Popen[bytes]]) -> None:
+    app = runtime.app
+    worker = spawn(["worker", "--app", APP, "--grace", "1.5s", "--worker-id", "leaving"], app.settings,
+                   tmp_path / "w.log")
+    processes.append(worker)
+    quick = await app.enqueue("sleepy", {"seconds": 0.5})
+    slow = await app.enqueue("sleepy", {"seconds": 30})
+    await _wait_for_status(runtime, quick, JobStatus.RUNNING, timeout=60)
+    await _wait_for_status(runtime, slow, JobStatus.RUNNING, timeout=60)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert (await app.wait(quick, timeout=10)).worker_id == "leaving"  # finished within the grace period
+    interrupted = [e for e in await job_events(app.settings, slow) if e.type == "attempt_failed"]
+    assert len(interrupted) == 1 and interrupted[0].error_type == "WorkerShutdown" and interrupted[0].retryable
+    state = await app.state(slow)
+    # handed back for a retry (NoBackoff: at once), not lost and not left claimed
+    assert state is not None and state.status in (JobStatus.RETRYING, JobStatus.PENDING)
+    assert state.attempt == 1
