@@ -59,6 +59,8 @@ _HTTP_ONLY_SETTINGS = frozenset({
     "http_wait_end_of_query", "http_zlib_compression_level", "http_native_compression_disable_checksumming_on_decompress",
     "max_execution_time", "max_result_rows", "result_overflow_mode",
 })
+_INSERT_SELECT = re.compile(r"^\s*INSERT\s+INTO\s+[^(]*?(\([^)]*\)\s*)?(SETTINGS\s.*?)?\b(SELECT|WITH)\b",
+                            re.IGNORECASE | re.DOTALL)
 _INSERT_WITH_FORMAT = re.compile(
     rb"^\s*(?P<statement>INSERT\s.*?)\bFORMAT\s+(?P<format>[A-Za-z0-9_]+)[ \t]*(?:\r?\n)?", re.IGNORECASE | re.DOTALL
 )
@@ -103,6 +105,21 @@ def decompress_body(body: bytes, encoding: str | None) -> bytes:
         return bytes(_zstd_decompress(body))
     raise ClickHouseQueryError(f"unsupported Content-Encoding {encoding!r} (supported: gzip, deflate, lz4, zstd)",
                                code=1, name="UNSUPPORTED_METHOD")
+
+
+def multipart_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """The plain fields of a `multipart/form-data` body (the query and `param_*` values)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name and part.get_filename() is None:
+            payload = part.get_payload(decode=True) or b""
+            fields[str(name)] = payload.decode(part.get_content_charset() or "utf-8")
+    return fields
 
 
 def parse_request(params: Mapping[str, str], body: bytes) -> ApiRequest:
@@ -190,6 +207,11 @@ class ReadApi:
 
     def execute(self, request: ApiRequest) -> tuple[bytes, int]:
         """Run one request on the engine; returns the body and the number of rows written."""
+        if request.insert_format is not None and not request.insert_data and _INSERT_SELECT.match(request.sql):
+            # INSERT ... SELECT (clickhouse-connect appends a FORMAT clause): a query, no data to stream
+            self.backend.raw_query(request.sql, "TabSeparated", database=request.database,
+                                   parameters=request.parameters, settings=request.settings)
+            return b"", 0
         if request.insert_format is not None:
             written = self.backend.raw_insert(request.sql, request.insert_format, request.insert_data or b"",
                                               database=request.database, settings=request.settings)
@@ -245,6 +267,11 @@ class _ClickHouseHandler(BaseHTTPRequestHandler):
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
             params.update(parse_qsl(raw_body.decode(), keep_blank_values=True))
+            raw_body = b""
+        elif self.headers.get("Content-Type", "").startswith("multipart/form-data"):
+            # clickhouse-connect sends the query and bind parameters as form fields once they are
+            # too long for a URL (over 4 KiB of parameters): read them as URL parameters
+            params.update(multipart_fields(self.headers.get("Content-Type", ""), raw_body))
             raw_body = b""
         if not self.read_api.authorized(self.headers, params):
             self._error(ClickHouseQueryError(
