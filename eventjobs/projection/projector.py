@@ -175,7 +175,7 @@ class Projector:
         try:
             partitions = await self._assign(consumer)
             await self._seek(consumer, partitions, stop)
-            while not stop.is_set() and not self.finished():
+            while not stop.is_set() and not await self._reached_end(consumer, partitions):
                 records = await self._next_batch(consumer)
                 if records:
                     await self._project(records, stop)
@@ -189,6 +189,23 @@ class Projector:
         if self.stop_at is None:
             return False
         return all(self.next_offsets.get(p, 0) >= end for p, end in self.stop_at.items())
+
+    async def _reached_end(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> bool:
+        """`finished()`, or every partition's read position reached its end offset.
+
+        The last offsets of a partition can be transaction markers (the processor appends derived
+        events transactionally), which are never returned as records: only the consumer's position
+        moves past them. Called between batches, when every record returned so far is written.
+        """
+        if self.stop_at is None:
+            return False
+        if self.finished():
+            return True
+        for tp in partitions:
+            end = self.stop_at.get(tp.partition, 0)
+            if self.next_offsets.get(tp.partition, 0) < end and await consumer.position(tp) < end:
+                return False
+        return True
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         partitions = await partitions_of(self.settings, self.topic)
