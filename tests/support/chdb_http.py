@@ -7,7 +7,7 @@ port over a chdb directory. It is a real ClickHouse engine behind a minimal Clic
 interface, not a mock; when `EVENTJOBS_CLICKHOUSE_URL` is set the same tests run against that
 real server instead (see docs/readside.md).
 
-Run `python -m tests.support.chdb_http DIR` to serve DIR from a separate process (tests use that
+Run `python -m tests.support.chdb_http DIR [ROLE] [--port N] [--no-advertise]` to serve DIR from a separate process (tests use that
 to hold a chdb directory the way a running projector does); it prints the URL and serves until
 killed.
 """
@@ -37,10 +37,16 @@ def chdb_http_server(path: Path, *, user: str | None = None, password: str | Non
 
 
 def main(argv: list[str]) -> None:
-    """Hold `argv[0]` as a projector would: open it, serve and advertise the read API, wait."""
-    role = argv[1] if len(argv) > 1 else "test holder"
-    backend = ChdbBackend(Path(argv[0]), "default", role=role)
-    api = ReadApi(backend)
+    """Hold `argv[0]` as a projector would: open it, serve and advertise the read API, wait.
+
+    Options: `--no-advertise` (serve without recording the address), `--port N` (a fixed port,
+    e.g. to restart the "server" where its clients expect it).
+    """
+    port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 0
+    positional = [arg for i, arg in enumerate(argv) if not arg.startswith("--") and (i == 0 or argv[i - 1] != "--port")]
+    role = positional[1] if len(positional) > 1 else "test holder"
+    backend = ChdbBackend(Path(positional[0]), "default", role=role)
+    api = ReadApi(backend, "127.0.0.1", port)
     url = api.start()
     if "--no-advertise" not in argv:
         api.advertise(role)
