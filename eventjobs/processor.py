@@ -99,10 +99,13 @@ class _Rebalance(ConsumerRebalanceListener):
 
 @dataclass
 class _Lane:
-    """One owned partition: its producer, its state table, and the batches waiting for it.
+    """One owned partition: its producer, its state table, and the work waiting for it.
 
-    Partitions commit independently, so a slow transaction of one partition never delays
-    events of another, and a partition's next batch collects what arrived meanwhile.
+    Partitions work independently. Within a lane, folding and committing are pipelined: a batch
+    is folded (and its ready records published as hints) as soon as it arrives, while the
+    transaction of the previous batches is still committing; the committer then writes everything
+    folded meanwhile in one transaction. If a commit fails the in-memory table is ahead of the
+    changelog, so the processor stops and a restart restores the committed state.
     """
 
     partition: TopicPartition
@@ -110,9 +113,17 @@ class _Lane:
     table: dict[str, JobState]
     pending: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    folded: list[tuple[BatchResult, int, int]] = field(default_factory=list)  # (result, next offset, records)
+    commit_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
-    next_offset: int = -1  # first offset not yet committed (-1: unknown)
+    committer: asyncio.Task[None] | None = None
+    next_offset: int = -1  # first offset not yet folded (-1: unknown)
+
+    @property
+    def backlog(self) -> int:
+        return sum(count for _, _, count in self.folded)
 
 
 class LifecycleProcessor:
@@ -131,6 +142,7 @@ class LifecycleProcessor:
         self.failure: BaseException | None = None
         self._source: AIOKafkaConsumer | None = None
         self._taking = asyncio.Lock()
+        self._hints: AIOKafkaProducer | None = None
 
     @property
     def tables(self) -> dict[int, dict[str, JobState]]:
@@ -157,6 +169,7 @@ class LifecycleProcessor:
             await txn.start()  # init_transactions: fences the previous owner of this partition
             lane = _Lane(tp, txn, await self._restore(tp.partition))
             lane.task = asyncio.create_task(self._run_lane(lane))
+            lane.committer = asyncio.create_task(self._commit_loop(lane))
             self.lanes[tp.partition] = lane
             log.info("processor %s owns partition %d (%d jobs restored)", self.instance, tp.partition, len(lane.table))
         self.started.set()
@@ -178,10 +191,17 @@ class LifecycleProcessor:
             lane = self.lanes.pop(tp.partition, None)
             if lane is None:
                 continue
-            async with lane.lock:  # let an in-flight transaction finish first
-                if lane.task is not None:
-                    lane.task.cancel()
-                    await asyncio.gather(lane.task, return_exceptions=True)
+            if lane.task is not None:  # fold nothing more
+                lane.task.cancel()
+                await asyncio.gather(lane.task, return_exceptions=True)
+            if lane.committer is not None:  # commit what was folded, then stop
+                while lane.folded and not lane.committer.done():
+                    lane.commit_wakeup.set()
+                    lane.committed.clear()
+                    await asyncio.wait([asyncio.ensure_future(lane.committed.wait()), lane.committer],
+                                       return_when=asyncio.FIRST_COMPLETED)
+                lane.committer.cancel()
+                await asyncio.gather(lane.committer, return_exceptions=True)
             await lane.producer.stop()
             log.info("processor %s released partition %d", self.instance, tp.partition)
 
@@ -198,6 +218,8 @@ class LifecycleProcessor:
             max_poll_interval_ms=120_000,
         )
         self._source = source
+        self._hints = producer(self.settings, linger_ms=0)
+        await self._hints.start()
         await source.start()
         source.subscribe([self.names.events], listener=_Rebalance(self))
         try:
@@ -224,46 +246,72 @@ class LifecycleProcessor:
             for partition in list(self.lanes):
                 await self._release([TopicPartition(self.names.events, partition)])
             await source.stop()
+            await self._hints.stop()
 
     async def _run_lane(self, lane: _Lane) -> None:
+        """Fold arriving records at once and publish their ready records; the committer follows."""
+        tp = lane.partition
         while True:
             await lane.wakeup.wait()
             lane.wakeup.clear()
             while lane.pending:
+                if lane.backlog >= 4 * self.max_batch:  # the committer is behind: wait for it
+                    lane.committed.clear()
+                    await lane.committed.wait()
+                    continue
                 records, lane.pending = lane.pending[: self.max_batch], lane.pending[self.max_batch :]
+                result = fold_batch(lane.table, records, actor=f"processor:{tp.partition}",
+                                    max_event_bytes=self.settings.max_event_bytes)
+                lane.table.update(result.effects.states)
+                lane.next_offset = records[-1].offset + 1
+                await self._ensure_ready_topics(result.effects)
+                await self._publish_hints(tp.partition, result)
+                lane.folded.append((result, records[-1].offset + 1, len(records)))
+                lane.commit_wakeup.set()
+
+    async def _commit_loop(self, lane: _Lane) -> None:
+        """Commit everything folded so far in one transaction, again and again."""
+        tp = lane.partition
+        while True:
+            await lane.commit_wakeup.wait()
+            lane.commit_wakeup.clear()
+            while lane.folded:
+                batch, lane.folded = lane.folded, []
                 async with lane.lock:
                     try:
-                        await self._commit(lane, records)
+                        async with lane.producer.transaction():
+                            for result, _, _ in batch:
+                                await self._send(lane.producer, tp.partition, result)
+                            await lane.producer.send_offsets_to_transaction({tp: batch[-1][1]}, self.group_id)
                     except ProducerFenced as error:
                         self.failure = ProcessorFenced(
-                            f"partition {lane.partition.partition} is owned by another processor; "
-                            f"this one ({self.instance}) stops"
+                            f"partition {tp.partition} is owned by another processor; this one ({self.instance}) stops"
                         )
                         self.failure.__cause__ = error
                         return
                     except asyncio.CancelledError:
                         raise
-                    except Exception as error:  # noqa: BLE001 - redo the batch from its first offset
-                        log.warning("batch of partition %d not committed (%s); it will be redone",
-                                    lane.partition.partition, error)
-                        lane.pending.clear()
-                        lane.next_offset = records[0].offset
-                        if self._source is not None:
-                            self._source.seek(lane.partition, records[0].offset)
-                        await asyncio.sleep(0.1)
-                        break
+                    except Exception as error:  # noqa: BLE001 - memory is ahead of the changelog now
+                        self.failure = RuntimeError(
+                            f"commit of partition {tp.partition} failed ({error!r}); stopping so that a restart "
+                            f"restores the committed state"
+                        )
+                        return
+                self.processed += sum(count for _, _, count in batch)
+                lane.committed.set()
 
-    async def _commit(self, lane: _Lane, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        tp = lane.partition
-        result = fold_batch(lane.table, records, actor=f"processor:{tp.partition}",
-                            max_event_bytes=self.settings.max_event_bytes)
-        await self._ensure_ready_topics(result.effects)
-        async with lane.producer.transaction():
-            await self._send(lane.producer, tp.partition, result)
-            await lane.producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-        lane.table.update(result.effects.states)
-        lane.next_offset = records[-1].offset + 1
-        self.processed += len(records)
+    async def _publish_hints(self, partition: int, result: BatchResult) -> None:
+        """Ready records and revocations go out before the commit: they are hints for workers,
+        whose claims the fold checks, so publishing them early only saves latency."""
+        assert self._hints is not None
+        names = self.names
+        for ready in result.effects.ready:
+            topic = names.ready(capability_route(ready.queue, ready.options.capabilities), ready.priority.value)
+            await self._hints.send(topic, ready.model_copy(update={"partition": partition}).encode(),
+                                   key=ready.job_id.encode())
+        for revoked in result.effects.revoked:
+            topic = names.ready(capability_route(revoked.queue, revoked.options.capabilities), revoked.priority.value)
+            await self._hints.send(topic, None, key=revoked.job_id.encode())
 
     async def _ensure_ready_topics(self, effects: Effects) -> None:
         routes = {capability_route(r.queue, r.options.capabilities) for r in effects.ready}
@@ -277,12 +325,6 @@ class LifecycleProcessor:
             await txn.send(names.job_state, encode_state(state), key=job_id.encode(), partition=partition)
         for event in effects.events:
             await txn.send(names.events, encode(event), key=event.job_id.encode(), partition=partition)
-        for ready in effects.ready:
-            topic = names.ready(capability_route(ready.queue, ready.options.capabilities), ready.priority.value)
-            await txn.send(topic, ready.model_copy(update={"partition": partition}).encode(), key=ready.job_id.encode())
-        for revoked in effects.revoked:
-            topic = names.ready(capability_route(revoked.queue, revoked.options.capabilities), revoked.priority.value)
-            await txn.send(topic, None, key=revoked.job_id.encode())
         for key, timer in effects.timers.items():
             await txn.send(names.timers, timer.encode() if timer else None, key=key, partition=partition)
         for job_id, entry in effects.dead_letters.items():
