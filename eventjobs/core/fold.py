@@ -93,10 +93,8 @@ class Decision(NamedTuple):
 
 _new = object.__new__
 _set = object.__setattr__
+_tuple_new = tuple.__new__  # Decision(...) without the NamedTuple's Python-level __new__
 _STATE_FIELDS = frozenset(JobState.model_fields)
-
-
-_tuple_new = tuple.__new__
 
 
 def _build(cls: type[Any], data: dict[str, Any], fields: frozenset[str]) -> Any:
@@ -123,7 +121,7 @@ _TYPE_OF = {cls: cls.model_fields["type"].default for cls in _DERIVED_CLASSES}
 
 
 def _derive(cls: type[Any], trigger: Event, index: int, actor: str, payload: dict[str, Any]) -> Any:
-    """A derived event: deterministic id, the trigger's time, caused by the trigger."""
+    """A derived event: deterministic id, the trigger's time, caused by the trigger (``_build`` inlined)."""
     type_ = _TYPE_OF[cls]
     cause = trigger.event_id
     data = {
