@@ -210,28 +210,25 @@ class App:
             entries[record.key.decode()] = DeadLetterRecord.decode(record.value) if record.value else None
         return sorted((e for e in entries.values() if e is not None), key=lambda e: e.dead_lettered_at)
 
+    def _operator_action(self, kind: type[DeadLetterRetriedEvent] | type[DiscardedEvent], entry: DeadLetterRecord,
+                         reason: str) -> JobEvent:
+        """A dead-letter action refers to the dead_lettered event it acts on, which makes it idempotent."""
+        return kind(event_id=new_event_id(), job_id=entry.job_id, occurred_at=_now(), actor=self.actor,
+                    causation_id=entry.dead_letter_event_id, reason=reason)
+
     async def retry_dead_letter(self, job_id: str, reason: str = "retried by operator") -> DeadLetterRecord:
         entry = await self._dead_letter(job_id)
-        await self.append(
-            [DeadLetterRetriedEvent(event_id=new_event_id(), job_id=job_id, occurred_at=_now(), actor=self.actor,
-                                    causation_id=entry.dead_letter_event_id, reason=reason)]
-        )
+        await self.append([self._operator_action(DeadLetterRetriedEvent, entry, reason)])
         return entry
 
     async def retry_all_dead_letters(self, name: str | None = None, reason: str = "retried by operator") -> list[str]:
         entries = [e for e in await self.dead_letters() if name is None or e.name == name]
-        await self.append(
-            [DeadLetterRetriedEvent(event_id=new_event_id(), job_id=e.job_id, occurred_at=_now(), actor=self.actor,
-                                    causation_id=e.dead_letter_event_id, reason=reason) for e in entries]
-        )
+        await self.append([self._operator_action(DeadLetterRetriedEvent, e, reason) for e in entries])
         return [e.job_id for e in entries]
 
     async def discard_dead_letter(self, job_id: str, reason: str = "discarded by operator") -> DeadLetterRecord:
         entry = await self._dead_letter(job_id)
-        await self.append(
-            [DiscardedEvent(event_id=new_event_id(), job_id=job_id, occurred_at=_now(), actor=self.actor,
-                            causation_id=entry.dead_letter_event_id, reason=reason)]
-        )
+        await self.append([self._operator_action(DiscardedEvent, entry, reason)])
         return entry
 
     async def _dead_letter(self, job_id: str) -> DeadLetterRecord:

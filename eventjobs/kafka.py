@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
 
@@ -121,3 +122,21 @@ async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
         if t["topic"] == topic and not t.get("error_code")
         for p in sorted(t["partitions"], key=lambda p: p["partition"])
     ]
+
+
+class OwnershipListener(ConsumerRebalanceListener):
+    """Forwards partition hand-overs to a service's `take` and `release` coroutines."""
+
+    def __init__(
+        self,
+        take: Callable[[list[TopicPartition]], Awaitable[None]],
+        release: Callable[[list[TopicPartition]], Awaitable[None]],
+    ) -> None:
+        self.take = take
+        self.release = release
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.release(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.take(assigned)

@@ -21,14 +21,13 @@ import socket
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from eventjobs.core.codec import EventDecodeError, decode, encode
 from eventjobs.core.fold import apply
 from eventjobs.core.state import JobState, decode_state, encode_state
 from eventjobs.effects import Effects, collect
-from eventjobs.kafka import consumer, producer, read_to_end
+from eventjobs.kafka import OwnershipListener, consumer, producer, read_to_end
 from eventjobs.records import capability_route
 from eventjobs.settings import Settings
 from eventjobs.topic_admin import check_layout, ensure_ready_topics
@@ -84,17 +83,6 @@ def fold_batch(
             result.applied += 1
         collect(result.effects, before, decision, event)
     return result
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, processor: LifecycleProcessor) -> None:
-        self.processor = processor
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.processor._release(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.processor._take(assigned)
 
 
 @dataclass
@@ -221,7 +209,7 @@ class LifecycleProcessor:
         self._hints = producer(self.settings, linger_ms=0)
         await self._hints.start()
         await source.start()
-        source.subscribe([self.names.events], listener=_Rebalance(self))
+        source.subscribe([self.names.events], listener=OwnershipListener(self._take, self._release))
         try:
             while not stop.is_set() and self.failure is None:
                 backlog = sum(len(lane.pending) for lane in self.lanes.values())

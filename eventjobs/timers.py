@@ -19,13 +19,12 @@ import time
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import ProducerFenced
 
 from eventjobs.core.codec import encode
 from eventjobs.core.events import DueEvent, ExpiredEvent, JobEvent, LeaseExpiredEvent
 from eventjobs.core.ids import derived_event_id
-from eventjobs.kafka import consumer, producer
+from eventjobs.kafka import OwnershipListener, consumer, producer
 from eventjobs.records import TimerRecord
 from eventjobs.settings import Settings
 from eventjobs.timer_wheel import TimerIndex
@@ -55,17 +54,6 @@ def fire_event(key: bytes, due_ms: int, attempt: int, now: datetime, actor: str)
             **common,
         )
     raise ValueError(f"unknown timer kind {kind!r} in key {key!r}")
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, service: TimerService) -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.service._release(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self.service._take(assigned)
 
 
 class TimerService:
@@ -123,7 +111,7 @@ class TimerService:
         )
         source = self._source
         await source.start()
-        source.subscribe([self.names.timers], listener=_Rebalance(self))
+        source.subscribe([self.names.timers], listener=OwnershipListener(self._take, self._release))
         try:
             while not stop.is_set():
                 wait_ms = self._wait_ms()
