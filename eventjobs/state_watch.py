@@ -18,13 +18,17 @@ log = logging.getLogger("eventjobs.state_watch")
 
 
 class StateWatcher:
-    """One consumer over every changelog partition, from the beginning; keeps recent states."""
+    """One consumer over every changelog partition, from the beginning; keeps recent states.
 
-    def __init__(self, settings: Settings, topic: str, *, keep: int = 200_000) -> None:
+    States are kept as the changelog's bytes and decoded only when asked for or waited on, so
+    following a busy changelog costs little and `keep` bounds the memory (about 1-2 KB a job).
+    """
+
+    def __init__(self, settings: Settings, topic: str, *, keep: int = 50_000) -> None:
         self.settings = settings
         self.topic = topic
         self.keep = keep
-        self.states: OrderedDict[str, JobState] = OrderedDict()
+        self.raw: OrderedDict[str, bytes] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[JobState]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # set once everything written before start() was read
@@ -54,14 +58,8 @@ class StateWatcher:
                 batch = await reader.getmany(timeout_ms=200, max_records=10_000)
                 for records in batch.values():
                     for record in records:
-                        if record.value is None:
-                            continue
-                        try:
-                            state = decode_state(record.value)
-                        except StateDecodeError as error:
-                            log.warning("skipping undecodable state at %s: %s", record.offset, error)
-                            continue
-                        self._remember(state)
+                        if record.value is not None and record.key is not None:
+                            self._remember(record.key.decode(), record.value)
                 if not self._ready.is_set():
                     positions = {tp: await reader.position(tp) for tp in self._ends}
                     if all(positions[tp] >= end for tp, end in self._ends.items()):
@@ -69,25 +67,37 @@ class StateWatcher:
         finally:
             await reader.stop()
 
-    def _remember(self, state: JobState) -> None:
-        self.states[state.job_id] = state
-        self.states.move_to_end(state.job_id)
-        while len(self.states) > self.keep:
-            self.states.popitem(last=False)
-        if state.is_terminal:
-            for waiter in self._waiters.pop(state.job_id, []):
-                if not waiter.done():
-                    waiter.set_result(state)
+    def _remember(self, job_id: str, value: bytes) -> None:
+        self.raw[job_id] = value
+        self.raw.move_to_end(job_id)
+        while len(self.raw) > self.keep:
+            self.raw.popitem(last=False)
+        if job_id in self._waiters:
+            state = self._decode(job_id)
+            if state is not None and state.is_terminal:
+                for waiter in self._waiters.pop(job_id, []):
+                    if not waiter.done():
+                        waiter.set_result(state)
+
+    def _decode(self, job_id: str) -> JobState | None:
+        value = self.raw.get(job_id)
+        if value is None:
+            return None
+        try:
+            return decode_state(value)
+        except StateDecodeError as error:
+            log.warning("undecodable state of job %s: %s", job_id, error)
+            return None
 
     async def latest(self, job_id: str) -> JobState | None:
         """The job's state as of at least the moment of the first call (the changelog read to its end)."""
         await self.start()
         await self._ready.wait()
-        return self.states.get(job_id)
+        return self._decode(job_id)
 
     async def wait(self, job_id: str, timeout_s: float) -> JobState:
         await self.start()
-        known = self.states.get(job_id)
+        known = self._decode(job_id)
         if known is not None and known.is_terminal:
             return known
         waiter: asyncio.Future[JobState] = asyncio.get_running_loop().create_future()
@@ -95,7 +105,7 @@ class StateWatcher:
         try:
             return await asyncio.wait_for(waiter, timeout_s)
         except asyncio.TimeoutError:
-            last = self.states.get(job_id)
+            last = self._decode(job_id)
             where = f"it is {last.status.value} (attempt {last.attempt})" if last else "no state was seen for it"
             raise TimeoutError(f"job {job_id} did not finish within {timeout_s:g} s; {where}") from None
         finally:
