@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,10 +85,16 @@ class JobCache:
         self.jobs.clear()
         self.complete = complete
 
-    def trim(self) -> None:
-        while len(self.jobs) > self.max_jobs:
-            self.jobs.popitem(last=False)
+    def trim(self, protect: Collection[str] = ()) -> None:
+        """Evict the least recently used jobs beyond `max_jobs`, except those in `protect` (jobs of
+        a batch still being written: ClickHouse does not have their new state yet)."""
+        for _ in range(len(self.jobs)):
+            if len(self.jobs) <= self.max_jobs:
+                return
+            job_id, job = self.jobs.popitem(last=False)
             self.complete = False
+            if job_id in protect:
+                self.jobs[job_id] = job
 
 
 class BatchFolder:
@@ -122,6 +128,12 @@ class BatchFolder:
                     touched[event.job_id] = projected.job
                     if projected.job.state.status is JobStatus.DEAD_LETTERED or (
                             before is not None and before.state.status is JobStatus.DEAD_LETTERED):
+                        dead.add(event.job_id)
+                    elif offset <= events_done.get(partition, -1):
+                        # redo after a crash between the commit point and the state rows: the
+                        # cached state may already be past this event (its `jobs` row was written),
+                        # so whether it left the dead-letter queue here is unknown; write its row
+                        # again (a deletion marker unless dead-lettered; the highest version wins)
                         dead.add(event.job_id)
             if offset > events_done.get(partition, -1):
                 rows.append(row)
@@ -169,19 +181,49 @@ class Projector:
     # ---- lifetime -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Fetch, fold and write batches until `stop` (or `stop_at`).
+
+        Two batches are in flight at most: while batch N is written to ClickHouse (in a thread;
+        the engine releases the GIL), batch N+1 is fetched and folded. Writes stay strictly in
+        order (N+1 is written only after N is), so positions and the commit point are as before.
+        Before a heartbeat / pause check and before finishing, the write in flight is awaited.
+        """
         consumer = kafka_consumer(self.settings, group_id=None, enable_auto_commit=False,
                                   max_partition_fetch_bytes=4 * 1024 * 1024)
         await consumer.start()
+        writing: asyncio.Task[bool] | None = None
+        in_flight: Batch | None = None
         try:
             partitions = await self._assign(consumer)
             await self._seek(consumer, partitions, stop)
-            while not stop.is_set() and not await self._reached_end(consumer, partitions):
+            while not stop.is_set():
+                if await self._reached_end(consumer, partitions):
+                    if writing is None:
+                        break
+                    await writing
+                    writing = None
+                    continue
                 records = await self._next_batch(consumer)
                 if records:
-                    await self._project(records, stop)
-                if self.control is not None:
+                    started = time.perf_counter()
+                    self.cache.trim(protect=in_flight.jobs if writing is not None and in_flight else ())
+                    batch = await asyncio.to_thread(self.folder.fold, records, self.positions.events_done)
+                    if writing is not None and not await writing:
+                        writing = None
+                        break  # stopping during an outage: nothing after the unwritten batch is written
+                    in_flight = batch
+                    writing = asyncio.create_task(self._write(batch, started, stop))
+                elif writing is not None:
+                    await writing
+                    writing = None
+                if self.control is not None and time.monotonic() - self._last_beat >= self.options.heartbeat_every_s:
+                    if writing is not None:
+                        await writing
+                        writing = None
                     await self._tick_control(consumer, partitions, stop)
         finally:
+            if writing is not None:
+                await asyncio.gather(writing, return_exceptions=True)
             await consumer.stop()
 
     def finished(self) -> bool:
@@ -265,20 +307,19 @@ class Projector:
 
     # ---- one batch ------------------------------------------------------------------------
 
-    async def _project(self, records: list[ConsumerRecord[bytes, bytes]], stop: asyncio.Event) -> None:
-        started = time.perf_counter()
-        batch = await asyncio.to_thread(self.folder.fold, records, self.positions.events_done)
+    async def _write(self, batch: Batch, started: float, stop: asyncio.Event) -> bool:
+        """Write a folded batch (retrying while ClickHouse is unreachable), then advance the positions."""
         done, _ = await self._retrying(lambda: self.store.write(batch), stop)
         if not done:
-            return  # stopping during an outage: nothing advanced, the batch is read again on restart
+            return False  # stopping during an outage: nothing advanced, the batch is read again on restart
         for partition, offset in batch.last_offsets.items():
             self.positions.state_done[partition] = offset
             self.positions.events_done[partition] = max(offset, self.positions.events_done.get(partition, -1))
             self.next_offsets[partition] = offset + 1
-        self.cache.trim()
         stats = BatchStats(batch.records, len(batch.event_rows), time.perf_counter() - started, dict(self.next_offsets))
         if self.on_batch is not None:
             self.on_batch(stats)
+        return True
 
     async def _retrying(self, action: Callable[[], Any], stop: asyncio.Event) -> tuple[bool, Any]:
         """Run `action` in a thread until it succeeds: (True, its result); back off while ClickHouse is

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eventjobs.clickhouse import Backend, open_backend, qualified
+from eventjobs.clickhouse import Backend, ClickHouseError, ServerBackend, chdb_dir, qualified
+from eventjobs.clickhouse.ownership import live_owner
 from eventjobs.projection.rows import DEAD_LETTER_COLUMNS, JOB_COLUMNS, JOB_EVENT_COLUMNS
 from eventjobs.settings import Settings
 
@@ -77,17 +78,20 @@ def start_projector(settings: Settings, state_dir: Path, *extra: str) -> subproc
 
 
 def read_api(settings: Settings, timeout_s: float = 60) -> Backend:
-    """The running projector's read API (this process cannot open a chdb directory another holds)."""
+    """The running projector's read API, once it advertises one.
+
+    Never opens the chdb directory itself (`open_backend` would, before the projector has
+    recorded itself as the owner, and then hold the lock the projector waits for).
+    """
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            backend = open_backend(settings)
-            if backend.kind == "server":
-                return backend
-            backend.close()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
+        owner = live_owner(chdb_dir(settings).resolve())
+        if owner is not None and owner.read_api:
+            try:
+                return ServerBackend(owner.read_api, settings.namespace)
+            except ClickHouseError:
+                pass
+        assert time.monotonic() < deadline, "the projector did not serve its read API in time"
         time.sleep(0.2)
 
 

@@ -104,17 +104,9 @@ def _start_projector(settings: Settings, state_dir: Path) -> subprocess.Popen[by
 
 def _read_side(settings: Settings, timeout_s: float = 60) -> Backend:
     """The running projector's read API (the test process cannot open a second chdb directory)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            backend = open_backend(settings)
-            if backend.kind == "server":
-                return backend
-            backend.close()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)
+    from tests.readside.tables import read_api
+
+    return read_api(settings, timeout_s)
 
 
 async def test_projector_killed_mid_batch_leaves_no_gap_and_no_double_count(settings: Settings,
