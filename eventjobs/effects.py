@@ -39,8 +39,8 @@ def _arm(effects: Effects, job_id: str, kind: TimerKind, attempt: int, due_at: d
     effects.timers[record.key] = record
 
 
-def _cancel(effects: Effects, job_id: str, kind: TimerKind) -> None:
-    effects.timers[timer_key(job_id, kind)] = None
+def _cancel(effects: Effects, job_id: str, kind: TimerKind, attempt: int | None = None) -> None:
+    effects.timers[timer_key(job_id, kind, attempt)] = None
 
 
 def ready_record(state: JobState, now: datetime, partition: int | None = None) -> ReadyRecord:
@@ -113,7 +113,7 @@ def collect(effects: Effects, before: JobState | None, decision: Decision, event
         if was is JobStatus.SCHEDULED:
             _cancel(effects, after.job_id, "run_at")
         elif was is JobStatus.RETRYING:
-            _cancel(effects, after.job_id, "retry")
+            _cancel(effects, after.job_id, "retry", before.attempt if before is not None else after.attempt)
         if before is not None and before.expires_at is not None and was not in _ACTIVE:
             _cancel(effects, after.job_id, "ttl")
 

@@ -57,15 +57,35 @@ class TimerRecord(_Record):
 
     @property
     def key(self) -> bytes:
-        return timer_key(self.job_id, self.kind)
+        return timer_key(self.job_id, self.kind, self.attempt)
 
     @classmethod
     def decode(cls, data: bytes) -> TimerRecord:
         return cls.model_validate_json(data)
 
 
-def timer_key(job_id: str, kind: TimerKind) -> bytes:
+def timer_key(job_id: str, kind: TimerKind, attempt: int | None = None) -> bytes:
+    """`job_id:kind`, and for retries `job_id:retry:attempt`.
+
+    A retry timer names its attempt because the timer service tombstones what it fired after the
+    fired event is already visible: the processor may by then have armed the next attempt's retry,
+    which a shared key would let that tombstone delete.
+    """
+    if kind == "retry":
+        if attempt is None:
+            raise ValueError("a retry timer key needs its attempt")
+        return f"{job_id}:retry:{attempt}".encode()
     return f"{job_id}:{kind}".encode()
+
+
+def parse_timer_key(key: bytes) -> tuple[str, str, int | None]:
+    """(job_id, kind, attempt of a retry timer or None); job ids may themselves contain ':'."""
+    text = key.decode()
+    parts = text.rsplit(":", 2)
+    if len(parts) == 3 and parts[1] == "retry" and parts[2].isdigit():
+        return parts[0], "retry", int(parts[2])
+    job_id, _, kind = text.rpartition(":")
+    return job_id, kind, None
 
 
 class DeadLetterRecord(_Record):

@@ -4,11 +4,12 @@ Design (docs/architecture.md, "Timers"): the compacted topic `<ns>.timers` is th
 one record per pending timer keyed `job_id:kind`, co-partitioned with the event log. This service
 owns timer partitions through a consumer group, rebuilds an in-memory `TimerIndex` of each
 assigned partition by reading it from the beginning, then keeps reading new timers. When timers
-are due it writes, per partition and in one Kafka transaction, the events they cause (`due`,
-`lease_expired`, `expired`) and a tombstone for each fired timer. A crash before the commit
-fires nothing (read_committed readers never see the aborted events and the timers are still in
-the topic); a crash after it cannot fire them again (the tombstones are committed with the
-events). The fold ignores a stale or repeated fire, so firing is exactly-once in effect.
+are due it appends the events they cause (`due`, `lease_expired`, `expired`) and, once those are
+acknowledged, a tombstone for each fired timer. A crash before the events are acknowledged fires
+nothing (the timers are still in the topic); a crash between events and tombstones fires the
+same timers again after the restart, with the same event ids, and the fold ignores a stale or
+repeated fire, so firing is exactly-once in effect. No transaction is needed for that, and its
+commit round trips would sit between a due time and the job's start.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ import time
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ProducerFenced
 
 from eventjobs.core.codec import encode
 from eventjobs.core.events import DueEvent, ExpiredEvent, JobEvent, LeaseExpiredEvent
 from eventjobs.core.ids import derived_event_id
 from eventjobs.kafka import OwnershipListener, consumer, producer
-from eventjobs.records import TimerRecord
+from eventjobs.records import TimerRecord, parse_timer_key
 from eventjobs.settings import Settings
 from eventjobs.timer_wheel import TimerIndex
 from eventjobs.topics import TopicNames, load_specs
@@ -37,7 +37,7 @@ FIRE_BATCH = 2000
 
 def fire_event(key: bytes, due_ms: int, attempt: int, now: datetime, actor: str) -> JobEvent:
     """The event a due timer causes. Its id is derived from the timer, so a re-fire is a duplicate."""
-    job_id, _, kind = key.decode().rpartition(":")
+    job_id, kind, _ = parse_timer_key(key)
     due_at = datetime.fromtimestamp(due_ms / 1000, tz=timezone.utc)
     cause = f"{job_id}:{kind}:{attempt}:{due_ms}"
     common = {"job_id": job_id, "occurred_at": now, "actor": actor}
@@ -66,11 +66,12 @@ class TimerService:
         self.tick_s = tick_s
         self.indexes: dict[int, TimerIndex] = {}
         self.loading: dict[int, int] = {}  # partition -> end offset still to reach before firing
-        self.producers: dict[int, AIOKafkaProducer] = {}
+        self.owned: set[int] = set()
         self.lock = asyncio.Lock()
         self.fired = 0
         self.lateness_ms: list[float] = []  # recent fire lateness, for metrics and benchmarks
         self._source = None
+        self._sender: AIOKafkaProducer | None = None
         self.loaded = asyncio.Event()  # set once every assigned partition was read to its end
 
     @property
@@ -82,11 +83,9 @@ class TimerService:
             assert self._source is not None
             ends = await self._source.end_offsets(assigned)
             for tp in assigned:
-                if tp.partition in self.producers:
+                if tp.partition in self.owned:
                     continue
-                txn = producer(self.settings, transactional_id=f"{self.settings.namespace}.timer.{tp.partition}", linger_ms=2)
-                await txn.start()
-                self.producers[tp.partition] = txn
+                self.owned.add(tp.partition)
                 self.indexes[tp.partition] = TimerIndex()
                 self.loading[tp.partition] = ends[tp]
                 await self._source.seek_to_beginning(tp)  # rebuild the index from the compacted topic
@@ -96,9 +95,7 @@ class TimerService:
             for tp in revoked:
                 self.indexes.pop(tp.partition, None)
                 self.loading.pop(tp.partition, None)
-                txn = self.producers.pop(tp.partition, None)
-                if txn is not None:
-                    await txn.stop()
+                self.owned.discard(tp.partition)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._source = consumer(
@@ -110,6 +107,8 @@ class TimerService:
             heartbeat_interval_ms=2_000,
         )
         source = self._source
+        self._sender = producer(self.settings, linger_ms=0)
+        await self._sender.start()
         await source.start()
         source.subscribe([self.names.timers], listener=OwnershipListener(self._take, self._release))
         try:
@@ -137,9 +136,8 @@ class TimerService:
                     await self._fire_due()
         finally:
             await source.stop()
-            for txn in self.producers.values():
-                await txn.stop()
-            self.producers.clear()
+            self.owned.clear()
+            await self._sender.stop()
 
     def _wait_ms(self) -> int:
         """Sleep in the fetch until the next timer is due (at most 100 ms, at least 1 ms)."""
@@ -162,24 +160,32 @@ class TimerService:
         if work:
             results = await asyncio.gather(*work, return_exceptions=True)
             for result in results:
-                if isinstance(result, ProducerFenced):
-                    raise result
                 if isinstance(result, BaseException):
                     log.warning("firing timers failed (%s); they stay pending and fire again", result)
 
     async def _fire(self, partition: int, due: list[tuple[bytes, int, int]]) -> None:
-        txn = self.producers[partition]
+        """Append the caused events, and once they are acknowledged, tombstone the timers.
+
+        No transaction: a crash between the two fires those timers again after the restart, with
+        the same event ids (derived from the timer), and `apply` ignores the repeat. Skipping the
+        transaction keeps its commit round trips off the path from due time to start.
+        """
+        sender = self._sender
+        assert sender is not None
         now = datetime.now(timezone.utc)
         actor = f"timer:{partition}"
         try:
-            async with txn.transaction():
-                for key, due_ms, attempt in due:
-                    event = fire_event(key, due_ms, attempt, now, actor)
-                    await txn.send(self.names.events, encode(event), key=event.job_id.encode(), partition=partition)
-                    await txn.send(self.names.timers, None, key=key, partition=partition)
+            acks = [
+                await sender.send(self.names.events, encode(fire_event(key, due_ms, attempt, now, actor)),
+                                  key=parse_timer_key(key)[0].encode(), partition=partition)
+                for key, due_ms, attempt in due
+            ]
+            await asyncio.gather(*acks)
+            tombstones = [await sender.send(self.names.timers, None, key=key, partition=partition) for key, _, _ in due]
+            await asyncio.gather(*tombstones)
         except BaseException:
             index = self.indexes.get(partition)
-            if index is not None:  # not fired: put them back so the next tick retries
+            if index is not None:  # not (all) fired: put them back so the next tick retries
                 for key, due_ms, attempt in due:
                     if index.get(key) is None:
                         index.set(key, due_ms, attempt)

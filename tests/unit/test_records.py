@@ -27,6 +27,7 @@ from eventjobs.records import (
     ReadyRecord,
     TimerRecord,
     capability_route,
+    parse_timer_key,
     timer_key,
 )
 from eventjobs.topics import TopicNames, load_specs
@@ -118,7 +119,8 @@ def test_timer_record_round_trip_and_key(job_id: str, kind: Any, attempt: int, d
     decoded = TimerRecord.decode(record.encode())
     assert decoded == record
     assert decoded.due_at == due_at
-    assert record.key == decoded.key == timer_key(job_id, kind) == f"{job_id}:{kind}".encode()
+    suffix = f"{kind}:{attempt}" if kind == "retry" else kind
+    assert record.key == decoded.key == timer_key(job_id, kind, attempt) == f"{job_id}:{suffix}".encode()
 
 
 @settings(max_examples=100, deadline=None)
@@ -170,19 +172,23 @@ def test_records_are_frozen() -> None:
 # -- timer keys --------------------------------------------------------------------------------
 
 
-def test_timer_keys_are_job_and_kind() -> None:
-    assert [timer_key("job-7", kind) for kind in TIMER_KINDS] == [
-        b"job-7:run_at", b"job-7:retry", b"job-7:lease", b"job-7:ttl"
+def test_timer_keys_are_job_and_kind_and_the_attempt_of_a_retry() -> None:
+    assert [timer_key("job-7", kind, 3) for kind in TIMER_KINDS] == [
+        b"job-7:run_at", b"job-7:retry:3", b"job-7:lease", b"job-7:ttl"
     ]
     assert timer_key("ünï", "ttl") == "ünï:ttl".encode()
+    with pytest.raises(ValueError, match="needs its attempt"):
+        timer_key("job-7", "retry")
 
 
-@given(st.tuples(job_ids, st.sampled_from(TIMER_KINDS)), st.tuples(job_ids, st.sampled_from(TIMER_KINDS)))
-def test_timer_keys_of_different_timers_differ(a: tuple[str, Any], b: tuple[str, Any]) -> None:
-    # the timer service splits the key at the last ':' to find job and kind, so keys are unambiguous
-    assert (timer_key(*a) == timer_key(*b)) == (a == b)
-    job_id, _, kind = timer_key(*a).decode().rpartition(":")
-    assert (job_id, kind) == a
+@given(st.tuples(job_ids, st.sampled_from(TIMER_KINDS), st.integers(0, 99)),
+       st.tuples(job_ids, st.sampled_from(TIMER_KINDS), st.integers(0, 99)))
+def test_timer_keys_of_different_timers_differ_and_parse_back(a: tuple[str, Any, int], b: tuple[str, Any, int]) -> None:
+    def identity(t: tuple[str, Any, int]) -> tuple[str, Any, int | None]:
+        return (t[0], t[1], t[2] if t[1] == "retry" else None)
+
+    assert (timer_key(*a) == timer_key(*b)) == (identity(a) == identity(b))
+    assert parse_timer_key(timer_key(*a)) == identity(a)
 
 
 # -- capability routes -------------------------------------------------------------------------
