@@ -79,11 +79,24 @@ def _backend(settings: Settings) -> Iterator[Backend]:
 
 def _run(action: Callable[[], T]) -> T:
     """Run a read-side action; ClickHouse and projector problems become one clear line and exit 1."""
+    from aiokafka.errors import KafkaError
+
     try:
         return action()
     except (ClickHouseError, ProjectorError) as error:
         err.print(f"[red]error:[/] {error}", highlight=False)
         raise typer.Exit(1) from None
+    except KafkaError as error:  # replay reads the log: say which broker did not answer
+        err.print(f"[red]error:[/] Kafka at {_bootstrap_hint()} failed: {error!r}; check KAFKA_BOOTSTRAP_SERVERS "
+                  f"and that the broker runs", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _bootstrap_hint() -> str:
+    try:
+        return load_settings().kafka_bootstrap
+    except Exception:
+        return "the configured bootstrap servers"
 
 
 def _end_offsets(settings: Settings) -> dict[int, int] | None:

@@ -93,7 +93,8 @@ def project_event(job: ProjectedJob | None, event: JobEvent, payload: bytes, par
     row = (
         event.event_id, event.job_id, event.type, event.occurred_at,
         state.queue if state else "", state.name if state else "",
-        getattr(event, "attempt", -1), event.actor, event.causation_id or "",
+        event.__dict__.get("attempt", -1), event.actor, event.causation_id or "",  # (getattr of a missing
+        # field goes through pydantic's __getattr__ and an exception: ~3% of the projector's time)
         outcome, 1 if counted else 0, decision.rejected or "", after.status.value if after else "",
         1 if wait_s is not None else 0, wait_s or 0.0, 1 if duration_s is not None else 0, duration_s or 0.0,
         payload.decode("utf-8", errors="replace"), partition, offset,
