@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -101,7 +102,8 @@ class _Lane:
     table: dict[str, JobState]
     pending: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    folded: list[tuple[BatchResult, int, int]] = field(default_factory=list)  # (result, next offset, records)
+    # (result, next offset, record count, acks of its published ready records)
+    folded: list[tuple[BatchResult, int, int, list[asyncio.Future[Any]]]] = field(default_factory=list)
     commit_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     committed: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -111,7 +113,7 @@ class _Lane:
 
     @property
     def backlog(self) -> int:
-        return sum(count for _, _, count in self.folded)
+        return sum(entry[2] for entry in self.folded)
 
 
 class LifecycleProcessor:
@@ -253,8 +255,8 @@ class LifecycleProcessor:
                 lane.table.update(result.effects.states)
                 lane.next_offset = records[-1].offset + 1
                 await self._ensure_ready_topics(result.effects)
-                await self._publish_hints(tp.partition, result)
-                lane.folded.append((result, records[-1].offset + 1, len(records)))
+                hints = await self._publish_hints(tp.partition, result)
+                lane.folded.append((result, records[-1].offset + 1, len(records), hints))
                 lane.commit_wakeup.set()
 
     async def _commit_loop(self, lane: _Lane) -> None:
@@ -268,8 +270,13 @@ class LifecycleProcessor:
                 async with lane.lock:
                     try:
                         async with lane.producer.transaction():
-                            for result, _, _ in batch:
-                                await self._send(lane.producer, tp.partition, result)
+                            acks: list[asyncio.Future[Any]] = []
+                            for result, _, _, hints in batch:
+                                acks += hints
+                                acks += await self._send(lane.producer, tp.partition, result)
+                            # every write must be acknowledged before the offsets commit: a lost
+                            # changelog or ready record would otherwise go unnoticed
+                            await asyncio.gather(*acks)
                             await lane.producer.send_offsets_to_transaction({tp: batch[-1][1]}, self.group_id)
                     except ProducerFenced as error:
                         self.failure = ProcessorFenced(
@@ -285,21 +292,22 @@ class LifecycleProcessor:
                             f"restores the committed state"
                         )
                         return
-                self.processed += sum(count for _, _, count in batch)
+                self.processed += sum(entry[2] for entry in batch)
                 lane.committed.set()
 
-    async def _publish_hints(self, partition: int, result: BatchResult) -> None:
+    async def _publish_hints(self, partition: int, result: BatchResult) -> list[asyncio.Future[Any]]:
         """Ready records and revocations go out before the commit: they are hints for workers,
         whose claims the fold checks, so publishing them early only saves latency."""
         assert self._hints is not None
-        names = self.names
+        names, acks = self.names, []
         for ready in result.effects.ready:
             topic = names.ready(capability_route(ready.queue, ready.options.capabilities), ready.priority.value)
-            await self._hints.send(topic, ready.model_copy(update={"partition": partition}).encode(),
-                                   key=ready.job_id.encode())
+            acks.append(await self._hints.send(topic, ready.model_copy(update={"partition": partition}).encode(),
+                                               key=ready.job_id.encode()))
         for revoked in result.effects.revoked:
             topic = names.ready(capability_route(revoked.queue, revoked.options.capabilities), revoked.priority.value)
-            await self._hints.send(topic, None, key=revoked.job_id.encode())
+            acks.append(await self._hints.send(topic, None, key=revoked.job_id.encode()))
+        return acks
 
     async def _ensure_ready_topics(self, effects: Effects) -> None:
         routes = {capability_route(r.queue, r.options.capabilities) for r in effects.ready}
@@ -307,24 +315,27 @@ class LifecycleProcessor:
         if missing:
             self.ready_topics.update(await ensure_ready_topics(self.settings, missing))
 
-    async def _send(self, txn: AIOKafkaProducer, partition: int, result: BatchResult) -> None:
+    async def _send(self, txn: AIOKafkaProducer, partition: int, result: BatchResult) -> list[asyncio.Future[Any]]:
+        """Queue the batch's durable writes in the open transaction; returns their acknowledgements."""
         names, effects = self.names, result.effects
+        acks: list[asyncio.Future[Any]] = []
         for job_id, state in effects.states.items():
-            await txn.send(names.job_state, encode_state(state), key=job_id.encode(), partition=partition)
+            acks.append(await txn.send(names.job_state, encode_state(state), key=job_id.encode(), partition=partition))
         for event in effects.events:
-            await txn.send(names.events, encode(event), key=event.job_id.encode(), partition=partition)
+            acks.append(await txn.send(names.events, encode(event), key=event.job_id.encode(), partition=partition))
         for key, timer in effects.timers.items():
-            await txn.send(names.timers, timer.encode() if timer else None, key=key, partition=partition)
+            acks.append(await txn.send(names.timers, timer.encode() if timer else None, key=key, partition=partition))
         for job_id, entry in effects.dead_letters.items():
-            await txn.send(names.dead_letters, entry.encode() if entry else None, key=job_id.encode())
+            acks.append(await txn.send(names.dead_letters, entry.encode() if entry else None, key=job_id.encode()))
         for bad in result.quarantined:
             record = bad.record
             headers = [
                 ("eventjobs.reason", bad.reason.encode()[:4000]),
                 ("eventjobs.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
             ]
-            await txn.send(names.quarantine, record.value, key=record.key, headers=headers)
+            acks.append(await txn.send(names.quarantine, record.value, key=record.key, headers=headers))
             log.warning("quarantined %s/%d@%d: %s", record.topic, record.partition, record.offset, bad.reason)
+        return acks
 
 
 async def run_processor(settings: Settings, stop: asyncio.Event, *, project: bool = False, **options: object) -> None:

@@ -269,6 +269,16 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             log.error("job task failed unexpectedly", exc_info=task.exception())
 
+    def _claim_acknowledged(self, ack: asyncio.Future[Any], item: _Item) -> None:
+        """Only a durable claim lets the ready record's offset be committed; an unsent claim leaves
+        the record to be delivered again (after a restart or a rebalance)."""
+        if ack.cancelled() or ack.exception() is not None:
+            log.error("claim of %s/%d@%d was not written (%s); its ready record stays uncommitted",
+                      item.record.topic, item.record.partition, item.record.offset,
+                      "cancelled" if ack.cancelled() else ack.exception())
+            return
+        self._settled(item)
+
     def _settled(self, item: _Item) -> None:
         """The record's claim is durable (or the record is skipped): its offset may be committed."""
         index = self._consumers.index(item.source)
@@ -294,7 +304,7 @@ class Worker:
                                       lease_deadline=now + lease), ready.partition)
         started = await self._send(AttemptStartedEvent(**self._envelope(ready), attempt=ready.attempt,
                                                         worker_id=self.worker_id), ready.partition)
-        started.add_done_callback(lambda _: self._settled(item))
+        started.add_done_callback(lambda ack: self._claim_acknowledged(ack, item))
         heartbeats = asyncio.create_task(self._heartbeat_loop(ready))
         try:
             outcome = await self._call(ready)
@@ -307,7 +317,10 @@ class Worker:
         finally:
             heartbeats.cancel()
         try:
-            await self._send(outcome, ready.partition)
+            ack = await self._send(outcome, ready.partition)
+            ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.error(
+                "outcome of job %s was not written (%s); its lease will expire and it will run again",
+                ready.job_id, done.exception()))
         except EventEncodeError as error:  # e.g. a result over the size limit: report, don't vanish
             await self._send(AttemptFailedEvent(**self._envelope(ready), attempt=ready.attempt,
                                                 error_type="InvalidHandlerResult", message=str(error), retryable=False))
