@@ -22,6 +22,7 @@ from eventjobs.cli_runtime import register as register_runtime
 from eventjobs.dev.broker import DevStackError, LocalKafka
 from eventjobs.settings import Settings, load_settings
 from eventjobs.app import InvalidJobArguments, NotInDeadLetters, PayloadTooLarge
+from eventjobs.clickhouse.errors import ClickHouseError
 from eventjobs.core.options import InvalidJobOptions
 from eventjobs.processor import ProcessorFenced
 from eventjobs.registry import UnknownJob
@@ -175,7 +176,7 @@ def demo(
 # Errors the user can act on: printed as one clear message, no traceback, exit code 1.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DevStackError, KafkaUnavailable, TopicSpecError, TopicLayoutError, ValidationError, AppLoadError, UnknownJob,
-    InvalidJobOptions, InvalidJobArguments, PayloadTooLarge, NotInDeadLetters, ProcessorFenced,
+    InvalidJobOptions, InvalidJobArguments, PayloadTooLarge, NotInDeadLetters, ProcessorFenced, ClickHouseError,
 )
 
 
