@@ -128,7 +128,8 @@ async def _show_projections(settings: Settings, since: datetime, count: int, con
             history = await asyncio.to_thread(query.job_history, backend, flaky.job_id)
             table = Table("+s", "event", "attempt", "actor", title=f"History of charge_card {flaky.job_id[:8]} (job_events)")
             for entry in history:
-                table.add_row(f"{entry.since_enqueued_s:.3f}", entry.type, str(entry.attempt), entry.actor)
+                table.add_row(f"{entry.since_enqueued_s:.3f}", entry.type,
+                              str(entry.attempt) if entry.attempt >= 0 else "-", entry.actor)
             console.print(table)
     finally:
         backend.close()
