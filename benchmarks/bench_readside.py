@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -48,26 +47,12 @@ from eventjobs.projection.rows import JOB_EVENT_COLUMNS, columns_of, project_eve
 from eventjobs.projection.store import ProjectionStore  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
 from eventjobs.topic_admin import apply_topics  # noqa: E402
+from benchmarks.bench_throughput import machine_info as throughput_machine_info  # noqa: E402
 from tests.readside.fastlog import job_log, produce_fast  # noqa: E402
 
 
 def machine_info() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = ""
-    try:
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f", {kib / 1024 / 1024:.1f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}, chdb {chdb.__version__}, "
-            f"{platform.system()} {platform.release()}")
+    return f"{throughput_machine_info()}, chdb {chdb.__version__}"
 
 
 async def read_all(settings: Settings) -> list:

@@ -75,8 +75,13 @@ def dead_letter_record(state: JobState) -> DeadLetterRecord:
     )
 
 
-def collect(effects: Effects, before: JobState | None, decision: Decision, event: JobEvent) -> None:
-    """Add to `effects` what applying `event` (giving `decision`) requires beyond the state."""
+def collect(
+    effects: Effects, before: JobState | None, decision: Decision, event: JobEvent, partition: int | None = None
+) -> None:
+    """Add to `effects` what applying `event` (giving `decision`) requires beyond the state.
+
+    `partition` is the job's event-log partition, carried in ready records for the worker.
+    """
     after = decision.state
     effects.events.extend(decision.derived)
     if after is None:
@@ -90,10 +95,10 @@ def collect(effects: Effects, before: JobState | None, decision: Decision, event
     status = after.status
 
     if status is JobStatus.PENDING and (was is not JobStatus.PENDING or before is None or before.attempt != after.attempt):
-        effects.ready.append(ready_record(after, now))
+        effects.ready.append(ready_record(after, now, partition))
     if was is JobStatus.PENDING and status is not JobStatus.PENDING and event.type != "claimed" and before is not None:
         # cancelled or expired while its ready record waits for a worker: tell the workers
-        effects.revoked.append(ready_record(before, now))
+        effects.revoked.append(ready_record(before, now, partition))
     if status is JobStatus.SCHEDULED and was is not JobStatus.SCHEDULED and after.next_due_at is not None:
         _arm(effects, after.job_id, "run_at", after.attempt, after.next_due_at)
     if status is JobStatus.RETRYING and was is not JobStatus.RETRYING and after.next_due_at is not None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import ProducerFenced
 
 from eventjobs.core.codec import EventDecodeError, decode, encode
 from eventjobs.core.fold import apply
@@ -56,7 +56,8 @@ class BatchResult:
 
 
 def fold_batch(
-    table: dict[str, JobState], records: list[ConsumerRecord[bytes, bytes]], *, actor: str, max_event_bytes: int
+    table: dict[str, JobState], records: list[ConsumerRecord[bytes, bytes]], *, actor: str, max_event_bytes: int,
+    partition: int | None = None,
 ) -> BatchResult:
     """Apply a partition's batch to its state table (not modified: new states are in the effects)."""
     result = BatchResult()
@@ -82,7 +83,7 @@ def fold_batch(
             log.debug("rejected %s of job %s: %s", event.type, event.job_id, decision.rejected)
         else:
             result.applied += 1
-        collect(result.effects, before, decision, event)
+        collect(result.effects, before, decision, event, partition)
     return result
 
 
@@ -251,11 +252,11 @@ class LifecycleProcessor:
                     continue
                 records, lane.pending = lane.pending[: self.max_batch], lane.pending[self.max_batch :]
                 result = fold_batch(lane.table, records, actor=f"processor:{tp.partition}",
-                                    max_event_bytes=self.settings.max_event_bytes)
+                                    max_event_bytes=self.settings.max_event_bytes, partition=tp.partition)
                 lane.table.update(result.effects.states)
                 lane.next_offset = records[-1].offset + 1
                 await self._ensure_ready_topics(result.effects)
-                hints = await self._publish_hints(tp.partition, result)
+                hints = await self._publish_hints(result)
                 lane.folded.append((result, records[-1].offset + 1, len(records), hints))
                 lane.commit_wakeup.set()
 
@@ -295,15 +296,14 @@ class LifecycleProcessor:
                 self.processed += sum(entry[2] for entry in batch)
                 lane.committed.set()
 
-    async def _publish_hints(self, partition: int, result: BatchResult) -> list[asyncio.Future[Any]]:
+    async def _publish_hints(self, result: BatchResult) -> list[asyncio.Future[Any]]:
         """Ready records and revocations go out before the commit: they are hints for workers,
         whose claims the fold checks, so publishing them early only saves latency."""
         assert self._hints is not None
         names, acks = self.names, []
         for ready in result.effects.ready:
             topic = names.ready(capability_route(ready.queue, ready.options.capabilities), ready.priority.value)
-            acks.append(await self._hints.send(topic, ready.model_copy(update={"partition": partition}).encode(),
-                                               key=ready.job_id.encode()))
+            acks.append(await self._hints.send(topic, ready.encode(), key=ready.job_id.encode()))
         for revoked in result.effects.revoked:
             topic = names.ready(capability_route(revoked.queue, revoked.options.capabilities), revoked.priority.value)
             acks.append(await self._hints.send(topic, None, key=revoked.job_id.encode()))

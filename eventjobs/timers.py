@@ -66,10 +66,7 @@ class TimerService:
         self.tick_s = tick_s
         self.indexes: dict[int, TimerIndex] = {}
         self.loading: dict[int, int] = {}  # partition -> end offset still to reach before firing
-        self.owned: set[int] = set()
         self.lock = asyncio.Lock()
-        self.fired = 0
-        self.lateness_ms: list[float] = []  # recent fire lateness, for metrics and benchmarks
         self._source = None
         self._sender: AIOKafkaProducer | None = None
         self.loaded = asyncio.Event()  # set once every assigned partition was read to its end
@@ -83,9 +80,8 @@ class TimerService:
             assert self._source is not None
             ends = await self._source.end_offsets(assigned)
             for tp in assigned:
-                if tp.partition in self.owned:
+                if tp.partition in self.indexes:
                     continue
-                self.owned.add(tp.partition)
                 self.indexes[tp.partition] = TimerIndex()
                 self.loading[tp.partition] = ends[tp]
                 await self._source.seek_to_beginning(tp)  # rebuild the index from the compacted topic
@@ -95,7 +91,6 @@ class TimerService:
             for tp in revoked:
                 self.indexes.pop(tp.partition, None)
                 self.loading.pop(tp.partition, None)
-                self.owned.discard(tp.partition)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._source = consumer(
@@ -136,7 +131,7 @@ class TimerService:
                     await self._fire_due()
         finally:
             await source.stop()
-            self.owned.clear()
+            self.indexes.clear()
             await self._sender.stop()
 
     def _wait_ms(self) -> int:
@@ -190,8 +185,3 @@ class TimerService:
                     if index.get(key) is None:
                         index.set(key, due_ms, attempt)
             raise
-        fired_ms = time.time() * 1000
-        self.fired += len(due)
-        self.lateness_ms.extend(fired_ms - due_ms for _, due_ms, _ in due)
-        if len(self.lateness_ms) > 100_000:
-            del self.lateness_ms[:50_000]

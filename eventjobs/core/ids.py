@@ -87,12 +87,6 @@ def job_id_for_key(namespace: str, idempotency_key: str) -> str:
 _TIME_ORDERED = re.compile(r"([0-9a-f]{8})-([0-9a-f]{4})-[78]")
 
 
-def _time_prefix(event_id: str) -> str | None:
-    """The 12 hex digits of the millisecond timestamp of a UUIDv7/v8 id, else None."""
-    match = _TIME_ORDERED.match(event_id)
-    return match[1] + match[2] if match else None
-
-
 _VARIANT = {c: _HEX[8 | (int(c, 16) & 3)] for c in _HEX}
 _sha256 = hashlib.sha256
 

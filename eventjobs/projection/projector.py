@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -376,6 +375,3 @@ class Projector:
         await self._seek(consumer, partitions, stop)
         log.info("resumed after the projection swap")
 
-
-def new_token() -> str:
-    return uuid.uuid4().hex

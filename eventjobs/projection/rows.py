@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from eventjobs.core.codec import EventDecodeError, decode
+
 from eventjobs.core.events import DERIVED_TYPES, JobEvent
 from eventjobs.core.fold import Decision, apply
 from eventjobs.core.state import JobState, JobStatus, decode_state, encode_state
@@ -60,16 +60,6 @@ class Projected(NamedTuple):
 
     job: ProjectedJob | None
     row: tuple[Any, ...]
-
-
-def project_record(job: ProjectedJob | None, value: bytes | None, key: bytes | None, partition: int, offset: int,
-                   timestamp_ms: int, *, max_event_bytes: int) -> Projected:
-    """Fold one Kafka record of the event log into `job`; undecodable records become `malformed` rows."""
-    try:
-        event = decode(value or b"", max_bytes=max_event_bytes)
-    except EventDecodeError as error:
-        return Projected(job, malformed_row(value, key, partition, offset, timestamp_ms, str(error)))
-    return project_event(job, event, value or b"", partition, offset)
 
 
 def project_event(job: ProjectedJob | None, event: JobEvent, payload: bytes, partition: int, offset: int) -> Projected:

@@ -16,6 +16,7 @@ import pytest
 from eventjobs import App
 from eventjobs.core.codec import decode
 from eventjobs.core.events import JobEvent
+from eventjobs.core.state import JobState, JobStatus
 from eventjobs.kafka import partitions_of, read_to_end
 from eventjobs.processor import run_processor
 from eventjobs.settings import Settings
@@ -94,3 +95,14 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+async def wait_for_status(runtime: Runtime, job_id: str, status: JobStatus, timeout: float = 30) -> JobState:
+    """Poll the changelog view until the job has `status` (for statuses `App.wait` does not wait for)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        state = await runtime.app.state(job_id)
+        if state is not None and state.status is status:
+            return state
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {status}; last: {await runtime.app.state(job_id)}")

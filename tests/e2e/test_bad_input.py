@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -16,9 +12,9 @@ from eventjobs.kafka import consumer, partitions_of, producer
 from eventjobs.settings import Settings
 from eventjobs.topic_admin import KafkaUnavailable
 from tests.e2e.conftest import Runtime, job_events
+from tests.support.cli import run_cli
 from tests.support.jobs_app import build_app
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _log_size(settings: Settings) -> int:
@@ -61,14 +57,6 @@ async def test_enqueue_with_the_broker_down_says_so(settings: Settings) -> None:
         await offline.enqueue("add", {"a": 1, "b": 2})
 
 
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "eventjobs.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
-             "EVENTJOBS_NAMESPACE": settings.namespace, "COLUMNS": "200"},
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -84,7 +72,7 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 )
 async def test_cli_rejects_bad_input_and_sends_nothing(app: App, args: list[str], message: str) -> None:
     before = await _log_size(app.settings)
-    result = _cli(app.settings, *args)
+    result = run_cli(*args, settings=app.settings)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -92,8 +80,8 @@ async def test_cli_rejects_bad_input_and_sends_nothing(app: App, args: list[str]
 
 
 async def test_cli_enqueue_prints_the_job_id(app: App) -> None:
-    result = _cli(app.settings, "enqueue", "add", "--app", "tests.support.jobs_app:app", "--args", '{"a": 1, "b": 2}',
-                  "--idempotency-key", "k1", "--priority", "high", "--delay", "250ms")
+    result = run_cli("enqueue", "add", "--app", "tests.support.jobs_app:app", "--args", '{"a": 1, "b": 2}',
+                     "--idempotency-key", "k1", "--priority", "high", "--delay", "250ms", settings=app.settings)
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     events = await job_events(app.settings, job_id)

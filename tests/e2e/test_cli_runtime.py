@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 from eventjobs.core.state import JobStatus
-from tests.e2e.conftest import Runtime
-from tests.e2e.test_lifecycle import _wait_for_status
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.conftest import Runtime, wait_for_status
+from tests.support.cli import run_cli
 
 
 def cli(runtime: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
-    settings = runtime.app.settings
-    return subprocess.run(
-        [sys.executable, "-m", "eventjobs.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
-             "EVENTJOBS_NAMESPACE": settings.namespace, "COLUMNS": "250"},
-    )
+    return run_cli(*args, settings=runtime.app.settings, timeout=60)
 
 
 async def test_dead_letter_list_retry_and_discard_from_the_cli(runtime: Runtime) -> None:
@@ -43,8 +33,8 @@ async def test_dead_letter_list_retry_and_discard_from_the_cli(runtime: Runtime)
     assert retried.returncode == 0 and f"retrying {to_retry}" in retried.stdout
     discarded = cli(runtime, "dlq", "discard", to_discard)
     assert discarded.returncode == 0 and f"discarded {to_discard}" in discarded.stdout
-    assert (await _wait_for_status(runtime, to_retry, JobStatus.COMPLETED)).result == {"attempt": 2}
-    assert (await _wait_for_status(runtime, to_discard, JobStatus.DISCARDED)).status is JobStatus.DISCARDED
+    assert (await wait_for_status(runtime, to_retry, JobStatus.COMPLETED)).result == {"attempt": 2}
+    assert (await wait_for_status(runtime, to_discard, JobStatus.DISCARDED)).status is JobStatus.DISCARDED
 
     unknown = cli(runtime, "dlq", "retry", to_retry)  # no longer in the dead-letter queue
     assert unknown.returncode == 1 and f"job {to_retry} is not in the dead-letter queue" in unknown.stderr
@@ -62,7 +52,7 @@ async def test_retry_all_of_one_type(runtime: Runtime) -> None:
     result = cli(runtime, "dlq", "retry-all", "--type", "fails_until_retried")
     assert result.returncode == 0 and "retrying 3 job(s)" in result.stdout
     for job_id in broken:
-        assert (await _wait_for_status(runtime, job_id, JobStatus.COMPLETED)).attempts_started == 3
+        assert (await wait_for_status(runtime, job_id, JobStatus.COMPLETED)).attempts_started == 3
     assert [e.job_id for e in await app.dead_letters()] == [other]
 
 

@@ -15,8 +15,7 @@ from eventjobs.core.fold import fold
 from eventjobs.core.options import ConstantBackoff
 from eventjobs.core.state import JobStatus
 from eventjobs.settings import Settings
-from tests.e2e.conftest import Runtime, job_events, spawn
-from tests.e2e.test_lifecycle import _wait_for_status
+from tests.e2e.conftest import Runtime, job_events, spawn, wait_for_status
 
 APP = "tests.support.jobs_app:app"
 
@@ -36,7 +35,7 @@ async def test_worker_killed_mid_job_is_rerun_elsewhere(runtime: Runtime, tmp_pa
     doomed = spawn(["worker", "--app", APP, "--lease", "2s", "--worker-id", "doomed"], app.settings, tmp_path / "w1.log")
     processes.append(doomed)
     job_id = await app.enqueue("sleepy", {"seconds": 4})
-    await _wait_for_status(runtime, job_id, JobStatus.RUNNING, timeout=60)
+    await wait_for_status(runtime, job_id, JobStatus.RUNNING, timeout=60)
     os.kill(doomed.pid, signal.SIGKILL)
     doomed.wait(timeout=10)
 
@@ -153,8 +152,8 @@ async def test_sigterm_lets_running_jobs_finish_and_hands_back_the_rest(runtime:
     processes.append(worker)
     quick = await app.enqueue("sleepy", {"seconds": 0.5})
     slow = await app.enqueue("sleepy", {"seconds": 30})
-    await _wait_for_status(runtime, quick, JobStatus.RUNNING, timeout=60)
-    await _wait_for_status(runtime, slow, JobStatus.RUNNING, timeout=60)
+    await wait_for_status(runtime, quick, JobStatus.RUNNING, timeout=60)
+    await wait_for_status(runtime, slow, JobStatus.RUNNING, timeout=60)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     assert (await app.wait(quick, timeout=10)).worker_id == "leaving"  # finished within the grace period

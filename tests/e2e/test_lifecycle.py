@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from eventjobs.core.state import JobStatus
-from tests.e2e.conftest import Runtime, job_events
+from tests.e2e.conftest import Runtime, job_events, wait_for_status
 from tests.support.jobs_app import EXECUTIONS
 
 
@@ -75,18 +75,6 @@ async def test_exhausted_job_is_retried_from_the_dead_letter_queue(runtime: Runt
     assert len(entries) == 1 and entries[0].error_type == "RuntimeError"
 
     await app.retry_dead_letter(job_id)
-    done = await _wait_for_status(runtime, job_id, JobStatus.COMPLETED)
+    done = await wait_for_status(runtime, job_id, JobStatus.COMPLETED)
     assert done.result == {"attempt": 2} and done.attempts_started == 3
     assert [e for e in await app.dead_letters() if e.job_id == job_id] == []
-
-
-async def _wait_for_status(runtime: Runtime, job_id: str, status: JobStatus, timeout: float = 30):  # type: ignore[no-untyped-def]
-    import asyncio
-
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        state = await runtime.app.state(job_id)
-        if state is not None and state.status is status:
-            return state
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {status}; last: {await runtime.app.state(job_id)}")

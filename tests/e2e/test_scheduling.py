@@ -8,8 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from eventjobs.core.options import ConstantBackoff
 from eventjobs.core.state import JobStatus
-from tests.e2e.conftest import Runtime, job_events
-from tests.e2e.test_lifecycle import _wait_for_status
+from tests.e2e.conftest import Runtime, job_events, wait_for_status
 from tests.support.jobs_app import EXECUTIONS, STARTED
 
 
@@ -67,7 +66,7 @@ async def test_cancel_pending_scheduled_and_retrying_jobs(runtime: Runtime) -> N
 
     await runtime.start_worker()
     retrying = await app.enqueue("flaky", {"fail_times": 99}, backoff=ConstantBackoff(delay_s=30))
-    await _wait_for_status(runtime, retrying, JobStatus.RETRYING)
+    await wait_for_status(runtime, retrying, JobStatus.RETRYING)
     await app.cancel(retrying)
     state = await app.wait(retrying, timeout=30)
     assert state.status is JobStatus.CANCELLED and EXECUTIONS[pending] == 0 and EXECUTIONS[scheduled] == 0
@@ -76,7 +75,7 @@ async def test_cancel_pending_scheduled_and_retrying_jobs(runtime: Runtime) -> N
 async def test_cancel_running_job_stops_at_its_next_heartbeat(runtime: Runtime) -> None:
     await runtime.start_worker(lease_s=0.9)  # heartbeats every 0.3 s
     job_id = await runtime.app.enqueue("sleepy", {"seconds": 20})
-    await _wait_for_status(runtime, job_id, JobStatus.RUNNING)
+    await wait_for_status(runtime, job_id, JobStatus.RUNNING)
     started = time.monotonic()
     await runtime.app.cancel(job_id)
     state = await runtime.app.wait(job_id, timeout=30)

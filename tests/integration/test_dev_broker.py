@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,16 +15,9 @@ from eventjobs.kafka import consumer, producer
 from eventjobs.settings import Settings
 from eventjobs.topic_admin import apply_topics
 from eventjobs.topics import TopicNames, load_specs
+from tests.support.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "eventjobs.cli", *args],
-        capture_output=True, text=True, timeout=180, cwd=cwd,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eventjobs.clickhouse import Backend, open_backend
-from eventjobs.core.codec import encode
+from eventjobs.clickhouse import Backend
 from eventjobs.core.events import DERIVED_TYPES, JobEvent
 from eventjobs.core.fold import apply, fold, replay
 from eventjobs.core.simulation import generate_log
