@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 
 import orjson
 
-
 from eventjobs.core.events import DERIVED_TYPES, JobEvent
 from eventjobs.core.fold import Decision, apply
 from eventjobs.core.state import JobState, JobStatus, decode_state, encode_state
