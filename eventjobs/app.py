@@ -245,6 +245,12 @@ class App:
         sender = self._producers.pop(loop, None)
         if sender is not None:
             await sender.stop()
+        sync_loop, self._sync_loop = self._sync_loop, None
+        if sync_loop is not None:  # the private loop of enqueue_sync: stop its producer, then the loop
+            sync_sender = self._producers.pop(sync_loop, None)
+            if sync_sender is not None:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(sync_sender.stop(), sync_loop))
+            sync_loop.call_soon_threadsafe(sync_loop.stop)
 
     async def __aenter__(self) -> App:
         return self

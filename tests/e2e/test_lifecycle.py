@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from eventjobs.core.state import JobStatus
@@ -78,3 +79,10 @@ async def test_exhausted_job_is_retried_from_the_dead_letter_queue(runtime: Runt
     done = await wait_for_status(runtime, job_id, JobStatus.COMPLETED)
     assert done.result == {"attempt": 2} and done.attempts_started == 3
     assert [e for e in await app.dead_letters() if e.job_id == job_id] == []
+
+
+async def test_enqueue_sync_for_scripts_and_sync_handlers(runtime: Runtime) -> None:
+    await runtime.start_worker()
+    job_id = await asyncio.to_thread(runtime.app.enqueue_sync, "add", {"a": 4, "b": 5})
+    state = await runtime.app.wait(job_id, timeout=30)
+    assert state.status is JobStatus.COMPLETED and state.result == {"sum": 9}
