@@ -38,6 +38,7 @@ from eventjobs.dev.broker import LocalKafka, free_port  # noqa: E402
 from eventjobs.kafka import admin_client, partitions_of, read_to_end  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
 from eventjobs.topic_admin import apply_topics, wait_for_topics  # noqa: E402
+from eventjobs.topics import TopicNames, load_specs  # noqa: E402
 from benchmarks.bench_app import build_app  # noqa: E402
 
 
@@ -152,6 +153,18 @@ async def job_timings(settings: Settings) -> dict[str, dict[str, datetime]]:
     return times
 
 
+async def hint_times(settings: Settings) -> dict[str, datetime]:
+    """When the processor produced each job's ready record (the record's Kafka timestamp)."""
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    topics = [names.ready("default", priority) for priority in ("critical", "high", "normal", "low")]
+    partitions = [tp for topic in topics for tp in await partitions_of(settings, topic)]
+    times: dict[str, datetime] = {}
+    async for record in read_to_end(settings, partitions):
+        if record.key is not None and record.value is not None:
+            times.setdefault(record.key.decode(), datetime.fromtimestamp(record.timestamp / 1000, timezone.utc))
+    return times
+
+
 async def latency(bootstrap: str, rate: int, seconds: float, logs: Path, concurrency: int) -> dict[str, float]:
     settings = await fresh(bootstrap)
     stack = await start_stack(settings, logs, concurrency)
@@ -170,8 +183,16 @@ async def latency(bootstrap: str, rate: int, seconds: float, logs: Path, concurr
         await count_completed(settings, total + 1, timeout_s=300)
         await app.close()
         times = await job_timings(settings)
+        hints = await hint_times(settings)
         waits = [(times[e.job_id]["attempt_started"] - times[e.job_id]["enqueued"]).total_seconds() * 1000 for e in ids]
-        return {"jobs": total, "rate": rate, "p50_ms": pct(waits, 50), "p99_ms": pct(waits, 99), "max_ms": max(waits)}
+        # where the wait goes: enqueue -> the processor publishes the ready record (its Kafka
+        # timestamp) -> the worker claims it -> the worker starts it
+        to_hint = [(hints[e.job_id] - times[e.job_id]["enqueued"]).total_seconds() * 1000 for e in ids]
+        to_claim = [(times[e.job_id]["claimed"] - hints[e.job_id]).total_seconds() * 1000 for e in ids]
+        to_start = [(times[e.job_id]["attempt_started"] - times[e.job_id]["claimed"]).total_seconds() * 1000 for e in ids]
+        return {"jobs": total, "rate": rate, "p50_ms": pct(waits, 50), "p99_ms": pct(waits, 99), "max_ms": max(waits),
+                "hops": {"enqueue->ready record": to_hint, "ready record->claimed": to_claim,
+                         "claimed->started": to_start}}
     finally:
         stack.stop()
 
@@ -241,6 +262,8 @@ async def main() -> None:
     parser.add_argument("--timers", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--phases", default="throughput,latency,timers",
+                        help="comma-separated subset of throughput,latency,timers")
     parser.add_argument("--records-per-job", type=int, default=12,
                         help="records the pipeline writes per no-op job (5 events, 4 state writes, 1 ready, 2 timer)")
     options = parser.parse_args()
@@ -253,8 +276,9 @@ async def main() -> None:
         bootstrap = broker.up().bootstrap
     print(f"broker: {bootstrap}; logs in {logs}")
     try:
+        phases = set(options.phases.split(","))
         runs = []
-        for _ in range(options.repeat):
+        for _ in range(options.repeat if "throughput" in phases else 0):
             result = {
                 "throughput": await throughput(bootstrap, options.jobs, logs, options.concurrency),
                 "raw": await raw_floor(bootstrap, options.jobs, options.records_per_job),
@@ -262,18 +286,23 @@ async def main() -> None:
             runs.append(result)
             print(f"  run: {result['throughput']['jobs_per_s']:.0f} jobs/s; raw floor "
                   f"{result['raw']['job_equivalents_per_s']:.0f} job-equivalents/s", flush=True)
-        tput = statistics.median(r["throughput"]["jobs_per_s"] for r in runs)
-        raw = statistics.median(r["raw"]["job_equivalents_per_s"] for r in runs)
-        print(f"throughput: {options.jobs} no-op jobs, median {tput:.0f} jobs/s over {options.repeat} run(s)")
-        print(f"raw aiokafka floor ({options.records_per_job} records/job produced+consumed): median {raw:.0f} "
-              f"job-equivalents/s; eventjobs / raw = {tput / raw:.2f}")
-        lat = await latency(bootstrap, options.rate, options.seconds, logs, options.concurrency)
-        print(f"latency at {lat['rate']} jobs/s ({lat['jobs']} jobs): enqueue->start p50 {lat['p50_ms']:.1f} ms, "
-              f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms")
-        tim = await timers(bootstrap, options.timers, 10.0, logs, options.concurrency)
-        print(f"timers: {tim['timers']} scheduled jobs over 10 s ({tim['per_s']:.0f}/s): fire lateness p50 "
-              f"{tim['fire_p50_ms']:.1f} ms, p99 {tim['fire_p99_ms']:.1f} ms; run_at->start p50 "
-              f"{tim['start_p50_ms']:.1f} ms, p99 {tim['start_p99_ms']:.1f} ms")
+        if runs:
+            tput = statistics.median(r["throughput"]["jobs_per_s"] for r in runs)
+            raw = statistics.median(r["raw"]["job_equivalents_per_s"] for r in runs)
+            print(f"throughput: {options.jobs} no-op jobs, median {tput:.0f} jobs/s over {options.repeat} run(s)")
+            print(f"raw aiokafka floor ({options.records_per_job} records/job produced+consumed): median {raw:.0f} "
+                  f"job-equivalents/s; eventjobs / raw = {tput / raw:.2f}")
+        if "latency" in phases:
+            lat = await latency(bootstrap, options.rate, options.seconds, logs, options.concurrency)
+            print(f"latency at {lat['rate']} jobs/s ({lat['jobs']} jobs): enqueue->start p50 {lat['p50_ms']:.1f} ms, "
+                  f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms")
+            for hop, values in lat["hops"].items():
+                print(f"  {hop:<24} p50 {pct(values, 50):6.1f} ms, p99 {pct(values, 99):6.1f} ms")
+        if "timers" in phases:
+            tim = await timers(bootstrap, options.timers, 10.0, logs, options.concurrency)
+            print(f"timers: {tim['timers']} scheduled jobs over 10 s ({tim['per_s']:.0f}/s): fire lateness p50 "
+                  f"{tim['fire_p50_ms']:.1f} ms, p99 {tim['fire_p99_ms']:.1f} ms; run_at->start p50 "
+                  f"{tim['start_p50_ms']:.1f} ms, p99 {tim['start_p99_ms']:.1f} ms")
     finally:
         if broker is not None:
             broker.down()

@@ -133,6 +133,7 @@ class LifecycleProcessor:
         self.failure: BaseException | None = None
         self._source: AIOKafkaConsumer | None = None
         self._taking = asyncio.Lock()
+        self._closing = False
         self._hints: AIOKafkaProducer | None = None
 
     @property
@@ -146,6 +147,8 @@ class LifecycleProcessor:
 
     async def _take_locked(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
+            if self._closing or self.failure is not None:  # stopping: take nothing more
+                return
             if tp.topic != self.names.events or tp.partition in self.lanes:
                 continue
             txn = producer(
@@ -185,15 +188,20 @@ class LifecycleProcessor:
             if lane.task is not None:  # fold nothing more
                 lane.task.cancel()
                 await asyncio.gather(lane.task, return_exceptions=True)
-            if lane.committer is not None:  # commit what was folded, then stop
-                while lane.folded and not lane.committer.done():
+            if lane.committer is not None:  # finish the commit under way and commit what was folded, then stop
+                while (lane.folded or lane.lock.locked()) and not lane.committer.done():
                     lane.commit_wakeup.set()
                     lane.committed.clear()
-                    await asyncio.wait([asyncio.ensure_future(lane.committed.wait()), lane.committer],
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    waiter = asyncio.ensure_future(lane.committed.wait())
+                    await asyncio.wait([waiter, lane.committer], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
                 lane.committer.cancel()
                 await asyncio.gather(lane.committer, return_exceptions=True)
-            await lane.producer.stop()
+            try:
+                await lane.producer.stop()
+            except Exception as error:  # noqa: BLE001 - a fenced producer may fail to close; release the rest
+                log.warning("processor %s: closing the producer of partition %d failed: %r",
+                            self.instance, tp.partition, error)
             log.info("processor %s released partition %d", self.instance, tp.partition)
 
     # -- the loops -------------------------------------------------------------------------
@@ -234,8 +242,12 @@ class LifecycleProcessor:
             if self.failure is not None:
                 raise self.failure
         finally:
-            for partition in list(self.lanes):
-                await self._release([TopicPartition(self.names.events, partition)])
+            # the group coordinator assigns partitions in its own task: let a take under way
+            # finish, and take nothing after, so that every producer is closed
+            self._closing = True
+            async with self._taking:
+                for partition in list(self.lanes):
+                    await self._release([TopicPartition(self.names.events, partition)])
             await source.stop()
             await self._hints.stop()
 
@@ -269,9 +281,9 @@ class LifecycleProcessor:
             while lane.folded:
                 batch, lane.folded = lane.folded, []
                 async with lane.lock:
+                    acks: list[asyncio.Future[Any]] = []
                     try:
                         async with lane.producer.transaction():
-                            acks: list[asyncio.Future[Any]] = []
                             for result, _, _, hints in batch:
                                 acks += hints
                                 acks += await self._send(lane.producer, tp.partition, result)
@@ -279,22 +291,37 @@ class LifecycleProcessor:
                             # changelog or ready record would otherwise go unnoticed
                             await asyncio.gather(*acks)
                             await lane.producer.send_offsets_to_transaction({tp: batch[-1][1]}, self.group_id)
-                    except ProducerFenced as error:
-                        self.failure = ProcessorFenced(
-                            f"partition {tp.partition} is owned by another processor; this one ({self.instance}) stops"
-                        )
-                        self.failure.__cause__ = error
-                        return
                     except asyncio.CancelledError:
                         raise
                     except Exception as error:  # noqa: BLE001 - memory is ahead of the changelog now
-                        self.failure = RuntimeError(
-                            f"commit of partition {tp.partition} failed ({error!r}); stopping so that a restart "
-                            f"restores the committed state"
-                        )
+                        await self._fail_commit(tp.partition, error, acks)
                         return
                 self.processed += sum(entry[2] for entry in batch)
                 lane.committed.set()
+
+    async def _fail_commit(self, partition: int, error: Exception, acks: list[asyncio.Future[Any]]) -> None:
+        """Stop the processor: a fenced producer means another instance owns the partition now;
+        anything else leaves memory ahead of the changelog, which only a restart repairs.
+
+        Fencing does not always surface as ``ProducerFenced``: once aiokafka's sender saw it, the
+        producer is in a fatal state and the next send fails with "not in transaction". So the
+        writes of the batch are checked for the fencing too (which also retrieves their errors).
+        """
+        done, _ = await asyncio.wait(acks, timeout=5) if acks else (set(), set())
+        causes = [error, *(ack.exception() for ack in done if not ack.cancelled())]
+        fenced = next((cause for cause in causes if isinstance(cause, ProducerFenced)), None)
+        if self.failure is not None:  # the first failure is the cause; later ones follow from it
+            return
+        if fenced is not None:
+            self.failure = ProcessorFenced(
+                f"partition {partition} is owned by another processor; this one ({self.instance}) stops"
+            )
+            self.failure.__cause__ = fenced
+        else:
+            self.failure = RuntimeError(
+                f"commit of partition {partition} failed ({error!r}); stopping so that a restart "
+                f"restores the committed state"
+            )
 
     async def _publish_hints(self, result: BatchResult) -> list[asyncio.Future[Any]]:
         """Ready records and revocations go out before the commit: they are hints for workers,
