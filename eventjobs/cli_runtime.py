@@ -108,6 +108,8 @@ def register(cli: typer.Typer) -> None:
         app: OptionalAppOption = None,
         namespace: NamespaceOption = None,
         max_batch: Annotated[int, typer.Option(help="Most events per transaction and partition.")] = 2000,
+        commit_interval: Annotated[str, typer.Option(
+            help="Least time between two transactions of a partition (a full batch commits at once).")] = "100ms",
         project: Annotated[bool, typer.Option("--project/--no-project",
                                               help="Also run the ClickHouse projector in this process.")] = False,
     ) -> None:
@@ -117,7 +119,9 @@ def register(cli: typer.Typer) -> None:
         _configure_logging()
         target = _app_or_namespace(app, namespace)
         err.print(f"processor for namespace [bold]{target.settings.namespace}[/] at {target.settings.kafka_bootstrap}")
-        run_until_signalled(lambda stop: run_processor(target.settings, stop, project=project, max_batch=max_batch))
+        interval_s = parse_duration(commit_interval, "--commit-interval")
+        run_until_signalled(lambda stop: run_processor(target.settings, stop, project=project, max_batch=max_batch,
+                                                       commit_interval_s=interval_s))
 
     @cli.command("worker")
     def worker_command(

@@ -223,3 +223,23 @@ def test_every_state_survives_the_changelog_codec(log: list[JobEvent]) -> None:
         state = apply(state, event).state
         assert state is not None
         assert decode_state(encode_state(state)) == state
+
+
+@SETTINGS
+@given(log=lifecycles(), data=st.data())
+def test_an_event_of_a_derived_type_never_changes_a_state(log: list[JobEvent], data: Any) -> None:
+    # The processor reads the event log read_uncommitted, so it may see derived events of a
+    # transaction that is later aborted (a crashed or fenced predecessor). That is safe only
+    # because such an event, genuine or forged, is a duplicate or a rejection, never a change.
+    from eventjobs.core.events import EVENT_TYPES
+    from tests.core.strategies import events_of
+
+    cut = data.draw(st.integers(1, len(log)), label="events folded before")
+    states = fold(log[:cut])
+    job_id = log[0].job_id
+    kind = data.draw(st.sampled_from(sorted(DERIVED_TYPES)), label="derived type")
+    forged = data.draw(events_of(EVENT_TYPES[kind]), label="event").model_copy(update={"job_id": job_id})
+    genuine = [e for e in log[:cut] if e.type in DERIVED_TYPES]
+    for event in [forged, *genuine]:
+        decision = apply(states[job_id], event)
+        assert decision.state is states[job_id] and decision.derived == () and not decision.accepted
