@@ -260,7 +260,7 @@ async def main() -> None:
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--timers", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=200, help="the worker's --concurrency")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--phases", default="throughput,latency,timers",
                         help="comma-separated subset of throughput,latency,timers")
