@@ -32,7 +32,6 @@ from eventjobs.app import App
 from eventjobs.context import JobContext
 from eventjobs.core.codec import EventEncodeError, encode
 from eventjobs.core.events import (
-    AttemptFailedEvent,
     AttemptStartedEvent,
     AttemptTimedOutEvent,
     ClaimedEvent,
@@ -41,7 +40,7 @@ from eventjobs.core.events import (
     ProgressEvent,
 )
 from eventjobs.core.ids import new_event_id
-from eventjobs.core.outcome import outcome_event
+from eventjobs.core.outcome import WorkerFailure, outcome_event, worker_failure_event
 from eventjobs.core.state import decode_state
 from eventjobs.kafka import consumer, partitions_of, producer
 from eventjobs.records import ReadyRecord, capability_route
@@ -297,6 +296,10 @@ class Worker:
     def _envelope(self, ready: ReadyRecord) -> dict[str, Any]:
         return {"event_id": new_event_id(), "job_id": ready.job_id, "occurred_at": _now(), "actor": self.actor}
 
+    def _failure(self, ready: ReadyRecord, kind: WorkerFailure, message: str, traceback: str = "") -> JobEvent:
+        return worker_failure_event(kind, message, job_id=ready.job_id, attempt=ready.attempt, occurred_at=_now(),
+                                    actor=self.actor, traceback=traceback)
+
     async def _run_job(self, ready: ReadyRecord, item: _Item) -> None:
         now = _now()
         lease = timedelta(seconds=max(self.lease_s, 0.5))
@@ -311,9 +314,8 @@ class Worker:
         except asyncio.CancelledError:
             if ready.job_id not in self.cancel_seen or self._draining:
                 raise
-            outcome = AttemptFailedEvent(**self._envelope(ready), attempt=ready.attempt, error_type="Cancelled",
-                                         message="cancel requested while running; stopped at a heartbeat",
-                                         retryable=False)
+            outcome = self._failure(ready, WorkerFailure.CANCELLED,
+                                    "cancel requested while running; stopped at a heartbeat")
         finally:
             heartbeats.cancel()
         try:
@@ -322,8 +324,7 @@ class Worker:
                 "outcome of job %s was not written (%s); its lease will expire and it will run again",
                 ready.job_id, done.exception()))
         except EventEncodeError as error:  # e.g. a result over the size limit: report, don't vanish
-            await self._send(AttemptFailedEvent(**self._envelope(ready), attempt=ready.attempt,
-                                                error_type="InvalidHandlerResult", message=str(error), retryable=False))
+            await self._send(self._failure(ready, WorkerFailure.INVALID_RESULT, str(error)), ready.partition)
         self.completed += 1
 
     async def _call(self, ready: ReadyRecord) -> JobEvent:
@@ -333,10 +334,9 @@ class Worker:
                   "actor": self.actor}
         if definition is None:
             known = ", ".join(sorted(self.app.jobs)) or "none"
-            return AttemptFailedEvent(
-                **self._envelope(ready), attempt=ready.attempt, error_type="UnknownJob",
-                message=f"no handler registered for job {ready.name!r} in app {self.app.name!r} (registered: {known})",
-                retryable=False,
+            return self._failure(
+                ready, WorkerFailure.UNKNOWN_JOB,
+                f"no handler registered for job {ready.name!r} in app {self.app.name!r} (registered: {known})",
             )
         ctx = self._context(ready)
         backoff = definition.options.backoff if callable(definition.options.backoff) else None
@@ -426,11 +426,11 @@ class Worker:
         for task, (ready, item) in list(self.running.items()):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            await self._send(AttemptFailedEvent(
-                **self._envelope(ready), attempt=ready.attempt, error_type="WorkerShutdown",
-                message=f"worker {self.worker_id} shut down before the job finished (grace {self.grace_s:g} s)",
-                traceback="".join(traceback.format_stack(limit=1)), retryable=True,
-            ))
+            await self._send(self._failure(
+                ready, WorkerFailure.WORKER_SHUTDOWN,
+                f"worker {self.worker_id} shut down before the job finished (grace {self.grace_s:g} s)",
+                traceback="".join(traceback.format_stack(limit=1)),
+            ), ready.partition)
         if self._sender is not None:
             await self._sender.flush()
 

@@ -49,7 +49,7 @@ from eventjobs.core.options import (
     Priority,
     backoff_delay_s,
 )
-from eventjobs.core.outcome import Cancel, Retry, outcome_event
+from eventjobs.core.outcome import Cancel, Retry, WorkerFailure, outcome_event, worker_failure_event
 from eventjobs.core.state import (
     TERMINAL_STATUSES,
     TRANSITIONS,
@@ -109,6 +109,7 @@ __all__ = [
     "ProgressEvent",
     "Retry",
     "RetryScheduledEvent",
+    "WorkerFailure",
     "ScheduledEvent",
     "StateDecodeError",
     "SystemClock",
@@ -125,6 +126,7 @@ __all__ = [
     "new_event_id",
     "new_job_id",
     "outcome_event",
+    "worker_failure_event",
     "replay",
     "utc_ms",
 ]

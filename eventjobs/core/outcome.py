@@ -13,12 +13,18 @@ loop full of I/O. Here it is one pure function, tested on its own:
 * raises an exception named in ``retry_on``   -> ``attempt_failed``, retryable
 * raises any other exception                  -> ``attempt_failed``, not retryable
 
+and what happens to an attempt through the worker rather than the handler
+(``worker_failure_event``): no handler registered for the name, a cancel seen while running, a
+result that cannot be written (all not retryable), the worker shutting down (retryable: not the
+job's fault).
+
 Whether a retryable failure is really retried (attempts left? cancel requested?) is decided by
 ``fold.apply``, not here.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import traceback as traceback_module
 from collections.abc import Callable, Sequence
@@ -31,7 +37,7 @@ from eventjobs.core.events import AttemptFailedEvent, AttemptSucceededEvent, che
 from eventjobs.core.ids import new_event_id
 from eventjobs.core.options import exception_type_name, matches_retry_on
 
-__all__ = ["Cancel", "Retry", "outcome_event"]
+__all__ = ["Cancel", "Retry", "WorkerFailure", "outcome_event", "worker_failure_event"]
 
 _MAX_DELAY_S = 366 * 24 * 3600.0
 
@@ -158,3 +164,34 @@ def _callable_delay(backoff: Callable[[int], float], attempt: int) -> float | No
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return min(seconds, _MAX_DELAY_S)
+
+
+class WorkerFailure(str, enum.Enum):
+    """Ways an attempt ends through the worker, not the handler. The value is the error type."""
+
+    UNKNOWN_JOB = "UnknownJob"  # no handler for the name here: another attempt would find none either
+    CANCELLED = "Cancelled"  # a cancel was requested while it ran; stopped at a heartbeat
+    INVALID_RESULT = "InvalidHandlerResult"  # the returned result cannot be written (e.g. too large)
+    WORKER_SHUTDOWN = "WorkerShutdown"  # the worker stopped before the handler finished
+
+    @property
+    def retryable(self) -> bool:
+        return self is WorkerFailure.WORKER_SHUTDOWN
+
+
+def worker_failure_event(
+    kind: WorkerFailure,
+    message: str,
+    *,
+    job_id: str,
+    attempt: int,
+    occurred_at: datetime,
+    actor: str,
+    traceback: str = "",
+    event_id: str | None = None,
+) -> AttemptFailedEvent:
+    """The ``attempt_failed`` event for an attempt the worker ended (retryable per ``kind``)."""
+    return AttemptFailedEvent(
+        event_id=event_id or new_event_id(), job_id=job_id, occurred_at=occurred_at, actor=actor, attempt=attempt,
+        error_type=kind.value, message=message, traceback=traceback, retryable=kind.retryable,
+    )

@@ -9,7 +9,7 @@ import pytest
 
 from eventjobs.core.codec import decode, encode
 from eventjobs.core.events import AttemptFailedEvent, AttemptSucceededEvent
-from eventjobs.core.outcome import Cancel, Retry, outcome_event
+from eventjobs.core.outcome import Cancel, Retry, WorkerFailure, outcome_event, worker_failure_event
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -126,4 +126,21 @@ def test_outcome_events_survive_the_codec_and_get_fresh_ids() -> None:
         raised(ValueError("bad")), job_id="job-1", attempt=0, retry_on=("Exception",), occurred_at=NOW, actor="worker:w1"
     )
     assert len(event.event_id) == 36 and event.causation_id is None
+    assert decode(encode(event)) == event
+
+
+@pytest.mark.parametrize(("kind", "retryable"), [
+    (WorkerFailure.UNKNOWN_JOB, False),  # no handler here now means none on the next attempt either
+    (WorkerFailure.CANCELLED, False),
+    (WorkerFailure.INVALID_RESULT, False),
+    (WorkerFailure.WORKER_SHUTDOWN, True),  # not the job's fault: run it again
+])
+def test_attempts_the_worker_ends_fail_with_their_kind_and_retry_only_after_a_shutdown(
+        kind: WorkerFailure, retryable: bool) -> None:
+    event = worker_failure_event(kind, "what happened", job_id="job-1", attempt=3, occurred_at=NOW,
+                                 actor="worker:w1", traceback="tb", event_id="out-1")
+    assert isinstance(event, AttemptFailedEvent)
+    assert (event.error_type, event.message, event.traceback, event.retryable) == (kind.value, "what happened", "tb",
+                                                                                   retryable)
+    assert (event.job_id, event.attempt, event.occurred_at, event.actor) == ("job-1", 3, NOW, "worker:w1")
     assert decode(encode(event)) == event
