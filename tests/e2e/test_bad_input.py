@@ -68,6 +68,7 @@ async def test_enqueue_with_the_broker_down_says_so(settings: Settings) -> None:
         (["enqueue", "add", "--app", "no.such.module:app"], "cannot import module 'no.such.module'"),
         (["enqueue", "add", "--app", "tests.support.jobs_app:build_app"], "is function, not an eventjobs.App"),
         (["enqueue", "add", "--app", "jobs_app"], "must look like module:attribute"),
+        (["processor", "--app", "tests.support.jobs_app:app", "--commit-interval", "-5s"], "'-5s' is not a duration"),
     ],
 )
 async def test_cli_rejects_bad_input_and_sends_nothing(app: App, args: list[str], message: str) -> None:
