@@ -29,6 +29,7 @@ from eventjobs.clickhouse.backoff import Backoff
 from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseUnavailable
 from eventjobs.core.codec import EventDecodeError, decode
 from eventjobs.core.state import JobStatus
+from eventjobs.gc_pause import collector_paused
 from eventjobs.kafka import consumer as kafka_consumer
 from eventjobs.kafka import partitions_of
 from eventjobs.projection.control import Control
@@ -105,6 +106,10 @@ class BatchFolder:
         self.max_event_bytes = max_event_bytes
 
     def fold(self, records: list[ConsumerRecord[bytes, bytes]], events_done: dict[int, int]) -> Batch:
+        with collector_paused():
+            return self._fold(records, events_done)
+
+    def _fold(self, records: list[ConsumerRecord[bytes, bytes]], events_done: dict[int, int]) -> Batch:
         decoded = [self._decode(record) for record in records]
         self._load_missing({event.job_id for event in decoded if not isinstance(event, str)})
         jobs = self.cache.jobs
