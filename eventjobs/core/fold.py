@@ -185,6 +185,17 @@ def _not_accepted(state: JobState, event: Event) -> Decision:
     return _reject(state, f"'{event.type}' is not accepted while the job is {status.value} (only when: {allowed})")
 
 
+def _outside_the_active_attempt(state: JobState, event: Any) -> Decision | None:
+    """Why an event about an attempt's run does not apply (None: it does): it must be about the
+    current attempt, while that attempt is claimed or running."""
+    if event.attempt != state.attempt:
+        return _stale_attempt(state, event)
+    status = state.status
+    if status is not CLAIMED and status is not RUNNING:
+        return _not_accepted(state, event)
+    return None
+
+
 def _stale_attempt(state: JobState, event: Any) -> Decision:
     return _reject(
         state,
@@ -326,11 +337,9 @@ def _on_attempt_started(state: JobState, event: Any, actor: str) -> Decision:
 
 
 def _on_progress(state: JobState, event: Any, actor: str) -> Decision:
-    if event.attempt != state.attempt:
-        return _stale_attempt(state, event)
-    status = state.status
-    if status is not CLAIMED and status is not RUNNING:
-        return _not_accepted(state, event)
+    refused = _outside_the_active_attempt(state, event)
+    if refused is not None:
+        return refused
     last_at = state.progress_at
     if last_at is not None and (event.occurred_at, event.event_id) <= (last_at, state.progress_event_id):
         return _reject(state, "progress older than the last recorded one")
@@ -343,11 +352,9 @@ def _on_progress(state: JobState, event: Any, actor: str) -> Decision:
 
 
 def _on_heartbeat(state: JobState, event: Any, actor: str) -> Decision:
-    if event.attempt != state.attempt:
-        return _stale_attempt(state, event)
-    status = state.status
-    if status is not CLAIMED and status is not RUNNING:
-        return _not_accepted(state, event)
+    refused = _outside_the_active_attempt(state, event)
+    if refused is not None:
+        return refused
     if state.lease_deadline is not None and event.lease_deadline <= state.lease_deadline:
         return _reject(state, "heartbeat does not extend the lease (deadline not later than the current one)")
     data = state.__dict__.copy()
@@ -356,11 +363,9 @@ def _on_heartbeat(state: JobState, event: Any, actor: str) -> Decision:
 
 
 def _on_attempt_succeeded(state: JobState, event: Any, actor: str) -> Decision:
-    if event.attempt != state.attempt:
-        return _stale_attempt(state, event)
-    status = state.status
-    if status is not CLAIMED and status is not RUNNING:
-        return _not_accepted(state, event)
+    refused = _outside_the_active_attempt(state, event)
+    if refused is not None:
+        return refused
     completed = _derive(CompletedEvent, event, 0, actor, {"attempt": event.attempt, "result": event.result})
     data = state.__dict__.copy()
     data["status"] = COMPLETED
@@ -392,12 +397,10 @@ def _failure_error(state: JobState, event: Any) -> tuple[ErrorInfo, bool, float 
 
 def _on_attempt_ended_badly(state: JobState, event: Any, actor: str) -> Decision:
     """attempt_failed, attempt_timed_out, lease_expired: retry, dead-letter, or finish a cancel."""
+    refused = _outside_the_active_attempt(state, event)
+    if refused is not None:
+        return refused
     attempt = state.attempt
-    if event.attempt != attempt:
-        return _stale_attempt(state, event)
-    status = state.status
-    if status is not CLAIMED and status is not RUNNING:
-        return _not_accepted(state, event)
     if type(event) is LeaseExpiredEvent and event.lease_deadline != state.lease_deadline:
         return _reject(state, "lease was extended since this timer was set: the worker is still alive")
     error, retryable, delay_s = _failure_error(state, event)
