@@ -97,12 +97,16 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait(timeout=10)
 
 
-async def wait_for_status(runtime: Runtime, job_id: str, status: JobStatus, timeout: float = 30) -> JobState:
-    """Poll the changelog view until the job has `status` (for statuses `App.wait` does not wait for)."""
+async def wait_for_status(runtime: Runtime, job_id: str, status: JobStatus | tuple[JobStatus, ...],
+                          timeout: float = 30) -> JobState:
+    """Poll the changelog view until the job has `status` (or one of them), for statuses `App.wait`
+    does not wait for. The changelog shows a state only once the processor committed it, up to
+    its commit interval after the event that caused it is in the log."""
+    wanted = status if isinstance(status, tuple) else (status,)
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         state = await runtime.app.state(job_id)
-        if state is not None and state.status is status:
+        if state is not None and state.status in wanted:
             return state
         await asyncio.sleep(0.05)
     raise AssertionError(f"job {job_id} never reached {status}; last: {await runtime.app.state(job_id)}")

@@ -179,7 +179,6 @@ async def test_sigterm_lets_running_jobs_finish_and_hands_back_the_rest(runtime:
     assert (await app.wait(quick, timeout=10)).worker_id == "leaving"  # finished within the grace period
     interrupted = [e for e in await job_events(app.settings, slow) if e.type == "attempt_failed"]
     assert len(interrupted) == 1 and interrupted[0].error_type == "WorkerShutdown" and interrupted[0].retryable
-    state = await app.state(slow)
     # handed back for a retry (NoBackoff: at once), not lost and not left claimed
-    assert state is not None and state.status in (JobStatus.RETRYING, JobStatus.PENDING)
+    state = await wait_for_status(runtime, slow, (JobStatus.RETRYING, JobStatus.PENDING), timeout=10)
     assert state.attempt == 1
