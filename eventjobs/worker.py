@@ -297,8 +297,7 @@ class Worker:
         return {"event_id": new_event_id(), "job_id": ready.job_id, "occurred_at": _now(), "actor": self.actor}
 
     def _failure(self, ready: ReadyRecord, kind: WorkerFailure, message: str, traceback: str = "") -> JobEvent:
-        return worker_failure_event(kind, message, job_id=ready.job_id, attempt=ready.attempt, occurred_at=_now(),
-                                    actor=self.actor, traceback=traceback)
+        return worker_failure_event(kind, message, **self._envelope(ready), attempt=ready.attempt, traceback=traceback)
 
     async def _run_job(self, ready: ReadyRecord, item: _Item) -> None:
         now = _now()
