@@ -34,19 +34,19 @@ sys.path.insert(0, str(ROOT))
 
 import chdb  # noqa: E402
 
-from eventjobs import query  # noqa: E402
+from eventjobs.readside import queries as query  # noqa: E402
 from eventjobs.clickhouse import ChdbBackend  # noqa: E402
 from eventjobs.core.codec import encode  # noqa: E402
 from eventjobs.clickhouse.backend import quote_identifier  # noqa: E402
 from eventjobs.dev.broker import LocalKafka, free_port  # noqa: E402
-from eventjobs.kafka import consumer  # noqa: E402
-from eventjobs.projection.migrations import apply_migrations, default_projections_dir  # noqa: E402
-from eventjobs.projection.projector import BatchFolder, JobCache, Projector, ProjectorOptions, events_topic  # noqa: E402
-from eventjobs.projection.replay import replay_projections  # noqa: E402
-from eventjobs.projection.rows import JOB_EVENT_COLUMNS, columns_of, project_event  # noqa: E402
-from eventjobs.projection.store import ProjectionStore  # noqa: E402
+from eventjobs.kafka.clients import consumer  # noqa: E402
+from eventjobs.readside.migrations import apply_migrations, default_projections_dir  # noqa: E402
+from eventjobs.readside.projector import BatchFolder, JobCache, Projector, ProjectorOptions, events_topic  # noqa: E402
+from eventjobs.readside.replay import replay_projections  # noqa: E402
+from eventjobs.readside.rows import JOB_EVENT_COLUMNS, columns_of, project_event  # noqa: E402
+from eventjobs.readside.store import ProjectionStore  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
-from eventjobs.topic_admin import apply_topics  # noqa: E402
+from eventjobs.kafka.admin import apply_topics  # noqa: E402
 from benchmarks.bench_throughput import machine_info as throughput_machine_info  # noqa: E402
 from tests.readside.fastlog import job_log, produce_fast  # noqa: E402
 
@@ -57,7 +57,7 @@ def machine_info() -> str:
 
 async def read_all(settings: Settings) -> list:
     """Every record of the event log (to time the fold and the insert without Kafka)."""
-    from eventjobs.kafka import partitions_of
+    from eventjobs.kafka.clients import partitions_of
 
     partitions = await partitions_of(settings, events_topic(settings))
     reader = consumer(settings, group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024)

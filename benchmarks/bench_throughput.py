@@ -35,10 +35,10 @@ from aiokafka.admin import NewTopic  # noqa: E402
 
 from eventjobs.core.codec import decode  # noqa: E402
 from eventjobs.dev.broker import LocalKafka, free_port  # noqa: E402
-from eventjobs.kafka import admin_client, partitions_of, read_to_end  # noqa: E402
+from eventjobs.kafka.clients import admin_client, partitions_of, read_to_end  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
-from eventjobs.topic_admin import apply_topics, wait_for_topics  # noqa: E402
-from eventjobs.topics import TopicNames, load_specs  # noqa: E402
+from eventjobs.kafka.admin import apply_topics, wait_for_topics  # noqa: E402
+from eventjobs.kafka.topics import TopicNames, load_specs  # noqa: E402
 from benchmarks.bench_app import build_app  # noqa: E402
 
 

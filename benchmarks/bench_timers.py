@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_throughput import machine_info  # noqa: E402
 from eventjobs.core.ids import new_job_id  # noqa: E402
 from eventjobs.dev.broker import LocalKafka, free_port  # noqa: E402
-from eventjobs.kafka import producer  # noqa: E402
-from eventjobs.records import TimerRecord  # noqa: E402
+from eventjobs.kafka.clients import producer  # noqa: E402
+from eventjobs.core.records import TimerRecord  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
-from eventjobs.topic_admin import apply_topics  # noqa: E402
+from eventjobs.kafka.admin import apply_topics  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -61,7 +61,7 @@ async def fill(settings: Settings, count: int) -> float:
 
 
 async def child(bootstrap: str, namespace: str) -> None:
-    from eventjobs.timers import TimerService
+    from eventjobs.runtime.timers import TimerService
 
     settings = Settings(kafka_bootstrap=bootstrap, namespace=namespace)
     service = TimerService(settings)

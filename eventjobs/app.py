@@ -12,32 +12,28 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from eventjobs.core.clock import Clock, SystemClock
 from eventjobs.core.codec import encode
+from eventjobs.core.limits import size_limits
+from eventjobs.core.commands import cancel_requested_event, dead_letter_retried_event, discarded_event
 from eventjobs.core.commands import enqueue as enqueued_event
-from eventjobs.core.events import (
-    CancelRequestedEvent,
-    DeadLetterRetriedEvent,
-    DiscardedEvent,
-    EnqueuedEvent,
-    JobEvent,
-)
-from eventjobs.core.ids import new_event_id
+from eventjobs.core.events import EnqueuedEvent, JobEvent
 from eventjobs.core.options import InvalidJobOptions, JobOptions
 from eventjobs.core.state import JobState
-from eventjobs.kafka import partitions_of, producer, read_to_end
-from eventjobs.records import DeadLetterRecord
+from eventjobs.kafka.clients import job_partition, partitions_of, producer, read_to_end, topic_partition_count
+from eventjobs.core.records import DeadLetterRecord
 from eventjobs.registry import Handler, JobDefinition, UnknownJob, define
 from eventjobs.settings import Settings, load_settings
-from eventjobs.state_watch import StateWatcher
-from eventjobs.topic_admin import KafkaUnavailable
-from eventjobs.topics import TopicNames, load_specs
+from eventjobs.runtime.state_watch import StateWatcher
+from eventjobs.kafka.admin import KafkaUnavailable
+from eventjobs.kafka.topics import TopicNames, load_specs
 
 T = TypeVar("T")
 
@@ -47,21 +43,40 @@ class InvalidJobArguments(ValueError):
 
 
 class PayloadTooLarge(ValueError):
-    """An event would exceed the configured size limit."""
+    """An event would exceed the configured size limit (an enqueue: its args budget, `eventjobs.core.limits`)."""
 
 
 class NotInDeadLetters(LookupError):
     """A dead-letter action named a job that is not in the dead-letter queue."""
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+@dataclass(eq=False)
+class _LoopProducer:
+    """The producer of one event loop, started and later stopped by its `owner` task on that loop."""
+
+    started: asyncio.Future[AIOKafkaProducer]
+    owner: asyncio.Task[None] = field(init=False)
+
+
+async def _run_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run `coroutine` on `loop` (the running one, or one running in another thread) and wait for it."""
+    if loop is asyncio.get_running_loop():
+        await coroutine
+    else:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 class App:
     """One application: its jobs and its topics (the namespace is the app name)."""
 
-    def __init__(self, name: str, settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, name: str, settings: Settings | None = None, *, clock: Clock | None = None, **overrides: Any
+    ) -> None:
         self.settings = settings or load_settings(namespace=name, **overrides)
         if self.settings.namespace != name and settings is None:
             raise ValueError(f"app name {name!r} and namespace {self.settings.namespace!r} differ")
@@ -69,7 +84,8 @@ class App:
         self.jobs: dict[str, JobDefinition] = {}
         self._names: TopicNames | None = None
         self.actor = f"producer:{socket.gethostname()}:{os.getpid()}"
-        self._producers: dict[asyncio.AbstractEventLoop, AIOKafkaProducer] = {}
+        self.clock = clock or SystemClock()  # the time written into the events this app appends
+        self._producers: dict[asyncio.AbstractEventLoop, _LoopProducer] = {}
         self._watcher: StateWatcher | None = None
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
@@ -104,25 +120,55 @@ class App:
 
     # -- producing -------------------------------------------------------------------------
     async def _producer(self) -> AIOKafkaProducer:
+        """The running event loop's producer, started once per loop (concurrent first callers share
+        the start). It is stopped when the app closes or when `asyncio.run` shuts its loop down;
+        entries of loops closed without that are dropped here, so the map follows live loops."""
+        for loop in [loop for loop in list(self._producers) if loop.is_closed()]:
+            self._producers.pop(loop, None)
         loop = asyncio.get_running_loop()
-        existing = self._producers.get(loop)
-        if existing is None:
-            existing = producer(self.settings)
+        held = self._producers.get(loop)
+        if held is None:
+            held = self._producers[loop] = _LoopProducer(loop.create_future())
+            held.owner = loop.create_task(self._hold_producer(loop, held))
+        return await asyncio.shield(held.started)
+
+    async def _hold_producer(self, loop: asyncio.AbstractEventLoop, held: _LoopProducer) -> None:
+        """Start the producer, hand it out and keep it until cancelled (by `close()`, or by
+        `asyncio.run` cancelling the tasks left on a loop it shuts down), then stop it."""
+        sender = producer(self.settings)
+        try:
             try:
-                await existing.start()
+                await sender.start()
             except (KafkaError, OSError) as error:
-                await existing.stop()
-                raise KafkaUnavailable(
+                unavailable = KafkaUnavailable(
                     f"cannot reach Kafka at {self.settings.kafka_bootstrap} ({error}); nothing was sent. "
                     f"Start it with `eventjobs dev up` or set KAFKA_BOOTSTRAP_SERVERS"
-                ) from error
-            self._producers[loop] = existing
-        return existing
+                )
+                unavailable.__cause__ = error
+                held.started.set_exception(unavailable)
+                return
+            held.started.set_result(sender)
+            await loop.create_future()  # never done: the producer is kept until this task is cancelled
+        finally:
+            if self._producers.get(loop) is held:
+                del self._producers[loop]
+            if not held.started.done():
+                held.started.set_exception(RuntimeError(f"app {self.name!r} was closed; nothing was sent"))
+            await sender.stop()
 
     async def append(self, events: list[JobEvent]) -> None:
         """Append events to the log and wait until the broker acknowledged every one."""
         payloads = [(event, encode(event, max_bytes=None)) for event in events]
+        limits = size_limits(self.settings.max_event_bytes)
         for event, payload in payloads:
+            if type(event) is EnqueuedEvent and len(payload) > limits.enqueue_bytes:
+                raise PayloadTooLarge(
+                    f"args of job {event.name!r} are too large: its enqueued event is {len(payload):,} bytes, over "
+                    f"the limit of {limits.enqueue_bytes:,} for args and options (3/8 of what "
+                    f"EVENTJOBS_MAX_EVENT_BYTES={limits.max_event_bytes:,} leaves after its reserve, so that the "
+                    f"job's state, which also holds its result and last error, always fits); nothing was sent. "
+                    f"Store large data elsewhere and pass a reference in args"
+                )
             if len(payload) > self.settings.max_event_bytes:
                 raise PayloadTooLarge(
                     f"{event.type} event of job {event.job_id} is {len(payload):,} bytes, over the limit of "
@@ -130,8 +176,11 @@ class App:
                     f"data elsewhere and pass a reference in args"
                 )
         sender = await self._producer()
+        count = await topic_partition_count(sender, self.names.events)  # every event on its job's partition
         pending = [
-            await sender.send(self.names.events, payload, key=event.job_id.encode()) for event, payload in payloads
+            await sender.send(self.names.events, payload, key=event.job_id.encode(),
+                              partition=job_partition(event.job_id, count))
+            for event, payload in payloads
         ]
         await asyncio.gather(*pending)
 
@@ -145,7 +194,7 @@ class App:
         merged = definition.options.merged(**options) if options else definition.options
         try:
             return enqueued_event(
-                name, args or {}, merged, now=_now(), actor=self.actor, parent_job_id=parent_job_id
+                name, args or {}, merged, now=self.clock.now(), actor=self.actor, parent_job_id=parent_job_id
             )
         except InvalidJobOptions:
             raise
@@ -182,53 +231,97 @@ class App:
         return asyncio.run_coroutine_threadsafe(coroutine, self._sync_loop).result()
 
     # -- waiting and operator actions ------------------------------------------------------
+    def _state_watcher(self) -> StateWatcher:
+        """The app's one changelog watcher, made on first use, on the event loop it is used from.
+
+        It is made anew only when that loop has closed (e.g. after `asyncio.run` returned).
+        """
+        watcher = self._watcher
+        if watcher is None or watcher.loop.is_closed():
+            watcher = self._watcher = StateWatcher(
+                self.settings, self.names.job_state, keep=self.settings.wait_cache_jobs
+            )
+        elif watcher.loop is not asyncio.get_running_loop():
+            raise RuntimeError(
+                f"App.wait and App.state of app {self.name!r} follow the changelog on the event loop they were "
+                f"first used on; call them from that loop"
+            )
+        return watcher
+
     async def wait(self, job_id: str, timeout: float = 60.0) -> JobState:
-        """The job's terminal state (completed, cancelled, dead_lettered or discarded)."""
-        if self._watcher is None:
-            self._watcher = StateWatcher(self.settings, self.names.job_state)
-        return await self._watcher.wait(job_id, timeout)
+        """The job's terminal state (completed, cancelled, dead_lettered or discarded).
+
+        Any number of callers may wait at once: one watcher per app follows the changelog. A job
+        that finished before the call is answered too, from the cache of the latest states
+        (`EVENTJOBS_WAIT_CACHE_JOBS`) or else from the job's changelog partition. `timeout` covers
+        everything; the TimeoutError says the job's last state, or that none exists.
+        """
+        return await self._state_watcher().wait(job_id, timeout)
 
     async def state(self, job_id: str) -> JobState | None:
-        """The latest state the changelog has shown for the job (after `wait` started watching)."""
-        if self._watcher is None:
-            self._watcher = StateWatcher(self.settings, self.names.job_state)
-        return await self._watcher.latest(job_id)
+        """The job's latest state in the changelog (None: unknown, or forgotten after retention)."""
+        return await self._state_watcher().latest(job_id)
 
     async def cancel(self, job_id: str, reason: str = "cancelled by request") -> None:
         """Ask to cancel: pending, scheduled and retrying jobs stop at once; a running one at its end."""
-        await self.append(
-            [CancelRequestedEvent(event_id=new_event_id(), job_id=job_id, occurred_at=_now(),
-                                  actor=self.actor, reason=reason)]
-        )
+        await self.append([cancel_requested_event(job_id, reason, now=self.clock.now(), actor=self.actor)])
+
+    skipped_dead_letters = 0  # entries the last `dead_letters()` call skipped because they could not be used
 
     async def dead_letters(self) -> list[DeadLetterRecord]:
-        """What is in the dead-letter queue now (read from the compacted dead-letter topic)."""
+        """What is in the dead-letter queue now (read from the compacted dead-letter topic).
+
+        An entry that cannot be used (a key that is not UTF-8, a value that is not a dead-letter
+        record, or one about another job than its key) is skipped, counted in
+        `skipped_dead_letters` and logged once per kind; the good entries are listed.
+        """
+        from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+
+        bad = BadRecords("eventjobs.app", f"app {self.name!r} (dead letters)")
         entries: dict[str, DeadLetterRecord | None] = {}
         async for record in read_to_end(self.settings, await partitions_of(self.settings, self.names.dead_letters)):
             if record.key is None:
                 continue
-            entries[record.key.decode()] = DeadLetterRecord.decode(record.value) if record.value else None
+            where = f"{origin(record)} ({describe_key(record.key)})"
+            try:
+                job_id = record.key.decode()
+            except UnicodeDecodeError as error:
+                bad.report("key not UTF-8", where, str(error))
+                continue
+            if not record.value:
+                entries[job_id] = None
+                continue
+            try:
+                entry = DeadLetterRecord.decode(record.value)
+            except ValidationError as error:
+                entries.pop(job_id, None)  # the newest fact of this key is unusable: no entry
+                bad.report("not a dead-letter record", where, str(error))
+                continue
+            if entry.job_id != job_id:
+                entries.pop(job_id, None)
+                bad.report("key does not match", where, f"the entry is about job {entry.job_id!r}")
+                continue
+            entries[job_id] = entry
+        self.skipped_dead_letters = bad.total
         return sorted((e for e in entries.values() if e is not None), key=lambda e: e.dead_lettered_at)
 
-    def _operator_action(self, kind: type[DeadLetterRetriedEvent] | type[DiscardedEvent], entry: DeadLetterRecord,
-                         reason: str) -> JobEvent:
+    def _operator_action(self, build: Callable[..., JobEvent], entry: DeadLetterRecord, reason: str) -> JobEvent:
         """A dead-letter action refers to the dead_lettered event it acts on, which makes it idempotent."""
-        return kind(event_id=new_event_id(), job_id=entry.job_id, occurred_at=_now(), actor=self.actor,
-                    causation_id=entry.dead_letter_event_id, reason=reason)
+        return build(entry.job_id, entry.dead_letter_event_id, reason, now=self.clock.now(), actor=self.actor)
 
     async def retry_dead_letter(self, job_id: str, reason: str = "retried by operator") -> DeadLetterRecord:
         entry = await self._dead_letter(job_id)
-        await self.append([self._operator_action(DeadLetterRetriedEvent, entry, reason)])
+        await self.append([self._operator_action(dead_letter_retried_event, entry, reason)])
         return entry
 
     async def retry_all_dead_letters(self, name: str | None = None, reason: str = "retried by operator") -> list[str]:
         entries = [e for e in await self.dead_letters() if name is None or e.name == name]
-        await self.append([self._operator_action(DeadLetterRetriedEvent, e, reason) for e in entries])
+        await self.append([self._operator_action(dead_letter_retried_event, e, reason) for e in entries])
         return [e.job_id for e in entries]
 
     async def discard_dead_letter(self, job_id: str, reason: str = "discarded by operator") -> DeadLetterRecord:
         entry = await self._dead_letter(job_id)
-        await self.append([self._operator_action(DiscardedEvent, entry, reason)])
+        await self.append([self._operator_action(discarded_event, entry, reason)])
         return entry
 
     async def _dead_letter(self, job_id: str) -> DeadLetterRecord:
@@ -238,18 +331,21 @@ class App:
         raise NotInDeadLetters(f"job {job_id} is not in the dead-letter queue of app {self.name!r}")
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            await self._watcher.stop()
-            self._watcher = None
-        loop = asyncio.get_running_loop()
-        sender = self._producers.pop(loop, None)
-        if sender is not None:
-            await sender.stop()
+        """Stop the watcher and the producers of every running loop, then the private sync loop.
+
+        A loop that is neither running nor closed cannot run a stop now; its producer is stopped
+        when `asyncio.run` shuts that loop down (or dropped once the loop is closed).
+        """
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher.loop.is_running():
+            await _run_on(watcher.loop, watcher.stop())
+        for loop, held in list(self._producers.items()):
+            if loop.is_running():
+                await _run_on(loop, _cancel_and_wait(held.owner))
+            elif loop.is_closed():
+                self._producers.pop(loop, None)
         sync_loop, self._sync_loop = self._sync_loop, None
-        if sync_loop is not None:  # the private loop of enqueue_sync: stop its producer, then the loop
-            sync_sender = self._producers.pop(sync_loop, None)
-            if sync_sender is not None:
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(sync_sender.stop(), sync_loop))
+        if sync_loop is not None:
             sync_loop.call_soon_threadsafe(sync_loop.stop)
 
     async def __aenter__(self) -> App:

@@ -9,10 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eventjobs.core.durations import parse_duration
+from eventjobs.core.effects import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_WAIT_CACHE_JOBS = 50_000  # job states `App.wait` keeps in memory, about 1-2 KB each
 _SOURCE_TOPICS_DIR = Path(__file__).resolve().parent.parent / "topics"
 
 
@@ -43,7 +47,35 @@ class Settings(BaseSettings):
 
     namespace: str = Field("eventjobs", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,48}$")
     topics_dir: Path = Field(default_factory=default_topics_dir)
-    max_event_bytes: int = Field(1_048_576, gt=0)
+    max_event_bytes: int = Field(
+        1_048_576, ge=262_144,  # eventjobs.core.limits.MIN_MAX_EVENT_BYTES: the size budgets need that much
+        description="Largest event (and job state) written or read; args, results and errors get budgets of it.",
+    )
+    wait_cache_jobs: int = Field(
+        DEFAULT_WAIT_CACHE_JOBS, gt=0,
+        description="Latest job states `App.wait` keeps in memory; older ones are looked up in the changelog.",
+    )
+
+    retain_completed_s: float = Field(
+        DEFAULT_RETAIN_COMPLETED_S, gt=0, validation_alias=AliasChoices("EVENTJOBS_RETAIN_COMPLETED", "retain_completed_s"),
+        description="How long the processor keeps a completed, cancelled or discarded job (and its idempotency key).",
+    )
+    dead_letter_retention_s: float = Field(
+        DEFAULT_DEAD_LETTER_RETENTION_S, gt=0,
+        validation_alias=AliasChoices("EVENTJOBS_DEAD_LETTER_RETENTION", "dead_letter_retention_s"),
+        description="How long a dead-lettered job waits for a retry before it is discarded (a job option overrides it).",
+    )
+
+    @field_validator("retain_completed_s", "dead_letter_retention_s", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        """'24h', '7d', '90s' or a number of seconds."""
+        if isinstance(value, str):
+            try:
+                return parse_duration(value.strip(), default_unit="s").total_seconds()
+            except ValueError:
+                raise ValueError(f"{value!r} is not a duration; use e.g. 24h, 7d, 90s or a number of seconds") from None
+        return value
 
     clickhouse_url: SecretStr | None = None
     state_dir: Path = Path(".eventjobs")

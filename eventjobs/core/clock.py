@@ -11,6 +11,7 @@ format can carry (``2024-01-31T12:00:00.123Z``), so a value survives encode/deco
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
@@ -56,6 +57,15 @@ def add_seconds(value: datetime, seconds: float) -> datetime:
     return value + timedelta(milliseconds=round(seconds * 1000))
 
 
+def from_epoch_ms(ms: int) -> datetime:
+    """The aware UTC datetime ``ms`` milliseconds after the Unix epoch.
+
+    Exact although it goes through a float: until 2106 (2**32 s) ``ms / 1000`` is within 0.5 us
+    of the true value, and ``fromtimestamp`` rounds to the nearest microsecond.
+    """
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
 class Clock(Protocol):
     """Where the shell gets "now". The core never calls one."""
 
@@ -68,7 +78,8 @@ class SystemClock:
     """The real wall clock (the only clock read in the package, used by the shell)."""
 
     def now(self) -> datetime:
-        return utc_ms(datetime.now(UTC))
+        # A quarter of the cost of utc_ms(datetime.now(UTC)); the worker reads it for every event.
+        return from_epoch_ms(time.time_ns() // 1_000_000)
 
 
 class FrozenClock:

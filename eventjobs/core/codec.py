@@ -23,11 +23,9 @@ from pydantic import BaseModel, ValidationError
 
 from eventjobs.core.clock import format_utc_ms
 from eventjobs.core.events import EVENT_ADAPTER, EVENT_TYPES, TIMESTAMP_PATTERN, Event, JobEvent
+from eventjobs.core.limits import DEFAULT_MAX_EVENT_BYTES, MIN_MAX_EVENT_BYTES, size_limits, truncate_text
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "EventDecodeError", "EventEncodeError", "decode", "encode"]
-
-#: Largest encoded event accepted by default (1 MiB), in bytes.
-DEFAULT_MAX_EVENT_BYTES = 1_048_576
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "EventDecodeError", "EventEncodeError", "admit", "decode", "encode"]
 
 _validate_json = EVENT_ADAPTER.validator.validate_json  # the SchemaValidator itself: no Python wrapper frame
 _KNOWN_TYPES = ", ".join(EVENT_TYPES)
@@ -103,6 +101,76 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX
         raise EventDecodeError("event is nested too deeply") from None
     except Exception as exc:  # defensive: nothing but EventDecodeError may escape
         raise EventDecodeError(f"undecodable event: {type(exc).__name__}: {exc}") from None
+
+
+def admit(value: bytes | None, key: bytes | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> JobEvent | str:
+    """The event an event-log record carries, or why it is not admitted (the quarantine reason).
+
+    Why one function: the processor, the projector and the state check must agree on which
+    records are events, or the projections and the rebuilt states would fold records the
+    processor quarantined. A record is admitted when it has a value, decodes, and its key (if
+    any) is the event's job id: a mis-keyed event sits on a partition whose owner does not own
+    that job. The size budgets of ``eventjobs.core.limits`` apply too (they keep every job state
+    within ``max_bytes``): an enqueued event or a result over its budget is refused, and error
+    and reason texts over theirs are truncated (the writers' rule, for producers that skip it).
+    """
+    if value is None:
+        return "empty record (tombstone) on the event log"
+    try:
+        event = decode(value, max_bytes=max_bytes)
+    except EventDecodeError as error:
+        return str(error)
+    if key is not None and key != event.job_id.encode():
+        return f"record key {key!r} is not the event's job_id {event.job_id!r}"
+    if len(value) > _ADMIT_ANY_SIZE and event.type in _SIZE_RULES and max_bytes >= MIN_MAX_EVENT_BYTES:
+        return _SIZE_RULES[event.type](event, len(value), size_limits(max_bytes))
+    return event
+
+
+#: Below this, no event can break a size budget (the smallest budget is the error message's).
+_ADMIT_ANY_SIZE = 8_000
+
+
+def _enqueued_size(event: Any, size: int, limits: Any) -> JobEvent | str:
+    if size > limits.enqueue_bytes:
+        return (f"enqueued event is {size:,} bytes, over the limit of {limits.enqueue_bytes:,} for args and options "
+                f"(max_event_bytes {limits.max_event_bytes:,}): its job's state could not be written")
+    return event  # type: ignore[no-any-return]
+
+
+def _result_size(event: Any, size: int, limits: Any) -> JobEvent | str:
+    if event.result is not None and size > limits.result_bytes:
+        result = len(orjson.dumps(event.result))
+        if result > limits.result_bytes:
+            return (f"attempt_succeeded result is {result:,} bytes, over the limit of {limits.result_bytes:,} "
+                    f"(max_event_bytes {limits.max_event_bytes:,}): its job's state could not be written")
+    return event  # type: ignore[no-any-return]
+
+
+def _text_sizes(event: Any, size: int, limits: Any) -> JobEvent | str:
+    """Error and reason texts over their budgets (from a producer that does not truncate them) are
+    truncated here, by the same rule as the writers apply, so every reader admits the same event."""
+    budgets = {"message": limits.error_message_bytes, "traceback": limits.traceback_bytes,
+               "reason": limits.reason_bytes}
+    update = {}
+    for name, budget in budgets.items():
+        text = getattr(event, name, None)
+        if text is not None:
+            cut = truncate_text(text, budget, keep_end=name == "traceback")
+            if cut is not text:
+                update[name] = cut
+    return event.model_copy(update=update) if update else event  # type: ignore[no-any-return]
+
+
+_SIZE_RULES = {
+    "enqueued": _enqueued_size,
+    "attempt_succeeded": _result_size,
+    "attempt_failed": _text_sizes,
+    "cancel_requested": _text_sizes,
+    "dead_letter_retried": _text_sizes,
+    "discarded": _text_sizes,
+    "expired": _text_sizes,
+}
 
 
 def _explain(exc: ValidationError, data: bytes) -> EventDecodeError:

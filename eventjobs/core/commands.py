@@ -1,10 +1,19 @@
 """Build the events that producers, workers, timers and operators write.
 
 Why this module exists: each writer of events must fill the envelope and the type's fields the
-same way (job id from the idempotency key, run_at from a delay, the dead-letter entry an
-operator acts on...). These functions take what the writer knows (the current state, ``now``,
-who it is) and return a validated event; the shell only appends it. They are pure except for
-``new_event_id()`` when no ``event_id`` is given.
+same way (job id from the idempotency key, run_at from a delay, the lease rule, the id of a
+fired timer, the dead-letter entry an operator acts on...), so every such event is built here
+and nowhere else (``tests/core/test_event_builders_only.py`` holds the shell to that).
+
+Two layers:
+
+* one builder per event type (``claimed_event``, ``heartbeat_event``, ...) taking only what the
+  writer knows: a worker holds a ready record and a timer service a timer key, not a job state;
+* commands over a ``JobState`` (``claim``, ``heartbeat``, ...) for writers that hold one: they
+  refuse what makes no sense for the state (``CommandRefused``) and call the builder.
+
+All are pure except for ``new_event_id()`` when no ``event_id`` is given; ``now`` is passed in.
+The attempt's outcome events are built in ``eventjobs.core.outcome``.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from eventjobs.core.clock import add_seconds, utc_ms
+from eventjobs.core.clock import add_seconds, from_epoch_ms, utc_ms
 from eventjobs.core.events import (
     AttemptStartedEvent,
     AttemptTimedOutEvent,
@@ -27,26 +36,59 @@ from eventjobs.core.events import (
     HeartbeatEvent,
     LeaseExpiredEvent,
     ProgressEvent,
+    RetentionPassedEvent,
 )
-from eventjobs.core.ids import job_id_for_key, new_event_id, new_job_id
+from eventjobs.core.ids import derived_event_id, job_id_for_key, new_event_id, new_job_id
+from eventjobs.core.limits import MAX_PROGRESS_MESSAGE_CHARS, MAX_REASON_BYTES, truncate_text
 from eventjobs.core.options import JobOptions
+from eventjobs.core.records import parse_timer_key
 from eventjobs.core.state import JobState, JobStatus
 
 __all__ = [
+    "DEFAULT_LEASE_S",
+    "MIN_LEASE_S",
     "CommandRefused",
     "attempt_started",
+    "attempt_started_event",
+    "attempt_timed_out_event",
     "cancel_request",
+    "cancel_requested_event",
     "claim",
+    "claimed_event",
+    "dead_letter_retried_event",
     "dead_letter_retry",
     "discard",
+    "discarded_event",
     "due",
+    "due_event",
     "enqueue",
     "expire",
+    "expired_event",
     "heartbeat",
+    "heartbeat_event",
+    "lease_deadline",
     "lease_expired",
+    "lease_expired_event",
     "progress",
+    "progress_event",
+    "retention_passed_event",
     "timed_out",
+    "timer_fired_event",
 ]
+
+#: A worker's lease unless it is configured otherwise (``eventjobs worker --lease``).
+DEFAULT_LEASE_S = 30.0
+#: The shortest lease granted: it must outlast the wait for the worker's first heartbeat (>= 0.2 s).
+MIN_LEASE_S = 0.5
+
+
+def lease_deadline(now: datetime, lease_s: float = DEFAULT_LEASE_S) -> datetime:
+    """When a lease taken or extended at ``now`` ends: ``lease_s`` (at least ``MIN_LEASE_S``) later.
+
+    The lease is the worker's, not the job's: a live worker heartbeats every lease/3 whatever the
+    job's timeout, so a dead worker is noticed ``lease_s`` after its last claim or heartbeat.
+    """
+    return add_seconds(utc_ms(now), max(lease_s, MIN_LEASE_S))
 
 
 class CommandRefused(ValueError):
@@ -92,96 +134,275 @@ def enqueue(
     )
 
 
-def _envelope(state: JobState, now: datetime, actor: str, event_id: str | None, causation_id: str | None) -> dict[str, Any]:
+# -- one builder per event type ------------------------------------------------------------
+
+
+def _envelope(
+    job_id: str, now: datetime, actor: str, event_id: str | None, causation_id: str | None = None
+) -> dict[str, Any]:
     return {
         "event_id": event_id or new_event_id(),
-        "job_id": state.job_id,
+        "job_id": job_id,
         "occurred_at": now,
         "actor": actor,
         "causation_id": causation_id,
     }
 
 
-def claim(
-    state: JobState, *, worker_id: str, now: datetime, actor: str, lease_s: float | None = None, event_id: str | None = None
+def claimed_event(
+    job_id: str,
+    attempt: int,
+    *,
+    worker_id: str,
+    now: datetime,
+    actor: str,
+    lease_s: float = DEFAULT_LEASE_S,
+    event_id: str | None = None,
 ) -> ClaimedEvent:
-    """A worker claims the job's current attempt; the lease defaults to the job's timeout + 30 s."""
+    """A worker claims ``attempt``; its lease ends at ``lease_deadline(now, lease_s)``."""
+    return ClaimedEvent(
+        **_envelope(job_id, now, actor, event_id),
+        attempt=attempt,
+        worker_id=worker_id,
+        lease_deadline=lease_deadline(now, lease_s),
+    )
+
+
+def attempt_started_event(
+    job_id: str, attempt: int, *, worker_id: str, now: datetime, actor: str, event_id: str | None = None,
+    claim_id: str | None = None,
+) -> AttemptStartedEvent:
+    """The claiming worker starts the handler; ``claim_id`` is its ``claimed`` event's id."""
+    return AttemptStartedEvent(
+        **_envelope(job_id, now, actor, event_id), attempt=attempt, worker_id=worker_id, claim_id=claim_id
+    )
+
+
+def progress_event(
+    job_id: str, attempt: int, percent: float, message: str = "", *, now: datetime, actor: str, event_id: str | None = None,
+    claim_id: str | None = None,
+) -> ProgressEvent:
+    """``ctx.progress(percent, message)``; a message over 10,000 characters is truncated (marked)."""
+    if len(message) > MAX_PROGRESS_MESSAGE_CHARS:
+        marker = f"… [truncated: {len(message):,} chars]"
+        message = message[: MAX_PROGRESS_MESSAGE_CHARS - len(marker)] + marker
+    return ProgressEvent(
+        **_envelope(job_id, now, actor, event_id), attempt=attempt, percent=float(percent), message=message,
+        claim_id=claim_id,
+    )
+
+
+def heartbeat_event(
+    job_id: str,
+    attempt: int,
+    *,
+    now: datetime,
+    actor: str,
+    lease_s: float = DEFAULT_LEASE_S,
+    event_id: str | None = None,
+    claim_id: str | None = None,
+) -> HeartbeatEvent:
+    """The worker extends its lease on ``attempt`` to ``lease_deadline(now, lease_s)``."""
+    return HeartbeatEvent(
+        **_envelope(job_id, now, actor, event_id), attempt=attempt, lease_deadline=lease_deadline(now, lease_s),
+        claim_id=claim_id,
+    )
+
+
+def attempt_timed_out_event(
+    job_id: str, attempt: int, *, timeout_s: float, now: datetime, actor: str, event_id: str | None = None,
+    claim_id: str | None = None,
+) -> AttemptTimedOutEvent:
+    """``attempt`` ran longer than ``timeout_s``."""
+    return AttemptTimedOutEvent(
+        **_envelope(job_id, now, actor, event_id), attempt=attempt, timeout_s=timeout_s, claim_id=claim_id
+    )
+
+
+def due_event(
+    job_id: str, attempt: int, timer: Literal["run_at", "retry", "republish"], *, now: datetime, actor: str,
+    event_id: str | None = None, sequence: int | None = None,
+) -> DueEvent:
+    """The run_at, retry or republish timer of ``attempt`` fired (``sequence``: which republish)."""
+    return DueEvent(**_envelope(job_id, now, actor, event_id), attempt=attempt, timer=timer, sequence=sequence)
+
+
+def lease_expired_event(
+    job_id: str, attempt: int, deadline: datetime, *, now: datetime, actor: str, event_id: str | None = None
+) -> LeaseExpiredEvent:
+    """The lease of ``attempt`` that ended at ``deadline`` was not extended."""
+    return LeaseExpiredEvent(**_envelope(job_id, now, actor, event_id), attempt=attempt, lease_deadline=deadline)
+
+
+def _reason(reason: str) -> str:
+    """A free-text reason, truncated (marked) to ``MAX_REASON_BYTES`` so the states and events that
+    copy it stay within the size limit (``eventjobs.core.limits``)."""
+    return truncate_text(reason, MAX_REASON_BYTES)
+
+
+def expired_event(job_id: str, reason: str, *, now: datetime, actor: str, event_id: str | None = None) -> ExpiredEvent:
+    """The job's TTL passed before it started."""
+    return ExpiredEvent(**_envelope(job_id, now, actor, event_id), reason=_reason(reason))
+
+
+def cancel_requested_event(
+    job_id: str, reason: str = "", *, now: datetime, actor: str, event_id: str | None = None
+) -> CancelRequestedEvent:
+    """Ask to cancel the job (it stops now if waiting, or when the running attempt ends)."""
+    return CancelRequestedEvent(**_envelope(job_id, now, actor, event_id), reason=_reason(reason))
+
+
+def dead_letter_retried_event(
+    job_id: str, dead_letter_event_id: str | None, reason: str = "", *, now: datetime, actor: str,
+    event_id: str | None = None,
+) -> DeadLetterRetriedEvent:
+    """Retry the dead-lettered job; naming the ``dead_lettered`` event acted on makes it idempotent."""
+    return DeadLetterRetriedEvent(**_envelope(job_id, now, actor, event_id, dead_letter_event_id), reason=_reason(reason))
+
+
+def discarded_event(
+    job_id: str, dead_letter_event_id: str | None, reason: str = "", *, now: datetime, actor: str,
+    event_id: str | None = None,
+) -> DiscardedEvent:
+    """Discard the dead-lettered job; naming the ``dead_lettered`` event acted on makes it idempotent."""
+    return DiscardedEvent(**_envelope(job_id, now, actor, event_id, dead_letter_event_id), reason=_reason(reason))
+
+
+def retention_passed_event(
+    job_id: str, attempt: int, scope: Literal["dead_letter", "finished"], due_at: datetime, *, now: datetime,
+    actor: str, event_id: str | None = None,
+) -> RetentionPassedEvent:
+    """The timer service: a job's dead-letter retention or its retain_completed passed."""
+    return RetentionPassedEvent(
+        **_envelope(job_id, now, actor, event_id), attempt=attempt, scope=scope, due_at=due_at
+    )
+
+
+def timer_fired_event(
+    key: bytes, due_ms: int, attempt: int, *, now: datetime, actor: str
+) -> DueEvent | LeaseExpiredEvent | ExpiredEvent | RetentionPassedEvent:
+    """The event a due timer (``TimerRecord`` key, due time in ms, attempt) causes.
+
+    Its id is derived from the timer, so firing the same timer again writes a duplicate, which
+    ``apply`` ignores.
+    """
+    job_id, kind, number = parse_timer_key(key)
+    due_at = from_epoch_ms(due_ms)
+    cause = f"{job_id}:{kind}:{attempt}:{due_ms}"
+    if kind == "run_at" or kind == "retry":
+        return due_event(job_id, attempt, kind, now=now, actor=actor, event_id=derived_event_id(cause, "due", 0))
+    if kind == "republish":  # the key names which re-publish of the attempt's ready record this is
+        return due_event(job_id, attempt, "republish", now=now, actor=actor, sequence=number,
+                         event_id=derived_event_id(f"{cause}:{number}", "due", 0))
+    if kind == "lease":
+        return lease_expired_event(
+            job_id, attempt, due_at, now=now, actor=actor, event_id=derived_event_id(cause, "lease_expired", 0)
+        )
+    if kind == "ttl":
+        return expired_event(
+            job_id,
+            f"ttl passed at {due_at.isoformat(timespec='milliseconds')} before the job started",
+            now=now,
+            actor=actor,
+            event_id=derived_event_id(cause, "expired", 0),
+        )
+    if kind == "dead_letter" or kind == "retain":
+        scope: Literal["dead_letter", "finished"] = "dead_letter" if kind == "dead_letter" else "finished"
+        return retention_passed_event(
+            job_id, attempt, scope, due_at, now=now, actor=actor,
+            event_id=derived_event_id(cause, "retention_passed", 0),
+        )
+    raise ValueError(f"unknown timer kind {kind!r} in key {key!r}")
+
+
+# -- commands over a job state ---------------------------------------------------------------
+
+
+def claim(
+    state: JobState,
+    *,
+    worker_id: str,
+    now: datetime,
+    actor: str,
+    lease_s: float = DEFAULT_LEASE_S,
+    event_id: str | None = None,
+) -> ClaimedEvent:
+    """A worker claims the job's current attempt (only a pending job can be claimed)."""
     if state.status is not JobStatus.PENDING:
         raise CommandRefused(f"job {state.job_id} is {state.status.value}, only a pending job can be claimed")
-    lease = lease_s if lease_s is not None else state.options.timeout_s + 30.0
-    return ClaimedEvent(
-        **_envelope(state, now, actor, event_id, None),
-        attempt=state.attempt,
-        worker_id=worker_id,
-        lease_deadline=add_seconds(utc_ms(now), lease),
+    return claimed_event(
+        state.job_id, state.attempt, worker_id=worker_id, now=now, actor=actor, lease_s=lease_s, event_id=event_id
     )
 
 
 def attempt_started(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> AttemptStartedEvent:
-    """The claiming worker starts the handler."""
+    """The claiming worker (the accepted claim) starts the handler."""
     if state.status is not JobStatus.CLAIMED or state.worker_id is None:
         raise CommandRefused(f"job {state.job_id} is {state.status.value}, not claimed")
-    return AttemptStartedEvent(**_envelope(state, now, actor, event_id, None), attempt=state.attempt, worker_id=state.worker_id)
+    return attempt_started_event(
+        state.job_id, state.attempt, worker_id=state.worker_id, now=now, actor=actor, event_id=event_id,
+        claim_id=state.claim_id,
+    )
 
 
 def progress(
     state: JobState, percent: float, message: str = "", *, now: datetime, actor: str, event_id: str | None = None
 ) -> ProgressEvent:
-    """``ctx.progress(percent, message)``."""
-    return ProgressEvent(
-        **_envelope(state, now, actor, event_id, None), attempt=state.attempt, percent=float(percent), message=message
-    )
+    """``ctx.progress(percent, message)`` on the current attempt (by the accepted claim)."""
+    return progress_event(state.job_id, state.attempt, percent, message, now=now, actor=actor, event_id=event_id,
+                          claim_id=state.claim_id)
 
 
 def heartbeat(
-    state: JobState, *, now: datetime, actor: str, lease_s: float | None = None, event_id: str | None = None
+    state: JobState, *, now: datetime, actor: str, lease_s: float = DEFAULT_LEASE_S, event_id: str | None = None
 ) -> HeartbeatEvent:
-    """Extend the lease of the current attempt (default: the job's timeout + 30 s from now)."""
-    lease = lease_s if lease_s is not None else state.options.timeout_s + 30.0
-    return HeartbeatEvent(
-        **_envelope(state, now, actor, event_id, None), attempt=state.attempt, lease_deadline=add_seconds(utc_ms(now), lease)
-    )
+    """Extend the lease of the current attempt (by the accepted claim)."""
+    return heartbeat_event(state.job_id, state.attempt, now=now, actor=actor, lease_s=lease_s, event_id=event_id,
+                           claim_id=state.claim_id)
 
 
 def timed_out(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> AttemptTimedOutEvent:
     """The current attempt exceeded the job's timeout."""
-    return AttemptTimedOutEvent(
-        **_envelope(state, now, actor, event_id, None), attempt=state.attempt, timeout_s=state.options.timeout_s
+    return attempt_timed_out_event(
+        state.job_id, state.attempt, timeout_s=state.options.timeout_s, now=now, actor=actor, event_id=event_id,
+        claim_id=state.claim_id,
     )
 
 
 def due(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> DueEvent:
-    """The timer service: the run_at (scheduled) or retry (retrying) timer of the job fired."""
-    timer: Literal["run_at", "retry"]
+    """The timer service: the run_at (scheduled), retry (retrying) or next republish (pending) timer fired."""
+    timer: Literal["run_at", "retry", "republish"]
+    sequence = None
     if state.status is JobStatus.SCHEDULED:
         timer = "run_at"
     elif state.status is JobStatus.RETRYING:
         timer = "retry"
+    elif state.status is JobStatus.PENDING:
+        timer, sequence = "republish", state.ready_republishes
     else:
-        raise CommandRefused(f"job {state.job_id} is {state.status.value}: no run_at or retry timer is pending")
-    return DueEvent(**_envelope(state, now, actor, event_id, None), attempt=state.attempt, timer=timer)
+        raise CommandRefused(f"job {state.job_id} is {state.status.value}: no run_at, retry or republish timer is pending")
+    return due_event(state.job_id, state.attempt, timer, now=now, actor=actor, event_id=event_id, sequence=sequence)
 
 
 def lease_expired(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> LeaseExpiredEvent:
     """The timer service: the lease of the current attempt ran out."""
     if state.lease_deadline is None:
         raise CommandRefused(f"job {state.job_id} is {state.status.value}: it holds no lease")
-    return LeaseExpiredEvent(
-        **_envelope(state, now, actor, event_id, None), attempt=state.attempt, lease_deadline=state.lease_deadline
-    )
+    return lease_expired_event(state.job_id, state.attempt, state.lease_deadline, now=now, actor=actor, event_id=event_id)
 
 
 def expire(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> ExpiredEvent:
     """The timer service: the job's TTL timer fired."""
     ttl = state.options.ttl_s
-    return ExpiredEvent(**_envelope(state, now, actor, event_id, None), reason=f"ttl of {ttl:g} s passed" if ttl else "")
+    reason = f"ttl of {ttl:g} s passed" if ttl else ""
+    return expired_event(state.job_id, reason, now=now, actor=actor, event_id=event_id)
 
 
 def cancel_request(state: JobState, reason: str = "", *, now: datetime, actor: str, event_id: str | None = None) -> CancelRequestedEvent:
-    """Ask to cancel the job (it stops now if waiting, or when the running attempt ends)."""
+    """Ask to cancel the job (refused once it is terminal)."""
     if state.is_terminal:
         raise CommandRefused(f"job {state.job_id} is {state.status.value}: nothing to cancel")
-    return CancelRequestedEvent(**_envelope(state, now, actor, event_id, None), reason=reason)
+    return cancel_requested_event(state.job_id, reason, now=now, actor=actor, event_id=event_id)
 
 
 def dead_letter_retry(
@@ -190,11 +411,13 @@ def dead_letter_retry(
     """An operator retries a dead-lettered job; the event names the dead-letter entry (causation_id)."""
     if state.status is not JobStatus.DEAD_LETTERED:
         raise CommandRefused(f"job {state.job_id} is {state.status.value}, not dead_lettered")
-    return DeadLetterRetriedEvent(**_envelope(state, now, actor, event_id, state.dead_letter_event_id), reason=reason)
+    return dead_letter_retried_event(
+        state.job_id, state.dead_letter_event_id, reason, now=now, actor=actor, event_id=event_id
+    )
 
 
 def discard(state: JobState, reason: str = "", *, now: datetime, actor: str, event_id: str | None = None) -> DiscardedEvent:
     """An operator discards a dead-lettered job; the event names the dead-letter entry (causation_id)."""
     if state.status is not JobStatus.DEAD_LETTERED:
         raise CommandRefused(f"job {state.job_id} is {state.status.value}, not dead_lettered")
-    return DiscardedEvent(**_envelope(state, now, actor, event_id, state.dead_letter_event_id), reason=reason)
+    return discarded_event(state.job_id, state.dead_letter_event_id, reason, now=now, actor=actor, event_id=event_id)

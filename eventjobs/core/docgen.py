@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from eventjobs.core.codec import DEFAULT_MAX_EVENT_BYTES
-from eventjobs.core.events import DERIVED_TYPES, EVENT_TYPES, TIMESTAMP_PATTERN, Event
+from eventjobs.core.events import CURRENT_SCHEMA_VERSION, DERIVED_TYPES, EVENT_TYPES, TIMESTAMP_PATTERN, Event
+from eventjobs.core.ids import EVENTJOBS_NAMESPACE
 from eventjobs.core.options import (
     CallableBackoff,
     ConstantBackoff,
@@ -26,6 +27,7 @@ from eventjobs.core.options import (
     LinearBackoff,
     NoBackoff,
 )
+from eventjobs.core.schemagen import JOB_ID_EXAMPLES, PARTITION_EXAMPLES, PARTITION_RULE, version_folder
 from eventjobs.core.state import TERMINAL_STATUSES, TRANSITIONS, JobStatus
 
 __all__ = ["render_events_md"]
@@ -127,16 +129,103 @@ def _mermaid() -> list[str]:
         label = row.event
         if row.event == "enqueued":
             label = "enqueued (run_at later)" if row.target is JobStatus.SCHEDULED else "enqueued"
-        if label not in edges[(source, row.target.value)]:
-            edges[(source, row.target.value)].append(label)
+        target = row.target.value if row.target is not None else "[*]"
+        if label not in edges[(source, target)]:
+            edges[(source, target)].append(label)
     lines = ["```mermaid", "stateDiagram-v2"]
     for (source, target), labels in edges.items():
         lines.append(f"    {source} --> {target}: {', '.join(labels)}")
-    for status in JobStatus:
-        if status in TERMINAL_STATUSES and status is not JobStatus.DEAD_LETTERED:
-            lines.append(f"    {status.value} --> [*]")
     lines.append("```")
     return lines
+
+
+def _contract() -> list[str]:
+    """Kafka records, the machine-readable schema, job ids and schema versions: what a producer
+    or follower in another language needs besides the field tables."""
+    folder = f"schema/{version_folder()}"
+    vectors = sorted({(e["job_id"], e["partition"]) for e in PARTITION_EXAMPLES if e["partition_count"] == 6})
+    out = [
+        "## Kafka records",
+        "",
+        "- **Topic** `<namespace>.events` (`App(\"shop\")` writes `shop.events`), created with its",
+        "  partition count (6 by default) by `eventjobs topics apply`; never auto-created.",
+        "- **Key**: the job id, UTF-8. **Value**: the event's JSON. **Headers**: none needed (others are kept).",
+        f"- **Partition**: the job partition rule, `{PARTITION_RULE}`, with Kafka's",
+        "  murmur2 (seed `0x9747b28c`): every event of a job on one partition, in order, because the",
+        "  processor that owns the partition is the only one that knows the job. It is the Java client's",
+        "  default partitioner for the key; eventjobs computes it itself and names the partition",
+        "  explicitly in every write (`eventjobs.core.partitioning.job_partition`). librdkafka's",
+        "  default (`consistent_random`, CRC32) and sarama's (FNV-1a) choose other partitions: set",
+        "  the partition yourself, or librdkafka's `partitioner=murmur2_random`. With 6 partitions:",
+        "",
+        "  | job id | partition |",
+        "  |---|---|",
+        *[f"  | `{job_id}` | {partition} |" for job_id, partition in vectors],
+        "",
+        "- **An event on another partition** than its job's still works: the processor moves it to",
+        "  its job's partition (a copy with the header `eventjobs.moved-from: topic/partition/offset`,",
+        "  acknowledged before the processor commits past the original) and applies the copy there;",
+        "  the cost is one extra write per such event, counted (`moved_events`) and logged once per",
+        "  producer. Events of one job that a foreign partitioner spread over several partitions",
+        "  are applied in the order they are moved, not the order they were written.",
+        "- **Producers**: `acks=all` and idempotence on; **not transactional** (the processor reads",
+        "  the log uncommitted, so an aborted write would still count).",
+        "- **Followers**: read `read_committed` (the processor writes its derived events in",
+        "  transactions), and deduplicate by `event_id` (a moved event appears twice: the original",
+        "  on the wrong partition and the copy on the job's; a repeated write keeps its id).",
+        "",
+        "Step by step, with examples in Python (librdkafka) and Java: [producers.md](producers.md).",
+        "",
+        "## Machine-readable schema",
+        "",
+        f"[`{folder}/`]({folder}/) holds a JSON Schema (draft 2020-12) for every event type",
+        f"(`events/<type>.json`), for any event (`event.json`, discriminated by `type`), for the records",
+        "the processor writes beside events (`ready-record.json`, `timer-record.json`,",
+        "`dead-letter-record.json`, `job-state.json`), and `index.json`: topics, keys, the partition",
+        "rule and the job id rule as data, with test vectors. They are generated from the same models",
+        "the decoder uses (`python -m eventjobs.core.schemagen`; `tests/contract/test_schema.py`",
+        "fails when they are stale). The decoder is stricter than JSON Schema in one way: an integer",
+        "field refuses `1.0`.",
+        "",
+        "## Job ids",
+        "",
+        "- Without an idempotency key any unique string of at most 128 characters works; eventjobs",
+        "  writes a UUIDv7 (its time lets `App.wait` find old jobs quickly; any other id is found too).",
+        "- With an idempotency key the job id is a function of (job name, key), so every producer, in",
+        "  any language, that enqueues the same key gets the same job, and the processor refuses the",
+        "  second `enqueued` (`duplicate_rejected`) while the job is retained:",
+        "",
+        f"  `job_id = uuid5({EVENTJOBS_NAMESPACE}, utf8(name + \"\\x1f\" + idempotency_key))`",
+        "",
+        "  written as lowercase 8-4-4-4-12 text; `name` is the job's name, `\\x1f` the ASCII unit",
+        "  separator; put the key in the event's `idempotency_key` too.",
+        "",
+        "  | name | idempotency_key | job_id |",
+        "  |---|---|---|",
+        *[f"  | `{e['name']}` | `{e['idempotency_key']}` | `{e['job_id']}` |" for e in JOB_ID_EXAMPLES],
+        "",
+        "## Schema versions",
+        "",
+        f"Every event carries `schema_version` (now {CURRENT_SCHEMA_VERSION}; optional on the wire, default",
+        f"{CURRENT_SCHEMA_VERSION}). Decoding is strict (unknown fields are refused), so the rules are:",
+        "",
+        "- **Within a version** only changes that every existing event still satisfies, with the",
+        "  same meaning: a new *optional* field whose absence means what it meant before, a new",
+        "  event type, a wider limit, a clearer description.",
+        "  Readers are upgraded before writers (processors, then workers and producers): an older",
+        "  strict reader quarantines an event with a field it does not know.",
+        "- **A new version** for anything else: a field removed, renamed or retyped, a meaning",
+        "  changed, an optional field made required, a limit narrowed, the key, the partition rule",
+        "  or the job id rule changed. Version N+1 is introduced side by side: readers learn to",
+        "  decode both N and N+1 first (the decoder accepts `schema_version` 1..N+1 and upcasts",
+        "  older events to the current models before the fold, so `apply` and replay see one",
+        "  shape); only then do writers write N+1. Events already in the log are never rewritten:",
+        "  a reader keeps decoding every version the retained log still holds.",
+        f"- `docs/{folder}/` is the schema of version {CURRENT_SCHEMA_VERSION} (changes within the version",
+        "  update it); a new version gets a folder of its own, and the older ones stay beside it, frozen.",
+        "",
+    ]
+    return out
 
 
 def render_events_md() -> str:
@@ -167,6 +256,7 @@ def render_events_md() -> str:
         "  record raises `EventDecodeError` naming the field, what is allowed and what was found,",
         "  e.g. `field 'attempt' of 'claimed' event: expected an integer >= 0 and <= 1000000, got 'x'`.",
         "",
+        *_contract(),
         "## Envelope (every event)",
         "",
         *_field_rows(Event, _ENVELOPE),
@@ -225,7 +315,8 @@ def render_events_md() -> str:
     for row in TRANSITIONS:
         source = f"`{row.source.value}`" if row.source is not None else "(new job)"
         derives = ", ".join(f"`{d}`" for d in row.derives) or ""
-        out.append(f"| {source} | `{row.event}` | `{row.target.value}` | {row.when} | {derives} |")
+        target = f"`{row.target.value}`" if row.target is not None else "(forgotten)"
+        out.append(f"| {source} | `{row.event}` | {target} | {row.when} | {derives} |")
     out += [
         "",
         "## Rejections",

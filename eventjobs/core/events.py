@@ -27,7 +27,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from eventjobs.core.clock import format_utc_ms, utc_ms
-from eventjobs.core.options import JobOptionsSpec, Priority
+from eventjobs.core.options import MAX_DELAY_S, QUEUE_NAME_RE, JobOptionsSpec, Priority
 
 __all__ = [
     "CURRENT_SCHEMA_VERSION",
@@ -46,6 +46,7 @@ __all__ = [
     "DeadLetterRetriedEvent",
     "DeadLetteredEvent",
     "DiscardedEvent",
+    "RetentionPassedEvent",
     "DueEvent",
     "DuplicateRejectedEvent",
     "EnqueuedEvent",
@@ -181,11 +182,15 @@ Text = Annotated[str, Field(max_length=1_000_000)]
 Attempt = Annotated[int, Field(ge=0, le=1_000_000)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 JobName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$")]
-QueueName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")]
+QueueName = Annotated[str, Field(pattern=f"^{QUEUE_NAME_RE.pattern}$")]
 
 # --------------------------------------------------------------------------------------------
 # Envelope
 # --------------------------------------------------------------------------------------------
+
+
+#: ``written_by`` of the types only the processor writes (``DERIVED_TYPES`` is read from it).
+DERIVED_WRITER = "processor (derived)"
 
 
 class _Event(BaseModel):
@@ -211,6 +216,16 @@ class _Event(BaseModel):
 
 _ATTEMPT = "0-based attempt number this event is about."
 
+#: Attempt events name the claim they belong to (see the fold's claim check).
+_CLAIM_ID_DOC = (
+    "The claim this event is about: the event_id of the worker's `claimed` event for this attempt. "
+    "The fold accepts it only from the claim it accepted (the job's `claim_id`); an event of a refused or "
+    "older claim is recorded as rejected and decides nothing. None (events written before claim ids "
+    "existed, or by a writer that holds no claim): the attempt number and status are checked as before "
+    "(and, for attempt_started, the worker_id), without the claim check."
+)
+ClaimId = Annotated[EventId | None, Field(description=_CLAIM_ID_DOC)]
+
 
 class EnqueuedEvent(_Event):
     """A job was submitted."""
@@ -234,18 +249,34 @@ class EnqueuedEvent(_Event):
 class ScheduledEvent(_Event):
     """The job waits for its ``run_at`` (derived from an ``enqueued`` with a future run_at)."""
 
-    written_by: ClassVar[str] = "processor (derived)"
+    written_by: ClassVar[str] = DERIVED_WRITER
     type: Literal["scheduled"] = "scheduled"
     run_at: UtcTimestamp = Field(description="When the timer service makes the job due.")
 
 
 class DueEvent(_Event):
-    """A timer fired: a scheduled job's run_at, or a retry's backoff, has passed."""
+    """A timer fired: a scheduled job's run_at, or a retry's backoff, has passed; or a pending job's
+    ready record has waited long enough to be published again (timer ``republish``).
+
+    A ready record is a hint and can be lost (a crash between folding and publishing it, a ready
+    topic's retention). While a job stays pending, the processor re-publishes its ready record
+    after 5 minutes, then after 10, 20, 40 and every 60 minutes (``effects.ReadyRepublish``); a
+    worker that gets a second record of an attempt claimed already is refused by the fold.
+    """
 
     written_by: ClassVar[str] = "timer service"
     type: Literal["due"] = "due"
     attempt: Attempt = Field(description="The attempt that becomes ready (must be the job's current attempt).")
-    timer: Literal["run_at", "retry"] = Field(description="Which timer fired.")
+    timer: Literal["run_at", "retry", "republish"] = Field(
+        description="Which timer fired: run_at (scheduled -> pending), retry (retrying -> pending), or republish "
+        "(pending stays pending and its ready record is published again)."
+    )
+    sequence: Attempt | None = Field(
+        None,
+        description="Timer republish only: which re-publish of this attempt's ready record it is (0 for the first); "
+        "accepted only if it is the job's ready_republishes, so a timer fired twice re-publishes once. None for "
+        "run_at and retry.",
+    )
 
 
 class ClaimedEvent(_Event):
@@ -265,6 +296,7 @@ class AttemptStartedEvent(_Event):
     type: Literal["attempt_started"] = "attempt_started"
     attempt: Attempt = Field(description=_ATTEMPT)
     worker_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="Must be the claiming worker.")
+    claim_id: ClaimId = None
 
 
 class ProgressEvent(_Event):
@@ -275,6 +307,7 @@ class ProgressEvent(_Event):
     attempt: Attempt = Field(description=_ATTEMPT)
     percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = Field(description="0 to 100.")
     message: Annotated[str, Field(max_length=10_000)] = Field("", description="Free text.")
+    claim_id: ClaimId = None
 
 
 class HeartbeatEvent(_Event):
@@ -284,6 +317,7 @@ class HeartbeatEvent(_Event):
     type: Literal["heartbeat"] = "heartbeat"
     attempt: Attempt = Field(description=_ATTEMPT)
     lease_deadline: UtcTimestamp = Field(description="New end of the lease (only a later one counts).")
+    claim_id: ClaimId = None
 
 
 class AttemptSucceededEvent(_Event):
@@ -293,6 +327,7 @@ class AttemptSucceededEvent(_Event):
     type: Literal["attempt_succeeded"] = "attempt_succeeded"
     attempt: Attempt = Field(description=_ATTEMPT)
     result: JsonObject | None = Field(None, description="The dict the handler returned, if any.")
+    claim_id: ClaimId = None
 
 
 class AttemptFailedEvent(_Event):
@@ -305,9 +340,10 @@ class AttemptFailedEvent(_Event):
     message: Text = Field(description="str(exception) or the marker's reason.")
     traceback: Text = Field("", description="Formatted traceback ('' when nothing was raised).")
     retryable: bool = Field(description="False for Cancel, invalid results, and exceptions outside retry_on.")
-    retry_delay_s: Annotated[float, Field(ge=0, le=366 * 24 * 3600.0, allow_inf_nan=False)] | None = Field(
+    retry_delay_s: Annotated[float, Field(ge=0, le=MAX_DELAY_S, allow_inf_nan=False)] | None = Field(
         None, description="Delay chosen by the worker (Retry(delay=...) or a callable backoff); None: the spec's backoff."
     )
+    claim_id: ClaimId = None
 
 
 class AttemptTimedOutEvent(_Event):
@@ -317,6 +353,7 @@ class AttemptTimedOutEvent(_Event):
     type: Literal["attempt_timed_out"] = "attempt_timed_out"
     attempt: Attempt = Field(description=_ATTEMPT)
     timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(description="The timeout that was exceeded.")
+    claim_id: ClaimId = None
 
 
 class LeaseExpiredEvent(_Event):
@@ -331,7 +368,7 @@ class LeaseExpiredEvent(_Event):
 class RetryScheduledEvent(_Event):
     """A failed attempt will be retried after a backoff delay."""
 
-    written_by: ClassVar[str] = "processor (derived)"
+    written_by: ClassVar[str] = DERIVED_WRITER
     type: Literal["retry_scheduled"] = "retry_scheduled"
     attempt: Attempt = Field(description="The next attempt number.")
     due_at: UtcTimestamp = Field(description="When the timer service makes the retry due.")
@@ -341,7 +378,7 @@ class RetryScheduledEvent(_Event):
 class CompletedEvent(_Event):
     """The job finished successfully (terminal)."""
 
-    written_by: ClassVar[str] = "processor (derived)"
+    written_by: ClassVar[str] = DERIVED_WRITER
     type: Literal["completed"] = "completed"
     attempt: Attempt = Field(description="The attempt that succeeded.")
     result: JsonObject | None = Field(None, description="The handler's result.")
@@ -350,7 +387,7 @@ class CompletedEvent(_Event):
 class FailedEvent(_Event):
     """The job failed for good: no retry left, or not retryable. Followed by ``dead_lettered``."""
 
-    written_by: ClassVar[str] = "processor (derived)"
+    written_by: ClassVar[str] = DERIVED_WRITER
     type: Literal["failed"] = "failed"
     attempt: Attempt = Field(description="The last attempt.")
     reason: Text = Field(description="Why it will not be retried.")
@@ -370,7 +407,7 @@ class CancelRequestedEvent(_Event):
 class CancelledEvent(_Event):
     """The job was cancelled (terminal)."""
 
-    written_by: ClassVar[str] = "processor (derived)"
+    written_by: ClassVar[str] = DERIVED_WRITER
     type: Literal["cancelled"] = "cancelled"
     reason: Text = Field("", description="Why.")
 
@@ -386,7 +423,7 @@ class ExpiredEvent(_Event):
 class DeadLetteredEvent(_Event):
     """The job moved to the dead-letter queue (terminal until retried or discarded)."""
 
-    written_by: ClassVar[str] = "processor (derived)"
+    written_by: ClassVar[str] = DERIVED_WRITER
     type: Literal["dead_lettered"] = "dead_lettered"
     reason: Text = Field(description="Why: attempts exhausted, not retryable, or expired.")
     error_type: Annotated[str, Field(max_length=500)] = Field("", description="The last error's type ('' if none).")
@@ -417,10 +454,27 @@ class DiscardedEvent(_Event):
     reason: Text = Field("", description="Why.")
 
 
+class RetentionPassedEvent(_Event):
+    """A retention the processor armed has passed (``attempt`` is the job's attempt when it was armed).
+
+    ``scope="dead_letter"``: the job was dead-lettered for its dead-letter retention without being
+    retried, so it is discarded. ``scope="finished"``: the job has been finished (completed,
+    cancelled or discarded) for ``retain_completed``, so the processor forgets it: its state
+    leaves the table and the changelog, its idempotency key is free again, and its history stays
+    in the event log and ClickHouse.
+    """
+
+    written_by: ClassVar[str] = "timer service"
+    type: Literal["retention_passed"] = "retention_passed"
+    attempt: Attempt = Field(description="The job's attempt when the retention was armed.")
+    scope: Literal["dead_letter", "finished"] = Field(description="Which retention passed.")
+    due_at: UtcTimestamp = Field(description="When it passed (the timer's due time); later than the job's finished_at.")
+
+
 class DuplicateRejectedEvent(_Event):
     """A second ``enqueued`` for an existing job id (same idempotency key) was refused."""
 
-    written_by: ClassVar[str] = "processor (derived)"
+    written_by: ClassVar[str] = DERIVED_WRITER
     type: Literal["duplicate_rejected"] = "duplicate_rejected"
     idempotency_key: str | None = Field(None, description="The key of the refused enqueue.")
     duplicate_event_id: EventId = Field(description="event_id of the refused enqueued event.")
@@ -448,6 +502,7 @@ JobEvent = Annotated[
         DeadLetteredEvent,
         DeadLetterRetriedEvent,
         DiscardedEvent,
+        RetentionPassedEvent,
         DuplicateRejectedEvent,
     ],
     Field(discriminator="type"),
@@ -464,7 +519,7 @@ EVENT_TYPES: dict[str, type[_Event]] = {
 #: Types only the processor writes, as consequences of another event. When they come back
 #: through the log, ``apply`` recognises them as already reflected in the state.
 DERIVED_TYPES: frozenset[str] = frozenset(
-    {"scheduled", "retry_scheduled", "completed", "failed", "cancelled", "dead_lettered", "duplicate_rejected"}
+    type_ for type_, cls in EVENT_TYPES.items() if cls.written_by == DERIVED_WRITER
 )
 
 Event = _Event  # the common base, for isinstance checks and type hints

@@ -19,8 +19,15 @@ live processor end in identical states.
 Idempotency does not hang on remembering ids. Each accepted event moves the job somewhere it
 cannot accept that same event again: attempt numbers only grow, heartbeats must extend the
 lease, progress must be newer, operator actions name the dead-letter entry they act on, a TTL
-is disarmed once the job is retried from the dead-letter queue. The few recent ids kept in the
-state only make ``duplicate`` (rather than a "stale" rejection) precise for near redeliveries.
+is disarmed once the job is retried from the dead-letter queue, a republish timer names the
+re-publish it performs. The few recent ids kept in the state only make ``duplicate`` (rather
+than a "stale" rejection) precise for near redeliveries.
+
+Fenced attempts: the accepted ``claimed`` event's id becomes the job's ``claim_id``, and the
+worker's attempt events (started, progress, heartbeat, outcome) carry the claim they belong to.
+A worker whose claim was refused (another worker claimed the attempt first, e.g. from a
+redelivered or re-published ready record) may still run the handler, but its events are
+rejected, so only the accepted claim decides the attempt.
 
 Performance: the state and derived events are built without re-validation (everything that
 goes into them was validated when the triggering event was decoded); the tests check that such
@@ -35,6 +42,7 @@ from typing import Any, NamedTuple
 from eventjobs.core.clock import add_seconds, format_utc_ms
 from eventjobs.core.events import (
     DERIVED_TYPES,
+    EVENT_TYPES,
     AttemptFailedEvent,
     AttemptTimedOutEvent,
     CancelledEvent,
@@ -53,6 +61,7 @@ from eventjobs.core.ids import derived_event_id
 from eventjobs.core.options import JobOptionsSpec, backoff_delay_s
 from eventjobs.core.state import (
     ACCEPTING_STATUSES,
+    ACTIVE_STATUSES,
     RECENT_EVENT_IDS,
     TERMINAL_STATUSES,
     ErrorInfo,
@@ -74,7 +83,11 @@ DISCARDED = JobStatus.DISCARDED
 
 
 class Decision(NamedTuple):
-    """What ``apply`` decided for one event."""
+    """What ``apply`` decided for one event.
+
+    ``state`` is None, with nothing rejected, when the job is forgotten: its ``finished``
+    retention passed, so it leaves the state table (see ``RetentionPassedEvent``).
+    """
 
     state: JobState | None
     derived: tuple[JobEvent, ...] = ()
@@ -107,15 +120,7 @@ def _build(cls: type[Any], data: dict[str, Any], fields: frozenset[str]) -> Any:
     return obj
 
 
-_DERIVED_CLASSES = (
-    ScheduledEvent,
-    RetryScheduledEvent,
-    CompletedEvent,
-    FailedEvent,
-    CancelledEvent,
-    DeadLetteredEvent,
-    DuplicateRejectedEvent,
-)
+_DERIVED_CLASSES = tuple(EVENT_TYPES[type_] for type_ in sorted(DERIVED_TYPES))
 _EVENT_FIELDS = {cls: frozenset(cls.model_fields) for cls in _DERIVED_CLASSES}
 _TYPE_OF = {cls: cls.model_fields["type"].default for cls in _DERIVED_CLASSES}
 
@@ -187,13 +192,29 @@ def _not_accepted(state: JobState, event: Event) -> Decision:
 
 def _outside_the_active_attempt(state: JobState, event: Any) -> Decision | None:
     """Why an event about an attempt's run does not apply (None: it does): it must be about the
-    current attempt, while that attempt is claimed or running."""
+    current attempt, while that attempt is claimed or running, and come from the accepted claim.
+
+    The claim check applies when both the event and the state name a claim: an event without
+    ``claim_id`` (written before claim ids existed; ``lease_expired`` has none) and a state whose
+    claim was folded before them are checked by attempt and status only, as they always were.
+    """
     if event.attempt != state.attempt:
         return _stale_attempt(state, event)
     status = state.status
-    if status is not CLAIMED and status is not RUNNING:
+    if status not in ACTIVE_STATUSES:
         return _not_accepted(state, event)
+    claim_id = event.__dict__.get("claim_id")
+    if claim_id is not None and claim_id != state.claim_id and state.claim_id is not None:
+        return _foreign_claim(state, claim_id)
     return None
+
+
+def _foreign_claim(state: JobState, claim_id: str) -> Decision:
+    return _reject(
+        state,
+        f"claim {claim_id} is not the accepted claim of attempt {state.attempt} (claim {state.claim_id} "
+        f"of worker {state.worker_id}); recorded, no effect",
+    )
 
 
 def _stale_attempt(state: JobState, event: Any) -> Decision:
@@ -245,6 +266,7 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
         "status": SCHEDULED if scheduled else PENDING,
         "attempt": 0,
         "attempts_started": 0,
+        "ready_republishes": 0,
         "max_attempts": options.max_attempts,
         "enqueued_at": occurred_at,
         "run_at": run_at,
@@ -252,6 +274,7 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
         "expires_at": expires_at,
         "lease_deadline": None,
         "worker_id": None,
+        "claim_id": None,
         "started_at": None,
         "finished_at": None,
         "updated_at": occurred_at,
@@ -290,16 +313,27 @@ def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
 
 def _on_due(state: JobState, event: Any, actor: str) -> Decision:
     status = state.status
-    if status is not SCHEDULED and status is not RETRYING:
+    if status is not SCHEDULED and status is not RETRYING and status is not PENDING:
         return _not_accepted(state, event)
     if event.attempt != state.attempt:
         return _stale_attempt(state, event)
-    expected = "run_at" if status is SCHEDULED else "retry"
+    expected = "run_at" if status is SCHEDULED else "retry" if status is RETRYING else "republish"
     if event.timer != expected:
         return _reject(state, f"a '{event.timer}' timer does not apply to a {status.value} job (expects '{expected}')")
     data = state.__dict__.copy()
+    if status is PENDING:  # the ready record waited long enough: effects publish it again
+        if event.sequence != state.ready_republishes:
+            return _reject(
+                state,
+                f"republish timer {event.sequence} of attempt {state.attempt} is stale: its ready record was "
+                f"re-published {state.ready_republishes} time(s); recorded, no effect",
+            )
+        data["ready_republishes"] = state.ready_republishes + 1
+        return _accept(state, event, data)
     data["status"] = PENDING
     data["next_due_at"] = None
+    if state.ready_republishes:
+        data["ready_republishes"] = 0  # counted per attempt
     return _accept(state, event, data)
 
 
@@ -308,7 +342,7 @@ def _on_claimed(state: JobState, event: Any, actor: str) -> Decision:
         return _stale_attempt(state, event)
     status = state.status
     if status is not PENDING:
-        if status is CLAIMED or status is RUNNING:
+        if status in ACTIVE_STATUSES:
             return _reject(state, f"attempt {state.attempt} is already claimed by {state.worker_id}")
         return _not_accepted(state, event)
     if event.lease_deadline <= event.occurred_at:
@@ -316,8 +350,11 @@ def _on_claimed(state: JobState, event: Any, actor: str) -> Decision:
     data = state.__dict__.copy()
     data["status"] = CLAIMED
     data["worker_id"] = event.worker_id
+    data["claim_id"] = event.event_id  # the worker's attempt events must name this claim
     data["lease_deadline"] = event.lease_deadline
     data["attempts_started"] = state.attempts_started + 1
+    if state.expires_at is not None:
+        data["expires_at"] = None  # started in time: the ttl only limits the wait for the first start
     if state.progress_at is not None:
         data["progress_percent"] = data["progress_message"] = data["progress_at"] = data["progress_event_id"] = None
     return _accept(state, event, data)
@@ -328,6 +365,9 @@ def _on_attempt_started(state: JobState, event: Any, actor: str) -> Decision:
         return _stale_attempt(state, event)
     if state.status is not CLAIMED:
         return _not_accepted(state, event)
+    claim_id = event.claim_id
+    if claim_id is not None and claim_id != state.claim_id and state.claim_id is not None:
+        return _foreign_claim(state, claim_id)
     if event.worker_id != state.worker_id:
         return _reject(state, f"attempt {state.attempt} is claimed by {state.worker_id}, not {event.worker_id}")
     data = state.__dict__.copy()
@@ -451,7 +491,7 @@ def _on_cancel_requested(state: JobState, event: Any, actor: str) -> Decision:
         data["reason"] = reason
         data["next_due_at"] = None
         return _accept(state, event, data, (cancelled,))
-    if status is CLAIMED or status is RUNNING:
+    if status in ACTIVE_STATUSES:
         if state.cancel_requested:
             return _reject(state, "cancel already requested; the running attempt decides when it ends")
         data = state.__dict__.copy()
@@ -463,12 +503,10 @@ def _on_cancel_requested(state: JobState, event: Any, actor: str) -> Decision:
 
 def _on_expired(state: JobState, event: Any, actor: str) -> Decision:
     status = state.status
-    if status is not PENDING and status is not SCHEDULED and status is not RETRYING:
+    if status is not PENDING and status is not SCHEDULED:
         return _not_accepted(state, event)
-    if state.expires_at is None:
-        return _reject(state, "no ttl is armed for this job (none set, or it was retried from the dead-letter queue)")
-    if status is not RETRYING and state.attempts_started:
-        return _reject(state, f"job already started ({state.attempts_started} attempt(s)); ttl only limits the wait")
+    if state.expires_at is None or state.attempts_started:
+        return _reject(state, "no ttl is armed for this job (none set, already started, or retried from the dead-letter queue)")
     reason = f"expired: ttl of {state.options.ttl_s or 0.0:g} s passed before the job started"
     last = state.last_error
     dead = _derive(
@@ -490,6 +528,30 @@ def _on_expired(state: JobState, event: Any, actor: str) -> Decision:
     data["next_due_at"] = None
     data["dead_letter_event_id"] = dead.event_id
     return _accept(state, event, data, (dead,))
+
+
+def _on_retention_passed(state: JobState, event: Any, actor: str) -> Decision:
+    if event.attempt != state.attempt:
+        return _stale_attempt(state, event)
+    finished_at = state.finished_at
+    if finished_at is not None and event.due_at <= finished_at:
+        # armed for an earlier finish of this job id (an idempotency key reused after a purge)
+        return _reject(state, f"retention due at {format_utc_ms(event.due_at)} was armed before the job last finished")
+    status = state.status
+    if event.scope == "dead_letter":
+        if status is not DEAD_LETTERED:
+            return _not_accepted(state, event)
+        data = state.__dict__.copy()
+        data["status"] = DISCARDED
+        data["finished_at"] = event.occurred_at
+        data["reason"] = "discarded: its dead-letter retention passed without a retry"
+        return _accept(state, event, data)
+    if status is DEAD_LETTERED or status not in TERMINAL_STATUSES:
+        return _reject(state, f"job is {status.value}: only a completed, cancelled or discarded job is forgotten")
+    return _FORGET
+
+
+_FORGET = _tuple_new(Decision, (None, (), None, False))
 
 
 def _dead_letter_entry_mismatch(state: JobState, event: Any) -> Decision | None:
@@ -516,6 +578,8 @@ def _on_dead_letter_retried(state: JobState, event: Any, actor: str) -> Decision
         max_attempts=attempt + state.options.max_attempts,
         lease_deadline=None,
         worker_id=None,
+        claim_id=None,
+        ready_republishes=0,
         next_due_at=None,
         expires_at=None,
         finished_at=None,
@@ -572,6 +636,7 @@ _HANDLERS: dict[str, _Handler] = {
     "expired": _on_expired,
     "dead_letter_retried": _on_dead_letter_retried,
     "discarded": _on_discarded,
+    "retention_passed": _on_retention_passed,
     **{type_: _on_derived for type_ in DERIVED_TYPES},
 }
 
@@ -611,6 +676,8 @@ def replay(
         decision = apply(states.get(event.job_id), event, actor)
         if decision.state is not None:
             states[event.job_id] = decision.state
+        elif decision.rejected is None:
+            states.pop(event.job_id, None)  # forgotten: its retention passed
         yield event, decision
 
 
@@ -621,7 +688,9 @@ def fold(
     result: dict[str, JobState] = dict(states) if states else {}
     get = result.get
     for event in events:
-        new = apply(get(event.job_id), event, actor).state
-        if new is not None:
-            result[event.job_id] = new
+        decision = apply(get(event.job_id), event, actor)
+        if decision.state is not None:
+            result[event.job_id] = decision.state
+        elif decision.rejected is None:
+            result.pop(event.job_id, None)  # forgotten: its retention passed
     return result

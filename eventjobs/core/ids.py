@@ -75,6 +75,17 @@ def new_job_id() -> str:
     return _canonical(_uuid7_hex())
 
 
+def created_ms(job_id: str) -> int | None:
+    """When a `new_job_id()` id was made (Unix ms, the creator's clock); None for other ids
+    (e.g. those of `job_id_for_key`, which carry no time)."""
+    if len(job_id) != 36 or job_id[14] != "7":
+        return None
+    try:
+        return int(job_id[:8] + job_id[9:13], 16)
+    except ValueError:
+        return None
+
+
 def job_id_for_key(namespace: str, idempotency_key: str) -> str:
     """The job id for an idempotency key: the same (namespace, key) always gives the same id.
 

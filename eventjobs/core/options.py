@@ -31,6 +31,8 @@ from eventjobs.core.clock import add_seconds, utc_ms
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_QUEUE",
+    "MAX_DELAY_S",
+    "QUEUE_NAME_RE",
     "DEFAULT_TIMEOUT_S",
     "BackoffSpec",
     "CallableBackoff",
@@ -52,7 +54,7 @@ DEFAULT_MAX_ATTEMPTS = 20
 DEFAULT_TIMEOUT_S = 30.0
 QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 CAPABILITY_RE = re.compile(r"[A-Za-z0-9._:-]{1,100}")
-_MAX_DELAY_S = 366 * 24 * 3600.0  # a year: anything longer is a mistake, not a backoff
+MAX_DELAY_S = 366 * 24 * 3600.0  # a year: anything longer is a mistake, not a backoff
 
 
 class InvalidJobOptions(ValueError):
@@ -94,7 +96,7 @@ _PRIORITY_RANK = {Priority.CRITICAL: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Pr
 # Backoff policies (serializable: they travel inside the enqueued event)
 # --------------------------------------------------------------------------------------------
 
-_Seconds = Annotated[float, Field(ge=0, le=_MAX_DELAY_S, allow_inf_nan=False)]
+_Seconds = Annotated[float, Field(ge=0, le=MAX_DELAY_S, allow_inf_nan=False)]
 _Jitter = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
@@ -130,7 +132,7 @@ class ExponentialBackoff(_Backoff):
     """``min(base_s * 2**attempt, cap_s)``: 1 s, 2 s, 4 s ... capped at 300 s by default."""
 
     kind: Literal["exponential"] = "exponential"
-    base_s: Annotated[float, Field(gt=0, le=_MAX_DELAY_S, allow_inf_nan=False)] = Field(
+    base_s: Annotated[float, Field(gt=0, le=MAX_DELAY_S, allow_inf_nan=False)] = Field(
         1.0, description="Delay after attempt 0, doubled for each further attempt."
     )
     cap_s: _Seconds = Field(300.0, description="Upper bound of the delay.")
@@ -150,7 +152,7 @@ class LinearBackoff(_Backoff):
 
     def base_seconds(self, attempt: int) -> float:
         delay = self.step_s * (max(attempt, 0) + 1)
-        return min(delay, self.cap_s) if self.cap_s is not None else min(delay, _MAX_DELAY_S)
+        return min(delay, self.cap_s) if self.cap_s is not None else min(delay, MAX_DELAY_S)
 
 
 class ConstantBackoff(_Backoff):
@@ -245,6 +247,9 @@ class JobOptionsSpec(BaseModel):
     ttl_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="Seconds the job may wait before it starts; then it expires."
     )
+    dead_letter_retention_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="Seconds a dead-lettered job stays retryable before it is discarded (None: the processor's default)."
+    )
     retry_on: tuple[str, ...] = Field(
         ("Exception",), description="Exception type names that retry; anything else fails at once."
     )
@@ -284,6 +289,7 @@ class JobOptions(BaseModel):
     timeout: float = DEFAULT_TIMEOUT_S
     priority: Priority = Priority.NORMAL
     ttl: float | None = None
+    dead_letter_retention: float | None = None
     idempotency_key: str | Callable[[Mapping[str, Any]], str] | None = None
     run_at: datetime | None = None
     delay: float | None = None
@@ -291,7 +297,7 @@ class JobOptions(BaseModel):
 
     _KNOWN: ClassVar[tuple[str, ...]] = (
         "queue", "max_attempts", "backoff", "retry_on", "timeout", "priority", "ttl",
-        "idempotency_key", "run_at", "delay", "capabilities",
+        "dead_letter_retention", "idempotency_key", "run_at", "delay", "capabilities",
     )  # fmt: skip
 
     def __init__(self, **data: Any) -> None:
@@ -365,6 +371,11 @@ class JobOptions(BaseModel):
     @classmethod
     def _check_ttl(cls, value: Any) -> float | None:
         return _seconds("ttl", value, allow_zero=False)
+
+    @field_validator("dead_letter_retention", mode="before")
+    @classmethod
+    def _check_dead_letter_retention(cls, value: Any) -> float | None:
+        return _seconds("dead_letter_retention", value, allow_zero=False)
 
     @field_validator("delay", mode="before")
     @classmethod
@@ -453,6 +464,7 @@ class JobOptions(BaseModel):
             backoff=self.backoff_spec(),
             timeout_s=self.timeout,
             ttl_s=self.ttl,
+            dead_letter_retention_s=self.dead_letter_retention,
             retry_on=self.retry_on,
             capabilities=self.capabilities,
         )

@@ -6,6 +6,8 @@ event, by the same rules in every worker, and this is easy to get subtly wrong i
 loop full of I/O. Here it is one pure function, tested on its own:
 
 * returns ``None`` or a dict                  -> ``attempt_succeeded`` (the dict is the result)
+* returns a dict over the result budget       -> ``attempt_failed`` ``ResultTooLarge``, not retryable
+  (``eventjobs.core.limits``: the size and the limit are in the message)
 * returns anything else                       -> ``attempt_failed``, not retryable
   ("handler returned int; return None or a dict")
 * returns or raises ``Retry(reason, delay)``  -> ``attempt_failed``, retryable (``delay`` overrides the backoff)
@@ -17,6 +19,9 @@ and what happens to an attempt through the worker rather than the handler
 (``worker_failure_event``): no handler registered for the name, a cancel seen while running, a
 result that cannot be written (all not retryable), the worker shutting down (retryable: not the
 job's fault).
+
+An error's message and traceback are truncated to their budgets (marked, with the original
+length), so no error is too large to be recorded.
 
 Whether a retryable failure is really retried (attempts left? cancel requested?) is decided by
 ``fold.apply``, not here.
@@ -35,11 +40,18 @@ import orjson
 
 from eventjobs.core.events import AttemptFailedEvent, AttemptSucceededEvent, check_json_object
 from eventjobs.core.ids import new_event_id
-from eventjobs.core.options import exception_type_name, matches_retry_on
+from eventjobs.core.limits import DEFAULT_MAX_EVENT_BYTES, MAX_ERROR_TYPE_CHARS, size_limits, truncate_text
+from eventjobs.core.options import MAX_DELAY_S, exception_type_name, matches_retry_on
 
-__all__ = ["Cancel", "Retry", "WorkerFailure", "outcome_event", "worker_failure_event"]
-
-_MAX_DELAY_S = 366 * 24 * 3600.0
+__all__ = [
+    "Cancel",
+    "Retry",
+    "WorkerFailure",
+    "attempt_failed_event",
+    "attempt_succeeded_event",
+    "outcome_event",
+    "worker_failure_event",
+]
 
 
 class Retry(Exception):
@@ -53,7 +65,7 @@ class Retry(Exception):
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
                 raise ValueError(f"Retry delay must be a number of seconds >= 0, got {delay!r}")
-            delay = float(min(delay, _MAX_DELAY_S))
+            delay = float(min(delay, MAX_DELAY_S))
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
@@ -89,6 +101,57 @@ def _format_traceback(exc: BaseException) -> str:
     return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
 
 
+def attempt_succeeded_event(
+    job_id: str,
+    attempt: int,
+    result: dict[str, Any] | None,
+    *,
+    occurred_at: datetime,
+    actor: str,
+    causation_id: str | None = None,
+    event_id: str | None = None,
+    claim_id: str | None = None,
+) -> AttemptSucceededEvent:
+    """The ``attempt_succeeded`` event: ``attempt`` returned ``result`` (under the claim ``claim_id``)."""
+    return AttemptSucceededEvent(
+        event_id=event_id or new_event_id(), job_id=job_id, occurred_at=occurred_at, causation_id=causation_id,
+        actor=actor, attempt=attempt, result=result, claim_id=claim_id,
+    )
+
+
+def attempt_failed_event(
+    job_id: str,
+    attempt: int,
+    *,
+    error_type: str,
+    message: str,
+    traceback: str,
+    retryable: bool,
+    retry_delay_s: float | None = None,
+    occurred_at: datetime,
+    actor: str,
+    causation_id: str | None = None,
+    event_id: str | None = None,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    claim_id: str | None = None,
+) -> AttemptFailedEvent:
+    """The ``attempt_failed`` event: ``attempt`` failed with this error (under the claim ``claim_id``).
+
+    The message and the traceback are truncated to their budgets for ``max_event_bytes``
+    (``eventjobs.core.limits``: the start is kept, and of a traceback also the end, with the
+    original length), so the event, the ``failed`` / ``dead_lettered`` events derived from it,
+    the job's state and its dead-letter record all fit the limit, however large the error was.
+    """
+    limits = size_limits(max_event_bytes)
+    return AttemptFailedEvent(
+        event_id=event_id or new_event_id(), job_id=job_id, occurred_at=occurred_at, causation_id=causation_id,
+        actor=actor, attempt=attempt, error_type=error_type[:MAX_ERROR_TYPE_CHARS] or "Error",
+        message=truncate_text(message, limits.error_message_bytes),
+        traceback=truncate_text(traceback, limits.traceback_bytes, keep_end=True),
+        retryable=retryable, retry_delay_s=retry_delay_s, claim_id=claim_id,
+    )
+
+
 def outcome_event(
     outcome: Any,
     *,
@@ -100,36 +163,40 @@ def outcome_event(
     causation_id: str | None = None,
     event_id: str | None = None,
     backoff: Callable[[int], float] | None = None,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    claim_id: str | None = None,
 ) -> AttemptSucceededEvent | AttemptFailedEvent:
     """Map a handler's return value, or the exception it raised, to the attempt's event.
 
     ``outcome`` is what the handler returned, or the exception it raised. ``retry_on`` are the
     job's exception type names. ``backoff`` is the job's callable backoff, if it has one: the
     worker is the only place user code can run, so its value for this attempt is put in
-    ``retry_delay_s``. ``event_id`` defaults to a new UUIDv7.
+    ``retry_delay_s``. ``event_id`` defaults to a new UUIDv7. ``max_event_bytes`` is the
+    configured limit: a result over its budget fails the attempt (``ResultTooLarge``, not
+    retryable), an error message or traceback over its budget is truncated.
     """
     envelope: dict[str, Any] = {
         "event_id": event_id or new_event_id(),
-        "job_id": job_id,
         "occurred_at": occurred_at,
         "causation_id": causation_id,
         "actor": actor,
-        "attempt": attempt,
+        "claim_id": claim_id,
     }
 
     def failed(error_type: str, message: str, tb: str, retryable: bool, delay: float | None = None) -> AttemptFailedEvent:
         if retryable and delay is None and backoff is not None:
             delay = _callable_delay(backoff, attempt)
-        return AttemptFailedEvent(
-            **envelope, error_type=error_type, message=message, traceback=tb, retryable=retryable, retry_delay_s=delay
+        return attempt_failed_event(
+            job_id, attempt, error_type=error_type, message=message, traceback=tb, retryable=retryable,
+            retry_delay_s=delay, max_event_bytes=max_event_bytes, **envelope,
         )
 
     if outcome is None or type(outcome) is dict:
         if outcome is not None:
-            problem = _result_problem(outcome)
+            problem = _result_problem(outcome, max_event_bytes)
             if problem:
-                return failed("InvalidHandlerResult", problem, "", False)
-        return AttemptSucceededEvent(**envelope, result=outcome)
+                return failed(*problem, "", False)
+        return attempt_succeeded_event(job_id, attempt, outcome, **envelope)
     if isinstance(outcome, Retry):
         tb = _format_traceback(outcome) if outcome.__traceback__ is not None else ""
         return failed("Retry", outcome.reason or "handler asked to retry", tb, True, outcome.delay)
@@ -145,13 +212,20 @@ def outcome_event(
     )
 
 
-def _result_problem(result: dict[str, Any]) -> str | None:
-    """Why a returned dict cannot be stored as a result (None if it can)."""
+def _result_problem(result: dict[str, Any], max_event_bytes: int) -> tuple[str, str] | None:
+    """(error type, message) saying why a returned dict cannot be stored as a result (None if it can)."""
     try:
         check_json_object(result)
-        orjson.dumps(result)
+        size = len(orjson.dumps(result))
     except (ValueError, TypeError) as exc:
-        return f"handler result is not a JSON object: {exc}"
+        return "InvalidHandlerResult", f"handler result is not a JSON object: {exc}"
+    limit = size_limits(max_event_bytes).result_bytes
+    if size > limit:
+        return "ResultTooLarge", (
+            f"handler result is {size:,} bytes as JSON, over the limit of {limit:,} for a result "
+            f"(3/8 of what max_event_bytes {max_event_bytes:,} leaves after its reserve); store large data "
+            f"elsewhere and return a reference"
+        )
     return None
 
 
@@ -163,7 +237,7 @@ def _callable_delay(backoff: Callable[[int], float], attempt: int) -> float | No
         return None
     if not math.isfinite(seconds) or seconds < 0:
         return None
-    return min(seconds, _MAX_DELAY_S)
+    return min(seconds, MAX_DELAY_S)
 
 
 class WorkerFailure(str, enum.Enum):
@@ -171,7 +245,7 @@ class WorkerFailure(str, enum.Enum):
 
     UNKNOWN_JOB = "UnknownJob"  # no handler for the name here: another attempt would find none either
     CANCELLED = "Cancelled"  # a cancel was requested while it ran; stopped at a heartbeat
-    INVALID_RESULT = "InvalidHandlerResult"  # the returned result cannot be written (e.g. too large)
+    INVALID_RESULT = "InvalidHandlerResult"  # the attempt's outcome cannot be written
     WORKER_SHUTDOWN = "WorkerShutdown"  # the worker stopped before the handler finished
 
     @property
@@ -189,9 +263,11 @@ def worker_failure_event(
     actor: str,
     traceback: str = "",
     event_id: str | None = None,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    claim_id: str | None = None,
 ) -> AttemptFailedEvent:
     """The ``attempt_failed`` event for an attempt the worker ended (retryable per ``kind``)."""
-    return AttemptFailedEvent(
-        event_id=event_id or new_event_id(), job_id=job_id, occurred_at=occurred_at, actor=actor, attempt=attempt,
-        error_type=kind.value, message=message, traceback=traceback, retryable=kind.retryable,
+    return attempt_failed_event(
+        job_id, attempt, error_type=kind.value, message=message, traceback=traceback, retryable=kind.retryable,
+        occurred_at=occurred_at, actor=actor, event_id=event_id, max_event_bytes=max_event_bytes, claim_id=claim_id,
     )

@@ -3,8 +3,9 @@
 Why this module exists: property tests, the fold benchmark and load tests all need realistic
 logs (many jobs interleaved, retries, lease losses, cancellations, dead letters, operator
 actions) that are valid by construction. The simulator plays every writer (producer, worker,
-timer service, operator) against the real ``apply``, so a log contains exactly what a healthy
-system would write, including the processor's derived events right after their cause.
+timer service, operator) with the core's event builders against the real ``apply``, so a log
+contains exactly what a healthy system would write, including the processor's derived events
+right after their cause.
 
 Everything is a pure function of the ``random.Random`` it is given: ids and times included.
 """
@@ -12,29 +13,13 @@ Everything is a pure function of the ``random.Random`` it is given: ids and time
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from eventjobs.core.clock import add_seconds
-from eventjobs.core.events import (
-    AttemptFailedEvent,
-    AttemptStartedEvent,
-    AttemptSucceededEvent,
-    AttemptTimedOutEvent,
-    CancelRequestedEvent,
-    ClaimedEvent,
-    DeadLetterRetriedEvent,
-    DiscardedEvent,
-    DueEvent,
-    EnqueuedEvent,
-    ExpiredEvent,
-    HeartbeatEvent,
-    JobEvent,
-    LeaseExpiredEvent,
-    ProgressEvent,
-)
+from eventjobs.core import commands
+from eventjobs.core.events import JobEvent
 from eventjobs.core.fold import apply
 from eventjobs.core.options import (
     ConstantBackoff,
@@ -44,11 +29,13 @@ from eventjobs.core.options import (
     NoBackoff,
     Priority,
 )
+from eventjobs.core.outcome import attempt_failed_event, attempt_succeeded_event
 from eventjobs.core.state import JobState, JobStatus
 
 __all__ = ["SimulationProfile", "generate_log", "job_lifecycle", "sim_id"]
 
 EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+OPERATOR = "operator:sim"
 
 
 def sim_id(rng: random.Random, at: datetime) -> str:
@@ -123,20 +110,20 @@ def job_lifecycle(
         now = now + timedelta(milliseconds=rng.randint(1, max_ms))
         return now
 
-    def env() -> dict[str, Any]:
-        return {"event_id": sim_id(rng, now), "job_id": job_id, "occurred_at": now}
+    def new_id() -> str:
+        return sim_id(rng, now)
 
-    job_id = sim_id(rng, now)
-    run_at = add_seconds(now, rng.choice([5, 60, 3600])) if rng.random() < profile.scheduled else None
-    first = EnqueuedEvent(
-        **env(),
+    job_id = new_id()
+    if rng.random() < profile.scheduled:
+        options = options.merged(delay=rng.choice([5, 60, 3600]))
+    first = commands.enqueue(
+        name,
+        args if args is not None else {"n": rng.randint(0, 10**6), "to": f"user{rng.randint(0, 999)}@example.com"},
+        options,
+        now=now,
         actor="producer:sim:1",
-        name=name,
-        queue=options.queue,
-        args=args if args is not None else {"n": rng.randint(0, 10**6), "to": f"user{rng.randint(0, 999)}@example.com"},
-        options=options.to_spec(),
-        run_at=run_at,
-        priority=options.priority,
+        job_id=job_id,
+        event_id=new_id(),
     )
     pending: list[JobEvent] = [first]
     dlq_retried = False
@@ -144,7 +131,7 @@ def job_lifecycle(
     for _ in range(max_steps):
         if not pending:
             assert state is not None
-            event = _next_event(rng, state, profile, env, tick, actor_w, dlq_retried)
+            event = _next_event(rng, state, profile, new_id, tick, actor_w, dlq_retried)
             if event is None:
                 return
             if event.type == "dead_letter_retried":
@@ -165,83 +152,82 @@ def _next_event(
     rng: random.Random,
     state: JobState,
     p: SimulationProfile,
-    env: Any,
-    tick: Any,
+    new_id: Callable[[], str],
+    tick: Callable[..., datetime],
     worker: str,
     dlq_retried: bool,
 ) -> JobEvent | None:
+    """The next event a producer, worker, timer or operator writes for the job, built by the core."""
     status = state.status
-    attempt = state.attempt
     if status in (JobStatus.SCHEDULED, JobStatus.PENDING, JobStatus.RETRYING):
         roll = rng.random()
         if roll < p.cancel:
-            tick()
-            return CancelRequestedEvent(**env(), actor="operator:sim", reason="no longer needed")
+            return commands.cancel_request(state, "no longer needed", now=tick(), actor=OPERATOR, event_id=new_id())
         can_expire = state.expires_at is not None and (status is JobStatus.RETRYING or state.attempts_started == 0)
         if can_expire and rng.random() < p.expire:
-            tick()
-            return ExpiredEvent(**env(), actor="timer:0", reason="ttl passed")
+            return commands.expire(state, now=tick(), actor="timer:0", event_id=new_id())
         if status is JobStatus.PENDING:
-            at = tick()
-            return ClaimedEvent(
-                **env(), actor=worker, attempt=attempt, worker_id=worker[7:], lease_deadline=add_seconds(at, state.options.timeout_s + 30)
-            )
-        tick(50)
-        if status is JobStatus.SCHEDULED:
-            return DueEvent(**env(), actor="timer:0", attempt=attempt, timer="run_at")
-        return DueEvent(**env(), actor="timer:0", attempt=attempt, timer="retry")
+            return commands.claim(state, worker_id=worker[7:], now=tick(), actor=worker, event_id=new_id())
+        return commands.due(state, now=tick(50), actor="timer:0", event_id=new_id())
 
     if status is JobStatus.CLAIMED:
         if rng.random() < p.lease_loss:
-            deadline = state.lease_deadline
-            assert deadline is not None
-            tick(50)
-            return LeaseExpiredEvent(**{**env(), "occurred_at": max(deadline, env()["occurred_at"])}, actor="timer:0", attempt=attempt, lease_deadline=deadline)
-        tick(200)
-        return AttemptStartedEvent(**env(), actor=worker, attempt=attempt, worker_id=state.worker_id or worker[7:])
+            return _lease_lost(state, tick(50), new_id)
+        return commands.attempt_started(state, now=tick(200), actor=worker, event_id=new_id())
 
     if status is JobStatus.RUNNING:
         if not state.cancel_requested and rng.random() < p.cancel:
-            tick()
-            return CancelRequestedEvent(**env(), actor="operator:sim", reason="stop it")
+            return commands.cancel_request(state, "stop it", now=tick(), actor=OPERATOR, event_id=new_id())
         if rng.random() < p.heartbeats / (1 + p.heartbeats):
-            at = tick(5000)
-            return HeartbeatEvent(**env(), actor=worker, attempt=attempt, lease_deadline=add_seconds(at, state.options.timeout_s + 30))
+            return commands.heartbeat(state, now=tick(5000), actor=worker, event_id=new_id())
         if rng.random() < p.progress / (1 + p.progress):
-            tick(1000)
-            return ProgressEvent(**env(), actor=worker, attempt=attempt, percent=float(rng.randint(0, 100)), message="working")
+            at = tick(1000)
+            return commands.progress(state, float(rng.randint(0, 100)), "working", now=at, actor=worker, event_id=new_id())
         if rng.random() < p.lease_loss:
-            deadline = state.lease_deadline
-            assert deadline is not None
-            tick(50)
-            return LeaseExpiredEvent(**{**env(), "occurred_at": max(deadline, env()["occurred_at"])}, actor="timer:0", attempt=attempt, lease_deadline=deadline)
-        tick(3000)
-        if rng.random() < p.succeed:
-            result = {"ok": True, "n": rng.randint(0, 1000)} if rng.random() < 0.5 else None
-            return AttemptSucceededEvent(**env(), actor=worker, attempt=attempt, result=result)
-        if rng.random() < p.timeout:
-            return AttemptTimedOutEvent(**env(), actor=worker, attempt=attempt, timeout_s=state.options.timeout_s)
-        retryable = rng.random() < p.retryable
-        return AttemptFailedEvent(
-            **env(),
-            actor=worker,
-            attempt=attempt,
-            error_type="ConnectionError" if retryable else "ValueError",
-            message="connection reset by peer" if retryable else "bad input",
-            traceback='Traceback (most recent call last):\n  File "tasks.py", line 12, in send\n    raise exc\n',
-            retryable=retryable,
-            retry_delay_s=rng.choice([None, None, None, 0.5]) if retryable else None,
-        )
+            return _lease_lost(state, tick(50), new_id)
+        return _attempt_outcome(rng, state, p, tick(3000), new_id, worker)
 
     if status is JobStatus.DEAD_LETTERED:
         roll = rng.random()
-        tick(60_000)
+        at = tick(60_000)
         if not dlq_retried and roll < p.dlq_retry:
-            return DeadLetterRetriedEvent(**env(), causation_id=state.dead_letter_event_id, actor="operator:sim", reason="fixed")
+            return commands.dead_letter_retry(state, "fixed", now=at, actor=OPERATOR, event_id=new_id())
         if roll < p.dlq_retry + p.discard:
-            return DiscardedEvent(**env(), causation_id=state.dead_letter_event_id, actor="operator:sim", reason="obsolete")
+            return commands.discard(state, "obsolete", now=at, actor=OPERATOR, event_id=new_id())
         return None
     return None  # completed, cancelled, discarded: nothing more happens
+
+
+def _lease_lost(state: JobState, at: datetime, new_id: Callable[[], str]) -> JobEvent:
+    """The lease timer fires: at its deadline, or now if that has passed."""
+    assert state.lease_deadline is not None
+    return commands.lease_expired(state, now=max(state.lease_deadline, at), actor="timer:0", event_id=new_id())
+
+
+def _attempt_outcome(
+    rng: random.Random, state: JobState, p: SimulationProfile, at: datetime, new_id: Callable[[], str], worker: str
+) -> JobEvent:
+    """How the running attempt ends: success, timeout, or a (retryable or not) failure."""
+    if rng.random() < p.succeed:
+        result = {"ok": True, "n": rng.randint(0, 1000)} if rng.random() < 0.5 else None
+        return attempt_succeeded_event(state.job_id, state.attempt, result, occurred_at=at, actor=worker,
+                                       event_id=new_id(), claim_id=state.claim_id)
+    if rng.random() < p.timeout:
+        return commands.timed_out(state, now=at, actor=worker, event_id=new_id())
+    retryable = rng.random() < p.retryable
+    return attempt_failed_event(
+        state.job_id,
+        state.attempt,
+        error_type="ConnectionError" if retryable else "ValueError",
+        message="connection reset by peer" if retryable else "bad input",
+        traceback='Traceback (most recent call last):\n  File "tasks.py", line 12, in send\n    raise exc\n',
+        retryable=retryable,
+        retry_delay_s=rng.choice([None, None, None, 0.5]) if retryable else None,
+        occurred_at=at,
+        actor=worker,
+        event_id=new_id(),
+        claim_id=state.claim_id,
+    )
 
 
 def generate_log(

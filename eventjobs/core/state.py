@@ -5,9 +5,11 @@ compacted changelog topic, one record per event), what operators see, and what `
 reads to decide. It is a frozen value: ``apply`` returns a new one. It stays small because it
 is written to Kafka once per event: the job's history lives in the event log, not here.
 
-``TRANSITIONS`` is the state machine as data. ``apply`` rejects an event whose type is not
-allowed from the current status using this table, ``docs/events.md`` draws its diagram from
-it, and a test checks that every row is what ``apply`` really does, so the three cannot drift.
+``TRANSITIONS`` is the state machine as data, for people and tests: ``docs/events.md`` draws its
+diagram from it, and ``tests/core/test_fold.py`` checks that every row is what ``apply`` really
+does and that every status / event pair outside the table is rejected, so the two cannot drift.
+``apply`` decides with one handler per event type (``fold.py``); it reads the table only to name
+the allowed statuses in a rejection's reason.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from eventjobs.core.options import JobOptionsSpec, Priority
 
 __all__ = [
     "ACCEPTING_STATUSES",
+    "ACTIVE_STATUSES",
     "RECENT_EVENT_IDS",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
@@ -69,7 +72,8 @@ class JobStatus(str, enum.Enum):
 
 
 _STATUS_DOC = {
-    JobStatus.PENDING: "Ready to run: a worker of its queue (with the required capabilities) may claim the current attempt.",
+    JobStatus.PENDING: "Ready to run: a worker of its queue (with the required capabilities) may claim the current attempt. "
+    "Its ready record is published again while it stays pending (timer `republish`: after 5 min, doubling, at most hourly).",
     JobStatus.SCHEDULED: "Waiting for its run_at; the timer service writes `due` (timer run_at) then.",
     JobStatus.CLAIMED: "A worker holds a lease on the current attempt but has not started the handler yet.",
     JobStatus.RUNNING: "The handler is running; heartbeats extend the lease, progress is recorded.",
@@ -84,52 +88,75 @@ _STATUS_DOC = {
 TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
     {JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.DEAD_LETTERED, JobStatus.DISCARDED}
 )
+#: An attempt is under way: a worker holds the claim and its lease. A tuple, because membership
+#: of a two-element tuple is an identity check (the fold asks this on every event).
+ACTIVE_STATUSES: tuple[JobStatus, JobStatus] = (JobStatus.CLAIMED, JobStatus.RUNNING)
 
 
 class Transition(NamedTuple):
-    """One legal move: ``event`` in ``source`` (None: no job yet) leads to ``target`` when ``when`` holds."""
+    """One legal move: ``event`` in ``source`` (None: no job yet) leads to ``target`` (None: the job
+    is forgotten, its state leaves the table) when ``when`` holds."""
 
     source: JobStatus | None
     event: str
-    target: JobStatus
+    target: JobStatus | None
     when: str
     derives: tuple[str, ...] = ()
 
 
 _S = JobStatus
 _FAILURES = ("attempt_failed", "attempt_timed_out", "lease_expired")
-_ACTIVE = (_S.CLAIMED, _S.RUNNING)
 _WAITING = (_S.SCHEDULED, _S.PENDING, _S.RETRYING)
+#: Worker-written attempt events are accepted only from the accepted claim (see ``JobState.claim_id``).
+_OF_THE_CLAIM = "from the accepted claim (claim_id)"
+
+
+def _claim_of(event: str) -> str:
+    return "" if event == "lease_expired" else f"{_OF_THE_CLAIM}, "
+
 
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(None, "enqueued", _S.PENDING, "run_at is empty or not after occurred_at"),
     Transition(None, "enqueued", _S.SCHEDULED, "run_at is after occurred_at", ("scheduled",)),
     Transition(_S.SCHEDULED, "due", _S.PENDING, "timer is run_at, attempt is the current one"),
     Transition(_S.RETRYING, "due", _S.PENDING, "timer is retry, attempt is the current one"),
+    Transition(
+        _S.PENDING, "due", _S.PENDING,
+        "timer is republish, attempt is the current one, sequence is ready_republishes: the ready record is published again",
+    ),
     Transition(_S.PENDING, "claimed", _S.CLAIMED, "attempt is the current one, lease_deadline after occurred_at"),
-    Transition(_S.CLAIMED, "attempt_started", _S.RUNNING, "same attempt and worker as the claim"),
-    *(Transition(s, "progress", s, "current attempt, newer than the last progress") for s in _ACTIVE),
-    *(Transition(s, "heartbeat", s, "current attempt, lease_deadline later than the current one") for s in _ACTIVE),
-    *(Transition(s, "attempt_succeeded", _S.COMPLETED, "current attempt", ("completed",)) for s in _ACTIVE),
+    Transition(_S.CLAIMED, "attempt_started", _S.RUNNING, "same attempt, claim and worker as the accepted claim"),
+    *(Transition(s, "progress", s, f"current attempt, {_OF_THE_CLAIM}, newer than the last progress") for s in ACTIVE_STATUSES),
+    *(
+        Transition(s, "heartbeat", s, f"current attempt, {_OF_THE_CLAIM}, lease_deadline later than the current one")
+        for s in ACTIVE_STATUSES
+    ),
+    *(Transition(s, "attempt_succeeded", _S.COMPLETED, f"current attempt, {_OF_THE_CLAIM}", ("completed",)) for s in ACTIVE_STATUSES),
     *(
         row
         for event in _FAILURES
-        for s in _ACTIVE
+        for s in ACTIVE_STATUSES
         for row in (
-            Transition(s, event, _S.RETRYING, "retryable, attempts left, no cancel requested", ("retry_scheduled",)),
-            Transition(s, event, _S.DEAD_LETTERED, "not retryable or no attempts left", ("failed", "dead_lettered")),
-            Transition(s, event, _S.CANCELLED, "cancel was requested", ("cancelled",)),
+            Transition(s, event, _S.RETRYING, f"{_claim_of(event)}retryable, attempts left, no cancel requested", ("retry_scheduled",)),
+            Transition(s, event, _S.DEAD_LETTERED, f"{_claim_of(event)}not retryable or no attempts left", ("failed", "dead_lettered")),
+            Transition(s, event, _S.CANCELLED, f"{_claim_of(event)}cancel was requested", ("cancelled",)),
         )
     ),
     *(Transition(s, "cancel_requested", _S.CANCELLED, "not started", ("cancelled",)) for s in _WAITING),
-    *(Transition(s, "cancel_requested", s, "sets cancel_requested; the attempt's end decides") for s in _ACTIVE),
+    *(Transition(s, "cancel_requested", s, "sets cancel_requested; the attempt's end decides") for s in ACTIVE_STATUSES),
     *(
-        Transition(s, "expired", _S.DEAD_LETTERED, "ttl armed and no attempt started yet", ("dead_lettered",))
+        Transition(s, "expired", _S.DEAD_LETTERED, "ttl armed: the job has never started", ("dead_lettered",))
         for s in (_S.SCHEDULED, _S.PENDING)
     ),
-    Transition(_S.RETRYING, "expired", _S.DEAD_LETTERED, "ttl armed (the retry has not started)", ("dead_lettered",)),
     Transition(_S.DEAD_LETTERED, "dead_letter_retried", _S.PENDING, "causation_id is the dead_lettered event"),
     Transition(_S.DEAD_LETTERED, "discarded", _S.DISCARDED, "causation_id is the dead_lettered event"),
+    Transition(
+        _S.DEAD_LETTERED, "retention_passed", _S.DISCARDED, "scope dead_letter: not retried within its dead-letter retention"
+    ),
+    *(
+        Transition(s, "retention_passed", None, "scope finished: finished for retain_completed; the job is forgotten")
+        for s in (_S.COMPLETED, _S.CANCELLED, _S.DISCARDED)
+    ),
 )
 
 #: event type -> statuses in which ``apply`` considers it (from ``TRANSITIONS``).
@@ -170,6 +197,9 @@ class JobState(BaseModel):
     status: JobStatus
     attempt: int = Field(0, description="Current 0-based attempt number.")
     attempts_started: int = Field(0, description="Claims accepted over the job's whole life.")
+    ready_republishes: int = Field(
+        0, description="How often the current attempt's ready record was re-published while pending (timer republish)."
+    )
     max_attempts: int = Field(description="Effective budget: attempts numbered below this may run.")
     enqueued_at: datetime
     run_at: datetime | None = None
@@ -177,6 +207,11 @@ class JobState(BaseModel):
     expires_at: datetime | None = Field(None, description="When the TTL timer fires, if a ttl is armed.")
     lease_deadline: datetime | None = None
     worker_id: str | None = None
+    claim_id: str | None = Field(
+        None,
+        description="event_id of the accepted claim of the current (or last) attempt: the worker's attempt events "
+        "must name it. None for claims folded before claim ids existed.",
+    )
     started_at: datetime | None = Field(None, description="When the current/last attempt started.")
     finished_at: datetime | None = Field(None, description="When the job reached its terminal status.")
     updated_at: datetime

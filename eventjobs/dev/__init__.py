@@ -1,0 +1,1 @@
+"""Development helpers: the local single-node Kafka broker and the demo app and its runner."""

@@ -74,8 +74,15 @@ def free_port() -> int:
 
 
 def _new_cluster_id() -> str:
-    # Kafka's Uuid.toString(): URL-safe base64 of 16 random bytes without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """Kafka's Uuid.toString(): URL-safe base64 of 16 random bytes without padding.
+
+    Like Kafka's own generator, never one that starts with '-': `kafka-storage format -t -...`
+    would read it as an option (1 new id in 64 did).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class LocalKafka:

@@ -27,6 +27,7 @@ from eventjobs.core.events import (
     JobEvent,
     LeaseExpiredEvent,
     ProgressEvent,
+    RetentionPassedEvent,
 )
 from eventjobs.core.fold import Decision, apply
 from eventjobs.core.options import ConstantBackoff, JobOptions
@@ -119,11 +120,20 @@ class JobLog:
         return AttemptTimedOutEvent(**self._env(**overrides), actor="worker:w1", attempt=attempt, timeout_s=timeout_s)
 
     # timer service ------------------------------------------------------------------------------
-    def due(self, attempt: int = 0, timer: str = "retry", **overrides: Any) -> DueEvent:
-        return DueEvent(**self._env(**overrides), actor="timer:0", attempt=attempt, timer=timer)  # type: ignore[arg-type]
+    def due(self, attempt: int = 0, timer: str = "retry", sequence: int | None = None, **overrides: Any) -> DueEvent:
+        return DueEvent(**self._env(**overrides), actor="timer:0", attempt=attempt, timer=timer, sequence=sequence)  # type: ignore[arg-type]
+
+    def republish(self, attempt: int = 0, sequence: int = 0, **overrides: Any) -> DueEvent:
+        """The republish timer of a pending attempt fired (the ``sequence``-th re-publish)."""
+        return self.due(attempt, "republish", sequence, **overrides)
 
     def lease_expired(self, attempt: int, lease_deadline: datetime, **overrides: Any) -> LeaseExpiredEvent:
         return LeaseExpiredEvent(**self._env(**overrides), actor="timer:0", attempt=attempt, lease_deadline=lease_deadline)
+
+    def retention_passed(self, attempt: int = 0, scope: str = "finished", **overrides: Any) -> RetentionPassedEvent:
+        return RetentionPassedEvent(
+            **self._env(**overrides), actor="timer:0", attempt=attempt, scope=scope, due_at=self.now  # type: ignore[arg-type]
+        )
 
     def expired(self, **overrides: Any) -> ExpiredEvent:
         return ExpiredEvent(**self._env(**overrides), actor="timer:0", reason="ttl passed")

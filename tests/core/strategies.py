@@ -55,6 +55,7 @@ option_specs = st.builds(
     backoff=backoffs,
     timeout_s=st.floats(0.001, 86400),
     ttl_s=st.none() | st.floats(0.001, 86400),
+    dead_letter_retention_s=st.none() | st.floats(0.001, 86400 * 30),
     retry_on=st.lists(st.text(min_size=1, max_size=20), max_size=3).map(tuple),
     capabilities=st.lists(st.from_regex(r"[a-z0-9._:-]{1,10}", fullmatch=True), max_size=3).map(tuple),
 )
@@ -69,7 +70,9 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "priority": st.sampled_from(list(Priority)),
     "idempotency_key": st.none() | st.text(min_size=1, max_size=40),
     "parent_job_id": st.none() | ids,
-    "timer": st.sampled_from(["run_at", "retry"]),
+    "timer": st.sampled_from(["run_at", "retry", "republish"]),
+    "sequence": attempts,
+    "claim_id": ids,
     "worker_id": st.text(min_size=1, max_size=30),
     "lease_deadline": timestamps,
     "percent": st.floats(0, 100),
@@ -84,6 +87,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "delay_s": seconds,
     "reason": texts,
     "duplicate_event_id": ids,
+    "scope": st.sampled_from(["dead_letter", "finished"]),
 }
 
 

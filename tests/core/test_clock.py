@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from eventjobs.core.clock import UTC, FrozenClock, SystemClock, add_seconds, format_utc_ms, utc_ms
+from eventjobs.core.clock import UTC, FrozenClock, SystemClock, add_seconds, format_utc_ms, from_epoch_ms, utc_ms
 
 
 def test_utc_ms_converts_to_utc_and_truncates_to_milliseconds() -> None:
@@ -63,3 +65,9 @@ def test_system_clock_is_aware_utc_with_millisecond_precision() -> None:
     assert now.utcoffset() == timedelta(0)
     assert now.microsecond % 1000 == 0
     assert abs(now - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+@given(st.integers(min_value=0, max_value=2**32 * 1000 - 1))
+def test_from_epoch_ms_is_exact_to_the_millisecond(ms: int) -> None:
+    assert from_epoch_ms(ms) == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    assert from_epoch_ms(ms).tzinfo is UTC

@@ -287,3 +287,14 @@ def test_fields_replaced_by_random_json_raise_only_the_decode_error(event: Event
 
 def test_a_decode_error_is_a_value_error() -> None:
     assert issubclass(EventDecodeError, ValueError)
+
+
+def test_attempt_events_written_before_claim_ids_decode_without_one() -> None:
+    old = (
+        b'{"event_id":"e1","job_id":"j","type":"attempt_succeeded","occurred_at":"2025-01-01T12:00:00.000Z",'
+        b'"schema_version":1,"causation_id":null,"actor":"worker:w1","attempt":0,"result":null}'
+    )
+    event = decode(old)
+    assert event.type == "attempt_succeeded" and event.claim_id is None
+    due = decode(old.replace(b'"attempt_succeeded"', b'"due"').replace(b',"result":null', b',"timer":"retry"'))
+    assert (due.timer, due.sequence) == ("retry", None)

@@ -29,7 +29,8 @@ from tests.core.builders import T0, JobLog
 EXPECTED_TYPES = [
     "enqueued", "scheduled", "due", "claimed", "attempt_started", "progress", "heartbeat", "attempt_succeeded",
     "attempt_failed", "attempt_timed_out", "lease_expired", "retry_scheduled", "completed", "failed",
-    "cancel_requested", "cancelled", "expired", "dead_lettered", "dead_letter_retried", "discarded", "duplicate_rejected",
+    "cancel_requested", "cancelled", "expired", "dead_lettered", "dead_letter_retried", "discarded", "retention_passed",
+    "duplicate_rejected",
 ]  # fmt: skip
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from eventjobs.core.clock import add_seconds
+from eventjobs.core.clock import add_seconds, format_utc_ms
 from eventjobs.core.codec import decode, encode
 from eventjobs.core.events import (
     DERIVED_TYPES,
@@ -53,7 +53,7 @@ def _scenario(row: Transition) -> tuple[JobState | None, Any]:
     state, log, _ = reach(row.source, log=log)  # type: ignore[arg-type]
     log.tick()
     make = {
-        "due": lambda: log.due(state.attempt, "run_at" if state.status is S.SCHEDULED else "retry"),
+        "due": lambda: _due_for(state, log),
         "claimed": lambda: log.claimed(state.attempt),
         "attempt_started": lambda: log.started(state.attempt),
         "progress": lambda: log.progress(state.attempt),
@@ -62,11 +62,21 @@ def _scenario(row: Transition) -> tuple[JobState | None, Any]:
         "cancel_requested": lambda: log.cancel(),
         "dead_letter_retried": lambda: log.dlq_retry(state.dead_letter_event_id),
         "discarded": lambda: log.discard(state.dead_letter_event_id),
+        "retention_passed": lambda: log.retention_passed(
+            state.attempt, "dead_letter" if state.status is S.DEAD_LETTERED else "finished"
+        ),
     }
     return state, make[row.event]()
 
 
-@pytest.mark.parametrize("row", TRANSITIONS, ids=lambda r: f"{r.source and r.source.value}-{r.event}-{r.target.value}")
+def _due_for(state: JobState, log: JobLog) -> Any:
+    """The timer a job in ``state`` waits for: run_at, retry, or (pending) its next republish."""
+    if state.status is S.PENDING:
+        return log.republish(state.attempt, state.ready_republishes)
+    return log.due(state.attempt, "run_at" if state.status is S.SCHEDULED else "retry")
+
+
+@pytest.mark.parametrize("row", TRANSITIONS, ids=lambda r: f"{r.source and r.source.value}-{r.event}-{r.target and r.target.value}")
 def test_every_row_of_the_transition_table_is_what_apply_does(row: Transition) -> None:
     # Given a job in the row's source status and an event meeting the row's condition
     state, event = _scenario(row)
@@ -76,7 +86,10 @@ def test_every_row_of_the_transition_table_is_what_apply_does(row: Transition) -
     # Then the job moves to the row's target and derives exactly the row's events
     assert decision.rejected is None
     assert not decision.duplicate
-    assert decision.state is not None and decision.state.status is row.target
+    if row.target is None:
+        assert decision.state is None  # forgotten
+    else:
+        assert decision.state is not None and decision.state.status is row.target
     assert tuple(d.type for d in decision.derived) == row.derives
 
 
@@ -85,7 +98,7 @@ def _any_event_of_type(type_: str, state: JobState, log: JobLog) -> Any:
     attempt = state.attempt
     makers = {
         "enqueued": lambda: log.enqueued(),
-        "due": lambda: log.due(attempt, "run_at" if state.status is S.SCHEDULED else "retry"),
+        "due": lambda: _due_for(state, log),
         "claimed": lambda: log.claimed(attempt),
         "attempt_started": lambda: log.started(attempt),
         "progress": lambda: log.progress(attempt),
@@ -98,6 +111,7 @@ def _any_event_of_type(type_: str, state: JobState, log: JobLog) -> Any:
         "expired": lambda: log.expired(),
         "dead_letter_retried": lambda: log.dlq_retry(state.dead_letter_event_id),
         "discarded": lambda: log.discard(state.dead_letter_event_id),
+        "retention_passed": lambda: log.retention_passed(attempt, "finished"),
     }
     return makers[type_]()
 
@@ -545,24 +559,33 @@ def test_expired_dead_letters_a_job_that_never_started() -> None:
     assert new.dead_letter_event_id == dead.event_id
 
 
-def test_expired_dead_letters_a_retrying_job_with_its_last_error() -> None:
+def test_a_claim_disarms_the_ttl() -> None:
+    state, log, _ = reach(S.PENDING, options=JobOptions(ttl=60))
+    assert state.expires_at is not None
+    new = apply(state, log.claimed(0)).state
+    assert new is not None and new.expires_at is None
+
+
+def test_expired_does_not_touch_a_retrying_job_that_started_and_failed() -> None:
+    # A ttl timer that fires late (after the first start, racing its tombstone) must not
+    # dead-letter a job that did start: the ttl only limits the wait for the first start.
     state, log, _ = reach(S.RETRYING, options=JobOptions(ttl=60, max_attempts=3))
     decision = apply(state, log.expired())
-    assert decision.state.status is S.DEAD_LETTERED  # type: ignore[union-attr]
-    assert (decision.derived[0].error_type, decision.derived[0].traceback) == ("ConnectionError", TRACEBACK)
+    assert decision.rejected is not None
+    assert decision.state is state and decision.derived == ()
 
 
 def test_expired_is_rejected_once_an_attempt_started() -> None:
     state, log, run = reach(S.RETRYING, options=JobOptions(ttl=60, max_attempts=3, backoff=NoBackoff()))
     state = run.all(log.due(1))  # pending again, but attempt 0 ran
     decision = apply(state, log.expired())
-    assert decision.rejected == "job already started (1 attempt(s)); ttl only limits the wait"
+    assert decision.rejected == "no ttl is armed for this job (none set, already started, or retried from the dead-letter queue)"
 
 
 def test_expired_is_rejected_without_a_ttl() -> None:
     state, log, _ = reach(S.PENDING, options=JobOptions())
     decision = apply(state, log.expired())
-    assert decision.rejected == "no ttl is armed for this job (none set, or it was retried from the dead-letter queue)"
+    assert decision.rejected == "no ttl is armed for this job (none set, already started, or retried from the dead-letter queue)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,6 +667,177 @@ def test_dead_lettered_accepts_only_operator_actions() -> None:
     state, log, _ = reach(S.DEAD_LETTERED)
     decision = apply(state, log.cancel())
     assert decision.rejected == "job is dead_lettered: 'cancel_requested' changes nothing (only dead_letter_retried or discarded do)"
+
+
+# --------------------------------------------------------------------------------------------
+# retention
+# --------------------------------------------------------------------------------------------
+
+DAY = 24 * 3600.0
+_FORGOTTEN = Decision(state=None, derived=(), rejected=None, duplicate=False)
+
+
+def test_dead_letter_retention_passing_discards_the_dead_lettered_job() -> None:
+    # Given a dead-lettered job nobody retried
+    state, log, _ = reach(S.DEAD_LETTERED)
+    # When its dead-letter retention passes
+    log.tick(7 * DAY)
+    event = log.retention_passed(state.attempt, "dead_letter")
+    decision = apply(state, event)
+    # Then it is discarded, as an operator's discard would, and nothing is derived
+    assert decision.rejected is None and not decision.duplicate and decision.derived == ()
+    new = decision.state
+    assert new is not None
+    assert (new.status, new.finished_at, new.updated_at, new.version) == (S.DISCARDED, log.now, log.now, state.version + 1)
+    assert new.reason == "discarded: its dead-letter retention passed without a retry"
+    assert new.last_error == state.last_error and new.attempt == state.attempt
+    assert new.recent_event_ids[-1] == event.event_id
+    # And the same event delivered again is a duplicate
+    assert apply(new, event) == Decision(new, (), None, True)
+
+
+def test_dead_letter_retention_discards_a_job_dead_lettered_again_after_a_retry() -> None:
+    state, log, run = reach(S.DEAD_LETTERED, options=JobOptions(max_attempts=1))
+    run.all(log.dlq_retry(state.dead_letter_event_id), log.claimed(1), log.started(1), log.failed(1))
+    log.tick(DAY)
+    new = run.all(log.retention_passed(1, "dead_letter"))
+    assert (new.status, new.attempt) == (S.DISCARDED, 1)
+
+
+def test_retention_of_a_stale_attempt_is_rejected() -> None:
+    # Given a job dead-lettered on attempt 0, retried, and dead-lettered again on attempt 1
+    state, log, run = reach(S.DEAD_LETTERED, options=JobOptions(max_attempts=1))
+    run.all(log.dlq_retry(state.dead_letter_event_id), log.claimed(1), log.started(1), log.failed(1))
+    again = run.state
+    assert again is not None and again.status is S.DEAD_LETTERED
+    log.tick(DAY)
+    # When the dead-letter retention armed for attempt 0 fires
+    for scope in ("dead_letter", "finished"):
+        decision = apply(again, log.retention_passed(0, scope))
+        # Then it is rejected as stale, and nothing changes
+        assert decision.rejected == "stale attempt 0: job is on attempt 1 (dead_lettered); recorded, no effect"
+        assert decision.state is again and decision.derived == ()
+    # Likewise for a completed job
+    done, log, _ = reach(S.COMPLETED)
+    log.tick(DAY)
+    decision = apply(done, log.retention_passed(1, "finished"))
+    assert decision.rejected == "stale attempt 1: job is on attempt 0 (completed); recorded, no effect"
+    assert decision.state is done
+
+
+@pytest.mark.parametrize(("status", "scope"), [(S.DEAD_LETTERED, "dead_letter"), (S.COMPLETED, "finished"),
+                                               (S.CANCELLED, "finished"), (S.DISCARDED, "finished")])
+@pytest.mark.parametrize("before_s", [0.0, 0.001, 60.0])
+def test_retention_due_not_after_the_finish_is_rejected(status: JobStatus, scope: str, before_s: float) -> None:
+    # Given a finished (or dead-lettered) job
+    state, log, _ = reach(status)
+    assert state.finished_at is not None
+    log.tick(DAY)
+    # When a retention due at or before its finish arrives (armed for an earlier finish)
+    due = add_seconds(state.finished_at, -before_s)
+    event = log.retention_passed(state.attempt, scope).model_copy(update={"due_at": due})
+    decision = apply(state, event)
+    # Then it is rejected, and nothing changes
+    assert decision.rejected == f"retention due at {format_utc_ms(due)} was armed before the job last finished"
+    assert decision.state is state and decision.derived == ()
+    # While one due a millisecond after the finish is accepted
+    later_event = log.retention_passed(state.attempt, scope).model_copy(
+        update={"due_at": add_seconds(state.finished_at, 0.001)}
+    )
+    assert apply(state, later_event).rejected is None
+
+
+@pytest.mark.parametrize("status", [S.COMPLETED, S.CANCELLED, S.DISCARDED])
+def test_finished_retention_forgets_a_finished_job(status: JobStatus) -> None:
+    # Given a completed, cancelled or discarded job
+    state, log, _ = reach(status)
+    # When its finished retention passes
+    log.tick(DAY)
+    decision = apply(state, log.retention_passed(state.attempt, "finished"))
+    # Then the job is forgotten: no state, nothing rejected, nothing derived
+    assert decision == _FORGOTTEN
+    assert decision.accepted
+
+
+@pytest.mark.parametrize("status", [S.SCHEDULED, S.PENDING, S.CLAIMED, S.RUNNING, S.RETRYING, S.DEAD_LETTERED])
+def test_finished_retention_of_a_job_that_is_not_finished_is_rejected(status: JobStatus) -> None:
+    state, log, _ = reach(status)
+    log.tick(DAY)
+    decision = apply(state, log.retention_passed(state.attempt, "finished"))
+    assert decision.rejected == f"job is {status.value}: only a completed, cancelled or discarded job is forgotten"
+    assert decision.state is state and decision.derived == () and not decision.duplicate
+
+
+@pytest.mark.parametrize("status", [s for s in JobStatus if s is not S.DEAD_LETTERED])
+def test_dead_letter_retention_of_a_job_that_is_not_dead_lettered_is_rejected(status: JobStatus) -> None:
+    state, log, _ = reach(status)
+    log.tick(DAY)
+    decision = apply(state, log.retention_passed(state.attempt, "dead_letter"))
+    assert decision.rejected
+    assert decision.state is state and decision.derived == () and not decision.duplicate
+
+
+def test_dead_letter_retention_after_a_dead_letter_retry_changes_nothing() -> None:
+    # Given a dead-lettered job an operator retried (its dead-letter timer may still fire)
+    state, log, run = reach(S.DEAD_LETTERED)
+    retried = run.all(log.dlq_retry(state.dead_letter_event_id))
+    log.tick(DAY)
+    decision = apply(retried, log.retention_passed(0, "dead_letter"))
+    assert decision.rejected == "stale attempt 0: job is on attempt 1 (pending); recorded, no effect"
+    assert decision.state is retried
+
+
+def test_fold_and_replay_drop_a_forgotten_job() -> None:
+    # Given a log in which job a completes and its retention passes, while job b runs on
+    a, b = JobLog("a"), JobLog("b")
+    events = [a.enqueued(), b.enqueued(), a.claimed(), a.started(), a.succeeded(0, {"n": 1}), b.claimed()]
+    a.tick(DAY)
+    forget = a.retention_passed(0, "finished")
+    events.append(forget)
+    # Then the folded states no longer hold job a
+    states = fold(events)
+    assert list(states) == ["b"] and states["b"].status is S.CLAIMED
+    # And replay says so for the last event, and drops it from the table it updates
+    table: dict[str, JobState] = {}
+    decisions = list(replay(events, table))
+    assert decisions[-1] == (forget, _FORGOTTEN)
+    assert table == states
+    # And folding on from states that hold it drops it, without changing those states
+    start = fold(events[:-1])
+    assert fold([forget], start) == {"b": start["b"]}
+    assert set(start) == {"a", "b"} and start["a"].status is S.COMPLETED
+    # And the same retention delivered again is rejected (the job is unknown now), changing nothing
+    assert fold([forget, forget], start) == {"b": start["b"]}
+    assert apply(None, forget).rejected == "unknown job 'a': no enqueued event seen for it"
+
+
+def test_an_enqueued_after_the_job_was_forgotten_creates_it_afresh() -> None:
+    # Given a job enqueued with an idempotency key, completed, and forgotten after its retention
+    log = JobLog()
+    options = JobOptions(max_attempts=3, idempotency_key="order-42")
+    first = log.enqueued(options)
+    events = [first, log.claimed(), log.started(), log.succeeded(0, {"sent": True})]
+    while_kept = log.enqueued(options)  # the idempotency window: a second enqueue is refused ...
+    assert apply(fold(events)["job-1"], while_kept).rejected is not None
+    log.tick(DAY)
+    events.append(log.retention_passed(0, "finished"))
+    # When the same job id is enqueued again (same key, a new enqueued event)
+    log.tick()
+    again = log.enqueued(options, args={"to": "b@example.com"})
+    states = fold([*events, again])
+    # Then a new job is created, with nothing of the old one
+    new = states["job-1"]
+    assert new == apply(None, again).state
+    assert (new.status, new.attempt, new.attempts_started, new.version) == (S.PENDING, 0, 0, 1)
+    assert (new.enqueued_event_id, new.enqueued_at, new.args) == (again.event_id, log.now, {"to": "b@example.com"})
+    assert (new.result, new.finished_at, new.idempotency_key) == (None, None, "order-42")
+    # And a late copy of the first incarnation's retention cannot forget the new job once it finishes
+    forget = events[-1]
+    later = fold([log.claimed(), log.started(), log.succeeded()], states)["job-1"]
+    assert later.status is S.COMPLETED and forget.event_id not in later.recent_event_ids
+    decision = apply(later, forget)
+    assert decision.rejected is not None and decision.rejected.endswith("was armed before the job last finished")
+    assert decision.state is later
 
 
 # --------------------------------------------------------------------------------------------
@@ -762,3 +956,195 @@ def test_jobs_with_equal_options_share_one_options_object() -> None:
     assert first is not None and second is not None and other is not None
     assert first.options is second.options
     assert other.options is not first.options and other.options.max_attempts == 8
+
+
+# --------------------------------------------------------------------------------------------
+# fenced attempts: only the accepted claim decides
+# --------------------------------------------------------------------------------------------
+
+
+def _two_claims(worker_b: str = "w2") -> tuple[JobState, JobLog, Run, str, str]:
+    """A pending job claimed twice for attempt 0 (e.g. its ready record was delivered twice):
+    w1's claim is accepted and its attempt runs; the second claim (by ``worker_b``) is refused."""
+    state, log, run = reach(S.PENDING)
+    log.tick()
+    first = log.claimed(0, worker="w1")
+    second = log.claimed(0, worker=worker_b)
+    run.apply(first)
+    refused = run.apply(second, accepted=False)
+    assert refused.rejected == "attempt 0 is already claimed by w1"
+    state = run.all(log.started(0, worker="w1", claim_id=first.event_id))
+    return state, log, run, first.event_id, second.event_id
+
+
+def test_the_accepted_claim_is_recorded_in_the_state() -> None:
+    state, log, _ = reach(S.PENDING)
+    claim = log.claimed(0, worker="w7")
+    new = apply(state, claim).state
+    assert new is not None and (new.claim_id, new.worker_id) == (claim.event_id, "w7")
+
+
+@pytest.mark.parametrize("worker_b", ["w2", "w1"])  # w1: the same worker process claiming the attempt twice
+def test_the_refused_claims_attempt_events_are_rejected_and_decide_nothing(worker_b: str) -> None:
+    # Given attempt 0 running under w1's accepted claim, and a second claim that was refused
+    state, log, run, accepted, refused = _two_claims(worker_b)
+    assert (state.status, state.claim_id) == (S.RUNNING, accepted)
+    reason = (f"claim {refused} is not the accepted claim of attempt 0 (claim {accepted} of worker w1); "
+              "recorded, no effect")
+    # When the refused claim's worker reports anyway (it ran the handler: it cannot know)
+    log.tick()
+    late_start = apply(state, log.started(0, worker=worker_b, claim_id=refused))
+    assert late_start.rejected == "'attempt_started' is not accepted while the job is running (only when: claimed)"
+    for event in (
+        log.progress(0, 90, "almost", claim_id=refused),
+        log.heartbeat(0, lease_s=600, claim_id=refused),
+        log.succeeded(0, {"by": "refused"}, claim_id=refused),
+        log.failed(0, retryable=False, claim_id=refused),
+        log.timed_out(0, claim_id=refused),
+    ):
+        decision = apply(state, event)
+        # Then each is rejected with the reason, and changes nothing
+        assert decision.rejected == reason
+        assert decision.state is state and decision.derived == ()
+    # And the accepted claim's outcome decides the attempt
+    done = run.all(log.succeeded(0, {"by": "w1"}, claim_id=accepted))
+    assert (done.status, done.result) == (S.COMPLETED, {"by": "w1"})
+
+
+def test_the_refused_claims_outcome_is_rejected_even_before_the_accepted_worker_reports() -> None:
+    # Given the refused claim's worker finishes first, while the accepted attempt still runs
+    state, log, run, accepted, refused = _two_claims()
+    log.tick()
+    decision = run.apply(log.succeeded(0, {"by": "refused"}, claim_id=refused), accepted=False)
+    assert decision.rejected is not None and decision.rejected.startswith(f"claim {refused} is not the accepted claim")
+    assert run.state is state and state.status is S.RUNNING
+    # Then the accepted one's failure still retries the job
+    retrying = run.all(log.failed(0, claim_id=accepted))
+    assert (retrying.status, retrying.attempt) == (S.RETRYING, 1)
+
+
+def test_attempt_started_of_a_refused_claim_by_the_same_worker_id_is_rejected() -> None:
+    # Given the job claimed (not started yet) by w1, and a second claim by w1 itself refused
+    state, log, run = reach(S.PENDING)
+    first, second = log.claimed(0, worker="w1"), log.claimed(0, worker="w1")
+    run.apply(first)
+    run.apply(second, accepted=False)
+    claimed = run.state
+    assert claimed is not None
+    # When the second claim's attempt_started arrives (same worker id, so worker_id cannot tell)
+    decision = apply(claimed, log.started(0, worker="w1", claim_id=second.event_id))
+    # Then the claim id tells: rejected
+    assert decision.rejected == (
+        f"claim {second.event_id} is not the accepted claim of attempt 0 (claim {first.event_id} of worker w1); "
+        "recorded, no effect"
+    )
+    assert apply(claimed, log.started(0, worker="w1", claim_id=first.event_id)).state.status is S.RUNNING  # type: ignore[union-attr]
+
+
+def test_a_late_claim_of_an_earlier_attempt_cannot_report_into_the_next_one() -> None:
+    # Given attempt 0 lost its lease and attempt 1 runs under a new claim
+    state, log, run = reach(S.PENDING)
+    old = log.claimed(0)
+    run.all(old)
+    log.tick(61)
+    run.all(log.lease_expired(0, run.state.lease_deadline), log.due(1))  # type: ignore[union-attr]
+    new = log.claimed(1, worker="w2")
+    running = run.all(new, log.started(1, worker="w2", claim_id=new.event_id))
+    # When an event naming attempt 1 but the old claim arrives (a confused or forged writer)
+    decision = apply(running, log.succeeded(1, claim_id=old.event_id))
+    # Then it is rejected: attempt 1 belongs to its own claim
+    assert decision.rejected is not None and decision.rejected.startswith(f"claim {old.event_id} is not")
+    assert decision.state is running
+
+
+def test_attempt_events_without_a_claim_id_are_checked_as_before() -> None:
+    """Events written before claim ids existed carry none: attempt and status decide, as they did."""
+    # Given a job claimed and started by events without claim ids (an old log)
+    state, log, run = reach(S.RUNNING)
+    assert state.claim_id is not None  # the fold records the claim even for an old log
+    # Then progress, heartbeats and the outcome without claim ids are accepted
+    log.tick()
+    run.all(log.progress(0), log.heartbeat(0, lease_s=120))
+    assert run.all(log.succeeded(0, {"old": True})).status is S.COMPLETED
+    # And attempt_started without a claim id is still checked by worker id
+    claimed, log, _ = reach(S.CLAIMED)
+    assert apply(claimed, log.started(0, worker="w9")).rejected == "attempt 0 is claimed by w1, not w9"
+
+
+def test_a_state_without_a_claim_id_accepts_events_that_name_one() -> None:
+    """A state restored from a changelog written before claim ids: it holds no claim to compare."""
+    state, log, _ = reach(S.RUNNING)
+    legacy = JobState.model_validate({k: v for k, v in state.model_dump().items() if k != "claim_id"})
+    assert legacy.claim_id is None
+    assert apply(legacy, log.succeeded(0, claim_id="from-a-new-worker")).state.status is S.COMPLETED  # type: ignore[union-attr]
+
+
+def test_a_dead_letter_retry_clears_the_claim() -> None:
+    state, log, run = reach(S.DEAD_LETTERED)
+    assert state.claim_id is not None
+    retried = run.all(log.dlq_retry(state.dead_letter_event_id))
+    assert (retried.claim_id, retried.worker_id) == (None, None)
+
+
+# --------------------------------------------------------------------------------------------
+# republish: a pending job's ready record is published again
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_republish_of_a_pending_job_counts_and_keeps_it_pending() -> None:
+    state, log, run = reach(S.PENDING)
+    assert state.ready_republishes == 0
+    log.tick(300)
+    first = run.all(log.republish(0, 0))
+    assert (first.status, first.attempt, first.ready_republishes, first.version) == (S.PENDING, 0, 1, state.version + 1)
+    second = run.all(log.republish(0, 1))
+    assert second.ready_republishes == 2
+    assert run.decisions[-1].derived == ()
+
+
+def test_a_republish_timer_fired_twice_republishes_once() -> None:
+    # Given a pending job whose first republish timer fired and was recorded
+    state, log, run = reach(S.PENDING)
+    fired = log.republish(0, 0)
+    once = run.all(fired)
+    # When the same timer fires again (the timer service crashed before its tombstone): a duplicate
+    assert apply(once, fired) == Decision(once, (), None, True)
+    # And long after (its id forgotten), a fire with the same sequence is refused as stale
+    forgetful = JobState.model_validate({**once.model_dump(), "recent_event_ids": ()})
+    decision = apply(forgetful, log.republish(0, 0))
+    assert decision.rejected == (
+        "republish timer 0 of attempt 0 is stale: its ready record was re-published 1 time(s); recorded, no effect"
+    )
+    assert decision.state is forgetful
+
+
+@pytest.mark.parametrize("status", [S.CLAIMED, S.RUNNING, S.RETRYING, S.COMPLETED, S.CANCELLED, S.DEAD_LETTERED])
+def test_a_republish_of_a_job_that_is_no_longer_pending_is_rejected(status: JobStatus) -> None:
+    state, log, _ = reach(status)
+    decision = apply(state, log.republish(state.attempt, 0))
+    assert decision.rejected is not None and decision.state is state and decision.derived == ()
+
+
+def test_a_republish_of_an_earlier_attempt_or_of_another_timer_kind_is_rejected() -> None:
+    state, log, run = reach(S.RETRYING)
+    pending = run.all(log.due(1))
+    assert apply(pending, log.republish(0, 0)).rejected == (
+        "stale attempt 0: job is on attempt 1 (pending); recorded, no effect"
+    )
+    assert apply(pending, log.due(1, "retry")).rejected == "a 'retry' timer does not apply to a pending job (expects 'republish')"
+    assert apply(pending, log.due(1, "republish", None)).rejected is not None  # a republish must name its sequence
+
+
+def test_becoming_pending_again_counts_republishes_afresh() -> None:
+    state, log, run = reach(S.PENDING, options=JobOptions(max_attempts=3, backoff=NoBackoff()))
+    run.all(log.republish(0, 0), log.republish(0, 1))
+    run.all(log.claimed(0), log.failed(0))
+    assert run.state.ready_republishes == 2  # type: ignore[union-attr]  # kept while not pending: the record of attempt 0
+    pending = run.all(log.due(1))
+    assert (pending.status, pending.attempt, pending.ready_republishes) == (S.PENDING, 1, 0)
+    # likewise after a dead-letter retry
+    state, log, run = reach(S.PENDING, options=JobOptions(max_attempts=1))
+    run.all(log.republish(0, 0), log.claimed(0), log.failed(0))
+    dead = run.state
+    assert dead is not None and (dead.status, dead.ready_republishes) == (S.DEAD_LETTERED, 1)
+    assert run.all(log.dlq_retry(dead.dead_letter_event_id)).ready_republishes == 0

@@ -6,7 +6,11 @@
 * folding the whole log (derived events included, even late) equals folding the originals only,
   which is what a live processor does;
 * random valid lifecycles end in exactly one terminal state with attempts <= max_attempts;
-* stale events (an old attempt's outcome, an old lease timer) never change the state.
+* stale events (an old attempt's outcome, an old lease timer) never change the state;
+* nothing a worker whose claim was refused writes about the attempt changes the state;
+* with the retention events the timer service writes once a lifecycle ends (a dead-lettered job
+  discarded, a finished job forgotten), folding is still deterministic and duplicates still
+  change nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +22,23 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventjobs.core.clock import add_seconds
 from eventjobs.core.codec import decode, encode
-from eventjobs.core.events import DERIVED_TYPES, AttemptFailedEvent, AttemptSucceededEvent, JobEvent, LeaseExpiredEvent
+from eventjobs.core.effects import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S
+from eventjobs.core.events import (
+    DERIVED_TYPES,
+    AttemptFailedEvent,
+    AttemptStartedEvent,
+    AttemptSucceededEvent,
+    AttemptTimedOutEvent,
+    HeartbeatEvent,
+    JobEvent,
+    LeaseExpiredEvent,
+    ProgressEvent,
+    RetentionPassedEvent,
+)
 from eventjobs.core.fold import apply, fold
+from eventjobs.core.ids import derived_event_id
 from eventjobs.core.simulation import EPOCH, SimulationProfile, job_lifecycle
 from eventjobs.core.state import TERMINAL_STATUSES, JobState, JobStatus, decode_state, encode_state
 
@@ -68,6 +86,39 @@ def multi_job_logs(draw: Any) -> tuple[list[list[JobEvent]], list[JobEvent]]:
         merged.append(jobs[index][cursors[index]])
         cursors[index] += 1
     return jobs, merged
+
+
+def retention_passed(state: JobState, scope: str, keep_s: float) -> RetentionPassedEvent:
+    """What the timer service writes when the retention timer armed for ``state`` fires (its id
+    derived from the timer, as the timer service derives it)."""
+    assert state.finished_at is not None
+    due = add_seconds(state.finished_at, keep_s)
+    kind = "dead_letter" if scope == "dead_letter" else "retain"
+    cause = f"{state.job_id}:{kind}:{state.attempt}:{round(due.timestamp() * 1000)}"
+    return RetentionPassedEvent(
+        event_id=derived_event_id(cause, "retention_passed", 0), job_id=state.job_id, occurred_at=due,
+        actor="timer:0", attempt=state.attempt, scope=scope, due_at=due,  # type: ignore[arg-type]
+    )
+
+
+@st.composite
+def retained_lifecycles(draw: Any) -> tuple[list[JobEvent], bool]:
+    """(a lifecycle followed by its retention events, whether the job ends forgotten).
+
+    A dead-lettered job is discarded when its dead-letter retention passes; then, maybe, the
+    finished job is forgotten when its retention passes.
+    """
+    log = draw(lifecycles())
+    state = fold(log)[log[0].job_id]
+    if state.status is JobStatus.DEAD_LETTERED:
+        keep_s = state.options.dead_letter_retention_s or DEFAULT_DEAD_LETTER_RETENTION_S
+        log.append(retention_passed(state, "dead_letter", keep_s))
+        state = fold(log)[state.job_id]
+        assert state.status is JobStatus.DISCARDED
+    forgotten = draw(st.booleans(), label="forgotten")
+    if forgotten:
+        log.append(retention_passed(state, "finished", DEFAULT_RETAIN_COMPLETED_S))
+    return log, forgotten
 
 
 def originals(events: list[JobEvent]) -> list[JobEvent]:
@@ -216,6 +267,36 @@ def test_stale_results_and_old_lease_timers_never_change_the_state(log: list[Job
 
 
 @SETTINGS
+@given(log=lifecycles(), data=st.data())
+def test_the_events_of_a_refused_claim_never_change_the_state(log: list[JobEvent], data: Any) -> None:
+    states = [apply(None, log[0]).state]
+    for event in log[1:]:
+        states.append(apply(states[-1], event).state)
+    # Given any point at which an attempt is claimed or running under an accepted claim
+    active = [s for s in states if s is not None and s.status in (JobStatus.CLAIMED, JobStatus.RUNNING)]
+    if not active:
+        return
+    state = data.draw(st.sampled_from(active), label="state")
+    assert state.claim_id is not None
+    # When a worker whose claim of that attempt was refused reports anything about it
+    refused = f"refused-{data.draw(st.integers(0, 2**32))}"
+    common = {"event_id": f"{refused}-e", "job_id": state.job_id, "occurred_at": state.updated_at,
+              "actor": "worker:refused", "attempt": state.attempt, "claim_id": refused}
+    event = data.draw(st.sampled_from([
+        AttemptStartedEvent(**common, worker_id=state.worker_id or "w"),
+        ProgressEvent(**common, percent=99.0),
+        HeartbeatEvent(**common, lease_deadline=add_seconds(state.updated_at, 3600)),
+        AttemptSucceededEvent(**common, result={"refused": True}),
+        AttemptFailedEvent(**common, error_type="E", message="m", retryable=False),
+        AttemptTimedOutEvent(**common, timeout_s=1.0),
+    ]), label="event")
+    # Then it is rejected, and changes nothing
+    decision = apply(state, event)
+    assert decision.rejected is not None
+    assert decision.state is state and decision.derived == ()
+
+
+@SETTINGS
 @given(log=lifecycles())
 def test_every_state_survives_the_changelog_codec(log: list[JobEvent]) -> None:
     state = None
@@ -243,3 +324,43 @@ def test_an_event_of_a_derived_type_never_changes_a_state(log: list[JobEvent], d
     for event in [forged, *genuine]:
         decision = apply(states[job_id], event)
         assert decision.state is states[job_id] and decision.derived == () and not decision.accepted
+
+
+@SETTINGS
+@given(retained=retained_lifecycles())
+def test_fold_with_retention_events_is_deterministic(retained: tuple[list[JobEvent], bool]) -> None:
+    log, forgotten = retained
+    first, second = fold(log), fold(log)
+    assert first == second
+    assert fold([decode(encode(e)) for e in log]) == first
+    if forgotten:
+        assert first == {}
+    else:
+        (state,) = first.values()
+        assert state.status in (JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.DISCARDED)
+
+
+@SETTINGS
+@given(retained=retained_lifecycles(), data=st.data())
+def test_duplicate_delivery_with_retention_events_changes_nothing(retained: tuple[list[JobEvent], bool], data: Any) -> None:
+    """Any event delivered again at any later point changes nothing, with one exception by design:
+    an ``enqueued`` delivered after the job was forgotten creates it afresh (its idempotency
+    window has ended; ``test_fold.py`` covers that), so that copy is placed before the forget."""
+    log, forgotten = retained
+    expected = fold(log)
+    i = data.draw(st.integers(0, len(log) - 1), label="duplicated event")
+    last = len(log) - 1 if forgotten and log[i].type == "enqueued" else len(log)
+    j = data.draw(st.integers(i + 1, max(i + 1, last)), label="delivered again before position")
+    noisy = [*log[:j], log[i], *log[j:]]
+    states: dict[str, JobState] = {}
+    for position, event in enumerate(noisy):
+        decision = apply(states.get(event.job_id), event)
+        if position == j:
+            assert not decision.accepted, f"re-delivered {event.type} was applied: {decision}"
+            assert decision.derived == () or decision.rejected is not None
+            assert decision.state is states.get(event.job_id)
+        if decision.state is not None:
+            states[event.job_id] = decision.state
+        elif decision.rejected is None:
+            del states[event.job_id]  # forgotten
+    assert states == expected

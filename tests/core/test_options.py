@@ -44,6 +44,7 @@ def test_defaults() -> None:
     assert options.timeout == 30.0
     assert options.priority is Priority.NORMAL
     assert (options.ttl, options.idempotency_key, options.run_at, options.delay, options.capabilities) == (None, None, None, None, ())
+    assert options.dead_letter_retention is None  # the processor's default applies
 
 
 def test_default_backoff_is_capped_exponential() -> None:
@@ -130,6 +131,15 @@ def test_priority_order_and_parsing() -> None:
         ({"timeout": float("inf")}, "timeout must be a finite number of seconds, got inf"),
         ({"timeout": "30s"}, "timeout must be a number of seconds or a timedelta, got str"),
         ({"ttl": 0}, "ttl must be > 0 seconds, got 0"),
+        ({"dead_letter_retention": -1}, "dead_letter_retention must be > 0 seconds, got -1"),
+        ({"dead_letter_retention": 0}, "dead_letter_retention must be > 0 seconds, got 0"),
+        ({"dead_letter_retention": 0.0}, "dead_letter_retention must be > 0 seconds, got 0.0"),
+        ({"dead_letter_retention": timedelta(0)}, "dead_letter_retention must be > 0 seconds, got 0.0"),
+        ({"dead_letter_retention": timedelta(hours=-1)}, "dead_letter_retention must be > 0 seconds, got -3600.0"),
+        ({"dead_letter_retention": float("inf")}, "dead_letter_retention must be a finite number of seconds, got inf"),
+        ({"dead_letter_retention": float("nan")}, "dead_letter_retention must be a finite number of seconds, got nan"),
+        ({"dead_letter_retention": "7d"}, "dead_letter_retention must be a number of seconds or a timedelta, got str"),
+        ({"dead_letter_retention": True}, "dead_letter_retention must be a number of seconds or a timedelta, got bool"),
         ({"queue": "a b"}, "invalid queue name 'a b': use 1-100 characters from A-Z a-z 0-9 . _ -"),
         ({"queue": ""}, "invalid queue name '': use 1-100 characters from A-Z a-z 0-9 . _ -"),
         ({"queue": "q" * 101}, f"invalid queue name '{'q' * 101}': use 1-100 characters from A-Z a-z 0-9 . _ -"),
@@ -140,7 +150,7 @@ def test_priority_order_and_parsing() -> None:
         ({"retry_on": [42]}, "retry_on entries must be exception types or their names, got 42"),
         ({"backoff": 5}, "backoff must be ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff or a callable of the 0-based attempt returning seconds, got int"),
         ({"idempotency_key": ""}, "idempotency_key must be a non-empty string (<= 512 chars) or a callable of the args, got ''"),
-        ({"colour": "blue"}, "unknown job option 'colour' (known: queue, max_attempts, backoff, retry_on, timeout, priority, ttl, idempotency_key, run_at, delay, capabilities)"),
+        ({"colour": "blue"}, "unknown job option 'colour' (known: queue, max_attempts, backoff, retry_on, timeout, priority, ttl, dead_letter_retention, idempotency_key, run_at, delay, capabilities)"),
     ],
 )
 def test_invalid_options_are_rejected_with_a_clear_message(options: dict[str, Any], message: str) -> None:
@@ -166,8 +176,31 @@ def test_backoff_policies_validate_their_own_fields() -> None:
 
 
 def test_durations_accept_timedeltas() -> None:
-    options = JobOptions(timeout=timedelta(minutes=2), ttl=timedelta(hours=1), delay=timedelta(seconds=90))
-    assert (options.timeout, options.ttl, options.delay) == (120.0, 3600.0, 90.0)
+    options = JobOptions(
+        timeout=timedelta(minutes=2), ttl=timedelta(hours=1), delay=timedelta(seconds=90),
+        dead_letter_retention=timedelta(days=3),
+    )
+    assert (options.timeout, options.ttl, options.delay, options.dead_letter_retention) == (120.0, 3600.0, 90.0, 259200.0)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(90, 90.0), (0.5, 0.5), (timedelta(days=30), 2_592_000.0)])
+def test_dead_letter_retention_reaches_the_spec(value: Any, seconds: float) -> None:
+    options = JobOptions(dead_letter_retention=value)
+    assert options.dead_letter_retention == seconds
+    spec = options.to_spec()
+    assert spec.dead_letter_retention_s == seconds
+    assert spec == JobOptionsSpec(dead_letter_retention_s=seconds)
+    assert JobOptionsSpec.model_validate_json(spec.model_dump_json()) == spec
+    assert JobOptions().to_spec().dead_letter_retention_s is None
+    merged = JobOptions(dead_letter_retention=60).merged(dead_letter_retention=value)
+    assert merged.to_spec().dead_letter_retention_s == seconds
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan")])
+def test_the_spec_refuses_a_dead_letter_retention_that_is_not_positive_and_finite(bad: float) -> None:
+    """Events may come from any producer: the spec in them is validated too."""
+    with pytest.raises(ValueError, match="dead_letter_retention_s"):
+        JobOptionsSpec(dead_letter_retention_s=bad)
 
 
 def test_run_at_and_delay_resolve_to_the_first_run_time() -> None:

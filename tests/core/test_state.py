@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from eventjobs.core.events import DERIVED_TYPES, EVENT_TYPES
@@ -38,11 +39,19 @@ def test_the_transition_table_is_consistent() -> None:
         assert row.when
     # every event a writer can send appears in the table
     assert {row.event for row in TRANSITIONS} == event_types - DERIVED_TYPES
-    # nothing leaves a terminal status except the operator's way out of the dead-letter queue
-    leaving = {(row.source, row.event) for row in TRANSITIONS if row.source in TERMINAL_STATUSES}
-    assert leaving == {(S.DEAD_LETTERED, "dead_letter_retried"), (S.DEAD_LETTERED, "discarded")}
+    # nothing leaves a terminal status except the operator's way out of the dead-letter queue and
+    # the retentions (a dead letter is discarded, a finished job is forgotten)
+    leaving = {(row.source, row.event, row.target) for row in TRANSITIONS if row.source in TERMINAL_STATUSES}
+    assert leaving == {
+        (S.DEAD_LETTERED, "dead_letter_retried", S.PENDING),
+        (S.DEAD_LETTERED, "discarded", S.DISCARDED),
+        (S.DEAD_LETTERED, "retention_passed", S.DISCARDED),
+        (S.COMPLETED, "retention_passed", None),
+        (S.CANCELLED, "retention_passed", None),
+        (S.DISCARDED, "retention_passed", None),
+    }
     # every status can be reached
-    assert {row.target for row in TRANSITIONS} == set(JobStatus)
+    assert {row.target for row in TRANSITIONS} - {None} == set(JobStatus)
     assert ACCEPTING_STATUSES["claimed"] == {S.PENDING}
     assert ACCEPTING_STATUSES["attempt_failed"] == {S.CLAIMED, S.RUNNING}
 
@@ -76,3 +85,14 @@ def test_budget_start_follows_dead_letter_retries() -> None:
     assert state.budget_start == 0
     state = run.all(log.dlq_retry(state.dead_letter_event_id))
     assert (state.attempt, state.budget_start, state.max_attempts) == (1, 1, 4)
+
+
+def test_a_changelog_record_written_before_claims_and_republishes_decodes_with_defaults() -> None:
+    # Given a state record as processors wrote it before claim_id and ready_republishes existed
+    state, _, _ = reach(JobStatus.RUNNING)
+    old = orjson.loads(encode_state(state))
+    del old["claim_id"], old["ready_republishes"]
+    # Then it decodes, with no claim to check against and no re-publish counted
+    restored = decode_state(orjson.dumps(old))
+    assert (restored.claim_id, restored.ready_republishes) == (None, 0)
+    assert restored.model_copy(update={"claim_id": state.claim_id}) == state

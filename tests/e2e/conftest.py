@@ -17,11 +17,11 @@ from eventjobs import App
 from eventjobs.core.codec import decode
 from eventjobs.core.events import JobEvent
 from eventjobs.core.state import JobState, JobStatus
-from eventjobs.kafka import partitions_of, read_to_end
-from eventjobs.processor import run_processor
+from eventjobs.kafka.clients import partitions_of, read_to_end
+from eventjobs.runtime.processor import run_processor
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import apply_topics
-from eventjobs.worker import Worker
+from eventjobs.kafka.admin import apply_topics
+from eventjobs.runtime.worker import Worker
 from tests.support.jobs_app import build_app
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,9 +8,9 @@ import pytest
 
 from eventjobs import App, InvalidJobArguments, InvalidJobOptions, PayloadTooLarge, UnknownJob
 from eventjobs.core.codec import encode
-from eventjobs.kafka import consumer, partitions_of, producer
+from eventjobs.kafka.clients import consumer, partitions_of, producer
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import KafkaUnavailable
+from eventjobs.kafka.admin import KafkaUnavailable
 from tests.e2e.conftest import Runtime, job_events
 from tests.support.cli import run_cli
 from tests.support.jobs_app import build_app
@@ -34,7 +34,8 @@ async def _log_size(settings: Settings) -> int:
         ("add", ["not", "a", "dict"], {}, InvalidJobArguments, "args of job 'add' must be a dict (JSON object), got list"),
         ("add", {"when": datetime(2024, 1, 1)}, {}, InvalidJobArguments, "args: when: datetime is not a JSON value"),
         ("add", {"x": float("nan")}, {}, InvalidJobArguments, "nan is not a finite number"),
-        ("add", {"blob": "x" * 2_000_000}, {}, PayloadTooLarge, "over the limit of 1,048,576"),
+        ("add", {"blob": "x" * 2_000_000}, {}, PayloadTooLarge, "over the limit of 344,064 for args"),
+        ("add", {"blob": "x" * 400_000}, {}, PayloadTooLarge, "over the limit of 344,064 for args"),
         ("add", {}, {"delay": -5}, InvalidJobOptions, "delay must be >= 0 seconds, got -5"),
         ("add", {}, {"priority": "urgent"}, InvalidJobOptions, "unknown priority 'urgent'"),
         ("add", {}, {"max_attempts": 0}, InvalidJobOptions, "max_attempts must be >= 1, got 0"),

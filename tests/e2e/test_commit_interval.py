@@ -8,7 +8,7 @@ import pytest
 
 from eventjobs import App
 from eventjobs.core.state import JobStatus
-from eventjobs.processor import LifecycleProcessor
+from eventjobs.runtime.processor import LifecycleProcessor
 
 
 async def _state_appears(app: App, job_id: str, within_s: float) -> bool:

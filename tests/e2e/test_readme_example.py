@@ -9,7 +9,7 @@ from typing import Any
 from eventjobs import App
 from eventjobs.core.state import JobStatus
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import apply_topics
+from eventjobs.kafka.admin import apply_topics
 from tests.e2e.conftest import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]

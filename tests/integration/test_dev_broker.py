@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from eventjobs.dev.broker import DevStackError, LocalKafka, free_port
-from eventjobs.kafka import consumer, producer
+from eventjobs.kafka.clients import consumer, producer
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import apply_topics
-from eventjobs.topics import TopicNames, load_specs
+from eventjobs.kafka.admin import apply_topics
+from eventjobs.kafka.topics import TopicNames, load_specs
 from tests.support.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,3 +123,12 @@ def test_broker_that_does_not_come_up_shows_its_log(tmp_path: Path) -> None:
     assert "the Kafka broker exited with code 1 while starting" in message
     assert "Too small" in message or "heap" in message.lower()
     assert broker.status().running is False
+
+
+def test_a_new_cluster_id_never_starts_with_a_dash() -> None:
+    # `kafka-storage format -t <id>` reads an id starting with '-' as an option (1 new id in 64)
+    from eventjobs.dev.broker import _new_cluster_id
+
+    ids = [_new_cluster_id() for _ in range(5000)]
+    assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
+    assert all(len(cluster_id) == 22 for cluster_id in ids)

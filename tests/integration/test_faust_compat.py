@@ -10,9 +10,9 @@ from pathlib import Path
 
 from aiokafka.admin import NewTopic
 
-from eventjobs.kafka import admin_client, consumer, producer
+from eventjobs.kafka.clients import admin_client, consumer, producer
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import wait_for_topics
+from eventjobs.kafka.admin import wait_for_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 

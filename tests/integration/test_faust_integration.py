@@ -28,12 +28,12 @@ from eventjobs import App, InvalidJobArguments, InvalidJobOptions, UnknownJob
 from eventjobs.core.codec import EventDecodeError, decode, encode
 from eventjobs.core.events import EVENT_TYPES, CompletedEvent, JobEvent
 from eventjobs.core.ids import job_id_for_key, new_event_id
-from eventjobs.faust import FaustEnqueuer, JobEventRecord, enqueue_from_faust
-from eventjobs.kafka import admin_client, consumer, partitions_of, producer, read_to_end
-from eventjobs.processor import run_processor
+from eventjobs.integrations.faust import FaustEnqueuer, JobEventRecord, enqueue_from_faust
+from eventjobs.kafka.clients import admin_client, consumer, partitions_of, producer, read_to_end
+from eventjobs.runtime.processor import run_processor
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import apply_topics, wait_for_topics
-from eventjobs.worker import Worker
+from eventjobs.kafka.admin import apply_topics, wait_for_topics
+from eventjobs.runtime.worker import Worker
 from tests.support.jobs_app import EXECUTIONS, build_app
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from eventjobs.kafka import consumer, producer
+from eventjobs.kafka.clients import consumer, producer
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import apply_topics
-from eventjobs.topics import TopicNames, load_specs
+from eventjobs.kafka.admin import apply_topics
+from eventjobs.kafka.topics import TopicNames, load_specs
 
 
 async def test_acks_all_round_trip_is_byte_identical(settings: Settings) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from aiokafka.admin import NewTopic
 
-from eventjobs.kafka import admin_client
+from eventjobs.kafka.clients import admin_client
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import apply_topics, describe, wait_for_topics
-from eventjobs.topics import PRIORITIES, TopicNames, load_specs
+from eventjobs.kafka.admin import apply_topics, describe, wait_for_topics
+from eventjobs.kafka.topics import PRIORITIES, TopicNames, load_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@
 a retry and success, or a non-retryable failure that dead-letters it), with the derived events
 the processor would append (taken from `apply`'s decision, so they are exactly what it derives)
 echoed into the log. Jobs are interleaved, as concurrent jobs are in a real log.
-`produce_fast` writes encoded events with `eventjobs.kafka.producer` in per-partition batches,
+`produce_fast` writes encoded events with `eventjobs.kafka.clients.producer` in per-partition batches,
 partitioned by key exactly as a keyed `send` would be.
 """
 
@@ -24,8 +24,8 @@ from eventjobs.core.fold import apply
 from eventjobs.core.ids import new_event_id
 from eventjobs.core.options import JobOptions
 from eventjobs.core.state import JobState
-from eventjobs.kafka import partitions_of, producer
-from eventjobs.projection.projector import events_topic
+from eventjobs.kafka.clients import partitions_of, producer
+from eventjobs.readside.projector import events_topic
 from eventjobs.settings import Settings
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)

@@ -11,7 +11,7 @@ from typing import Any
 
 from eventjobs.clickhouse import Backend, ClickHouseError, ServerBackend, chdb_dir, qualified
 from eventjobs.clickhouse.ownership import live_owner
-from eventjobs.projection.rows import DEAD_LETTER_COLUMNS, JOB_COLUMNS, JOB_EVENT_COLUMNS
+from eventjobs.readside.rows import DEAD_LETTER_COLUMNS, JOB_COLUMNS, JOB_EVENT_COLUMNS
 from eventjobs.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

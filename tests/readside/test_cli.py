@@ -17,11 +17,11 @@ from eventjobs.clickhouse import ClickHouseError, ClickHouseUnavailable, ServerB
 from eventjobs.core.fold import fold
 from eventjobs.core.state import JobStatus
 from eventjobs.dev.broker import free_port
-from eventjobs.projection.migrations import apply_migrations, default_projections_dir
-from eventjobs.projection.projector import Projector, ProjectorOptions
-from eventjobs.projection.service import run_projector
+from eventjobs.readside.migrations import apply_migrations, default_projections_dir
+from eventjobs.readside.projector import Projector, ProjectorOptions
+from eventjobs.readside.service import run_projector
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import apply_topics
+from eventjobs.kafka.admin import apply_topics
 from tests.readside.fastlog import job_log, produce_fast
 from tests.readside.tables import ROOT, cli_env, run_cli
 from tests.readside.test_projector import assert_projection_matches

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from eventjobs.clickhouse import Backend
-from eventjobs.projection.migrations import (
+from eventjobs.readside.migrations import (
     ProjectionError,
     apply_migrations,
     default_projections_dir,

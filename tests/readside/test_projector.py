@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,14 @@ import pytest
 from eventjobs.clickhouse import Backend
 from eventjobs.core.events import DERIVED_TYPES, JobEvent
 from eventjobs.core.fold import apply, fold, replay
+from eventjobs.core.ids import job_id_for_key
+from eventjobs.core.options import JobOptions
 from eventjobs.core.simulation import generate_log
 from eventjobs.core.state import JobStatus
-from eventjobs.projection.migrations import apply_migrations, default_projections_dir
-from eventjobs.projection.projector import Projector, ProjectorOptions
+from eventjobs.readside.migrations import apply_migrations, default_projections_dir
+from eventjobs.readside.projector import Projector, ProjectorOptions
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import apply_topics
+from eventjobs.kafka.admin import apply_topics
 from tests.support.event_log import end_offsets, produce_events
 
 pytestmark = pytest.mark.kafka
@@ -143,3 +146,115 @@ async def test_projector_killed_mid_batch_leaves_no_gap_and_no_double_count(sett
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def _reused_key_log() -> tuple[str, str, list[JobEvent], list[JobEvent]]:
+    """Two jobs whose ids come back after the processor forgot them, as the processor writes them.
+
+    Job A completes, is forgotten (its `finished` retention passed), is enqueued again with the
+    same idempotency key and completes again. Job B is dead-lettered, discarded by its dead-letter
+    retention, forgotten, and enqueued again. Returns (id of A, id of B, the log up to and
+    including both forgets, the rest), derived events echoed as the processor does.
+    """
+    from tests.core.builders import JobLog, Run, reach
+
+    ids = (job_id_for_key("send_email", "order-42"), job_id_for_key("send_email", "order-43"))
+    options = [JobOptions(max_attempts=1, idempotency_key=key) for key in ("order-42", "order-43")]
+    first: list[JobEvent] = []
+    rest: list[JobEvent] = []
+    for job_id, opts, status in zip(ids, options, (JobStatus.COMPLETED, JobStatus.DEAD_LETTERED)):
+        log, run = JobLog(job_id), Run()
+        reach(status, log=log, run=run, options=opts)
+        if status is JobStatus.DEAD_LETTERED:
+            log.tick(86_400)
+            run.apply(log.retention_passed(0, "dead_letter"))
+        log.tick(3600)
+        run.apply(log.retention_passed(0, "finished"))
+        assert run.state is None
+        first += run.log
+        done = len(run.log)
+        log.tick(120)
+        reach(JobStatus.COMPLETED, log=log, run=run, options=opts)
+        rest += run.log[done:]
+    return ids[0], ids[1], first, rest
+
+
+def _job(backend: Backend, job_id: str) -> tuple[str, int, int, str]:
+    return backend.query("SELECT status, forgotten, attempts_started, toString(enqueued_at) FROM jobs FINAL "
+                         "WHERE job_id = {id:String}", {"id": job_id}).rows[0]
+
+
+async def test_a_forgotten_job_id_reused_gives_two_histories_and_survives_a_restart(backend: Backend,
+                                                                                    settings: Settings) -> None:
+    from eventjobs.clickhouse import quote_identifier
+    from eventjobs.readside.queries import job_history
+    from eventjobs.readside.replay import replay_projections
+    from tests.readside.tables import assert_same_projections
+
+    # Given jobs that complete (or are discarded by their dead-letter retention), are forgotten by
+    # their `finished` retention, and are enqueued again with the same idempotency key
+    await apply_topics(settings)
+    await asyncio.to_thread(apply_migrations, backend, default_projections_dir())
+    a, b, first, rest = _reused_key_log()
+    await produce_events(settings, first)
+    options = ProjectorOptions(batch_max_events=4, batch_max_wait_s=0.2)
+
+    # When a projector projects up to the forgets and stops
+    projector = Projector(backend, settings, control=False, stop_at=await end_offsets(settings), options=options)
+    await asyncio.wait_for(projector.run(asyncio.Event()), 120)
+    # Then the `jobs` rows keep the final states, marked forgotten, and B left the dead-letter queue
+    assert _job(backend, a)[:3] == ("completed", 1, 1)
+    assert _job(backend, b)[:3] == ("discarded", 1, 1)
+    assert backend.query("SELECT count() FROM dead_letters FINAL").scalar() == 0
+
+    # When the jobs are enqueued again and a new projector (resuming from ClickHouse) goes on
+    await asyncio.sleep(1.0)
+    since = datetime.now(timezone.utc)  # for `replay --since` below: from the new jobs on
+    await asyncio.sleep(0.2)
+    await produce_events(settings, rest)
+    projector = Projector(backend, settings, control=False, stop_at=await end_offsets(settings), options=options)
+    await asyncio.wait_for(projector.run(asyncio.Event()), 120)
+    log = first + rest
+    # Then each id has a new job (not a duplicate refused), with both histories in job_events
+    for job_id in (a, b):
+        status, forgotten, attempts, enqueued_at = _job(backend, job_id)
+        second_enqueue = [e for e in rest if e.job_id == job_id and e.type == "enqueued"][0]
+        assert (status, forgotten, attempts) == ("completed", 0, 1)
+        assert enqueued_at.startswith(second_enqueue.occurred_at.strftime("%Y-%m-%d %H:%M:%S"))
+        history = await asyncio.to_thread(job_history, backend, job_id)
+        assert [e.type for e in history] == [e.type for e in log if e.job_id == job_id]
+        assert [e.outcome for e in history if e.type == "enqueued"] == ["applied", "applied"]
+        assert [(e.outcome, e.status_after) for e in history if e.type == "retention_passed"][-1] == ("forgotten", "")
+        assert "duplicate_rejected" not in [e.type for e in history]
+        restart = next(i for i, e in enumerate(history) if e.since_enqueued_s == 0 and i > 0)
+        assert history[restart].type == "enqueued"  # time since enqueue counts from the new job's enqueue
+    retention = dict(backend.query("SELECT outcome, counted FROM job_events WHERE type = 'retention_passed' "
+                                   "AND job_id = {id:String} ORDER BY log_offset", {"id": b}).rows)
+    assert retention == {"applied": 1, "forgotten": 0}  # the dead-letter discard counts, the forget does not
+    # metrics: two enqueued, started and completed per job name; the forgets add no metric row
+    assert metric_counts(backend) == expected_counts(log) == Counter(
+        enqueued=4, started=4, completed=3, failed=1, dead_lettered=1)
+    forget_minutes = backend.query(
+        "SELECT count() FROM job_metrics_1m WHERE minute IN (SELECT toStartOfMinute(occurred_at) FROM job_events "
+        "WHERE outcome = 'forgotten')").scalar()
+    assert forget_minutes == 0
+
+    # And one projector over the whole log, without the restart, builds the very same tables
+    whole = f"{settings.namespace}_whole"
+    try:
+        await asyncio.to_thread(apply_migrations, backend, default_projections_dir(), whole)
+        projector = Projector(backend, settings, database=whole, control=False,
+                              stop_at=await end_offsets(settings), options=options)
+        await asyncio.wait_for(projector.run(asyncio.Event()), 120)
+        counts = await asyncio.to_thread(assert_same_projections, backend, whole, settings.namespace)
+        assert counts["jobs"] == 2 and counts["job_events"] == len(log)
+    finally:
+        backend.command(f"DROP DATABASE IF EXISTS {quote_identifier(whole)} SYNC", database="")
+
+    # And `replay --since` the re-enqueues (the forgotten jobs folded again from job_events) too
+    report = await replay_projections(settings, backend, since=since, keep_old=True, options=options)
+    assert report.kept_old_in is not None and report.events == len(rest)
+    try:
+        await asyncio.to_thread(assert_same_projections, backend, report.kept_old_in, settings.namespace)
+    finally:
+        backend.command(f"DROP DATABASE IF EXISTS {quote_identifier(report.kept_old_in)} SYNC", database="")

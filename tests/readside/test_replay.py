@@ -14,18 +14,18 @@ from pathlib import Path
 import orjson
 import pytest
 
-from eventjobs import query
+from eventjobs.readside import queries as query
 from eventjobs.clickhouse import Backend, ClickHouseError
 from eventjobs.core.fold import fold
 from eventjobs.core.state import JobStatus, encode_state
-from eventjobs.kafka import producer
-from eventjobs.processor import LifecycleProcessor
-from eventjobs.projection.migrations import apply_migrations, default_projections_dir
-from eventjobs.projection.projector import Projector, ProjectorOptions
-from eventjobs.projection.replay import replay_projections
+from eventjobs.kafka.clients import producer
+from eventjobs.runtime.processor import LifecycleProcessor
+from eventjobs.readside.migrations import apply_migrations, default_projections_dir
+from eventjobs.readside.projector import Projector, ProjectorOptions
+from eventjobs.readside.replay import replay_projections
 from eventjobs.settings import Settings
-from eventjobs.topic_admin import apply_topics
-from eventjobs.topics import TopicNames, load_specs
+from eventjobs.kafka.admin import apply_topics
+from eventjobs.kafka.topics import TopicNames, load_specs
 from tests.readside.fastlog import QUEUES, job_log, produce_fast
 from tests.readside.tables import (
     assert_same_projections,
@@ -221,8 +221,8 @@ async def test_replay_state_finds_and_corrects_drift_and_refuses_while_the_proce
 async def _partitions_of_jobs(settings: Settings, job_ids: list[str]) -> dict[str, int]:
     from aiokafka.partitioner import DefaultPartitioner
 
-    from eventjobs.kafka import partitions_of
-    from eventjobs.projection.projector import events_topic
+    from eventjobs.kafka.clients import partitions_of
+    from eventjobs.readside.projector import events_topic
 
     partitions = [tp.partition for tp in await partitions_of(settings, events_topic(settings))]
     return {job_id: DefaultPartitioner()(job_id.encode(), partitions, partitions) for job_id in job_ids}

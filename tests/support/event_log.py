@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from eventjobs.core.codec import encode
 from eventjobs.core.events import JobEvent
-from eventjobs.kafka import producer
-from eventjobs.projection.projector import events_topic
+from eventjobs.kafka.clients import producer
+from eventjobs.readside.projector import events_topic
 from eventjobs.settings import Settings
 
 
@@ -35,7 +35,7 @@ async def produce_events(settings: Settings, events: Sequence[JobEvent | bytes],
 
 async def end_offsets(settings: Settings) -> dict[int, int]:
     """Per partition of the event log, the offset after the last record."""
-    from eventjobs.kafka import consumer, partitions_of
+    from eventjobs.kafka.clients import consumer, partitions_of
 
     client = consumer(settings, group_id=None)
     await client.start()

@@ -21,7 +21,7 @@ from typing import Any
 import faust
 
 from eventjobs import UnknownJob
-from eventjobs.faust import FaustEnqueuer, JobEventRecord, job_events_topic
+from eventjobs.integrations.faust import FaustEnqueuer, JobEventRecord, job_events_topic
 from tests.support.jobs_app import build_app
 
 BROKER = os.environ["FAUST_JOBS_BROKER"]

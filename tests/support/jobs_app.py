@@ -77,6 +77,18 @@ def build_app(namespace: str, **settings: Any) -> App:
         child = await ctx.enqueue("add", {"a": 1, "b": 1})
         return {"child": child}
 
+    @app.job(queue="default", max_attempts=2, backoff=NoBackoff())
+    async def huge_error(args: dict[str, Any], ctx: JobContext) -> Any:
+        """Fails with an error of `chars` characters (returned as a Cancel marker with `marker`)."""
+        text = args.get("char", "E") * args["chars"]
+        if args.get("marker"):
+            return Cancel(text)
+        raise ValueError(text)
+
+    @app.job(queue="default", max_attempts=2, backoff=NoBackoff())
+    async def huge_result(args: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        return {"blob": "r" * args["bytes"]}
+
     @app.job(queue="default")
     async def retry_later(args: dict[str, Any], ctx: JobContext) -> Any:
         if ctx.attempt == 0:

@@ -7,7 +7,7 @@ asks `collect` what the processor must write for it.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from eventjobs.core.events import (
     FailedEvent,
     JobEvent,
     LeaseExpiredEvent,
+    RetentionPassedEvent,
     RetryScheduledEvent,
     ScheduledEvent,
 )
@@ -31,8 +32,20 @@ from eventjobs.core.fold import Decision, apply
 from eventjobs.core.options import ConstantBackoff, JobOptions, Priority
 from eventjobs.core.outcome import Cancel, outcome_event
 from eventjobs.core.state import JobState, JobStatus
-from eventjobs.effects import Effects, collect, dead_letter_record, ready_record
-from eventjobs.records import DeadLetterRecord, ReadyRecord, TimerRecord, timer_key
+from eventjobs.core.effects import (
+    DEFAULT_DEAD_LETTER_RETENTION_S,
+    DEFAULT_RETAIN_COMPLETED_S,
+    READY_REPUBLISH_CAP_S,
+    READY_REPUBLISH_FIRST_S,
+    Effects,
+    ReadyRepublish,
+    Retention,
+    collect,
+    dead_letter_record,
+    ready_record,
+)
+from eventjobs.core.records import DeadLetterRecord, ReadyRecord, TimerRecord, timer_key
+from eventjobs.core.timer_index import RefusedTimer, admit_timer
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 S = JobStatus
@@ -42,11 +55,40 @@ def key(kind: str, job_id: str = "job-1", attempt: int | None = None) -> bytes:
     return timer_key(job_id, kind, attempt)  # type: ignore[arg-type]
 
 
+def republish_key(attempt: int = 0, sequence: int = 0, job_id: str = "job-1") -> bytes:
+    return timer_key(job_id, "republish", attempt, sequence)
+
+
+def republish_timer(
+    at: datetime, attempt: int = 0, sequence: int = 0, republish: ReadyRepublish = ReadyRepublish()
+) -> dict[bytes, TimerRecord]:
+    """The `republish` timer armed when the ready record of `attempt` was published at `at` (for the
+    `sequence`-th time after the first): it publishes it again `republish.delay_s(sequence)` later."""
+    record = TimerRecord(job_id="job-1", kind="republish", attempt=attempt, sequence=sequence,
+                         due_at=add_seconds(at, republish.delay_s(sequence)))
+    return {record.key: record}
+
+
+def retain(at: datetime, attempt: int = 0, after_s: float = DEFAULT_RETAIN_COMPLETED_S) -> dict[bytes, TimerRecord]:
+    """The `retain` timer of a job that finished at `at`: it is forgotten `after_s` later."""
+    return {key("retain"): TimerRecord(job_id="job-1", kind="retain", attempt=attempt, due_at=add_seconds(at, after_s))}
+
+
+def dead_letter_timer(
+    at: datetime, attempt: int = 0, after_s: float = DEFAULT_DEAD_LETTER_RETENTION_S
+) -> dict[bytes, TimerRecord]:
+    """The `dead_letter` timer of a job dead-lettered at `at`: it is discarded `after_s` later."""
+    return {
+        key("dead_letter"): TimerRecord(job_id="job-1", kind="dead_letter", attempt=attempt, due_at=add_seconds(at, after_s))
+    }
+
+
 class Job:
     """One job driven through real events; `step` applies one and returns what `collect` produced."""
 
-    def __init__(self, job_id: str = "job-1") -> None:
+    def __init__(self, job_id: str = "job-1", retention: Retention = Retention()) -> None:
         self.job_id = job_id
+        self.retention = retention
         self.now = T0
         self.state: JobState | None = None
         self.n = 0
@@ -65,9 +107,11 @@ class Job:
         before = self.state
         self.decision = apply(before, event, actor="processor:0")
         effects = Effects()
-        collect(effects, before, self.decision, event)
+        collect(effects, before, self.decision, event, retention=self.retention)
         if self.decision.state is not None:
             self.state = self.decision.state
+        elif self.decision.rejected is None:
+            self.state = None  # forgotten: its retention passed
         self.events.append(event)
         return effects
 
@@ -130,6 +174,14 @@ class Job:
         )
         return self.step(event)
 
+    def retention_passed(self, scope: str, due_at: datetime, attempt: int | None = None) -> Effects:
+        """The timer service fires a retention timer due at `due_at` (the clock moves there)."""
+        self.now = max(self.now, due_at)
+        return self.step(RetentionPassedEvent(
+            event_id=self.eid(), job_id=self.job_id, occurred_at=self.now, actor="timer:0",
+            attempt=self.s.attempt if attempt is None else attempt, scope=scope, due_at=due_at,  # type: ignore[arg-type]
+        ))
+
     def expire(self) -> Effects:
         return self.step(commands.expire(self.s, now=self.tick(), actor="timer:0", event_id=self.eid()))
 
@@ -181,8 +233,9 @@ def test_enqueued_job_gets_a_ready_record_with_everything_a_worker_needs() -> No
         )
     ]
     assert effects.ready[0].options.capabilities == ("smtp",)
-    assert effects.timers == {} and effects.events == [] and effects.revoked == [] and effects.dead_letters == {}
-    assert len(effects) == 2  # the state and the ready record
+    assert effects.timers == republish_timer(T0)  # published again in 5 minutes if still pending then
+    assert effects.events == [] and effects.revoked == [] and effects.dead_letters == {}
+    assert len(effects) == 3  # the state, the ready record and its republish timer
 
 
 def test_ready_record_carries_the_parent_job() -> None:
@@ -205,7 +258,8 @@ def test_scheduled_job_arms_run_at_and_gets_ready_when_due() -> None:
     effects = job.due()
     assert job.s.status is S.PENDING
     assert [(r.job_id, r.attempt, r.ready_at) for r in effects.ready] == [("job-1", 0, job.now)]
-    assert effects.timers == {}  # the timer service already tombstoned the fired run_at timer
+    # the timer service already tombstoned the fired run_at timer; the ready record's republish is armed
+    assert effects.timers == republish_timer(job.now)
     assert effects.revoked == [] and effects.dead_letters == {}
 
 
@@ -213,7 +267,7 @@ def test_run_at_in_the_past_is_pending_at_once() -> None:
     job = Job()
     effects = job.enqueue(run_at=add_seconds(T0, -5))
     assert job.s.status is S.PENDING
-    assert len(effects.ready) == 1 and effects.timers == {}
+    assert len(effects.ready) == 1 and effects.timers == republish_timer(T0)
 
 
 # -- TTL ----------------------------------------------------------------------------------------
@@ -222,13 +276,16 @@ def test_run_at_in_the_past_is_pending_at_once() -> None:
 def test_ttl_is_armed_on_enqueue_and_tombstoned_when_claimed() -> None:
     job = Job()
     effects = job.enqueue(ttl=300)
-    assert effects.timers == {key("ttl"): TimerRecord(job_id="job-1", kind="ttl", attempt=0, due_at=add_seconds(T0, 300))}
+    assert effects.timers == {
+        key("ttl"): TimerRecord(job_id="job-1", kind="ttl", attempt=0, due_at=add_seconds(T0, 300)), **republish_timer(T0)
+    }
     assert len(effects.ready) == 1
 
     effects = job.claim(lease_s=45)
     assert effects.timers == {
         key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=0, due_at=add_seconds(job.now, 45)),
         key("ttl"): None,
+        republish_key(): None,
     }
     assert effects.ready == [] and effects.revoked == []  # a claim consumes the ready record, it is not revoked
 
@@ -249,7 +306,7 @@ def test_claim_without_ttl_writes_no_ttl_tombstone() -> None:
     job = Job()
     job.enqueue()
     effects = job.claim()
-    assert set(effects.timers) == {key("lease")}
+    assert set(effects.timers) == {key("lease"), republish_key()}
 
 
 def test_expired_pending_job_is_revoked_and_dead_lettered() -> None:
@@ -261,7 +318,7 @@ def test_expired_pending_job_is_revoked_and_dead_lettered() -> None:
     assert job.s.status is S.DEAD_LETTERED
     assert effects.revoked == [ready_record(pending, job.now)]
     assert effects.ready == []
-    assert armed(effects) == {}
+    assert armed(effects) == dead_letter_timer(job.now)
     (dead,) = job.decision.derived  # type: ignore[union-attr]
     assert isinstance(dead, DeadLetteredEvent)
     assert effects.events == [dead]
@@ -279,7 +336,7 @@ def test_expired_scheduled_job_tombstones_its_run_at_timer_and_revokes_nothing()
     effects = job.expire()
     assert job.s.status is S.DEAD_LETTERED
     assert key("run_at") in tombstones(effects)
-    assert armed(effects) == {} and effects.revoked == [] and effects.ready == []
+    assert armed(effects) == dead_letter_timer(job.now) and effects.revoked == [] and effects.ready == []
     assert effects.dead_letters["job-1"].reason.startswith("expired")  # type: ignore[union-attr]
 
 
@@ -302,7 +359,8 @@ def test_claim_arms_the_lease_and_start_writes_only_the_state() -> None:
     job.enqueue()
     effects = job.claim(lease_s=90)
     assert effects.timers == {key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=0,
-                                                        due_at=add_seconds(job.now, 90))}
+                                                        due_at=add_seconds(job.now, 90)),
+                              republish_key(): None}  # claimed: no re-publish
     assert effects.states == {"job-1": job.s} and effects.ready == [] and effects.events == []
     nothing_but_state(job.start(), job)
     nothing_but_state(job.progress(), job)
@@ -333,7 +391,7 @@ def test_success_tombstones_the_lease_and_completes() -> None:
     job.run()
     effects = job.succeed({"sent": True})
     assert job.s.status is S.COMPLETED
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {key("lease"): None, **retain(job.now)}
     assert [type(e) for e in effects.events] == [CompletedEvent]
     assert effects.events[0].result == {"sent": True}  # type: ignore[union-attr]
     assert effects.ready == [] and effects.revoked == [] and effects.dead_letters == {}
@@ -344,7 +402,7 @@ def test_success_straight_from_claimed_also_tombstones_the_lease() -> None:
     job.enqueue()
     job.claim()
     effects = job.succeed()
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {key("lease"): None, **retain(job.now)}
 
 
 # -- retries ---------------------------------------------------------------------------------
@@ -374,10 +432,11 @@ def test_retry_due_gives_a_ready_record_for_the_next_attempt_whose_claim_arms_it
     job.tick(10)
     effects = job.due()
     assert [(r.attempt, r.ready_at, r.enqueued_at) for r in effects.ready] == [(1, job.now, T0)]
-    assert effects.timers == {}
+    assert effects.timers == republish_timer(job.now, attempt=1)
     effects = job.claim(lease_s=30)
     assert effects.timers == {key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=1,
-                                                        due_at=add_seconds(job.now, 30))}
+                                                        due_at=add_seconds(job.now, 30)),
+                              republish_key(attempt=1): None}
 
 
 # -- dead letters ---------------------------------------------------------------------------
@@ -404,7 +463,7 @@ def test_exhausted_attempts_write_the_dead_letter_entry() -> None:
     assert "ConnectionError: reset" in entry.traceback
     assert entry.dead_letter_event_id == dead.event_id == job.s.dead_letter_event_id
     assert entry.dead_lettered_at == job.now
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {key("lease"): None, **dead_letter_timer(job.now)}
     assert effects.ready == [] and effects.revoked == []
 
 
@@ -425,7 +484,7 @@ def test_dead_letter_retry_tombstones_the_entry_and_makes_a_fresh_attempt_ready(
     assert job.s.status is S.PENDING and job.s.attempt == 1
     assert effects.dead_letters == {"job-1": None}
     assert [(r.attempt, r.ready_at) for r in effects.ready] == [(1, job.now)]
-    assert armed(effects) == {}  # the TTL is disarmed by a dead-letter retry
+    assert armed(effects) == republish_timer(job.now, attempt=1)  # no TTL: disarmed by a dead-letter retry
     assert effects.events == [] and effects.revoked == []
 
 
@@ -435,7 +494,7 @@ def test_discard_tombstones_the_entry_and_nothing_becomes_ready() -> None:
     effects = job.discard()
     assert job.s.status is S.DISCARDED
     assert effects.dead_letters == {"job-1": None}
-    assert effects.ready == [] and effects.revoked == [] and armed(effects) == {}
+    assert effects.ready == [] and effects.revoked == [] and armed(effects) == retain(job.now)
 
 
 def test_operator_action_naming_an_old_entry_writes_nothing() -> None:
@@ -466,7 +525,7 @@ def test_cancel_pending_job_revokes_its_ready_record() -> None:
     assert effects.revoked == [ready_record(pending, job.now)]
     assert effects.revoked[0].job_id == "job-1" and effects.revoked[0].attempt == 0
     assert effects.ready == []
-    assert effects.timers == {key("ttl"): None}
+    assert effects.timers == {key("ttl"): None, republish_key(): None, **retain(job.now)}
     assert [type(e) for e in effects.events] == [CancelledEvent]
     assert effects.dead_letters == {}
 
@@ -486,7 +545,7 @@ def test_cancel_scheduled_job_tombstones_run_at_and_ttl() -> None:
     job.enqueue(delay=60, ttl=60)
     effects = job.cancel()
     assert job.s.status is S.CANCELLED
-    assert effects.timers == {key("run_at"): None, key("ttl"): None}
+    assert effects.timers == {key("run_at"): None, key("ttl"): None, **retain(job.now)}
     assert effects.revoked == [] and effects.ready == []
 
 
@@ -497,7 +556,7 @@ def test_cancel_retrying_job_tombstones_the_retry_timer() -> None:
     job.fail()
     effects = job.cancel()
     assert job.s.status is S.CANCELLED
-    assert key("retry", attempt=1) in tombstones(effects) and armed(effects) == {}
+    assert key("retry", attempt=1) in tombstones(effects) and armed(effects) == retain(job.now, attempt=1)
     assert effects.revoked == [] and effects.ready == []
 
 
@@ -509,9 +568,209 @@ def test_cancel_while_running_is_only_a_flag_until_the_attempt_ends() -> None:
     assert job.s.cancel_requested and job.s.status is S.RUNNING
     effects = job.fail()  # retryable, attempts left, but a cancel was requested
     assert job.s.status is S.CANCELLED
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {key("lease"): None, **retain(job.now)}
     assert [type(e) for e in effects.events] == [CancelledEvent]
     assert effects.dead_letters == {} and effects.ready == []
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+
+def test_default_retention_is_a_day_for_finished_jobs_and_a_week_for_dead_letters() -> None:
+    assert Retention() == Retention(finished_s=DAY, dead_letter_s=7 * DAY)
+    assert (DEFAULT_RETAIN_COMPLETED_S, DEFAULT_DEAD_LETTER_RETENTION_S) == (DAY, 7 * DAY)
+
+
+@pytest.mark.parametrize("field", ["finished_s", "dead_letter_s"])
+@pytest.mark.parametrize("value", [0, 0.0, -1.0, -DAY, float("nan")])
+def test_retention_refuses_non_positive_values(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"retention {field} must be > 0 seconds"):
+        Retention(**{field: value})
+
+
+@pytest.mark.parametrize("finish", ["succeed", "cancel", "cancel_running", "discard"])
+def test_finishing_arms_the_retain_timer_at_finished_at_plus_the_retention(finish: str) -> None:
+    job = Job(retention=Retention(finished_s=HOUR, dead_letter_s=DAY))
+    if finish == "discard":
+        _dead_lettered(job)
+        effects = job.discard()
+    else:
+        job.enqueue()
+        if finish != "cancel":
+            job.run()
+        if finish == "cancel_running":
+            job.cancel()
+            effects = job.fail()
+        else:
+            effects = job.succeed() if finish == "succeed" else job.cancel()
+    assert job.s.is_terminal and job.s.status is not S.DEAD_LETTERED
+    assert job.s.finished_at == job.now
+    assert armed(effects) == retain(job.now, after_s=HOUR)
+
+
+def test_retain_timer_names_the_attempt_that_finished() -> None:
+    job = Job()
+    job.enqueue()
+    job.run()
+    job.fail()
+    job.due()
+    job.run()
+    effects = job.succeed()
+    assert job.s.attempt == 1
+    assert effects.timers == {key("lease"): None, **retain(job.now, attempt=1)}
+
+
+def test_dead_lettering_arms_the_dead_letter_timer_at_the_processors_retention() -> None:
+    job = Job(retention=Retention(finished_s=HOUR, dead_letter_s=2 * DAY))
+    effects = _dead_lettered(job)
+    assert job.s.status is S.DEAD_LETTERED and job.s.finished_at == job.now
+    assert effects.timers == {key("lease"): None, **dead_letter_timer(job.now, after_s=2 * DAY)}
+
+
+@pytest.mark.parametrize("option", [90, 90.0, timedelta(seconds=90)])
+def test_a_jobs_dead_letter_retention_option_overrides_the_processors(option: Any) -> None:
+    job = Job(retention=Retention(dead_letter_s=2 * DAY))
+    effects = _dead_lettered(job, dead_letter_retention=option)
+    assert job.s.options.dead_letter_retention_s == 90.0
+    assert effects.timers == {key("lease"): None, **dead_letter_timer(job.now, after_s=90)}
+
+
+def test_the_dead_letter_retention_option_does_not_change_the_finished_retention() -> None:
+    job = Job(retention=Retention(finished_s=HOUR))
+    job.enqueue(dead_letter_retention=90)
+    job.run()
+    assert armed(job.succeed()) == retain(job.now, after_s=HOUR)
+
+
+def test_expired_job_is_dead_lettered_with_the_option_retention() -> None:
+    job = Job()
+    job.enqueue(ttl=5, dead_letter_retention=timedelta(hours=3))
+    job.tick(5)
+    effects = job.expire()
+    assert job.s.status is S.DEAD_LETTERED
+    assert armed(effects) == dead_letter_timer(job.now, after_s=3 * HOUR)
+
+
+def test_dead_letter_timer_of_a_later_attempt_names_it() -> None:
+    job = Job()
+    _dead_lettered(job)
+    job.dlq_retry()
+    job.run()
+    effects = job.fail()  # max_attempts=1: dead-lettered again, on attempt 1
+    assert job.s.status is S.DEAD_LETTERED and job.s.attempt == 1
+    assert effects.timers == {key("lease"): None, **dead_letter_timer(job.now, attempt=1)}
+
+
+def test_dead_letter_retry_cancels_the_dead_letter_timer() -> None:
+    job = Job()
+    _dead_lettered(job)
+    effects = job.dlq_retry()
+    assert job.s.status is S.PENDING
+    assert effects.timers == {key("dead_letter"): None, **republish_timer(job.now, attempt=1)}
+    assert effects.dead_letters == {"job-1": None}
+
+
+def test_discard_cancels_the_dead_letter_timer_and_arms_the_retain_timer() -> None:
+    job = Job(retention=Retention(finished_s=HOUR))
+    _dead_lettered(job)
+    effects = job.discard()
+    assert job.s.status is S.DISCARDED
+    assert effects.timers == {key("dead_letter"): None, **retain(job.now, after_s=HOUR)}
+    assert effects.dead_letters == {"job-1": None}
+    assert effects.states == {"job-1": job.s} and effects.events == []
+    assert effects.ready == [] and effects.revoked == []
+
+
+def test_dead_letter_retention_passing_discards_like_an_operator_would() -> None:
+    job = Job(retention=Retention(finished_s=HOUR, dead_letter_s=DAY))
+    (timer,) = armed(_dead_lettered(job)).values()  # what the timer service holds, and fires
+    assert timer == dead_letter_timer(job.now, after_s=DAY)[key("dead_letter")]
+    effects = job.retention_passed("dead_letter", timer.due_at)
+    assert job.s.status is S.DISCARDED and job.s.finished_at == timer.due_at
+    assert effects.states == {"job-1": job.s}
+    assert effects.dead_letters == {"job-1": None}
+    assert effects.timers == {key("dead_letter"): None, **retain(timer.due_at, after_s=HOUR)}
+    assert effects.events == [] and effects.ready == [] and effects.revoked == []
+
+
+@pytest.mark.parametrize("finish", ["succeed", "cancel", "discard"])
+def test_forgetting_a_finished_job_tombstones_its_state_and_writes_nothing_else(finish: str) -> None:
+    job = Job(retention=Retention(finished_s=HOUR))
+    if finish == "discard":
+        _dead_lettered(job)
+        job.discard()
+    elif finish == "succeed":
+        job.enqueue()
+        job.run()
+        job.succeed()
+    else:
+        job.enqueue()
+        job.cancel()
+    assert job.s.finished_at is not None
+    effects = job.retention_passed("finished", add_seconds(job.s.finished_at, HOUR))
+    assert job.decision == Decision(state=None, derived=(), rejected=None, duplicate=False)
+    assert job.state is None
+    assert effects.states == {"job-1": None}
+    assert effects.events == [] and effects.ready == [] and effects.revoked == []
+    assert effects.timers == {} and effects.dead_letters == {}
+    assert len(effects) == 1
+
+
+def test_retention_passed_that_is_rejected_writes_nothing() -> None:
+    job = Job()
+    job.enqueue()
+    job.run()
+    nothing_at_all(job.retention_passed("finished", add_seconds(job.now, DAY)))  # still running
+    assert job.decision.rejected is not None  # type: ignore[union-attr]
+    job.succeed()
+    finished = job.s
+    nothing_at_all(job.retention_passed("finished", finished.finished_at))  # type: ignore[arg-type]  # not after it
+    nothing_at_all(job.retention_passed("finished", add_seconds(job.now, DAY), attempt=1))  # another attempt
+    nothing_at_all(job.retention_passed("dead_letter", add_seconds(job.now, DAY)))  # not dead-lettered
+    assert job.s is finished
+
+
+def test_forgotten_job_enqueued_again_starts_afresh() -> None:
+    job = Job()
+    job.enqueue(idempotency_key="k")
+    job.run()
+    job.succeed()
+    job.retention_passed("finished", add_seconds(job.s.finished_at, DAY))  # type: ignore[arg-type]
+    effects = job.enqueue(idempotency_key="k")
+    assert job.decision.accepted  # type: ignore[union-attr]
+    assert job.s.status is S.PENDING and job.s.version == 1 and job.s.enqueued_event_id == job.events[-1].event_id
+    assert effects.states == {"job-1": job.s}
+    assert [(r.job_id, r.attempt) for r in effects.ready] == [("job-1", 0)]
+    assert effects.events == [] and effects.timers == republish_timer(job.now)
+
+
+def test_retention_shorter_than_a_millisecond_still_arms_a_timer_after_the_finish() -> None:
+    """A retention due at (not after) finished_at would be refused as stale: keep at least 1 ms."""
+    job = Job(retention=Retention(finished_s=0.0004, dead_letter_s=0.0001))
+    effects = _dead_lettered(job)
+    assert armed(effects) == dead_letter_timer(job.now, after_s=0.001)
+    effects = job.retention_passed("dead_letter", add_seconds(job.now, 0.001))
+    assert job.decision.accepted and job.s.status is S.DISCARDED  # type: ignore[union-attr]
+    assert armed(effects) == retain(job.now, after_s=0.001)
+    job.retention_passed("finished", add_seconds(job.now, 0.001))
+    assert job.decision.accepted and job.state is None  # type: ignore[union-attr]
+
+
+def test_dead_letter_retention_beyond_the_calendar_arms_no_timer() -> None:
+    """A retention that ends after the year 9999 never passes: no timer, and no crash of the batch."""
+    job = Job()
+    effects = _dead_lettered(job, dead_letter_retention=1e12)
+    assert job.s.status is S.DEAD_LETTERED
+    assert effects.timers == {key("lease"): None}
+    assert effects.dead_letters == {"job-1": dead_letter_record(job.s)}
+    # likewise a processor retention of inf: the finished job is kept
+    job = Job(retention=Retention(finished_s=float("inf")))
+    job.enqueue()
+    job.run()
+    assert job.succeed().timers == {key("lease"): None}
 
 
 # -- stale lease timers ------------------------------------------------------------------------
@@ -621,14 +880,111 @@ def test_collect_accumulates_into_one_effects_of_a_batch() -> None:
         write()
         collect(batch, before, job.decision, job.events[-1])  # type: ignore[arg-type]
     assert batch.states == {"job-1": job.s} and job.s.status is S.COMPLETED
-    assert batch.timers == {key("ttl"): None, key("lease"): None}
+    assert batch.timers == {key("ttl"): None, key("lease"): None, **retain(job.now)}
     assert len(batch.ready) == 1 and batch.revoked == []
     assert [type(e) for e in batch.events] == [CompletedEvent]
+
+
+# -- republish: a pending job's ready record is published again -------------------------------------
+
+MINUTE = 60.0
+
+
+def test_republish_delays_are_an_hour_doubling_capped_at_a_day() -> None:
+    assert (READY_REPUBLISH_FIRST_S, READY_REPUBLISH_CAP_S) == (60 * MINUTE, 24 * 60 * MINUTE)
+    assert [ReadyRepublish().delay_s(n) for n in range(7)] == [h * 60 * MINUTE for h in (1, 2, 4, 8, 16, 24, 24)]
+    assert ReadyRepublish().delay_s(10_000) == 24 * 60 * MINUTE
+    assert [ReadyRepublish(first_s=0.5, cap_s=2).delay_s(n) for n in range(4)] == [0.5, 1.0, 2.0, 2.0]
+    for first, cap in ((0, 1), (-1, 1), (2, 1), (float("nan"), 1)):
+        with pytest.raises(ValueError, match="republish delays need"):
+            ReadyRepublish(first_s=first, cap_s=cap)
+
+
+def test_a_fired_republish_timer_publishes_the_ready_record_again_and_arms_the_next_one() -> None:
+    # Given a pending job whose ready record nobody claimed
+    job = Job()
+    job.enqueue()
+    for sequence, wait in enumerate((60, 120, 240, 480, 960, 1440)):
+        job.tick(wait * MINUTE)
+        # When its republish timer fires
+        effects = job.due()
+        # Then the ready record goes out again, and the next re-publish is armed one longer delay on
+        assert job.decision.accepted and job.s.ready_republishes == sequence + 1  # type: ignore[union-attr]
+        assert effects.ready == [ready_record(job.s, job.now)]
+        assert effects.timers == republish_timer(job.now, sequence=sequence + 1)
+        assert effects.states == {"job-1": job.s} and effects.events == [] and effects.revoked == []
+    assert armed(effects)[republish_key(0, 6)].due_at == add_seconds(job.now, 24 * 60 * MINUTE)
+
+
+def test_a_republish_timer_fired_again_writes_nothing() -> None:
+    job = Job()
+    job.enqueue()
+    job.tick(5 * MINUTE)
+    job.due()
+    fired = job.events[-1]
+    nothing_at_all(job.step(fired))  # a duplicate (the timer service crashed before its tombstone)
+    stale = commands.due_event("job-1", 0, "republish", sequence=0, now=job.tick(), actor="timer:0", event_id=job.eid())
+    nothing_at_all(job.step(stale))  # the same timer, its id forgotten: stale
+    assert job.decision.rejected is not None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("leave", ["claim", "cancel", "expire"])
+def test_leaving_pending_tombstones_the_current_republish_timer(leave: str) -> None:
+    job = Job()
+    job.enqueue(ttl=3600)
+    job.tick(5 * MINUTE)
+    job.due()  # re-published once: the armed timer is the second
+    effects = {"claim": job.claim, "cancel": job.cancel, "expire": job.expire}[leave]()
+    assert job.s.status is not S.PENDING
+    assert republish_key(0, 1) in tombstones(effects)
+    assert not any(t.kind == "republish" for t in armed(effects).values())
+
+
+def test_a_republish_timer_armed_and_cancelled_in_one_batch_is_not_written() -> None:
+    """Its key names that one arming: nothing older can hold it, so no tombstone is needed either."""
+    job = Job()
+    batch = Effects()
+    for write in (job.enqueue, job.claim, job.start):
+        before = job.state
+        write()
+        collect(batch, before, job.decision, job.events[-1])  # type: ignore[arg-type]
+    assert not any(b":republish:" in k for k in batch.timers)
+    assert set(batch.timers) == {key("lease")}
+
+
+def test_the_processors_republish_delays_are_used() -> None:
+    fast = ReadyRepublish(first_s=0.5, cap_s=1.0)
+    effects = Effects()
+    event = commands.enqueue("send_email", {}, JobOptions(), now=T0, actor="p", job_id="job-1", event_id="e1")
+    collect(effects, None, apply(None, event), event, republish=fast)
+    assert effects.timers == republish_timer(T0, republish=fast)
+    assert armed(effects)[republish_key()].due_at == add_seconds(T0, 0.5)
+
+
+def test_the_timer_service_admits_a_republish_timer_and_fires_the_due_the_fold_expects() -> None:
+    job = Job()
+    (key_, timer), = armed(job.enqueue()).items()
+    # built without re-validation: equal to, and encoded like, a validated record
+    assert TimerRecord.decode(timer.encode()) == timer == TimerRecord.model_validate(timer.model_dump())
+    other = Job("job-2")
+    other.enqueue()
+    lease = armed(other.claim())[key("lease", "job-2")]
+    assert TimerRecord.decode(lease.encode()) == lease and b"sequence" not in lease.encode()
+    due_ms, attempt = admit_timer(key_, timer.encode())  # type: ignore[misc]
+    fired = commands.timer_fired_event(key_, due_ms, attempt, now=timer.due_at, actor="timer:0")
+    assert (fired.type, fired.timer, fired.attempt, fired.sequence) == ("due", "republish", 0, 0)  # type: ignore[union-attr]
+    effects = job.step(fired)
+    assert job.decision.accepted and len(effects.ready) == 1  # type: ignore[union-attr]
+    # a republish record without its sequence is refused, not raised on
+    broken = timer.encode().replace(b',"sequence":0', b"")
+    refused = admit_timer(key_, broken)
+    assert isinstance(refused, RefusedTimer) and refused.kind == "wrong fields"
 
 
 # -- property: the records written always describe the state ------------------------------------
 
 ACTIVE = (S.CLAIMED, S.RUNNING)
+FINISHED = (S.COMPLETED, S.CANCELLED, S.DISCARDED)
 
 
 class Topics:
@@ -669,6 +1025,15 @@ class Topics:
         waiting_for_first_start = status in (S.PENDING, S.SCHEDULED) and state.attempts_started == 0
         expected_ttl = (state.expires_at, state.attempt) if waiting_for_first_start and state.expires_at else None
         assert timer("ttl") == expected_ttl
+        finished_at = state.finished_at
+        assert timer("dead_letter") == (
+            (add_seconds(finished_at, DEFAULT_DEAD_LETTER_RETENTION_S), state.attempt)  # type: ignore[arg-type]
+            if status is S.DEAD_LETTERED else None
+        )
+        assert timer("retain") == (
+            (add_seconds(finished_at, DEFAULT_RETAIN_COMPLETED_S), state.attempt)  # type: ignore[arg-type]
+            if status in FINISHED else None
+        )
         entry = self.dead_letters.get(job_id)
         if status is S.DEAD_LETTERED:
             assert entry is not None and entry.dead_letter_event_id == state.dead_letter_event_id
@@ -679,21 +1044,29 @@ class Topics:
             assert ready is not None and ready.attempt == state.attempt
         else:
             assert ready is None
+        # exactly one republish timer while pending (due one delay after the last publish), none otherwise
+        republish = {k: t for k, t in self.timers.items() if t.kind == "republish"}
+        if status is S.PENDING:
+            assert ready is not None
+            assert republish == republish_timer(ready.ready_at, state.attempt, state.ready_republishes)
+        else:
+            assert republish == {}
 
 
 ACTIONS = [
     "due", "claim", "start", "progress", "heartbeat", "succeed", "fail", "fail_fatal", "timed_out",
-    "lease_expired", "stale_lease", "cancel", "expire", "dlq_retry", "discard", "redeliver",
+    "lease_expired", "stale_lease", "cancel", "expire", "dlq_retry", "discard", "retention", "redeliver",
 ]
 _IN_ATTEMPT = ["heartbeat", "heartbeat", "progress", "succeed", "fail", "fail", "fail_fatal", "timed_out",
                "lease_expired", "stale_lease", "stale_lease", "cancel"]
 LIKELY = {  # what the writers would plausibly do next in each status (the rest is drawn too, more rarely)
     S.SCHEDULED: ["due", "cancel", "expire"],
-    S.PENDING: ["claim", "claim", "cancel", "expire"],
+    S.PENDING: ["claim", "claim", "cancel", "expire", "due"],  # due: its republish timer fires
     S.CLAIMED: ["start", *_IN_ATTEMPT],
     S.RUNNING: _IN_ATTEMPT,
     S.RETRYING: ["due", "due", "cancel", "expire"],
-    S.DEAD_LETTERED: ["dlq_retry", "dlq_retry", "discard"],
+    S.DEAD_LETTERED: ["dlq_retry", "dlq_retry", "discard", "retention"],
+    **{status: ["retention"] for status in FINISHED},
 }
 
 
@@ -723,7 +1096,7 @@ def test_written_records_always_match_the_state(data: Any, max_attempts: int, de
     deadlines: list[tuple[int, datetime]] = []  # lease deadlines seen: (attempt, deadline)
     for _ in range(data.draw(st.integers(1, 30), label="steps")):
         s = job.s
-        if s.status in (S.COMPLETED, S.CANCELLED, S.DISCARDED) and data.draw(st.booleans(), label="stop"):
+        if s.status in FINISHED and data.draw(st.booleans(), label="stop"):
             break
         likely = LIKELY.get(s.status, [])
         anything = not likely or data.draw(st.integers(0, 9), label="odd one") == 0
@@ -732,7 +1105,10 @@ def test_written_records_always_match_the_state(data: Any, max_attempts: int, de
         effects: Effects | None = None
         try:
             if action == "due":
-                topics.timers.pop(key("run_at" if s.status is S.SCHEDULED else "retry", attempt=s.attempt), None)
+                if s.status is S.PENDING:
+                    topics.timers.pop(republish_key(s.attempt, s.ready_republishes), None)
+                else:
+                    topics.timers.pop(key("run_at" if s.status is S.SCHEDULED else "retry", attempt=s.attempt), None)
                 effects = job.due()
             elif action == "claim":
                 effects = job.claim(lease_s=data.draw(st.integers(1, 90), label="lease"))
@@ -765,12 +1141,25 @@ def test_written_records_always_match_the_state(data: Any, max_attempts: int, de
                 effects = job.dlq_retry()
             elif action == "discard":
                 effects = job.discard()
+            elif action == "retention":  # a retention timer fires: the timer service tombstones it first
+                held = [t for t in (topics.timers.get(key("dead_letter")), topics.timers.get(key("retain"))) if t]
+                if held:
+                    timer = held[0]
+                    topics.timers.pop(timer.key)
+                    scope = "dead_letter" if timer.kind == "dead_letter" else "finished"
+                    effects = job.retention_passed(scope, timer.due_at, attempt=timer.attempt)
             elif action == "redeliver":
                 effects = job.step(data.draw(st.sampled_from(job.events), label="redelivered"))
         except commands.CommandRefused:
             continue
         if effects is None:
             continue
+        if job.state is None:  # forgotten: the changelog record is tombstoned and nothing of the job is left
+            assert s.status in FINISHED and action == "retention"
+            assert effects.states == {"job-1": None} and len(effects) == 1 and effects.revoked == []
+            topics.write(effects)
+            assert topics.timers == {} and topics.dead_letters == {} and topics.ready == {}
+            break
         if job.decision.state is not None and job.decision.state is not s:  # type: ignore[union-attr]
             assert effects.states == {"job-1": job.s}
         else:

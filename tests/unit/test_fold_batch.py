@@ -18,14 +18,14 @@ from hypothesis import strategies as st
 from eventjobs.core import commands
 from eventjobs.core.clock import add_seconds
 from eventjobs.core.codec import encode
-from eventjobs.core.events import JobEvent, LeaseExpiredEvent
+from eventjobs.core.events import JobEvent, LeaseExpiredEvent, RetentionPassedEvent
 from eventjobs.core.fold import apply, fold
 from eventjobs.core.options import ConstantBackoff, JobOptions
 from eventjobs.core.outcome import Cancel, outcome_event
 from eventjobs.core.state import JobState, JobStatus, encode_state
-from eventjobs.effects import Effects
-from eventjobs.processor import BatchResult, fold_batch
-from eventjobs.records import timer_key
+from eventjobs.core.effects import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S, Effects, ReadyRepublish
+from eventjobs.runtime.processor import BatchResult, fold_batch, update_table
+from eventjobs.core.records import TimerRecord, timer_key
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 TOPIC = "ns.events"
@@ -71,6 +71,8 @@ class Writer:
         decision = apply(self.state, event, actor="processor:3")
         if decision.state is not None:
             self.state = decision.state
+        elif decision.rejected is None:
+            self.state = None  # forgotten: its retention passed
         self.log.append(event)
         if derived:
             self.log.extend(decision.derived)  # the processor appends them; they come back through the log
@@ -120,6 +122,14 @@ class Writer:
         return self.write(LeaseExpiredEvent(event_id=self.eid(), job_id=self.job_id, occurred_at=self.tick(),
                                             actor="timer:3", attempt=self.s.attempt, lease_deadline=deadline))
 
+    def retention_passed(self, scope: str) -> JobEvent:
+        """The retention timer armed when the job finished (or was dead-lettered) fires at its due time."""
+        assert self.s.finished_at is not None
+        keep_s = DEFAULT_RETAIN_COMPLETED_S if scope == "finished" else DEFAULT_DEAD_LETTER_RETENTION_S
+        self.now = due = add_seconds(self.s.finished_at, keep_s)
+        return self.write(RetentionPassedEvent(event_id=self.eid(), job_id=self.job_id, occurred_at=due, actor="timer:3",
+                                               attempt=self.s.attempt, scope=scope, due_at=due))  # type: ignore[arg-type]
+
 
 def scenario(kind: str, job_id: str) -> list[JobEvent]:
     """The whole event log of one job (derived events included) for a lifecycle `kind`."""
@@ -140,6 +150,11 @@ def scenario(kind: str, job_id: str) -> list[JobEvent]:
         first = w.s.lease_deadline
         assert first is not None
         w.heartbeat(), w.lease_expired(first), w.start()
+    elif kind == "dead_letter_retention":
+        w.enqueue(max_attempts=1), w.claim(), w.outcome(Cancel("no")), w.retention_passed("dead_letter")
+    elif kind == "forgotten":  # completed, forgotten after its retention, then enqueued afresh under the same id
+        w.enqueue(idempotency_key="k"), w.claim(), w.outcome(None), w.retention_passed("finished")
+        w.enqueue(idempotency_key="k")
     elif kind == "duplicate":
         first = w.enqueue(idempotency_key="k")
         w.enqueue(idempotency_key="k"), w.write(first)  # another enqueue with the key, then a redelivery
@@ -148,7 +163,10 @@ def scenario(kind: str, job_id: str) -> list[JobEvent]:
     return w.log
 
 
-KINDS = ["happy", "retry", "dead_letter_retry", "scheduled_cancel", "expire", "stale_lease", "duplicate"]
+KINDS = [
+    "happy", "retry", "dead_letter_retry", "scheduled_cancel", "expire", "stale_lease", "dead_letter_retention",
+    "forgotten", "duplicate",
+]
 
 
 def enqueued_bytes(job_id: str = "job-1", **options: Any) -> bytes:
@@ -225,9 +243,16 @@ def test_several_events_of_one_job_chain_within_a_batch() -> None:
     assert final == fold(log)["job-1"]
     assert final.status is S.COMPLETED and final.result == {"ok": 1} and final.progress_percent == 40
     assert final.version == 6  # one per applied event: the echo of the derived completed is a duplicate
-    # effects of the whole chain: the ready record from the enqueue, the lease armed then tombstoned
+    # effects of the whole chain: the ready record from the enqueue, the lease armed then tombstoned,
+    # the retention of the finished job armed; the republish timer armed and cancelled within the
+    # batch is not written at all (its key names that one arming, so nothing older can hold it)
     assert [(r.job_id, r.attempt) for r in result.effects.ready] == [("job-1", 0)]
-    assert result.effects.timers == {timer_key("job-1", "lease"): None}
+    assert result.effects.timers == {
+        timer_key("job-1", "lease"): None,
+        timer_key("job-1", "retain"): TimerRecord(
+            job_id="job-1", kind="retain", attempt=0, due_at=add_seconds(log[-1].occurred_at, DEFAULT_RETAIN_COMPLETED_S)
+        ),
+    }
     assert [e.type for e in result.effects.events] == ["completed"]
     assert result.rejected == 0
 
@@ -241,9 +266,56 @@ def test_batch_continues_from_the_table_state() -> None:
     result = run(table, records_of(w.log))
     state = result.effects.states["job-1"]
     assert state == w.s and state.status is S.DEAD_LETTERED and state.version == table["job-1"].version + 3
-    assert result.effects.timers == {timer_key("job-1", "ttl"): None, timer_key("job-1", "lease"): None}
+    assert result.effects.timers == {
+        timer_key("job-1", "republish", 0, 0): None,  # armed by the enqueue of an earlier batch
+        timer_key("job-1", "ttl"): None,
+        timer_key("job-1", "lease"): None,
+        timer_key("job-1", "dead_letter"): TimerRecord(
+            job_id="job-1", kind="dead_letter", attempt=0, due_at=add_seconds(w.now, DEFAULT_DEAD_LETTER_RETENTION_S)
+        ),
+    }
     entry = result.effects.dead_letters["job-1"]
     assert entry is not None and entry.reason == "not retryable: Cancel"
+
+
+def test_a_pending_jobs_republish_timer_follows_the_processors_delays() -> None:
+    w = Writer("job-1")
+    w.enqueue()
+    default = run({}, records_of(w.log)).effects.timers
+    fast = fold_batch({}, records_of(w.log), actor="processor:3", max_event_bytes=MAX,
+                      republish=ReadyRepublish(first_s=0.25, cap_s=1.0)).effects.timers
+    key = timer_key("job-1", "republish", 0, 0)
+    assert set(default) == set(fast) == {key}
+    assert default[key] == TimerRecord(job_id="job-1", kind="republish", attempt=0, sequence=0,
+                                       due_at=add_seconds(w.now, 3600))
+    assert fast[key] == TimerRecord(job_id="job-1", kind="republish", attempt=0, sequence=0,
+                                    due_at=add_seconds(w.now, 0.25))
+
+
+def test_forgotten_job_is_none_in_the_batch_and_leaves_the_table() -> None:
+    w = Writer("job-1")
+    w.enqueue(), w.claim(), w.outcome(None)
+    table = {"job-1": w.s}
+    w.log.clear()
+    w.retention_passed("finished")
+    result = run(table, records_of(w.log))
+    assert (result.applied, result.rejected) == (1, 0)
+    assert result.effects.states == {"job-1": None}
+    assert result.effects.timers == {} and result.effects.dead_letters == {} and result.effects.events == []
+    assert result.effects.ready == [] and result.effects.revoked == []
+    update_table(table, result.effects.states)
+    assert table == {}
+
+
+def test_enqueue_after_the_job_was_forgotten_in_the_same_batch_creates_it_afresh() -> None:
+    log = scenario("forgotten", "job-1")
+    result = run({}, records_of(log))
+    assert result.rejected == 0
+    state = result.effects.states["job-1"]
+    assert state is not None and state == fold(log)["job-1"]
+    assert state.status is S.PENDING and state.version == 1 and state.enqueued_event_id == log[-1].event_id
+    assert [(r.job_id, r.attempt) for r in result.effects.ready] == [("job-1", 0), ("job-1", 0)]
+    assert [e.type for e in result.effects.events] == ["completed"]  # no duplicate_rejected: the key is free again
 
 
 def test_input_table_is_not_mutated() -> None:
@@ -309,7 +381,9 @@ def compacted(effects_list: list[Effects]) -> dict[str, Any]:
         out["ready"] += effects.ready
         out["revoked"] += effects.revoked
         out["events"] += effects.events
-    out["timers"], out["dead_letters"] = timers, dead
+    # a tombstone leaves nothing, like a key never written
+    out["timers"] = {k: v for k, v in timers.items() if v is not None}
+    out["dead_letters"] = {k: v for k, v in dead.items() if v is not None}
     return out
 
 
@@ -339,11 +413,11 @@ def test_any_split_into_batches_gives_the_same_states_and_writes(kinds: list[str
         before = copy.copy(table)
         part = run(table, raw[lo:hi])
         assert table == before  # never modified by fold_batch
-        table.update(part.effects.states)  # what the processor does after committing the batch
+        update_table(table, part.effects.states)  # what the processor does after committing the batch
         parts.append(part)
 
     expected = fold(merged)
-    assert table == expected == whole.effects.states
+    assert table == expected == {k: v for k, v in whole.effects.states.items() if v is not None}
     assert compacted(p.effects for p in parts) == compacted([whole.effects])  # type: ignore[arg-type]
     assert sum(p.applied for p in parts) == whole.applied
     assert sum(p.rejected for p in parts) == whole.rejected
@@ -356,6 +430,7 @@ def test_each_scenario_ends_where_the_writer_says(kind: str) -> None:
     final = run({}, records_of(log)).effects.states["job-1"]
     expected = {
         "happy": S.COMPLETED, "retry": S.COMPLETED, "dead_letter_retry": S.RUNNING, "scheduled_cancel": S.CANCELLED,
-        "expire": S.DEAD_LETTERED, "stale_lease": S.RUNNING, "duplicate": S.PENDING,
+        "expire": S.DEAD_LETTERED, "stale_lease": S.RUNNING, "dead_letter_retention": S.DISCARDED,
+        "forgotten": S.PENDING, "duplicate": S.PENDING,
     }[kind]
     assert final.status is expected

@@ -21,7 +21,7 @@ from eventjobs.core.options import (
     NoBackoff,
     Priority,
 )
-from eventjobs.records import (
+from eventjobs.core.records import (
     TIMER_KINDS,
     DeadLetterRecord,
     ReadyRecord,
@@ -30,7 +30,7 @@ from eventjobs.records import (
     parse_timer_key,
     timer_key,
 )
-from eventjobs.topics import TopicNames, load_specs
+from eventjobs.kafka.topics import TopicNames, load_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 UTC = timezone.utc
@@ -115,12 +115,13 @@ def test_ready_record_round_trip(
 @settings(max_examples=100, deadline=None)
 @given(job_id=job_ids, kind=st.sampled_from(TIMER_KINDS), attempt=st.integers(0, 1_000_000), due_at=aware_datetimes)
 def test_timer_record_round_trip_and_key(job_id: str, kind: Any, attempt: int, due_at: datetime) -> None:
-    record = TimerRecord(job_id=job_id, kind=kind, attempt=attempt, due_at=due_at)
+    sequence = attempt % 7 if kind == "republish" else None
+    record = TimerRecord(job_id=job_id, kind=kind, attempt=attempt, due_at=due_at, sequence=sequence)
     decoded = TimerRecord.decode(record.encode())
     assert decoded == record
     assert decoded.due_at == due_at
-    suffix = f"{kind}:{attempt}" if kind == "retry" else kind
-    assert record.key == decoded.key == timer_key(job_id, kind, attempt) == f"{job_id}:{suffix}".encode()
+    suffix = {"retry": f"retry:{attempt}", "republish": f"republish:{attempt}:{sequence}"}.get(kind, kind)
+    assert record.key == decoded.key == timer_key(job_id, kind, attempt, sequence) == f"{job_id}:{suffix}".encode()
 
 
 @settings(max_examples=100, deadline=None)
@@ -173,22 +174,37 @@ def test_records_are_frozen() -> None:
 
 
 def test_timer_keys_are_job_and_kind_and_the_attempt_of_a_retry() -> None:
-    assert [timer_key("job-7", kind, 3) for kind in TIMER_KINDS] == [
-        b"job-7:run_at", b"job-7:retry:3", b"job-7:lease", b"job-7:ttl"
+    assert [timer_key("job-7", kind, 3, 1) for kind in TIMER_KINDS] == [
+        b"job-7:run_at", b"job-7:retry:3", b"job-7:lease", b"job-7:ttl", b"job-7:dead_letter", b"job-7:retain",
+        b"job-7:republish:3:1",
     ]
     assert timer_key("ünï", "ttl") == "ünï:ttl".encode()
     with pytest.raises(ValueError, match="needs its attempt"):
         timer_key("job-7", "retry")
+    with pytest.raises(ValueError, match="needs its attempt and sequence"):
+        timer_key("job-7", "republish", 3)
+
+
+def test_a_republish_timer_record_names_its_sequence_and_others_do_not() -> None:
+    republish = TimerRecord(job_id="j", kind="republish", attempt=2, due_at=T0, sequence=4)
+    assert republish.encode() == (
+        b'{"job_id":"j","kind":"republish","attempt":2,"due_at":"2025-01-01T12:00:00Z","sequence":4}'
+    )
+    assert parse_timer_key(republish.key) == ("j", "republish", 4)
+    assert b"sequence" not in TimerRecord(job_id="j", kind="ttl", attempt=2, due_at=T0).encode()
 
 
 @given(st.tuples(job_ids, st.sampled_from(TIMER_KINDS), st.integers(0, 99)),
        st.tuples(job_ids, st.sampled_from(TIMER_KINDS), st.integers(0, 99)))
 def test_timer_keys_of_different_timers_differ_and_parse_back(a: tuple[str, Any, int], b: tuple[str, Any, int]) -> None:
     def identity(t: tuple[str, Any, int]) -> tuple[str, Any, int | None]:
-        return (t[0], t[1], t[2] if t[1] == "retry" else None)
+        return (t[0], t[1], t[2] if t[1] in ("retry", "republish") else None)
 
-    assert (timer_key(*a) == timer_key(*b)) == (identity(a) == identity(b))
-    assert parse_timer_key(timer_key(*a)) == identity(a)
+    def key(t: tuple[str, Any, int]) -> bytes:  # a republish timer: attempt t[2], sequence t[2]
+        return timer_key(t[0], t[1], t[2], t[2])
+
+    assert (key(a) == key(b)) == (identity(a) == identity(b))
+    assert parse_timer_key(key(a)) == identity(a)
 
 
 # -- capability routes -------------------------------------------------------------------------

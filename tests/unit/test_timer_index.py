@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from eventjobs.timer_wheel import TimerIndex, pack, unpack
+from eventjobs.core.timer_index import TimerIndex, pack, unpack
 
 MAX_ATTEMPT = (1 << 20) - 1
 

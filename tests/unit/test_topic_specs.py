@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eventjobs.topics import PRIORITIES, TopicNames, TopicSpecError, load_spec, load_specs, retention_ms
+from eventjobs.kafka.topics import PRIORITIES, TopicNames, TopicSpecError, load_spec, load_specs, retention_ms
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,3 +90,24 @@ def test_cli_reports_bad_spec_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{tmp_path / 'timers.yaml'}: field 'partitions'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+#: What Kafka adds around one record value in a batch (batch header 61 bytes, record header,
+#: the key, the quarantine headers of at most 4,000 + 200 bytes): 64 KiB covers it with room.
+ENVELOPE_HEADROOM = 65_536
+
+
+def test_every_topic_accepts_the_largest_record_the_code_may_write() -> None:
+    """Every record is at most `max_event_bytes` (events, states, ready records, timers, dead
+    letters: `eventjobs.core.limits`); the quarantine copies a whole record of another topic plus
+    its reason and origin headers, so it must take the largest of the others and more."""
+    from eventjobs.core.limits import DEFAULT_MAX_EVENT_BYTES
+    from eventjobs.settings import Settings
+
+    assert Settings.model_fields["max_event_bytes"].default == DEFAULT_MAX_EVENT_BYTES
+    specs = load_specs(ROOT / "topics")
+    limits = {key: int(file.spec.configs.get("max.message.bytes", 1_048_588)) for key, file in specs.items()}
+    for key in ("events", "job-state", "ready", "timers", "dead-letters"):
+        assert limits[key] >= DEFAULT_MAX_EVENT_BYTES + ENVELOPE_HEADROOM, (key, limits[key])
+    others = max(size for key, size in limits.items() if key != "quarantine")
+    assert limits["quarantine"] >= others + ENVELOPE_HEADROOM

@@ -1,0 +1,5 @@
+"""`python -m eventjobs.cli`."""
+
+from eventjobs.cli.main import main
+
+main()

@@ -1,0 +1,173 @@
+"""Jobs: `eventjobs enqueue | cancel` write to the log; `jobs list | show`, `history` and `stats` read ClickHouse."""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from datetime import datetime
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from eventjobs.cli.options import (
+    AppOption,
+    JsonOption,
+    NamespaceOption,
+    OptionalAppOption,
+    SinceOption,
+    app_or_namespace,
+    load_app,
+    parse_seconds,
+    parse_since,
+    run_with_app,
+    settings_of,
+)
+from eventjobs.cli.output import err, format_seconds, format_time, freshness, out, print_json, show_read_side
+from eventjobs.clickhouse import open_backend
+from eventjobs.readside import queries as query
+
+jobs_app = typer.Typer(help="Jobs as the read side (ClickHouse) sees them.", no_args_is_help=True)
+
+
+def enqueue(
+    name: Annotated[str, typer.Argument(help="Registered job name.")],
+    app: AppOption,
+    args: Annotated[str, typer.Option("--args", help="Job arguments as a JSON object.")] = "{}",
+    delay: Annotated[Optional[str], typer.Option(help="Run after this long, e.g. 10s.")] = None,
+    run_at: Annotated[Optional[datetime], typer.Option("--run-at", help="Run at this ISO time (with timezone).")] = None,
+    idempotency_key: Annotated[Optional[str], typer.Option(help="Enqueue at most once per key.")] = None,
+    priority: Annotated[Optional[str], typer.Option(help="critical, high, normal or low.")] = None,
+    queue: Annotated[Optional[str], typer.Option(help="Override the job's queue.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate and enqueue one job; prints its id once the broker acknowledged it."""
+    try:
+        parsed = json.loads(args)
+    except json.JSONDecodeError as error:
+        raise typer.BadParameter(f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}",
+                                 param_hint="--args") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter(f"must be a JSON object like {{\"a\": 1}}, got {type(parsed).__name__}",
+                                 param_hint="--args")
+    options: dict[str, Any] = {}
+    if delay is not None:
+        options["delay"] = parse_seconds(delay, "--delay")
+    if run_at is not None:
+        options["run_at"] = run_at
+    if idempotency_key is not None:
+        options["idempotency_key"] = idempotency_key
+    if priority is not None:
+        options["priority"] = priority
+    if queue is not None:
+        options["queue"] = queue
+    target = load_app(app)
+    event = target.build_enqueue(name, parsed, **options)  # validates before anything is sent
+    run_with_app(lambda a: a.append([event]), target)
+    if as_json:
+        out.print_json(json.dumps({"job_id": event.job_id, "name": name, "queue": event.queue,
+                                   "run_at": event.run_at.isoformat() if event.run_at else None}))
+    else:
+        out.print(event.job_id)
+
+
+def cancel(
+    job_id: str,
+    app: OptionalAppOption = None,
+    namespace: NamespaceOption = None,
+    reason: Annotated[str, typer.Option(help="Why (kept in the event).")] = "cancelled from the CLI",
+) -> None:
+    """Request cancellation: pending, scheduled and retrying jobs stop at once, a running one at its next heartbeat."""
+    run_with_app(lambda a: a.cancel(job_id, reason), app_or_namespace(app, namespace))
+    out.print(f"cancel requested for {job_id}")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    queue: Annotated[Optional[str], typer.Option(help="Only this queue.")] = None,
+    state: Annotated[Optional[str], typer.Option(help=f"Only this state: {', '.join(query.STATUSES)}.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Only this job name.")] = None,
+    since: SinceOption = None,
+    limit: Annotated[int, typer.Option(help="Most jobs to show.")] = 50,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Jobs, newest first."""
+    started_after = parse_since(since)
+
+    def render(jobs: list[query.JobSummary]) -> None:
+        table = Table("job id", "queue", "name", "state", "attempts", "enqueued (UTC)", "updated (UTC)")
+        for job in jobs:
+            table.add_row(job.job_id, job.queue, job.name, job.status, str(job.attempts_started),
+                          format_time(job.enqueued_at), format_time(job.updated_at))
+        out.print(table)
+
+    show_read_side(namespace, lambda backend: query.list_jobs(
+        backend, queue=queue, status=state, name=name, since=started_after, limit=limit), as_json, "jobs", render)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
+    """One job: state, attempts, and its result or last error with the traceback."""
+    show_read_side(namespace, lambda backend: query.show_job(backend, job_id), as_json, "job", _print_job)
+
+
+def _print_job(job: query.JobDetail) -> None:
+    out.print(f"[bold]{job.job_id}[/] {job.name} on queue {job.queue}: [bold]{job.status}[/]")
+    out.print(f"attempts started {job.attempts_started}, current attempt {job.attempt}, budget {job.max_attempts}")
+    for label, value in (("enqueued", job.enqueued_at), ("run at", job.run_at), ("started", job.started_at),
+                         ("finished", job.finished_at), ("next due", job.next_due_at)):
+        if value is not None:
+            out.print(f"{label:9} {format_time(value)} UTC")
+    out.print(f"args      {json.dumps(job.args)}", markup=False)
+    if job.reason:
+        out.print(f"reason    {job.reason}", markup=False)
+    if job.result is not None:
+        out.print(f"result    {json.dumps(job.result)}", markup=False)
+    if job.error_type:
+        out.print(f"last error {job.error_type}: {job.error_message}", markup=False, style="red")
+        if job.error_traceback:
+            out.print(job.error_traceback, markup=False, highlight=False)
+
+
+def history(job_id: str, namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
+    """Every event of a job, in log order, with the time between them."""
+    settings = settings_of(namespace)
+    with closing(open_backend(settings)) as backend:
+        entries = query.job_history(backend, job_id)
+        fresh = freshness(settings, backend)
+    if as_json:
+        print_json({"job_id": job_id, "events": entries, "freshness": fresh.as_json()})
+        return
+    table = Table("time (UTC)", "+since prev", "event", "attempt", "actor", "outcome", "state after")
+    for e in entries:
+        outcome = e.outcome if not e.reject_reason else f"{e.outcome}: {e.reject_reason}"
+        table.add_row(format_time(e.occurred_at), format_seconds(e.since_previous_s), e.type,
+                      "" if e.attempt < 0 else str(e.attempt), e.actor, outcome, e.status_after)
+    out.print(table)
+    err.print(fresh.describe(), style="dim")
+
+
+def stats(
+    queue: Annotated[Optional[str], typer.Option(help="Only this queue.")] = None,
+    since: SinceOption = None,
+    by: Annotated[str, typer.Option(help="Group by job name or queue.")] = "name",
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Throughput, failure rate, p50/p95/p99 run duration and wait, per job name or queue."""
+    started_after = parse_since(since)
+
+    def render(rows: list[query.StatsRow]) -> None:
+        table = Table(by, "enqueued", "completed", "dead-lettered", "retried", "jobs/min", "attempt failure rate",
+                      "duration p50/p95/p99", "wait p50/p95/p99")
+        for r in rows:
+            rate = "" if r.failure_rate is None else f"{r.failure_rate:.1%}"
+            table.add_row(r.group, str(r.enqueued), str(r.completed), str(r.dead_lettered), str(r.retried),
+                          f"{r.throughput_per_min:.1f}", rate,
+                          " / ".join(format_seconds(v) for v in (r.duration_p50_s, r.duration_p95_s, r.duration_p99_s)),
+                          " / ".join(format_seconds(v) for v in (r.wait_p50_s, r.wait_p95_s, r.wait_p99_s)))
+        out.print(table)
+
+    show_read_side(namespace, lambda backend: query.job_stats(
+        backend, queue=queue, since=started_after, by=by), as_json, "stats", render)  # type: ignore[arg-type]

@@ -1,0 +1,110 @@
+"""The options several commands share, and how their values become durations, times, Settings or an App."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
+
+import typer
+
+from eventjobs.app import App
+from eventjobs.core.durations import parse_duration
+from eventjobs.readside.queries import utc
+from eventjobs.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+AppOption = Annotated[str, typer.Option("--app", help="Your app as module:attribute, e.g. myproject.jobs:app.")]
+OptionalAppOption = Annotated[Optional[str], typer.Option(
+    "--app", help="Your app as module:attribute; its namespace is used (or give --namespace).")]
+NamespaceOption = Annotated[Optional[str], typer.Option(help="Topic namespace (app name); env EVENTJOBS_NAMESPACE.")]
+BootstrapOption = Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers; env KAFKA_BOOTSTRAP_SERVERS.")]
+QueueOption = Annotated[Optional[list[str]], typer.Option("--queue", "-q", help="Queue to create ready topics for (repeatable).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+SinceOption = Annotated[Optional[str], typer.Option(help="Only since TIME: ISO-8601 (UTC if no zone) or ago, e.g. 15m, 2h, 1d.")]
+
+
+class AppLoadError(ValueError):
+    """`--app` does not name an eventjobs App."""
+
+
+def parse_seconds(text: str, option: str) -> float:
+    """A duration option ('10s', '250ms', '5m', '1.5h', '2d' or plain seconds) in seconds."""
+    try:
+        return parse_duration(text, default_unit="s").total_seconds()
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration; use e.g. 10s, 250ms, 5m, 1h or a number of seconds",
+                                 param_hint=option) from None
+
+
+def positive_seconds(text: str, option: str) -> float:
+    """A duration option that must be longer than zero (a retention, a lease)."""
+    seconds = parse_seconds(text, option)
+    if seconds <= 0:
+        raise typer.BadParameter(f"{text!r} must be longer than zero", param_hint=option)
+    return seconds
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """`--since`: an age ('15m', '2h', '1d' ago), or an ISO-8601 time (UTC when it has no zone)."""
+    if text is None:
+        return None
+    try:
+        return datetime.now(timezone.utc) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither a time (2024-05-17T12:00:00Z) nor an age (15m, 2h, 1d)",
+                                 param_hint="--since") from None
+
+
+def load_app(spec: str) -> App:
+    """Import `module:attribute` (the current directory is importable) and check it is an App."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise AppLoadError(f"--app {spec!r} must look like module:attribute, e.g. myproject.jobs:app")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise AppLoadError(f"--app {spec!r}: cannot import module {module_name!r}: {error}") from error
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        found = type(app).__name__ if app is not None else "nothing"
+        raise AppLoadError(f"--app {spec!r}: {module_name}.{attribute} is {found}, not an eventjobs.App")
+    return app
+
+
+def app_or_namespace(app_spec: str | None, namespace: str | None) -> App:
+    """The app `--app` names, or an App of `--namespace` (no jobs registered) to produce and read with."""
+    if app_spec:
+        return load_app(app_spec)
+    settings = load_settings(namespace=namespace)
+    return App(settings.namespace, settings=settings)
+
+
+def settings_of(namespace: str | None, app_spec: str | None = None) -> Settings:
+    """The settings of the app `--app` names, or of `--namespace` (and the environment)."""
+    if app_spec:
+        return load_app(app_spec).settings
+    return load_settings(namespace=namespace)
+
+
+def run_with_app(call: Callable[[App], Awaitable[T]], app: App) -> T:
+    """Run one call on the app, then close its clients."""
+
+    async def runner() -> T:
+        try:
+            return await call(app)
+        finally:
+            await app.close()
+
+    return asyncio.run(runner())

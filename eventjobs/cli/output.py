@@ -1,0 +1,95 @@
+"""What commands print through: stdout and stderr, JSON, times, how fresh a read-side answer is, and
+the one line a Kafka failure becomes in the commands that read the log for the read side."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import typer
+from aiokafka.errors import KafkaError
+from rich.console import Console
+
+from eventjobs.clickhouse import Backend, open_backend
+from eventjobs.kafka.clients import consumer, partitions_of
+from eventjobs.readside import queries as query
+from eventjobs.readside.projector import events_topic
+from eventjobs.settings import Settings, load_settings
+
+out = Console()
+err = Console(stderr=True)
+
+
+T = TypeVar("T")
+
+def print_json(payload: Any) -> None:
+    """Read-side results (dataclasses, lists of them) as JSON on stdout, timestamps ISO-8601 UTC."""
+    out.print_json(query.to_json(payload).decode())
+
+
+def format_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value else ""
+
+
+def format_seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}s"
+
+
+def freshness(settings: Settings, backend: Backend) -> query.Freshness:
+    """How far the read side is behind the log (without the log's end when Kafka does not answer)."""
+    return query.freshness(backend, _end_offsets(settings))
+
+
+def show_read_side(
+    namespace: str | None, ask: Callable[[Backend], T], as_json: bool, key: str, render: Callable[[T], None]
+) -> None:
+    """One read-side command: ask ClickHouse, then print the answer as JSON (`{key: answer,
+    "freshness": ...}`) or through `render`, followed by how fresh the read side is."""
+    settings = load_settings(namespace=namespace)
+    with closing(open_backend(settings)) as backend:
+        answer = ask(backend)
+        fresh = freshness(settings, backend)
+    if as_json:
+        print_json({key: answer, "freshness": fresh.as_json()})
+        return
+    render(answer)
+    err.print(fresh.describe(), style="dim")
+
+
+def _end_offsets(settings: Settings) -> dict[int, int] | None:
+    """The event log's end offsets, or None when Kafka does not answer within a few seconds."""
+
+    async def fetch() -> dict[int, int]:
+        client = consumer(settings, group_id=None, request_timeout_ms=5000)
+        await client.start()
+        try:
+            partitions = await partitions_of(settings, events_topic(settings))
+            return {tp.partition: offset for tp, offset in (await client.end_offsets(partitions)).items()}
+        finally:
+            await client.stop()
+
+    try:
+        return asyncio.run(asyncio.wait_for(fetch(), 8))
+    except Exception:  # freshness is informative: never fail a query because Kafka is away
+        return None
+
+
+@contextmanager
+def kafka_failure_in_one_line() -> Iterator[None]:
+    """A Kafka error becomes one line naming the broker that did not answer, and exit code 1."""
+    try:
+        yield
+    except KafkaError as error:
+        err.print(f"[red]error:[/] Kafka at {_bootstrap_hint()} failed: {error!r}; check KAFKA_BOOTSTRAP_SERVERS "
+                  f"and that the broker runs", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _bootstrap_hint() -> str:
+    try:
+        return load_settings().kafka_bootstrap
+    except Exception:
+        return "the configured bootstrap servers"

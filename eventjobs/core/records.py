@@ -1,0 +1,169 @@
+"""Records the processor writes besides events: ready work, timers and dead letters.
+
+These are derived data, never the truth (the event log is): a ready record tells a worker which
+attempt of which job to run, a timer record tells the timer service what to fire when, and a
+dead-letter record lists a job an operator may retry or discard. Each carries just enough to act
+without looking anything up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from eventjobs.core.options import JobOptionsSpec, Priority
+
+TimerKind = Literal["run_at", "retry", "lease", "ttl", "dead_letter", "retain", "republish"]
+TIMER_KINDS: tuple[TimerKind, ...] = ("run_at", "retry", "lease", "ttl", "dead_letter", "retain", "republish")
+
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class ReadyRecord(_Record):
+    """Attempt `attempt` of job `job_id` may run now (on the ready topic of its queue and priority)."""
+
+    job_id: str
+    attempt: int
+    name: str
+    queue: str
+    priority: Priority
+    args: dict[str, Any]
+    options: JobOptionsSpec
+    enqueued_at: datetime
+    ready_at: datetime
+    parent_job_id: str | None = None
+    partition: int | None = None  # the job's event-log partition, as the processor's lane holds it (informative:
+    # the worker writes every event of the attempt to `job_partition` of the job id, which is the same)
+
+    @classmethod
+    def decode(cls, data: bytes) -> ReadyRecord:
+        return cls.model_validate_json(data)
+
+
+#: Headers of a ready-topic tombstone (a revoked ready record), ASCII digits: the revoked attempt,
+#: and its job's enqueue time in epoch ms (a job enqueued again after its retention passed has the
+#: same id and starts again at attempt 0; the enqueue time tells the two apart).
+REVOKED_ATTEMPT_HEADER = "eventjobs.attempt"
+REVOKED_ENQUEUED_AT_HEADER = "eventjobs.enqueued_at"
+_MS = timedelta(milliseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def ready_attempt(ready: ReadyRecord) -> tuple[str, int, int]:
+    """Which attempt of which job a ready record offers: (job id, attempt, enqueued_at in epoch ms)."""
+    enqueued_at = ready.enqueued_at if ready.enqueued_at.tzinfo else ready.enqueued_at.replace(tzinfo=timezone.utc)
+    return ready.job_id, ready.attempt, (enqueued_at - _EPOCH) // _MS
+
+
+def revocation_headers(ready: ReadyRecord) -> list[tuple[str, bytes]]:
+    """The headers of the tombstone that revokes `ready` (see `revoked_attempt`)."""
+    _, attempt, enqueued_ms = ready_attempt(ready)
+    return [(REVOKED_ATTEMPT_HEADER, str(attempt).encode()), (REVOKED_ENQUEUED_AT_HEADER, str(enqueued_ms).encode())]
+
+
+def revoked_attempt(key: bytes | None, headers: Any) -> tuple[str, int, int] | None:
+    """What a ready-topic tombstone revokes, as `ready_attempt` names it; None if it does not say
+    (a tombstone written before these headers existed)."""
+    found = dict(headers or ())
+    attempt, enqueued = found.get(REVOKED_ATTEMPT_HEADER), found.get(REVOKED_ENQUEUED_AT_HEADER)
+    if key is None or not attempt or not enqueued or not attempt.isdigit() or not enqueued.lstrip(b"-").isdigit():
+        return None
+    return key.decode(errors="replace"), int(attempt), int(enqueued)
+
+
+class TimerRecord(_Record):
+    """Fire `kind` for `job_id` at `due_at`; the key is `job_id:kind`, so a newer one replaces it."""
+
+    job_id: str
+    kind: TimerKind
+    attempt: int
+    due_at: datetime
+    sequence: int | None = None  # republish timers only: which re-publish of the attempt's ready record
+
+    @property
+    def key(self) -> bytes:
+        return timer_key(self.job_id, self.kind, self.attempt, self.sequence)
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()  # no "sequence" but for republish timers
+
+    @classmethod
+    def decode(cls, data: bytes) -> TimerRecord:
+        return cls.model_validate_json(data)
+
+
+def timer_key(job_id: str, kind: TimerKind, attempt: int | None = None, sequence: int | None = None) -> bytes:
+    """`job_id:kind`, for retries `job_id:retry:attempt`, for republishes `job_id:republish:attempt:sequence`.
+
+    A retry timer names its attempt because the timer service tombstones what it fired after the
+    fired event is already visible: the processor may by then have armed the next attempt's retry,
+    which a shared key would let that tombstone delete. A republish timer is re-armed when it
+    fires, so it names its attempt and sequence for the same reason.
+    """
+    if kind == "retry":
+        if attempt is None:
+            raise ValueError("a retry timer key needs its attempt")
+        return f"{job_id}:retry:{attempt}".encode()
+    if kind == "republish":
+        if attempt is None or sequence is None:
+            raise ValueError("a republish timer key needs its attempt and sequence")
+        return f"{job_id}:republish:{attempt}:{sequence}".encode()
+    return f"{job_id}:{kind}".encode()
+
+
+def parse_timer_key(key: bytes) -> tuple[str, str, int | None]:
+    """(job_id, kind, the attempt of a retry timer / the sequence of a republish timer, or None).
+
+    Job ids may themselves contain ':'.
+    """
+    text = key.decode()
+    parts = text.rsplit(":", 3)
+    if len(parts) == 4 and parts[1] == "republish" and parts[2].isdigit() and parts[3].isdigit():
+        return parts[0], "republish", int(parts[3])
+    if len(parts) >= 3 and parts[-2] == "retry" and parts[-1].isdigit():
+        return text.rsplit(":", 2)[0], "retry", int(parts[-1])
+    job_id, _, kind = text.rpartition(":")
+    return job_id, kind, None
+
+
+class DeadLetterRecord(_Record):
+    """A job in the dead-letter queue; `dead_letter_event_id` is what retry and discard refer to."""
+
+    job_id: str
+    name: str
+    queue: str
+    reason: str
+    error_type: str
+    message: str
+    traceback: str
+    attempts: int
+    dead_letter_event_id: str
+    dead_lettered_at: datetime
+
+    @classmethod
+    def decode(cls, data: bytes) -> DeadLetterRecord:
+        return cls.model_validate_json(data)
+
+
+def capability_route(queue: str, capabilities: tuple[str, ...] | list[str]) -> str:
+    """The ready-topic queue segment for jobs that need `capabilities`.
+
+    Jobs needing capabilities go to their own ready topics, which only workers having all of
+    them subscribe to, so such a job can never be handed to a worker without them. The set is
+    named by a digest: capability names may contain '.' and ':', so joining them could make two
+    different sets share a topic, and a long set could exceed Kafka's topic name limit.
+    """
+    caps = sorted(set(capabilities))
+    if not caps:
+        return queue
+    digest = hashlib.sha256("\x1f".join(caps).encode()).hexdigest()[:16]
+    return f"{queue}.caps-{digest}"

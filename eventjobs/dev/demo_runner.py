@@ -1,0 +1,190 @@
+"""`eventjobs demo`: the whole system on this machine, end to end, in about half a minute.
+
+Starts the local Kafka broker, applies the topics, runs a processor (with the timer service and
+the ClickHouse projector) and a worker as separate processes, enqueues real jobs of the demo
+shop (`eventjobs.dev.demo`) including failing, retried, cancelled, timed-out and duplicate ones,
+waits for every job to finish, then shows what the ClickHouse projections say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from eventjobs.app import App
+from eventjobs.core.state import JobState
+from eventjobs.dev.broker import LocalKafka
+from eventjobs.settings import Settings, load_settings
+from eventjobs.kafka.admin import apply_topics
+
+NAMESPACE = "demo"
+QUEUES = ["default", "emails"]
+
+
+def _spawn(args: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap, "EVENTJOBS_NAMESPACE": NAMESPACE}
+    return subprocess.Popen([sys.executable, "-m", "eventjobs.cli", *args], env=env, stdout=open(log, "ab"),
+                            stderr=subprocess.STDOUT)
+
+
+async def _enqueue_all(app: App) -> dict[str, str]:
+    """Enqueue the demo's jobs; returns job id -> what the job is meant to show."""
+    jobs: dict[str, str] = {}
+    for order in range(1, 31):
+        jobs[await app.enqueue("send_receipt", {"order": order})] = "completes"
+    for amount in (10, 25, 40):
+        jobs[await app.enqueue("charge_card", {"amount": amount})] = "fails twice, retried, completes"
+    for sku in ("SKU-1", "SKU-2"):
+        jobs[await app.enqueue("sync_inventory", {"sku": sku})] = "exhausts 3 attempts, dead-lettered"
+    jobs[await app.enqueue("ship_order", {"order": 7})] = "completes and enqueues a child job"
+    jobs[await app.enqueue("ship_order", {"order": 8, "refunded": True})] = "Cancel marker: fails at once"
+    jobs[await app.enqueue("render_invoice", {"pages": 3})] = "sync handler, completes"
+    jobs[await app.enqueue("render_invoice", {"pages": 400})] = "times out, dead-lettered"
+    key = f"order-99-{uuid.uuid4().hex[:8]}"  # unique per run: the key would also dedupe across runs
+    twice = [await app.enqueue("charge_card", {"amount": 99}, idempotency_key=key) for _ in range(2)]
+    jobs[twice[0]] = "enqueued twice with one idempotency key: runs once"
+    later = datetime.now(timezone.utc) + timedelta(seconds=2)
+    jobs[await app.enqueue("send_receipt", {"order": 100}, run_at=later)] = "scheduled 2 s ahead"
+    doomed = await app.enqueue("send_receipt", {"order": 101}, delay=600)
+    await app.cancel(doomed, "customer unsubscribed")
+    jobs[doomed] = "scheduled, then cancelled"
+    return jobs
+
+
+async def _wait_all(app: App, jobs: dict[str, str], console: Console) -> dict[str, JobState]:
+    states: dict[str, JobState] = {}
+    columns = (TextColumn("waiting for jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("jobs", total=len(jobs))
+
+        async def one(job_id: str) -> None:
+            states[job_id] = await app.wait(job_id, timeout=120)
+            progress.advance(task)
+
+        await asyncio.gather(*(one(job_id) for job_id in jobs))
+    return states
+
+
+def _show_log_view(states: dict[str, JobState], jobs: dict[str, str], console: Console) -> None:
+    table = Table("job", "expected", "status (from the job-state changelog)", "attempts", "result / last error",
+                  title="What happened (processor's view)")
+    shown: set[str] = set()
+    for job_id, expectation in jobs.items():
+        if expectation == "completes" and "completes" in shown:
+            continue
+        shown.add(expectation)
+        state = states[job_id]
+        detail = (str(state.result) if state.result is not None
+                  else f"{state.last_error.error_type}: {state.last_error.message}" if state.last_error
+                  else state.reason or "")
+        table.add_row(f"{state.name} {job_id[:8]}", expectation, state.status.value, str(state.attempts_started),
+                      detail[:70])
+    console.print(table)
+
+
+async def _show_projections(settings: Settings, since: datetime, count: int, console: Console) -> None:
+    from eventjobs.readside import queries as query
+    from eventjobs.clickhouse import open_backend
+
+    backend = await asyncio.to_thread(open_backend, settings)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the projector runs beside the processor; wait until it has caught up
+            rows = await asyncio.to_thread(query.list_jobs, backend, since=since, limit=10_000)
+            finished = [r for r in rows if r.status in ("completed", "cancelled", "dead_lettered")]
+            if len(finished) >= count or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        by_status: dict[str, int] = {}
+        for row in rows:
+            by_status[row.status] = by_status.get(row.status, 0) + 1
+        console.print(f"[bold]ClickHouse `jobs` projection[/]: {len(rows)} jobs of this run: "
+                      + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
+        stats = await asyncio.to_thread(query.job_stats, backend, since=since, by="name")
+        table = Table("job", "enqueued", "completed", "retried", "dead-lettered", "failure rate", "p50 run", "p99 run",
+                      "p50 wait", title="ClickHouse metrics (job_metrics_1m, per-minute buckets since this run began)")
+        for row in stats:
+            table.add_row(row.group, str(row.enqueued), str(row.completed), str(row.retried), str(row.dead_lettered),
+                          f"{row.failure_rate:.0%}" if row.failure_rate is not None else "-",
+                          _ms(row.duration_p50_s), _ms(row.duration_p99_s), _ms(row.wait_p50_s))
+        console.print(table)
+        dead = await asyncio.to_thread(query.dead_letters, backend)
+        table = Table("job", "name", "reason", "last error", title="Dead-letter queue (dead_letters)")
+        for entry in dead[:10]:
+            table.add_row(entry.job_id[:8], entry.name, entry.reason[:50], f"{entry.error_type}: {entry.error_message}"[:60])
+        console.print(table)
+        flaky = next((r for r in rows if r.name == "charge_card" and r.attempts_started == 3), None)
+        if flaky is not None:
+            history = await asyncio.to_thread(query.job_history, backend, flaky.job_id)
+            table = Table("+s", "event", "attempt", "actor", title=f"History of charge_card {flaky.job_id[:8]} (job_events)")
+            for entry in history:
+                table.add_row(f"{entry.since_enqueued_s:.3f}", entry.type,
+                              str(entry.attempt) if entry.attempt >= 0 else "-", entry.actor)
+            console.print(table)
+    finally:
+        backend.close()
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def run_demo(home: Path, port: int, console: Console) -> None:
+    broker = LocalKafka(home=home, port=port)
+    with console.status("starting Kafka (the first run downloads the broker jars with Maven)..."):
+        status = broker.up()
+    console.print(f"[green]Kafka[/] at {status.bootstrap} (pid {status.pid})")
+    settings = load_settings(kafka_bootstrap=status.bootstrap, namespace=NAMESPACE)
+    reports = asyncio.run(apply_topics(settings, QUEUES))
+    console.print(f"topics: {sum(r.action == 'created' for r in reports)} created, {len(reports)} in namespace {NAMESPACE!r}")
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    processes = [
+        _spawn(["processor", "--app", "eventjobs.dev.demo:app", "--project"], settings, logs / "processor.log"),
+        _spawn(["worker", "--app", "eventjobs.dev.demo:app", "--queues", ",".join(QUEUES), "--concurrency", "20"],
+               settings, logs / "worker.log"),
+    ]
+    console.print(f"processor (with timers and the ClickHouse projector) and worker started; logs in {logs}")
+    try:
+        asyncio.run(_main(settings, console))
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    console.print("\nKafka keeps running: try `eventjobs jobs list --namespace demo`, `eventjobs stats --namespace demo`,"
+                  " `eventjobs dlq list --namespace demo`; stop it with `eventjobs dev down`.")
+
+
+async def _main(settings: Settings, console: Console) -> None:
+    from eventjobs.dev.demo import app
+
+    demo_app = App(NAMESPACE, settings=settings)
+    demo_app.jobs = app.jobs
+    try:
+        with console.status("waiting for the processor and the worker to join their groups..."):
+            await demo_app.wait(await demo_app.enqueue("send_receipt", {"order": 0}), timeout=120)
+        since = datetime.now(timezone.utc)
+        started = time.monotonic()
+        jobs = await _enqueue_all(demo_app)
+        console.print(f"enqueued {len(jobs)} jobs")
+        states = await _wait_all(demo_app, jobs, console)
+        console.print(f"all {len(jobs)} jobs finished in {time.monotonic() - started:.1f} s")
+        _show_log_view(states, jobs, console)
+        children = sum(1 for s in states.values() if s.result and "receipt_job" in s.result)
+        await _show_projections(settings, since, len(jobs) + children, console)
+    finally:
+        await demo_app.close()

@@ -1,0 +1,241 @@
+"""Make a cluster match `topics/`: create what is missing, report drift, never delete or shrink."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, for_code
+
+from eventjobs.kafka.clients import admin_client
+from eventjobs.settings import Settings
+from eventjobs.core.options import DEFAULT_QUEUE
+from eventjobs.kafka.topics import TopicNames, TopicSpec, load_specs
+
+# Configs whose broker value may legitimately differ from the spec on a small cluster.
+_CAPPED_TO_REPLICATION = "min.insync.replicas"
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker could not be reached; the message names the bootstrap address."""
+
+
+@dataclass
+class TopicReport:
+    name: str
+    action: str  # "created" | "unchanged" | "drift"
+    partitions: int
+    replication_factor: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LiveTopic:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str]
+
+
+def effective_configs(spec: TopicSpec, replication_factor: int) -> dict[str, str]:
+    configs = spec.topic_configs()
+    if _CAPPED_TO_REPLICATION in configs:
+        configs[_CAPPED_TO_REPLICATION] = str(min(int(configs[_CAPPED_TO_REPLICATION]), replication_factor))
+    return configs
+
+
+async def _connect(settings: Settings) -> AIOKafkaAdminClient:
+    admin = admin_client(settings)
+    try:
+        await admin.start()
+    except (KafkaError, OSError) as error:
+        await admin.close()
+        raise KafkaUnavailable(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({error}); "
+            f"start it with `eventjobs dev up` or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from error
+    return admin
+
+
+async def _broker_count(admin: AIOKafkaAdminClient) -> int:
+    cluster = await admin.describe_cluster()
+    return max(1, len(cluster.get("brokers", [])))
+
+
+async def describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, LiveTopic]:
+    """Partitions, replication factor and configs of those `names` that exist."""
+    existing = set(await admin.list_topics())
+    wanted = [name for name in names if name in existing]
+    if not wanted:
+        return {}
+    metadata = {topic["topic"]: topic for topic in await admin.describe_topics(wanted)}
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted]
+    )
+    configs: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for error_code, error_message, _type, resource_name, entries in response.resources:
+            if error_code:
+                raise for_code(error_code)(f"describe configs of {resource_name}: {error_message}")
+            configs[resource_name] = {entry[0]: entry[1] for entry in entries}
+    live: dict[str, LiveTopic] = {}
+    for name in wanted:
+        partitions = metadata[name]["partitions"]
+        replication = len(partitions[0]["replicas"]) if partitions else 0
+        live[name] = LiveTopic(name, len(partitions), replication, configs.get(name, {}))
+    return live
+
+
+async def wait_for_topics(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Creation is acknowledged by the controller before every partition has a leader in the
+    brokers' metadata; wait until it does, so that the first writes do not bounce."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    missing = set(names)
+    while missing:
+        listed = set(await admin.list_topics())
+        ready = [name for name in missing & listed]
+        if ready:
+            for topic in await admin.describe_topics(ready):
+                partitions = topic.get("partitions") or []
+                if not topic.get("error_code") and partitions and all(p["leader"] >= 0 for p in partitions):
+                    missing.discard(topic["topic"])
+        if not missing:
+            return
+        if loop.time() > deadline:
+            raise KafkaUnavailable(f"topics {sorted(missing)} were created but have no leader after {timeout_s:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+def drift(spec: TopicSpec, live: LiveTopic, replication_factor: int) -> list[str]:
+    """What differs between the spec and the live topic, in words an operator can act on."""
+    notes: list[str] = []
+    if live.partitions < spec.partitions:
+        notes.append(
+            f"has {live.partitions} partitions, spec wants {spec.partitions} "
+            f"(not changed automatically: adding partitions remaps keys; use kafka-topics --alter)"
+        )
+    elif live.partitions > spec.partitions:
+        notes.append(f"has {live.partitions} partitions, more than the spec's {spec.partitions} (never shrunk)")
+    for key, wanted in sorted(effective_configs(spec, replication_factor).items()):
+        actual = live.configs.get(key)
+        if actual != wanted:
+            notes.append(f"{key} is {actual!r} on the broker, spec says {wanted!r}")
+    return notes
+
+
+async def apply_topics(settings: Settings, queues: list[str] | None = None) -> list[TopicReport]:
+    """Create missing topics, report drift of existing ones. Idempotent; deletes nothing."""
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    planned = names.planned(queues or [DEFAULT_QUEUE])
+    admin = await _connect(settings)
+    try:
+        brokers = await _broker_count(admin)
+        live = await describe(admin, [name for name, _ in planned])
+        reports: list[TopicReport] = []
+        to_create: list[NewTopic] = []
+        for name, spec in planned:
+            replication = min(spec.replication_factor, brokers)
+            capped = (
+                [f"replication factor capped to {replication} (spec {spec.replication_factor}, cluster has {brokers} broker(s))"]
+                if replication < spec.replication_factor
+                else []
+            )
+            if name in live:
+                notes = drift(spec, live[name], replication)
+                reports.append(
+                    TopicReport(name, "drift" if notes else "unchanged", live[name].partitions,
+                                live[name].replication_factor, notes)
+                )
+                continue
+            to_create.append(
+                NewTopic(name, spec.partitions, replication, topic_configs=effective_configs(spec, replication))
+            )
+            reports.append(TopicReport(name, "created", spec.partitions, replication, capped))
+        if to_create:
+            response = await admin.create_topics(to_create)
+            for topic_name, error_code, *rest in response.topic_errors:
+                # 36 = TOPIC_ALREADY_EXISTS: a concurrent apply won the race; that is fine.
+                if error_code and error_code != 36:
+                    message = rest[0] if rest else ""
+                    raise for_code(error_code)(f"creating topic {topic_name}: {message}")
+            await wait_for_topics(admin, [topic.name for topic in to_create])
+        return reports
+    finally:
+        await admin.close()
+
+
+async def list_topics(settings: Settings, queues: list[str] | None = None) -> list[tuple[str, TopicSpec, LiveTopic | None]]:
+    """Every planned topic of the namespace with its live state (None when it does not exist)."""
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    admin = await _connect(settings)
+    try:
+        planned = names.planned(queues or [DEFAULT_QUEUE])
+        existing = set(await admin.list_topics())
+        prefix = f"{settings.namespace}.ready."
+        extra_ready = sorted(t for t in existing if t.startswith(prefix))
+        known = {name for name, _ in planned}
+        ready_spec = names.specs["ready"].spec
+        planned += [(name, ready_spec) for name in extra_ready if name not in known]
+        live = await describe(admin, [name for name, _ in planned])
+        return [(name, spec, live.get(name)) for name, spec in planned]
+    finally:
+        await admin.close()
+
+
+class TopicLayoutError(RuntimeError):
+    """Topics exist but do not fit together (missing, or not co-partitioned)."""
+
+
+async def check_layout(settings: Settings) -> int:
+    """The event log, the state changelog and the timers must exist with one partition count.
+
+    The processor writes a job's state and timers to the partition number of the job's events;
+    with different counts a job's records would land on different owners. Returns the count.
+    """
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    wanted = [names.events, names.job_state, names.timers, names.dead_letters, names.quarantine]
+    admin = await _connect(settings)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            raise TopicLayoutError(
+                f"topics {missing} do not exist; create them with `eventjobs topics apply --namespace {settings.namespace}`"
+            )
+        counts = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(wanted[:3])}
+    finally:
+        await admin.close()
+    if len(set(counts.values())) != 1:
+        raise TopicLayoutError(
+            f"{names.events}, {names.job_state} and {names.timers} must have the same number of partitions, "
+            f"found {counts}"
+        )
+    return counts[names.events]
+
+
+async def ensure_ready_topics(settings: Settings, routes: list[str]) -> list[str]:
+    """Create the ready topics (every priority) of these queue routes if they are missing."""
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    spec = names.specs["ready"].spec
+    admin = await _connect(settings)
+    try:
+        existing = set(await admin.list_topics())
+        brokers = await _broker_count(admin)
+        replication = min(spec.replication_factor, brokers)
+        wanted = [name for name, _ in names.planned(routes) if name.startswith(f"{settings.namespace}.ready.")]
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(name, spec.partitions, replication, topic_configs=effective_configs(spec, replication))
+                 for name in missing]
+            )
+            for topic_name, error_code, *rest in response.topic_errors:
+                if error_code and error_code != 36:
+                    raise for_code(error_code)(f"creating topic {topic_name}: {rest[0] if rest else ''}")
+            await wait_for_topics(admin, missing)
+        return wanted
+    finally:
+        await admin.close()

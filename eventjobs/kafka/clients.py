@@ -1,0 +1,168 @@
+"""The one place where aiokafka clients are configured (security, acks, idempotence, timeouts)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
+
+# the job partition rule (pure, in the core), for the services that write and read the log
+from eventjobs.core.partitioning import job_partition, key_partition, murmur2  # noqa: F401
+from eventjobs.settings import Settings
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Bootstrap and security options shared by every client; secrets are unwrapped only here."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+        "request_timeout_ms": int(settings.kafka_request_timeout_s * 1000),
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            password=(
+                settings.kafka_ssl_key_password.get_secret_value()
+                if settings.kafka_ssl_key_password
+                else None
+            ),
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = (
+            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        )
+    return options
+
+
+def admin_client(settings: Settings) -> AIOKafkaAdminClient:
+    options = connection_options(settings)
+    options.pop("request_timeout_ms")
+    return AIOKafkaAdminClient(
+        **options, request_timeout_ms=int(settings.kafka_request_timeout_s * 1000)
+    )
+
+
+def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """Durable by default: acks=all and the idempotent producer, so no acknowledged write is lost."""
+    options: dict[str, Any] = {
+        **connection_options(settings),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 1,
+        # Large batches: with the idempotent producer one batch per partition is in flight, so a
+        # transaction carrying thousands of records would otherwise wait for many round trips.
+        "max_batch_size": 1_048_576,
+        "max_request_size": max(settings.max_event_bytes * 2, 4_194_304),
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+async def topic_partition_count(sender: AIOKafkaProducer, topic: str) -> int:
+    """How many partitions `topic` has, from the producer's metadata (fetched once, then cached)."""
+    return len(await sender.partitions_for(topic))
+
+
+def consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    """read_committed by default: aborted transactions of a crashed processor are never seen."""
+    options: dict[str, Any] = {
+        **connection_options(settings),
+        "isolation_level": "read_committed",
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def read_to_end(
+    settings: Settings, partitions: list[TopicPartition], *, stall_timeout_s: float = 120.0
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every committed record of `partitions` from the beginning up to their current end.
+
+    Used to restore state from compacted topics (the processor's changelog, the dead-letter
+    list). The end is taken once at the start; transaction markers count as offsets, so the
+    loop compares positions, not record counts. A large topic may take as long as it takes;
+    only a read that makes no progress for `stall_timeout_s` raises `TimeoutError`.
+    """
+    reader = consumer(settings, group_id=None)
+    await reader.start()
+    try:
+        reader.assign(partitions)
+        ends = await reader.end_offsets(partitions)
+        await reader.seek_to_beginning(*partitions)
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + stall_timeout_s
+        while remaining:
+            if clock() > deadline:
+                raise TimeoutError(
+                    f"reading {sorted(map(str, remaining))} to the end made no progress for {stall_timeout_s:.0f} s"
+                )
+            batch = await reader.getmany(*remaining, timeout_ms=200, max_records=10_000)
+            if batch:
+                deadline = clock() + stall_timeout_s
+            for records in batch.values():
+                for record in records:
+                    yield record
+            for tp in list(remaining):
+                if await reader.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await reader.stop()
+
+
+async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
+    """The partitions of `topic` (empty when it does not exist)."""
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(topic, p["partition"])
+        for t in described
+        if t["topic"] == topic and not t.get("error_code")
+        for p in sorted(t["partitions"], key=lambda p: p["partition"])
+    ]
+
+
+class OwnershipListener(ConsumerRebalanceListener):
+    """Forwards partition hand-overs to a service's `take` and `release` coroutines.
+
+    aiokafka logs and swallows an exception raised in a rebalance listener, so a partition whose
+    take failed (a restore that timed out, a producer that could not start) would silently never
+    be served. The listener hands such a failure to `failed` instead, which stops the service.
+    """
+
+    def __init__(
+        self,
+        take: Callable[[list[TopicPartition]], Awaitable[None]],
+        release: Callable[[list[TopicPartition]], Awaitable[None]],
+        failed: Callable[[BaseException], None],
+    ) -> None:
+        self.take = take
+        self.release = release
+        self.failed = failed
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        try:
+            await self.release(revoked)
+        except Exception as error:  # noqa: BLE001 - see the class docstring
+            self.failed(error)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        try:
+            await self.take(assigned)
+        except Exception as error:  # noqa: BLE001 - see the class docstring
+            self.failed(error)

@@ -1,0 +1,315 @@
+"""Read-side queries: jobs, one job, a job's history, stats, the dead-letter queue, freshness.
+
+Every function takes a `Backend` (chdb, a server, or the projector's read API: the SQL and the
+returned values are the same) and returns plain dataclasses the CLI prints or dumps as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import orjson
+
+from eventjobs.clickhouse.backend import Backend
+from eventjobs.clickhouse.errors import ClickHouseError
+
+STATUSES = ("pending", "scheduled", "claimed", "running", "retrying", "completed", "cancelled", "dead_lettered",
+            "discarded")
+
+
+class JobNotFound(ClickHouseError):
+    """No job with that id in the projection (unknown, or not projected yet: see the freshness line)."""
+
+
+class QueryArgumentError(ClickHouseError):
+    """An argument a query cannot use; the message lists what is allowed."""
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How far the read side is behind the log: unprojected records and the newest projected event."""
+
+    projected_offsets: dict[int, int]
+    end_offsets: dict[int, int] | None
+    newest_event_at: datetime | None
+
+    @property
+    def lag_events(self) -> int | None:
+        if self.end_offsets is None:
+            return None
+        return sum(max(0, end - (self.projected_offsets.get(p, -1) + 1)) for p, end in self.end_offsets.items())
+
+    def describe(self) -> str:
+        newest = f"newest projected event {self.newest_event_at:%Y-%m-%d %H:%M:%S} UTC" if self.newest_event_at \
+            else "nothing projected yet"
+        if self.lag_events is None:
+            return f"read side: {newest}; projector lag unknown (Kafka not reachable)"
+        return f"read side: {self.lag_events:,} event(s) behind the log; {newest}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"lag_events": self.lag_events, "newest_event_at": self.newest_event_at,
+                "projected_offsets": self.projected_offsets, "end_offsets": self.end_offsets}
+
+
+def freshness(backend: Backend, end_offsets: dict[int, int] | None) -> Freshness:
+    rows = backend.query("SELECT log_partition, max(log_offset), max(occurred_at) FROM job_events "
+                         "GROUP BY log_partition").rows
+    projected = {int(p): int(o) for p, o, _ in rows}
+    newest = max((at for _, _, at in rows), default=None)
+    return Freshness(projected, end_offsets, newest)
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    job_id: str
+    queue: str
+    name: str
+    status: str
+    attempt: int
+    attempts_started: int
+    enqueued_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    #: the processor forgot the job (its retention passed); `status` is its final status
+    forgotten: bool = False
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    job_id: str
+    queue: str
+    name: str
+    status: str
+    priority: str
+    attempt: int
+    attempts_started: int
+    max_attempts: int
+    enqueued_at: datetime
+    run_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    next_due_at: datetime | None
+    worker_id: str
+    args: Any
+    result: Any
+    error_type: str
+    error_message: str
+    error_traceback: str
+    reason: str
+    progress_percent: float | None
+    progress_message: str
+    idempotency_key: str
+    parent_job_id: str
+    #: the processor forgot the job (its retention passed): this is its final state, and an
+    #: enqueue with the same id (same idempotency key) creates a new job
+    forgotten: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    occurred_at: datetime
+    type: str
+    attempt: int
+    actor: str
+    outcome: str
+    status_after: str
+    since_previous_s: float | None
+    since_enqueued_s: float | None
+    event_id: str
+    reject_reason: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    group: str
+    enqueued: int
+    started: int
+    completed: int
+    failed: int
+    retried: int
+    dead_lettered: int
+    cancelled: int
+    failed_attempts: int
+    succeeded_attempts: int
+    throughput_per_min: float
+    failure_rate: float | None
+    duration_p50_s: float | None
+    duration_p95_s: float | None
+    duration_p99_s: float | None
+    wait_p50_s: float | None
+    wait_p95_s: float | None
+    wait_p99_s: float | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    job_id: str
+    queue: str
+    name: str
+    reason: str
+    error_type: str
+    error_message: str
+    attempts: int
+    dead_lettered_at: datetime
+
+
+def to_json(value: Any) -> bytes:
+    """Dataclasses (or lists of them) as JSON: timestamps ISO-8601 UTC."""
+    def default(item: Any) -> Any:
+        if hasattr(item, "__dataclass_fields__"):
+            return asdict(item)
+        raise TypeError(type(item).__name__)
+    return orjson.dumps(value, default=default, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z |
+                        orjson.OPT_NON_STR_KEYS)
+
+
+def list_jobs(backend: Backend, *, queue: str | None = None, status: str | None = None, name: str | None = None,
+              since: datetime | None = None, limit: int = 50) -> list[JobSummary]:
+    """Jobs, newest first, filtered by queue, status (state), job name and enqueue time."""
+    if status is not None and status not in STATUSES:
+        raise QueryArgumentError(f"unknown state {status!r} (allowed: {', '.join(STATUSES)})")
+    if limit < 1:
+        raise QueryArgumentError(f"limit must be at least 1, got {limit}")
+    where, params = ["1"], {"limit": limit}
+    for column, value in (("queue", queue), ("status", status), ("name", name)):
+        if value is not None:
+            where.append(f"{column} = {{{column}:String}}")
+            params[column] = value
+    if since is not None:
+        where.append("enqueued_at >= {since:DateTime64(3, 'UTC')}")
+        params["since"] = since
+    result = backend.query(
+        "SELECT job_id, queue, name, status, attempt, attempts_started, enqueued_at, updated_at, finished_at, "
+        f"forgotten FROM jobs FINAL WHERE {' AND '.join(where)} ORDER BY enqueued_at DESC, job_id LIMIT {{limit:UInt32}}",
+        params,
+    )
+    rows = result.dicts()
+    for row in rows:
+        row["forgotten"] = bool(row["forgotten"])
+    return [JobSummary(**row) for row in rows]
+
+
+def show_job(backend: Backend, job_id: str) -> JobDetail:
+    """One job's current state; `JobNotFound` if the projection does not know it."""
+    columns = [name for name in JobDetail.__dataclass_fields__]
+    result = backend.query(f"SELECT {', '.join(columns)} FROM jobs FINAL WHERE job_id = {{id:String}}", {"id": job_id})
+    if not result.rows:
+        raise JobNotFound(f"no job {job_id!r} in the read side (unknown id, or not projected yet)")
+    row = result.dicts()[0]
+    row["args"] = orjson.loads(row["args"]) if row["args"] else {}
+    row["result"] = orjson.loads(row["result"]) if row["result"] else None
+    row["forgotten"] = bool(row["forgotten"])
+    return JobDetail(**row)
+
+
+_ENVELOPE = frozenset({"event_id", "job_id", "type", "occurred_at", "schema_version", "causation_id", "actor"})
+
+
+def job_history(backend: Backend, job_id: str) -> list[HistoryEntry]:
+    """Every event of the job in log order, with the time since the previous one and since enqueue.
+
+    A job id reused after the processor forgot its job (same idempotency key) shows every job that
+    had it, one after the other: the forgetting `retention_passed` (outcome "forgotten") ends one,
+    the next applied `enqueued` starts the next, and `since_enqueued_s` counts from that enqueue.
+    """
+    result = backend.query(
+        "SELECT occurred_at, type, attempt, actor, outcome, status_after, event_id, reject_reason, payload "
+        "FROM job_events WHERE job_id = {id:String} ORDER BY log_partition, log_offset", {"id": job_id},
+    )
+    if not result.rows:
+        raise JobNotFound(f"no events for job {job_id!r} in the read side (unknown id, or not projected yet)")
+    entries: list[HistoryEntry] = []
+    previous: datetime | None = None
+    first: datetime | None = None
+    for row in result.dicts():
+        at = row["occurred_at"]
+        if first is None or (row["type"] == "enqueued" and row["outcome"] == "applied"):
+            first = at
+        try:
+            payload = orjson.loads(row["payload"])
+        except orjson.JSONDecodeError:
+            payload = {"raw": row["payload"]}
+        details = {k: v for k, v in payload.items() if k not in _ENVELOPE} if isinstance(payload, dict) else {}
+        entries.append(HistoryEntry(
+            occurred_at=at, type=row["type"], attempt=row["attempt"], actor=row["actor"], outcome=row["outcome"],
+            status_after=row["status_after"],
+            since_previous_s=(at - previous).total_seconds() if previous else None,
+            since_enqueued_s=(at - first).total_seconds(), event_id=row["event_id"],
+            reject_reason=row["reject_reason"], details=details,
+        ))
+        previous = at
+    return entries
+
+
+def job_stats(backend: Backend, *, queue: str | None = None, since: datetime | None = None,
+              by: Literal["name", "queue"] = "name") -> list[StatsRow]:
+    """Throughput, failure rate, run duration and wait quantiles per job name or queue."""
+    if by not in ("name", "queue"):
+        raise QueryArgumentError(f"--by must be 'name' or 'queue', got {by!r}")
+    where, params = ["1"], {}
+    if queue is not None:
+        where.append("queue = {queue:String}")
+        params["queue"] = queue
+    if since is not None:
+        where.append("minute >= toStartOfMinute({since:DateTime64(3, 'UTC')})")
+        params["since"] = since
+    result = backend.query(
+        f"SELECT {by} AS grp, countIfMerge(enqueued) AS enqueued, countIfMerge(started) AS started, "
+        "countIfMerge(completed) AS completed, countIfMerge(failed) AS failed, countIfMerge(retried) AS retried, "
+        "countIfMerge(dead_lettered) AS dead_lettered, countIfMerge(cancelled) AS cancelled, "
+        "countIfMerge(failed_attempts) AS failed_attempts, countIfMerge(succeeded_attempts) AS succeeded_attempts, "
+        "min(minute) AS first_minute, max(minute) AS last_minute, "
+        "quantilesDeterministicIfMerge(0.5, 0.95, 0.99)(duration_quantiles) AS duration, "
+        "quantilesDeterministicIfMerge(0.5, 0.95, 0.99)(wait_quantiles) AS wait "
+        f"FROM job_metrics_1m WHERE {' AND '.join(where)} GROUP BY grp ORDER BY grp",
+        params,
+    )
+    return [_stats_row(row) for row in result.dicts()]
+
+
+def _quantile(values: list[float], index: int, count: int) -> float | None:
+    if count == 0 or not values:
+        return None
+    value = values[index]
+    return None if value is None else round(float(value), 6)
+
+
+def _stats_row(row: dict[str, Any]) -> StatsRow:
+    minutes = max(1.0, (row["last_minute"] - row["first_minute"]).total_seconds() / 60 + 1)
+    attempts = row["failed_attempts"] + row["succeeded_attempts"]
+    outcomes = row["completed"] + row["dead_lettered"]
+    return StatsRow(
+        group=row["grp"], enqueued=row["enqueued"], started=row["started"], completed=row["completed"],
+        failed=row["failed"], retried=row["retried"], dead_lettered=row["dead_lettered"],
+        cancelled=row["cancelled"], failed_attempts=row["failed_attempts"],
+        succeeded_attempts=row["succeeded_attempts"], throughput_per_min=round(outcomes / minutes, 3),
+        failure_rate=round(row["failed_attempts"] / attempts, 4) if attempts else None,
+        duration_p50_s=_quantile(row["duration"], 0, attempts), duration_p95_s=_quantile(row["duration"], 1, attempts),
+        duration_p99_s=_quantile(row["duration"], 2, attempts), wait_p50_s=_quantile(row["wait"], 0, row["started"]),
+        wait_p95_s=_quantile(row["wait"], 1, row["started"]), wait_p99_s=_quantile(row["wait"], 2, row["started"]),
+    )
+
+
+def dead_letters(backend: Backend, *, queue: str | None = None, name: str | None = None,
+                 limit: int = 100) -> list[DeadLetter]:
+    """What is in the dead-letter queue now, newest first."""
+    where, params = ["1"], {"limit": limit}
+    for column, value in (("queue", queue), ("name", name)):
+        if value is not None:
+            where.append(f"{column} = {{{column}:String}}")
+            params[column] = value
+    result = backend.query(
+        "SELECT job_id, queue, name, reason, error_type, error_message, attempts, dead_lettered_at "
+        f"FROM dead_letters FINAL WHERE {' AND '.join(where)} ORDER BY dead_lettered_at DESC, job_id "
+        "LIMIT {limit:UInt32}", params,
+    )
+    return [DeadLetter(**row) for row in result.dicts()]
+
+
+def utc(value: datetime) -> datetime:
+    """An aware UTC datetime (naive input is taken as UTC)."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

@@ -1,0 +1,137 @@
+"""The projector's ClickHouse side: where to resume, jobs to resume folding, and writing a batch.
+
+Exactly-once in effect, without transactions across tables:
+
+* `job_events` rows carry their `(log_partition, log_offset)`. Inserting them (one INSERT, one
+  block, so all or nothing) is the batch's commit point, and the metric materialized views are
+  fed by that same INSERT. On start the projector reads `max(log_offset)` per partition and
+  never writes an event row at or below it again: no double count.
+* `jobs` and `dead_letters` are written after it and are replacing tables keyed by job id with
+  the offset of the last folded event as version: writing the same state again changes nothing.
+  `projector_progress` records per partition up to where they are written. After a crash between
+  the commit point and these rows, the projector reads the log again from that older position,
+  folds the events once more (the core's `apply` makes an already-applied event a no-op) and
+  rewrites the state rows, skipping the event rows that are already committed: no gap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventjobs.clickhouse.backend import Backend
+from eventjobs.readside.rows import (
+    DEAD_LETTER_COLUMNS,
+    JOB_COLUMNS,
+    JOB_EVENT_COLUMNS,
+    RESUME_COLUMNS,
+    ProjectedJob,
+    columns_of,
+    dead_letter_row,
+    job_from_row,
+    job_row,
+)
+
+_PARTITION = JOB_EVENT_COLUMNS.index("log_partition")
+_OFFSET = JOB_EVENT_COLUMNS.index("log_offset")
+
+
+@dataclass
+class Positions:
+    """Per partition: last offset whose event row is committed, and last offset whose state rows are."""
+
+    events_done: dict[int, int] = field(default_factory=dict)
+    state_done: dict[int, int] = field(default_factory=dict)
+
+    def resume_offset(self, partition: int) -> int:
+        """The first offset to read again (the older of the two positions, plus one)."""
+        return min(self.events_done.get(partition, -1), self.state_done.get(partition, -1)) + 1
+
+
+@dataclass
+class Batch:
+    """What one batch writes, and how far its writing got (so a retry continues, never repeats)."""
+
+    event_rows: list[tuple[Any, ...]]
+    jobs: dict[str, ProjectedJob]
+    dead_letter_jobs: set[str]
+    last_offsets: dict[int, int]
+    records: int
+    event_attempts: int = 0
+    events_written: bool = False
+    states_written: bool = False
+
+    def event_positions(self) -> dict[int, int]:
+        """Per partition, the highest offset among this batch's event rows."""
+        highest: dict[int, int] = {}
+        for row in self.event_rows:
+            partition, offset = row[_PARTITION], row[_OFFSET]
+            if offset > highest.get(partition, -1):
+                highest[partition] = offset
+        return highest
+
+
+class ProjectionStore:
+    """Reads and writes the projection tables of one database."""
+
+    def __init__(self, backend: Backend, database: str | None = None) -> None:
+        self.backend = backend
+        self.database = database or backend.database
+
+    def positions(self) -> Positions:
+        events = self.backend.query(
+            "SELECT log_partition, max(log_offset) FROM job_events GROUP BY log_partition", database=self.database
+        ).rows
+        states = self.backend.query(
+            "SELECT log_partition, max(state_offset) FROM projector_progress GROUP BY log_partition",
+            database=self.database,
+        ).rows
+        return Positions({int(p): int(o) for p, o in events}, {int(p): int(o) for p, o in states})
+
+    def has_jobs(self) -> bool:
+        return bool(self.backend.query("SELECT count() FROM (SELECT 1 FROM jobs LIMIT 1)",
+                                       database=self.database).scalar())
+
+    def load_jobs(self, job_ids: Iterable[str]) -> dict[str, ProjectedJob]:
+        """The latest projected state of these jobs (one query), forgotten jobs included and flagged
+        (the projector folds their next event from no state)."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        result = self.backend.query(
+            f"SELECT {', '.join(RESUME_COLUMNS)} FROM jobs FINAL WHERE job_id IN {{ids:Array(String)}}",
+            {"ids": ids}, database=self.database,
+        )
+        return {row["job_id"]: job_from_row(row) for row in result.dicts()}
+
+    def committed(self, positions: dict[int, int]) -> bool:
+        """Whether job_events already holds rows up to these offsets (after an ambiguous failure)."""
+        done = self.positions().events_done
+        return all(done.get(partition, -1) >= offset for partition, offset in positions.items())
+
+    def write(self, batch: Batch) -> None:
+        """Write a batch: event rows (the commit point) first, then the idempotent state rows."""
+        if batch.event_rows and not batch.events_written:
+            # only after a failed try can the rows already be there (a timeout after the commit)
+            if not (batch.event_attempts and self.committed(batch.event_positions())):
+                batch.event_attempts += 1
+                self.backend.insert("job_events", JOB_EVENT_COLUMNS,
+                                    columns_of(batch.event_rows, len(JOB_EVENT_COLUMNS)), database=self.database)
+        batch.events_written = True
+        if not batch.states_written:
+            self._write_states(batch)
+            batch.states_written = True
+
+    def _write_states(self, batch: Batch) -> None:
+        if batch.jobs:
+            rows = [job_row(job) for job in batch.jobs.values()]
+            self.backend.insert("jobs", JOB_COLUMNS, columns_of(rows, len(JOB_COLUMNS)), database=self.database)
+        dead = [dead_letter_row(batch.jobs[job_id]) for job_id in sorted(batch.dead_letter_jobs) if job_id in batch.jobs]
+        if dead:
+            self.backend.insert("dead_letters", DEAD_LETTER_COLUMNS, columns_of(dead, len(DEAD_LETTER_COLUMNS)),
+                                database=self.database)
+        if batch.last_offsets:
+            partitions = sorted(batch.last_offsets)
+            self.backend.insert("projector_progress", ["log_partition", "state_offset"],
+                                [partitions, [batch.last_offsets[p] for p in partitions]], database=self.database)

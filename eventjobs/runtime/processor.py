@@ -1,0 +1,610 @@
+"""The lifecycle processor: folds the event log into job states and writes what follows.
+
+One loop: consume a batch of events, `apply` each to its job's state, collect the effects (state
+changelog, derived events, ready records, timers, dead letters, quarantined records), and commit
+all of it together with the consumed offsets in one Kafka transaction per input partition.
+
+Exactly-once and zombie fencing: every input partition has its own transactional producer whose
+transactional id names the partition (`<ns>.processor.<p>`). A processor that takes over a
+partition initialises that id, which fences the previous owner's producer and aborts its open
+transaction; a stalled old owner that wakes up can no longer commit anything (aiokafka has no
+KIP-447 group-metadata fencing, so the id per partition is what fences). Readers of the
+changelog and the projector use read_committed, so an aborted batch is never seen, and the batch
+is simply redone. The processor itself reads the event log uncommitted (see `run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import ProducerFenced
+
+from eventjobs.core.codec import EventEncodeError, admit, encode
+from eventjobs.core.fold import Decision, apply
+from eventjobs.core.state import JobState, StateDecodeError, decode_state, encode_state
+from eventjobs.core.effects import Effects, ReadyRepublish, Retention, collect
+from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, producer, read_to_end
+from eventjobs.core.records import capability_route, revocation_headers
+from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+from eventjobs.runtime.supervisor import run_services
+from eventjobs.settings import Settings
+from eventjobs.kafka.admin import check_layout, ensure_ready_topics
+from eventjobs.kafka.topics import TopicNames, load_specs
+
+log = logging.getLogger("eventjobs.runtime.processor")
+
+
+class ProcessorFenced(RuntimeError):
+    """Another processor instance owns a partition this one still thought it had."""
+
+
+@dataclass
+class Quarantined:
+    record: ConsumerRecord[bytes, bytes]
+    reason: str
+
+
+#: Header of an event the processor moved to its job's partition: `topic/partition/offset` of the
+#: record as its producer wrote it (on another partition than `job_partition` of its job).
+MOVED_FROM_HEADER = "eventjobs.moved-from"
+MOVED_PRODUCERS_LOGGED = 1000  # producers whose first moved event is logged (and counted by name); bounded
+
+
+@dataclass
+class Moved:
+    """A valid event that arrived on another partition than its job's (a producer with another
+    partitioner): it is not applied here but copied to `partition`, whose lane applies it."""
+
+    record: ConsumerRecord[bytes, bytes]
+    partition: int
+    actor: str  # the producer, as the event names it (logged once per producer)
+
+
+@dataclass
+class BatchResult:
+    effects: Effects = field(default_factory=Effects)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    moved: list[Moved] = field(default_factory=list)
+    applied: int = 0
+    rejected: int = 0
+    # what `_send` writes, encoded once while folding: job id -> (state, bytes); derived event id -> bytes
+    state_bytes: dict[str, tuple[JobState, bytes]] = field(default_factory=dict)
+    event_bytes: dict[str, bytes] = field(default_factory=dict)
+
+
+def fold_batch(
+    table: dict[str, JobState], records: list[ConsumerRecord[bytes, bytes]], *, actor: str, max_event_bytes: int,
+    partition: int | None = None, retention: Retention = Retention(), max_state_bytes: int | None = None,
+    republish: ReadyRepublish = ReadyRepublish(), partition_count: int | None = None,
+) -> BatchResult:
+    """Apply a partition's batch to its state table (not modified: new states are in the effects,
+    None for a job forgotten by its retention).
+
+    With ``partition_count`` (and ``partition``), a valid event of a job this partition does not
+    hold, whose job belongs on another partition (``job_partition``), is not applied but listed in
+    ``moved``: the lane copies it to its job's partition, whose lane applies it (so a producer with
+    another partitioner is served). A job is only ever created on its own partition, so the jobs a
+    lane holds are its own and the hash is computed once per job, not once per event; a job an
+    older processor created elsewhere (before this rule) stays where it is held.
+
+    A record whose derived events would be over ``max_event_bytes``, or whose job state would be
+    over ``max_state_bytes`` (None: states are not checked here), is quarantined with the reason
+    instead of applied: written, it would fail the transaction on every restart. The size budgets
+    (``eventjobs.core.limits``) keep this from happening to what eventjobs' own writers produce.
+
+    Only the last state of a job in a batch is written, so states are encoded (once, for `_send`)
+    after the fold; only if one is too large is the batch folded again, checking every step.
+    """
+    result = _fold(table, records, actor, max_event_bytes, partition, retention, republish, None, partition_count)
+    if max_state_bytes is None:
+        return result
+    for job_id, state in result.effects.states.items():
+        if state is not None:
+            data = encode_state(state)
+            if len(data) > max_state_bytes:  # rare: find and quarantine the record that made it so
+                return _fold(table, records, actor, max_event_bytes, partition, retention, republish, max_state_bytes,
+                             partition_count)
+            result.state_bytes[job_id] = (state, data)
+    return result
+
+
+def _fold(
+    table: dict[str, JobState], records: list[ConsumerRecord[bytes, bytes]], actor: str, max_event_bytes: int,
+    partition: int | None, retention: Retention, republish: ReadyRepublish, max_state_bytes: int | None,
+    partition_count: int | None = None,
+) -> BatchResult:
+    result = BatchResult()
+    states = result.effects.states
+    for record in records:
+        event = admit(record.value, record.key, max_bytes=max_event_bytes)
+        if type(event) is str:
+            result.quarantined.append(Quarantined(record, event))
+            continue
+        before = states.get(event.job_id, _UNSEEN)
+        if before is _UNSEEN:
+            before = table.get(event.job_id)
+        if before is None and partition_count and partition is not None:  # not held here: on its partition?
+            home = job_partition(event.job_id, partition_count)
+            if home != partition:  # another partitioner wrote it: its job's lane applies the copy
+                result.moved.append(Moved(record, home, event.actor))
+                continue
+        decision = apply(before, event, actor=actor)
+        oversized = _encode_outputs(result, before, decision, max_event_bytes, max_state_bytes)
+        if oversized is not None:
+            reason = f"applying this {event.type} event of job {event.job_id} would write {oversized}"
+            result.quarantined.append(Quarantined(record, reason))
+            continue
+        if decision.rejected is not None:
+            result.rejected += 1
+            log.debug("rejected %s of job %s: %s", event.type, event.job_id, decision.rejected)
+        else:
+            result.applied += 1
+        collect(result.effects, before, decision, event, partition, retention, republish)
+    return result
+
+
+def _encode_outputs(
+    result: BatchResult, before: JobState | None, decision: Decision, max_event_bytes: int, max_state_bytes: int | None
+) -> str | None:
+    """Encode the new state (if checked) and the derived events of `decision` into `result`, or say
+    which of them is too large (nothing is stored then)."""
+    state = decision.state
+    state_data = None
+    if max_state_bytes is not None and state is not None and state is not before and decision.rejected is None:
+        state_data = encode_state(state)
+        if len(state_data) > max_state_bytes:
+            return f"a job state of {len(state_data):,} bytes, over the limit of {max_state_bytes:,}"
+    encoded = []
+    for derived in decision.derived:
+        try:
+            encoded.append((derived.event_id, encode(derived, max_bytes=max_event_bytes)))
+        except EventEncodeError as error:
+            return f"a derived event that cannot be written: {error}"
+    if state_data is not None:
+        result.state_bytes[state.job_id] = (state, state_data)  # type: ignore[union-attr]
+    result.event_bytes.update(encoded)
+    return None
+
+
+def _quarantine_kind(reason: str) -> str:
+    """The kind of a quarantined event record, for counting (the reason itself is logged once)."""
+    if reason.startswith("empty record"):
+        return "tombstone"
+    if reason.startswith("record key"):
+        return "mis-keyed event"
+    if reason.startswith("applying this"):
+        return "output over the size limit"
+    return "undecodable event"
+
+
+def quarantine_headers(record: ConsumerRecord[bytes, bytes], reason: str) -> list[tuple[str, bytes]]:
+    """Why a record was quarantined and where it came from (`topic/partition/offset`)."""
+    return [
+        ("eventjobs.reason", reason.encode()[:4000]),
+        ("eventjobs.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+    ]
+
+
+_UNSEEN: Any = object()  # not touched in this batch (None in a batch's states means forgotten)
+
+
+def update_table(table: dict[str, JobState], states: dict[str, JobState | None]) -> None:
+    """Apply a batch's new states to a lane's table; forgotten jobs leave it."""
+    for job_id, state in states.items():
+        if state is None:
+            table.pop(job_id, None)
+        else:
+            table[job_id] = state
+
+
+@dataclass
+class _Lane:
+    """One owned partition: its producer, its state table, and the work waiting for it.
+
+    Partitions work independently. Within a lane, folding and committing are pipelined: a batch
+    is folded (and its ready records published as hints) as soon as it arrives, while the
+    transaction of the previous batches is still committing; the committer then writes everything
+    folded meanwhile in one transaction. If a commit fails the in-memory table is ahead of the
+    changelog, so the processor stops and a restart restores the committed state.
+    """
+
+    partition: TopicPartition
+    producer: AIOKafkaProducer
+    table: dict[str, JobState]
+    pending: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # (result, next offset, record count, acks of its published ready records)
+    folded: list[tuple[BatchResult, int, int, list[asyncio.Future[Any]]]] = field(default_factory=list)
+    commit_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
+    flush: asyncio.Event = field(default_factory=asyncio.Event)  # set: commit now, do not wait for the interval
+    last_commit: float = 0.0  # event-loop time when the last transaction began (or the lane was made)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task[None] | None = None
+    committer: asyncio.Task[None] | None = None
+    next_offset: int = -1  # first offset not yet folded (-1: unknown)
+
+    @property
+    def backlog(self) -> int:
+        return sum(entry[2] for entry in self.folded)
+
+
+class LifecycleProcessor:
+    """Consumes `<ns>.events` in the group `<ns>.processor`; run several for more throughput."""
+
+    def __init__(self, settings: Settings, *, max_batch: int = 2000, commit_interval_s: float = 0.1,
+                 instance: str | None = None, republish: ReadyRepublish | None = None) -> None:
+        if commit_interval_s < 0:
+            raise ValueError(f"commit_interval_s must be >= 0, got {commit_interval_s}")
+        self.settings = settings
+        self.commit_interval_s = commit_interval_s
+        self.retention = Retention(settings.retain_completed_s, settings.dead_letter_retention_s)
+        self.republish = republish or ReadyRepublish()  # when a pending job's ready record goes out again
+        self.names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+        self.group_id = self.names.processor_group
+        self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
+        self.max_batch = max_batch
+        self.lanes: dict[int, _Lane] = {}
+        self.ready_topics: set[str] = set()
+        self.processed = 0
+        self.started = asyncio.Event()
+        self.failure: BaseException | None = None
+        self._source: AIOKafkaConsumer | None = None
+        self._taking = asyncio.Lock()
+        self._closing = False
+        self._hints: AIOKafkaProducer | None = None
+        self.bad_records = BadRecords(log, f"processor {self.instance}", action="quarantined")
+        # events that arrived on another partition than their job's (another partitioner wrote
+        # them) and were moved there: counted, and logged once per producer (`actor`)
+        self.partition_count = 0  # of the event log, from `check_layout` at start
+        self.moved_events = 0
+        self.moved_from: dict[str, int] = {}  # producer -> events moved (at most MOVED_PRODUCERS_LOGGED kept)
+
+    @property
+    def tables(self) -> dict[int, dict[str, JobState]]:
+        return {partition: lane.table for partition, lane in self.lanes.items()}
+
+    # -- partition ownership ---------------------------------------------------------------
+    async def _take(self, assigned: list[TopicPartition]) -> None:
+        async with self._taking:
+            await self._take_locked(assigned)
+
+    async def _take_locked(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            if self._closing or self.failure is not None:  # stopping: take nothing more
+                return
+            if tp.topic != self.names.events or tp.partition in self.lanes:
+                continue
+            txn = producer(
+                self.settings,
+                transactional_id=self.names.processor_transactional_id(tp.partition),
+                transaction_timeout_ms=60_000,
+                linger_ms=0,
+                # right after a commit the coordinator answers CONCURRENT_TRANSACTIONS until the
+                # markers are written; retry that quickly instead of after the default 100 ms
+                retry_backoff_ms=5,
+            )
+            await txn.start()  # init_transactions: fences the previous owner of this partition
+            try:
+                table = await self._restore(tp.partition, txn)
+            except BaseException:
+                await txn.stop()
+                raise
+            lane = _Lane(tp, txn, table, last_commit=asyncio.get_running_loop().time())
+            lane.task = self._supervised(self._run_lane(lane), f"the fold of partition {tp.partition}")
+            lane.committer = self._supervised(self._commit_loop(lane), f"the committer of partition {tp.partition}")
+            self.lanes[tp.partition] = lane
+            log.info("processor %s owns partition %d (%d jobs restored)", self.instance, tp.partition, len(lane.table))
+        self.started.set()
+
+    def _fail(self, error: BaseException) -> None:
+        """Stop the processor with `error` (the first failure is the one reported)."""
+        if self.failure is None:
+            log.error("processor %s stops: %s", self.instance, error)
+            self.failure = error
+
+    def _supervised(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """A lane task whose unexpected end stops the processor instead of leaving its partition unserved."""
+        task = asyncio.create_task(work)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if task.cancelled():
+                return
+            error = task.exception()
+            self._fail(RuntimeError(f"{what} ended: {error!r}" if error else f"{what} ended unexpectedly"))
+
+        task.add_done_callback(ended)
+        return task
+
+    async def _restore(self, partition: int, txn: AIOKafkaProducer) -> dict[str, JobState]:
+        """The partition's committed job states, from its changelog partition (compacted: one record per job).
+
+        A job whose latest record does not decode is left out (its next event is then refused as
+        an unknown job; `eventjobs replay --state` can rebuild it from the log): the record is
+        copied to the quarantine topic with the reason and tombstoned, in one transaction of the
+        partition's own (fenced) producer, so it is reported once and not read again.
+        """
+        table: dict[str, JobState] = {}
+        bad: dict[bytes, tuple[ConsumerRecord[bytes, bytes], str]] = {}  # latest record per key is bad
+        async for record in read_to_end(self.settings, [TopicPartition(self.names.job_state, partition)]):
+            if record.key is None:
+                continue
+            key = record.key.decode("utf-8", errors="replace")
+            bad.pop(record.key, None)
+            if record.value is None:
+                table.pop(key, None)
+                continue
+            try:
+                table[key] = decode_state(record.value)
+            except StateDecodeError as error:
+                table.pop(key, None)
+                bad[record.key] = (record, f"undecodable job state in the changelog: {error}")
+        if bad:  # reported only now: a later record of the key (a tombstone) may have replaced it
+            async with txn.transaction():
+                acks = []
+                for key_bytes, (record, reason) in bad.items():
+                    self.bad_records.report("undecodable state", f"{origin(record)} ({describe_key(key_bytes)})", reason)
+                    acks.append(await txn.send(self.names.quarantine, record.value, key=key_bytes,
+                                               headers=quarantine_headers(record, reason)))
+                    acks.append(await txn.send(self.names.job_state, None, key=key_bytes, partition=partition))
+                await asyncio.gather(*acks)
+        return table
+
+    async def _release(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            lane = self.lanes.pop(tp.partition, None)
+            if lane is None:
+                continue
+            if lane.task is not None:  # fold nothing more
+                lane.task.cancel()
+                await asyncio.gather(lane.task, return_exceptions=True)
+            if lane.committer is not None:  # finish the commit under way and commit what was folded, then stop
+                lane.flush.set()
+                while (lane.folded or lane.lock.locked()) and not lane.committer.done():
+                    lane.commit_wakeup.set()
+                    lane.committed.clear()
+                    waiter = asyncio.ensure_future(lane.committed.wait())
+                    await asyncio.wait([waiter, lane.committer], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                lane.committer.cancel()
+                await asyncio.gather(lane.committer, return_exceptions=True)
+            try:
+                await lane.producer.stop()
+            except Exception as error:  # noqa: BLE001 - a fenced producer may fail to close; release the rest
+                log.warning("processor %s: closing the producer of partition %d failed: %r",
+                            self.instance, tp.partition, error)
+            log.info("processor %s released partition %d", self.instance, tp.partition)
+
+    # -- the loops -------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self.partition_count = await check_layout(self.settings)
+        source = consumer(
+            self.settings,
+            group_id=self.group_id,
+            max_poll_records=self.max_batch,
+            fetch_max_wait_ms=500,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            max_poll_interval_ms=120_000,
+            # Only processors write to the event log transactionally, and all they write there
+            # are derived events, which `apply` never lets change a state (a duplicate or a
+            # rejection; a property test holds it to that). Reading uncommitted is therefore
+            # safe, and it spares every new event the wait for the partition's open transaction
+            # to commit (read_committed stops at the first open transaction's offset).
+            isolation_level="read_uncommitted",
+        )
+        self._source = source
+        self._hints = producer(self.settings, linger_ms=0)
+        await self._hints.start()
+        await source.start()
+        source.subscribe([self.names.events], listener=OwnershipListener(self._take, self._release, self._fail))
+        try:
+            while not stop.is_set() and self.failure is None:
+                backlog = sum(len(lane.pending) for lane in self.lanes.values())
+                if backlog >= 4 * self.max_batch:  # lanes are behind: let them catch up first
+                    await asyncio.sleep(0.005)
+                    continue
+                batch = await source.getmany(timeout_ms=50, max_records=self.max_batch)
+                if batch:
+                    async with self._taking:  # records can arrive while a partition is still being taken
+                        pass
+                for tp, records in batch.items():
+                    lane = self.lanes.get(tp.partition)
+                    if lane is None:
+                        continue
+                    fresh = [r for r in records if r.offset >= lane.next_offset]
+                    if fresh:
+                        lane.pending.extend(fresh)
+                        lane.wakeup.set()
+            if self.failure is not None:
+                raise self.failure
+        finally:
+            # the group coordinator assigns partitions in its own task: let a take under way
+            # finish, and take nothing after, so that every producer is closed
+            self._closing = True
+            async with self._taking:
+                for partition in list(self.lanes):
+                    await self._release([TopicPartition(self.names.events, partition)])
+            await source.stop()
+            await self._hints.stop()
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        """Fold arriving records at once and publish their ready records; the committer follows."""
+        tp = lane.partition
+        while True:
+            await lane.wakeup.wait()
+            lane.wakeup.clear()
+            while lane.pending:
+                if lane.backlog >= 4 * self.max_batch:  # the committer is behind: wait for it
+                    lane.committed.clear()
+                    await lane.committed.wait()
+                    continue
+                records, lane.pending = lane.pending[: self.max_batch], lane.pending[self.max_batch :]
+                result = fold_batch(lane.table, records, actor=f"processor:{tp.partition}",
+                                    max_event_bytes=self.settings.max_event_bytes, partition=tp.partition,
+                                    retention=self.retention, max_state_bytes=self.settings.max_event_bytes,
+                                    republish=self.republish, partition_count=self.partition_count)
+                update_table(lane.table, result.effects.states)
+                lane.next_offset = records[-1].offset + 1
+                await self._ensure_ready_topics(result.effects)
+                hints = await self._publish_hints(result)
+                lane.folded.append((result, records[-1].offset + 1, len(records), hints))
+                lane.commit_wakeup.set()
+
+    async def _commit_loop(self, lane: _Lane) -> None:
+        """Commit everything folded so far in one transaction, at most once per commit interval.
+
+        Nothing waits for these commits on the way to a job's start (ready records go out before
+        them, and the processor reads the log uncommitted), so fewer, larger transactions cost
+        no latency there, and save the broker and this process four round trips each. A full
+        batch, a revocation or a shutdown commits at once.
+        """
+        tp = lane.partition
+        loop = asyncio.get_running_loop()
+        while True:
+            await lane.commit_wakeup.wait()
+            lane.commit_wakeup.clear()
+            while lane.folded:
+                pause = lane.last_commit + self.commit_interval_s - loop.time()
+                if pause > 0 and lane.backlog < self.max_batch and not lane.flush.is_set():
+                    try:
+                        await asyncio.wait_for(lane.flush.wait(), pause)
+                    except TimeoutError:
+                        pass
+                lane.last_commit = loop.time()
+                batch, lane.folded = lane.folded, []
+                async with lane.lock:
+                    acks: list[asyncio.Future[Any]] = []
+                    try:
+                        async with lane.producer.transaction():
+                            for result, _, _, hints in batch:
+                                acks += hints
+                                acks += await self._send(lane.producer, tp.partition, result)
+                            # every write must be acknowledged before the offsets commit: a lost
+                            # changelog or ready record would otherwise go unnoticed
+                            await asyncio.gather(*acks)
+                            await lane.producer.send_offsets_to_transaction({tp: batch[-1][1]}, self.group_id)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as error:  # noqa: BLE001 - memory is ahead of the changelog now
+                        await self._fail_commit(tp.partition, error, acks)
+                        return
+                self.processed += sum(entry[2] for entry in batch)
+                lane.committed.set()
+
+    async def _fail_commit(self, partition: int, error: Exception, acks: list[asyncio.Future[Any]]) -> None:
+        """Stop the processor: a fenced producer means another instance owns the partition now;
+        anything else leaves memory ahead of the changelog, which only a restart repairs.
+
+        Fencing does not always surface as ``ProducerFenced``: once aiokafka's sender saw it, the
+        producer is in a fatal state and the next send fails with "not in transaction". So the
+        writes of the batch are checked for the fencing too (which also retrieves their errors).
+        """
+        done, _ = await asyncio.wait(acks, timeout=5) if acks else (set(), set())
+        causes = [error, *(ack.exception() for ack in done if not ack.cancelled())]
+        fenced = next((cause for cause in causes if isinstance(cause, ProducerFenced)), None)
+        if self.failure is not None:  # the first failure is the cause; later ones follow from it
+            return
+        if fenced is not None:
+            self.failure = ProcessorFenced(
+                f"partition {partition} is owned by another processor; this one ({self.instance}) stops"
+            )
+            self.failure.__cause__ = fenced
+        else:
+            self.failure = RuntimeError(
+                f"commit of partition {partition} failed ({error!r}); stopping so that a restart "
+                f"restores the committed state"
+            )
+
+    async def _publish_hints(self, result: BatchResult) -> list[asyncio.Future[Any]]:
+        """Ready records and revocations go out before the commit: they are hints for workers,
+        whose claims the fold checks, so publishing them early only saves latency."""
+        assert self._hints is not None
+        names, acks = self.names, []
+        for ready in result.effects.ready:
+            topic = names.ready(capability_route(ready.queue, ready.options.capabilities), ready.priority.value)
+            acks.append(await self._hints.send(topic, ready.encode(), key=ready.job_id.encode()))
+        for revoked in result.effects.revoked:  # a tombstone naming the revoked attempt (workers key on both)
+            topic = names.ready(capability_route(revoked.queue, revoked.options.capabilities), revoked.priority.value)
+            acks.append(await self._hints.send(topic, None, key=revoked.job_id.encode(),
+                                               headers=revocation_headers(revoked)))
+        for moved in result.moved:
+            acks.append(await self._move(moved))
+        return acks
+
+    async def _move(self, moved: Moved) -> asyncio.Future[Any]:
+        """Copy an event that arrived on another partition than its job's to its job's partition.
+
+        Not in the lane's transaction: the processor reads the log uncommitted, so the lane that
+        owns the job would apply a copy that a failed transaction then aborts, while readers of
+        committed data (replay, the projector) would see only the copy written again after the
+        restart, later in the log. Written plainly (idempotent producer, acks=all), the copy is
+        acknowledged before the transaction that consumes the original commits (its ack is among
+        the hints the commit waits for): a crash in between writes it again, with the same
+        event id, which the fold takes as a duplicate. Cost: one extra write per such event.
+        """
+        assert self._hints is not None
+        record = moved.record
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        self.moved_events += 1
+        count = self.moved_from.get(moved.actor)
+        if count is None and len(self.moved_from) < MOVED_PRODUCERS_LOGGED:
+            log.warning("producer %r writes events to other partitions than their job's (first: %s, job %s, whose "
+                        "partition is %d): the processor moves each one there, one extra write per event. Produce "
+                        "to the job's partition (docs/producers.md) to avoid it; further moves of this producer are "
+                        "counted in moved_events, not logged", moved.actor, source,
+                        record.key.decode(errors="replace") if record.key else "?", moved.partition)
+        if count is not None or len(self.moved_from) < MOVED_PRODUCERS_LOGGED:
+            self.moved_from[moved.actor] = (count or 0) + 1
+        headers = [*(record.headers or ()), (MOVED_FROM_HEADER, source.encode())]
+        return await self._hints.send(self.names.events, record.value, key=record.key, partition=moved.partition,
+                                      headers=headers)
+
+    async def _ensure_ready_topics(self, effects: Effects) -> None:
+        routes = {capability_route(r.queue, r.options.capabilities) for r in effects.ready}
+        missing = [route for route in routes if self.names.ready(route, "normal") not in self.ready_topics]
+        if missing:
+            self.ready_topics.update(await ensure_ready_topics(self.settings, missing))
+
+    async def _send(self, txn: AIOKafkaProducer, partition: int, result: BatchResult) -> list[asyncio.Future[Any]]:
+        """Queue the batch's durable writes in the open transaction; returns their acknowledgements."""
+        names, effects = self.names, result.effects
+        state_bytes, event_bytes, max_bytes = result.state_bytes, result.event_bytes, self.settings.max_event_bytes
+        acks: list[asyncio.Future[Any]] = []
+        for job_id, state in effects.states.items():
+            value = None  # None: forgotten, a tombstone
+            if state is not None:
+                cached = state_bytes.get(job_id)  # encoded (and size-checked) by fold_batch
+                value = cached[1] if cached is not None and cached[0] is state else encode_state(state)
+            acks.append(await txn.send(names.job_state, value, key=job_id.encode(), partition=partition))
+        for event in effects.events:
+            data = event_bytes.get(event.event_id) or encode(event, max_bytes=max_bytes)
+            acks.append(await txn.send(names.events, data, key=event.job_id.encode(), partition=partition))
+        for key, timer in effects.timers.items():
+            acks.append(await txn.send(names.timers, timer.encode() if timer else None, key=key, partition=partition))
+        for job_id, entry in effects.dead_letters.items():
+            acks.append(await txn.send(names.dead_letters, entry.encode() if entry else None, key=job_id.encode()))
+        for bad in result.quarantined:
+            record = bad.record
+            headers = quarantine_headers(record, bad.reason)
+            acks.append(await txn.send(names.quarantine, record.value, key=record.key, headers=headers))
+            self.bad_records.report(_quarantine_kind(bad.reason), origin(record), bad.reason)
+        return acks
+
+
+async def run_processor(settings: Settings, stop: asyncio.Event, *, with_services: dict[str, Coroutine[Any, Any, None]]
+                        | None = None, **options: object) -> None:
+    """Run the lifecycle processor and the timer service (and any `with_services`, such as the
+    projector) until `stop` is set; the first failure of any of them stops all and is raised."""
+    from eventjobs.runtime.timers import TimerService
+
+    processor = LifecycleProcessor(settings, **options)  # type: ignore[arg-type]
+    services = {"lifecycle processor": processor.run(stop), "timer service": TimerService(settings).run(stop)}
+    await run_services(stop, {**services, **(with_services or {})})

@@ -1,0 +1,691 @@
+"""The worker: takes ready jobs of its queues, claims them, runs the handlers, reports outcomes.
+
+Per queue (and per capability route, see `records.capability_route`) one consumer in the group
+`<ns>.workers.<route>` reads the four priority topics. Fetched records wait in one bounded
+buffer per priority; a free slot always takes the highest priority first, and a priority whose
+buffer is full has its partitions paused, so a backlog of low jobs never hides a critical one.
+
+A ready record's offset is committed once the claim for it is acknowledged: a worker that dies
+before that leaves the record to another worker; one that dies after it leaves a claimed job
+whose lease expires, and the processor makes it ready again. Execution is at-least-once.
+Partitions revoked in a rebalance lose their buffered records and commit nothing afterwards.
+Every event of an attempt names the worker's claim (`claim_id`), so an attempt whose claim the
+fold refused (another claim came first) may run here but decides nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import os
+import socket
+import traceback
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from pydantic import ValidationError
+
+from eventjobs.app import App
+from eventjobs.context import JobContext
+from eventjobs.core.clock import Clock, SystemClock
+from eventjobs.core.codec import EventEncodeError, encode
+from eventjobs.core.commands import (
+    DEFAULT_LEASE_S,
+    attempt_started_event,
+    attempt_timed_out_event,
+    claimed_event,
+    heartbeat_event,
+    progress_event,
+)
+from eventjobs.core.events import JobEvent
+from eventjobs.core.outcome import WorkerFailure, outcome_event, worker_failure_event
+from eventjobs.core.state import StateDecodeError, decode_state
+from eventjobs.kafka.clients import (
+    OwnershipListener,
+    consumer,
+    job_partition,
+    partitions_of,
+    producer,
+    topic_partition_count,
+)
+from eventjobs.runtime.bad_records import BadRecords, describe_key, origin, power_of_ten
+from eventjobs.runtime.processor import quarantine_headers
+from eventjobs.core.records import ReadyRecord, capability_route, ready_attempt, revoked_attempt
+from eventjobs.core.timer_index import brief
+from eventjobs.kafka.admin import ensure_ready_topics
+from eventjobs.kafka.topics import PRIORITIES
+
+log = logging.getLogger("eventjobs.runtime.worker")
+
+
+def _incarnation_attempt(ready: ReadyRecord) -> tuple[str, int, datetime]:
+    """Which attempt of which job a ready record offers. A job id comes back after its retention
+    passed (the same idempotency key enqueued again), starting again at attempt 0: its enqueue
+    time tells that new job from the forgotten one."""
+    return ready.job_id, ready.attempt, ready.enqueued_at
+
+
+class WorkerStopped(RuntimeError):
+    """A background task of the worker failed; the worker stopped (its cause is chained)."""
+
+
+class BadReadyRecord(ValueError):
+    """A ready record the worker cannot run: `kind` (logged once per kind) and `reason`."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+def capability_subsets(capabilities: list[str]) -> list[tuple[str, ...]]:
+    """Every subset of the worker's capabilities: it may run jobs needing any of them."""
+    caps = sorted(set(capabilities))
+    return [combo for size in range(len(caps) + 1) for combo in itertools.combinations(caps, size)]
+
+
+@dataclass
+class _Offsets:
+    """Which fetched offsets of one partition are not yet safe to commit."""
+
+    outstanding: set[int] = field(default_factory=set)
+    next_offset: int = -1
+
+    def committable(self) -> int:
+        return min(self.outstanding) if self.outstanding else self.next_offset
+
+
+@dataclass
+class _Item:
+    source: AIOKafkaConsumer
+    record: ConsumerRecord[bytes, bytes]
+    claim_id: str | None = None  # the event_id of this worker's `claimed` event, once built
+
+
+def _revokes(revoked: tuple[str, int, int] | None, item: _Item) -> bool:
+    """Whether a tombstone revoking `revoked` (None: any attempt) revokes the buffered `item` of its job."""
+    if revoked is None:
+        return True
+    try:
+        return ready_attempt(ReadyRecord.decode(item.record.value)) == revoked
+    except Exception:  # noqa: BLE001 - a broken record is quarantined when its turn comes
+        return False
+
+
+class Worker:
+    """Runs jobs of `queues` with at most `concurrency` at once."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int = 10,
+        capabilities: list[str] | None = None,
+        worker_id: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        grace_s: float = 30.0,
+        prefetch: int | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.app = app
+        self.settings = app.settings
+        self.queues = queues or sorted({d.options.queue for d in app.jobs.values()} or {"default"})
+        self.concurrency = concurrency
+        self.capabilities = sorted(set(capabilities or []))
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.actor = f"worker:{self.worker_id}"
+        self.lease_s = lease_s
+        self.heartbeat_s = max(lease_s / 3, 0.2)
+        self.grace_s = grace_s
+        self.prefetch = prefetch or max(4 * concurrency, 100)
+        self.clock = clock or SystemClock()  # the time written into events
+        self.buffers: dict[str, deque[_Item]] = {p: deque() for p in PRIORITIES}
+        self.offsets: dict[tuple[int, TopicPartition], _Offsets] = {}
+        self.running: dict[asyncio.Task[None], tuple[ReadyRecord, _Item]] = {}
+        self.cancel_seen: set[str] = set()
+        # attempts whose ready records the processor revoked: (job id, attempt, enqueued_at ms)
+        self.revoked: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        self.claimed_here: OrderedDict[tuple[str, int, datetime], None] = OrderedDict()
+        self.completed = 0
+        self._consumers: list[AIOKafkaConsumer] = []
+        self._sender: AIOKafkaProducer | None = None
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eventjobs-job")
+        self._wakeup = asyncio.Event()
+        self._draining = False
+        self._commit_soon = asyncio.Event()
+        self._room = asyncio.Event()  # a buffer has room again
+        self.started = asyncio.Event()
+        # bad input: ready records quarantined, changelog records skipped (counted by kind in
+        # `bad_ready` / `bad_changelog`, each kind logged once); see docs/architecture.md, "Bad input"
+        self.bad_ready = BadRecords(log, "worker", action="quarantined")
+        self.bad_changelog = BadRecords(log, "worker (cancel watcher)")
+        self._quarantining: set[asyncio.Task[None]] = set()
+        self._event_partitions = 0  # partitions of the event log (a ready record names one)
+        # supervision: the first failure of a background task, which stops the worker (run raises it)
+        self.failure: BaseException | None = None
+        self._halt = asyncio.Event()
+        self.heartbeat_failures = 0
+
+    @property
+    def quarantined(self) -> int:
+        """Ready records copied to the quarantine topic because they could not be run."""
+        return self.bad_ready.total
+
+    @property
+    def skipped_records(self) -> int:
+        """Changelog records the cancel watcher skipped because they could not be used."""
+        return self.bad_changelog.total
+
+    # -- set-up ----------------------------------------------------------------------------
+    def routes(self) -> list[str]:
+        return [capability_route(q, subset) for q in self.queues for subset in capability_subsets(self.capabilities)]
+
+    async def _start(self) -> None:
+        names = self.app.names
+        routes = self.routes()
+        await ensure_ready_topics(self.settings, routes)
+        self._sender = producer(self.settings, linger_ms=2)
+        await self._sender.start()
+        self._event_partitions = len(await partitions_of(self.settings, names.events))
+        for route in routes:
+            source = consumer(
+                self.settings,
+                group_id=names.worker_group(route),
+                # Ready records are hints, the claim is checked by the fold: reading them before the
+                # processor's transaction commits saves the commit round trips on every job start.
+                isolation_level="read_uncommitted",
+                fetch_max_wait_ms=500,
+                max_poll_records=self.prefetch,
+                session_timeout_ms=10_000,
+                heartbeat_interval_ms=2_000,
+            )
+            await source.start()
+            self._consumers.append(source)
+            source.subscribe([names.ready(route, priority) for priority in PRIORITIES],
+                             listener=OwnershipListener(functools.partial(self._take, source),
+                                                        functools.partial(self._release, source), self._fail))
+
+    async def _take(self, source: AIOKafkaConsumer, assigned: list[TopicPartition]) -> None:
+        """Partitions assigned to `source`: their fetch starts from the committed offset, so any
+        offsets state left of an earlier ownership is stale."""
+        index = self._consumers.index(source)
+        for tp in assigned:
+            self.offsets.pop((index, tp), None)
+
+    async def _release(self, source: AIOKafkaConsumer, revoked: list[TopicPartition]) -> None:
+        """Partitions taken from `source` (a rebalance): their buffered ready records are dropped,
+        not run (the new owner gets them from the committed offset), and what was settled before
+        the first unsettled record is committed now, while this consumer still owns them; nothing
+        of theirs is committed later. Jobs already claimed from them run on (their claims stand)."""
+        index = self._consumers.index(source)
+        gone = set(revoked)
+        for buffer in self.buffers.values():
+            kept = [i for i in buffer if i.source is not source
+                    or TopicPartition(i.record.topic, i.record.partition) not in gone]
+            if len(kept) != len(buffer):
+                buffer.clear()
+                buffer.extend(kept)
+                self._room.set()
+        offsets = {}
+        for tp in revoked:
+            state = self.offsets.pop((index, tp), None)
+            if state is not None and state.committable() >= 0:
+                offsets[tp] = OffsetAndMetadata(state.committable(), "")
+        if offsets:
+            try:
+                await source.commit(offsets)
+            except Exception as error:  # noqa: BLE001 - the new owner then starts from the previous commit
+                log.info("committing revoked partitions failed (%r); their records are delivered again", error)
+
+    # -- the loops -------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set; raises `WorkerStopped` if a background task failed (the CLI
+        then exits non-zero, and whatever supervises the process restarts it)."""
+        await self._start()
+        halt = self._halt  # set by `stop`, or by the first failure of a background task
+        stopping = asyncio.create_task(stop.wait())
+        stopping.add_done_callback(lambda _: halt.set())
+        fetchers = [self._supervised(self._fetch(source, halt), f"the fetcher of {', '.join(sorted(source.subscription()))}")
+                    for source in self._consumers]
+        committer = self._supervised(self._commit_loop(halt), "the offset committer")
+        cancels = self._supervised(self._watch_cancels(halt), "the cancel watcher")
+        self.started.set()
+        log.info("worker %s serving %s with concurrency %d", self.worker_id, ", ".join(self.routes()), self.concurrency)
+        try:
+            await self._dispatch(halt)
+        finally:
+            halt.set()
+            stopping.cancel()
+            for task in fetchers:
+                task.cancel()
+            await asyncio.gather(*fetchers, return_exceptions=True)
+            try:
+                await self._drain()
+            except Exception as error:  # noqa: BLE001 - stopping for a failure: the sender may be what failed
+                if self.failure is None:
+                    raise
+                log.error("handing back the running jobs failed (%r); their leases will expire", error)
+            committer.cancel()
+            cancels.cancel()
+            await asyncio.gather(committer, cancels, return_exceptions=True)
+            if self._quarantining:  # copies under way: their offsets commit once they are acknowledged
+                await asyncio.wait(list(self._quarantining), timeout=10)
+            await self._commit()
+            for source in self._consumers:
+                await source.stop()
+            if self._sender is not None:
+                await self._sender.stop()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.failure is not None:
+            raise WorkerStopped(f"worker {self.worker_id} stopped: {self.failure}") from self.failure
+
+    def _fail(self, error: BaseException) -> None:
+        """Stop the worker because of `error` (the first failure is the one reported)."""
+        if self.failure is None:
+            log.error("worker %s stops: %s", self.worker_id, error)
+            self.failure = error
+        self._halt.set()
+
+    def _supervised(self, work: Any, what: str) -> asyncio.Task[None]:
+        """A background task whose failure, or end before the worker stops, stops the worker
+        (instead of leaving it alive and silently doing nothing)."""
+        task: asyncio.Task[None] = asyncio.create_task(work, name=what)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is not None:
+                self._fail(RuntimeError(f"{what} failed: {error!r}"))
+            elif not self._halt.is_set():
+                self._fail(RuntimeError(f"{what} ended unexpectedly"))
+
+        task.add_done_callback(ended)
+        return task
+
+    async def _fetch(self, source: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """Fetch only priorities whose buffer has room; the fetcher keeps the rest prefetched.
+
+        (Pausing partitions instead would make a resumed partition wait for the next fetch round,
+        up to fetch_max_wait_ms, every time a buffer drained.)
+        """
+        index = self._consumers.index(source)
+        while not stop.is_set():
+            if not source.assignment():  # still joining the group, or nothing assigned to us
+                await asyncio.sleep(0.05)
+                continue
+            wanted = [tp for tp in source.assignment()
+                      if len(self.buffers[tp.topic.rsplit(".", 1)[1]]) < self.prefetch]
+            if not wanted:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            batch = await source.getmany(*wanted, timeout_ms=100, max_records=self.prefetch)
+            assigned = source.assignment() if batch else ()
+            for tp, records in batch.items():
+                if tp not in assigned:  # revoked while fetching: its new owner gets these records
+                    continue
+                priority = tp.topic.rsplit(".", 1)[1]
+                state = self.offsets.setdefault((index, tp), _Offsets())
+                for record in records:
+                    state.next_offset = record.offset + 1
+                    if record.value is None:  # the processor revoked this job's ready record
+                        self._revoke(record, priority)
+                        continue
+                    state.outstanding.add(record.offset)
+                    self.buffers[priority].append(_Item(source, record))
+            if batch:
+                self._wakeup.set()
+
+    def _revoke(self, tombstone: ConsumerRecord[bytes, bytes], priority: str) -> None:
+        """Drop a buffered ready record of an attempt cancelled or expired before it started, and
+        remember the attempt (job, attempt and enqueue time: the job's next attempt, after a
+        dead-letter retry say, is not revoked). A tombstone that names no attempt (written by an
+        older processor) drops the job's buffered records and is not remembered."""
+        revoked = revoked_attempt(tombstone.key, tombstone.headers)
+        if revoked is not None:
+            self.revoked[revoked] = None
+            while len(self.revoked) > 100_000:
+                self.revoked.popitem(last=False)
+        buffer = self.buffers[priority]
+        for item in [i for i in buffer if i.record.key == tombstone.key and _revokes(revoked, i)]:
+            buffer.remove(item)
+            self._settled(item)
+
+    def _next_item(self) -> _Item | None:
+        for priority in PRIORITIES:
+            if self.buffers[priority]:
+                return self.buffers[priority].popleft()
+        return None
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                if len(self.running) >= self.concurrency:
+                    await asyncio.wait([stopping, *self.running], return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                item = self._next_item()
+                if item is None:
+                    self._wakeup.clear()
+                    waker = asyncio.ensure_future(self._wakeup.wait())
+                    await asyncio.wait([stopping, waker], return_when=asyncio.FIRST_COMPLETED)
+                    waker.cancel()
+                    continue
+                self._room.set()
+                self._start_job(item)
+        finally:
+            stopping.cancel()
+
+    def _start_job(self, item: _Item) -> None:
+        try:
+            ready = self._admit(item.record)
+        except BadReadyRecord as bad:  # a broken ready record must not stop the worker
+            self._quarantine(item, bad.kind, bad.reason)
+            return
+        except Exception as error:  # noqa: BLE001 - nor one that breaks the checks in a way not foreseen
+            self._quarantine(item, "unusable", repr(error))
+            return
+        if (self.revoked and ready_attempt(ready) in self.revoked) or _incarnation_attempt(ready) in self.claimed_here:
+            # revoked, or a repeat of a ready record this worker already claimed (a processor batch
+            # redone after a crash, or a re-publish of a pending job, publishes its ready record
+            # again): never run an attempt twice here
+            self._settled(item)
+            return
+        self.claimed_here[_incarnation_attempt(ready)] = None
+        while len(self.claimed_here) > 100_000:
+            self.claimed_here.popitem(last=False)
+        if not set(ready.options.capabilities) <= set(self.capabilities):  # not on its route's topic
+            self._quarantine(item, "capabilities missing",
+                             f"job {ready.job_id} needs {ready.options.capabilities} but this worker has "
+                             f"{self.capabilities}; not claimed")
+            return
+        task = asyncio.create_task(self._run_job(ready, item))
+        self.running[task] = (ready, item)
+        task.add_done_callback(self._job_done)
+
+    def _admit(self, record: ConsumerRecord[bytes, bytes]) -> ReadyRecord:
+        """The ready record, checked as far as claiming it needs; raises `BadReadyRecord` otherwise."""
+        try:
+            ready = ReadyRecord.decode(record.value)
+        except ValidationError as error:
+            raise BadReadyRecord("not a ready record", brief(error)) from None
+        if record.key != ready.job_id.encode():
+            raise BadReadyRecord("key does not match", f"{describe_key(record.key)} is not the job id {ready.job_id!r}")
+        if ready.partition is not None and self._event_partitions and not 0 <= ready.partition < self._event_partitions:
+            raise BadReadyRecord("partition out of range", f"event-log partition {ready.partition} does not exist "
+                                 f"({self._event_partitions} partitions)")
+        try:  # what `_run_job` will write first: a record it cannot be built from is refused here
+            claimed_event(ready.job_id, ready.attempt, worker_id=self.worker_id, now=self.clock.now(),
+                          actor=self.actor, lease_s=self.lease_s)
+        except ValidationError as error:
+            raise BadReadyRecord("cannot be claimed", brief(error)) from None
+        return ready
+
+    def _quarantine(self, item: _Item, kind: str, reason: str) -> None:
+        """Copy a ready record the worker cannot run to the quarantine topic (reason and origin in
+        its headers); its offset is committed once the copy is acknowledged."""
+        record = item.record
+        self.bad_ready.report(kind, f"{origin(record)} ({describe_key(record.key)})", reason)
+        task = asyncio.create_task(self._write_quarantine(item, f"{kind}: {reason}"))
+        self._quarantining.add(task)
+        task.add_done_callback(self._quarantining.discard)
+
+    async def _write_quarantine(self, item: _Item, reason: str) -> None:
+        record = item.record
+        try:
+            assert self._sender is not None
+            await (await self._sender.send(self.app.names.quarantine, record.value, key=record.key,
+                                           headers=quarantine_headers(record, reason)))
+        except Exception as error:  # noqa: BLE001 - like an unsent claim: delivered again later
+            log.warning("quarantining %s failed (%r); its ready record stays uncommitted", origin(record), error)
+            return
+        self._settled(item)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        """A job task's end. Handler failures are outcomes (`_call`), so an exception here is the
+        worker's own (its producer cannot send): the worker stops, and a restart starts afresh."""
+        entry = self.running.pop(task, None)
+        if entry is not None:
+            self.cancel_seen.discard(entry[0].job_id)  # only jobs running here are watched for cancels
+        if not task.cancelled() and task.exception() is not None:
+            job = entry[0].job_id if entry else "?"
+            self._fail(RuntimeError(f"running job {job} failed: {task.exception()!r}"))
+
+    def _claim_acknowledged(self, ack: asyncio.Future[Any], item: _Item) -> None:
+        """Only a durable claim lets the ready record's offset be committed; an unsent claim leaves
+        the record to be delivered again (after a restart or a rebalance)."""
+        if ack.cancelled() or ack.exception() is not None:
+            log.error("claim of %s/%d@%d was not written (%s); its ready record stays uncommitted",
+                      item.record.topic, item.record.partition, item.record.offset,
+                      "cancelled" if ack.cancelled() else ack.exception())
+            return
+        self._settled(item)
+
+    def _settled(self, item: _Item) -> None:
+        """The record's claim is durable (or the record is skipped): its offset may be committed."""
+        index = self._consumers.index(item.source)
+        tp = TopicPartition(item.record.topic, item.record.partition)
+        state = self.offsets.get((index, tp))
+        if state is not None:
+            state.outstanding.discard(item.record.offset)
+        self._commit_soon.set()
+
+    # -- one job ---------------------------------------------------------------------------
+    async def _send(self, event: JobEvent) -> asyncio.Future[Any]:
+        """Append one of the attempt's events (claim, start, progress, heartbeat, outcome) to its
+        job's partition (`job_partition`), whoever enqueued the job and however they partitioned."""
+        assert self._sender is not None
+        topic = self.app.names.events
+        count = self._event_partitions or await topic_partition_count(self._sender, topic)
+        return await self._sender.send(topic, encode(event, max_bytes=self.app.settings.max_event_bytes),
+                                       key=event.job_id.encode(), partition=job_partition(event.job_id, count))
+
+    def _failure(self, ready: ReadyRecord, kind: WorkerFailure, message: str, traceback: str = "",
+                 claim_id: str | None = None) -> JobEvent:
+        return worker_failure_event(kind, message, job_id=ready.job_id, attempt=ready.attempt,
+                                    occurred_at=self.clock.now(), actor=self.actor, traceback=traceback,
+                                    max_event_bytes=self.app.settings.max_event_bytes, claim_id=claim_id)
+
+    def _heartbeat(self, ready: ReadyRecord, claim_id: str | None = None) -> JobEvent:
+        return heartbeat_event(ready.job_id, ready.attempt, now=self.clock.now(), actor=self.actor, lease_s=self.lease_s,
+                               claim_id=claim_id)
+
+    async def _run_job(self, ready: ReadyRecord, item: _Item) -> None:
+        # Every event of the attempt names this claim (the claimed event's id): if the fold refused
+        # it (another claim of the attempt came first, e.g. from a redelivered or re-published ready
+        # record), the handler still runs here, this worker cannot know, but none of its events
+        # counts. Only the accepted claim decides the attempt.
+        claim = claimed_event(ready.job_id, ready.attempt, worker_id=self.worker_id, now=self.clock.now(),
+                              actor=self.actor, lease_s=self.lease_s)
+        claim_id = item.claim_id = claim.event_id
+        await self._send(claim)
+        started = await self._send(attempt_started_event(ready.job_id, ready.attempt, worker_id=self.worker_id,
+                                                         now=self.clock.now(), actor=self.actor, claim_id=claim_id))
+        started.add_done_callback(lambda ack: self._claim_acknowledged(ack, item))
+        heartbeats = asyncio.create_task(self._heartbeat_loop(ready, claim_id))
+        try:
+            outcome = await self._call(ready, claim_id)
+        except asyncio.CancelledError:
+            if ready.job_id not in self.cancel_seen or self._draining:
+                raise
+            outcome = self._failure(ready, WorkerFailure.CANCELLED,
+                                    "cancel requested while running; stopped at a heartbeat", claim_id=claim_id)
+        except Exception as error:  # noqa: BLE001 - the outcome could not be built: record why, don't vanish
+            log.exception("outcome of job %s could not be built", ready.job_id)
+            outcome = self._failure(ready, WorkerFailure.INVALID_RESULT,
+                                    f"the attempt's outcome could not be recorded: {type(error).__name__}: {error}",
+                                    claim_id=claim_id)
+        finally:
+            heartbeats.cancel()
+        try:
+            ack = await self._send(outcome)
+            ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.error(
+                "outcome of job %s was not written (%s); its lease will expire and it will run again",
+                ready.job_id, done.exception()))
+        except EventEncodeError as error:  # e.g. a result over the size limit: report, don't vanish
+            await self._send(self._failure(ready, WorkerFailure.INVALID_RESULT, str(error), claim_id=claim_id))
+        self.completed += 1
+
+    async def _call(self, ready: ReadyRecord, claim_id: str | None = None) -> JobEvent:
+        """Run the handler under its timeout; map whatever happens to the attempt's event."""
+        definition = self.app.jobs.get(ready.name)
+        common = {"job_id": ready.job_id, "attempt": ready.attempt, "retry_on": ready.options.retry_on,
+                  "actor": self.actor, "max_event_bytes": self.app.settings.max_event_bytes, "claim_id": claim_id}
+        if definition is None:
+            known = ", ".join(sorted(self.app.jobs)) or "none"
+            return self._failure(
+                ready, WorkerFailure.UNKNOWN_JOB,
+                f"no handler registered for job {ready.name!r} in app {self.app.name!r} (registered: {known})",
+                claim_id=claim_id,
+            )
+        ctx = self._context(ready, claim_id)
+        backoff = definition.options.backoff if callable(definition.options.backoff) else None
+        try:
+            async with asyncio.timeout(ready.options.timeout_s) as deadline:
+                if definition.is_async:
+                    call = definition.handler(ready.args, ctx) if definition.takes_context else definition.handler(ready.args)
+                    result = await call
+                else:
+                    loop = asyncio.get_running_loop()
+                    partial = (functools.partial(definition.handler, ready.args, ctx) if definition.takes_context
+                               else functools.partial(definition.handler, ready.args))
+                    result = await loop.run_in_executor(self._executor, partial)
+        except TimeoutError as error:
+            if deadline.expired():
+                return attempt_timed_out_event(ready.job_id, ready.attempt, timeout_s=ready.options.timeout_s,
+                                               now=self.clock.now(), actor=self.actor, claim_id=claim_id)
+            return outcome_event(error, occurred_at=self.clock.now(), backoff=backoff, **common)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 - every failure is reported, with its traceback
+            return outcome_event(error, occurred_at=self.clock.now(), backoff=backoff, **common)
+        return outcome_event(result, occurred_at=self.clock.now(), backoff=backoff, **common)
+
+    def _context(self, ready: ReadyRecord, claim_id: str | None = None) -> JobContext:
+        async def send_progress(percent: float, message: str) -> None:
+            await self._send(progress_event(ready.job_id, ready.attempt, percent, message, now=self.clock.now(),
+                                            actor=self.actor, claim_id=claim_id))
+
+        async def send_heartbeat() -> None:
+            await self._send(self._heartbeat(ready, claim_id))
+
+        async def enqueue_child(name: str, args: dict[str, Any] | None, **options: Any) -> str:
+            return await self.app.enqueue(name, args, **options)
+
+        return JobContext(
+            job_id=ready.job_id, name=ready.name, queue=ready.queue, attempt=ready.attempt,
+            max_attempts=ready.options.max_attempts, send_progress=send_progress, send_heartbeat=send_heartbeat,
+            enqueue_child=enqueue_child, loop=asyncio.get_running_loop(),
+            cancel_requested=lambda: ready.job_id in self.cancel_seen,
+        )
+
+    async def _heartbeat_loop(self, ready: ReadyRecord, claim_id: str | None = None) -> None:
+        """Extend the lease while the handler runs; stop the handler once a cancel is seen."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if ready.job_id in self.cancel_seen:
+                for task, (running, _) in list(self.running.items()):
+                    if running.job_id == ready.job_id and task is not asyncio.current_task():
+                        task.cancel()
+                return
+            try:  # a heartbeat that cannot be sent is tried again at the next tick (lease/3 later)
+                ack = await self._send(self._heartbeat(ready, claim_id))
+            except Exception as error:  # noqa: BLE001 - e.g. no metadata for the topic within the timeout
+                self._heartbeat_failed(ready, error)
+                continue
+            ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None
+                                  or self._heartbeat_failed(ready, done.exception()))
+
+    def _heartbeat_failed(self, ready: ReadyRecord, error: BaseException | None) -> None:
+        """Log a heartbeat that was not written: the first, then every power of ten (no flood)."""
+        self.heartbeat_failures += 1
+        count = self.heartbeat_failures
+        if power_of_ten(count):
+            log.warning("heartbeat of job %s was not written (%r; %d heartbeat(s) failed so far); the next one "
+                        "follows in %.1f s, and the lease expires %.1f s after the last one written",
+                        ready.job_id, error, count, self.heartbeat_s, self.lease_s)
+
+    # -- cancels of running jobs -----------------------------------------------------------
+    async def _watch_cancels(self, stop: asyncio.Event) -> None:
+        """Tail the state changelog for cancel requests on jobs running here (keys checked first)."""
+        topic = self.app.names.job_state
+        partitions = await partitions_of(self.settings, topic)
+        reader = consumer(self.settings, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=500)
+        await reader.start()
+        try:
+            reader.assign(partitions)
+            await reader.seek_to_end()
+            while not stop.is_set():
+                batch = await reader.getmany(timeout_ms=200)
+                running = {ready.job_id.encode(): ready.job_id for ready, _ in self.running.values()}
+                for records in batch.values():
+                    for record in records:
+                        job_id = running.get(record.key) if record.key is not None else None
+                        if job_id is None or record.value is None:  # keys compared as bytes: no decoding
+                            continue
+                        try:
+                            cancel = decode_state(record.value).cancel_requested
+                        except StateDecodeError as error:  # skipped: a later state of the job still counts
+                            self.bad_changelog.report("undecodable state", f"{origin(record)} (job {job_id})",
+                                                      str(error))
+                            continue
+                        if cancel:
+                            self.cancel_seen.add(job_id)
+        finally:
+            await reader.stop()
+
+    # -- shutdown and commits --------------------------------------------------------------
+    async def _drain(self) -> None:
+        """Let running jobs finish within the grace period; report the rest as interrupted."""
+        self._draining = True
+        for source in self._consumers:
+            source.pause(*source.assignment())
+        if self.running:
+            log.info("waiting up to %.0f s for %d running job(s)", self.grace_s, len(self.running))
+            await asyncio.wait(list(self.running), timeout=self.grace_s)
+        for task, (ready, item) in list(self.running.items()):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await self._send(self._failure(
+                ready, WorkerFailure.WORKER_SHUTDOWN,
+                f"worker {self.worker_id} shut down before the job finished (grace {self.grace_s:g} s)",
+                traceback="".join(traceback.format_stack(limit=1)), claim_id=item.claim_id,
+            ))
+        if self._sender is not None:
+            await self._sender.flush()
+
+    async def _commit_loop(self, stop: asyncio.Event) -> None:
+        """Commit soon after claims become durable (debounced), so a crash redelivers little."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._commit_soon.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(0.01)
+            self._commit_soon.clear()
+            await self._commit()
+
+    async def _commit(self) -> None:
+        for index, source in enumerate(self._consumers):
+            assigned = source.assignment()
+            offsets = {
+                tp: OffsetAndMetadata(state.committable(), "")
+                for (i, tp), state in self.offsets.items()
+                if i == index and tp in assigned and state.committable() >= 0
+            }
+            if offsets:
+                try:
+                    await source.commit(offsets)
+                except Exception as error:  # noqa: BLE001 - a rebalance; the next commit retries
+                    log.debug("offset commit failed: %s", error)
