@@ -77,6 +77,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"{value!r} is not a duration; use e.g. 24h, 7d, 90s or a number of seconds") from None
         return value
 
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Port of a service's Prometheus /metrics endpoint (`--metrics-port`); unset: no metrics served.",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the /metrics endpoint binds (`--metrics-host`).")
+
     clickhouse_url: SecretStr | None = None
     state_dir: Path = Path(".eventjobs")
 

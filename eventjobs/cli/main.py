@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from eventjobs.app import InvalidJobArguments, NotInDeadLetters, PayloadTooLarge
-from eventjobs.cli import deadletters, dev, jobs, projections, replay, services, topics
+from eventjobs.cli import config, deadletters, dev, jobs, projections, replay, services, topics
 from eventjobs.cli.options import AppLoadError
 from eventjobs.cli.output import err
 from eventjobs.clickhouse.errors import ClickHouseError
@@ -45,6 +45,7 @@ app.add_typer(topics.topics_app, name="topics")
 app.add_typer(deadletters.dlq_app, name="dlq")
 app.add_typer(projections.projections_app, name="projections")
 app.add_typer(jobs.jobs_app, name="jobs")
+app.add_typer(config.config_app, name="config")
 
 # Errors the user can act on: printed as one clear message, no traceback, exit code 1.
 USER_ERRORS: tuple[type[BaseException], ...] = (

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Annotated, Optional
 
 import typer
@@ -21,7 +22,9 @@ from eventjobs.cli.options import (
     settings_of,
 )
 from eventjobs.cli.output import err, kafka_failure_in_one_line
+from eventjobs.metrics import Metrics
 from eventjobs.readside.projector import ProjectorOptions, events_topic
+from eventjobs.settings import Settings
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -41,6 +44,24 @@ def _log_service_progress() -> None:
     logging.getLogger("eventjobs").setLevel(logging.INFO)
 
 
+MetricsPortOption = Annotated[Optional[int], typer.Option(
+    "--metrics-port", min=0, max=65535,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics; env EVENTJOBS_METRICS_PORT (default: off).")]
+MetricsHostOption = Annotated[Optional[str], typer.Option(
+    "--metrics-host", help="Address the metrics endpoint binds; env EVENTJOBS_METRICS_HOST (default 127.0.0.1).")]
+
+
+def _metrics(settings: Settings, port: int | None, host: str | None) -> AbstractContextManager[Metrics | None]:
+    """This service's metrics, served while the block runs (None when no port is set)."""
+    from eventjobs.metrics import serving
+
+    port = port if port is not None else settings.metrics_port
+    host = host or settings.metrics_host
+    if port is not None:
+        err.print(f"metrics at http://{host}:{port}/metrics")
+    return serving(port, host)
+
+
 def processor(
     app: OptionalAppOption = None,
     namespace: NamespaceOption = None,
@@ -55,6 +76,8 @@ def processor(
     dead_letter_retention: Annotated[Optional[str], typer.Option(
         help="How long a dead-lettered job waits for a retry before it is discarded; a job's "
              "dead_letter_retention option wins; env EVENTJOBS_DEAD_LETTER_RETENTION (default 7d).")] = None,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = None,
 ) -> None:
     """Run the lifecycle processor and the timer service (start several for more throughput)."""
     from eventjobs.readside.service import run_projector
@@ -71,39 +94,47 @@ def processor(
         if text is not None
     })
 
-    async def services(stop: asyncio.Event) -> None:
-        projector = {"projector": run_projector(settings, stop)} if project else {}
-        await run_processor(settings, stop, with_services=projector, max_batch=max_batch,
-                            commit_interval_s=interval_s)
+    with _metrics(settings, metrics_port, metrics_host) as metrics:
+        async def services(stop: asyncio.Event) -> None:
+            projector = {"projector": run_projector(settings, stop, metrics=metrics)} if project else {}
+            await run_processor(settings, stop, with_services=projector, max_batch=max_batch,
+                                commit_interval_s=interval_s, metrics=metrics)
 
-    run_until_signalled(services)
+        run_until_signalled(services)
 
 
 def worker(
     app: AppOption,
     queues: Annotated[Optional[str], typer.Option(help="Comma-separated queues (default: the app's job queues).")] = None,
-    concurrency: Annotated[int, typer.Option(help="Jobs run at once.")] = 10,
+    concurrency: Annotated[Optional[int], typer.Option(
+        help="Jobs run at once (sync handlers: threads too). Default: 100 if any handler is async, else "
+             "min(32, CPUs + 4); sync handlers always get at most min(32, CPUs + 4) threads by default.")] = None,
     capabilities: Annotated[Optional[str], typer.Option(help="Comma-separated capabilities this worker has.")] = None,
     lease: Annotated[str, typer.Option(help="Lease per attempt, extended by heartbeats (e.g. 30s).")] = "30s",
     grace: Annotated[str, typer.Option(help="On SIGTERM, how long running jobs may finish.")] = "30s",
     worker_id: Annotated[Optional[str], typer.Option(help="Name in events (default host:pid).")] = None,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = None,
 ) -> None:
     """Run jobs from the app's queues until SIGTERM (then finish or hand back running jobs)."""
     from eventjobs.runtime.worker import Worker
 
     _log_service_progress()
     target = load_app(app)
-    service = Worker(
-        target,
-        queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-        concurrency=concurrency,
-        capabilities=[c.strip() for c in capabilities.split(",") if c.strip()] if capabilities else None,
-        lease_s=parse_seconds(lease, "--lease"),
-        grace_s=parse_seconds(grace, "--grace"),
-        worker_id=worker_id,
-    )
-    err.print(f"worker {service.worker_id}: queues {', '.join(service.queues)}, concurrency {concurrency}")
-    run_until_signalled(service.run)
+    with _metrics(target.settings, metrics_port, metrics_host) as metrics:
+        service = Worker(
+            target,
+            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+            concurrency=concurrency,
+            capabilities=[c.strip() for c in capabilities.split(",") if c.strip()] if capabilities else None,
+            lease_s=parse_seconds(lease, "--lease"),
+            grace_s=parse_seconds(grace, "--grace"),
+            worker_id=worker_id,
+            metrics=metrics,
+        )
+        err.print(f"worker {service.worker_id}: queues {', '.join(service.queues)}, "
+                  f"concurrency {service.concurrency} ({service.threads} threads for sync handlers)")
+        run_until_signalled(service.run)
 
 
 def projector(
@@ -112,6 +143,8 @@ def projector(
     batch_size: Annotated[int, typer.Option(help="Most events per batch.")] = 20_000,
     batch_wait_s: Annotated[float, typer.Option("--batch-wait", help="Longest wait in seconds to fill a batch.")] = 0.5,
     read_api_port: Annotated[int, typer.Option(help="Port of the read API on 127.0.0.1 (chdb only; 0: any free port).")] = 0,
+    metrics_port: MetricsPortOption = None,
+    metrics_host: MetricsHostOption = None,
 ) -> None:
     """Project the event log into ClickHouse until stopped (SIGTERM/SIGINT); serves the read API with chdb."""
     from eventjobs.readside.service import run_projector
@@ -119,5 +152,6 @@ def projector(
     settings = settings_of(namespace, app_spec)
     options = ProjectorOptions(batch_max_events=batch_size, batch_max_wait_s=batch_wait_s)
     err.print(f"projecting {events_topic(settings)} into ClickHouse (Ctrl-C to stop)")
-    with kafka_failure_in_one_line():
-        run_until_signalled(lambda stop: run_projector(settings, stop, options=options, read_api_port=read_api_port))
+    with kafka_failure_in_one_line(), _metrics(settings, metrics_port, metrics_host) as metrics:
+        run_until_signalled(lambda stop: run_projector(settings, stop, options=options, read_api_port=read_api_port,
+                                                       metrics=metrics))

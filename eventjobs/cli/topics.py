@@ -8,8 +8,17 @@ import json
 import typer
 from rich.table import Table
 
-from eventjobs.cli.options import BootstrapOption, JsonOption, NamespaceOption, QueueOption
+from eventjobs.app import App
+from eventjobs.cli.options import (
+    BootstrapOption,
+    JsonOption,
+    NamespaceOption,
+    OptionalAppOption,
+    QueueOption,
+    load_app,
+)
 from eventjobs.cli.output import out
+from eventjobs.core.records import capability_route
 from eventjobs.kafka.admin import apply_topics, list_topics
 from eventjobs.settings import Settings, load_settings
 
@@ -34,10 +43,34 @@ def print_apply(settings: Settings, queues: list[str] | None) -> None:
                   f"{len(reports) - created - drifted} unchanged")
 
 
+def app_routes(app: App) -> list[str]:
+    """The ready-topic routes the app's jobs are published to: each job's queue, and for a job
+    that needs capabilities its capability route (as the worker subscribes to it)."""
+    routes = {d.options.queue for d in app.jobs.values()}
+    routes |= {capability_route(d.options.queue, d.options.capabilities) for d in app.jobs.values()}
+    return sorted(routes)
+
+
 @topics_app.command("apply")
-def topics_apply(namespace: NamespaceOption = None, bootstrap: BootstrapOption = None, queue: QueueOption = None) -> None:
-    """Create the topics that are missing; report drift of existing ones. Deletes and shrinks nothing."""
-    print_apply(load_settings(namespace=namespace, kafka_bootstrap=bootstrap), queue)
+def topics_apply(
+    app: OptionalAppOption = None,
+    namespace: NamespaceOption = None,
+    bootstrap: BootstrapOption = None,
+    queue: QueueOption = None,
+) -> None:
+    """Create the topics that are missing; report drift of existing ones. Deletes and shrinks nothing.
+
+    With --app: the app's namespace, and the ready topics of all its jobs' queues and capability routes; --queue adds queues, --namespace overrides the namespace."""  # noqa: E501
+    if not app:
+        print_apply(load_settings(namespace=namespace, kafka_bootstrap=bootstrap), queue)
+        return
+    target = load_app(app)
+    overrides = {key: value for key, value in (("namespace", namespace), ("kafka_bootstrap", bootstrap))
+                 if value is not None}
+    settings = load_settings(**{**target.settings.model_dump(), **overrides}) if overrides else target.settings
+    routes = app_routes(target)
+    queues = routes + [q for q in (queue or []) if q not in routes]
+    print_apply(settings, queues or None)
 
 
 @topics_app.command("list")

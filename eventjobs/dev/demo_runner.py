@@ -16,7 +16,9 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -75,9 +77,29 @@ async def _wait_all(app: App, jobs: dict[str, str], console: Console) -> dict[st
     return states
 
 
-def _show_log_view(states: dict[str, JobState], jobs: dict[str, str], console: Console) -> None:
-    table = Table("job", "expected", "status (from the job-state changelog)", "attempts", "result / last error",
-                  title="What happened (processor's view)")
+def short_id(job_id: str) -> str:
+    """The last 12 hex digits of a job id: the random part of a uuid7 (its first 8 are the time,
+    the same for every job enqueued in one millisecond), so ids of one run can be told apart."""
+    return job_id.replace("-", "")[-12:]
+
+
+def _table(*columns: str | tuple[str, int], title: str) -> Table:
+    """A table that fits 80 columns: each column has a most width (name, width), and a longer cell
+    is cut with an ellipsis, never wrapped; the id column is never cut."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    for column in columns:
+        name, width = column if isinstance(column, tuple) else (column, None)
+        if name == "id":  # what tells the rows apart
+            table.add_column(name, no_wrap=True, min_width=12)
+        else:
+            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=width)
+    return table
+
+
+def log_view_table(states: dict[str, JobState], jobs: dict[str, str]) -> Table:
+    """The job-state changelog's view of the demo's jobs (one "completes" row stands for all)."""
+    table = _table(("job", 14), "id", ("expected", 18), ("status", 13), "att", ("result / last error", 18),
+                   title="What happened (the processor's job-state changelog)")
     shown: set[str] = set()
     for job_id, expectation in jobs.items():
         if expectation == "completes" and "completes" in shown:
@@ -87,9 +109,38 @@ def _show_log_view(states: dict[str, JobState], jobs: dict[str, str], console: C
         detail = (str(state.result) if state.result is not None
                   else f"{state.last_error.error_type}: {state.last_error.message}" if state.last_error
                   else state.reason or "")
-        table.add_row(f"{state.name} {job_id[:8]}", expectation, state.status.value, str(state.attempts_started),
-                      detail[:70])
-    console.print(table)
+        table.add_row(state.name, short_id(job_id), expectation, state.status.value, str(state.attempts_started),
+                      detail)
+    return table
+
+
+def _show_log_view(states: dict[str, JobState], jobs: dict[str, str], console: Console) -> None:
+    console.print(log_view_table(states, jobs))
+
+
+def metrics_table(stats: list[Any]) -> Table:
+    table = _table(("job", 14), "enq", "done", "retried", "dead", "fail %", "p50 run", "p99 run", "p50 wait",
+                   title="ClickHouse metrics (job_metrics_1m, since this run began)")
+    for row in stats:
+        table.add_row(row.group, str(row.enqueued), str(row.completed), str(row.retried), str(row.dead_lettered),
+                      f"{row.failure_rate:.0%}" if row.failure_rate is not None else "-",
+                      _ms(row.duration_p50_s), _ms(row.duration_p99_s), _ms(row.wait_p50_s))
+    return table
+
+
+def dead_letters_table(dead: list[Any]) -> Table:
+    table = _table("id", ("name", 14), ("reason", 20), ("last error", 28), title="Dead-letter queue (dead_letters)")
+    for entry in dead[:10]:
+        table.add_row(short_id(entry.job_id), entry.name, entry.reason, f"{entry.error_type}: {entry.error_message}")
+    return table
+
+
+def history_table(job_id: str, history: list[Any]) -> Table:
+    table = _table(("+s", 8), ("event", 20), "attempt", ("actor", 36), title=f"History of charge_card {short_id(job_id)} (job_events)")
+    for entry in history:
+        table.add_row(f"{entry.since_enqueued_s:.3f}", entry.type,
+                      str(entry.attempt) if entry.attempt >= 0 else "-", entry.actor)
+    return table
 
 
 async def _show_projections(settings: Settings, since: datetime, count: int, console: Console) -> None:
@@ -111,26 +162,13 @@ async def _show_projections(settings: Settings, since: datetime, count: int, con
         console.print(f"[bold]ClickHouse `jobs` projection[/]: {len(rows)} jobs of this run: "
                       + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
         stats = await asyncio.to_thread(query.job_stats, backend, since=since, by="name")
-        table = Table("job", "enqueued", "completed", "retried", "dead-lettered", "failure rate", "p50 run", "p99 run",
-                      "p50 wait", title="ClickHouse metrics (job_metrics_1m, per-minute buckets since this run began)")
-        for row in stats:
-            table.add_row(row.group, str(row.enqueued), str(row.completed), str(row.retried), str(row.dead_lettered),
-                          f"{row.failure_rate:.0%}" if row.failure_rate is not None else "-",
-                          _ms(row.duration_p50_s), _ms(row.duration_p99_s), _ms(row.wait_p50_s))
-        console.print(table)
+        console.print(metrics_table(stats))
         dead = await asyncio.to_thread(query.dead_letters, backend)
-        table = Table("job", "name", "reason", "last error", title="Dead-letter queue (dead_letters)")
-        for entry in dead[:10]:
-            table.add_row(entry.job_id[:8], entry.name, entry.reason[:50], f"{entry.error_type}: {entry.error_message}"[:60])
-        console.print(table)
+        console.print(dead_letters_table(dead))
         flaky = next((r for r in rows if r.name == "charge_card" and r.attempts_started == 3), None)
         if flaky is not None:
             history = await asyncio.to_thread(query.job_history, backend, flaky.job_id)
-            table = Table("+s", "event", "attempt", "actor", title=f"History of charge_card {flaky.job_id[:8]} (job_events)")
-            for entry in history:
-                table.add_row(f"{entry.since_enqueued_s:.3f}", entry.type,
-                              str(entry.attempt) if entry.attempt >= 0 else "-", entry.actor)
-            console.print(table)
+            console.print(history_table(flaky.job_id, history))
     finally:
         backend.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -49,6 +50,50 @@ def admin_client(settings: Settings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(
         **options, request_timeout_ms=int(settings.kafka_request_timeout_s * 1000)
     )
+
+
+def _retry_coordinator_lookups_across_lost_connections() -> None:
+    """Keep producers alive across a broker restart: a fix of aiokafka 0.14's sender.
+
+    `Sender._find_coordinator` (the transaction or group coordinator lookup a transactional
+    producer makes before adding partitions, committing offsets or ending a transaction) retries
+    only CoordinatorNotAvailable, NodeNotReady and RequestTimedOut. A connection that closes
+    while the lookup is in flight, as it does when the broker shuts down or restarts
+    (`KafkaConnectionError`, retriable), is re-raised as a plain `KafkaError`; that ends the
+    producer's sender task ("Unexpected error during batch delivery"), every later send and
+    commit of the producer fails, and the processor owning it stops. Here such a retriable cause
+    is retried like NodeNotReady (refresh metadata, back off, look up again), so the producer
+    waits for the broker, as aiokafka already does for every other request of an idempotent
+    producer. Non-retriable errors (authorization, ...) still raise. Applied once, at import.
+    """
+    from aiokafka.errors import KafkaError
+    from aiokafka.producer.sender import Sender
+
+    original = Sender._find_coordinator
+    if getattr(original, "retries_lost_connections", False):
+        return
+
+    async def find_coordinator(self: Any, coordinator_type: Any, coordinator_key: Any) -> Any:
+        retries = 0
+        while True:
+            try:
+                return await original(self, coordinator_type, coordinator_key)
+            except KafkaError as error:
+                if not getattr(error.__cause__, "retriable", False):
+                    raise
+                if retries == 0:  # once per lookup, not once per try while the broker is away
+                    logging.getLogger("eventjobs.kafka").warning(
+                        "looking up the coordinator of %s failed (%r); retrying until the broker answers",
+                        coordinator_key, error.__cause__)
+                retries += 1
+                await self.client.force_metadata_update()
+                await asyncio.sleep(self._retry_backoff)
+
+    find_coordinator.retries_lost_connections = True  # type: ignore[attr-defined]
+    Sender._find_coordinator = find_coordinator  # type: ignore[method-assign]
+
+
+_retry_coordinator_lookups_across_lost_connections()
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:

@@ -29,9 +29,10 @@ from eventjobs.clickhouse.backoff import Backoff
 from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseUnavailable
 from eventjobs.core.codec import admit
 from eventjobs.core.state import JobStatus
-from eventjobs.readside.gc_pause import collector_paused
+from eventjobs.core.gc_pause import collector_paused
 from eventjobs.kafka.clients import consumer as kafka_consumer
 from eventjobs.kafka.clients import job_partition, partitions_of
+from eventjobs.metrics import Metrics
 from eventjobs.readside.control import Control
 from eventjobs.readside.rows import ProjectedJob, malformed_row, project_event
 from eventjobs.readside.store import Batch, Positions, ProjectionStore
@@ -170,7 +171,8 @@ class Projector:
                  options: ProjectorOptions = ProjectorOptions(), role: str = "eventjobs project",
                  control: bool = True, start_at: dict[int, int] | None = None,
                  stop_at: dict[int, int] | None = None,
-                 on_batch: Callable[[BatchStats], None] | None = None) -> None:
+                 on_batch: Callable[[BatchStats], None] | None = None, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics  # Prometheus metrics (eventjobs.metrics: eventjobs_projector_lag_seconds), or None
         self.backend = backend
         self.settings = settings
         self.topic = events_topic(settings)
@@ -200,10 +202,10 @@ class Projector:
         """
         consumer = kafka_consumer(self.settings, group_id=None, enable_auto_commit=False,
                                   max_partition_fetch_bytes=4 * 1024 * 1024)
-        await consumer.start()
         writing: asyncio.Task[bool] | None = None
         in_flight: Batch | None = None
         try:
+            await consumer.start()  # inside: a cancelled start still closes the consumer
             partitions = await self._assign(consumer)
             await self._seek(consumer, partitions, stop)
             while not stop.is_set():
@@ -222,10 +224,13 @@ class Projector:
                         writing = None
                         break  # stopping during an outage: nothing after the unwritten batch is written
                     in_flight = batch
-                    writing = asyncio.create_task(self._write(batch, started, stop))
+                    newest_ms = max(record.timestamp for record in records) if self.metrics is not None else None
+                    writing = asyncio.create_task(self._write(batch, started, stop, newest_ms))
                 elif writing is not None:
                     await writing
                     writing = None
+                elif self.metrics is not None:  # nothing new and everything written: caught up
+                    self.metrics.projector_lag.set(0)
                 if self.control is not None and time.monotonic() - self._last_beat >= self.options.heartbeat_every_s:
                     if writing is not None:
                         await writing
@@ -318,8 +323,9 @@ class Projector:
 
     # ---- one batch ------------------------------------------------------------------------
 
-    async def _write(self, batch: Batch, started: float, stop: asyncio.Event) -> bool:
-        """Write a folded batch (retrying while ClickHouse is unreachable), then advance the positions."""
+    async def _write(self, batch: Batch, started: float, stop: asyncio.Event, newest_ms: int | None = None) -> bool:
+        """Write a folded batch (retrying while ClickHouse is unreachable), then advance the positions
+        (and with metrics, the lag: now minus the log time `newest_ms` of its newest record)."""
         done, _ = await self._retrying(lambda: self.store.write(batch), stop)
         if not done:
             return False  # stopping during an outage: nothing advanced, the batch is read again on restart
@@ -328,6 +334,8 @@ class Projector:
             self.positions.events_done[partition] = max(offset, self.positions.events_done.get(partition, -1))
             self.next_offsets[partition] = offset + 1
         stats = BatchStats(batch.records, len(batch.event_rows), time.perf_counter() - started, dict(self.next_offsets))
+        if self.metrics is not None and newest_ms is not None:
+            self.metrics.projector_lag.set(max(0.0, time.time() - newest_ms / 1000))
         if self.on_batch is not None:
             self.on_batch(stats)
         return True

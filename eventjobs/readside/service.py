@@ -16,6 +16,7 @@ from eventjobs.clickhouse.backoff import Backoff
 from eventjobs.clickhouse.chdb_backend import ChdbBackend
 from eventjobs.clickhouse.errors import ClickHouseUnavailable
 from eventjobs.clickhouse.http_api import ReadApi
+from eventjobs.metrics import Metrics
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir
 from eventjobs.readside.projector import Projector, ProjectorOptions
 from eventjobs.settings import Settings
@@ -42,7 +43,7 @@ async def open_with_backoff(settings: Settings, stop: asyncio.Event, role: str =
 
 async def run_projector(settings: Settings, stop: asyncio.Event, *, options: ProjectorOptions = ProjectorOptions(),
                         serve_read_api: bool = True, read_api_host: str = "127.0.0.1", read_api_port: int = 0,
-                        on_ready: asyncio.Event | None = None) -> None:
+                        on_ready: asyncio.Event | None = None, metrics: Metrics | None = None) -> None:
     """Project the namespace's event log until `stop` is set. Safe to run as a task in another service."""
     backend = await open_with_backoff(settings, stop)
     if backend is None:
@@ -57,7 +58,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, options: Pro
             log.info("read API for %s at %s", backend.describe(), api.url)
         if on_ready is not None:
             on_ready.set()
-        await Projector(backend, settings, options=options, role=ROLE).run(stop)
+        await Projector(backend, settings, options=options, role=ROLE, metrics=metrics).run(stop)
     finally:
         if api is not None:
             api.stop()

@@ -28,12 +28,14 @@ from aiokafka.errors import ProducerFenced
 
 from eventjobs.core.codec import EventEncodeError, admit, encode
 from eventjobs.core.fold import Decision, apply
+from eventjobs.core.gc_pause import collector_paused
 from eventjobs.core.state import JobState, StateDecodeError, decode_state, encode_state
 from eventjobs.core.effects import Effects, ReadyRepublish, Retention, collect
 from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, producer, read_to_end
 from eventjobs.core.records import capability_route, revocation_headers
 from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
 from eventjobs.runtime.supervisor import run_services
+from eventjobs.metrics import COUNTED_EVENTS, Metrics
 from eventjobs.settings import Settings
 from eventjobs.kafka.admin import check_layout, ensure_ready_topics
 from eventjobs.kafka.topics import TopicNames, load_specs
@@ -77,6 +79,39 @@ class BatchResult:
     # what `_send` writes, encoded once while folding: job id -> (state, bytes); derived event id -> bytes
     state_bytes: dict[str, tuple[JobState, bytes]] = field(default_factory=dict)
     event_bytes: dict[str, bytes] = field(default_factory=dict)
+    # (event type, the job's state) of every accepted or derived event a metric counts
+    # (`eventjobs.metrics.COUNTED_EVENTS`); counted once the batch commits
+    counted: list[tuple[str, JobState]] = field(default_factory=list)
+
+
+def merged(results: list[BatchResult]) -> BatchResult:
+    """The durable writes of several folded batches committed in one transaction, each key once.
+
+    The changelog, the timer topic and the dead-letter topic are compacted: only a key's last
+    value in the transaction matters, so a job that was enqueued, claimed and completed within
+    one commit interval writes one state, and a timer armed and tombstoned in it writes only the
+    tombstone; a republish timer (whose key is never armed twice) armed and tombstoned in it
+    writes nothing. Derived events and quarantined records are all kept, in order.
+    """
+    if len(results) == 1:
+        return results[0]
+    total = BatchResult()
+    effects = total.effects
+    timers = effects.timers
+    for result in results:
+        effects.states.update(result.effects.states)
+        effects.events.extend(result.effects.events)
+        for key, timer in result.effects.timers.items():
+            armed_here = timers.get(key)
+            if timer is None and armed_here is not None and armed_here.kind == "republish":
+                del timers[key]  # armed in this transaction: nothing was ever written under its key
+            else:
+                timers[key] = timer
+        effects.dead_letters.update(result.effects.dead_letters)
+        total.quarantined.extend(result.quarantined)
+        total.state_bytes.update(result.state_bytes)
+        total.event_bytes.update(result.event_bytes)
+    return total
 
 
 def fold_batch(
@@ -147,6 +182,12 @@ def _fold(
         else:
             result.applied += 1
         collect(result.effects, before, decision, event, partition, retention, republish)
+        # a derived event read back from the log is never accepted again, so nothing counts twice
+        if event.type in COUNTED_EVENTS and decision.accepted:
+            result.counted.append((event.type, decision.state or before))  # type: ignore[arg-type]
+        for derived in decision.derived:
+            if derived.type in COUNTED_EVENTS:
+                result.counted.append((derived.type, decision.state or before))  # type: ignore[arg-type]
     return result
 
 
@@ -240,7 +281,8 @@ class LifecycleProcessor:
     """Consumes `<ns>.events` in the group `<ns>.processor`; run several for more throughput."""
 
     def __init__(self, settings: Settings, *, max_batch: int = 2000, commit_interval_s: float = 0.1,
-                 instance: str | None = None, republish: ReadyRepublish | None = None) -> None:
+                 instance: str | None = None, republish: ReadyRepublish | None = None,
+                 metrics: Metrics | None = None) -> None:
         if commit_interval_s < 0:
             raise ValueError(f"commit_interval_s must be >= 0, got {commit_interval_s}")
         self.settings = settings
@@ -266,6 +308,11 @@ class LifecycleProcessor:
         self.partition_count = 0  # of the event log, from `check_layout` at start
         self.moved_events = 0
         self.moved_from: dict[str, int] = {}  # producer -> events moved (at most MOVED_PRODUCERS_LOGGED kept)
+        self.metrics = metrics  # Prometheus metrics (eventjobs.metrics), or None
+        if metrics is not None:
+            self._counters = metrics.event_counters()
+            metrics.quarantined.inc(0)
+            metrics.gauge_from(metrics.processor_lag, self._lag)
 
     @property
     def tables(self) -> dict[int, dict[str, JobState]]:
@@ -333,6 +380,22 @@ class LifecycleProcessor:
         """
         table: dict[str, JobState] = {}
         bad: dict[bytes, tuple[ConsumerRecord[bytes, bytes], str]] = {}  # latest record per key is bad
+        with collector_paused():  # every restored state outlives the restore: do not rescan them
+            await self._read_changelog(partition, table, bad)
+        if bad:  # reported only now: a later record of the key (a tombstone) may have replaced it
+            async with txn.transaction():
+                acks = []
+                for key_bytes, (record, reason) in bad.items():
+                    self.bad_records.report("undecodable state", f"{origin(record)} ({describe_key(key_bytes)})", reason)
+                    acks.append(await txn.send(self.names.quarantine, record.value, key=key_bytes,
+                                               headers=quarantine_headers(record, reason)))
+                    acks.append(await txn.send(self.names.job_state, None, key=key_bytes, partition=partition))
+                await asyncio.gather(*acks)
+        return table
+
+    async def _read_changelog(self, partition: int, table: dict[str, JobState],
+                              bad: dict[bytes, tuple[ConsumerRecord[bytes, bytes], str]]) -> None:
+        """Fold the changelog partition into `table`; keys whose latest record does not decode go to `bad`."""
         async for record in read_to_end(self.settings, [TopicPartition(self.names.job_state, partition)]):
             if record.key is None:
                 continue
@@ -346,16 +409,6 @@ class LifecycleProcessor:
             except StateDecodeError as error:
                 table.pop(key, None)
                 bad[record.key] = (record, f"undecodable job state in the changelog: {error}")
-        if bad:  # reported only now: a later record of the key (a tombstone) may have replaced it
-            async with txn.transaction():
-                acks = []
-                for key_bytes, (record, reason) in bad.items():
-                    self.bad_records.report("undecodable state", f"{origin(record)} ({describe_key(key_bytes)})", reason)
-                    acks.append(await txn.send(self.names.quarantine, record.value, key=key_bytes,
-                                               headers=quarantine_headers(record, reason)))
-                    acks.append(await txn.send(self.names.job_state, None, key=key_bytes, partition=partition))
-                await asyncio.gather(*acks)
-        return table
 
     async def _release(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
@@ -402,10 +455,10 @@ class LifecycleProcessor:
         )
         self._source = source
         self._hints = producer(self.settings, linger_ms=0)
-        await self._hints.start()
-        await source.start()
-        source.subscribe([self.names.events], listener=OwnershipListener(self._take, self._release, self._fail))
-        try:
+        try:  # started inside: a failed or cancelled start still closes both clients
+            await self._hints.start()
+            await source.start()
+            source.subscribe([self.names.events], listener=OwnershipListener(self._take, self._release, self._fail))
             while not stop.is_set() and self.failure is None:
                 backlog = sum(len(lane.pending) for lane in self.lanes.values())
                 if backlog >= 4 * self.max_batch:  # lanes are behind: let them catch up first
@@ -484,9 +537,9 @@ class LifecycleProcessor:
                     acks: list[asyncio.Future[Any]] = []
                     try:
                         async with lane.producer.transaction():
-                            for result, _, _, hints in batch:
+                            for _, _, _, hints in batch:
                                 acks += hints
-                                acks += await self._send(lane.producer, tp.partition, result)
+                            acks += await self._send(lane.producer, tp.partition, merged([entry[0] for entry in batch]))
                             # every write must be acknowledged before the offsets commit: a lost
                             # changelog or ready record would otherwise go unnoticed
                             await asyncio.gather(*acks)
@@ -497,7 +550,35 @@ class LifecycleProcessor:
                         await self._fail_commit(tp.partition, error, acks)
                         return
                 self.processed += sum(entry[2] for entry in batch)
+                if self.metrics is not None:
+                    self._count(batch)
                 lane.committed.set()
+
+    def _count(self, batch: list[tuple[BatchResult, int, int, list[asyncio.Future[Any]]]]) -> None:
+        """Count a committed batch's events in the metrics (what the log now holds)."""
+        counters, quarantined = self._counters, 0
+        for result, _, _, _ in batch:
+            quarantined += len(result.quarantined)
+            for event_type, state in result.counted:
+                if state is not None:
+                    counters[event_type].inc(state.name, state.queue)
+        if quarantined:
+            self.metrics.quarantined.inc(quarantined)  # type: ignore[union-attr]
+
+    def _lag(self) -> float:
+        """Events on the owned partitions not folded yet (the consumer's high watermark minus the
+        next offset to fold); read at scrape time."""
+        source, lag = self._source, 0
+        if source is None:
+            return 0
+        for lane in list(self.lanes.values()):
+            try:
+                end = source.highwater(lane.partition)
+            except Exception:  # noqa: BLE001 - revoked meanwhile
+                continue
+            if end is not None and lane.next_offset >= 0:
+                lag += max(0, end - lane.next_offset)
+        return lag
 
     async def _fail_commit(self, partition: int, error: Exception, acks: list[asyncio.Future[Any]]) -> None:
         """Stop the processor: a fenced producer means another instance owns the partition now;
@@ -600,11 +681,13 @@ class LifecycleProcessor:
 
 
 async def run_processor(settings: Settings, stop: asyncio.Event, *, with_services: dict[str, Coroutine[Any, Any, None]]
-                        | None = None, **options: object) -> None:
+                        | None = None, metrics: Metrics | None = None, **options: object) -> None:
     """Run the lifecycle processor and the timer service (and any `with_services`, such as the
-    projector) until `stop` is set; the first failure of any of them stops all and is raised."""
+    projector) until `stop` is set; the first failure of any of them stops all and is raised.
+    With `metrics`, both count into it (one registry per process)."""
     from eventjobs.runtime.timers import TimerService
 
-    processor = LifecycleProcessor(settings, **options)  # type: ignore[arg-type]
-    services = {"lifecycle processor": processor.run(stop), "timer service": TimerService(settings).run(stop)}
+    processor = LifecycleProcessor(settings, metrics=metrics, **options)  # type: ignore[arg-type]
+    services = {"lifecycle processor": processor.run(stop),
+                "timer service": TimerService(settings, metrics=metrics).run(stop)}
     await run_services(stop, {**services, **(with_services or {})})

@@ -40,6 +40,7 @@ from eventjobs.core.events import JobEvent
 from eventjobs.core.timer_index import RefusedTimer, TimerIndex, admit_timer, brief
 from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, partitions_of, producer
 from eventjobs.kafka.topics import TopicNames, load_specs
+from eventjobs.metrics import Metrics
 from eventjobs.runtime.bad_records import BadRecords, describe_key
 from eventjobs.settings import Settings
 
@@ -109,8 +110,12 @@ class TimerService:
     tests drive it with chosen times instead of sleeping.
     """
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics  # Prometheus metrics (eventjobs.metrics), or None
+        if metrics is not None:  # pending timers are read at scrape time (from the HTTP thread)
+            metrics.gauge_from(metrics.timers_pending, lambda: sum(len(i) for i in list(self.indexes.values())))
+            self._lateness = metrics.timer_lateness
         self.names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
         self.group_id = self.names.timers_group
         self.clock = clock or SystemClock()
@@ -173,11 +178,11 @@ class TimerService:
         )
         source = self._source
         self._sender = producer(self.settings, linger_ms=0)
-        await self._sender.start()
-        self.event_partitions = len(await partitions_of(self.settings, self.names.events))
-        await source.start()
-        source.subscribe([self.names.timers], listener=OwnershipListener(self._take, self._release, self._fail))
-        try:
+        try:  # started inside: a failed or cancelled start still closes both clients
+            await self._sender.start()
+            self.event_partitions = len(await partitions_of(self.settings, self.names.events))
+            await source.start()
+            source.subscribe([self.names.timers], listener=OwnershipListener(self._take, self._release, self._fail))
             while not stop.is_set() and self.failure is None:
                 batch = await source.getmany(timeout_ms=self.wait_ms(self.clock.now()), max_records=50_000)
                 async with self.lock:
@@ -321,6 +326,9 @@ class TimerService:
                 self._send_failed(partition, result, now_ms)
                 continue
             fired.extend(firing.events)
+            if self.metrics is not None:
+                for _, due_ms, _ in firing.timers:
+                    self._lateness.observe(max(0, now_ms - due_ms) / 1000)
             retry = self._retry.pop(partition, None)
             if retry is not None:
                 log.warning("timers of partition %d are sent again (after %d failed tries)", partition, retry.failures)

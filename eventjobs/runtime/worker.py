@@ -16,6 +16,7 @@ fold refused (another claim came first) may run here but decides nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -55,14 +56,22 @@ from eventjobs.kafka.clients import (
     producer,
     topic_partition_count,
 )
+from eventjobs.metrics import Metrics, seconds_between
 from eventjobs.runtime.bad_records import BadRecords, describe_key, origin, power_of_ten
 from eventjobs.runtime.processor import quarantine_headers
 from eventjobs.core.records import ReadyRecord, capability_route, ready_attempt, revoked_attempt
 from eventjobs.core.timer_index import brief
-from eventjobs.kafka.admin import ensure_ready_topics
+from eventjobs.kafka.admin import TopicLayoutError, ensure_ready_topics
 from eventjobs.kafka.topics import PRIORITIES
 
 log = logging.getLogger("eventjobs.runtime.worker")
+DEFAULT_ASYNC_CONCURRENCY = 100  # jobs at once when a handler is async (taskiq's default too)
+
+
+def default_threads() -> int:
+    """Threads for sync handlers: concurrent.futures.ThreadPoolExecutor's default size."""
+    return min(32, (os.cpu_count() or 1) + 4)
+DEPTH_EVERY_S = 2.0  # how often the queue depth metric is measured (one ListOffsets request per consumer)
 
 
 def _incarnation_attempt(ready: ReadyRecord) -> tuple[str, int, datetime]:
@@ -127,20 +136,31 @@ class Worker:
         app: App,
         *,
         queues: list[str] | None = None,
-        concurrency: int = 10,
+        concurrency: int | None = None,
         capabilities: list[str] | None = None,
+        threads: int | None = None,
         worker_id: str | None = None,
         lease_s: float = DEFAULT_LEASE_S,
         grace_s: float = 30.0,
         prefetch: int | None = None,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        # Defaults per handler kind: async handlers run as tasks (DEFAULT_ASYNC_CONCURRENCY at once),
+        # sync ones in a thread pool sized like concurrent.futures' (default_threads()); a given
+        # `concurrency` caps both, as before. A sync job waits for a free thread before its timeout starts.
+        threads = threads or concurrency or default_threads()
+        if concurrency is None:
+            any_async = any(d.is_async for d in app.jobs.values()) or not app.jobs
+            concurrency = DEFAULT_ASYNC_CONCURRENCY if any_async else threads
+        if concurrency < 1 or threads < 1:
+            raise ValueError(f"concurrency and threads must be >= 1, got {concurrency} and {threads}")
         self.app = app
         self.settings = app.settings
         self.queues = queues or sorted({d.options.queue for d in app.jobs.values()} or {"default"})
         self.concurrency = concurrency
+        self.threads = threads
+        self._thread_free = asyncio.Semaphore(threads)
         self.capabilities = sorted(set(capabilities or []))
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.actor = f"worker:{self.worker_id}"
@@ -159,7 +179,7 @@ class Worker:
         self.completed = 0
         self._consumers: list[AIOKafkaConsumer] = []
         self._sender: AIOKafkaProducer | None = None
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eventjobs-job")
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eventjobs-job")
         self._wakeup = asyncio.Event()
         self._draining = False
         self._commit_soon = asyncio.Event()
@@ -175,6 +195,12 @@ class Worker:
         self.failure: BaseException | None = None
         self._halt = asyncio.Event()
         self.heartbeat_failures = 0
+        self.metrics = metrics  # Prometheus metrics (eventjobs.metrics), or None
+        self._depth_due = 0.0  # event-loop time of the next queue depth measurement
+        if metrics is not None:
+            metrics.worker_slots.set(concurrency)
+            metrics.gauge_from(metrics.worker_busy_slots, lambda: len(self.running))
+            metrics.quarantined.inc(0)
 
     @property
     def quarantined(self) -> int:
@@ -193,10 +219,13 @@ class Worker:
     async def _start(self) -> None:
         names = self.app.names
         routes = self.routes()
+        self._event_partitions = len(await partitions_of(self.settings, names.events))
+        if not self._event_partitions:
+            raise TopicLayoutError(f"topic {names.events} does not exist; create the topics with "
+                                   f"`eventjobs topics apply --namespace {self.settings.namespace}` (or --app)")
         await ensure_ready_topics(self.settings, routes)
         self._sender = producer(self.settings, linger_ms=2)
         await self._sender.start()
-        self._event_partitions = len(await partitions_of(self.settings, names.events))
         for route in routes:
             source = consumer(
                 self.settings,
@@ -251,7 +280,15 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; raises `WorkerStopped` if a background task failed (the CLI
         then exits non-zero, and whatever supervises the process restarts it)."""
-        await self._start()
+        try:
+            await self._start()
+        except BaseException:  # e.g. topics missing: close the clients started so far
+            for source in self._consumers:
+                await source.stop()
+            if self._sender is not None:
+                await self._sender.stop()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            raise
         halt = self._halt  # set by `stop`, or by the first failure of a background task
         stopping = asyncio.create_task(stop.wait())
         stopping.add_done_callback(lambda _: halt.set())
@@ -450,6 +487,8 @@ class Worker:
         except Exception as error:  # noqa: BLE001 - like an unsent claim: delivered again later
             log.warning("quarantining %s failed (%r); its ready record stays uncommitted", origin(record), error)
             return
+        if self.metrics is not None:
+            self.metrics.quarantined.inc()
         self._settled(item)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
@@ -514,6 +553,10 @@ class Worker:
                                                          now=self.clock.now(), actor=self.actor, claim_id=claim_id))
         started.add_done_callback(lambda ack: self._claim_acknowledged(ack, item))
         heartbeats = asyncio.create_task(self._heartbeat_loop(ready, claim_id))
+        begun = asyncio.get_running_loop().time()
+        if self.metrics is not None:  # started, and how long it waited since it became ready
+            self.metrics.jobs_started.inc(ready.name, ready.queue)
+            self.metrics.job_wait.observe(ready.name, ready.queue, seconds_between(ready.ready_at, self.clock.now()))
         try:
             outcome = await self._call(ready, claim_id)
         except asyncio.CancelledError:
@@ -528,6 +571,8 @@ class Worker:
                                     claim_id=claim_id)
         finally:
             heartbeats.cancel()
+            if self.metrics is not None:
+                self.metrics.job_duration.observe(ready.name, ready.queue, asyncio.get_running_loop().time() - begun)
         try:
             ack = await self._send(outcome)
             ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.error(
@@ -552,7 +597,8 @@ class Worker:
         ctx = self._context(ready, claim_id)
         backoff = definition.options.backoff if callable(definition.options.backoff) else None
         try:
-            async with asyncio.timeout(ready.options.timeout_s) as deadline:
+            gate = contextlib.nullcontext() if definition.is_async else self._thread_free
+            async with gate, asyncio.timeout(ready.options.timeout_s) as deadline:
                 if definition.is_async:
                     call = definition.handler(ready.args, ctx) if definition.takes_context else definition.handler(ready.args)
                     result = await call
@@ -675,6 +721,37 @@ class Worker:
             await asyncio.sleep(0.01)
             self._commit_soon.clear()
             await self._commit()
+            if self.metrics is not None and asyncio.get_running_loop().time() >= self._depth_due:
+                self._depth_due = asyncio.get_running_loop().time() + DEPTH_EVERY_S
+                await self._measure_depth()
+
+    async def _measure_depth(self) -> None:
+        """`eventjobs_queue_depth`: per queue and priority, the end offsets of the ready partitions
+        this worker consumes minus its position there (the first record not yet settled, or the
+        consumer's position before anything was fetched)."""
+        assert self.metrics is not None
+        depth = {(queue, priority): 0 for queue in self.queues for priority in PRIORITIES}
+        labels = {self.app.names.ready(capability_route(queue, subset), priority): (queue, priority)
+                  for queue in self.queues for subset in capability_subsets(self.capabilities) for priority in PRIORITIES}
+        for index, source in enumerate(self._consumers):
+            assigned = list(source.assignment())
+            if not assigned:
+                continue
+            try:
+                ends = await asyncio.wait_for(source.end_offsets(assigned), 5)
+                for tp in assigned:
+                    state = self.offsets.get((index, tp))
+                    position = state.committable() if state is not None and state.committable() >= 0 else None
+                    if position is None:
+                        position = await asyncio.wait_for(source.position(tp), 1)
+                    label = labels.get(tp.topic)
+                    if label is not None:
+                        depth[label] += max(0, ends.get(tp, 0) - position)
+            except Exception as error:  # noqa: BLE001 - a rebalance or a slow broker: measured again soon
+                log.debug("measuring queue depth failed: %r", error)
+                return
+        for (queue, priority), value in depth.items():
+            self.metrics.set_queue_depth(queue, priority, value)
 
     async def _commit(self) -> None:
         for index, source in enumerate(self._consumers):

@@ -7,12 +7,17 @@ tests use is untouched. The broker is stopped once with SIGTERM (a clean shutdow
 SIGKILL (log recovery on the next start), each time for a few seconds while jobs are being
 enqueued, then started again on the same ports and the same data directory.
 
-Why the services survive (as measured): every producer is idempotent, and aiokafka never expires
-an idempotent producer's batches, it retries them until the broker is back; consumers reconnect
-and rejoin their groups; the processor's open transactions stay open (well within their 60 s
-timeout) and commit once the broker answers again. An enqueue is acknowledged when `App.append`
-returns; one that times out during the outage is not counted (it may still land later, and is
-then processed like any other job).
+Why the services survive: every producer is idempotent, and aiokafka never expires an idempotent
+producer's batches, it retries them until the broker is back; consumers reconnect and rejoin
+their groups; the processor's open transactions stay open (well within their 60 s timeout) and
+commit once the broker answers again. One gap of aiokafka 0.14 made the processor stop instead
+(in about one broker stop in three under this load): a connection closed while a transactional
+producer looked up its coordinator killed that producer for good, the commit failed and the
+processor exited with "commit of partition N failed". `eventjobs/kafka/clients.py` retries that
+lookup; `test_a_connection_lost_while_looking_up_a_coordinator_is_retried` pins the fix.
+
+An enqueue is acknowledged when `App.append` returns; one that times out during the outage is
+not counted (it may still land later, and is then processed like any other job).
 """
 
 from __future__ import annotations
@@ -42,6 +47,48 @@ from tests.support.fault_app import build_app
 from eventjobs.core.state import JobStatus
 
 pytestmark = pytest.mark.kafka
+
+
+async def test_a_connection_lost_while_looking_up_a_coordinator_is_retried() -> None:
+    """The aiokafka sender fix in `eventjobs.kafka.clients`, without a broker: the first lookup
+    fails as it does when the broker goes away mid-request, the second finds the coordinator."""
+    from types import SimpleNamespace
+
+    from aiokafka.client import CoordinationType
+    from aiokafka.errors import KafkaConnectionError, TransactionalIdAuthorizationFailed
+    from aiokafka.producer.sender import Sender
+
+    import eventjobs.kafka.clients  # noqa: F401 - applies the fix
+
+    class Client:
+        def __init__(self, failure: BaseException) -> None:
+            self.failure = failure
+            self.lookups = 0
+
+        async def coordinator_lookup(self, kind: object, key: str) -> int:
+            self.lookups += 1
+            if self.lookups == 1:
+                raise self.failure
+            return 7
+
+        async def ready(self, node_id: int, group: object = None) -> bool:
+            return True
+
+        async def force_metadata_update(self) -> bool:
+            return True
+
+    def sender(client: Client) -> Sender:
+        made = Sender.__new__(Sender)
+        made.client, made._coordinators, made._retry_backoff = client, {}, 0.001  # type: ignore[attr-defined]
+        made._txn_manager = SimpleNamespace(transactional_id="ns.processor.0")  # type: ignore[attr-defined]
+        return made
+
+    lost = Client(KafkaConnectionError("Connection at 127.0.0.1:9092 closed"))
+    assert await sender(lost)._find_coordinator(CoordinationType.TRANSACTION, "ns.processor.0") == 7
+    assert lost.lookups == 2
+    refused = Client(TransactionalIdAuthorizationFailed())  # not retriable: still raised
+    with pytest.raises(TransactionalIdAuthorizationFailed):
+        await sender(refused)._find_coordinator(CoordinationType.TRANSACTION, "ns.processor.0")
 
 
 @pytest.fixture(scope="module")

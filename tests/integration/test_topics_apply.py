@@ -88,3 +88,24 @@ def test_cli_apply_reports_nothing_to_change_on_second_run(settings: Settings) -
     assert "9 created, 0 with drift" in first.stdout
     assert second.returncode == 0, second.stderr
     assert "nothing to change: all 9 topics match their specs" in second.stdout
+
+
+def test_cli_apply_with_app_creates_its_namespace_queues_and_capability_routes(settings: Settings) -> None:
+    from eventjobs.core.records import capability_route
+    from tests.support.cli import run_cli
+
+    # Given an app (namespace from EVENTJOBS_NAMESPACE) with jobs on "default" and a gpu job on "render"
+    result = run_cli("topics", "apply", "--app", "tests.support.jobs_app:app", settings=settings)
+
+    assert result.returncode == 0, result.stderr
+    routes = ["default", "render", capability_route("render", ["gpu"])]
+    expected = 5 + len(routes) * len(PRIORITIES)
+    assert f"{expected} created, 0 with drift" in result.stdout
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    for route in routes:
+        for priority in PRIORITIES:
+            assert names.ready(route, priority) in result.stdout
+    # an extra --queue is added to the app's queues
+    again = run_cli("topics", "apply", "--app", "tests.support.jobs_app:app", "--queue", "extra", settings=settings)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(PRIORITIES)} created, 0 with drift (reported, not changed), {expected} unchanged" in again.stdout

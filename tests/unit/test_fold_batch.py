@@ -24,7 +24,7 @@ from eventjobs.core.options import ConstantBackoff, JobOptions
 from eventjobs.core.outcome import Cancel, outcome_event
 from eventjobs.core.state import JobState, JobStatus, encode_state
 from eventjobs.core.effects import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S, Effects, ReadyRepublish
-from eventjobs.runtime.processor import BatchResult, fold_batch, update_table
+from eventjobs.runtime.processor import BatchResult, fold_batch, merged, update_table
 from eventjobs.core.records import TimerRecord, timer_key
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -434,3 +434,29 @@ def test_each_scenario_ends_where_the_writer_says(kind: str) -> None:
         "forgotten": S.PENDING, "duplicate": S.PENDING,
     }[kind]
     assert final.status is expected
+
+
+def test_batches_committed_together_write_each_compacted_key_once_and_every_event() -> None:
+    # Given a job enqueued, claimed, started and completed over three folded batches
+    w = Writer("job-1")
+    w.enqueue(), w.claim(), w.start(), w.outcome({"ok": True})
+    table: dict[str, JobState] = {}
+    results = []
+    for chunk in (w.log[:1], w.log[1:3], w.log[3:4]):
+        result = run(table, records_of(chunk))
+        update_table(table, result.effects.states)
+        results.append(result)
+    # When they commit in one transaction
+    total = merged(results)
+    # Then the changelog gets the final state once, every timer key its last value, and every
+    # derived event is kept in order
+    assert total.effects.states == {"job-1": table["job-1"]}
+    last: dict[bytes, Any] = {}
+    for result in results:
+        last.update(result.effects.timers)
+    republish = timer_key("job-1", "republish", 0, 0)
+    assert last[republish] is None  # armed at the enqueue, tombstoned at the claim: never written
+    assert total.effects.timers == {key: value for key, value in last.items() if key != republish}
+    assert sum(len(r.effects.timers) for r in results) > len(total.effects.timers)  # arms superseded
+    assert [e.event_id for e in total.effects.events] == [e.event_id for r in results for e in r.effects.events]
+    assert merged([results[0]]) is results[0]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from eventjobs.readside.gc_pause import collector_paused
+from eventjobs.core.gc_pause import collector_paused
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,474 @@
+"""Soak: many jobs through the whole pipeline while services are SIGKILLed, then check the invariants.
+
+    .venv/bin/python benchmarks/soak.py [--jobs 100000] [--kill-every 8] [--seed 1]
+
+Three workers and two processors run as subprocesses (the app is `tests/support/fault_app.py`);
+every few seconds (`--kill-every`, jittered) a random one of them is SIGKILLed and started again
+at once. Meanwhile `--jobs` jobs are enqueued (at most `--in-flight` unfinished at a time):
+10 % fail once and are retried, 1 % always fail (dead-lettered after 3 attempts), 5 % are delayed
+by 1-20 s, 5 % sleep 0.2-2 s (so kills land mid-job), and 2 % are enqueued a second time with the
+same idempotency key. Every handler run is appended to a side-channel file (one line per run).
+
+When every job has ended (or `--deadline` passed), the killing stops, the services are stopped
+with SIGTERM, and the run is checked against the event log, the source of truth:
+
+  lost jobs                   acknowledged jobs that are not completed / dead-lettered as expected (must be 0)
+  duplicated transitions      a derived event (retry_scheduled, completed, dead_lettered, ...) committed
+                              twice for the same job and attempt (must be 0)
+  changelog = fold of log     the processors' job-state changelog equals the fold of the log
+                              (`eventjobs replay --state`'s check, runtime/state_check.compare_state)
+  projections = fold of log   the projector, run into chdb up to the end of the log: job_events holds every
+                              record once, jobs / dead_letters / metric counts equal the fold
+  extra executions            handler runs beyond one per started attempt (at-least-once: reported, allowed)
+
+It prints those with the job and event counts, the kills, the wall time and the command, and
+exits 1 if an invariant fails. The broker is KAFKA_BOOTSTRAP_SERVERS, or a local one started for
+the run (`eventjobs.dev.broker.LocalKafka`, its data in the run directory). Results: docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from eventjobs.clickhouse.chdb_backend import ChdbBackend  # noqa: E402
+from eventjobs.core.codec import EventDecodeError, decode  # noqa: E402
+from eventjobs.core.events import DERIVED_TYPES, JobEvent  # noqa: E402
+from eventjobs.core.fold import apply  # noqa: E402
+from eventjobs.core.state import JobState, JobStatus  # noqa: E402
+from eventjobs.dev.broker import LocalKafka, free_port  # noqa: E402
+from eventjobs.kafka.admin import apply_topics  # noqa: E402
+from eventjobs.kafka.clients import consumer, partitions_of, read_to_end  # noqa: E402
+from eventjobs.kafka.topics import TopicNames, load_specs  # noqa: E402
+from eventjobs.readside.migrations import apply_migrations, default_projections_dir  # noqa: E402
+from eventjobs.readside.projector import Projector, ProjectorOptions  # noqa: E402
+from eventjobs.runtime.state_check import compare_state  # noqa: E402
+from eventjobs.settings import Settings  # noqa: E402
+from tests.support.fault_app import EXECUTIONS_ENV, build_app, read_executions  # noqa: E402
+
+APP = "tests.support.fault_app:app"
+TERMINAL = (b'"status":"completed"', b'"status":"dead_lettered"')
+# metric columns of job_metrics_1m and the event type each counts (accepted events, plus the first
+# echo of each derived event), as tests/readside/test_projector.py checks them
+METRICS = {"enqueued": "enqueued", "attempt_started": "started", "completed": "completed", "failed": "failed",
+           "retry_scheduled": "retried", "dead_lettered": "dead_lettered", "cancelled": "cancelled"}
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- the services and the killer -------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    role: str
+    name: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+
+class Fleet:
+    """The worker and processor subprocesses; `kill_one` SIGKILLs a random one and starts it again."""
+
+    def __init__(self, settings: Settings, run_dir: Path, workers: int, processors: int, rng: random.Random) -> None:
+        self.settings = settings
+        self.run_dir = run_dir
+        self.executions = run_dir / "executions"
+        self.executions.mkdir(parents=True, exist_ok=True)
+        self.rng = rng
+        self.kills: Counter[str] = Counter()
+        self.unexpected_exits: list[str] = []
+        self.services = [Service("processor", f"processor-{i}", ["processor", "--app", APP]) for i in range(processors)]
+        self.services += [Service("worker", f"worker-{i}", ["worker", "--app", APP, "--worker-id", f"worker-{i}",
+                                                            "--concurrency", "20", "--lease", "5s"])
+                          for i in range(workers)]
+
+    def _start(self, service: Service) -> None:
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka_bootstrap,
+               "EVENTJOBS_NAMESPACE": self.settings.namespace, EXECUTIONS_ENV: str(self.executions),
+               "FAULT_WORKER_NAME": service.name, "PYTHONPATH": str(ROOT)}
+        log = open(self.run_dir / f"{service.name}.log", "ab")
+        service.process = subprocess.Popen([sys.executable, "-m", "eventjobs.cli", *service.args], cwd=ROOT, env=env,
+                                           stdout=log, stderr=subprocess.STDOUT)
+        service.starts += 1
+
+    def start_all(self) -> None:
+        for service in self.services:
+            self._start(service)
+
+    def kill_one(self) -> Service:
+        service = self.rng.choice(self.services)
+        assert service.process is not None
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGKILL)
+            service.process.wait()
+            self.kills[service.role] += 1
+        self._start(service)
+        return service
+
+    def restart_exited(self) -> None:
+        """A service that exited by itself is a finding (logged, counted) and is started again."""
+        for service in self.services:
+            if service.process is not None and service.process.poll() is not None:
+                self.unexpected_exits.append(f"{service.name} exited with {service.process.returncode}")
+                say(f"{service.name} exited by itself with code {service.process.returncode}; starting it again")
+                self._start(service)
+
+    def stop_all(self, timeout_s: float = 60) -> list[str]:
+        """SIGTERM everything; returns the services that did not exit with 0."""
+        for service in self.services:
+            if service.process is not None and service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        unclean = []
+        for service in self.services:
+            if service.process is None:
+                continue
+            try:
+                code = service.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                code = service.process.wait()
+            if code != 0:
+                unclean.append(f"{service.name}: {code}")
+        return unclean
+
+
+# -- the load --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Every job to enqueue, with how it must end."""
+
+    events: list[JobEvent] = field(default_factory=list)  # in enqueue order, duplicates included
+    expected: dict[str, tuple[JobStatus, int]] = field(default_factory=dict)  # job id -> (status, attempt)
+    duplicates: int = 0
+    delayed: int = 0
+
+
+def plan_jobs(jobs: int, namespace: str, seed: int) -> Plan:
+    app = build_app(namespace)
+    rng = random.Random(seed)
+    plan = Plan()
+    later: list[tuple[int, int, JobEvent]] = []  # a heap of duplicates, enqueued a little later
+    for i in range(jobs):
+        args: dict[str, object] = {"i": i}
+        options: dict[str, object] = {}
+        status, attempt = JobStatus.COMPLETED, 0
+        roll = rng.random()
+        if roll < 0.01:
+            args["always_fail"] = True
+            status, attempt = JobStatus.DEAD_LETTERED, 2
+        elif roll < 0.11:
+            args["fail_times"] = 1
+            attempt = 1
+        if rng.random() < 0.05:
+            options["delay"] = rng.uniform(1, 20)
+            plan.delayed += 1
+        if rng.random() < 0.05:
+            args["sleep"] = round(rng.uniform(0.2, 2.0), 2)
+        duplicate = rng.random() < 0.02
+        if duplicate:
+            options["idempotency_key"] = f"soak-{seed}-{i}"
+        event = app.build_enqueue("work", args, **options)
+        plan.events.append(event)
+        plan.expected[event.job_id] = (status, attempt)
+        if duplicate:
+            again = app.build_enqueue("work", {**args, "again": True}, **options)
+            heapq.heappush(later, (i + rng.randint(50, 2000), i, again))
+            plan.duplicates += 1
+        while later and later[0][0] <= i:
+            plan.events.append(heapq.heappop(later)[2])
+    plan.events.extend(event for _, _, event in sorted(later))
+    return plan
+
+
+class Finished:
+    """Follows the job-state changelog: which jobs are in a terminal state now."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.terminal: set[bytes] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        topic = TopicNames(self.settings.namespace, load_specs(self.settings.topics_dir)).job_state
+        reader = consumer(self.settings, group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024)
+        await reader.start()
+        try:
+            reader.assign(await partitions_of(self.settings, topic))
+            while True:
+                batch = await reader.getmany(timeout_ms=500, max_records=20_000)
+                for records in batch.values():
+                    for record in records:
+                        if record.key is None:
+                            continue
+                        if record.value is not None and any(t in record.value for t in TERMINAL):
+                            self.terminal.add(record.key)
+                        else:
+                            self.terminal.discard(record.key)
+        finally:
+            await reader.stop()
+
+
+# -- the checks ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LogFacts:
+    records: int = 0
+    undecodable: int = 0
+    states: dict[str, JobState] = field(default_factory=dict)
+    transitions: Counter[tuple[str, str, int | None]] = field(default_factory=Counter)
+    derived_ids: Counter[str] = field(default_factory=Counter)
+    metric_counts: Counter[str] = field(default_factory=Counter)
+    types: Counter[str] = field(default_factory=Counter)
+
+
+async def read_log(settings: Settings) -> LogFacts:
+    """Fold the whole event log (committed records), keeping only what the checks need."""
+    facts = LogFacts()
+    seen: set[str] = set()
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    async for record in read_to_end(settings, await partitions_of(settings, names.events), stall_timeout_s=600):
+        facts.records += 1
+        try:
+            event = decode(record.value)
+        except EventDecodeError:
+            facts.undecodable += 1
+            continue
+        facts.types[event.type] += 1
+        if event.type in DERIVED_TYPES:
+            facts.derived_ids[event.event_id] += 1
+            if event.type != "duplicate_rejected":
+                facts.transitions[(event.job_id, event.type, getattr(event, "attempt", None))] += 1
+        decision = apply(facts.states.get(event.job_id), event)
+        if decision.state is not None:
+            facts.states[event.job_id] = decision.state
+        elif decision.rejected is None:
+            facts.states.pop(event.job_id, None)
+        first = event.event_id not in seen
+        seen.add(event.event_id)
+        if decision.accepted or (decision.duplicate and event.type in DERIVED_TYPES and first):
+            if event.type in METRICS:
+                facts.metric_counts[METRICS[event.type]] += 1
+    return facts
+
+
+async def project_into_chdb(settings: Settings, directory: Path) -> ChdbBackend:
+    """Run the projector into a fresh chdb directory up to the current end of the log."""
+    backend = ChdbBackend(directory, settings.namespace, role="soak")
+    await asyncio.to_thread(apply_migrations, backend, default_projections_dir())
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    reader = consumer(settings, group_id=None)
+    await reader.start()
+    try:
+        partitions = await partitions_of(settings, names.events)
+        ends = {tp.partition: offset for tp, offset in (await reader.end_offsets(partitions)).items()}
+    finally:
+        await reader.stop()
+    projector = Projector(backend, settings, control=False, stop_at=ends,
+                          options=ProjectorOptions(batch_max_events=20_000, batch_max_wait_s=0.2))
+    await projector.run(asyncio.Event())
+    return backend
+
+
+def projection_differences(backend: ChdbBackend, facts: LogFacts) -> list[str]:
+    problems = []
+    rows = backend.query("SELECT job_id, status, attempt, attempts_started FROM jobs FINAL").rows
+    projected = {r[0]: (r[1], r[2], r[3]) for r in rows}
+    folded = {j: (s.status.value, s.attempt, s.attempts_started) for j, s in facts.states.items()}
+    if projected != folded:
+        differing = [j for j in folded.keys() | projected.keys() if folded.get(j) != projected.get(j)]
+        problems.append(f"jobs: {len(differing)} job(s) differ from the fold, e.g. "
+                        f"{[(j, folded.get(j), projected.get(j)) for j in differing[:3]]}")
+    count, unique = backend.query("SELECT count(), uniqExact(log_partition, log_offset) FROM job_events").rows[0]
+    if (count, unique) != (facts.records, facts.records):
+        problems.append(f"job_events: {count} rows, {unique} distinct positions, log has {facts.records} records")
+    dead = {r[0] for r in backend.query("SELECT job_id FROM dead_letters FINAL WHERE deleted = 0").rows}
+    folded_dead = {j for j, s in facts.states.items() if s.status is JobStatus.DEAD_LETTERED}
+    if dead != folded_dead:
+        problems.append(f"dead_letters: {len(dead ^ folded_dead)} job(s) differ from the fold")
+    columns = sorted(set(METRICS.values()))
+    row = backend.query(f"SELECT {', '.join(f'countIfMerge({c})' for c in columns)} FROM job_metrics_1m").rows[0]
+    metrics = Counter({c: v for c, v in zip(columns, row) if v})
+    if metrics != facts.metric_counts:
+        problems.append(f"job_metrics_1m: {dict(metrics)} != the fold's {dict(facts.metric_counts)}")
+    return problems
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> int:
+    started = time.monotonic()
+    rng = random.Random(options.seed)
+    settings = Settings(kafka_bootstrap=bootstrap, namespace=f"soak{uuid.uuid4().hex[:8]}")
+    await apply_topics(settings, ["default"])
+    say(f"namespace {settings.namespace}; planning {options.jobs:,} jobs")
+    plan = plan_jobs(options.jobs, settings.namespace, options.seed)
+    app = build_app(settings.namespace, kafka_bootstrap=bootstrap)
+    fleet = Fleet(settings, run_dir, options.workers, options.processors, rng)
+    fleet.start_all()
+    finished = Finished(settings)
+    follower = asyncio.create_task(finished.run())
+    enqueued = 0
+    stop_killing = asyncio.Event()
+
+    async def killer() -> None:
+        await asyncio.sleep(options.kill_every)
+        while not stop_killing.is_set():
+            service = fleet.kill_one()
+            say(f"SIGKILL {service.name} (start {service.starts}); {enqueued:,} enqueued, "
+                f"{len(finished.terminal):,} ended")
+            try:
+                await asyncio.wait_for(stop_killing.wait(), options.kill_every * rng.uniform(0.5, 1.5))
+            except TimeoutError:
+                pass
+
+    async def watchdog() -> None:
+        while not stop_killing.is_set():
+            fleet.restart_exited()
+            await asyncio.sleep(1)
+
+    killing = asyncio.create_task(killer())
+    watching = asyncio.create_task(watchdog())
+    deadline = started + options.deadline
+    expected_ids = {job_id.encode() for job_id in plan.expected}
+    try:
+        chunk = 500
+        for start in range(0, len(plan.events), chunk):
+            while enqueued - len(finished.terminal & expected_ids) > options.in_flight:
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            await app.append(plan.events[start:start + chunk])  # raises if not acknowledged: the run stops
+            enqueued = min(len(plan.events), start + chunk)
+        say(f"all {len(plan.events):,} enqueue events acknowledged ({len(plan.expected):,} jobs)")
+        last_report = time.monotonic()
+        while len(finished.terminal & expected_ids) < len(expected_ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            if time.monotonic() - last_report > 15:
+                last_report = time.monotonic()
+                say(f"{len(finished.terminal & expected_ids):,} of {len(expected_ids):,} jobs ended")
+        ended_s = time.monotonic() - started
+    finally:
+        stop_killing.set()
+        await asyncio.gather(killing, watching, return_exceptions=True)
+        say("stopping the services (SIGTERM)")
+        unclean = await asyncio.to_thread(fleet.stop_all)
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await app.close()
+
+    say("checking: fold of the log, changelog, executions, projections")
+    facts = await read_log(settings)
+    comparison = await compare_state(settings)
+    runs = read_executions(fleet.executions)
+    backend = await project_into_chdb(settings, run_dir / "chdb")
+    try:
+        projection_problems = projection_differences(backend, facts)
+    finally:
+        backend.close()
+
+    lost = {j: (facts.states[j].status.value, facts.states[j].attempt) if j in facts.states else None
+            for j, (status, attempt) in plan.expected.items()
+            if j not in facts.states or (facts.states[j].status, facts.states[j].attempt) != (status, attempt)}
+    duplicated = [key for key, n in facts.transitions.items() if n > 1]
+    duplicated += [f"event {event_id}" for event_id, n in facts.derived_ids.items() if n > 1]
+    attempts_started = sum(facts.states[j].attempts_started for j in plan.expected if j in facts.states)
+    executions = sum(runs.values())
+    repeated_attempts = sum(1 for n in runs.values() if n > 1)
+    never_ran = sum(1 for j in plan.expected if j in facts.states
+                    for a in range(facts.states[j].attempts_started) if runs[(j, a)] == 0)
+    kills = sum(fleet.kills.values())
+    checks = {
+        "lost jobs (not completed / dead-lettered as expected)": len(lost),
+        "state transitions duplicated": len(duplicated),
+        "changelog differences from the fold of the log": len(comparison.differences),
+        "projection differences from the fold of the log": len(projection_problems),
+        "started attempts whose handler never ran": never_ran,
+        "undecodable records in the log": facts.undecodable,
+    }
+    wall = time.monotonic() - started
+    print()
+    print(f"command:      {' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}")
+    print(f"jobs:         {len(plan.expected):,} ({plan.duplicates:,} enqueued twice with one idempotency key, "
+          f"{plan.delayed:,} delayed); completed {sum(s == JobStatus.COMPLETED for s, _ in plan.expected.values()):,}"
+          f", dead-lettered {sum(s == JobStatus.DEAD_LETTERED for s, _ in plan.expected.values()):,} expected")
+    print(f"events:       {facts.records:,} records in the log "
+          f"({', '.join(f'{t} {n:,}' for t, n in facts.types.most_common(6))}, ...)")
+    print(f"kills:        {kills} SIGKILLs ({fleet.kills['processor']} processor, {fleet.kills['worker']} worker), "
+          f"every {options.kill_every:g} s +-50 %; services that exited by themselves: {len(fleet.unexpected_exits)}; "
+          f"unclean stops at the end: {unclean or 'none'}")
+    print(f"executions:   {executions:,} handler runs for {attempts_started:,} started attempts: "
+          f"{executions - attempts_started:,} extra executions (at least once), "
+          f"{repeated_attempts:,} attempts run more than once")
+    for name, value in checks.items():
+        print(f"{name + ':':<52} {value}  {'ok' if value == 0 else 'FAILED'}")
+    print(f"wall time:    {wall:.0f} s ({ended_s:.0f} s until every job ended, {wall - ended_s:.0f} s of checks); "
+          f"{len(plan.expected) / ended_s:.0f} jobs/s under kills")
+    print(f"run dir:      {run_dir}")
+    failures = [name for name, value in checks.items() if value]
+    if lost:
+        print(f"  lost, e.g.: {list(lost.items())[:5]}")
+    if duplicated:
+        print(f"  duplicated, e.g.: {duplicated[:5]}")
+    for difference in comparison.differences[:5]:
+        print(f"  changelog: {difference.job_id} {difference.kind} {difference.fields}")
+    for problem in projection_problems:
+        print(f"  projection: {problem}")
+    print("RESULT:", "all invariants hold" if not failures else f"FAILED: {', '.join(failures)}")
+    return 1 if failures else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=100_000, help="jobs to run (default 100,000)")
+    parser.add_argument("--kill-every", type=float, default=8.0,
+                        help="seconds between two SIGKILLs of a random service, jittered +-50 %% (default 8)")
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--processors", type=int, default=2)
+    parser.add_argument("--in-flight", type=int, default=5000, help="most unfinished jobs enqueued at a time")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds until the run gives up waiting for the jobs (default: 600 + 0.05 s per job)")
+    parser.add_argument("--seed", type=int, default=1)
+    options = parser.parse_args()
+    if options.deadline is None:
+        options.deadline = 600 + 0.05 * options.jobs
+    run_dir = Path(tempfile.mkdtemp(prefix="eventjobs-soak-"))
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    broker = None
+    if not bootstrap:
+        broker = LocalKafka(home=run_dir / "kafka", port=free_port(), controller_port=free_port(), heap="1g")
+        bootstrap = broker.up().bootstrap
+    say(f"broker {bootstrap}; logs and side channel in {run_dir}")
+    try:
+        return asyncio.run(soak(options, bootstrap, run_dir))
+    finally:
+        if broker is not None:
+            broker.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
