@@ -12,13 +12,15 @@ same idempotency key. Every handler run is appended to a side-channel file (one 
 When every job has ended (or `--deadline` passed), the killing stops, the services are stopped
 with SIGTERM, and the run is checked against the event log, the source of truth:
 
-  lost jobs                   acknowledged jobs that are not completed / dead-lettered as expected (must be 0)
+  lost jobs                   acknowledged jobs that did not end (completed / dead-lettered) (must be 0)
+  jobs in a wrong state       jobs that ended otherwise than planned, or after fewer attempts (must be 0)
   duplicated transitions      a derived event (retry_scheduled, completed, dead_lettered, ...) committed
                               twice for the same job and attempt (must be 0)
   changelog = fold of log     the processors' job-state changelog equals the fold of the log
                               (`eventjobs replay --state`'s check, runtime/state_check.compare_state)
   projections = fold of log   the projector, run into chdb up to the end of the log: job_events holds every
                               record once, jobs / dead_letters / metric counts equal the fold
+  handler never ran           jobs that ended although no handler ever ran for them (must be 0)
   extra executions            handler runs beyond one per started attempt (at-least-once: reported, allowed)
 
 It prints those with the job and event counts, the kills, the wall time and the command, and
@@ -42,7 +44,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -391,23 +392,32 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
     finally:
         backend.close()
 
-    lost = {j: (facts.states[j].status.value, facts.states[j].attempt) if j in facts.states else None
-            for j, (status, attempt) in plan.expected.items()
-            if j not in facts.states or (facts.states[j].status, facts.states[j].attempt) != (status, attempt)}
+    # lost: not ended (or unknown to the log); wrong: ended otherwise than planned (a job may need
+    # more attempts than planned, when a worker killed mid-job lets its lease expire, never fewer)
+    lost = {j: facts.states[j].status.value if j in facts.states else None for j in plan.expected
+            if j not in facts.states or facts.states[j].status not in (JobStatus.COMPLETED, JobStatus.DEAD_LETTERED)}
+    wrong = {j: (facts.states[j].status.value, facts.states[j].attempt) for j, (status, attempt) in plan.expected.items()
+             if j in facts.states and j not in lost
+             and (facts.states[j].status is not status or facts.states[j].attempt < attempt)}
+    more_attempts = sum(1 for j, (_, attempt) in plan.expected.items()
+                        if j in facts.states and facts.states[j].attempt > attempt)
     duplicated = [key for key, n in facts.transitions.items() if n > 1]
     duplicated += [f"event {event_id}" for event_id, n in facts.derived_ids.items() if n > 1]
     attempts_started = sum(facts.states[j].attempts_started for j in plan.expected if j in facts.states)
     executions = sum(runs.values())
     repeated_attempts = sum(1 for n in runs.values() if n > 1)
-    never_ran = sum(1 for j in plan.expected if j in facts.states
-                    for a in range(facts.states[j].attempts_started) if runs[(j, a)] == 0)
+    ran = {job_id for job_id, _ in runs}
+    never_ran = sum(1 for j in plan.expected if j in facts.states and j not in lost and j not in ran)
+    started_not_run = sum(1 for j in plan.expected if j in facts.states
+                          for a in range(facts.states[j].attempts_started) if runs[(j, a)] == 0)
     kills = sum(fleet.kills.values())
     checks = {
-        "lost jobs (not completed / dead-lettered as expected)": len(lost),
+        "lost jobs (not ended, or unknown to the log)": len(lost),
+        "jobs in a wrong state (not as planned)": len(wrong),
         "state transitions duplicated": len(duplicated),
         "changelog differences from the fold of the log": len(comparison.differences),
         "projection differences from the fold of the log": len(projection_problems),
-        "started attempts whose handler never ran": never_ran,
+        "ended jobs whose handler never ran": never_ran,
         "undecodable records in the log": facts.undecodable,
     }
     wall = time.monotonic() - started
@@ -423,7 +433,9 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
           f"unclean stops at the end: {unclean or 'none'}")
     print(f"executions:   {executions:,} handler runs for {attempts_started:,} started attempts: "
           f"{executions - attempts_started:,} extra executions (at least once), "
-          f"{repeated_attempts:,} attempts run more than once")
+          f"{repeated_attempts:,} attempts run more than once; {more_attempts:,} jobs needed an attempt more "
+          f"than planned (lease expired after a worker kill); {started_not_run:,} started attempts never reached the "
+          f"handler (worker killed in between)")
     for name, value in checks.items():
         print(f"{name + ':':<52} {value}  {'ok' if value == 0 else 'FAILED'}")
     print(f"wall time:    {wall:.0f} s ({ended_s:.0f} s until every job ended, {wall - ended_s:.0f} s of checks); "
@@ -432,6 +444,8 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
     failures = [name for name, value in checks.items() if value]
     if lost:
         print(f"  lost, e.g.: {list(lost.items())[:5]}")
+    if wrong:
+        print(f"  wrong, e.g.: {list(wrong.items())[:5]}")
     if duplicated:
         print(f"  duplicated, e.g.: {duplicated[:5]}")
     for difference in comparison.differences[:5]:

@@ -8,21 +8,20 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aiokafka import ConsumerRecord
 
-from eventjobs import App
 from eventjobs.kafka.admin import apply_topics
 from eventjobs.kafka.clients import partitions_of, read_to_end
 from eventjobs.runtime.processor import LifecycleProcessor
 from eventjobs.runtime.supervisor import run_services
 from eventjobs.runtime.timers import TimerService
-from eventjobs.runtime.worker import Worker
 from eventjobs.settings import Settings
 from tests.contract.jobs import build_contract_app
+from tests.e2e.conftest import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples" / "producers"
@@ -30,24 +29,10 @@ JAVA_EXAMPLE = EXAMPLES / "java"
 
 
 @dataclass
-class Services:
-    app: App
-    processor: LifecycleProcessor
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+class Services(Runtime):
+    """The e2e runtime, with the lifecycle processor it runs in process (its move counters)."""
 
-    async def start_worker(self, **options: object) -> Worker:
-        worker = Worker(self.app, queues=["default"], **options)  # type: ignore[arg-type]
-        self.tasks.append(asyncio.create_task(worker.run(self.stop)))
-        await asyncio.wait_for(worker.started.wait(), 30)
-        return worker
-
-    async def close(self) -> None:
-        self.stop.set()
-        results = await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.app.close()
-        errors = [r for r in results if isinstance(r, BaseException)]
-        assert not errors, errors
+    processor: LifecycleProcessor = None  # type: ignore[assignment]  # always given by the fixture
 
 
 @pytest.fixture
@@ -55,7 +40,7 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
     await apply_topics(settings, ["default"])
     app = build_contract_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap)
     processor = LifecycleProcessor(settings)
-    running = Services(app, processor)
+    running = Services(app, processor=processor)
     running.tasks.append(asyncio.create_task(run_services(running.stop, {
         "lifecycle processor": processor.run(running.stop), "timer service": TimerService(settings).run(running.stop),
     })))

@@ -36,7 +36,7 @@ from eventjobs.dev.broker import free_port
 from eventjobs.kafka.clients import partitions_of, read_to_end
 from eventjobs.kafka.topics import TopicNames, load_specs
 from eventjobs.settings import Settings
-from tests.e2e.conftest import ROOT, processes  # noqa: F401 - `processes` is a fixture
+from tests.e2e.conftest import ROOT
 from tests.faults.test_process_faults import (  # noqa: F401 - `fault_app` is a fixture
     Load,
     Services,
@@ -86,7 +86,7 @@ async def _log_records(settings: Settings) -> list[tuple[int, int, str]]:
 
 
 async def test_projector_waits_out_clickhouse_outages_and_catches_up_without_gap_or_double_count(
-        fault_app: App, tmp_path: Path, processes: list[Popen[bytes]]) -> None:  # noqa: F811
+        fault_app: App, tmp_path: Path, processes: list[Popen[bytes]]) -> None:
     app = fault_app
     port = free_port()
     url = f"http://127.0.0.1:{port}"
