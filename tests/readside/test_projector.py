@@ -61,14 +61,20 @@ def metric_counts(backend: Backend) -> Counter[str]:
     return Counter({c: v for c, v in zip(columns, row) if v})
 
 
-def assert_projection_matches(backend: Backend, log: list[JobEvent], records: int) -> None:
+def assert_projection_matches(backend: Backend, log: list[JobEvent], records: int, *, exact_metrics: bool = True) -> None:
+    """`jobs`, `job_events`, `dead_letters` and the metric counts equal the fold of `log`; with
+    `exact_metrics=False` the metrics may fall short (never over) of it (see test_clickhouse_outage)."""
     states = fold(log)
     rows = backend.query("SELECT job_id, status, attempt, attempts_started, state_json FROM jobs FINAL").rows
     assert {r[0]: (r[1], r[2], r[3]) for r in rows} == {
         j: (s.status.value, s.attempt, s.attempts_started) for j, s in states.items()}
     assert backend.query("SELECT count(), uniqExact(log_partition, log_offset) FROM job_events").rows == [
         (records, records)]
-    assert metric_counts(backend) == expected_counts(log)
+    counts, expected = metric_counts(backend), expected_counts(log)
+    if exact_metrics:
+        assert counts == expected
+    else:
+        assert all(counts[kind] <= expected[kind] for kind in counts | expected), (counts, expected)
     dead = {r[0] for r in backend.query("SELECT job_id FROM dead_letters FINAL").rows}
     assert dead == {j for j, s in states.items() if s.status is JobStatus.DEAD_LETTERED}
 
