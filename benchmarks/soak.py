@@ -244,6 +244,7 @@ class LogFacts:
     derived_ids: Counter[str] = field(default_factory=Counter)
     metric_counts: Counter[str] = field(default_factory=Counter)
     types: Counter[str] = field(default_factory=Counter)
+    leases_lost: Counter[str] = field(default_factory=Counter)  # job id -> accepted lease_expired events
 
 
 async def read_log(settings: Settings) -> LogFacts:
@@ -264,6 +265,8 @@ async def read_log(settings: Settings) -> LogFacts:
             if event.type != "duplicate_rejected":
                 facts.transitions[(event.job_id, event.type, getattr(event, "attempt", None))] += 1
         decision = apply(facts.states.get(event.job_id), event)
+        if decision.accepted and event.type == "lease_expired":
+            facts.leases_lost[event.job_id] += 1
         if decision.state is not None:
             facts.states[event.job_id] = decision.state
         elif decision.rejected is None:
@@ -396,8 +399,15 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
     # more attempts than planned, when a worker killed mid-job lets its lease expire, never fewer)
     lost = {j: facts.states[j].status.value if j in facts.states else None for j in plan.expected
             if j not in facts.states or facts.states[j].status not in (JobStatus.COMPLETED, JobStatus.DEAD_LETTERED)}
+    # A job planned to complete may end dead-lettered when worker kills cost it attempts (each
+    # expired lease is a failed attempt): then every attempt of its budget failed, and at least
+    # one of them by a lost lease.
+    exhausted_by_kills = {j for j, (status, attempt) in plan.expected.items()
+                          if j in facts.states and status is JobStatus.COMPLETED
+                          and facts.states[j].status is JobStatus.DEAD_LETTERED and facts.leases_lost[j] > 0
+                          and facts.states[j].attempts_started >= facts.states[j].max_attempts}
     wrong = {j: (facts.states[j].status.value, facts.states[j].attempt) for j, (status, attempt) in plan.expected.items()
-             if j in facts.states and j not in lost
+             if j in facts.states and j not in lost and j not in exhausted_by_kills
              and (facts.states[j].status is not status or facts.states[j].attempt < attempt)}
     more_attempts = sum(1 for j, (_, attempt) in plan.expected.items()
                         if j in facts.states and facts.states[j].attempt > attempt)
@@ -434,7 +444,8 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
     print(f"executions:   {executions:,} handler runs for {attempts_started:,} started attempts: "
           f"{executions - attempts_started:,} extra executions (at least once), "
           f"{repeated_attempts:,} attempts run more than once; {more_attempts:,} jobs needed an attempt more "
-          f"than planned (lease expired after a worker kill); {started_not_run:,} started attempts never reached the "
+          f"than planned (lease expired after a worker kill); {len(exhausted_by_kills):,} jobs planned to complete "
+          f"dead-lettered because kills used up their attempts; {started_not_run:,} started attempts never reached the "
           f"handler (worker killed in between)")
     for name, value in checks.items():
         print(f"{name + ':':<52} {value}  {'ok' if value == 0 else 'FAILED'}")
