@@ -179,7 +179,7 @@ def _contract() -> list[str]:
         "## Machine-readable schema",
         "",
         f"[`{folder}/`]({folder}/) holds a JSON Schema (draft 2020-12) for every event type",
-        f"(`events/<type>.json`), for any event (`event.json`, discriminated by `type`), for the records",
+        "(`events/<type>.json`), for any event (`event.json`, discriminated by `type`), for the records",
         "the processor writes beside events (`ready-record.json`, `timer-record.json`,",
         "`dead-letter-record.json`, `job-state.json`), and `index.json`: topics, keys, the partition",
         "rule and the job id rule as data, with test vectors. They are generated from the same models",

@@ -26,7 +26,6 @@ import traceback
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -72,13 +71,6 @@ def default_threads() -> int:
     """Threads for sync handlers: concurrent.futures.ThreadPoolExecutor's default size."""
     return min(32, (os.cpu_count() or 1) + 4)
 DEPTH_EVERY_S = 2.0  # how often the queue depth metric is measured (one ListOffsets request per consumer)
-
-
-def _incarnation_attempt(ready: ReadyRecord) -> tuple[str, int, datetime]:
-    """Which attempt of which job a ready record offers. A job id comes back after its retention
-    passed (the same idempotency key enqueued again), starting again at attempt 0: its enqueue
-    time tells that new job from the forgotten one."""
-    return ready.job_id, ready.attempt, ready.enqueued_at
 
 
 class WorkerStopped(RuntimeError):
@@ -175,7 +167,7 @@ class Worker:
         self.cancel_seen: set[str] = set()
         # attempts whose ready records the processor revoked: (job id, attempt, enqueued_at ms)
         self.revoked: OrderedDict[tuple[str, int, int], None] = OrderedDict()
-        self.claimed_here: OrderedDict[tuple[str, int, datetime], None] = OrderedDict()
+        self.claimed_here: OrderedDict[tuple[str, int, int], None] = OrderedDict()  # ready_attempt keys
         self.completed = 0
         self._consumers: list[AIOKafkaConsumer] = []
         self._sender: AIOKafkaProducer | None = None
@@ -433,13 +425,13 @@ class Worker:
         except Exception as error:  # noqa: BLE001 - nor one that breaks the checks in a way not foreseen
             self._quarantine(item, "unusable", repr(error))
             return
-        if (self.revoked and ready_attempt(ready) in self.revoked) or _incarnation_attempt(ready) in self.claimed_here:
+        if (self.revoked and ready_attempt(ready) in self.revoked) or ready_attempt(ready) in self.claimed_here:
             # revoked, or a repeat of a ready record this worker already claimed (a processor batch
             # redone after a crash, or a re-publish of a pending job, publishes its ready record
             # again): never run an attempt twice here
             self._settled(item)
             return
-        self.claimed_here[_incarnation_attempt(ready)] = None
+        self.claimed_here[ready_attempt(ready)] = None
         while len(self.claimed_here) > 100_000:
             self.claimed_here.popitem(last=False)
         if not set(ready.options.capabilities) <= set(self.capabilities):  # not on its route's topic

@@ -20,7 +20,7 @@ from eventjobs.core.fold import Decision, apply, fold, replay
 from eventjobs.core.ids import derived_event_id
 from eventjobs.core.options import ConstantBackoff, ExponentialBackoff, JobOptions, NoBackoff, backoff_delay_s
 from eventjobs.core.state import ACCEPTING_STATUSES, RECENT_EVENT_IDS, TRANSITIONS, JobState, JobStatus, Transition
-from tests.core.builders import T0, TRACEBACK, JobLog, reach
+from tests.core.builders import T0, TRACEBACK, JobLog, Run, reach
 
 S = JobStatus
 

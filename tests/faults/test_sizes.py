@@ -25,7 +25,7 @@ from eventjobs.core.limits import size_limits
 from eventjobs.core.state import JobStatus, encode_state
 from eventjobs.kafka.clients import partitions_of, read_to_end
 from eventjobs.runtime.processor import fold_batch
-from tests.e2e.conftest import app, processes, spawn  # noqa: F401 - fixtures used below
+from tests.e2e.conftest import spawn
 
 APP = "tests.support.jobs_app:app"
 
@@ -35,7 +35,7 @@ async def _records(app: App, topic: str) -> list[bytes | None]:
 
 
 async def test_huge_errors_and_results_end_their_jobs_and_nothing_stops(
-    app: App, tmp_path: Path, processes: list[Popen[bytes]]  # noqa: F811
+    app: App, tmp_path: Path, processes: list[Popen[bytes]]
 ) -> None:
     settings = app.settings
     limits = size_limits(settings.max_event_bytes)
