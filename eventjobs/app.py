@@ -28,7 +28,7 @@ from eventjobs.core.events import EnqueuedEvent, JobEvent
 from eventjobs.core.options import InvalidJobOptions, JobOptions
 from eventjobs.core.state import JobState
 from eventjobs.kafka.clients import job_partition, partitions_of, producer, read_to_end, topic_partition_count
-from eventjobs.core.records import DeadLetterRecord
+from eventjobs.core.records import DeadLetterRecord, RefusedDeadLetter, admit_dead_letter
 from eventjobs.registry import Handler, JobDefinition, UnknownJob, define
 from eventjobs.settings import Settings, load_settings
 from eventjobs.runtime.state_watch import StateWatcher
@@ -282,25 +282,13 @@ class App:
         async for record in read_to_end(self.settings, await partitions_of(self.settings, self.names.dead_letters)):
             if record.key is None:
                 continue
-            where = f"{origin(record)} ({describe_key(record.key)})"
-            try:
-                job_id = record.key.decode()
-            except UnicodeDecodeError as error:
-                bad.report("key not UTF-8", where, str(error))
+            admitted = admit_dead_letter(record.key, record.value)
+            if isinstance(admitted, RefusedDeadLetter):
+                if admitted.job_id is not None:
+                    entries.pop(admitted.job_id, None)  # the newest fact of this key is unusable: no entry
+                bad.report(admitted.kind, f"{origin(record)} ({describe_key(record.key)})", admitted.reason)
                 continue
-            if not record.value:
-                entries[job_id] = None
-                continue
-            try:
-                entry = DeadLetterRecord.decode(record.value)
-            except ValidationError as error:
-                entries.pop(job_id, None)  # the newest fact of this key is unusable: no entry
-                bad.report("not a dead-letter record", where, str(error))
-                continue
-            if entry.job_id != job_id:
-                entries.pop(job_id, None)
-                bad.report("key does not match", where, f"the entry is about job {entry.job_id!r}")
-                continue
+            job_id, entry = admitted
             entries[job_id] = entry
         self.skipped_dead_letters = bad.total
         return sorted((e for e in entries.values() if e is not None), key=lambda e: e.dead_lettered_at)

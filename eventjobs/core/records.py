@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from eventjobs.core.options import JobOptionsSpec, Priority
 
@@ -152,6 +152,37 @@ class DeadLetterRecord(_Record):
     @classmethod
     def decode(cls, data: bytes) -> DeadLetterRecord:
         return cls.model_validate_json(data)
+
+
+class RefusedDeadLetter(NamedTuple):
+    """Why a record of the dead-letter topic cannot be listed: `kind` (logged once per kind), `reason`,
+    and the job its key names (None when the key is not UTF-8)."""
+
+    kind: str
+    reason: str
+    job_id: str | None = None
+
+
+def admit_dead_letter(key: bytes, value: bytes | None) -> tuple[str, DeadLetterRecord | None] | RefusedDeadLetter:
+    """(job id, its entry; None for a tombstone) of a dead-letter topic record, or why it is refused.
+
+    The topic is compacted and keyed by job id, so a record whose key is not UTF-8, whose value
+    is not a dead-letter record, or whose entry is about another job than its key says nothing
+    usable about that key: the reader drops the key's earlier entry and lists the rest.
+    """
+    try:
+        job_id = key.decode()
+    except UnicodeDecodeError as error:
+        return RefusedDeadLetter("key not UTF-8", str(error))
+    if not value:
+        return job_id, None
+    try:
+        entry = DeadLetterRecord.decode(value)
+    except ValidationError as error:
+        return RefusedDeadLetter("not a dead-letter record", str(error), job_id)
+    if entry.job_id != job_id:
+        return RefusedDeadLetter("key does not match", f"the entry is about job {entry.job_id!r}", job_id)
+    return job_id, entry
 
 
 def capability_route(queue: str, capabilities: tuple[str, ...] | list[str]) -> str:

@@ -258,3 +258,19 @@ def test_ready_topic_of_any_valid_options_is_a_legal_kafka_topic_name() -> None:
     names = TopicNames("eventjobs", load_specs(ROOT / "topics"))
     topic = names.ready(capability_route(options.queue, options.capabilities), Priority.CRITICAL.value)
     assert KAFKA_TOPIC.fullmatch(topic), f"{len(topic)} characters: {topic[:60]}..."
+
+
+def test_a_dead_letter_record_is_admitted_under_its_own_key_and_refused_otherwise() -> None:
+    from eventjobs.core.records import RefusedDeadLetter, admit_dead_letter
+
+    entry = DeadLetterRecord(job_id="j1", name="n", queue="q", reason="r", error_type="E", message="m",
+                             traceback="", attempts=1, dead_letter_event_id="e", dead_lettered_at=datetime(2025, 1, 1,
+                                                                                                    tzinfo=timezone.utc))
+    assert admit_dead_letter(b"j1", entry.encode()) == ("j1", entry)
+    assert admit_dead_letter(b"j1", None) == ("j1", None)  # a tombstone: the entry is gone
+X
+        b"\xff", entry.encode()).reason)  # type: ignore[union-attr]
+    refused = admit_dead_letter(b"j1", b"not json")
+    assert isinstance(refused, RefusedDeadLetter) and (refused.kind, refused.job_id) == ("not a dead-letter record", "j1")
+    other = admit_dead_letter(b"j2", entry.encode())
+    assert other == RefusedDeadLetter("key does not match", "the entry is about job 'j1'", "j2")
