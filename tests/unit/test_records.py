@@ -268,8 +268,8 @@ def test_a_dead_letter_record_is_admitted_under_its_own_key_and_refused_otherwis
                                                                                                     tzinfo=timezone.utc))
     assert admit_dead_letter(b"j1", entry.encode()) == ("j1", entry)
     assert admit_dead_letter(b"j1", None) == ("j1", None)  # a tombstone: the entry is gone
-X
-        b"\xff", entry.encode()).reason)  # type: ignore[union-attr]
+    not_utf8 = admit_dead_letter(b"\xff", entry.encode())
+    assert isinstance(not_utf8, RefusedDeadLetter) and (not_utf8.kind, not_utf8.job_id) == ("key not UTF-8", None)
     refused = admit_dead_letter(b"j1", b"not json")
     assert isinstance(refused, RefusedDeadLetter) and (refused.kind, refused.job_id) == ("not a dead-letter record", "j1")
     other = admit_dead_letter(b"j2", entry.encode())
