@@ -1,22 +1,26 @@
 """eventjobs: event-sourced background jobs over Apache Kafka.
 
-    from eventjobs import App, JobContext, Retry, Cancel
+    from eventjobs import App, JobContext, Retry, Cancel, Snooze
 """
 
-from eventjobs.app import App, InvalidJobArguments, NotInDeadLetters, PayloadTooLarge
-from eventjobs.context import JobContext
+from eventjobs.app import App, Batch, InvalidJobArguments, NotInDeadLetters, PayloadTooLarge, UnknownDependency
+from eventjobs.context import JobContext, JobsNotCompleted
 from eventjobs.core.options import InvalidJobOptions
-from eventjobs.core.outcome import Cancel, Retry
+from eventjobs.core.outcome import Cancel, Retry, Snooze
 from eventjobs.registry import UnknownJob
 
 __all__ = [
     "App",
+    "Batch",
     "Cancel",
     "InvalidJobArguments",
     "InvalidJobOptions",
     "JobContext",
+    "JobsNotCompleted",
     "NotInDeadLetters",
     "PayloadTooLarge",
     "Retry",
+    "Snooze",
+    "UnknownDependency",
     "UnknownJob",
 ]

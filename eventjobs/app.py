@@ -11,28 +11,51 @@ import asyncio
 import os
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, NamedTuple, TypeVar
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from eventjobs.core.clock import Clock, SystemClock
 from eventjobs.core.codec import encode
-from eventjobs.core.limits import size_limits
+from eventjobs.core.limits import RECENT_ENQUEUES_KEPT, size_limits
 from eventjobs.core.commands import cancel_requested_event, dead_letter_retried_event, discarded_event
 from eventjobs.core.commands import enqueue as enqueued_event
 from eventjobs.core.events import EnqueuedEvent, JobEvent
 from eventjobs.core.options import InvalidJobOptions, JobOptions
-from eventjobs.core.state import JobState
+from eventjobs.core.state import JobState, StateDecodeError, decode_state
+from eventjobs.core.control import (
+    CANCELLABLE_STATUSES,
+    QueueStatus,
+    RefusedControlRecord,
+    WorkerStatus,
+    admit_queue_control,
+    admit_worker,
+    queue_control,
+    queue_of_route,
+    queue_statuses,
+    worker_presence,
+)
+from eventjobs.core.schedules import (
+    SCHEDULE_OPTIONS,
+    InvalidSchedule,
+    ScheduleDefinition,
+    ScheduleState,
+    ScheduleStatus,
+    declared_schedule_id,
+    define_schedule,
+    status_of,
+)
 from eventjobs.kafka.clients import job_partition, partitions_of, producer, read_to_end, topic_partition_count
 from eventjobs.core.records import DeadLetterRecord, RefusedDeadLetter, admit_dead_letter
 from eventjobs.registry import Handler, JobDefinition, UnknownJob, define
 from eventjobs.settings import Settings, load_settings
 from eventjobs.runtime.state_watch import StateWatcher
-from eventjobs.kafka.admin import KafkaUnavailable
+from eventjobs.kafka.admin import KafkaUnavailable, TopicLayoutError, ensure_single_topics, ready_routes
 from eventjobs.kafka.topics import TopicNames, load_specs
 
 T = TypeVar("T")
@@ -50,6 +73,25 @@ class NotInDeadLetters(LookupError):
     """A dead-letter action named a job that is not in the dead-letter queue."""
 
 
+class UnknownDependency(LookupError):
+    """`depends_on` named a job that this app did not enqueue recently and the changelog does not hold."""
+
+
+class Batch(NamedTuple):
+    """What `App.enqueue_batch` enqueued: the jobs, in the order given, and the callback (or None)."""
+
+    job_ids: list[str]
+    callback_id: str | None
+
+
+class ScheduleNotFound(LookupError):
+    """A schedule action named a schedule that does not exist (or was deleted)."""
+
+
+class UnknownQueue(LookupError):
+    """A queue action named a queue the app does not know; the message lists the known ones."""
+
+
 @dataclass(eq=False)
 class _LoopProducer:
     """The producer of one event loop, started and later stopped by its `owner` task on that loop."""
@@ -64,6 +106,12 @@ async def _run_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
         await coroutine
     else:
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
+
+
+async def _nothing() -> AsyncIterator[Any]:
+    """An empty stream of records (a topic without partitions has nothing to read)."""
+    return
+    yield
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
@@ -89,6 +137,7 @@ class App:
         self._watcher: StateWatcher | None = None
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
+        self._acknowledged: dict[str, None] = {}  # ids of recent acknowledged enqueues (depends_on checks them)
 
     @property
     def names(self) -> TopicNames:
@@ -101,13 +150,22 @@ class App:
         """Register a handler: `@app.job(queue="emails", max_attempts=5, timeout=30, priority="high")`.
 
         Options are validated here, so a typo fails at import time, not at the first enqueue.
+        `every="30s"` or `cron="0 * * * *"` (with `timezone=`, `catch_up=`) also declares a
+        periodic schedule `job:<name>` that `eventjobs processor --app` writes at start.
         """
+        schedule = {key: options.pop(key) for key in SCHEDULE_OPTIONS if key in options}
+        if schedule and "every" not in schedule and "cron" not in schedule:
+            raise InvalidSchedule(f"{', '.join(schedule)} given without every= or cron=")
 
         def register(handler: Handler) -> Handler:
             job_name = name or handler.__name__
             if job_name in self.jobs:
                 raise ValueError(f"job {job_name!r} is already registered in app {self.name!r}")
-            self.jobs[job_name] = define(job_name, handler, JobOptions(**options))
+            job_options = JobOptions(**options)
+            if schedule:
+                define_schedule(job_name, None, job_options, declared=True, now=self.clock.now(),
+                                schedule_id=declared_schedule_id(job_name), **schedule)
+            self.jobs[job_name] = define(job_name, handler, job_options, schedule=schedule or None)
             return handler
 
         return register
@@ -185,7 +243,8 @@ class App:
         await asyncio.gather(*pending)
 
     def build_enqueue(
-        self, name: str, args: dict[str, Any] | None = None, *, parent_job_id: str | None = None, **options: Any
+        self, name: str, args: dict[str, Any] | None = None, *, parent_job_id: str | None = None,
+        depends_on: list[str] | None = None, **options: Any
     ) -> EnqueuedEvent:
         """The validated `enqueued` event for a job (nothing is sent). Raises on any bad input."""
         definition = self.definition(name)
@@ -194,7 +253,8 @@ class App:
         merged = definition.options.merged(**options) if options else definition.options
         try:
             return enqueued_event(
-                name, args or {}, merged, now=self.clock.now(), actor=self.actor, parent_job_id=parent_job_id
+                name, args or {}, merged, now=self.clock.now(), actor=self.actor, parent_job_id=parent_job_id,
+                depends_on=depends_on,
             )
         except InvalidJobOptions:
             raise
@@ -214,8 +274,71 @@ class App:
         and the processor refuses to run the job again.
         """
         event = self.build_enqueue(name, args, **options)
+        if event.depends_on:
+            await self.check_dependencies(event.depends_on)
         await self.append([event])
+        self._acknowledge(event.job_id)
         return event.job_id
+
+    def _acknowledge(self, job_id: str) -> None:
+        """Remember an acknowledged enqueue (the last `RECENT_ENQUEUES_KEPT`), for `depends_on` checks."""
+        acknowledged = self._acknowledged
+        acknowledged[job_id] = None
+        if len(acknowledged) > RECENT_ENQUEUES_KEPT:
+            del acknowledged[next(iter(acknowledged))]
+
+    async def check_dependencies(self, job_ids: list[str]) -> None:
+        """Refuse `depends_on` naming a job that does not exist: one this app enqueued recently,
+        or one whose state the changelog holds (a job another process enqueued a moment ago may
+        not be there yet). The processor answers `missing` for any that slips through."""
+        for job_id in job_ids:
+            if job_id not in self._acknowledged and await self.state(job_id) is None:
+                raise UnknownDependency(
+                    f"depends_on names job {job_id!r}, which does not exist in app {self.name!r} (not enqueued by "
+                    f"this app recently, and no state in the changelog: never enqueued, not processed yet, or "
+                    f"forgotten after its retention); nothing was sent"
+                )
+
+    async def enqueue_batch(
+        self, items: list[tuple[Any, ...]], *, then: tuple[Any, ...] | None = None,
+    ) -> Batch:
+        """Enqueue many jobs in one produce round, and optionally a callback that runs once all ended.
+
+        `items` are `(name, args)` or `(name, args, {options})`; `then` is the callback the same way.
+        Everything is validated first: if anything is bad nothing is sent. The callback is enqueued
+        once the batch is acknowledged, with `depends_on` the batch and `on_dependency_failure="run"`:
+        it runs whatever became of them, and `ctx.dependencies` holds each one's status and result.
+        """
+        events = []
+        for item in items:
+            name, args, options = self._batch_item(item, "items")
+            events.append(self.build_enqueue(name, args, **options))
+        if not events:
+            raise InvalidJobArguments("enqueue_batch needs at least one job")
+        for event in events:
+            if event.depends_on:
+                await self.check_dependencies(event.depends_on)
+        callback = None
+        if then is not None:
+            name, args, options = self._batch_item(then, "then")
+            options = {**options, "on_dependency_failure": "run"}
+            callback = self.build_enqueue(name, args, depends_on=[e.job_id for e in events], **options)
+        await self.append(events)
+        for event in events:
+            self._acknowledge(event.job_id)
+        if callback is not None:
+            await self.append([callback])
+            self._acknowledge(callback.job_id)
+        return Batch([e.job_id for e in events], callback.job_id if callback is not None else None)
+
+    @staticmethod
+    def _batch_item(item: Any, where: str) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+        if not isinstance(item, (tuple, list)) or not 1 <= len(item) <= 3 or not isinstance(item[0], str):
+            raise InvalidJobArguments(f"{where}: expected (name, args) or (name, args, options), got {item!r}")
+        options = item[2] if len(item) == 3 else {}
+        if not isinstance(options, dict):
+            raise InvalidJobArguments(f"{where}: options must be a dict, got {type(options).__name__}")
+        return item[0], item[1] if len(item) > 1 else None, options
 
     def enqueue_sync(self, name: str, args: dict[str, Any] | None = None, **options: Any) -> str:
         """`enqueue` for scripts and sync web handlers (runs on a private event loop thread)."""
@@ -266,6 +389,133 @@ class App:
         """Ask to cancel: pending, scheduled and retrying jobs stop at once; a running one at its end."""
         await self.append([cancel_requested_event(job_id, reason, now=self.clock.now(), actor=self.actor)])
 
+    # -- periodic schedules ----------------------------------------------------------------
+    def build_schedule(self, name: str, args: dict[str, Any] | None = None, *, every: Any = None,
+                       cron: str | None = None, timezone: str = "UTC", catch_up: str = "one",
+                       schedule_id: str | None = None, declared: bool = False, now: datetime | None = None,
+                       **job_options: Any) -> ScheduleDefinition:
+        """The validated definition of a schedule of the registered job `name` (nothing is sent)."""
+        definition = self.definition(name)
+        if args is not None and not isinstance(args, dict):
+            raise InvalidJobArguments(f"args of job {name!r} must be a dict (JSON object), got {type(args).__name__}")
+        options = definition.options.merged(**job_options) if job_options else definition.options
+        if declared:
+            schedule_id = declared_schedule_id(name)
+        schedule = define_schedule(name, args, options, every=every, cron=cron, timezone=timezone, catch_up=catch_up,
+                                   schedule_id=schedule_id, declared=declared, now=now or self.clock.now())
+        self.build_enqueue(name, schedule.args, **job_options)  # the same checks as an enqueue of its job
+        return schedule
+
+    async def schedule(self, name: str, args: dict[str, Any] | None = None, *, every: Any = None,
+                       cron: str | None = None, timezone: str = "UTC", schedule_id: str | None = None,
+                       catch_up: str = "one", **job_options: Any) -> str:
+        """Create (or update) a periodic schedule of job `name`; returns its id.
+
+        `every="30s"` (ticks are multiples of the period since the Unix epoch, UTC) or
+        `cron="0 * * * *"` in `timezone`. Each tick enqueues one job with the idempotency key
+        `<schedule id>@<tick>`. `catch_up`: what fires for ticks missed while no processor ran:
+        "none", "one" (the latest, default) or "all" (up to 100). Without `schedule_id` the id is
+        `<name>:<digest of args and rule>`, so scheduling the same thing again changes nothing.
+        Updating a paused schedule keeps it paused.
+        """
+        from eventjobs.core.schedules import schedule_created_event, schedule_updated_event
+
+        definition = self.build_schedule(name, args, every=every, cron=cron, timezone=timezone, catch_up=catch_up,
+                                         schedule_id=schedule_id, **job_options)
+        current = await self._schedule_state(definition.schedule_id)
+        now = self.clock.now()
+        if current is None or not current.live:
+            await self.append_schedule_records([schedule_created_event(definition, current, now=now, actor=self.actor)])
+        elif current.definition is not None and current.definition.plan() != definition.plan():
+            await self.append_schedule_records([schedule_updated_event(definition, current, now=now, actor=self.actor)])
+        return definition.schedule_id
+
+    async def unschedule(self, schedule_id: str, reason: str = "deleted by request") -> None:
+        """Delete a schedule: no tick fires after this (a job already enqueued still runs)."""
+        from eventjobs.core.schedules import schedule_deleted_event
+
+        current = await self._live_schedule(schedule_id)
+        await self.append_schedule_records([schedule_deleted_event(current, reason, now=self.clock.now(), actor=self.actor)])
+
+    async def pause_schedule(self, schedule_id: str) -> bool:
+        """Pause a schedule (False: it was paused already). Ticks while paused never fire."""
+        from eventjobs.core.schedules import schedule_paused_event
+
+        current = await self._live_schedule(schedule_id)
+        if current.definition is not None and current.definition.paused:
+            return False
+        await self.append_schedule_records([schedule_paused_event(current, now=self.clock.now(), actor=self.actor)])
+        return True
+
+    async def resume_schedule(self, schedule_id: str) -> bool:
+        """Resume a paused schedule from now on (False: it was not paused)."""
+        from eventjobs.core.schedules import schedule_resumed_event
+
+        current = await self._live_schedule(schedule_id)
+        if current.definition is not None and not current.definition.paused:
+            return False
+        await self.append_schedule_records([schedule_resumed_event(current, now=self.clock.now(), actor=self.actor)])
+        return True
+
+    async def trigger_schedule(self, schedule_id: str) -> str:
+        """Enqueue the schedule's job now, outside its ticks (paused or not); returns the job id."""
+        from eventjobs.core.schedules import schedule_triggered_event, tick_job
+
+        current = await self._live_schedule(schedule_id)
+        assert current.definition is not None
+        now = self.clock.now()
+        job = tick_job(current.definition, now, now=now, manual=True)
+        await self.append([job])
+        await self.append_schedule_records([schedule_triggered_event(schedule_id, now, job.job_id, now=now,
+                                                                     actor=self.actor)])
+        return job.job_id
+
+    async def schedules(self) -> list[ScheduleStatus]:
+        """Every schedule that is not deleted, with its last and next tick, by id."""
+        from eventjobs.runtime.schedules import read_schedule_states
+
+        states, bad = await read_schedule_states(self.settings, self.names)
+        self.skipped_schedule_records = bad.total
+        now = self.clock.now()
+        shown = [status_of(state, now) for state in states.values()]
+        return sorted((s for s in shown if s is not None), key=lambda s: s.schedule_id)
+
+    skipped_schedule_records = 0  # records the last `schedules()` call skipped because they could not be used
+
+    async def _schedule_state(self, schedule_id: str) -> ScheduleState | None:
+        from eventjobs.runtime.schedules import read_schedule_states
+
+        states, _ = await read_schedule_states(self.settings, self.names, schedule_id=schedule_id)
+        return states.get(schedule_id)
+
+    async def _live_schedule(self, schedule_id: str) -> ScheduleState:
+        state = await self._schedule_state(schedule_id)
+        if state is None or not state.live:
+            raise ScheduleNotFound(f"no schedule {schedule_id!r} in namespace {self.settings.namespace!r} "
+                                   f"(see `eventjobs schedules list`)")
+        return state
+
+    async def _schedules_topic(self) -> str:
+        """The schedules topic, created if this namespace's topics were applied before it existed."""
+        if not self._schedules_topic_checked:
+            await ensure_single_topics(self.settings, ["schedules"])
+            self._schedules_topic_checked = True
+        return self.names.schedules
+
+    _schedules_topic_checked = False
+
+    async def append_schedule_records(self, events: list[Any]) -> None:
+        """Append schedule events (built by `eventjobs.core.schedules`) to the schedules topic, each under
+        its record key on its schedule's partition; returns once the broker acknowledged every one."""
+        from eventjobs.core.schedules import encode_schedule_event, record_key
+
+        topic = await self._schedules_topic()
+        sender = await self._producer()
+        count = await topic_partition_count(sender, topic)
+        pending = [await sender.send(topic, encode_schedule_event(event), key=record_key(event).encode(),
+                                     partition=job_partition(event.schedule_id, count)) for event in events]
+        await asyncio.gather(*pending)
+
     skipped_dead_letters = 0  # entries the last `dead_letters()` call skipped because they could not be used
 
     async def dead_letters(self) -> list[DeadLetterRecord]:
@@ -279,7 +529,8 @@ class App:
 
         bad = BadRecords("eventjobs.app", f"app {self.name!r} (dead letters)")
         entries: dict[str, DeadLetterRecord | None] = {}
-        async for record in read_to_end(self.settings, await partitions_of(self.settings, self.names.dead_letters)):
+        partitions = await self._operator_partitions(self.names.dead_letters)
+        async for record in read_to_end(self.settings, partitions) if partitions else _nothing():
             if record.key is None:
                 continue
             admitted = admit_dead_letter(record.key, record.value)
@@ -311,6 +562,118 @@ class App:
         entry = await self._dead_letter(job_id)
         await self.append([self._operator_action(discarded_event, entry, reason)])
         return entry
+
+    # -- operators: workers, queues, bulk actions ------------------------------------------
+    skipped_control_records = 0  # records of a control topic the last `workers()` / `queues()` call skipped
+
+    async def _read_control(self, topic: str, admit: Callable[[bytes | None, bytes | None], Any]) -> dict[str, Any]:
+        """The latest usable record per key of a compacted control topic (empty if it does not exist)."""
+        from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+
+        bad = BadRecords("eventjobs.app", f"app {self.name!r} ({topic})")
+        latest: dict[str, Any] = {}
+        partitions = await self._operator_partitions(topic)
+        async for record in read_to_end(self.settings, partitions) if partitions else _nothing():
+            admitted = admit(record.key, record.value)
+            if isinstance(admitted, RefusedControlRecord):
+                bad.report(admitted.kind, f"{origin(record)} ({describe_key(record.key)})", admitted.reason)
+                continue
+            key, value = admitted
+            if value is None:
+                latest.pop(key, None)
+            else:
+                latest[key] = value
+        self.skipped_control_records = bad.total
+        return latest
+
+    async def _operator_partitions(self, topic: str) -> list[TopicPartition]:
+        """The partitions of a topic an operator command reads. A namespace without an event log is a
+        mistake (a mistyped --namespace) and raises; a missing control topic of an older namespace
+        reads as empty (the first worker creates it)."""
+        partitions = await partitions_of(self.settings, topic)
+        if not partitions and not await partitions_of(self.settings, self.names.events):
+            raise TopicLayoutError(
+                f"namespace {self.settings.namespace!r} has no topics ({self.names.events} does not exist); check "
+                f"--namespace / EVENTJOBS_NAMESPACE, or create them with "
+                f"`eventjobs topics apply --namespace {self.settings.namespace}`")
+        return partitions
+
+    async def workers(self) -> list[WorkerStatus]:
+        """Every worker on the registry (`<ns>.workers`) with its presence: alive, stopped or gone."""
+        now = self.clock.now()
+        announcements = await self._read_control(self.names.workers, admit_worker)
+        return sorted(
+            (WorkerStatus(**a.model_dump(), presence=worker_presence(a, now)) for a in announcements.values()),
+            key=lambda w: (w.presence != "alive", w.worker_id),
+        )
+
+    async def queues(self) -> list[QueueStatus]:
+        """Every queue of the app's jobs, of its ready topics on the cluster and of the control topic,
+        with whether it is paused and its last change."""
+        known = {d.options.queue for d in self.jobs.values()}
+        known |= {queue_of_route(route) for route in await ready_routes(self.settings)}
+        return queue_statuses(known, await self._read_control(self.names.queue_control, admit_queue_control))
+
+    async def pause_queue(self, queue: str, reason: str = "paused by operator") -> None:
+        """Workers stop taking jobs of `queue` within about a second, until it is resumed (restarts included)."""
+        await self._control_queue(queue, paused=True, reason=reason)
+
+    async def resume_queue(self, queue: str, reason: str = "resumed by operator") -> None:
+        """Workers take jobs of `queue` again within about a second."""
+        await self._control_queue(queue, paused=False, reason=reason)
+
+    async def _control_queue(self, queue: str, *, paused: bool, reason: str) -> None:
+        known = [status.queue for status in await self.queues()]
+        if queue not in known:
+            raise UnknownQueue(
+                f"queue {queue!r} is not known in namespace {self.settings.namespace!r}; known queues: "
+                f"{', '.join(known) or 'none'} (the app's job queues, queues with ready topics, queues paused before)"
+            )
+        record = queue_control(queue, paused=paused, reason=reason, now=self.clock.now(), actor=self.actor)
+        await ensure_single_topics(self.settings, ["queue-control"])
+        sender = await self._producer()
+        await (await sender.send(self.names.queue_control, record.encode(), key=queue.encode()))
+
+    async def find_jobs(
+        self, *, name: str | None = None, queue: str | None = None, statuses: frozenset[str] | None = None,
+    ) -> list[JobState]:
+        """Jobs whose current state (the job-state changelog, read to its end) matches every filter
+        given; `statuses` defaults to the ones a cancel stops at once (`core.control.CANCELLABLE_STATUSES`)."""
+        from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+
+        wanted = CANCELLABLE_STATUSES if statuses is None else statuses
+        bad = BadRecords("eventjobs.app", f"app {self.name!r} (job states)")
+        found: dict[bytes, JobState] = {}
+        partitions = await self._operator_partitions(self.names.job_state)
+        async for record in read_to_end(self.settings, partitions) if partitions else _nothing():
+            if record.key is None:
+                continue
+            if record.value is None:
+                found.pop(record.key, None)
+                continue
+            try:
+                state = decode_state(record.value)
+            except StateDecodeError as error:
+                found.pop(record.key, None)
+                bad.report("undecodable state", f"{origin(record)} ({describe_key(record.key)})", str(error))
+                continue
+            if state.status.value in wanted and name in (None, state.name) and queue in (None, state.queue):
+                found[record.key] = state
+            else:
+                found.pop(record.key, None)
+        return sorted(found.values(), key=lambda s: (s.enqueued_at, s.job_id))
+
+    async def cancel_jobs(self, job_ids: list[str], reason: str = "cancelled by operator") -> int:
+        """Ask to cancel each job (as `cancel` does); returns how many cancel requests were written."""
+        now = self.clock.now()
+        await self.append([cancel_requested_event(job_id, reason, now=now, actor=self.actor) for job_id in job_ids])
+        return len(job_ids)
+
+    async def discard_all_dead_letters(self, name: str | None = None, reason: str = "discarded by operator") -> list[str]:
+        """Discard every dead-lettered job (of job name `name`); returns their ids."""
+        entries = [e for e in await self.dead_letters() if name is None or e.name == name]
+        await self.append([self._operator_action(discarded_event, e, reason) for e in entries])
+        return [e.job_id for e in entries]
 
     async def _dead_letter(self, job_id: str) -> DeadLetterRecord:
         for entry in await self.dead_letters():

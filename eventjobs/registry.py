@@ -8,7 +8,7 @@ registered handler or fail as unknown.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +33,10 @@ class JobDefinition:
     options: JobOptions
     is_async: bool
     takes_context: bool
+    schedule: Mapping[str, Any] | None = None  # `every`/`cron`, `timezone`, `catch_up` declared on `@app.job`
 
 
-def define(name: str, handler: Handler, options: JobOptions) -> JobDefinition:
+def define(name: str, handler: Handler, options: JobOptions, schedule: Mapping[str, Any] | None = None) -> JobDefinition:
     """Check the handler's shape once, at registration, so a wrong signature fails at import."""
     if not callable(handler):
         raise TypeError(f"job {name!r}: handler must be callable, got {type(handler).__name__}")
@@ -58,4 +59,5 @@ def define(name: str, handler: Handler, options: JobOptions) -> JobDefinition:
         is_async=inspect.iscoroutinefunction(handler)
         or inspect.iscoroutinefunction(getattr(handler, "__call__", None)),
         takes_context=len(parameters) == 2,
+        schedule=schedule,
     )

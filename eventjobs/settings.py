@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventjobs.core.durations import parse_duration
 from eventjobs.core.effects import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S
+from eventjobs.core.control import WORKER_HEARTBEAT_S
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_WAIT_CACHE_JOBS = 50_000  # job states `App.wait` keeps in memory, about 1-2 KB each
@@ -56,6 +57,11 @@ class Settings(BaseSettings):
         description="Latest job states `App.wait` keeps in memory; older ones are looked up in the changelog.",
     )
 
+    worker_heartbeat_s: float = Field(
+        WORKER_HEARTBEAT_S, gt=0, validation_alias=AliasChoices("EVENTJOBS_WORKER_HEARTBEAT", "worker_heartbeat_s"),
+        description="How often a worker announces itself on the worker registry; it counts as gone after 3 missed.",
+    )
+
     retain_completed_s: float = Field(
         DEFAULT_RETAIN_COMPLETED_S, gt=0, validation_alias=AliasChoices("EVENTJOBS_RETAIN_COMPLETED", "retain_completed_s"),
         description="How long the processor keeps a completed, cancelled or discarded job (and its idempotency key).",
@@ -66,7 +72,7 @@ class Settings(BaseSettings):
         description="How long a dead-lettered job waits for a retry before it is discarded (a job option overrides it).",
     )
 
-    @field_validator("retain_completed_s", "dead_letter_retention_s", mode="before")
+    @field_validator("retain_completed_s", "dead_letter_retention_s", "worker_heartbeat_s", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         """'24h', '7d', '90s' or a number of seconds."""
@@ -85,6 +91,12 @@ class Settings(BaseSettings):
 
     clickhouse_url: SecretStr | None = None
     state_dir: Path = Path(".eventjobs")
+
+    dashboard_host: str = Field("127.0.0.1", description="Address `eventjobs dashboard` binds (`--host`).")
+    dashboard_port: int = Field(8080, ge=0, le=65535, description="Port of `eventjobs dashboard` (`--port`).")
+    dashboard_token: SecretStr | None = Field(
+        None, description="When set, every dashboard request must carry this token (`--token`); never printed.",
+    )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -56,7 +56,10 @@ def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
         services.wait_until_responsive(timeout=120.0, pause=1.0, check=lambda: broker_answers(bootstrap))
         yield bootstrap
         return
-    broker = LocalKafka(home=tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port())
+    # 1 GiB of heap: the whole suite creates a few thousand partitions (one namespace per test) on
+    # this one broker, and 512 MiB was seen running out under a long run of many namespaces
+    broker = LocalKafka(home=tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port(),
+                        heap="1g")
     broker.up()
     try:
         yield broker.bootstrap

@@ -85,8 +85,20 @@ def dev_logs(
 def demo(
     home: HomeOption = Path(".eventjobs/kafka"),
     port: PortOption = 9092,
+    serve: Annotated[bool, typer.Option("--serve", help="Afterwards keep Kafka, the processor, the worker and the "
+                                        "dashboard running until Ctrl-C, then stop everything this run started.")]
+    = False,
+    dashboard_port: Annotated[int, typer.Option(help="Port of the dashboard with --serve.")] = 8080,
+    bootstrap: Annotated[Optional[str], typer.Option(
+        help="Use the Kafka broker at host:port instead of starting the local one.")] = None,
+    namespace: Annotated[str, typer.Option(help="Topic namespace of the demo's jobs.")] = "demo",
 ) -> None:
     """Run the whole system: local Kafka, processor, worker, real jobs (some failing), ClickHouse results."""
-    from eventjobs.dev.demo_runner import run_demo
+    from eventjobs.dev.demo_runner import DemoServeError, run_demo
 
-    run_demo(home, port, out)
+    try:
+        run_demo(home, port, out, serve_port=dashboard_port if serve else None, bootstrap=bootstrap,
+                 namespace=namespace)
+    except DemoServeError as error:
+        err.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None

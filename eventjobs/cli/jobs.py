@@ -23,11 +23,25 @@ from eventjobs.cli.options import (
     run_with_app,
     settings_of,
 )
-from eventjobs.cli.output import err, format_seconds, format_time, freshness, out, print_json, show_read_side
+from eventjobs.cli.output import (
+    err,
+    format_seconds,
+    format_time,
+    freshness,
+    kafka_failure_in_one_line,
+    out,
+    preview_bulk,
+    print_json,
+    rerun_with_yes,
+    show_read_side,
+    usage_error,
+)
+from eventjobs.app import App
 from eventjobs.clickhouse import open_backend
 from eventjobs.readside import queries as query
 
-jobs_app = typer.Typer(help="Jobs as the read side (ClickHouse) sees them.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs as the read side (ClickHouse) sees them; cancel them in bulk.",
+                       no_args_is_help=True)
 
 
 def enqueue(
@@ -39,6 +53,8 @@ def enqueue(
     idempotency_key: Annotated[Optional[str], typer.Option(help="Enqueue at most once per key.")] = None,
     priority: Annotated[Optional[str], typer.Option(help="critical, high, normal or low.")] = None,
     queue: Annotated[Optional[str], typer.Option(help="Override the job's queue.")] = None,
+    depends_on: Annotated[Optional[str], typer.Option(
+        "--depends-on", help="Comma-separated job ids that must end first (the job waits until then).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Validate and enqueue one job; prints its id once the broker acknowledged it."""
@@ -61,9 +77,17 @@ def enqueue(
         options["priority"] = priority
     if queue is not None:
         options["queue"] = queue
+    if depends_on:
+        options["depends_on"] = [job_id.strip() for job_id in depends_on.split(",") if job_id.strip()]
     target = load_app(app)
     event = target.build_enqueue(name, parsed, **options)  # validates before anything is sent
-    run_with_app(lambda a: a.append([event]), target)
+
+    async def send(a: App) -> None:
+        if event.depends_on:  # each must exist (UnknownDependency: exit code 1, nothing sent)
+            await a.check_dependencies(event.depends_on)
+        await a.append([event])
+
+    run_with_app(send, target)
     if as_json:
         out.print_json(json.dumps({"job_id": event.job_id, "name": name, "queue": event.queue,
                                    "run_at": event.run_at.isoformat() if event.run_at else None}))
@@ -112,6 +136,19 @@ def jobs_show(job_id: str, namespace: NamespaceOption = None, as_json: JsonOptio
     show_read_side(namespace, lambda backend: query.show_job(backend, job_id), as_json, "job", _print_job)
 
 
+def _print_links(depends_on: list[str], waiting_for: list[str], dependents: list[str], parent: str,
+                 children: list[str]) -> None:
+    """A job's ties to other jobs, one line each (nothing for a job that has none)."""
+    for label, ids in (("depends on", depends_on), ("waiting for", waiting_for), ("waited on by", dependents)):
+        if ids:
+            out.print(f"{label:12} {', '.join(ids)}", markup=False)
+    if parent:
+        out.print(f"{'parent':12} {parent}", markup=False)
+    if children:
+        more = " (first 1,000)" if len(children) >= query.MAX_CHILDREN_LISTED else ""
+        out.print(f"{'children':12} {len(children)}{more}: {', '.join(children)}", markup=False)
+
+
 def _print_job(job: query.JobDetail) -> None:
     out.print(f"[bold]{job.job_id}[/] {job.name} on queue {job.queue}: [bold]{job.status}[/]")
     out.print(f"attempts started {job.attempts_started}, current attempt {job.attempt}, budget {job.max_attempts}")
@@ -122,6 +159,9 @@ def _print_job(job: query.JobDetail) -> None:
     out.print(f"args      {json.dumps(job.args)}", markup=False)
     if job.reason:
         out.print(f"reason    {job.reason}", markup=False)
+    _print_links(job.depends_on, job.waiting_for, job.dependents, job.parent_job_id, job.children)
+    if job.snoozes:
+        out.print(f"snoozed   {job.snoozes} time(s)")
     if job.result is not None:
         out.print(f"result    {json.dumps(job.result)}", markup=False)
     if job.error_type:
@@ -135,10 +175,13 @@ def history(job_id: str, namespace: NamespaceOption = None, as_json: JsonOption 
     settings = settings_of(namespace)
     with closing(open_backend(settings)) as backend:
         entries = query.job_history(backend, job_id)
+        links = query.job_links(backend, job_id)
         fresh = freshness(settings, backend)
     if as_json:
-        print_json({"job_id": job_id, "events": entries, "freshness": fresh.as_json()})
+        print_json({"job_id": job_id, "events": entries, "links": links, "freshness": fresh.as_json()})
         return
+    if links is not None:
+        _print_links(links.depends_on, links.waiting_for, links.dependents, links.parent_job_id, links.children)
     table = Table("time (UTC)", "+since prev", "event", "attempt", "actor", "outcome", "state after")
     for e in entries:
         outcome = e.outcome if not e.reject_reason else f"{e.outcome}: {e.reject_reason}"
@@ -171,3 +214,37 @@ def stats(
 
     show_read_side(namespace, lambda backend: query.job_stats(
         backend, queue=queue, since=started_after, by=by), as_json, "stats", render)  # type: ignore[arg-type]
+
+
+YesOption = Annotated[bool, typer.Option("--yes", help="Do it; without --yes only show what would be done.")]
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    name: Annotated[Optional[str], typer.Option(help="Cancel jobs of this job name.")] = None,
+    queue: Annotated[Optional[str], typer.Option(help="Cancel jobs of this queue.")] = None,
+    yes: YesOption = False,
+    reason: Annotated[str, typer.Option(help="Why (kept in each job's cancel event).")] = "cancelled by operator",
+    app: OptionalAppOption = None,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel every job not started yet (pending, scheduled, retrying) of a job name and/or queue.
+
+    Without --yes: prints how many jobs would be cancelled and a few ids, and changes nothing."""
+    if name is None and queue is None:
+        raise usage_error("say which jobs to cancel: --name NAME and/or --queue QUEUE (both: jobs matching both)")
+    target = app_or_namespace(app, namespace)
+
+    async def run(a: App) -> tuple[list[str], int]:
+        ids = [state.job_id for state in await a.find_jobs(name=name, queue=queue)]
+        return ids, (await a.cancel_jobs(ids, reason) if yes else 0)
+
+    with kafka_failure_in_one_line():
+        ids, cancelled = run_with_app(run, target)
+    if as_json:
+        out.print_json(json.dumps({"matched": len(ids), "cancelled": cancelled, "job_ids": ids, "confirmed": yes}))
+    elif yes:
+        out.print(f"cancel requested for {cancelled} job(s)")
+    else:
+        preview_bulk("cancel", ids, rerun_with_yes())

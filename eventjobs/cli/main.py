@@ -13,12 +13,14 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from eventjobs.app import InvalidJobArguments, NotInDeadLetters, PayloadTooLarge
-from eventjobs.cli import config, deadletters, dev, jobs, projections, replay, services, topics
+from eventjobs.app import InvalidJobArguments, NotInDeadLetters, PayloadTooLarge, UnknownDependency, UnknownQueue
+from eventjobs.cli import config, dashboard, deadletters, dev, jobs, projections, replay, services, topics
+from eventjobs.cli import queues, schedules, workers
 from eventjobs.cli.options import AppLoadError
 from eventjobs.cli.output import err
 from eventjobs.clickhouse.errors import ClickHouseError
 from eventjobs.core.options import InvalidJobOptions
+from eventjobs.core.schedules import InvalidSchedule
 from eventjobs.dev.broker import DevStackError
 from eventjobs.kafka.admin import KafkaUnavailable, TopicLayoutError
 from eventjobs.kafka.topics import TopicSpecError
@@ -40,18 +42,22 @@ app.command("history")(jobs.history)
 app.command("stats")(jobs.stats)
 app.command("dead-letters")(deadletters.dead_letters)
 app.command("demo")(dev.demo)
+app.command("dashboard")(dashboard.dashboard)
 app.add_typer(dev.dev_app, name="dev")
 app.add_typer(topics.topics_app, name="topics")
 app.add_typer(deadletters.dlq_app, name="dlq")
 app.add_typer(projections.projections_app, name="projections")
 app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(config.config_app, name="config")
+app.add_typer(schedules.schedules_app, name="schedules")
+app.command("workers")(workers.workers)
+app.add_typer(queues.queues_app, name="queues")
 
 # Errors the user can act on: printed as one clear message, no traceback, exit code 1.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DevStackError, KafkaUnavailable, TopicSpecError, TopicLayoutError, ValidationError, AppLoadError, UnknownJob,
     InvalidJobOptions, InvalidJobArguments, PayloadTooLarge, NotInDeadLetters, ProcessorFenced, ProcessorRunning,
-    ClickHouseError, ProjectorError,
+    ClickHouseError, ProjectorError, UnknownQueue, InvalidSchedule, UnknownDependency,
 )
 
 
@@ -63,6 +69,22 @@ def _configure_logging() -> None:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
+_SECRET_FIELDS = ("password", "secret", "token", "url", "key")  # their values are never echoed
+
+
+def _one_line(error: BaseException) -> str:
+    """A pydantic error (settings from options or the environment) as one line naming each field,
+    with the value given, except for fields that may hold credentials."""
+    if not isinstance(error, ValidationError):
+        return str(error)
+    problems = []
+    for issue in error.errors(include_url=False):
+        where = ".".join(str(p) for p in issue["loc"]) or "(root)"
+        secret = any(word in where.lower() for word in _SECRET_FIELDS)
+        problems.append(f"{where}: {issue['msg']}" + ("" if secret else f" (got {issue['input']!r})"))
+    return f"invalid {error.title}: " + "; ".join(problems)
+
+
 def main() -> None:
     _configure_logging()
     try:
@@ -70,7 +92,7 @@ def main() -> None:
         # click returns the code of a `typer.Exit` instead of raising it in this mode
         sys.exit(result if isinstance(result, int) else 0)
     except USER_ERRORS as error:
-        err.print(f"[red]error:[/] {error}", highlight=False)
+        err.print(f"[red]error:[/] {_one_line(error)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as done:
         sys.exit(done.exit_code)

@@ -84,7 +84,7 @@ def kafka_failure_in_one_line() -> Iterator[None]:
         yield
     except KafkaError as error:
         err.print(f"[red]error:[/] Kafka at {_bootstrap_hint()} failed: {error!r}; check KAFKA_BOOTSTRAP_SERVERS "
-                  f"and that the broker runs", highlight=False)
+                  f"and that the broker runs", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -93,3 +93,29 @@ def _bootstrap_hint() -> str:
         return load_settings().kafka_bootstrap
     except Exception:
         return "the configured bootstrap servers"
+
+
+PREVIEW_IDS = 5  # job ids a bulk action's preview shows
+
+
+def preview_bulk(action: str, ids: list[str], confirm: str) -> None:
+    """What a bulk action run without --yes prints: how many jobs it would touch and a few of their
+    ids; nothing is changed (exit code 0), and `confirm` says how to run it for real."""
+    shown = ", ".join(ids[:PREVIEW_IDS]) + (f", ... ({len(ids) - PREVIEW_IDS} more)" if len(ids) > PREVIEW_IDS else "")
+    out.print(f"would {action} {len(ids)} job(s){': ' + shown if ids else ''}", highlight=False)
+    if ids:
+        out.print(f"nothing changed; to {action} them, run again with --yes: {confirm}", highlight=False)
+
+
+def rerun_with_yes() -> str:
+    """This command line with --yes added, to show how to confirm a bulk action."""
+    import shlex
+    import sys
+
+    return shlex.join(["eventjobs", *sys.argv[1:], "--yes"])
+
+
+def usage_error(message: str) -> typer.Exit:
+    """A wrong combination of options: one line on stderr, exit code 2 (as click's usage errors)."""
+    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)

@@ -79,9 +79,11 @@ def processor(
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,
 ) -> None:
-    """Run the lifecycle processor and the timer service (start several for more throughput)."""
+    """Run the lifecycle processor, the timer service and the schedule service (start several for more
+    throughput). With --app, the schedules declared on its jobs are written at start."""
     from eventjobs.readside.service import run_projector
     from eventjobs.runtime.processor import run_processor
+    from eventjobs.runtime.schedules import ScheduleService
 
     _log_service_progress()
     target = app_or_namespace(app, namespace)
@@ -97,7 +99,8 @@ def processor(
     with _metrics(settings, metrics_port, metrics_host) as metrics:
         async def services(stop: asyncio.Event) -> None:
             projector = {"projector": run_projector(settings, stop, metrics=metrics)} if project else {}
-            await run_processor(settings, stop, with_services=projector, max_batch=max_batch,
+            schedules = {"schedule service": ScheduleService(settings, app=target if app else None).run(stop)}
+            await run_processor(settings, stop, with_services={**schedules, **projector}, max_batch=max_batch,
                                 commit_interval_s=interval_s, metrics=metrics)
 
         run_until_signalled(services)

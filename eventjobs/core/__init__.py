@@ -11,6 +11,7 @@ from eventjobs.core.events import (
     DERIVED_TYPES,
     EVENT_TYPES,
     AttemptFailedEvent,
+    AttemptSnoozedEvent,
     AttemptStartedEvent,
     AttemptSucceededEvent,
     AttemptTimedOutEvent,
@@ -20,6 +21,8 @@ from eventjobs.core.events import (
     CompletedEvent,
     DeadLetteredEvent,
     DeadLetterRetriedEvent,
+    DependencyRequestedEvent,
+    DependencyResolvedEvent,
     DiscardedEvent,
     RetentionPassedEvent,
     DueEvent,
@@ -50,7 +53,7 @@ from eventjobs.core.options import (
     Priority,
     backoff_delay_s,
 )
-from eventjobs.core.outcome import Cancel, Retry, WorkerFailure, outcome_event, worker_failure_event
+from eventjobs.core.outcome import Cancel, Retry, Snooze, WorkerFailure, outcome_event, worker_failure_event
 from eventjobs.core.state import (
     TERMINAL_STATUSES,
     TRANSITIONS,
@@ -69,6 +72,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "TRANSITIONS",
     "AttemptFailedEvent",
+    "AttemptSnoozedEvent",
     "AttemptStartedEvent",
     "AttemptSucceededEvent",
     "AttemptTimedOutEvent",
@@ -83,6 +87,8 @@ __all__ = [
     "ConstantBackoff",
     "DeadLetterRetriedEvent",
     "DeadLetteredEvent",
+    "DependencyRequestedEvent",
+    "DependencyResolvedEvent",
     "Decision",
     "DiscardedEvent",
     "RetentionPassedEvent",
@@ -111,6 +117,7 @@ __all__ = [
     "ProgressEvent",
     "Retry",
     "RetryScheduledEvent",
+    "Snooze",
     "WorkerFailure",
     "ScheduledEvent",
     "StateDecodeError",

@@ -142,7 +142,7 @@ def _result_size(event: Any, size: int, limits: Any) -> JobEvent | str:
     if event.result is not None and size > limits.result_bytes:
         result = len(orjson.dumps(event.result))
         if result > limits.result_bytes:
-            return (f"attempt_succeeded result is {result:,} bytes, over the limit of {limits.result_bytes:,} "
+            return (f"{event.type} result is {result:,} bytes, over the limit of {limits.result_bytes:,} "
                     f"(max_event_bytes {limits.max_event_bytes:,}): its job's state could not be written")
     return event  # type: ignore[no-any-return]
 
@@ -165,6 +165,7 @@ def _text_sizes(event: Any, size: int, limits: Any) -> JobEvent | str:
 _SIZE_RULES = {
     "enqueued": _enqueued_size,
     "attempt_succeeded": _result_size,
+    "dependency_resolved": _result_size,
     "attempt_failed": _text_sizes,
     "cancel_requested": _text_sizes,
     "dead_letter_retried": _text_sizes,

@@ -18,7 +18,7 @@ The attempt's outcome events are built in ``eventjobs.core.outcome``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -40,7 +40,7 @@ from eventjobs.core.events import (
 )
 from eventjobs.core.ids import derived_event_id, job_id_for_key, new_event_id, new_job_id
 from eventjobs.core.limits import MAX_PROGRESS_MESSAGE_CHARS, MAX_REASON_BYTES, truncate_text
-from eventjobs.core.options import JobOptions
+from eventjobs.core.options import JobOptions, check_depends_on
 from eventjobs.core.records import parse_timer_key
 from eventjobs.core.state import JobState, JobStatus
 
@@ -106,11 +106,14 @@ def enqueue(
     parent_job_id: str | None = None,
     event_id: str | None = None,
     key_namespace: str | None = None,
+    depends_on: Sequence[str] | None = None,
 ) -> EnqueuedEvent:
     """An ``enqueued`` event for a new job.
 
     With an idempotency key the job id is ``job_id_for_key(key_namespace or name, key)``, so a
     second enqueue with the same key targets the same job and is refused by the processor.
+    ``depends_on``: jobs that must end first (``check_depends_on``: distinct ids, at most
+    ``MAX_DEPENDENCIES``, not the job itself); ``options.on_dependency_failure`` says what then.
     Raises ``InvalidJobOptions`` / pydantic ``ValidationError`` for bad options, name or args.
     """
     options = options or JobOptions()
@@ -118,6 +121,7 @@ def enqueue(
     key = options.resolve_idempotency_key(args)
     if job_id is None:
         job_id = job_id_for_key(key_namespace or name, key) if key is not None else new_job_id()
+    dependencies = check_depends_on(depends_on, job_id) if depends_on else None
     return EnqueuedEvent(
         event_id=event_id or new_event_id(),
         job_id=job_id,
@@ -131,6 +135,8 @@ def enqueue(
         priority=options.priority,
         idempotency_key=key,
         parent_job_id=parent_job_id,
+        depends_on=list(dependencies) if dependencies else None,
+        on_dependency_failure=options.on_dependency_failure if dependencies else None,
     )
 
 

@@ -27,6 +27,7 @@ from eventjobs.core.options import (
     LinearBackoff,
     NoBackoff,
 )
+from eventjobs.core.schedules import SCHEDULE_EVENT_TYPES, ScheduleDefinition
 from eventjobs.core.schemagen import JOB_ID_EXAMPLES, PARTITION_EXAMPLES, PARTITION_RULE, version_folder
 from eventjobs.core.state import TERMINAL_STATUSES, TRANSITIONS, JobStatus
 
@@ -125,10 +126,14 @@ def _default(value: Any) -> str:
 def _mermaid() -> list[str]:
     edges: dict[tuple[str, str], list[str]] = defaultdict(list)
     for row in TRANSITIONS:
+        if row.event == "dependency_requested":
+            continue  # accepted in every status without moving the job: a loop on each would hide the rest
         source = row.source.value if row.source is not None else "[*]"
         label = row.event
         if row.event == "enqueued":
             label = "enqueued (run_at later)" if row.target is JobStatus.SCHEDULED else "enqueued"
+            if row.target is JobStatus.WAITING:
+                label = "enqueued (depends_on)"
         target = row.target.value if row.target is not None else "[*]"
         if label not in edges[(source, target)]:
             edges[(source, target)].append(label)
@@ -310,7 +315,8 @@ def render_events_md() -> str:
         if status is JobStatus.DEAD_LETTERED:
             terminal = "until retried or discarded"
         out.append(f"| `{status.value}` | {terminal} | {status.description} |")
-    out += ["", "## State diagram", "", *_mermaid(), "", "## Transitions", ""]
+    out += ["", "## State diagram", "", "`dependency_requested` is accepted in every status without moving the job (see the table), "
+            "so the diagram leaves it out.", "", *_mermaid(), "", "## Transitions", ""]
     out += ["| from | event | to | when | derives |", "|---|---|---|---|---|"]
     for row in TRANSITIONS:
         source = f"`{row.source.value}`" if row.source is not None else "(new job)"
@@ -339,13 +345,44 @@ def render_events_md() -> str:
         "  `dead_lettered` event (a stale operator action);",
         "- a second `enqueued` for an existing job id with another `event_id` (same idempotency",
         "  key): rejected, and a `duplicate_rejected` event is derived;",
-        "- a derived-type event whose id is not the derivation of its `causation_id`.",
+        "- a derived-type event whose id is not the derivation of its `causation_id`;",
+        "- `dependency_resolved` for a job that does not wait (any more) for that dependency, or that",
+        "  answers another request than the job's own (`causation_id`, e.g. of an earlier job with",
+        "  the same id); `dependency_requested` for an unknown job is rejected too, and answered",
+        "  `missing` at once (a derived `dependency_resolved`), as is one over `MAX_DEPENDENTS` (`refused`).",
         "",
         "Applying an event that was already applied (same `event_id`, or the echo of a derived",
         "event) is a no-op reported as `duplicate`.",
         "",
     ]
+    out += _schedule_records()
     return "\n".join(out)
+
+
+def _schedule_records() -> list[str]:
+    """The records of the schedules topic (`eventjobs.core.schedules`), with their fields."""
+    out = [
+        "## Schedule records",
+        "",
+        "Periodic schedules live on their own compacted topic, `<namespace>.schedules`, not in the job",
+        "event log; a tick's job is an ordinary `enqueued` event (actor `schedule:<schedule id>`,",
+        "idempotency key `<schedule id>@<tick>`). Keys: the schedule id for the definition events",
+        "(each carries the whole `definition` after it), `<schedule id>@fired` and",
+        "`<schedule id>@triggered`; all of a schedule's records go to the partition",
+        "`(murmur2(utf8(schedule_id)) & 0x7fffffff) % partition_count`. `apply_schedule` merges them",
+        "(a definition by its `occurred_at` and `event_id`, a tick by being later), so their order and",
+        "repetition do not matter. JSON Schema: `schedule-record.json`.",
+        "",
+    ]
+    created = SCHEDULE_EVENT_TYPES["created"]
+    envelope = ("event_id", "schedule_id", "type", "occurred_at", "actor")
+    out += ["Every schedule record has `type` (one of those below) and:", "",
+            *_field_rows(created, tuple(name for name in envelope if name != "type")), ""]
+    for type_, model in SCHEDULE_EVENT_TYPES.items():
+        own = tuple(name for name in model.model_fields if name not in envelope)
+        out += [f"### `{type_}`", "", _md(model.__doc__ or ""), "", *_field_rows(model, own), ""]
+    out += ["Its `definition` (`ScheduleDefinition`):", "", *_field_rows(ScheduleDefinition), ""]
+    return out
 
 
 def main() -> None:

@@ -128,6 +128,7 @@ def ready_record(state: JobState, now: datetime, partition: int | None = None) -
         ready_at=now,
         parent_job_id=state.parent_job_id,
         partition=partition,
+        dependencies=state.workflow.dependencies or None if state.workflow is not None else None,
     )
 
 
@@ -201,7 +202,7 @@ def collect(
 
     if after.is_terminal and was is not None and was is not status:
         if was is JobStatus.SCHEDULED:
-            _cancel(effects, after.job_id, "run_at")
+            _cancel(effects, after.job_id, "run_at", before.attempt if before is not None else after.attempt)
         elif was is JobStatus.RETRYING:
             _cancel(effects, after.job_id, "retry", before.attempt if before is not None else after.attempt)
         if before is not None and before.expires_at is not None and was not in ACTIVE_STATUSES:

@@ -27,15 +27,18 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from eventjobs.core.clock import format_utc_ms, utc_ms
-from eventjobs.core.options import MAX_DELAY_S, QUEUE_NAME_RE, JobOptionsSpec, Priority
+from eventjobs.core.limits import MAX_DEPENDENCIES
+from eventjobs.core.options import MAX_DELAY_S, QUEUE_NAME_RE, DependencyFailure, JobOptionsSpec, Priority
 
 __all__ = [
     "CURRENT_SCHEMA_VERSION",
     "DERIVED_TYPES",
     "EVENT_ADAPTER",
     "EVENT_TYPES",
+    "LINKED_TYPES",
     "TIMESTAMP_PATTERN",
     "AttemptFailedEvent",
+    "AttemptSnoozedEvent",
     "AttemptStartedEvent",
     "AttemptSucceededEvent",
     "AttemptTimedOutEvent",
@@ -45,10 +48,13 @@ __all__ = [
     "CompletedEvent",
     "DeadLetterRetriedEvent",
     "DeadLetteredEvent",
+    "DependencyRequestedEvent",
+    "DependencyResolvedEvent",
     "DiscardedEvent",
     "RetentionPassedEvent",
     "DueEvent",
     "DuplicateRejectedEvent",
+    "DEPENDENCY_OUTCOMES",
     "EnqueuedEvent",
     "ExpiredEvent",
     "FailedEvent",
@@ -70,7 +76,7 @@ CURRENT_SCHEMA_VERSION = 1
 # --------------------------------------------------------------------------------------------
 
 #: The only timestamp form accepted on the wire: UTC, "Z", at most millisecond precision.
-TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,3})?Z$"
+TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,3})?Z$"  # [0-9], not \d: ASCII digits in Python and JSON Schema alike
 
 
 _fromisoformat = datetime.fromisoformat
@@ -244,6 +250,14 @@ class EnqueuedEvent(_Event):
         None, description="Deduplication key; the job id is derived from it."
     )
     parent_job_id: EventId | None = Field(None, description="The job that enqueued this one, if any.")
+    depends_on: Annotated[list[EventId], Field(min_length=1, max_length=MAX_DEPENDENCIES)] | None = Field(
+        None,
+        description="Jobs that must end first (distinct ids, not this job's own): the job waits (status waiting) until "
+        "each has an outcome, then runs if all completed (or with on_dependency_failure 'run'), else is cancelled.",
+    )
+    on_dependency_failure: DependencyFailure | None = Field(
+        None, description="With depends_on: 'cancel' (the default) or 'run' when a dependency does not complete."
+    )
 
 
 class ScheduledEvent(_Event):
@@ -471,6 +485,61 @@ class RetentionPassedEvent(_Event):
     due_at: UtcTimestamp = Field(description="When it passed (the timer's due time); later than the job's finished_at.")
 
 
+#: Writer of the events the processor derives for another job than the one whose event caused them
+#: (dependencies cross partitions): they change the other job's state, unlike ``DERIVED_TYPES``.
+LINKED_WRITER = "processor (for another job)"
+
+#: What a dependency's end looked like to its dependent: its terminal status, ``missing`` (no such
+#: job: never enqueued, or forgotten after its retention), or ``refused`` (it has too many dependents).
+DEPENDENCY_OUTCOMES = ("completed", "dead_lettered", "cancelled", "discarded", "missing", "refused")
+DependencyOutcomeName = Literal["completed", "dead_lettered", "cancelled", "discarded", "missing", "refused"]
+
+
+class DependencyRequestedEvent(_Event):
+    """A waiting job asks a job it depends on to tell it its outcome (keyed by the dependency).
+
+    Derived from the dependent's ``enqueued`` and written to the dependency's partition, whose
+    lane answers at once with ``dependency_resolved`` if the dependency has ended or does not
+    exist, or else records the dependent and answers when the dependency ends.
+    """
+
+    written_by: ClassVar[str] = LINKED_WRITER
+    type: Literal["dependency_requested"] = "dependency_requested"
+    dependent_id: EventId = Field(description="The job that waits for this one.")
+
+
+class DependencyResolvedEvent(_Event):
+    """A dependency of the job ended (or does not exist); keyed by the dependent job.
+
+    Its ``causation_id`` is the ``dependency_requested`` it answers, and its id is derived from
+    that, so an answer given twice (at once, or when the dependency ended) is one answer.
+    """
+
+    written_by: ClassVar[str] = LINKED_WRITER
+    type: Literal["dependency_resolved"] = "dependency_resolved"
+    dependency_id: EventId = Field(description="The dependency that ended.")
+    outcome: DependencyOutcomeName = Field(
+        description="Its terminal status, or missing (no such job) or refused (it has too many dependents)."
+    )
+    result: JsonObject | None = Field(None, description="Its result, if it completed with one.")
+
+
+class AttemptSnoozedEvent(_Event):
+    """The handler returned ``Snooze(delay)``: run the job again after the delay, without using an attempt.
+
+    The job becomes scheduled; its next attempt number is one higher but the budget grows by one
+    too, so a snooze uses none of it. Over the job's ``max_snoozes`` the attempt fails like an error.
+    """
+
+    written_by: ClassVar[str] = "worker"
+    type: Literal["attempt_snoozed"] = "attempt_snoozed"
+    attempt: Attempt = Field(description=_ATTEMPT)
+    delay_s: Annotated[float, Field(ge=0, le=MAX_DELAY_S, allow_inf_nan=False)] = Field(
+        description="Seconds until the job runs again."
+    )
+    claim_id: ClaimId = None
+
+
 class DuplicateRejectedEvent(_Event):
     """A second ``enqueued`` for an existing job id (same idempotency key) was refused."""
 
@@ -504,6 +573,9 @@ JobEvent = Annotated[
         DiscardedEvent,
         RetentionPassedEvent,
         DuplicateRejectedEvent,
+        DependencyRequestedEvent,
+        DependencyResolvedEvent,
+        AttemptSnoozedEvent,
     ],
     Field(discriminator="type"),
 ]
@@ -520,6 +592,12 @@ EVENT_TYPES: dict[str, type[_Event]] = {
 #: through the log, ``apply`` recognises them as already reflected in the state.
 DERIVED_TYPES: frozenset[str] = frozenset(
     type_ for type_, cls in EVENT_TYPES.items() if cls.written_by == DERIVED_WRITER
+)
+
+#: Types the processor derives for another job than the triggering event's: written to that job's
+#: partition (``job_partition``), and applied there like any event of that job.
+LINKED_TYPES: frozenset[str] = frozenset(
+    type_ for type_, cls in EVENT_TYPES.items() if cls.written_by == LINKED_WRITER
 )
 
 Event = _Event  # the common base, for isinstance checks and type hints

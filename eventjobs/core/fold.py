@@ -13,7 +13,12 @@ never raises (an event that does not fit is rejected with a reason), and returns
 * ``duplicate``: the event was already applied (a redelivery, or the echo of a derived event).
 
 Derived events are already reflected in the returned state; when they come back through the
-log, ``apply`` recognises them and changes nothing. So folding the whole log from scratch and a
+log, ``apply`` recognises them and changes nothing. The exception are the events derived for
+another job (``LINKED_TYPES``: a waiting job's ``dependency_requested`` to each dependency, and a
+dependency's ``dependency_resolved`` answer to each dependent): they are keyed by that other job
+and change its state when its lane applies them. Their ids are derived from the request (an
+answer's, whether given at once or when the dependency ends), so delivering one twice is a
+duplicate there. So folding the whole log from scratch and a
 live processor end in identical states.
 
 Idempotency does not hang on remembering ids. Each accepted event moves the job somewhere it
@@ -39,15 +44,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
+import orjson
+
 from eventjobs.core.clock import add_seconds, format_utc_ms
 from eventjobs.core.events import (
     DERIVED_TYPES,
     EVENT_TYPES,
+    LINKED_TYPES,
     AttemptFailedEvent,
+    AttemptSnoozedEvent,
     AttemptTimedOutEvent,
     CancelledEvent,
     CompletedEvent,
     DeadLetteredEvent,
+    DependencyRequestedEvent,
+    DependencyResolvedEvent,
     DuplicateRejectedEvent,
     EnqueuedEvent,
     Event,
@@ -58,19 +69,23 @@ from eventjobs.core.events import (
     ScheduledEvent,
 )
 from eventjobs.core.ids import derived_event_id
+from eventjobs.core.limits import MAX_DEPENDENCY_RESULTS_BYTES, MAX_DEPENDENTS
 from eventjobs.core.options import JobOptionsSpec, backoff_delay_s
 from eventjobs.core.state import (
     ACCEPTING_STATUSES,
     ACTIVE_STATUSES,
     RECENT_EVENT_IDS,
     TERMINAL_STATUSES,
+    DependencyOutcome,
     ErrorInfo,
     JobState,
     JobStatus,
+    Workflow,
 )
 
 __all__ = ["Decision", "apply", "fold", "replay"]
 
+WAITING = JobStatus.WAITING
 PENDING = JobStatus.PENDING
 SCHEDULED = JobStatus.SCHEDULED
 CLAIMED = JobStatus.CLAIMED
@@ -120,7 +135,7 @@ def _build(cls: type[Any], data: dict[str, Any], fields: frozenset[str]) -> Any:
     return obj
 
 
-_DERIVED_CLASSES = tuple(EVENT_TYPES[type_] for type_ in sorted(DERIVED_TYPES))
+_DERIVED_CLASSES = tuple(EVENT_TYPES[type_] for type_ in sorted(DERIVED_TYPES | LINKED_TYPES))
 _EVENT_FIELDS = {cls: frozenset(cls.model_fields) for cls in _DERIVED_CLASSES}
 _TYPE_OF = {cls: cls.model_fields["type"].default for cls in _DERIVED_CLASSES}
 
@@ -145,6 +160,25 @@ def _derive(cls: type[Any], trigger: Event, index: int, actor: str, payload: dic
     _set(obj, "__pydantic_extra__", None)
     _set(obj, "__pydantic_private__", None)
     return obj
+
+
+def _derive_for(cls: type[Any], job_id: str, cause: str, index: int, trigger: Event, actor: str,
+                payload: dict[str, Any]) -> Any:
+    """A derived event about another job (``LINKED_TYPES``): keyed by ``job_id``, its id derived
+    from ``cause`` (not necessarily the trigger: an answer to a dependency request derives from
+    the request, whenever it is given), at the trigger's time."""
+    type_ = _TYPE_OF[cls]
+    data = {
+        "event_id": derived_event_id(cause, type_, index),
+        "job_id": job_id,
+        "type": type_,
+        "occurred_at": trigger.occurred_at,
+        "schema_version": 1,
+        "causation_id": cause,
+        "actor": actor,
+        **payload,
+    }
+    return _build(cls, data, _EVENT_FIELDS[cls])
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,7 +288,22 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
     if options.ttl_s is not None:
         expires_at = add_seconds(run_at if scheduled else occurred_at, options.ttl_s)  # type: ignore[arg-type]
     derived: tuple[Any, ...] = ()
-    if scheduled:
+    workflow = None
+    status = SCHEDULED if scheduled else PENDING
+    if event.depends_on:  # waits for its dependencies first; each is asked for its outcome
+        depends_on = tuple(dict.fromkeys(d for d in event.depends_on if d != event.job_id))
+        if depends_on:
+            workflow = _build(Workflow, {
+                "depends_on": depends_on, "on_dependency_failure": event.on_dependency_failure or "cancel",
+                "dependencies": {}, "dependents": {}, "snoozes": 0,
+            }, _WORKFLOW_FIELDS)
+            derived = tuple(
+                _derive_for(DependencyRequestedEvent, dependency, event.event_id, index, event, actor,
+                            {"dependent_id": event.job_id})
+                for index, dependency in enumerate(depends_on)
+            )
+            status, scheduled = WAITING, False
+    elif scheduled:
         derived = (_derive(ScheduledEvent, event, 0, actor, {"run_at": run_at}),)
     data = {  # every JobState field, in declaration order (a test checks this)
         "job_id": event.job_id,
@@ -263,7 +312,7 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
         "priority": event.priority,
         "args": event.args,
         "options": options,
-        "status": SCHEDULED if scheduled else PENDING,
+        "status": status,
         "attempt": 0,
         "attempts_started": 0,
         "ready_republishes": 0,
@@ -291,7 +340,8 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
         "enqueued_event_id": event.event_id,
         "dead_letter_event_id": None,
         "version": 1,
-        "recent_event_ids": (event.event_id, *[d.event_id for d in derived]),
+        "recent_event_ids": (event.event_id, *[d.event_id for d in derived])[-RECENT_EVENT_IDS:],
+        "workflow": workflow,
     }
     return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), derived, None, False))
 
@@ -412,6 +462,8 @@ def _on_attempt_succeeded(state: JobState, event: Any, actor: str) -> Decision:
     data["result"] = event.result
     data["finished_at"] = event.occurred_at
     data["lease_deadline"] = None
+    if state.workflow is not None and state.workflow.dependencies:
+        data["workflow"] = _without_dependency_results(state.workflow)  # its own result takes their room
     return _accept(state, event, data, (completed,))
 
 
@@ -430,6 +482,9 @@ def _failure_error(state: JobState, event: Any) -> tuple[ErrorInfo, bool, float 
     if type(event) is AttemptTimedOutEvent:
         message = f"attempt {event.attempt} timed out after {event.timeout_s:g} s"
         return _error("TimeoutError", message, ""), True, None
+    if type(event) is AttemptSnoozedEvent:
+        message = f"attempt {event.attempt} snoozed once more than max_snoozes ({state.options.max_snoozes}) allows"
+        return _error("SnoozeLimitExceeded", message, ""), True, None
     deadline = format_utc_ms(event.lease_deadline)
     message = f"lease of worker {state.worker_id} on attempt {event.attempt} expired at {deadline}"
     return _error("LeaseExpired", message, ""), True, None
@@ -483,7 +538,7 @@ def _on_attempt_ended_badly(state: JobState, event: Any, actor: str) -> Decision
 def _on_cancel_requested(state: JobState, event: Any, actor: str) -> Decision:
     status = state.status
     reason = event.reason or "cancel requested"
-    if status is PENDING or status is SCHEDULED or status is RETRYING:
+    if status is PENDING or status is SCHEDULED or status is RETRYING or status is WAITING:
         cancelled = _derive(CancelledEvent, event, 0, actor, {"reason": reason})
         data = state.__dict__.copy()
         data["status"] = CANCELLED
@@ -503,7 +558,7 @@ def _on_cancel_requested(state: JobState, event: Any, actor: str) -> Decision:
 
 def _on_expired(state: JobState, event: Any, actor: str) -> Decision:
     status = state.status
-    if status is not PENDING and status is not SCHEDULED:
+    if status is not PENDING and status is not SCHEDULED and status is not WAITING:
         return _not_accepted(state, event)
     if state.expires_at is None or state.attempts_started:
         return _reject(state, "no ttl is armed for this job (none set, already started, or retried from the dead-letter queue)")
@@ -548,6 +603,8 @@ def _on_retention_passed(state: JobState, event: Any, actor: str) -> Decision:
         return _accept(state, event, data)
     if status is DEAD_LETTERED or status not in TERMINAL_STATUSES:
         return _reject(state, f"job is {status.value}: only a completed, cancelled or discarded job is forgotten")
+    if state.workflow is not None and state.workflow.dependents:
+        return _reject(state, f"{len(state.workflow.dependents)} dependent job(s) still wait for its outcome")
     return _FORGET
 
 
@@ -620,6 +677,140 @@ def _on_derived(state: JobState, event: Any, actor: str) -> Decision:
     )
 
 
+# ---- workflows: dependencies across jobs, and snoozes -----------------------------------------
+
+_WORKFLOW_FIELDS = frozenset(Workflow.model_fields)
+_OUTCOME_FIELDS = frozenset(DependencyOutcome.model_fields)
+
+
+def _workflow(state: JobState, **changes: Any) -> Workflow:
+    """The state's workflow (or an empty one) with ``changes``."""
+    current = state.workflow
+    if current is None:
+        data: dict[str, Any] = {"depends_on": (), "on_dependency_failure": "cancel", "dependencies": {},
+                                "dependents": {}, "snoozes": 0}
+    else:
+        data = current.__dict__.copy()
+    data.update(changes)
+    return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
+
+
+def _without_dependency_results(workflow: Workflow) -> Workflow:
+    data = workflow.__dict__.copy()
+    data["dependencies"] = {
+        job_id: _build(DependencyOutcome, {"status": o.status, "result": None, "result_omitted": o.result_omitted},
+                       _OUTCOME_FIELDS)
+        for job_id, o in workflow.dependencies.items()
+    }
+    return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
+
+
+def _answer(dependency: JobState | None, dependency_id: str, dependent_id: str, request_id: str, trigger: Event,
+            actor: str, outcome: str) -> Any:
+    """The ``dependency_resolved`` answering the request ``request_id`` (same id whenever it is given)."""
+    result = dependency.result if dependency is not None and outcome == "completed" else None
+    return _derive_for(DependencyResolvedEvent, dependent_id, request_id, 0, trigger, actor,
+                       {"dependency_id": dependency_id, "outcome": outcome, "result": result})
+
+
+def _on_dependency_requested(state: JobState, event: Any, actor: str) -> Decision:
+    status = state.status
+    if status in TERMINAL_STATUSES:  # ended already: answer now, nothing to remember
+        answer = _answer(state, state.job_id, event.dependent_id, event.event_id, event, actor, status.value)
+        return _tuple_new(Decision, (state, (answer,), None, False))
+    dependents = state.workflow.dependents if state.workflow is not None else {}
+    if dependents.get(event.dependent_id) == event.event_id:
+        return _duplicate(state)
+    if event.dependent_id not in dependents and len(dependents) >= MAX_DEPENDENTS:
+        answer = _answer(state, state.job_id, event.dependent_id, event.event_id, event, actor, "refused")
+        reason = f"job {state.job_id} already has {len(dependents)} dependents (MAX_DEPENDENTS); answered refused"
+        return _tuple_new(Decision, (state, (answer,), reason, False))
+    data = state.__dict__.copy()
+    data["workflow"] = _workflow(state, dependents={**dependents, event.dependent_id: event.event_id})
+    return _accept(state, event, data)
+
+
+def _answer_dependents(decision: Decision, trigger: Event, actor: str) -> Decision:
+    """The job just ended: answer every job waiting for it, and forget them."""
+    state: JobState = decision.state  # type: ignore[assignment]
+    workflow = state.workflow
+    assert workflow is not None
+    answers = tuple(
+        _answer(state, state.job_id, dependent_id, request_id, trigger, actor, state.status.value)
+        for dependent_id, request_id in workflow.dependents.items()
+    )
+    data = state.__dict__.copy()
+    data["workflow"] = _workflow(state, dependents={}) if workflow.depends_on or workflow.snoozes else None
+    return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), (*decision.derived, *answers), None, False))
+
+
+def _dependency_failure(dependency_id: str, outcome: str) -> str:
+    if outcome == "missing":
+        return f"dependency {dependency_id} does not exist (never enqueued, or forgotten after its retention)"
+    if outcome == "refused":
+        return f"dependency {dependency_id} has too many dependents (MAX_DEPENDENTS) to wait for it"
+    return f"dependency {dependency_id} ended {outcome}"
+
+
+def _on_dependency_resolved(state: JobState, event: Any, actor: str) -> Decision:
+    workflow = state.workflow
+    dependency_id = event.dependency_id
+    if workflow is None or dependency_id not in workflow.depends_on:
+        return _reject(state, f"job {state.job_id} does not depend on {dependency_id}")
+    if dependency_id in workflow.dependencies:
+        return _duplicate(state)
+    if state.status is not WAITING:
+        return _not_accepted(state, event)
+    request_id = derived_event_id(state.enqueued_event_id, "dependency_requested", workflow.depends_on.index(dependency_id))
+    if event.causation_id != request_id:
+        return _reject(state, f"answers request {event.causation_id}, not this job's request {request_id}")
+    outcome = event.outcome
+    result, omitted = event.result, False
+    if result is not None:
+        kept = sum(len(orjson.dumps(o.result)) for o in workflow.dependencies.values() if o.result is not None)
+        if kept + len(orjson.dumps(result)) > MAX_DEPENDENCY_RESULTS_BYTES:
+            result, omitted = None, True
+    recorded = _build(DependencyOutcome, {"status": outcome, "result": result, "result_omitted": omitted}, _OUTCOME_FIELDS)
+    dependencies = {**workflow.dependencies, dependency_id: recorded}
+    data = state.__dict__.copy()
+    data["workflow"] = _workflow(state, dependencies=dependencies)
+    now = event.occurred_at
+    if outcome != "completed" and workflow.on_dependency_failure == "cancel":
+        reason = _dependency_failure(dependency_id, outcome)
+        cancelled = _derive(CancelledEvent, event, 0, actor, {"reason": reason})
+        data["status"] = CANCELLED
+        data["finished_at"] = now
+        data["reason"] = reason
+        return _accept(state, event, data, (cancelled,))
+    if len(dependencies) < len(workflow.depends_on):
+        return _accept(state, event, data)
+    run_at = state.run_at
+    if run_at is not None and run_at > now:
+        data["status"] = SCHEDULED
+        data["next_due_at"] = run_at
+        return _accept(state, event, data, (_derive(ScheduledEvent, event, 0, actor, {"run_at": run_at}),))
+    data["status"] = PENDING
+    return _accept(state, event, data)
+
+
+def _on_attempt_snoozed(state: JobState, event: Any, actor: str) -> Decision:
+    refused = _outside_the_active_attempt(state, event)
+    if refused is not None:
+        return refused
+    snoozes = state.workflow.snoozes if state.workflow is not None else 0
+    if state.cancel_requested or snoozes >= state.options.max_snoozes:
+        return _on_attempt_ended_badly(state, event, actor)  # cancel, or over the bound: fails like an error
+    due_at = add_seconds(event.occurred_at, round(event.delay_s * 1000) / 1000)
+    data = state.__dict__.copy()
+    data["status"] = SCHEDULED
+    data["attempt"] = state.attempt + 1  # attempt numbers only grow ...
+    data["max_attempts"] = state.max_attempts + 1  # ... but the budget grows with them: no attempt used
+    data["next_due_at"] = due_at
+    data["lease_deadline"] = None
+    data["workflow"] = _workflow(state, snoozes=snoozes + 1)
+    return _accept(state, event, data, (_derive(ScheduledEvent, event, 0, actor, {"run_at": due_at}),))
+
+
 _Handler = Callable[[JobState, Any, str], Decision]
 _HANDLERS: dict[str, _Handler] = {
     "enqueued": _on_enqueued,
@@ -637,6 +828,9 @@ _HANDLERS: dict[str, _Handler] = {
     "dead_letter_retried": _on_dead_letter_retried,
     "discarded": _on_discarded,
     "retention_passed": _on_retention_passed,
+    "dependency_requested": _on_dependency_requested,
+    "dependency_resolved": _on_dependency_resolved,
+    "attempt_snoozed": _on_attempt_snoozed,
     **{type_: _on_derived for type_ in DERIVED_TYPES},
 }
 
@@ -656,12 +850,23 @@ def apply(state: JobState | None, event: JobEvent, actor: str = "processor") -> 
         if state is None:
             if event.type == "enqueued":
                 return _create(event, actor)
+            if event.type == "dependency_requested":  # no such job: the dependent learns it at once
+                answer = _answer(None, event.job_id, event.dependent_id, event.event_id, event, actor, "missing")
+                return _tuple_new(Decision, (None, (answer,), f"unknown job {event.job_id!r}: answered missing", False))
             return _reject(None, f"unknown job {event.job_id!r}: no enqueued event seen for it")
         if event.job_id != state.job_id:
             return _reject(state, f"event for job {event.job_id!r} applied to the state of job {state.job_id!r}")
         if event.event_id in state.recent_event_ids:
             return _duplicate(state)
-        return _HANDLERS[event.type](state, event, actor)
+        decision = _HANDLERS[event.type](state, event, actor)
+        # every move into an ended status derives an event (completed, cancelled, dead_lettered ...;
+        # a discard follows a dead-lettering, which answered already), so most events skip this
+        if decision[1]:
+            new = decision[0]
+            if new is not None and new is not state and new.workflow is not None and new.workflow.dependents \
+                    and new.status in TERMINAL_STATUSES:
+                return _answer_dependents(decision, event, actor)
+        return decision
     except Exception as exc:  # a bug must not stop a processor: reject, keep the state, say why
         return _reject(state, f"internal error applying {getattr(event, 'type', '?')!r}: {exc!r}")
 

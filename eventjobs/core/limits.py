@@ -48,9 +48,16 @@ import orjson
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "MAX_ERROR_TYPE_CHARS",
+    "MAX_DEPENDENCIES",
+    "MAX_DEPENDENCY_RESULTS_BYTES",
+    "MAX_DEPENDENTS",
     "MAX_PROGRESS_MESSAGE_CHARS",
+    "RECENT_ENQUEUES_KEPT",
     "MAX_REASON_BYTES",
+    "MAX_CATCH_UP_TICKS",
     "MIN_MAX_EVENT_BYTES",
+    "MIN_SCHEDULE_EVERY_S",
+    "SCHEDULE_LATE_AFTER_S",
     "RESERVE_BYTES",
     "SizeLimits",
     "json_size",
@@ -70,6 +77,28 @@ MAX_REASON_BYTES = 16_384
 MAX_ERROR_TYPE_CHARS = 500
 #: ``message`` of a progress event (the event schema's bound).
 MAX_PROGRESS_MESSAGE_CHARS = 10_000
+#: Dependencies of one job (``depends_on``). Their ids travel in the enqueued event (its budget)
+#: and their outcomes in the job's state: at most 256 x about 200 bytes of ids and statuses.
+MAX_DEPENDENCIES = 256
+#: Jobs waiting for one job at once (its ``dependents``, kept in its state until it ends, when it
+#: holds no result yet: 256 x (128-character job id + event id + quotes) stays under the smallest
+#: result budget, 48 KiB for ``MIN_MAX_EVENT_BYTES``). A further dependent is answered ``refused``.
+MAX_DEPENDENTS = 256
+#: Results of its dependencies a waiting job keeps, in all, as JSON bytes: fixed (not derived from
+#: ``max_event_bytes``) because the fold decides it and must decide the same in every process. A
+#: result that would go over it is recorded as omitted (its outcome is kept). The state holds
+#: them only until the job completes, so they share the budget of its own result.
+MAX_DEPENDENCY_RESULTS_BYTES = 32_768
+#: Ids of its own acknowledged enqueues an ``App`` remembers, so that ``depends_on`` on a job it
+#: just enqueued needs no changelog lookup (about 100 bytes each).
+RECENT_ENQUEUES_KEPT = 10_000
+#: Shortest period of an ``every`` schedule: a shorter one would flood the log with jobs.
+MIN_SCHEDULE_EVERY_S = 1
+#: A schedule's tick not fired this long after its time counts as missed (the service was down),
+#: and its ``catch_up`` decides whether it still fires; ticks later by less always fire.
+SCHEDULE_LATE_AFTER_S = 60
+#: Most missed ticks of one schedule ``catch_up="all"`` fires on return (the latest ones).
+MAX_CATCH_UP_TICKS = 100
 
 
 @dataclass(frozen=True)

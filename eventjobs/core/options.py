@@ -27,9 +27,12 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eventjobs.core.clock import add_seconds, utc_ms
+from eventjobs.core.limits import MAX_DEPENDENCIES
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_SNOOZES",
+    "DependencyFailure",
     "DEFAULT_QUEUE",
     "MAX_DELAY_S",
     "QUEUE_NAME_RE",
@@ -45,6 +48,7 @@ __all__ = [
     "NoBackoff",
     "Priority",
     "backoff_delay_s",
+    "check_depends_on",
     "exception_type_name",
     "matches_retry_on",
 ]
@@ -52,6 +56,12 @@ __all__ = [
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 20
 DEFAULT_TIMEOUT_S = 30.0
+#: How often one job may return ``Snooze`` before the attempt fails like an error (option ``max_snoozes``).
+DEFAULT_MAX_SNOOZES = 100
+#: What a job with ``depends_on`` does when a dependency ends otherwise than completed: ``cancel``
+#: (the job is cancelled, naming that dependency) or ``run`` (it runs with what completed).
+DependencyFailure = Literal["cancel", "run"]
+DEPENDENCY_FAILURE_CHOICES: tuple[str, ...] = ("cancel", "run")
 QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 CAPABILITY_RE = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 MAX_DELAY_S = 366 * 24 * 3600.0  # a year: anything longer is a mistake, not a backoff
@@ -254,6 +264,9 @@ class JobOptionsSpec(BaseModel):
         ("Exception",), description="Exception type names that retry; anything else fails at once."
     )
     capabilities: tuple[str, ...] = Field((), description="Capabilities a worker must have to run the job.")
+    max_snoozes: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        DEFAULT_MAX_SNOOZES, description="How often the job may return Snooze; one more fails the attempt like an error."
+    )
 
 
 def _seconds(name: str, value: float | timedelta | None, *, allow_zero: bool) -> float | None:
@@ -294,10 +307,13 @@ class JobOptions(BaseModel):
     run_at: datetime | None = None
     delay: float | None = None
     capabilities: tuple[str, ...] = ()
+    max_snoozes: int = DEFAULT_MAX_SNOOZES
+    on_dependency_failure: DependencyFailure = "cancel"
 
     _KNOWN: ClassVar[tuple[str, ...]] = (
         "queue", "max_attempts", "backoff", "retry_on", "timeout", "priority", "ttl",
         "dead_letter_retention", "idempotency_key", "run_at", "delay", "capabilities",
+        "max_snoozes", "on_dependency_failure",
     )  # fmt: skip
 
     def __init__(self, **data: Any) -> None:
@@ -424,6 +440,20 @@ class JobOptions(BaseModel):
                 raise ValueError(f"invalid capability {item!r}: use 1-100 characters from A-Z a-z 0-9 . _ : -")
         return tuple(sorted(set(value)))
 
+    @field_validator("max_snoozes", mode="before")
+    @classmethod
+    def _check_max_snoozes(cls, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1_000_000:
+            raise ValueError(f"max_snoozes must be an integer from 0 to 1,000,000, got {value!r}")
+        return value
+
+    @field_validator("on_dependency_failure", mode="before")
+    @classmethod
+    def _check_on_dependency_failure(cls, value: Any) -> str:
+        if value not in DEPENDENCY_FAILURE_CHOICES:
+            raise ValueError(f"on_dependency_failure must be 'cancel' or 'run', got {value!r}")
+        return value  # type: ignore[no-any-return]
+
     @model_validator(mode="after")
     def _check_schedule(self) -> JobOptions:
         if self.run_at is not None and self.delay is not None:
@@ -467,6 +497,7 @@ class JobOptions(BaseModel):
             dead_letter_retention_s=self.dead_letter_retention,
             retry_on=self.retry_on,
             capabilities=self.capabilities,
+            max_snoozes=self.max_snoozes,
         )
 
     def resolve_run_at(self, now: datetime) -> datetime | None:
@@ -499,3 +530,24 @@ def _describe_errors(exc: ValidationError) -> str:
             where = ".".join(str(part) for part in error["loc"]) or "options"
             lines.append(f"{where}: {error['msg']}")
     return "; ".join(lines)
+
+
+def check_depends_on(depends_on: Any, job_id: str | None = None) -> tuple[str, ...]:
+    """``depends_on`` as a tuple of distinct job ids, or ``InvalidJobOptions`` saying what is wrong.
+
+    Ids must be strings of 1-128 characters (the event schema's job id), at most
+    ``limits.MAX_DEPENDENCIES`` of them, and not the job's own id (``job_id``, when known).
+    Whether each one exists is the caller's check (``App.enqueue``), with the processor's
+    ``missing`` answer as the backstop.
+    """
+    if isinstance(depends_on, str) or not isinstance(depends_on, (list, tuple, set, frozenset)):
+        raise InvalidJobOptions(f"depends_on must be a list of job ids, got {type(depends_on).__name__}")
+    ids = list(dict.fromkeys(depends_on))
+    if len(ids) > MAX_DEPENDENCIES:
+        raise InvalidJobOptions(f"depends_on names {len(ids)} jobs, over the limit of {MAX_DEPENDENCIES} (MAX_DEPENDENCIES)")
+    for item in ids:
+        if not isinstance(item, str) or not 1 <= len(item) <= 128:
+            raise InvalidJobOptions(f"depends_on entries must be job ids (strings of 1-128 characters), got {item!r}")
+        if item == job_id:
+            raise InvalidJobOptions(f"job {job_id} cannot depend on itself")
+    return tuple(ids)

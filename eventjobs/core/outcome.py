@@ -12,6 +12,7 @@ loop full of I/O. Here it is one pure function, tested on its own:
   ("handler returned int; return None or a dict")
 * returns or raises ``Retry(reason, delay)``  -> ``attempt_failed``, retryable (``delay`` overrides the backoff)
 * returns or raises ``Cancel(reason)``        -> ``attempt_failed``, not retryable (fails at once)
+* returns ``Snooze(delay)``                   -> ``attempt_snoozed``: runs again after ``delay``, no attempt used
 * raises an exception named in ``retry_on``   -> ``attempt_failed``, retryable
 * raises any other exception                  -> ``attempt_failed``, not retryable
 
@@ -38,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from eventjobs.core.events import AttemptFailedEvent, AttemptSucceededEvent, check_json_object
+from eventjobs.core.events import AttemptFailedEvent, AttemptSnoozedEvent, AttemptSucceededEvent, check_json_object
 from eventjobs.core.ids import new_event_id
 from eventjobs.core.limits import DEFAULT_MAX_EVENT_BYTES, MAX_ERROR_TYPE_CHARS, size_limits, truncate_text
 from eventjobs.core.options import MAX_DELAY_S, exception_type_name, matches_retry_on
@@ -46,6 +47,8 @@ from eventjobs.core.options import MAX_DELAY_S, exception_type_name, matches_ret
 __all__ = [
     "Cancel",
     "Retry",
+    "Snooze",
+    "attempt_snoozed_event",
     "WorkerFailure",
     "attempt_failed_event",
     "attempt_succeeded_event",
@@ -95,6 +98,39 @@ class Cancel(Exception):
 
     def __hash__(self) -> int:
         return hash((Cancel, self.reason))
+
+
+class Snooze:
+    """Return this from a handler to run the job again after ``delay`` seconds without using an
+    attempt (Oban's snooze, River's JobSnooze). A job may snooze ``max_snoozes`` times (option,
+    default ``DEFAULT_MAX_SNOOZES``); one more fails the attempt like an error."""
+
+    def __init__(self, delay: float) -> None:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
+            raise ValueError(f"Snooze delay must be a number of seconds >= 0, got {delay!r}")
+        if delay > MAX_DELAY_S:
+            raise ValueError(f"Snooze delay must be at most {MAX_DELAY_S:g} s (a year), got {delay!r}")
+        self.delay = float(delay)
+
+    def __repr__(self) -> str:
+        return f"Snooze(delay={self.delay!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Snooze) and self.delay == other.delay
+
+    def __hash__(self) -> int:
+        return hash((Snooze, self.delay))
+
+
+def attempt_snoozed_event(
+    job_id: str, attempt: int, delay_s: float, *, occurred_at: datetime, actor: str, causation_id: str | None = None,
+    event_id: str | None = None, claim_id: str | None = None,
+) -> AttemptSnoozedEvent:
+    """The ``attempt_snoozed`` event: ``attempt`` asked to run again after ``delay_s`` (under the claim ``claim_id``)."""
+    return AttemptSnoozedEvent(
+        event_id=event_id or new_event_id(), job_id=job_id, occurred_at=occurred_at, causation_id=causation_id,
+        actor=actor, attempt=attempt, delay_s=delay_s, claim_id=claim_id,
+    )
 
 
 def _format_traceback(exc: BaseException) -> str:
@@ -165,7 +201,7 @@ def outcome_event(
     backoff: Callable[[int], float] | None = None,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     claim_id: str | None = None,
-) -> AttemptSucceededEvent | AttemptFailedEvent:
+) -> AttemptSucceededEvent | AttemptFailedEvent | AttemptSnoozedEvent:
     """Map a handler's return value, or the exception it raised, to the attempt's event.
 
     ``outcome`` is what the handler returned, or the exception it raised. ``retry_on`` are the
@@ -197,6 +233,8 @@ def outcome_event(
             if problem:
                 return failed(*problem, "", False)
         return attempt_succeeded_event(job_id, attempt, outcome, **envelope)
+    if type(outcome) is Snooze:
+        return attempt_snoozed_event(job_id, attempt, outcome.delay, **envelope)
     if isinstance(outcome, Retry):
         tb = _format_traceback(outcome) if outcome.__traceback__ is not None else ""
         return failed("Retry", outcome.reason or "handler asked to retry", tb, True, outcome.delay)

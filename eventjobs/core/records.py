@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from eventjobs.core.options import JobOptionsSpec, Priority
+from eventjobs.core.state import DependencyOutcome
 
 TimerKind = Literal["run_at", "retry", "lease", "ttl", "dead_letter", "retain", "republish"]
 TIMER_KINDS: tuple[TimerKind, ...] = ("run_at", "retry", "lease", "ttl", "dead_letter", "retain", "republish")
@@ -43,6 +44,7 @@ class ReadyRecord(_Record):
     parent_job_id: str | None = None
     partition: int | None = None  # the job's event-log partition, as the processor's lane holds it (informative:
     # the worker writes every event of the attempt to `job_partition` of the job id, which is the same)
+    dependencies: dict[str, DependencyOutcome] | None = None  # how its depends_on ended (ctx.dependency_results)
 
     @classmethod
     def decode(cls, data: bytes) -> ReadyRecord:
@@ -102,7 +104,8 @@ class TimerRecord(_Record):
 
 
 def timer_key(job_id: str, kind: TimerKind, attempt: int | None = None, sequence: int | None = None) -> bytes:
-    """`job_id:kind`, for retries `job_id:retry:attempt`, for republishes `job_id:republish:attempt:sequence`.
+    """`job_id:kind`, for retries `job_id:retry:attempt`, for republishes `job_id:republish:attempt:sequence`,
+    for the run_at timer of a later attempt (after a snooze) `job_id:run_at:attempt`.
 
     A retry timer names its attempt because the timer service tombstones what it fired after the
     fired event is already visible: the processor may by then have armed the next attempt's retry,
@@ -117,11 +120,13 @@ def timer_key(job_id: str, kind: TimerKind, attempt: int | None = None, sequence
         if attempt is None or sequence is None:
             raise ValueError("a republish timer key needs its attempt and sequence")
         return f"{job_id}:republish:{attempt}:{sequence}".encode()
+    if kind == "run_at" and attempt:  # a snoozed job's: the first run's fired timer is tombstoned just after
+        return f"{job_id}:run_at:{attempt}".encode()
     return f"{job_id}:{kind}".encode()
 
 
 def parse_timer_key(key: bytes) -> tuple[str, str, int | None]:
-    """(job_id, kind, the attempt of a retry timer / the sequence of a republish timer, or None).
+    """(job_id, kind, the attempt of a retry or later run_at timer / the sequence of a republish timer, or None).
 
     Job ids may themselves contain ':'.
     """
@@ -129,8 +134,8 @@ def parse_timer_key(key: bytes) -> tuple[str, str, int | None]:
     parts = text.rsplit(":", 3)
     if len(parts) == 4 and parts[1] == "republish" and parts[2].isdigit() and parts[3].isdigit():
         return parts[0], "republish", int(parts[3])
-    if len(parts) >= 3 and parts[-2] == "retry" and parts[-1].isdigit():
-        return text.rsplit(":", 2)[0], "retry", int(parts[-1])
+    if len(parts) >= 3 and parts[-2] in ("retry", "run_at") and parts[-1].isdigit():
+        return text.rsplit(":", 2)[0], parts[-2], int(parts[-1])
     job_id, _, kind = text.rpartition(":")
     return job_id, kind, None
 

@@ -28,6 +28,7 @@ from eventjobs.core.events import CURRENT_SCHEMA_VERSION, DERIVED_TYPES, EVENT_A
 from eventjobs.core.ids import EVENTJOBS_NAMESPACE, job_id_for_key
 from eventjobs.core.partitioning import job_partition, murmur2
 from eventjobs.core.records import DeadLetterRecord, ReadyRecord, TimerRecord
+from eventjobs.core.schedules import SCHEDULE_EVENT_ADAPTER, SCHEDULE_EVENT_TYPES
 from eventjobs.core.state import JobState
 
 __all__ = [
@@ -130,6 +131,14 @@ def contract() -> dict[str, Any]:
                 "writer": "processor only",
                 "cleanup_policy": "compact",
             },
+            "{namespace}.schedules": {
+                "value": "schedule-record.json (one of its events, by its 'type' field)",
+                "key": "schedule_id for created / updated / paused / resumed / deleted (each carries the whole "
+                "definition); schedule_id@fired for fired; schedule_id@triggered for triggered",
+                "partition": "(murmur2(utf8(schedule_id)) & 0x7fffffff) % partition_count, for all three keys",
+                "writer": "App / CLI (definitions, triggered), schedule service (fired, declared definitions)",
+                "cleanup_policy": "compact",
+            },
         },
         "job_partition": {
             "rule": PARTITION_RULE,
@@ -210,6 +219,12 @@ def render_schemas() -> dict[str, str]:
         "dead-letter-record.json": _record_schema(DeadLetterRecord, "eventjobs dead-letter record",
                                                   "{namespace}.dead-letters", "job_id"),
         "job-state.json": _record_schema(JobState, "eventjobs job state", "{namespace}.job-state", "job_id"),
+        "schedule-record.json": _with_contract(
+            {"description": "A schedule event: one record value of the schedules topic, chosen by its 'type' field.",
+             **SCHEDULE_EVENT_ADAPTER.json_schema(mode="validation")},
+            "eventjobs schedule record", {"topic": "{namespace}.schedules",
+                                          "key": "schedule_id | schedule_id@fired | schedule_id@triggered",
+                                          "types": list(SCHEDULE_EVENT_TYPES)}),
     }
     return {path: json.dumps(doc, indent=2, ensure_ascii=False) + "\n" for path, doc in sorted(documents.items())}
 

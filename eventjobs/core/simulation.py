@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from eventjobs.core import commands
-from eventjobs.core.events import JobEvent
+from eventjobs.core.events import LINKED_TYPES, JobEvent
 from eventjobs.core.fold import apply
 from eventjobs.core.options import (
     ConstantBackoff,
@@ -29,10 +29,10 @@ from eventjobs.core.options import (
     NoBackoff,
     Priority,
 )
-from eventjobs.core.outcome import attempt_failed_event, attempt_succeeded_event
+from eventjobs.core.outcome import attempt_failed_event, attempt_snoozed_event, attempt_succeeded_event
 from eventjobs.core.state import JobState, JobStatus
 
-__all__ = ["SimulationProfile", "generate_log", "job_lifecycle", "sim_id"]
+__all__ = ["SimulationProfile", "generate_log", "job_lifecycle", "sim_id", "workflow_log"]
 
 EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
 OPERATOR = "operator:sim"
@@ -259,4 +259,93 @@ def generate_log(
             live.pop()
             continue
         log.append(event)
+    return log
+
+
+def workflow_log(
+    rng: random.Random,
+    *,
+    jobs: int = 6,
+    start: datetime = EPOCH,
+    profile: SimulationProfile = SimulationProfile(cancel=0.01, lease_loss=0.02),
+    snooze: float = 0.2,
+    missing: float = 0.05,
+    max_steps: int = 5000,
+) -> list[JobEvent]:
+    """The events of a small workflow: ``jobs`` jobs, each depending on some enqueued before it
+    (now and then on a job that does not exist), some snoozing, in one log.
+
+    Events the processor derives for another job (``LINKED_TYPES``: dependency requests and
+    answers) are delivered to their job some random steps later, as the lane that owns it would
+    read them; the other derived events follow their cause at once. Every job ends (terminal),
+    unless ``max_steps`` runs out first.
+    """
+    now = start
+    states: dict[str, JobState] = {}
+    log: list[JobEvent] = []
+    in_flight: list[JobEvent] = []
+    job_ids: list[str] = []
+    workers = {}
+
+    def tick(max_ms: int = 2000) -> datetime:
+        nonlocal now
+        now = now + timedelta(milliseconds=rng.randint(1, max_ms))
+        return now
+
+    def new_id() -> str:
+        return sim_id(rng, now)
+
+    def write(event: JobEvent) -> None:
+        log.append(event)
+        decision = apply(states.get(event.job_id), event)
+        if decision.state is not None:
+            states[event.job_id] = decision.state
+        elif decision.rejected is None:
+            states.pop(event.job_id, None)
+        for derived in decision.derived:
+            if derived.type in LINKED_TYPES:
+                in_flight.append(derived)
+            else:
+                log.append(derived)
+
+    for _ in range(max_steps):
+        if len(job_ids) < jobs and rng.random() < 0.3:
+            depends_on = rng.sample(job_ids, rng.randint(0, min(3, len(job_ids)))) if job_ids else []
+            if rng.random() < missing:
+                depends_on.append(new_id())  # never enqueued: answered missing
+            options = _options(rng, profile).merged(
+                on_dependency_failure=rng.choice(["cancel", "run"]), max_snoozes=rng.randint(0, 3)
+            )
+            event = commands.enqueue("demo.step", {"n": len(job_ids)}, options, now=tick(), actor="producer:sim:1",
+                                     job_id=new_id(), event_id=new_id(), depends_on=depends_on or None)
+            job_ids.append(event.job_id)
+            workers[event.job_id] = f"worker:w{rng.randint(1, 4)}"
+            write(event)
+            continue
+        if in_flight and rng.random() < 0.5:
+            write(in_flight.pop(rng.randrange(len(in_flight))))
+            continue
+        live = [states[j] for j in job_ids if j in states and not states[j].is_terminal]
+        if not live:
+            if in_flight:
+                write(in_flight.pop(rng.randrange(len(in_flight))))
+                continue
+            if len(job_ids) >= jobs:
+                break
+            continue
+        state = rng.choice(live)
+        worker = workers[state.job_id]
+        if state.status is JobStatus.WAITING:
+            if rng.random() < profile.cancel:
+                write(commands.cancel_request(state, "not needed", now=tick(), actor=OPERATOR, event_id=new_id()))
+            continue
+        if state.status is JobStatus.RUNNING and rng.random() < snooze:
+            write(attempt_snoozed_event(state.job_id, state.attempt, rng.choice([0.0, 1.0, 30.0]), occurred_at=tick(),
+                                        actor=worker, event_id=new_id(), claim_id=state.claim_id))
+            continue
+        event = _next_event(rng, state, profile, new_id, tick, worker, False)
+        if event is not None:
+            write(event)
+    while in_flight:  # whatever is still on its way arrives
+        write(in_flight.pop(0))
     return log

@@ -26,9 +26,12 @@ from eventjobs.core.options import JobOptionsSpec, Priority
 __all__ = [
     "ACCEPTING_STATUSES",
     "ACTIVE_STATUSES",
+    "OUTCOME_STATUSES",
     "RECENT_EVENT_IDS",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
+    "Workflow",
+    "DependencyOutcome",
     "ErrorInfo",
     "JobState",
     "JobStatus",
@@ -47,6 +50,7 @@ RECENT_EVENT_IDS = 8
 class JobStatus(str, enum.Enum):
     """Where a job is in its life. Closed: no other values exist."""
 
+    WAITING = "waiting"
     PENDING = "pending"
     SCHEDULED = "scheduled"
     CLAIMED = "claimed"
@@ -72,6 +76,8 @@ class JobStatus(str, enum.Enum):
 
 
 _STATUS_DOC = {
+    JobStatus.WAITING: "Waiting for the jobs in its depends_on to end (each answers with `dependency_resolved`); then pending "
+    "(or scheduled, if its run_at is still ahead), or cancelled if a dependency did not complete.",
     JobStatus.PENDING: "Ready to run: a worker of its queue (with the required capabilities) may claim the current attempt. "
     "Its ready record is published again while it stays pending (timer `republish`: after 5 min, doubling, at most hourly).",
     JobStatus.SCHEDULED: "Waiting for its run_at; the timer service writes `due` (timer run_at) then.",
@@ -91,6 +97,9 @@ TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
 #: An attempt is under way: a worker holds the claim and its lease. A tuple, because membership
 #: of a two-element tuple is an identity check (the fold asks this on every event).
 ACTIVE_STATUSES: tuple[JobStatus, JobStatus] = (JobStatus.CLAIMED, JobStatus.RUNNING)
+#: The statuses a dependent learns as its dependency's outcome (``dependency_resolved``): the
+#: terminal ones. A dead-lettered dependency counts as ended even though it may be retried later.
+OUTCOME_STATUSES: frozenset[JobStatus] = TERMINAL_STATUSES
 
 
 class Transition(NamedTuple):
@@ -106,7 +115,7 @@ class Transition(NamedTuple):
 
 _S = JobStatus
 _FAILURES = ("attempt_failed", "attempt_timed_out", "lease_expired")
-_WAITING = (_S.SCHEDULED, _S.PENDING, _S.RETRYING)
+_WAITING = (_S.WAITING, _S.SCHEDULED, _S.PENDING, _S.RETRYING)
 #: Worker-written attempt events are accepted only from the accepted claim (see ``JobState.claim_id``).
 _OF_THE_CLAIM = "from the accepted claim (claim_id)"
 
@@ -116,8 +125,47 @@ def _claim_of(event: str) -> str:
 
 
 TRANSITIONS: tuple[Transition, ...] = (
-    Transition(None, "enqueued", _S.PENDING, "run_at is empty or not after occurred_at"),
-    Transition(None, "enqueued", _S.SCHEDULED, "run_at is after occurred_at", ("scheduled",)),
+    Transition(None, "enqueued", _S.WAITING, "depends_on names other jobs", ("dependency_requested",)),
+    Transition(None, "enqueued", _S.PENDING, "no depends_on, run_at is empty or not after occurred_at"),
+    Transition(None, "enqueued", _S.SCHEDULED, "no depends_on, run_at is after occurred_at", ("scheduled",)),
+    Transition(
+        _S.WAITING, "dependency_resolved", _S.WAITING, "a dependency ended; others are still unresolved (and none failed, "
+        "or on_dependency_failure is run)",
+    ),
+    Transition(
+        _S.WAITING, "dependency_resolved", _S.PENDING, "the last dependency ended, all completed (or "
+        "on_dependency_failure is run), run_at is empty or not after occurred_at",
+    ),
+    Transition(
+        _S.WAITING, "dependency_resolved", _S.SCHEDULED, "as for pending, but run_at is after occurred_at", ("scheduled",)
+    ),
+    Transition(
+        _S.WAITING, "dependency_resolved", _S.CANCELLED, "a dependency did not complete and on_dependency_failure is cancel",
+        ("cancelled",),
+    ),
+    *(
+        Transition(s, "dependency_requested", s, "the job has not ended: the dependent is recorded (answered when it ends)")
+        for s in (_S.WAITING, _S.SCHEDULED, _S.PENDING, _S.CLAIMED, _S.RUNNING, _S.RETRYING)
+    ),
+    *(
+        Transition(s, "dependency_requested", s, "the job has ended: answered at once", ("dependency_resolved",))
+        for s in (_S.COMPLETED, _S.CANCELLED, _S.DEAD_LETTERED, _S.DISCARDED)
+    ),
+    *(
+        Transition(s, "attempt_snoozed", _S.SCHEDULED, f"{_OF_THE_CLAIM}, snoozes below max_snoozes: next attempt, "
+                   "budget one larger, due after delay_s", ("scheduled",))
+        for s in ACTIVE_STATUSES
+    ),
+    *(
+        Transition(s, "attempt_snoozed", _S.RETRYING, f"{_OF_THE_CLAIM}, max_snoozes reached, attempts left",
+                   ("retry_scheduled",))
+        for s in ACTIVE_STATUSES
+    ),
+    *(
+        Transition(s, "attempt_snoozed", _S.DEAD_LETTERED, f"{_OF_THE_CLAIM}, max_snoozes reached, no attempts left",
+                   ("failed", "dead_lettered"))
+        for s in ACTIVE_STATUSES
+    ),
     Transition(_S.SCHEDULED, "due", _S.PENDING, "timer is run_at, attempt is the current one"),
     Transition(_S.RETRYING, "due", _S.PENDING, "timer is retry, attempt is the current one"),
     Transition(
@@ -146,7 +194,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     *(Transition(s, "cancel_requested", s, "sets cancel_requested; the attempt's end decides") for s in ACTIVE_STATUSES),
     *(
         Transition(s, "expired", _S.DEAD_LETTERED, "ttl armed: the job has never started", ("dead_lettered",))
-        for s in (_S.SCHEDULED, _S.PENDING)
+        for s in (_S.WAITING, _S.SCHEDULED, _S.PENDING)
     ),
     Transition(_S.DEAD_LETTERED, "dead_letter_retried", _S.PENDING, "causation_id is the dead_lettered event"),
     Transition(_S.DEAD_LETTERED, "discarded", _S.DISCARDED, "causation_id is the dead_lettered event"),
@@ -175,6 +223,41 @@ class ErrorInfo(BaseModel):
     error_type: str
     message: str
     traceback: str = ""
+
+
+class DependencyOutcome(BaseModel):
+    """How one dependency ended, as its dependent recorded it (``dependency_resolved``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    status: str = Field(description="completed, dead_lettered, cancelled, discarded, missing or refused.")
+    result: dict[str, Any] | None = Field(None, description="Its result (completed ones), unless omitted.")
+    result_omitted: bool = Field(
+        False, description="The result was not kept: the job's dependency results would exceed MAX_DEPENDENCY_RESULTS_BYTES."
+    )
+
+
+class Workflow(BaseModel):
+    """A job's links to other jobs, and its snoozes: None in the state of a job that has neither,
+    so a plain job's state is not larger for them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    depends_on: tuple[str, ...] = Field((), description="The jobs this one waits for.")
+    on_dependency_failure: str = Field("cancel", description="cancel or run, when a dependency does not complete.")
+    dependencies: dict[str, DependencyOutcome] = Field(
+        default_factory=dict, description="Dependencies that ended so far (dropped but for their status once the job completes)."
+    )
+    dependents: dict[str, str] = Field(
+        default_factory=dict,
+        description="Jobs waiting for this one: dependent job id -> the dependency_requested event to answer when it ends.",
+    )
+    snoozes: int = Field(0, description="How often the job returned Snooze.")
+
+    @property
+    def unresolved(self) -> tuple[str, ...]:
+        """Dependencies that have not answered yet."""
+        return tuple(d for d in self.depends_on if d not in self.dependencies)
 
 
 class JobState(BaseModel):
@@ -229,6 +312,7 @@ class JobState(BaseModel):
     dead_letter_event_id: str | None = Field(None, description="The dead_lettered event operators act on.")
     version: int = Field(1, description="Number of events applied (rejected and duplicate ones excluded).")
     recent_event_ids: tuple[str, ...] = Field((), description="Last few applied ids (incl. derived), for duplicate flags.")
+    workflow: Workflow | None = Field(None, description="Dependencies, dependents and snoozes; None when it has none.")
 
     @property
     def is_terminal(self) -> bool:

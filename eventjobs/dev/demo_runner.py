@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -33,8 +37,12 @@ NAMESPACE = "demo"
 QUEUES = ["default", "emails"]
 
 
+class DemoServeError(RuntimeError):
+    """`demo --serve` cannot serve: its dashboard port is taken, or a process it started exited."""
+
+
 def _spawn(args: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap, "EVENTJOBS_NAMESPACE": NAMESPACE}
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap, "EVENTJOBS_NAMESPACE": settings.namespace}
     return subprocess.Popen([sys.executable, "-m", "eventjobs.cli", *args], env=env, stdout=open(log, "ab"),
                             stderr=subprocess.STDOUT)
 
@@ -177,14 +185,26 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
-def run_demo(home: Path, port: int, console: Console) -> None:
+def run_demo(home: Path, port: int, console: Console, *, serve_port: int | None = None, bootstrap: str | None = None,
+             namespace: str = NAMESPACE) -> None:
+    """The demo; with `serve_port`, then the dashboard on its data until SIGINT/SIGTERM, after
+    which everything this run started stops (the broker too, if this run started it). With
+    `bootstrap`, the broker there is used and no local one is started."""
+    if serve_port is not None:
+        _check_port_free(serve_port)  # before the demo runs, not after
     broker = LocalKafka(home=home, port=port)
-    with console.status("starting Kafka (the first run downloads the broker jars with Maven)..."):
-        status = broker.up()
-    console.print(f"[green]Kafka[/] at {status.bootstrap} (pid {status.pid})")
-    settings = load_settings(kafka_bootstrap=status.bootstrap, namespace=NAMESPACE)
+    started_broker = False
+    given = "" if bootstrap is None else f" --bootstrap {bootstrap}"
+    if bootstrap is None:
+        started_broker = not broker.status().running
+        with console.status("starting Kafka (the first run downloads the broker jars with Maven)..."):
+            status = broker.up()
+        bootstrap = status.bootstrap
+        console.print(f"[green]Kafka[/] at {bootstrap} (pid {status.pid})")
+    settings = load_settings(kafka_bootstrap=bootstrap, namespace=namespace)
     reports = asyncio.run(apply_topics(settings, QUEUES))
-    console.print(f"topics: {sum(r.action == 'created' for r in reports)} created, {len(reports)} in namespace {NAMESPACE!r}")
+    console.print(f"topics: {sum(r.action == 'created' for r in reports)} created, {len(reports)} in namespace "
+                  f"{settings.namespace!r}")
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     processes = [
@@ -195,6 +215,8 @@ def run_demo(home: Path, port: int, console: Console) -> None:
     console.print(f"processor (with timers and the ClickHouse projector) and worker started; logs in {logs}")
     try:
         asyncio.run(_main(settings, console))
+        if serve_port is not None:
+            processes.append(serve_dashboard(settings, serve_port, processes, logs, console))
     finally:
         for process in processes:
             process.terminate()
@@ -203,14 +225,80 @@ def run_demo(home: Path, port: int, console: Console) -> None:
                 process.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 process.kill()
-    console.print("\nKafka keeps running: try `eventjobs jobs list --namespace demo`, `eventjobs stats --namespace demo`,"
-                  " `eventjobs dlq list --namespace demo`; stop it with `eventjobs dev down`.")
+        if serve_port is not None and started_broker:
+            broker.down()
+    if serve_port is not None:
+        console.print("stopped the dashboard, the worker and the processor" + (" and Kafka" if started_broker else ""))
+        return
+    ns = "" if settings.namespace == NAMESPACE else f" --namespace {settings.namespace}"
+    env = "" if bootstrap == "127.0.0.1:9092" else f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} "
+    kept = "" if given else "Kafka keeps running (stop it with `eventjobs dev down`). "
+    console.print(f"\n{kept}Try `eventjobs jobs list --namespace {settings.namespace}`, "
+                  f"`eventjobs stats --namespace {settings.namespace}`, `eventjobs dlq list --namespace "
+                  f"{settings.namespace}`.")
+    console.print(f"Open the dashboard on this data: `{env}eventjobs dashboard --namespace {settings.namespace}`, then "
+                  f"http://127.0.0.1:8080/ (or run `eventjobs demo{ns}{given} --serve`, which keeps everything "
+                  f"running with the dashboard until Ctrl-C).")
+
+
+def serve_dashboard(settings: Settings, port: int, services: list[subprocess.Popen[bytes]], logs: Path,
+                    console: Console) -> subprocess.Popen[bytes]:
+    """Start the dashboard on the demo's data and keep it and `services` running until SIGINT or
+    SIGTERM; returns the dashboard's process (the caller stops it with the rest). A process that
+    exits on its own ends the wait with `DemoServeError`."""
+    dashboard = _spawn(["dashboard", "--app", "eventjobs.dev.demo:app", "--port", str(port)], settings,
+                       logs / "dashboard.log")
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_until_answering(url, dashboard, logs / "dashboard.log", stop)
+        console.print(f"[green]dashboard[/] at [bold]{url}[/] on the demo's data; Kafka, the processor and the "
+                      f"worker keep running. Ctrl-C stops everything this run started.")
+        while not stop.wait(0.5):
+            exited = [process for process in (*services, dashboard) if process.poll() is not None]
+            if exited and not stop.wait(1.0):  # Ctrl-C in a terminal reaches the children too
+                raise DemoServeError(f"the {exited[0].args[3]} exited with code {exited[0].returncode}; see its "
+                                     f"log in {logs}")
+    except BaseException:
+        dashboard.terminate()
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    console.print("stopping ...")
+    return dashboard
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise DemoServeError(f"the dashboard port {port} on 127.0.0.1 is already in use by another process; "
+                                 f"choose another with --dashboard-port") from None
+
+
+def _wait_until_answering(url: str, process: subprocess.Popen[bytes], log: Path, stop: threading.Event) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not stop.is_set():
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            raise DemoServeError(f"the dashboard exited with code {process.returncode}: {' '.join(tail)}")
+        try:
+            with urllib.request.urlopen(url + "static/dashboard.css", timeout=2):
+                return
+        except OSError:
+            stop.wait(0.3)
+    if not stop.is_set():
+        raise DemoServeError(f"the dashboard did not answer at {url} within 60 s; see {log}")
 
 
 async def _main(settings: Settings, console: Console) -> None:
     from eventjobs.dev.demo import app
 
-    demo_app = App(NAMESPACE, settings=settings)
+    demo_app = App(settings.namespace, settings=settings)
     demo_app.jobs = app.jobs
     try:
         with console.status("waiting for the processor and the worker to join their groups..."):

@@ -37,7 +37,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import orjson
 
@@ -132,6 +132,12 @@ class JobEventRecord(faust.Record, serializer="json", include_metadata=False):
     priority: Optional[str] = None
     idempotency_key: Optional[str] = None
     parent_job_id: Optional[str] = None
+    depends_on: Optional[List[str]] = None
+    on_dependency_failure: Optional[str] = None
+    # dependencies: a request to a dependency, its answer to the waiting job
+    dependent_id: Optional[str] = None
+    dependency_id: Optional[str] = None
+    outcome: Optional[str] = None
     # attempts, leases, progress
     attempt: Optional[int] = None
     timer: Optional[str] = None

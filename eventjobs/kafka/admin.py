@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError, for_code
 from eventjobs.kafka.clients import admin_client
 from eventjobs.settings import Settings
 from eventjobs.core.options import DEFAULT_QUEUE
-from eventjobs.kafka.topics import TopicNames, TopicSpec, load_specs
+from eventjobs.kafka.topics import PRIORITIES, TopicNames, TopicSpec, load_specs
 
 # Configs whose broker value may legitimately differ from the spec on a small cluster.
 _CAPPED_TO_REPLICATION = "min.insync.replicas"
@@ -239,3 +239,47 @@ async def ensure_ready_topics(settings: Settings, routes: list[str]) -> list[str
         return wanted
     finally:
         await admin.close()
+
+
+async def ensure_single_topics(settings: Settings, keys: list[str]) -> list[str]:
+    """Create these single topics (spec file stems, e.g. "workers") if missing: a namespace whose
+    topics were applied before a topic was added gets it from the first service that needs it."""
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    specs = {names.specs[key].spec.render(settings.namespace): names.specs[key].spec for key in keys}
+    admin = await _connect(settings)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in specs if name not in existing]
+        if missing:
+            brokers = await _broker_count(admin)
+            response = await admin.create_topics([
+                NewTopic(name, specs[name].partitions, min(specs[name].replication_factor, brokers),
+                         topic_configs=effective_configs(specs[name], min(specs[name].replication_factor, brokers)))
+                for name in missing
+            ])
+            for topic_name, error_code, *rest in response.topic_errors:
+                if error_code and error_code != 36:  # 36: TOPIC_ALREADY_EXISTS, a concurrent start won the race
+                    raise for_code(error_code)(f"creating topic {topic_name}: {rest[0] if rest else ''}")
+            await wait_for_topics(admin, missing)
+        return list(specs)
+    finally:
+        await admin.close()
+
+
+async def ready_routes(settings: Settings) -> list[str]:
+    """The queue routes (`queue` or `queue.caps-<digest>`) that have ready topics on the cluster."""
+    names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
+    admin = await _connect(settings)
+    try:
+        existing = await admin.list_topics()
+    finally:
+        await admin.close()
+    routes: set[str] = set()
+    for priority in PRIORITIES:
+        head, _, tail = names.ready("\x00", priority).partition("\x00")
+        for topic in existing:
+            if len(topic) > len(head) + len(tail) and topic.startswith(head) and topic.endswith(tail):
+                route = topic[len(head):len(topic) - len(tail)]
+                if names.ready(route, priority) == topic:
+                    routes.add(route)
+    return sorted(routes)

@@ -153,7 +153,8 @@ def load_specs(topics_dir: Path) -> dict[str, SpecFile]:
     return specs
 
 
-REQUIRED_SPECS = ("events", "job-state", "ready", "timers", "dead-letters", "quarantine")
+REQUIRED_SPECS = ("events", "job-state", "ready", "timers", "dead-letters", "quarantine", "workers",
+                  "queue-control", "schedules")
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,26 @@ class TopicNames:
     @property
     def quarantine(self) -> str:
         return self._single("quarantine")
+
+    @property
+    def workers(self) -> str:
+        """The worker registry (compacted, keyed by worker id)."""
+        return self._single("workers")
+
+    @property
+    def queue_control(self) -> str:
+        """Queue pauses (compacted, keyed by queue name)."""
+        return self._single("queue-control")
+
+    @property
+    def schedules(self) -> str:
+        """Periodic schedules (compacted, keyed by schedule id; see core/schedules.py)."""
+        return self._single("schedules")
+
+    @property
+    def schedules_group(self) -> str:
+        """The schedule services' consumer group on the schedules topic."""
+        return f"{self.namespace}.schedules"
 
     def ready(self, queue: str, priority: str) -> str:
         return self.specs["ready"].spec.render(self.namespace, queue=queue, priority=priority)

@@ -6,7 +6,7 @@ returned values are the same) and returns plain dataclasses the CLI prints or du
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -15,7 +15,7 @@ import orjson
 from eventjobs.clickhouse.backend import Backend
 from eventjobs.clickhouse.errors import ClickHouseError
 
-STATUSES = ("pending", "scheduled", "claimed", "running", "retrying", "completed", "cancelled", "dead_lettered",
+STATUSES = ("waiting", "pending", "scheduled", "claimed", "running", "retrying", "completed", "cancelled", "dead_lettered",
             "discarded")
 
 
@@ -106,6 +106,30 @@ class JobDetail:
     #: the processor forgot the job (its retention passed): this is its final state, and an
     #: enqueue with the same id (same idempotency key) creates a new job
     forgotten: bool = False
+    #: workflows (007_workflows): the jobs it depends on, those it still waits for (while waiting),
+    #: the jobs waiting for it, how often it snoozed, and the jobs it enqueued (its children)
+    depends_on: list[str] = field(default_factory=list)
+    waiting_for: list[str] = field(default_factory=list)
+    dependents: list[str] = field(default_factory=list)
+    snoozes: int = 0
+    children: list[str] = field(default_factory=list)
+
+
+#: At most this many children of a job are listed (`JobDetail.children`, `job_links`).
+MAX_CHILDREN_LISTED = 1000
+
+
+@dataclass(frozen=True)
+class JobLinks:
+    """How a job is tied to others: what it depends on and still waits for, its parent, its children."""
+
+    job_id: str
+    status: str
+    depends_on: list[str]
+    waiting_for: list[str]
+    dependents: list[str]
+    parent_job_id: str
+    children: list[str]
 
 
 @dataclass(frozen=True)
@@ -168,13 +192,18 @@ def to_json(value: Any) -> bytes:
 
 
 def list_jobs(backend: Backend, *, queue: str | None = None, status: str | None = None, name: str | None = None,
-              since: datetime | None = None, limit: int = 50) -> list[JobSummary]:
-    """Jobs, newest first, filtered by queue, status (state), job name and enqueue time."""
+              since: datetime | None = None, limit: int = 50, until: datetime | None = None,
+              args_contain: str | None = None, offset: int = 0) -> list[JobSummary]:
+    """Jobs, newest first, filtered by queue, status (state), job name, enqueue time (`since`
+    inclusive, `until` exclusive) and a text the args' JSON contains; `offset` skips that many
+    (pages)."""
     if status is not None and status not in STATUSES:
         raise QueryArgumentError(f"unknown state {status!r} (allowed: {', '.join(STATUSES)})")
     if limit < 1:
         raise QueryArgumentError(f"limit must be at least 1, got {limit}")
-    where, params = ["1"], {"limit": limit}
+    if offset < 0:
+        raise QueryArgumentError(f"offset must be 0 or more, got {offset}")
+    where, params = ["1"], {"limit": limit, "offset": offset}
     for column, value in (("queue", queue), ("status", status), ("name", name)):
         if value is not None:
             where.append(f"{column} = {{{column}:String}}")
@@ -182,9 +211,16 @@ def list_jobs(backend: Backend, *, queue: str | None = None, status: str | None 
     if since is not None:
         where.append("enqueued_at >= {since:DateTime64(3, 'UTC')}")
         params["since"] = since
+    if until is not None:
+        where.append("enqueued_at < {until:DateTime64(3, 'UTC')}")
+        params["until"] = until
+    if args_contain:
+        where.append("position(args, {args_contain:String}) > 0")
+        params["args_contain"] = args_contain
     result = backend.query(
         "SELECT job_id, queue, name, status, attempt, attempts_started, enqueued_at, updated_at, finished_at, "
-        f"forgotten FROM jobs FINAL WHERE {' AND '.join(where)} ORDER BY enqueued_at DESC, job_id LIMIT {{limit:UInt32}}",
+        f"forgotten FROM jobs FINAL WHERE {' AND '.join(where)} ORDER BY enqueued_at DESC, job_id "
+        "LIMIT {limit:UInt32} OFFSET {offset:UInt64}",
         params,
     )
     rows = result.dicts()
@@ -195,7 +231,7 @@ def list_jobs(backend: Backend, *, queue: str | None = None, status: str | None 
 
 def show_job(backend: Backend, job_id: str) -> JobDetail:
     """One job's current state; `JobNotFound` if the projection does not know it."""
-    columns = [name for name in JobDetail.__dataclass_fields__]
+    columns = [name for name in JobDetail.__dataclass_fields__ if name != "children"]
     result = backend.query(f"SELECT {', '.join(columns)} FROM jobs FINAL WHERE job_id = {{id:String}}", {"id": job_id})
     if not result.rows:
         raise JobNotFound(f"no job {job_id!r} in the read side (unknown id, or not projected yet)")
@@ -203,7 +239,32 @@ def show_job(backend: Backend, job_id: str) -> JobDetail:
     row["args"] = orjson.loads(row["args"]) if row["args"] else {}
     row["result"] = orjson.loads(row["result"]) if row["result"] else None
     row["forgotten"] = bool(row["forgotten"])
-    return JobDetail(**row)
+    for name in ("depends_on", "waiting_for", "dependents"):
+        row[name] = list(row[name])
+    return JobDetail(**row, children=children_of(backend, job_id))
+
+
+def children_of(backend: Backend, job_id: str) -> list[str]:
+    """The jobs `job_id` enqueued (`ctx.enqueue`), oldest first, at most `MAX_CHILDREN_LISTED`."""
+    result = backend.query(
+        "SELECT job_id FROM jobs FINAL WHERE parent_job_id = {id:String} ORDER BY enqueued_at, job_id "
+        f"LIMIT {MAX_CHILDREN_LISTED}", {"id": job_id},
+    )
+    return [row["job_id"] for row in result.dicts()]
+
+
+def job_links(backend: Backend, job_id: str) -> JobLinks | None:
+    """What ties the job to others (None if the `jobs` table has no row for it)."""
+    result = backend.query(
+        "SELECT status, depends_on, waiting_for, dependents, parent_job_id FROM jobs FINAL WHERE job_id = {id:String}",
+        {"id": job_id},
+    )
+    if not result.rows:
+        return None
+    row = result.dicts()[0]
+    return JobLinks(job_id=job_id, status=row["status"], depends_on=list(row["depends_on"]),
+                    waiting_for=list(row["waiting_for"]), dependents=list(row["dependents"]),
+                    parent_job_id=row["parent_job_id"], children=children_of(backend, job_id))
 
 
 _ENVELOPE = frozenset({"event_id", "job_id", "type", "occurred_at", "schema_version", "causation_id", "actor"})
@@ -313,3 +374,78 @@ def dead_letters(backend: Backend, *, queue: str | None = None, name: str | None
 def utc(value: datetime) -> datetime:
     """An aware UTC datetime (naive input is taken as UTC)."""
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# ---- the dashboard's overview: time series and queue depth -------------------------------------
+
+#: job states that are still waiting or running: what "queue depth" counts
+OPEN_STATUSES = ("waiting", "pending", "scheduled", "claimed", "running", "retrying")
+
+
+@dataclass(frozen=True)
+class MinutePoint:
+    """One minute of `job_metrics_1m`, summed over the selected queues and job names."""
+
+    minute: datetime
+    enqueued: int
+    completed: int
+    dead_lettered: int
+    failed_attempts: int
+    succeeded_attempts: int
+
+    @property
+    def finished(self) -> int:
+        """Jobs that reached an outcome this minute (completed or dead-lettered): the throughput."""
+        return self.completed + self.dead_lettered
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Failed attempts among the attempts that ended this minute (None when none ended)."""
+        attempts = self.failed_attempts + self.succeeded_attempts
+        return round(self.failed_attempts / attempts, 4) if attempts else None
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Open jobs (not finished) of one queue and priority, by state."""
+
+    queue: str
+    priority: str
+    waiting: int  # for the jobs it depends on
+    pending: int
+    scheduled: int
+    claimed: int
+    running: int
+    retrying: int
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.pending + self.scheduled + self.claimed + self.running + self.retrying
+
+
+def minute_series(backend: Backend, *, since: datetime, queue: str | None = None) -> list[MinutePoint]:
+    """Per-minute throughput and attempt outcomes since `since`, oldest first; minutes without
+    any counted event are absent (the caller draws them as zero or as a gap)."""
+    where, params = ["minute >= toStartOfMinute({since:DateTime64(3, 'UTC')})"], {"since": since}
+    if queue is not None:
+        where.append("queue = {queue:String}")
+        params["queue"] = queue
+    result = backend.query(
+        "SELECT minute, countIfMerge(enqueued) AS enqueued, countIfMerge(completed) AS completed, "
+        "countIfMerge(dead_lettered) AS dead_lettered, countIfMerge(failed_attempts) AS failed_attempts, "
+        "countIfMerge(succeeded_attempts) AS succeeded_attempts "
+        f"FROM job_metrics_1m WHERE {' AND '.join(where)} GROUP BY minute ORDER BY minute",
+        params,
+    )
+    return [MinutePoint(**row) for row in result.dicts()]
+
+
+def queue_depth(backend: Backend) -> list[QueueDepth]:
+    """Jobs not finished yet per queue and priority, split by state (from the `jobs` projection)."""
+    counts = ", ".join(f"countIf(status = '{status}') AS {status}" for status in OPEN_STATUSES)
+    result = backend.query(
+        f"SELECT queue, priority, {counts} FROM jobs FINAL WHERE status IN {{open:Array(String)}} "
+        "GROUP BY queue, priority ORDER BY queue, priority",
+        {"open": list(OPEN_STATUSES)},
+    )
+    return [QueueDepth(**row) for row in result.dicts()]

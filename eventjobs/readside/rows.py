@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from eventjobs.core.events import DERIVED_TYPES, JobEvent
+from eventjobs.core.events import DERIVED_TYPES, LINKED_TYPES, JobEvent
 from eventjobs.core.fold import Decision, apply
 from eventjobs.core.state import JobState, JobStatus, decode_state, encode_state
 
@@ -36,6 +36,7 @@ JOB_COLUMNS: tuple[str, ...] = (
     "error_type", "error_message", "error_traceback", "reason", "progress_percent", "progress_message",
     "idempotency_key", "parent_job_id", "args", "state_json", "ready_at", "pending_echo", "log_partition", "version",
     "forgotten",
+    "depends_on", "waiting_for", "dependents", "snoozes",  # 007_workflows
 )
 DEAD_LETTER_COLUMNS: tuple[str, ...] = (
     "job_id", "queue", "name", "reason", "error_type", "error_message", "error_traceback", "attempts",
@@ -122,8 +123,10 @@ def _classify(job: ProjectedJob | None, event: JobEvent, decision: Decision) -> 
     job is "applied" and counted, like an operator's ``discarded``.
     """
     pending = job.pending_echo if job is not None else ()
-    if decision.derived:
-        pending = tuple(dict.fromkeys((*pending, *(d.event_id for d in decision.derived))))
+    if decision.derived:  # a dependency request or answer lands on another job: never echoed here
+        echoes = [d.event_id for d in decision.derived if d.type not in LINKED_TYPES]
+        if echoes:
+            pending = tuple(dict.fromkeys((*pending, *echoes)))
     if decision.duplicate:
         if event.type in DERIVED_TYPES and event.event_id in pending:
             return "derived", True, tuple(i for i in pending if i != event.event_id)
@@ -198,7 +201,17 @@ def job_row(job: ProjectedJob) -> tuple[Any, ...]:
         s.idempotency_key or "", s.parent_job_id or "", orjson.dumps(s.args).decode(),
         encode_state(s).decode(), job.ready_at, list(job.pending_echo), job.log_partition, job.version,
         1 if job.forgotten else 0,
+        *_workflow_columns(s),
     )
+
+
+def _workflow_columns(state: JobState) -> tuple[list[str], list[str], list[str], int]:
+    """depends_on, waiting_for (unresolved while waiting), dependents, snoozes (007_workflows)."""
+    workflow = state.workflow
+    if workflow is None:
+        return [], [], [], 0
+    waiting_for = list(workflow.unresolved) if state.status is JobStatus.WAITING else []
+    return list(workflow.depends_on), waiting_for, list(workflow.dependents), workflow.snoozes
 
 
 def dead_letter_row(job: ProjectedJob) -> tuple[Any, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from eventjobs.clickhouse import open_owning_backend
 from eventjobs.clickhouse.backend import Backend
@@ -19,6 +20,7 @@ from eventjobs.clickhouse.http_api import ReadApi
 from eventjobs.metrics import Metrics
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir
 from eventjobs.readside.projector import Projector, ProjectorOptions
+from eventjobs.readside.schedules import SchedulesProjection
 from eventjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ async def open_with_backoff(settings: Settings, stop: asyncio.Event, role: str =
 async def run_projector(settings: Settings, stop: asyncio.Event, *, options: ProjectorOptions = ProjectorOptions(),
                         serve_read_api: bool = True, read_api_host: str = "127.0.0.1", read_api_port: int = 0,
                         on_ready: asyncio.Event | None = None, metrics: Metrics | None = None) -> None:
-    """Project the namespace's event log until `stop` is set. Safe to run as a task in another service."""
+    """Project the namespace's event log (and its schedules topic) until `stop` is set. Safe to run as a
+    task in another service."""
     backend = await open_with_backoff(settings, stop)
     if backend is None:
         return
@@ -58,8 +61,24 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, options: Pro
             log.info("read API for %s at %s", backend.describe(), api.url)
         if on_ready is not None:
             on_ready.set()
-        await Projector(backend, settings, options=options, role=ROLE, metrics=metrics).run(stop)
+        await _side_by_side(Projector(backend, settings, options=options, role=ROLE, metrics=metrics).run(stop),
+                            SchedulesProjection(backend, settings).run(stop))
     finally:
         if api is not None:
             api.stop()
         backend.close()
+
+
+async def _side_by_side(*runs: Any) -> None:
+    """Run both projections until both return; the first failure cancels the other and is raised as it is."""
+    tasks = [asyncio.ensure_future(run) for run in runs]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.gather(*pending)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

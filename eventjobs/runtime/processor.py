@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import ProducerFenced
 
 from eventjobs.core.codec import EventEncodeError, admit, encode
+from eventjobs.core.events import LINKED_TYPES
 from eventjobs.core.fold import Decision, apply
 from eventjobs.core.gc_pause import collector_paused
 from eventjobs.core.state import JobState, StateDecodeError, decode_state, encode_state
@@ -448,9 +449,13 @@ class LifecycleProcessor:
             max_poll_interval_ms=120_000,
             # Only processors write to the event log transactionally, and all they write there
             # are derived events, which `apply` never lets change a state (a duplicate or a
-            # rejection; a property test holds it to that). Reading uncommitted is therefore
-            # safe, and it spares every new event the wait for the partition's open transaction
-            # to commit (read_committed stops at the first open transaction's offset).
+            # rejection; a property test holds it to that). The exception, dependency requests
+            # and answers (`LINKED_TYPES`, for another job), carry ids derived from their cause:
+            # a processor whose transaction aborted stops and derives them again with the same
+            # ids, which the other lane takes as duplicates (docs/architecture.md, "Dependencies").
+            # Reading uncommitted is therefore safe, and it spares every new event the wait for
+            # the partition's open transaction to commit (read_committed stops at the first open
+            # transaction's offset).
             isolation_level="read_uncommitted",
         )
         self._source = source
@@ -667,7 +672,9 @@ class LifecycleProcessor:
             acks.append(await txn.send(names.job_state, value, key=job_id.encode(), partition=partition))
         for event in effects.events:
             data = event_bytes.get(event.event_id) or encode(event, max_bytes=max_bytes)
-            acks.append(await txn.send(names.events, data, key=event.job_id.encode(), partition=partition))
+            # a dependency request or answer is about another job: to that job's partition, whose lane folds it
+            home = partition if event.type not in LINKED_TYPES else job_partition(event.job_id, self.partition_count)
+            acks.append(await txn.send(names.events, data, key=event.job_id.encode(), partition=home))
         for key, timer in effects.timers.items():
             acks.append(await txn.send(names.timers, timer.encode() if timer else None, key=key, partition=partition))
         for job_id, entry in effects.dead_letters.items():

@@ -33,7 +33,7 @@ from aiokafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from eventjobs.app import App
-from eventjobs.context import JobContext
+from eventjobs.context import JobContext, JobsNotCompleted
 from eventjobs.core.clock import Clock, SystemClock
 from eventjobs.core.codec import EventEncodeError, encode
 from eventjobs.core.commands import (
@@ -46,7 +46,7 @@ from eventjobs.core.commands import (
 )
 from eventjobs.core.events import JobEvent
 from eventjobs.core.outcome import WorkerFailure, outcome_event, worker_failure_event
-from eventjobs.core.state import StateDecodeError, decode_state
+from eventjobs.core.state import JobStatus, StateDecodeError, decode_state
 from eventjobs.kafka.clients import (
     OwnershipListener,
     consumer,
@@ -60,7 +60,9 @@ from eventjobs.runtime.bad_records import BadRecords, describe_key, origin, powe
 from eventjobs.runtime.processor import quarantine_headers
 from eventjobs.core.records import ReadyRecord, capability_route, ready_attempt, revoked_attempt
 from eventjobs.core.timer_index import brief
-from eventjobs.kafka.admin import TopicLayoutError, ensure_ready_topics
+from eventjobs.kafka.admin import TopicLayoutError, ensure_ready_topics, ensure_single_topics
+from eventjobs.runtime.queue_pauses import QueuePauses
+from eventjobs.runtime.worker_registry import WorkerRegistry
 from eventjobs.kafka.topics import PRIORITIES
 
 log = logging.getLogger("eventjobs.runtime.worker")
@@ -120,6 +122,26 @@ def _revokes(revoked: tuple[str, int, int] | None, item: _Item) -> bool:
         return False
 
 
+async def wait_for_results(app: App, job_ids: list[str], timeout: float) -> dict[str, Any]:
+    """`ctx.wait_for_jobs`: {job id: result} once every job ended, through the app's one changelog
+    watcher (`App.wait`); `JobsNotCompleted` names those that did not complete, or not in time."""
+    ends = await asyncio.gather(*(app.wait(job_id, timeout) for job_id in job_ids), return_exceptions=True)
+    results: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for job_id, end in zip(job_ids, ends):
+        if isinstance(end, TimeoutError):
+            problems[job_id] = f"did not end within {timeout:g} s ({end})"
+        elif isinstance(end, BaseException):
+            raise end
+        elif end.status is JobStatus.COMPLETED:
+            results[job_id] = end.result
+        else:
+            problems[job_id] = f"ended {end.status.value}" + (f": {end.reason}" if end.reason else "")
+    if problems:
+        raise JobsNotCompleted(problems, results)
+    return results
+
+
 class Worker:
     """Runs jobs of `queues` with at most `concurrency` at once."""
 
@@ -177,6 +199,8 @@ class Worker:
         self._commit_soon = asyncio.Event()
         self._room = asyncio.Event()  # a buffer has room again
         self.started = asyncio.Event()
+        self.pauses: QueuePauses | None = None  # paused queues (`<ns>.queue-control`), made at start
+        self.registry: WorkerRegistry | None = None  # this worker's entries on `<ns>.workers`, made at start
         # bad input: ready records quarantined, changelog records skipped (counted by kind in
         # `bad_ready` / `bad_changelog`, each kind logged once); see docs/architecture.md, "Bad input"
         self.bad_ready = BadRecords(log, "worker", action="quarantined")
@@ -216,8 +240,16 @@ class Worker:
             raise TopicLayoutError(f"topic {names.events} does not exist; create the topics with "
                                    f"`eventjobs topics apply --namespace {self.settings.namespace}` (or --app)")
         await ensure_ready_topics(self.settings, routes)
+        await ensure_single_topics(self.settings, ["workers", "queue-control"])
         self._sender = producer(self.settings, linger_ms=2)
         await self._sender.start()
+        self._route_queues = [q for q in self.queues for _ in capability_subsets(self.capabilities)]  # per consumer
+        self.pauses = QueuePauses(self.settings, names.queue_control, on_change=self._pauses_changed)
+        self.registry = WorkerRegistry(
+            topic=names.workers, worker_id=self.worker_id, queues=self.queues, capabilities=self.capabilities,
+            concurrency=self.concurrency, busy=lambda: len(self.running), clock=self.clock,
+            heartbeat_s=self.settings.worker_heartbeat_s)
+        await self.registry.hello(self._sender)
         for route in routes:
             source = consumer(
                 self.settings,
@@ -288,6 +320,9 @@ class Worker:
                     for source in self._consumers]
         committer = self._supervised(self._commit_loop(halt), "the offset committer")
         cancels = self._supervised(self._watch_cancels(halt), "the cancel watcher")
+        assert self.pauses is not None and self.registry is not None and self._sender is not None
+        control = [self._supervised(self.pauses.follow(halt), "the queue-control follower"),
+                   self._supervised(self.registry.heartbeats(self._sender, halt), "the worker registry heartbeat")]
         self.started.set()
         log.info("worker %s serving %s with concurrency %d", self.worker_id, ", ".join(self.routes()), self.concurrency)
         try:
@@ -306,7 +341,10 @@ class Worker:
                 log.error("handing back the running jobs failed (%r); their leases will expire", error)
             committer.cancel()
             cancels.cancel()
-            await asyncio.gather(committer, cancels, return_exceptions=True)
+            for task in control:
+                task.cancel()
+            await asyncio.gather(committer, cancels, *control, return_exceptions=True)
+            await self.registry.goodbye(self._sender)
             if self._quarantining:  # copies under way: their offsets commit once they are acknowledged
                 await asyncio.wait(list(self._quarantining), timeout=10)
             await self._commit()
@@ -349,7 +387,14 @@ class Worker:
         up to fetch_max_wait_ms, every time a buffer drained.)
         """
         index = self._consumers.index(source)
+        assert self.pauses is not None
+        await self.pauses.caught_up.wait()  # a queue paused before this worker started is never fetched
         while not stop.is_set():
+            if self.pauses.paused(self._route_queues[index]):
+                await self._hold(source, index)
+                continue
+            if source.paused():  # the queue was resumed
+                source.resume(*source.paused())
             if not source.assignment():  # still joining the group, or nothing assigned to us
                 await asyncio.sleep(0.05)
                 continue
@@ -390,6 +435,43 @@ class Worker:
         for item in [i for i in buffer if i.record.key == tombstone.key and _revokes(revoked, i)]:
             buffer.remove(item)
             self._settled(item)
+
+    def _pauses_changed(self) -> None:
+        """A queue was paused or resumed: wake the fetchers (one may wait for buffer room)."""
+        self._room.set()
+
+    async def _hold(self, source: AIOKafkaConsumer, index: int) -> None:
+        """While the queue of `source` is paused: its partitions are paused, its buffered ready
+        records are put back (dropped here, and the partition rewound to the first of them, so
+        they are fetched again on resume and nothing of them is committed now), and the consumer
+        still polls, which keeps it in its group however long the pause lasts."""
+        if not source.assignment():  # still joining the group: nothing fetched, nothing to put back
+            await asyncio.sleep(0.05)
+            return
+        source.pause(*source.assignment())
+        first: dict[TopicPartition, int] = {}
+        for buffer in self.buffers.values():
+            kept = [i for i in buffer if i.source is not source]
+            if len(kept) != len(buffer):
+                for item in buffer:
+                    if item.source is source:
+                        tp = TopicPartition(item.record.topic, item.record.partition)
+                        first[tp] = min(first.get(tp, item.record.offset), item.record.offset)
+                buffer.clear()
+                buffer.extend(kept)
+                self._room.set()
+        batch = await source.getmany(timeout_ms=100)  # all paused: returns nothing, unless assigned just now
+        for tp, records in batch.items():
+            if records:
+                first[tp] = min(first.get(tp, records[0].offset), records[0].offset)
+        assigned = source.assignment()
+        for tp, offset in first.items():
+            state = self.offsets.get((index, tp))
+            if state is not None:  # buffered records follow everything settled or in flight of their partition
+                state.outstanding = {o for o in state.outstanding if o < offset}
+                state.next_offset = offset
+            if tp in assigned:
+                source.seek(tp, offset)
 
     def _next_item(self) -> _Item | None:
         for priority in PRIORITIES:
@@ -621,11 +703,16 @@ class Worker:
         async def enqueue_child(name: str, args: dict[str, Any] | None, **options: Any) -> str:
             return await self.app.enqueue(name, args, **options)
 
+        async def wait_for_jobs(job_ids: list[str], timeout: float) -> dict[str, Any]:
+            return await wait_for_results(self.app, job_ids, timeout)
+
+        dependencies = {job_id: outcome.model_dump() for job_id, outcome in (ready.dependencies or {}).items()}
         return JobContext(
             job_id=ready.job_id, name=ready.name, queue=ready.queue, attempt=ready.attempt,
             max_attempts=ready.options.max_attempts, send_progress=send_progress, send_heartbeat=send_heartbeat,
             enqueue_child=enqueue_child, loop=asyncio.get_running_loop(),
             cancel_requested=lambda: ready.job_id in self.cancel_seen,
+            dependencies=dependencies, wait_for_jobs=wait_for_jobs,
         )
 
     async def _heartbeat_loop(self, ready: ReadyRecord, claim_id: str | None = None) -> None:

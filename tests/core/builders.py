@@ -13,12 +13,15 @@ from typing import Any
 from eventjobs.core.clock import add_seconds
 from eventjobs.core.events import (
     AttemptFailedEvent,
+    AttemptSnoozedEvent,
     AttemptStartedEvent,
     AttemptSucceededEvent,
     AttemptTimedOutEvent,
     CancelRequestedEvent,
     ClaimedEvent,
     DeadLetterRetriedEvent,
+    DependencyRequestedEvent,
+    DependencyResolvedEvent,
     DiscardedEvent,
     DueEvent,
     EnqueuedEvent,
@@ -30,6 +33,7 @@ from eventjobs.core.events import (
     RetentionPassedEvent,
 )
 from eventjobs.core.fold import Decision, apply
+from eventjobs.core.ids import derived_event_id
 from eventjobs.core.options import ConstantBackoff, JobOptions
 from eventjobs.core.state import JobState, JobStatus
 
@@ -65,10 +69,12 @@ class JobLog:
         *,
         run_in: float | None = None,
         args: dict[str, Any] | None = None,
+        depends_on: list[str] | None = None,
         **overrides: Any,
     ) -> EnqueuedEvent:
         options = options or JobOptions(max_attempts=3, backoff=ConstantBackoff(delay_s=10))
         return EnqueuedEvent(
+            depends_on=depends_on, on_dependency_failure=options.on_dependency_failure if depends_on else None,
             **self._env(**overrides),
             actor="producer:test:1",
             name="send_email",
@@ -115,6 +121,28 @@ class JobLog:
             **self._env(**overrides), actor="worker:w1", attempt=attempt, error_type=error_type, message=message,
             traceback=TRACEBACK, retryable=retryable, retry_delay_s=delay,
         )
+
+    def snoozed(self, attempt: int = 0, delay_s: float = 5.0, **overrides: Any) -> AttemptSnoozedEvent:
+        return AttemptSnoozedEvent(**self._env(**overrides), actor="worker:w1", attempt=attempt, delay_s=delay_s)
+
+    # processor, for another job ------------------------------------------------------------------
+    def requested(self, dependent_id: str = "job-2", **overrides: Any) -> DependencyRequestedEvent:
+        """Job ``dependent_id`` asks this job for its outcome."""
+        return DependencyRequestedEvent(**self._env(**overrides), actor="processor:0", dependent_id=dependent_id)
+
+    def resolved(
+        self, state: JobState, dependency_id: str, outcome: str = "completed", result: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> DependencyResolvedEvent:
+        """The answer to this job's request to ``dependency_id`` (its id derived from the request)."""
+        depends_on = state.workflow.depends_on if state.workflow is not None else ()
+        index = depends_on.index(dependency_id) if dependency_id in depends_on else 0
+        request = derived_event_id(state.enqueued_event_id, "dependency_requested", index)
+        env = self._env(**overrides)
+        env.setdefault("causation_id", request)
+        env["event_id"] = overrides.get("event_id", derived_event_id(request, "dependency_resolved", 0))
+        return DependencyResolvedEvent(**env, actor="processor:1", dependency_id=dependency_id,
+                                       outcome=outcome, result=result)  # type: ignore[arg-type]
 
     def timed_out(self, attempt: int = 0, timeout_s: float = 30.0, **overrides: Any) -> AttemptTimedOutEvent:
         return AttemptTimedOutEvent(**self._env(**overrides), actor="worker:w1", attempt=attempt, timeout_s=timeout_s)
@@ -192,6 +220,8 @@ def reach(
     S = JobStatus
     if status is S.SCHEDULED:
         return run.all(log.enqueued(options, run_in=60)), log, run
+    if status is S.WAITING:
+        return run.all(log.enqueued(options, depends_on=["dep-a", "dep-b"])), log, run
     run.apply(log.enqueued(options))
     if status is S.PENDING:
         return run.state, log, run  # type: ignore[return-value]

@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from eventjobs.core.events import EVENT_TYPES, Event
+from eventjobs.core.events import DEPENDENCY_OUTCOMES, EVENT_TYPES, Event
 from eventjobs.core.options import (
     CallableBackoff,
     ConstantBackoff,
@@ -58,6 +58,7 @@ option_specs = st.builds(
     dead_letter_retention_s=st.none() | st.floats(0.001, 86400 * 30),
     retry_on=st.lists(st.text(min_size=1, max_size=20), max_size=3).map(tuple),
     capabilities=st.lists(st.from_regex(r"[a-z0-9._:-]{1,10}", fullmatch=True), max_size=3).map(tuple),
+    max_snoozes=st.integers(0, 1000),
 )
 
 FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
@@ -88,6 +89,11 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "reason": texts,
     "duplicate_event_id": ids,
     "scope": st.sampled_from(["dead_letter", "finished"]),
+    "depends_on": st.lists(ids, min_size=1, max_size=5),
+    "on_dependency_failure": st.sampled_from(["cancel", "run"]),
+    "dependent_id": ids,
+    "dependency_id": ids,
+    "outcome": st.sampled_from(DEPENDENCY_OUTCOMES),
 }
 
 

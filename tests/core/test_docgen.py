@@ -39,7 +39,10 @@ def test_the_diagram_has_an_edge_for_every_transition() -> None:
     text = render_events_md()
     diagram = text.split("```mermaid", 1)[1].split("```", 1)[0]
     edges = {(a, b): labels for a, b, labels in re.findall(r"^\s+(\S+) --> (\S+)(?:: (.*))?$", diagram, re.M)}
+    assert "`dependency_requested` is accepted in every status without moving the job" in text
     for row in TRANSITIONS:
+        if row.event == "dependency_requested":
+            continue  # a loop on every status: the diagram names it in a sentence instead
         source = row.source.value if row.source else "[*]"
         target = row.target.value if row.target else "[*]"
         assert (source, target) in edges

@@ -34,7 +34,26 @@ def _scenario(row: Transition) -> tuple[JobState | None, Any]:
     """A state in ``row.source`` and an event that satisfies ``row.when``."""
     log = JobLog()
     if row.event == "enqueued":
+        if row.target is S.WAITING:
+            return None, log.enqueued(depends_on=["dep-a"])
         return None, log.enqueued(run_in=60 if row.target is S.SCHEDULED else None)
+    if row.event == "dependency_resolved":  # waiting for dep-a and dep-b
+        run = Run()
+        state = run.all(log.enqueued(run_in=60 if row.target is S.SCHEDULED else None, depends_on=["dep-a", "dep-b"]))
+        if row.target is S.CANCELLED:
+            return state, log.resolved(state, "dep-a", "dead_lettered")
+        if row.target is not S.WAITING:
+            state = run.all(log.resolved(state, "dep-a", "completed", {"n": 1}))
+        return state, log.resolved(state, "dep-b", "completed", {"n": 2})
+    if row.event == "dependency_requested":
+        state, log, _ = reach(row.source, log=log)  # type: ignore[arg-type]
+        return state, log.requested("job-2")
+    if row.event == "attempt_snoozed":
+        max_attempts = 1 if row.target is S.DEAD_LETTERED else 3
+        max_snoozes = 5 if row.target is S.SCHEDULED else 0
+        state, log, _ = reach(row.source, log=log, options=JobOptions(max_attempts=max_attempts, max_snoozes=max_snoozes))  # type: ignore[arg-type]
+        log.tick()
+        return state, log.snoozed(state.attempt, 5)
     if row.event == "expired":
         state, log, _ = reach(row.source, log=log, options=JobOptions(max_attempts=3, ttl=60, backoff=NoBackoff()))
         return state, log.expired()
@@ -112,6 +131,9 @@ def _any_event_of_type(type_: str, state: JobState, log: JobLog) -> Any:
         "dead_letter_retried": lambda: log.dlq_retry(state.dead_letter_event_id),
         "discarded": lambda: log.discard(state.dead_letter_event_id),
         "retention_passed": lambda: log.retention_passed(attempt, "finished"),
+        "dependency_requested": lambda: log.requested("job-2"),
+        "dependency_resolved": lambda: log.resolved(state, "dep-a"),
+        "attempt_snoozed": lambda: log.snoozed(attempt),
     }
     return makers[type_]()
 

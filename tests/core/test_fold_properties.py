@@ -10,7 +10,10 @@
 * nothing a worker whose claim was refused writes about the attempt changes the state;
 * with the retention events the timer service writes once a lifecycle ends (a dead-lettered job
   discarded, a finished job forgotten), folding is still deterministic and duplicates still
-  change nothing.
+  change nothing;
+* workflows (jobs depending on others, requests and answers arriving late, snoozes): folding is
+  deterministic, duplicates change nothing, echoes anywhere change nothing, every job ends and
+  none runs before its dependencies allow it.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from eventjobs.core.events import (
 )
 from eventjobs.core.fold import apply, fold
 from eventjobs.core.ids import derived_event_id
-from eventjobs.core.simulation import EPOCH, SimulationProfile, job_lifecycle
+from eventjobs.core.simulation import EPOCH, SimulationProfile, job_lifecycle, workflow_log
 from eventjobs.core.state import TERMINAL_STATUSES, JobState, JobStatus, decode_state, encode_state
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -364,3 +367,83 @@ def test_duplicate_delivery_with_retention_events_changes_nothing(retained: tupl
         elif decision.rejected is None:
             del states[event.job_id]  # forgotten
     assert states == expected
+
+
+# --------------------------------------------------------------------------------------------
+# Workflows: dependencies across jobs (requests and answers derived for another job) and snoozes
+# --------------------------------------------------------------------------------------------
+
+
+@st.composite
+def workflow_logs(draw: Any) -> list[JobEvent]:
+    """The log of a small DAG of jobs, dependency requests and answers arriving late and in any order."""
+    rng = random.Random(draw(st.integers(0, 2**64 - 1), label="simulator seed"))
+    return workflow_log(rng, jobs=draw(st.integers(1, 7), label="jobs"))
+
+
+@SETTINGS
+@given(log=workflow_logs())
+def test_workflow_fold_is_deterministic(log: list[JobEvent]) -> None:
+    first = fold(log)
+    assert first == fold(log)
+    assert {k: encode_state(v) for k, v in first.items()} == {k: encode_state(v) for k, v in fold(log).items()}
+    assert fold([decode(encode(e)) for e in log]) == first
+    assert {k: decode_state(encode_state(v)) for k, v in first.items()} == first
+
+
+@SETTINGS
+@given(log=workflow_logs(), data=st.data())
+def test_workflow_duplicate_delivery_changes_nothing(log: list[JobEvent], data: Any) -> None:
+    expected = fold(log)
+    i = data.draw(st.integers(0, len(log) - 1), label="duplicated event")
+    j = data.draw(st.integers(i + 1, len(log)), label="delivered again before position")
+    noisy = [*log[:j], log[i], *log[j:]]
+    known_ids = {e.event_id for e in log}
+    states: dict[str, JobState] = {}
+    for position, event in enumerate(noisy):
+        before = states.get(event.job_id)
+        decision = apply(before, event)
+        if position == j:
+            # the copy changes no state; what it derives (a dependency answered again) has the ids
+            # already in the log, which their jobs take as duplicates
+            assert decision.state is before, f"re-delivered {event.type} changed the state: {decision}"
+            assert {d.event_id for d in decision.derived} <= known_ids
+        if decision.state is not None:
+            states[event.job_id] = decision.state
+        elif decision.rejected is None:
+            states.pop(event.job_id, None)
+    assert states == expected
+
+
+@SETTINGS
+@given(log=workflow_logs(), data=st.data())
+def test_workflow_log_folds_like_the_live_processors(log: list[JobEvent], data: Any) -> None:
+    # The live lanes apply the originals and the linked events (each in its job's lane) and derive
+    # the echoes themselves; echoes read back later, anywhere after their cause, change nothing.
+    live = fold([e for e in log if e.type not in DERIVED_TYPES])
+    assert fold(log) == live
+    shuffled = [e for e in log if e.type not in DERIVED_TYPES]
+    for index, event in enumerate(log):
+        if event.type in DERIVED_TYPES:
+            cause = next(k for k, e in enumerate(shuffled) if e.event_id == event.causation_id)
+            shuffled.insert(data.draw(st.integers(cause + 1, len(shuffled)), label=f"echo {index}"), event)
+    assert fold(shuffled) == live
+
+
+@SETTINGS
+@given(log=workflow_logs())
+def test_every_workflow_job_ends_and_runs_only_when_its_dependencies_allow(log: list[JobEvent]) -> None:
+    states = fold(log)
+    requests = [e for e in log if e.type == "dependency_requested"]
+    answers = {e.causation_id for e in log if e.type == "dependency_resolved"}
+    assert {r.event_id for r in requests} == answers  # every request answered, once per id
+    for state in states.values():
+        assert state.is_terminal, state
+        workflow = state.workflow
+        if workflow is None or not workflow.depends_on or state.attempts_started == 0:
+            continue
+        # it ran: every dependency had ended, all completed unless it runs anyway
+        assert set(workflow.dependencies) == set(workflow.depends_on)
+        if workflow.on_dependency_failure == "cancel":
+            assert all(o.status == "completed" for o in workflow.dependencies.values())
+        assert not workflow.dependents  # answered when it ended

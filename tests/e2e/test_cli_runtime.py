@@ -49,7 +49,10 @@ async def test_retry_all_of_one_type(runtime: Runtime) -> None:
     other = await app.enqueue("gives_up", {})
     for job_id in [*broken, other]:
         await app.wait(job_id, timeout=30)
-    result = cli(runtime, "dlq", "retry-all", "--type", "fails_until_retried")
+    preview = cli(runtime, "dlq", "retry-all", "--type", "fails_until_retried")  # without --yes: changes nothing
+    assert preview.returncode == 0 and preview.stdout.startswith("would retry 3 job(s)"), preview.stderr
+    assert len(await app.dead_letters()) == 4
+    result = cli(runtime, "dlq", "retry-all", "--type", "fails_until_retried", "--yes")
     assert result.returncode == 0 and "retrying 3 job(s)" in result.stdout
     for job_id in broken:
         assert (await wait_for_status(runtime, job_id, JobStatus.COMPLETED)).attempts_started == 3

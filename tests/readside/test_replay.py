@@ -89,7 +89,7 @@ async def test_replay_since_keeps_earlier_rows_and_equals_a_full_replay(backend:
 
 
 def _query_continuously(settings: Settings, job_ids: list[str], expected_rows: int, stop: threading.Event,
-                        answers: list[str], errors: list[str]) -> None:
+                        answers: list[float], errors: list[str]) -> None:
     backend = read_api(settings)
     rng = random.Random(1)
     try:
@@ -101,7 +101,7 @@ def _query_continuously(settings: Settings, job_ids: list[str], expected_rows: i
                 query.show_job(backend, rng.choice(job_ids))
                 if not query.list_jobs(backend, limit=5) or not query.job_stats(backend):
                     errors.append("empty answer")
-                answers.append("ok")
+                answers.append(time.monotonic())
             except ClickHouseError as error:
                 errors.append(str(error))
     finally:
@@ -141,7 +141,9 @@ async def test_replay_of_100k_events_equals_the_live_tables_while_queries_keep_a
         assert counts["job_events"] == len(log)
         # and every query during the rebuild and the swap answered, with complete data
         assert not errors, errors[:5]
-        assert len(answers) > 20
+        # (answers all through it: the read side never stopped answering for long)
+        assert len(answers) >= 5, answers
+        assert max(later - earlier for earlier, later in zip(answers, answers[1:])) < 15, answers
         # and the live projector resumed on the swapped-in tables
         more = job_log(300, seed=2)
         await produce_fast(settings, more)

@@ -120,7 +120,8 @@ def test_timer_record_round_trip_and_key(job_id: str, kind: Any, attempt: int, d
     decoded = TimerRecord.decode(record.encode())
     assert decoded == record
     assert decoded.due_at == due_at
-    suffix = {"retry": f"retry:{attempt}", "republish": f"republish:{attempt}:{sequence}"}.get(kind, kind)
+    suffix = {"retry": f"retry:{attempt}", "republish": f"republish:{attempt}:{sequence}",
+              "run_at": f"run_at:{attempt}" if attempt else "run_at"}.get(kind, kind)
     assert record.key == decoded.key == timer_key(job_id, kind, attempt, sequence) == f"{job_id}:{suffix}".encode()
 
 
@@ -175,10 +176,11 @@ def test_records_are_frozen() -> None:
 
 def test_timer_keys_are_job_and_kind_and_the_attempt_of_a_retry() -> None:
     assert [timer_key("job-7", kind, 3, 1) for kind in TIMER_KINDS] == [
-        b"job-7:run_at", b"job-7:retry:3", b"job-7:lease", b"job-7:ttl", b"job-7:dead_letter", b"job-7:retain",
+        b"job-7:run_at:3", b"job-7:retry:3", b"job-7:lease", b"job-7:ttl", b"job-7:dead_letter", b"job-7:retain",
         b"job-7:republish:3:1",
     ]
     assert timer_key("ünï", "ttl") == "ünï:ttl".encode()
+    assert timer_key("job-7", "run_at", 0) == timer_key("job-7", "run_at") == b"job-7:run_at"  # a first run
     with pytest.raises(ValueError, match="needs its attempt"):
         timer_key("job-7", "retry")
     with pytest.raises(ValueError, match="needs its attempt and sequence"):
@@ -198,7 +200,7 @@ def test_a_republish_timer_record_names_its_sequence_and_others_do_not() -> None
        st.tuples(job_ids, st.sampled_from(TIMER_KINDS), st.integers(0, 99)))
 def test_timer_keys_of_different_timers_differ_and_parse_back(a: tuple[str, Any, int], b: tuple[str, Any, int]) -> None:
     def identity(t: tuple[str, Any, int]) -> tuple[str, Any, int | None]:
-        return (t[0], t[1], t[2] if t[1] in ("retry", "republish") else None)
+        return (t[0], t[1], t[2] if t[1] in ("retry", "republish") or (t[1] == "run_at" and t[2]) else None)
 
     def key(t: tuple[str, Any, int]) -> bytes:  # a republish timer: attempt t[2], sequence t[2]
         return timer_key(t[0], t[1], t[2], t[2])

@@ -22,8 +22,12 @@ def test_shipped_specs_load_and_name_every_topic() -> None:
     assert names.dead_letters == "shop.dead-letters"
     assert names.quarantine == "shop.quarantine"
     assert names.ready("emails", "critical") == "shop.ready.emails.critical"
+    assert names.workers == "shop.workers"
+    assert names.queue_control == "shop.queue-control"
     planned = [name for name, _ in names.planned(["emails"])]
-    assert len(planned) == 5 + len(PRIORITIES)
+    singles = sum(not spec_file.spec.family for spec_file in names.specs.values())
+    assert singles >= 7  # events, job-state, timers, dead-letters, quarantine, workers, queue-control, ...
+    assert len(planned) == singles + len(PRIORITIES)
     assert len(set(planned)) == len(planned)
 
 

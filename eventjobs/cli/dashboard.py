@@ -1,0 +1,48 @@
+"""`eventjobs dashboard`: the web dashboard over the ClickHouse projections, with operator actions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from eventjobs.cli.options import NamespaceOption, OptionalAppOption, app_or_namespace
+from eventjobs.cli.output import err
+
+
+def dashboard(
+    app: OptionalAppOption = None,
+    namespace: NamespaceOption = None,
+    host: Annotated[Optional[str], typer.Option(
+        help="Address to bind (default 127.0.0.1; env EVENTJOBS_DASHBOARD_HOST). Another one exposes the dashboard "
+             "and its actions to that network: set a token.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default 8080; env EVENTJOBS_DASHBOARD_PORT; 0: any free).")]
+    = None,
+    token: Annotated[Optional[str], typer.Option(
+        help="Require this access token (env EVENTJOBS_DASHBOARD_TOKEN, which keeps it out of the process list).")]
+    = None,
+) -> None:
+    """Serve the web dashboard: overview, jobs, job timelines, dead letters, workers, queues (Ctrl-C to stop)."""
+    from eventjobs.web.app import create_app
+    from eventjobs.web.server import DashboardError, bind, serve, url_of
+
+    target = app_or_namespace(app, namespace)
+    settings = target.settings
+    secret = token if token is not None else (
+        settings.dashboard_token.get_secret_value() if settings.dashboard_token else None)
+    if secret is not None and not secret.strip():
+        raise typer.BadParameter("must not be empty", param_hint="--token")
+    try:
+        sock = bind(host or settings.dashboard_host, settings.dashboard_port if port is None else port)
+    except DashboardError as error:
+        err.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    where = url_of(sock)
+    access = " (access token required: open /login, or add ?token=... once)" if secret else ""
+    err.print(f"dashboard of namespace {settings.namespace} at [bold]{where}[/]{access}; Ctrl-C to stop",
+              highlight=False, soft_wrap=True)
+    if secret is None and sock.getsockname()[0] not in ("127.0.0.1", "::1"):
+        err.print(f"[yellow]warning:[/] {sock.getsockname()[0]} is reachable from other machines and no access token "
+                  "is set: anyone who can reach it can retry, discard and pause; set EVENTJOBS_DASHBOARD_TOKEN",
+                  highlight=False, soft_wrap=True)
+    serve(create_app(settings, target, token=secret), sock)

@@ -1,0 +1,1 @@
+"""The web dashboard: pages over the ClickHouse projections, and operator actions that append events."""

@@ -1,0 +1,132 @@
+"""The pages (GET only: nothing here changes anything): overview, jobs, a job, dead letters,
+workers, queues, and the JSON the overview's charts refresh from."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from eventjobs.clickhouse.backend import Backend
+from eventjobs.readside import queries
+from eventjobs.web.filters import PAGE_SIZE, WINDOWS, BadFilter, job_filter, job_id, window
+from eventjobs.web.views import problem, render
+
+
+def _now(request: Request) -> datetime:
+    """Now, from the App's clock (the one its events are stamped with)."""
+    now: datetime = request.app.state.app.clock.now()
+    return now
+
+
+def chart_series(points: list[queries.MinutePoint], since: datetime, until: datetime) -> dict[str, list[Any]]:
+    """Per-minute columns for the charts, every minute of the window present (zero when nothing
+    was counted; the failure rate is null there, drawn as a gap)."""
+    by_minute = {int(p.minute.timestamp()): p for p in points}
+    start = int(since.timestamp()) // 60 * 60
+    x, finished, enqueued, failure = [], [], [], []
+    for minute in range(start, int(until.timestamp()) // 60 * 60 + 60, 60):
+        point = by_minute.get(minute)
+        x.append(minute)
+        finished.append(point.finished if point else 0)
+        enqueued.append(point.enqueued if point else 0)
+        rate = point.failure_rate if point else None
+        failure.append(None if rate is None else round(rate * 100, 2))
+    return {"x": x, "finished": finished, "enqueued": enqueued, "failure_rate_pct": failure}
+
+
+async def _series(request: Request, span: timedelta) -> dict[str, list[Any]]:
+    until = _now(request)
+    since = until - span
+    points = await request.app.state.reads.ask(lambda backend: queries.minute_series(backend, since=since))
+    return chart_series(points, since, until)
+
+
+async def overview(request: Request) -> Response:
+    try:
+        key, span = window(request.query_params)
+    except BadFilter as error:
+        return problem(request, 400, str(error))
+    since = _now(request) - span
+
+    def ask(backend: Backend) -> dict[str, Any]:
+        return {"depth": queries.queue_depth(backend),
+                "stats": queries.job_stats(backend, since=since, by="queue"),
+                "by_name": queries.job_stats(backend, since=since, by="name"),
+                "dead_count": len(queries.dead_letters(backend, limit=10_000))}
+
+    data = await request.app.state.reads.ask(ask)
+    series = await _series(request, span)
+    fresh = await request.app.state.reads.freshness()
+    return render(request, "overview.html", {**data, "series": series, "window": key, "windows": list(WINDOWS),
+                                             "freshness": fresh})
+
+
+async def series(request: Request) -> Response:
+    try:
+        _, span = window(request.query_params)
+    except BadFilter as error:
+        return JSONResponse({"error": str(error)}, status_code=400)
+    return JSONResponse(await _series(request, span))
+
+
+async def jobs(request: Request) -> Response:
+    try:
+        chosen = job_filter(request.query_params, _now(request))
+    except BadFilter as error:
+        return problem(request, 400, f"bad filter: {error}")
+    rows = await request.app.state.reads.ask(lambda backend: queries.list_jobs(
+        backend, queue=chosen.queue, status=chosen.status, name=chosen.name, since=chosen.since, until=chosen.until,
+        args_contain=chosen.args, limit=PAGE_SIZE + 1, offset=chosen.offset))
+    fresh = await request.app.state.reads.freshness()
+    return render(request, "jobs.html", {
+        "jobs": rows[:PAGE_SIZE], "has_next": len(rows) > PAGE_SIZE, "filter": chosen,
+        "statuses": queries.STATUSES, "params": request.query_params, "freshness": fresh})
+
+
+async def job(request: Request) -> Response:
+    try:
+        wanted = job_id(request.path_params["job_id"])
+    except BadFilter as error:
+        return problem(request, 400, str(error))
+
+    def ask(backend: Backend) -> tuple[queries.JobDetail, list[queries.HistoryEntry]]:
+        return queries.show_job(backend, wanted), queries.job_history(backend, wanted)
+
+    try:
+        detail, history = await request.app.state.reads.ask(ask)
+    except queries.JobNotFound as error:
+        return problem(request, 404, str(error))
+    fresh = await request.app.state.reads.freshness()
+    return render(request, "job.html", {"job": detail, "history": history, "freshness": fresh,
+                                        "dead_lettered": detail.status == "dead_lettered"})
+
+
+async def dead_letters(request: Request) -> Response:
+    name = request.query_params.get("name", "").strip() or None
+    entries = await request.app.state.reads.ask(lambda backend: queries.dead_letters(backend, name=name, limit=500))
+    names = sorted({entry.name for entry in entries})
+    fresh = await request.app.state.reads.freshness()
+    return render(request, "dead_letters.html", {"entries": entries, "names": names, "name": name or "",
+                                                 "freshness": fresh})
+
+
+async def workers(request: Request) -> Response:
+    """The worker registry (`<ns>.workers`, read from Kafka: it is not projected)."""
+    return render(request, "workers.html", {"workers": await request.app.state.app.workers()})
+
+
+async def queues(request: Request) -> Response:
+    """Every queue with its pause state (`<ns>.queue-control`) and its open jobs (the projection)."""
+    statuses = await request.app.state.app.queues()
+    depth = await request.app.state.reads.ask(queries.queue_depth)
+    open_jobs: dict[str, int] = {}
+    for row in depth:
+        open_jobs[row.queue] = open_jobs.get(row.queue, 0) + row.total
+    listed = {status.queue: status for status in statuses}
+    for queue in open_jobs.keys() - listed.keys():  # seen by the read side, unknown to the cluster's topics
+        listed[queue] = None
+    rows = [{"queue": queue, "open": open_jobs.get(queue, 0), "status": listed[queue]} for queue in sorted(listed)]
+    return render(request, "queues.html", {"queues": rows})

@@ -1,0 +1,50 @@
+"""The examples of docs/workflows.md run as written, against the real broker, processor and worker.
+
+Each example is a ```python block whose first line is `# example: <name>`; it defines `app =
+App("shop")` and `async def main()`, and checks its own results with `assert`. The test runs it
+in a fresh namespace (the one thing it changes is the app's name and broker address).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventjobs import App
+from eventjobs.kafka.admin import apply_topics
+from eventjobs.settings import Settings
+from tests.e2e.conftest import Runtime
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "workflows.md"
+EXAMPLE = re.compile(r"```python\n# example: (?P<name>[\w-]+)\n(?P<code>.*?)```", re.S)
+#: The examples of the sections this file covers.
+SECTIONS = ("dependencies", "fan-out-fan-in", "batches", "snooze")
+
+
+def examples() -> dict[str, str]:
+    return {m["name"]: m["code"] for m in EXAMPLE.finditer(DOC.read_text())}
+
+
+def test_every_section_has_its_example() -> None:
+    assert set(SECTIONS) <= set(examples())
+
+
+@pytest.mark.parametrize("name", SECTIONS)
+async def test_the_example_runs(name: str, settings: Settings) -> None:
+    code = examples()[name]
+    assert code.count('App("shop")') == 1, "an example defines its app as App(\"shop\")"
+    code = code.replace('App("shop")', f'App("{settings.namespace}", kafka_bootstrap="{settings.kafka_bootstrap}")')
+    scope: dict[str, Any] = {"__name__": f"workflows_doc_{name.replace('-', '_')}"}
+    exec(compile(code, f"{DOC.name}:{name}", "exec"), scope)  # noqa: S102 - the project's own docs
+    app: App = scope["app"]
+    await apply_topics(settings, sorted({d.options.queue for d in app.jobs.values()}))
+    runtime = Runtime(app)
+    runtime.start_processor()
+    try:
+        await runtime.start_worker(queues=sorted({d.options.queue for d in app.jobs.values()}), concurrency=10)
+        await scope["main"]()
+    finally:
+        await runtime.close()
