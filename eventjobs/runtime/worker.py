@@ -112,6 +112,10 @@ class _Item:
     claim_id: str | None = None  # the event_id of this worker's `claimed` event, once built
 
 
+# `job_partition`, remembered for the jobs running now: an attempt writes three events or more
+_home_partition = functools.lru_cache(maxsize=8192)(job_partition)
+
+
 def _revokes(revoked: tuple[str, int, int] | None, item: _Item) -> bool:
     """Whether a tombstone revoking `revoked` (None: any attempt) revokes the buffered `item` of its job."""
     if revoked is None:
@@ -500,7 +504,7 @@ class Worker:
 
     def _start_job(self, item: _Item) -> None:
         try:
-            ready = self._admit(item.record)
+            ready, claim = self._admit(item.record)
         except BadReadyRecord as bad:  # a broken ready record must not stop the worker
             self._quarantine(item, bad.kind, bad.reason)
             return
@@ -521,12 +525,14 @@ class Worker:
                              f"job {ready.job_id} needs {ready.options.capabilities} but this worker has "
                              f"{self.capabilities}; not claimed")
             return
-        task = asyncio.create_task(self._run_job(ready, item))
+        task = asyncio.create_task(self._run_job(ready, item, claim))
         self.running[task] = (ready, item)
         task.add_done_callback(self._job_done)
 
-    def _admit(self, record: ConsumerRecord[bytes, bytes]) -> ReadyRecord:
-        """The ready record, checked as far as claiming it needs; raises `BadReadyRecord` otherwise."""
+    def _admit(self, record: ConsumerRecord[bytes, bytes]) -> tuple[ReadyRecord, JobEvent]:
+        """The ready record, checked as far as claiming it needs, and the claim `_run_job` writes
+        first (built here, once: a record it cannot be built from is refused); raises
+        `BadReadyRecord` otherwise."""
         try:
             ready = ReadyRecord.decode(record.value)
         except ValidationError as error:
@@ -536,12 +542,12 @@ class Worker:
         if ready.partition is not None and self._event_partitions and not 0 <= ready.partition < self._event_partitions:
             raise BadReadyRecord("partition out of range", f"event-log partition {ready.partition} does not exist "
                                  f"({self._event_partitions} partitions)")
-        try:  # what `_run_job` will write first: a record it cannot be built from is refused here
-            claimed_event(ready.job_id, ready.attempt, worker_id=self.worker_id, now=self.clock.now(),
-                          actor=self.actor, lease_s=self.lease_s)
+        try:
+            claim = claimed_event(ready.job_id, ready.attempt, worker_id=self.worker_id, now=self.clock.now(),
+                                  actor=self.actor, lease_s=self.lease_s)
         except ValidationError as error:
             raise BadReadyRecord("cannot be claimed", brief(error)) from None
-        return ready
+        return ready, claim
 
     def _quarantine(self, item: _Item, kind: str, reason: str) -> None:
         """Copy a ready record the worker cannot run to the quarantine topic (reason and origin in
@@ -602,7 +608,7 @@ class Worker:
         topic = self.app.names.events
         count = self._event_partitions or await topic_partition_count(self._sender, topic)
         return await self._sender.send(topic, encode(event, max_bytes=self.app.settings.max_event_bytes),
-                                       key=event.job_id.encode(), partition=job_partition(event.job_id, count))
+                                       key=event.job_id.encode(), partition=_home_partition(event.job_id, count))
 
     def _failure(self, ready: ReadyRecord, kind: WorkerFailure, message: str, traceback: str = "",
                  claim_id: str | None = None) -> JobEvent:
@@ -614,13 +620,11 @@ class Worker:
         return heartbeat_event(ready.job_id, ready.attempt, now=self.clock.now(), actor=self.actor, lease_s=self.lease_s,
                                claim_id=claim_id)
 
-    async def _run_job(self, ready: ReadyRecord, item: _Item) -> None:
+    async def _run_job(self, ready: ReadyRecord, item: _Item, claim: JobEvent) -> None:
         # Every event of the attempt names this claim (the claimed event's id): if the fold refused
         # it (another claim of the attempt came first, e.g. from a redelivered or re-published ready
         # record), the handler still runs here, this worker cannot know, but none of its events
         # counts. Only the accepted claim decides the attempt.
-        claim = claimed_event(ready.job_id, ready.attempt, worker_id=self.worker_id, now=self.clock.now(),
-                              actor=self.actor, lease_s=self.lease_s)
         claim_id = item.claim_id = claim.event_id
         await self._send(claim)
         started = await self._send(attempt_started_event(ready.job_id, ready.attempt, worker_id=self.worker_id,
