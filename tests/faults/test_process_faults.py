@@ -42,7 +42,7 @@ from eventjobs import App
 from eventjobs.core.events import DERIVED_TYPES, JobEvent
 from eventjobs.core.state import JobState, JobStatus
 from eventjobs.kafka.admin import apply_topics
-from eventjobs.kafka.clients import partitions_of
+from eventjobs.kafka.clients import admin_client, partitions_of
 from eventjobs.kafka.topics import TopicNames, load_specs
 from eventjobs.runtime.state_check import compare_state, processor_committed, read_changelog
 from eventjobs.settings import Settings
@@ -273,6 +273,9 @@ async def test_worker_paused_past_its_lease_is_overtaken_and_its_late_result_dec
     stale = services.start("worker", "stale", "--lease", "2s")
     job_id = await app.enqueue("work", {"i": 1, "sleep": 3})
     await poll(lambda: _status_is(app, job_id, JobStatus.RUNNING), 60, "the job running on the stale worker")
+    # and its ready record's offset committed: otherwise the rescuer gets that record again and
+    # runs attempt 0 too (at least once, but not the late result this test is about)
+    await poll(lambda: _worker_group_committed(settings, "default"), 30, "the stale worker's offset commit", every=0.1)
     os.kill(stale.pid, signal.SIGSTOP)  # mid-job, and it stays paused well past its 2 s lease
     try:
         rescuer = services.start("worker", "rescuer", "--lease", "10s")
@@ -324,6 +327,18 @@ def timeline(events: list[JobEvent]) -> str:
     """A job's events, one line each (for failure messages)."""
     return "\n".join(f"{e.occurred_at:%H:%M:%S.%f} {e.type} attempt={getattr(e, 'attempt', '-')} {e.actor}"
                      for e in events)
+
+
+async def _worker_group_committed(settings: Settings, queue: str) -> bool:
+    """Whether the workers' group of `queue` committed an offset past a ready record (the first)."""
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(TopicNames(settings.namespace, load_specs(
+            settings.topics_dir)).worker_group(queue))
+    finally:
+        await admin.close()
+    return sum(max(0, meta.offset) for meta in offsets.values()) >= 1
 
 
 async def _status_is(app: App, job_id: str, status: JobStatus) -> bool:
