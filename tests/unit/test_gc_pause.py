@@ -43,3 +43,20 @@ def test_an_inner_pause_leaves_the_outer_one_in_charge() -> None:
             pass
         assert not gc.isenabled()  # the outer pause is not cut short
     assert gc.isenabled()
+
+
+def test_services_run_with_the_collector_tuned() -> None:
+    # In a process of its own (the thresholds are process-wide): the runner of every service
+    # (processor, worker, projector) raises the thresholds and freezes what start-up made.
+    import subprocess
+    import sys
+
+    code = ("import gc\n"
+            "from eventjobs.cli.services import run_until_signalled\n"
+            "async def main(stop):\n"
+            "    print(gc.get_threshold(), gc.get_freeze_count() > 1000)\n"
+            "run_until_signalled(main)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    from eventjobs.core.gc_pause import SERVICE_THRESHOLDS
+    assert out.strip() == f"{SERVICE_THRESHOLDS} True"
+    assert SERVICE_THRESHOLDS[0] > 700  # not CPython's default
