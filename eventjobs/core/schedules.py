@@ -212,39 +212,41 @@ class _ScheduleEvent(_Model):
     actor: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="Who wrote it.")
 
 
-class ScheduleCreatedEvent(_ScheduleEvent):
+class _DefinitionEvent(_ScheduleEvent):
+    """An event that changes the definition: it carries the whole definition after it, so the
+    compacted topic keeps what a reader needs under the schedule's key."""
+
+    definition: ScheduleDefinition = Field(description="The whole definition after this event.")
+
+
+class ScheduleCreatedEvent(_DefinitionEvent):
     """A schedule was created (or created again after it was deleted)."""
 
     type: Literal["created"] = "created"
-    definition: ScheduleDefinition = Field(description="The whole definition after this event.")
 
 
-class ScheduleUpdatedEvent(_ScheduleEvent):
+class ScheduleUpdatedEvent(_DefinitionEvent):
     """A schedule's job, args, options or rule changed."""
 
     type: Literal["updated"] = "updated"
-    definition: ScheduleDefinition = Field(description="The whole definition after this event.")
 
 
-class SchedulePausedEvent(_ScheduleEvent):
+class SchedulePausedEvent(_DefinitionEvent):
     """A schedule was paused: it fires nothing until resumed."""
 
     type: Literal["paused"] = "paused"
-    definition: ScheduleDefinition = Field(description="The whole definition after this event.")
 
 
-class ScheduleResumedEvent(_ScheduleEvent):
+class ScheduleResumedEvent(_DefinitionEvent):
     """A paused schedule was resumed; ticks that passed while paused are not fired."""
 
     type: Literal["resumed"] = "resumed"
-    definition: ScheduleDefinition = Field(description="The whole definition after this event.")
 
 
-class ScheduleDeletedEvent(_ScheduleEvent):
+class ScheduleDeletedEvent(_DefinitionEvent):
     """A schedule was deleted (it keeps its last definition, for history)."""
 
     type: Literal["deleted"] = "deleted"
-    definition: ScheduleDefinition = Field(description="The whole definition after this event.")
     reason: Annotated[str, Field(max_length=MAX_REASON_BYTES)] = Field("", description="Why.")
 
 

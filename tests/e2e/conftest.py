@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,3 +112,13 @@ async def wait_for_status(runtime: Runtime, job_id: str, status: JobStatus | tup
             return state
         await asyncio.sleep(0.05)
     raise AssertionError(f"job {job_id} never reached {status}; last: {await runtime.app.state(job_id)}")
+
+
+def exec_doc_example(code: str, settings: Settings, origin: str) -> dict[str, Any]:
+    """Run a documented example's module code in `settings`' namespace: the example's one change
+    is its app, `App("shop")`, which gets the test's namespace and broker. Returns its globals."""
+    assert code.count('App("shop")') == 1, f"{origin}: an example defines its app as App(\"shop\")"
+    code = code.replace('App("shop")', f'App("{settings.namespace}", kafka_bootstrap="{settings.kafka_bootstrap}")')
+    scope: dict[str, Any] = {"__name__": re.sub(r"\W", "_", origin)}
+    exec(compile(code, origin, "exec"), scope)  # noqa: S102 - the project's own docs
+    return scope

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from eventjobs import App
 from eventjobs.core.state import JobStatus
 from eventjobs.settings import Settings
 from eventjobs.kafka.admin import apply_topics
-from tests.e2e.conftest import Runtime
+from tests.e2e.conftest import Runtime, exec_doc_example
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,10 +21,8 @@ def _example() -> str:
 
 
 async def test_readme_example(settings: Settings) -> None:
-    source = _example().replace('App("shop")', f'App("{settings.namespace}", kafka_bootstrap="{settings.kafka_bootstrap}")')
     await apply_topics(settings, ["emails"])
-    namespace: dict[str, Any] = {"__name__": "readme_example"}
-    exec(compile(source, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    namespace = exec_doc_example(_example(), settings, "README.md")
     app: App = namespace["app"]
     runtime = Runtime(app)
     runtime.start_processor()

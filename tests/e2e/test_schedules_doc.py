@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import Any
 
 from eventjobs import App
 from eventjobs.core.state import JobStatus
 from eventjobs.kafka.admin import apply_topics
 from eventjobs.runtime.schedules import ScheduleService
 from eventjobs.settings import Settings
-from tests.e2e.conftest import Runtime, job_events, wait_for_status
+from tests.e2e.conftest import Runtime, exec_doc_example, job_events, wait_for_status
 from tests.e2e.test_schedules import schedule_ticks, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,10 +24,8 @@ def _example() -> str:
 
 
 async def test_the_schedules_example(settings: Settings) -> None:
-    source = _example().replace('App("shop")', f'App("{settings.namespace}", kafka_bootstrap="{settings.kafka_bootstrap}")')
     await apply_topics(settings, ["reports"])
-    namespace: dict[str, Any] = {"__name__": "schedules_example"}
-    exec(compile(source, "docs/workflows.md", "exec"), namespace)  # noqa: S102 - our own docs
+    namespace = exec_doc_example(_example(), settings, "docs/workflows.md")
     app: App = namespace["app"]
     runtime = Runtime(app)
     runtime.start_processor()

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
-
 import pytest
 
 from eventjobs import App
 from eventjobs.kafka.admin import apply_topics
 from eventjobs.settings import Settings
-from tests.e2e.conftest import Runtime
+from tests.e2e.conftest import Runtime, exec_doc_example
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "workflows.md"
 EXAMPLE = re.compile(r"```python\n# example: (?P<name>[\w-]+)\n(?P<code>.*?)```", re.S)
@@ -34,11 +32,7 @@ def test_every_section_has_its_example() -> None:
 
 @pytest.mark.parametrize("name", SECTIONS)
 async def test_the_example_runs(name: str, settings: Settings) -> None:
-    code = examples()[name]
-    assert code.count('App("shop")') == 1, "an example defines its app as App(\"shop\")"
-    code = code.replace('App("shop")', f'App("{settings.namespace}", kafka_bootstrap="{settings.kafka_bootstrap}")')
-    scope: dict[str, Any] = {"__name__": f"workflows_doc_{name.replace('-', '_')}"}
-    exec(compile(code, f"{DOC.name}:{name}", "exec"), scope)  # noqa: S102 - the project's own docs
+    scope = exec_doc_example(examples()[name], settings, f"{DOC.name}:{name}")
     app: App = scope["app"]
     await apply_topics(settings, sorted({d.options.queue for d in app.jobs.values()}))
     runtime = Runtime(app)
