@@ -10,7 +10,6 @@ the CLI, the dashboard), so their shape, how a bad record is refused, and what a
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Literal, NamedTuple
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from eventjobs.core.clock import utc_ms
 from eventjobs.core.limits import MAX_REASON_BYTES, truncate_text
 from eventjobs.core.options import QUEUE_NAME_RE
+from eventjobs.core.records import queue_of_route  # re-exported: the route format lives with `capability_route`
 from eventjobs.core.state import JobStatus
 
 __all__ = [
@@ -52,7 +52,6 @@ CANCELLABLE_STATUSES: frozenset[str] = frozenset(
     status.value for status in JobStatus if status.value in ("pending", "scheduled", "retrying", "waiting")
 )
 _MAX_ID_CHARS = 200  # a worker id or host name longer than this is a mistake, not a name
-_CAPABILITY_ROUTE = re.compile(r"^(?P<queue>.+)\.caps-[0-9a-f]{16}$")  # what `records.capability_route` makes
 
 Presence = Literal["alive", "stopped", "gone"]
 
@@ -228,12 +227,6 @@ def worker_presence(announcement: WorkerAnnouncement, now: datetime, gone_after:
     limit = gone_after_s(announcement) if gone_after is None else gone_after
     silent = (utc_ms(now) - announcement.last_seen).total_seconds()
     return "gone" if silent > limit else "alive"
-
-
-def queue_of_route(route: str) -> str:
-    """The queue a ready-topic route belongs to: the route itself, or the queue of a capability route."""
-    match = _CAPABILITY_ROUTE.match(route)
-    return match.group("queue") if match else route
 
 
 def queue_statuses(known: set[str] | frozenset[str], controls: dict[str, QueueControl]) -> list[QueueStatus]:

@@ -9,6 +9,7 @@ without looking anything up.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, NamedTuple
 
@@ -203,3 +204,12 @@ def capability_route(queue: str, capabilities: tuple[str, ...] | list[str]) -> s
         return queue
     digest = hashlib.sha256("\x1f".join(caps).encode()).hexdigest()[:16]
     return f"{queue}.caps-{digest}"
+
+
+_CAPABILITY_ROUTE = re.compile(r"^(?P<queue>.+)\.caps-[0-9a-f]{16}$")  # what `capability_route` makes
+
+
+def queue_of_route(route: str) -> str:
+    """The queue a ready-topic route belongs to: the route itself, or the queue of a capability route."""
+    match = _CAPABILITY_ROUTE.match(route)
+    return match.group("queue") if match else route
