@@ -13,7 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventjobs.core.durations import parse_duration
-from eventjobs.core.effects import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S
+from eventjobs.core.housekeeping import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S
 from eventjobs.core.control import WORKER_HEARTBEAT_S
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"

@@ -66,6 +66,15 @@ def from_epoch_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(value: datetime) -> int:
+    """Whole milliseconds from the Unix epoch to the aware ``value`` (rounded down; exact, no float)."""
+    return (value - _EPOCH) // _MS
+
+
 class Clock(Protocol):
     """Where the shell gets "now". The core never calls one."""
 

@@ -274,11 +274,11 @@ class DueEvent(_Event):
 
     A ready record is a hint and can be lost (a crash between folding and publishing it, a ready
     topic's retention). While a job stays pending, the processor re-publishes its ready record
-    after 5 minutes, then after 10, 20, 40 and every 60 minutes (``effects.ReadyRepublish``); a
+    after 1 hour, then after 2, 4, 8, 16 and every 24 hours (``housekeeping.ReadyRepublish``); a
     worker that gets a second record of an attempt claimed already is refused by the fold.
     """
 
-    written_by: ClassVar[str] = "timer service"
+    written_by: ClassVar[str] = "timer service (run_at, retry); processor (republish)"
     type: Literal["due"] = "due"
     attempt: Attempt = Field(description="The attempt that becomes ready (must be the job's current attempt).")
     timer: Literal["run_at", "retry", "republish"] = Field(
@@ -469,7 +469,7 @@ class DiscardedEvent(_Event):
 
 
 class RetentionPassedEvent(_Event):
-    """A retention the processor armed has passed (``attempt`` is the job's attempt when it was armed).
+    """A job's retention has passed (``attempt`` is the job's attempt when it finished).
 
     ``scope="dead_letter"``: the job was dead-lettered for its dead-letter retention without being
     retried, so it is discarded. ``scope="finished"``: the job has been finished (completed,
@@ -478,9 +478,9 @@ class RetentionPassedEvent(_Event):
     in the event log and ClickHouse.
     """
 
-    written_by: ClassVar[str] = "timer service"
+    written_by: ClassVar[str] = "processor (its housekeeping timers)"
     type: Literal["retention_passed"] = "retention_passed"
-    attempt: Attempt = Field(description="The job's attempt when the retention was armed.")
+    attempt: Attempt = Field(description="The job's attempt when it finished (its retention began).")
     scope: Literal["dead_letter", "finished"] = Field(description="Which retention passed.")
     due_at: UtcTimestamp = Field(description="When it passed (the timer's due time); later than the job's finished_at.")
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import NamedTuple
 
 from pydantic import ValidationError
 
+from eventjobs.core.clock import epoch_ms
 from eventjobs.core.records import TimerRecord
 
 _ATTEMPT_BITS = 20
@@ -64,13 +65,10 @@ def admit_timer(key: bytes | None, value: bytes) -> tuple[int, int] | RefusedTim
         return RefusedTimer("key does not match", f"key {key!r} is not the record's key {expected!r}")
     due_at = timer.due_at if timer.due_at.tzinfo is not None else timer.due_at.replace(tzinfo=timezone.utc)
     try:
-        due_ms = int((due_at - _EPOCH).total_seconds() * 1000)
+        due_ms = epoch_ms(due_at)
     except (OverflowError, ValueError) as error:
         return RefusedTimer("due time out of range", f"due_at {timer.due_at!r}: {error}")
     return due_ms, timer.attempt
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def brief(error: ValidationError, limit: int = 5) -> str:

@@ -21,6 +21,7 @@ import os
 import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -31,7 +32,9 @@ from eventjobs.core.events import LINKED_TYPES
 from eventjobs.core.fold import Decision, apply
 from eventjobs.core.gc_pause import collector_paused
 from eventjobs.core.state import JobState, StateDecodeError, decode_state, encode_state
-from eventjobs.core.effects import Effects, ReadyRepublish, Retention, collect
+from eventjobs.core.clock import Clock, SystemClock, epoch_ms
+from eventjobs.core.effects import Effects, collect
+from eventjobs.core.housekeeping import Housekeeping, ReadyRepublish, Retention
 from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, producer, read_to_end
 from eventjobs.core.records import capability_route, revocation_headers
 from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
@@ -57,6 +60,8 @@ class Quarantined:
 #: Header of an event the processor moved to its job's partition: `topic/partition/offset` of the
 #: record as its producer wrote it (on another partition than `job_partition` of its job).
 MOVED_FROM_HEADER = "eventjobs.moved-from"
+#: The longest the processor waits between two looks at its lanes' housekeeping timers.
+HOUSEKEEPING_WAIT_S = 0.5
 MOVED_PRODUCERS_LOGGED = 1000  # producers whose first moved event is logged (and counted by name); bounded
 
 
@@ -91,23 +96,16 @@ def merged(results: list[BatchResult]) -> BatchResult:
     The changelog, the timer topic and the dead-letter topic are compacted: only a key's last
     value in the transaction matters, so a job that was enqueued, claimed and completed within
     one commit interval writes one state, and a timer armed and tombstoned in it writes only the
-    tombstone; a republish timer (whose key is never armed twice) armed and tombstoned in it
-    writes nothing. Derived events and quarantined records are all kept, in order.
+    tombstone. Derived events and quarantined records are all kept, in order.
     """
     if len(results) == 1:
         return results[0]
     total = BatchResult()
     effects = total.effects
-    timers = effects.timers
     for result in results:
         effects.states.update(result.effects.states)
         effects.events.extend(result.effects.events)
-        for key, timer in result.effects.timers.items():
-            armed_here = timers.get(key)
-            if timer is None and armed_here is not None and armed_here.kind == "republish":
-                del timers[key]  # armed in this transaction: nothing was ever written under its key
-            else:
-                timers[key] = timer
+        effects.timers.update(result.effects.timers)
         effects.dead_letters.update(result.effects.dead_letters)
         total.quarantined.extend(result.quarantined)
         total.state_bytes.update(result.state_bytes)
@@ -117,8 +115,7 @@ def merged(results: list[BatchResult]) -> BatchResult:
 
 def fold_batch(
     table: dict[str, JobState], records: list[ConsumerRecord[bytes, bytes]], *, actor: str, max_event_bytes: int,
-    partition: int | None = None, retention: Retention = Retention(), max_state_bytes: int | None = None,
-    republish: ReadyRepublish = ReadyRepublish(), partition_count: int | None = None,
+    partition: int | None = None, max_state_bytes: int | None = None, partition_count: int | None = None,
 ) -> BatchResult:
     """Apply a partition's batch to its state table (not modified: new states are in the effects,
     None for a job forgotten by its retention).
@@ -138,23 +135,21 @@ def fold_batch(
     Only the last state of a job in a batch is written, so states are encoded (once, for `_send`)
     after the fold; only if one is too large is the batch folded again, checking every step.
     """
-    result = _fold(table, records, actor, max_event_bytes, partition, retention, republish, None, partition_count)
+    result = _fold(table, records, actor, max_event_bytes, partition, None, partition_count)
     if max_state_bytes is None:
         return result
     for job_id, state in result.effects.states.items():
         if state is not None:
             data = encode_state(state)
             if len(data) > max_state_bytes:  # rare: find and quarantine the record that made it so
-                return _fold(table, records, actor, max_event_bytes, partition, retention, republish, max_state_bytes,
-                             partition_count)
+                return _fold(table, records, actor, max_event_bytes, partition, max_state_bytes, partition_count)
             result.state_bytes[job_id] = (state, data)
     return result
 
 
 def _fold(
     table: dict[str, JobState], records: list[ConsumerRecord[bytes, bytes]], actor: str, max_event_bytes: int,
-    partition: int | None, retention: Retention, republish: ReadyRepublish, max_state_bytes: int | None,
-    partition_count: int | None = None,
+    partition: int | None, max_state_bytes: int | None, partition_count: int | None = None,
 ) -> BatchResult:
     result = BatchResult()
     states = result.effects.states
@@ -182,7 +177,7 @@ def _fold(
             log.debug("rejected %s of job %s: %s", event.type, event.job_id, decision.rejected)
         else:
             result.applied += 1
-        collect(result.effects, before, decision, event, partition, retention, republish)
+        collect(result.effects, before, decision, event, partition)
         # a derived event read back from the log is never accepted again, so nothing counts twice
         if event.type in COUNTED_EVENTS and decision.accepted:
             result.counted.append((event.type, decision.state or before))  # type: ignore[arg-type]
@@ -248,7 +243,7 @@ def update_table(table: dict[str, JobState], states: dict[str, JobState | None])
 
 @dataclass
 class _Lane:
-    """One owned partition: its producer, its state table, and the work waiting for it.
+    """One owned partition: its producer, its state table and housekeeping timers, and the work waiting for it.
 
     Partitions work independently. Within a lane, folding and committing are pipelined: a batch
     is folded (and its ready records published as hints) as soon as it arrives, while the
@@ -260,6 +255,7 @@ class _Lane:
     partition: TopicPartition
     producer: AIOKafkaProducer
     table: dict[str, JobState]
+    housekeeping: Housekeeping  # the table's re-publish and retention timers (in memory, rebuilt from it)
     pending: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # (result, next offset, record count, acks of its published ready records)
@@ -283,13 +279,14 @@ class LifecycleProcessor:
 
     def __init__(self, settings: Settings, *, max_batch: int = 2000, commit_interval_s: float = 0.1,
                  instance: str | None = None, republish: ReadyRepublish | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, clock: Clock | None = None) -> None:
         if commit_interval_s < 0:
             raise ValueError(f"commit_interval_s must be >= 0, got {commit_interval_s}")
         self.settings = settings
         self.commit_interval_s = commit_interval_s
         self.retention = Retention(settings.retain_completed_s, settings.dead_letter_retention_s)
         self.republish = republish or ReadyRepublish()  # when a pending job's ready record goes out again
+        self.clock = clock or SystemClock()  # when housekeeping timers are due
         self.names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
         self.group_id = self.names.processor_group
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
@@ -345,7 +342,9 @@ class LifecycleProcessor:
             except BaseException:
                 await txn.stop()
                 raise
-            lane = _Lane(tp, txn, table, last_commit=asyncio.get_running_loop().time())
+            housekeeping = Housekeeping(self.retention, self.republish)
+            housekeeping.track_all(table)
+            lane = _Lane(tp, txn, table, housekeeping, last_commit=asyncio.get_running_loop().time())
             lane.task = self._supervised(self._run_lane(lane), f"the fold of partition {tp.partition}")
             lane.committer = self._supervised(self._commit_loop(lane), f"the committer of partition {tp.partition}")
             self.lanes[tp.partition] = lane
@@ -460,8 +459,10 @@ class LifecycleProcessor:
         )
         self._source = source
         self._hints = producer(self.settings, linger_ms=0)
+        housekeeper: asyncio.Task[None] | None = None
         try:  # started inside: a failed or cancelled start still closes both clients
             await self._hints.start()
+            housekeeper = self._supervised(self._keep_house(), "the housekeeping timers (re-publish, retention)")
             await source.start()
             source.subscribe([self.names.events], listener=OwnershipListener(self._take, self._release, self._fail))
             while not stop.is_set() and self.failure is None:
@@ -487,6 +488,9 @@ class LifecycleProcessor:
             # the group coordinator assigns partitions in its own task: let a take under way
             # finish, and take nothing after, so that every producer is closed
             self._closing = True
+            if housekeeper is not None:
+                housekeeper.cancel()
+                await asyncio.gather(housekeeper, return_exceptions=True)
             async with self._taking:
                 for partition in list(self.lanes):
                     await self._release([TopicPartition(self.names.events, partition)])
@@ -507,8 +511,8 @@ class LifecycleProcessor:
                 records, lane.pending = lane.pending[: self.max_batch], lane.pending[self.max_batch :]
                 result = fold_batch(lane.table, records, actor=f"processor:{tp.partition}",
                                     max_event_bytes=self.settings.max_event_bytes, partition=tp.partition,
-                                    retention=self.retention, max_state_bytes=self.settings.max_event_bytes,
-                                    republish=self.republish, partition_count=self.partition_count)
+                                    max_state_bytes=self.settings.max_event_bytes, partition_count=self.partition_count)
+                lane.housekeeping.track_all(result.effects.states, before=lane.table)
                 update_table(lane.table, result.effects.states)
                 lane.next_offset = records[-1].offset + 1
                 await self._ensure_ready_topics(result.effects)
@@ -558,6 +562,37 @@ class LifecycleProcessor:
                 if self.metrics is not None:
                     self._count(batch)
                 lane.committed.set()
+
+    async def _keep_house(self) -> None:
+        """Fire the lanes' housekeeping timers (`core.housekeeping`: re-publishing a pending job's
+        ready record, retention) when they come due.
+
+        Each event goes plainly (idempotent producer, acks=all) to the lane's partition, as the
+        timer service writes its events, and the lane folds it when it arrives. A crash before it
+        is written loses nothing (the timers are rebuilt from the restored table); one after it
+        writes it again with the same id, a duplicate. A write that fails ends this task, which
+        stops the processor (the entries it took are only in memory; a restart rebuilds them).
+        """
+        assert self._hints is not None
+        while True:
+            now = self.clock.now()
+            acks = []
+            for partition, lane in list(self.lanes.items()):
+                for event in lane.housekeeping.due(lane.table, now, actor=f"processor:{partition}"):
+                    data = encode(event, max_bytes=self.settings.max_event_bytes)
+                    acks.append(await self._hints.send(self.names.events, data, key=event.job_id.encode(),
+                                                       partition=partition))
+            if acks:
+                await asyncio.gather(*acks)
+            await asyncio.sleep(self._housekeeping_wait_s(now))
+
+    def _housekeeping_wait_s(self, now: datetime) -> float:
+        """Until the next housekeeping timer is due, within HOUSEKEEPING_WAIT_S (timers tracked
+        meanwhile are never due sooner than their delays, which are far longer in practice)."""
+        due = [ms for lane in list(self.lanes.values()) if (ms := lane.housekeeping.next_due_ms()) is not None]
+        if not due:
+            return HOUSEKEEPING_WAIT_S
+        return min(HOUSEKEEPING_WAIT_S, max(0.001, (min(due) - epoch_ms(now)) / 1000))
 
     def _count(self, batch: list[tuple[BatchResult, int, int, list[asyncio.Future[Any]]]]) -> None:
         """Count a committed batch's events in the metrics (what the log now holds)."""

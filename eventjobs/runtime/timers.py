@@ -1,5 +1,7 @@
-"""The timer service: fires scheduled runs, retry backoffs, lease expiries, TTLs, retentions and
-the re-publish of a pending job's ready record (`due` with timer `republish`) on time.
+"""The timer service: fires scheduled runs, retry backoffs, lease expiries and TTLs on time.
+
+(Re-publishing a pending job's ready record and retention are the processor's own timers,
+`core/housekeeping.py`; records of those kinds that an older processor wrote are still fired.)
 
 Design (docs/architecture.md, "Timers"): the compacted topic `<ns>.timers` is the durable truth,
 one record per pending timer keyed `job_id:kind`, co-partitioned with the event log. This service

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from eventjobs.core.clock import add_seconds
 from eventjobs.core.codec import decode, encode
-from eventjobs.core.effects import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S
+from eventjobs.core.housekeeping import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S
 from eventjobs.core.events import (
     DERIVED_TYPES,
     AttemptFailedEvent,

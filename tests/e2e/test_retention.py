@@ -93,3 +93,44 @@ async def test_a_job_option_overrides_the_dead_letter_retention(short_retention:
     state = await wait_for_status(rt, job_id, JobStatus.DEAD_LETTERED)
     assert state.options.dead_letter_retention_s == 3600
     assert [e for e in await job_events(rt.app.settings, job_id) if e.type == "retention_passed"] == []
+
+
+async def timer_keys_of(app: App, job_id: str) -> set[str]:
+    """The keys of the timer records (arms and tombstones) written for the job."""
+    keys = set()
+    async for record in read_to_end(app.settings, await partitions_of(app.settings, app.names.timers)):
+        if record.key is not None and record.key.decode().startswith(f"{job_id}:"):
+            keys.add(record.key.decode()[len(job_id) + 1:])
+    return keys
+
+
+async def test_a_restarted_processor_rebuilds_retention_from_its_table_and_writes_no_timer_for_it(app: App) -> None:
+    """Retention is the lane's own timer, kept in memory: a processor that takes the partition
+    over rebuilds it from the restored states, with its own settings, and nothing about it is
+    written to the timer topic."""
+    rt = Runtime(app)
+    keeps_long = app.settings.model_copy(update={"retain_completed_s": 3600.0})
+    first_stop = asyncio.Event()
+    first = asyncio.create_task(run_processor(keeps_long, first_stop))
+    try:
+        await rt.start_worker()
+        job_id = await app.enqueue("add", {"a": 2, "b": 3})
+        assert (await app.wait(job_id, timeout=30)).status is JobStatus.COMPLETED
+        await asyncio.sleep(2)  # past the 1.5 s of the next processor, not the hour of this one
+        assert [e for e in await job_events(app.settings, job_id) if e.type == "retention_passed"] == []
+    finally:
+        first_stop.set()
+        await first
+    rt.tasks.append(asyncio.create_task(run_processor(
+        app.settings.model_copy(update={"retain_completed_s": 1.5}), rt.stop)))
+    try:
+        (forgotten,) = await events_of_type(app, job_id, "retention_passed")
+        assert forgotten.scope == "finished" and forgotten.actor.startswith("processor:")
+        deadline = asyncio.get_running_loop().time() + 10
+        while await changelog_value(app, job_id) is not None:
+            assert asyncio.get_running_loop().time() < deadline, "the changelog still holds the forgotten job"
+            await asyncio.sleep(0.2)
+        # the lease was armed and tombstoned; no republish or retention record was ever written
+        assert await timer_keys_of(app, job_id) == {"lease"}
+    finally:
+        await rt.close()

@@ -27,7 +27,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from eventjobs import App, JobContext
-from eventjobs.core.effects import ReadyRepublish
+from eventjobs.core.housekeeping import ReadyRepublish
 from eventjobs.core.events import JobEvent
 from eventjobs.core.fold import replay
 from eventjobs.core.options import JobOptions, Priority

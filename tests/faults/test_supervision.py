@@ -2,7 +2,8 @@
 
 A failure that cannot be recovered in place stops the service, which says why in its log and
 exits non-zero (its supervisor restarts it): a worker whose cancel watcher fails or whose offset
-committer ends, a processor whose timer service cannot take its partitions. A failure that may
+committer ends, a processor whose timer service cannot take its partitions or whose own
+re-publish and retention timers fail. A failure that may
 pass (a send that fails transiently) is retried with backoff and logged, not in a tight loop.
 
 The fault is injected into a real service subprocess by `tests/support/faulty_app.py`, chosen
@@ -126,14 +127,22 @@ async def test_a_worker_whose_background_task_fails_exits_non_zero_with_the_reas
     assert "ERROR eventjobs.runtime.worker: worker" in text and f"stops: {reason}" in text, text[-3000:]
 
 
-async def test_a_processor_whose_timer_service_cannot_take_its_partitions_exits_non_zero(
-    app: App, tmp_path: Path, processes: list[Popen[bytes]]
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("timer-take", "timer service stops: injected fault 'timer-take': the timer partitions cannot be taken"),
+        ("housekeeping", "stops: the housekeeping timers (re-publish, retention) ended: RuntimeError(\"injected fault "
+                         "'housekeeping': the housekeeping timers cannot be read"),
+    ],
+)
+async def test_a_processor_whose_background_task_fails_exits_non_zero_with_the_reason(
+    app: App, tmp_path: Path, processes: list[Popen[bytes]], fault: str, reason: str
 ) -> None:
     log = tmp_path / "processor.log"
-    processor = spawn(["processor", "--app", FAULTY_APP], app.settings, log, EVENTJOBS_TEST_FAULT="timer-take")
+    processor = spawn(["processor", "--app", FAULTY_APP], app.settings, log, EVENTJOBS_TEST_FAULT=fault)
     processes.append(processor)
     code = await asyncio.to_thread(_exit_code, processor, 40)
     text = log.read_text(errors="replace")
-    assert code is not None, f"the processor is still running:\n{text[-2000:]}"
+    assert code is not None, f"the processor is still running (a silent stall):\n{text[-2000:]}"
     assert code != 0
-    assert "timer service stops: injected fault 'timer-take': the timer partitions cannot be taken" in text, text[-3000:]
+    assert reason in text, text[-3000:]

@@ -16,6 +16,7 @@ import pytest
 
 from eventjobs.readside import queries as query
 from eventjobs.clickhouse import Backend, ClickHouseError
+from eventjobs.core.clock import FrozenClock
 from eventjobs.core.fold import fold
 from eventjobs.core.state import JobStatus, encode_state
 from eventjobs.kafka.clients import producer
@@ -177,7 +178,9 @@ async def test_replay_state_finds_and_corrects_drift_and_refuses_while_the_proce
     await asyncio.sleep(1.0)
     log = [e for e in job_log(600, seed=9) if e.type == "enqueued"][:60]
     await produce_fast(settings, log)
-    processor = LifecycleProcessor(settings)
+    # (its clock at the log's time: the log's jobs stay pending, and the enqueue times of this
+    # generated log are long past, so on the real clock their re-publish timers would be due)
+    processor = LifecycleProcessor(settings, clock=FrozenClock(max(e.occurred_at for e in log)))
     stop = asyncio.Event()
     task = asyncio.create_task(processor.run(stop))
     env = cli_env(settings)

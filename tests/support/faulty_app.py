@@ -5,7 +5,8 @@ service class in that process only:
 
 - `cancel-watcher`: the worker's cancel watcher fails one second after it started;
 - `committer-returns`: the worker's offset committer returns at once, as if its loop had ended;
-- `timer-take`: the timer service cannot take its partitions (the processor process runs it).
+- `timer-take`: the timer service cannot take its partitions (the processor process runs it);
+- `housekeeping`: the processor's re-publish and retention timers fail one second after start.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import os
 from typing import Any
 
+from eventjobs.core.housekeeping import Housekeeping
 from eventjobs.runtime.timers import TimerService
 from eventjobs.runtime.worker import Worker
 from tests.support.jobs_app import build_app
@@ -35,12 +37,26 @@ async def _failing_take(self: TimerService, assigned: list[Any]) -> None:
     raise RuntimeError(f"{MESSAGE}: the timer partitions cannot be taken")
 
 
+_real_due = Housekeeping.due
+_first_look: list[float] = []  # when the processor first looked at its housekeeping timers
+
+
+def _failing_due(self: Housekeeping, table: Any, now: Any, **options: Any) -> Any:
+    if not _first_look:
+        _first_look.append(now.timestamp())
+    if now.timestamp() - _first_look[0] >= 1:
+        raise RuntimeError(f"{MESSAGE}: the housekeeping timers cannot be read")
+    return _real_due(self, table, now, **options)
+
+
 if FAULT == "cancel-watcher":
     Worker._watch_cancels = _failing_cancel_watcher  # type: ignore[method-assign]
 elif FAULT == "committer-returns":
     Worker._commit_loop = _returning_committer  # type: ignore[method-assign]
 elif FAULT == "timer-take":
     TimerService._take = _failing_take  # type: ignore[method-assign]
+elif FAULT == "housekeeping":
+    Housekeeping.due = _failing_due  # type: ignore[method-assign]
 elif FAULT:
     raise ValueError(f"unknown EVENTJOBS_TEST_FAULT {FAULT!r}")
 

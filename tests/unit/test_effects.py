@@ -3,6 +3,10 @@
 States are never written by hand: every step folds a real event (built by the same command
 functions the producers, workers, timer service and operators use) with `core.fold.apply`, then
 asks `collect` what the processor must write for it.
+
+Re-publishing a pending job's ready record and retention are no timer records: they are the
+lane's housekeeping timers (`core.housekeeping`), which follow from the state alone. Where a
+transition starts or ends one, the tests check what the new state calls for (`Job.housekeeping`).
 """
 
 from __future__ import annotations
@@ -32,17 +36,16 @@ from eventjobs.core.fold import Decision, apply
 from eventjobs.core.options import ConstantBackoff, JobOptions, Priority
 from eventjobs.core.outcome import Cancel, outcome_event
 from eventjobs.core.state import JobState, JobStatus
-from eventjobs.core.effects import (
+from eventjobs.core.effects import Effects, collect, dead_letter_record, ready_record
+from eventjobs.core.housekeeping import (
     DEFAULT_DEAD_LETTER_RETENTION_S,
     DEFAULT_RETAIN_COMPLETED_S,
     READY_REPUBLISH_CAP_S,
     READY_REPUBLISH_FIRST_S,
-    Effects,
+    HousekeepingTimer,
     ReadyRepublish,
     Retention,
-    collect,
-    dead_letter_record,
-    ready_record,
+    housekeeping_timer,
 )
 from eventjobs.core.records import DeadLetterRecord, ReadyRecord, TimerRecord, timer_key
 from eventjobs.core.timer_index import RefusedTimer, admit_timer
@@ -55,40 +58,42 @@ def key(kind: str, job_id: str = "job-1", attempt: int | None = None) -> bytes:
     return timer_key(job_id, kind, attempt)  # type: ignore[arg-type]
 
 
-def republish_key(attempt: int = 0, sequence: int = 0, job_id: str = "job-1") -> bytes:
-    return timer_key(job_id, "republish", attempt, sequence)
-
-
 def republish_timer(
-    at: datetime, attempt: int = 0, sequence: int = 0, republish: ReadyRepublish = ReadyRepublish()
-) -> dict[bytes, TimerRecord]:
-    """The `republish` timer armed when the ready record of `attempt` was published at `at` (for the
-    `sequence`-th time after the first): it publishes it again `republish.delay_s(sequence)` later."""
-    record = TimerRecord(job_id="job-1", kind="republish", attempt=attempt, sequence=sequence,
-                         due_at=add_seconds(at, republish.delay_s(sequence)))
-    return {record.key: record}
+    at: datetime, attempt: int = 0, sequence: int = 0, republish: ReadyRepublish = ReadyRepublish(),
+    job_id: str = "job-1",
+) -> HousekeepingTimer:
+    """The `republish` housekeeping timer of a job whose ready record of `attempt` was published at
+    `at` (for the `sequence`-th time after the first): it is published again `republish.delay_s(sequence)` later."""
+    return HousekeepingTimer(job_id, "republish", add_seconds(at, republish.delay_s(sequence)), attempt, sequence)
 
 
-def retain(at: datetime, attempt: int = 0, after_s: float = DEFAULT_RETAIN_COMPLETED_S) -> dict[bytes, TimerRecord]:
-    """The `retain` timer of a job that finished at `at`: it is forgotten `after_s` later."""
-    return {key("retain"): TimerRecord(job_id="job-1", kind="retain", attempt=attempt, due_at=add_seconds(at, after_s))}
+def retain(
+    at: datetime, attempt: int = 0, after_s: float = DEFAULT_RETAIN_COMPLETED_S, job_id: str = "job-1"
+) -> HousekeepingTimer:
+    """The `retain` housekeeping timer of a job that finished at `at`: it is forgotten `after_s` later."""
+    return HousekeepingTimer(job_id, "retain", add_seconds(at, after_s), attempt)
 
 
 def dead_letter_timer(
-    at: datetime, attempt: int = 0, after_s: float = DEFAULT_DEAD_LETTER_RETENTION_S
-) -> dict[bytes, TimerRecord]:
-    """The `dead_letter` timer of a job dead-lettered at `at`: it is discarded `after_s` later."""
-    return {
-        key("dead_letter"): TimerRecord(job_id="job-1", kind="dead_letter", attempt=attempt, due_at=add_seconds(at, after_s))
-    }
+    at: datetime, attempt: int = 0, after_s: float = DEFAULT_DEAD_LETTER_RETENTION_S, job_id: str = "job-1"
+) -> HousekeepingTimer:
+    """The `dead_letter` housekeeping timer of a job dead-lettered at `at`: it is discarded `after_s` later."""
+    return HousekeepingTimer(job_id, "dead_letter", add_seconds(at, after_s), attempt)
 
 
 class Job:
-    """One job driven through real events; `step` applies one and returns what `collect` produced."""
+    """One job driven through real events; `step` applies one and returns what `collect` produced.
 
-    def __init__(self, job_id: str = "job-1", retention: Retention = Retention()) -> None:
+    `retention` and `republish` are the processor's settings: `housekeeping` is the housekeeping
+    timer the job's current state calls for under them.
+    """
+
+    def __init__(
+        self, job_id: str = "job-1", retention: Retention = Retention(), republish: ReadyRepublish = ReadyRepublish()
+    ) -> None:
         self.job_id = job_id
         self.retention = retention
+        self.republish = republish
         self.now = T0
         self.state: JobState | None = None
         self.n = 0
@@ -107,7 +112,7 @@ class Job:
         before = self.state
         self.decision = apply(before, event, actor="processor:0")
         effects = Effects()
-        collect(effects, before, self.decision, event, retention=self.retention)
+        collect(effects, before, self.decision, event)
         if self.decision.state is not None:
             self.state = self.decision.state
         elif self.decision.rejected is None:
@@ -119,6 +124,12 @@ class Job:
     def s(self) -> JobState:
         assert self.state is not None
         return self.state
+
+    @property
+    def housekeeping(self) -> HousekeepingTimer | None:
+        """The housekeeping timer (republish, retain or dead_letter) the current state calls for;
+        None when it calls for none, or the job is forgotten."""
+        return None if self.state is None else housekeeping_timer(self.state, self.retention, self.republish)
 
     # writers ------------------------------------------------------------------------------------
     def enqueue(self, **options: Any) -> Effects:
@@ -202,8 +213,9 @@ def armed(effects: Effects) -> dict[bytes, TimerRecord]:
     return {k: v for k, v in effects.timers.items() if v is not None}
 
 
-def tombstones(effects: Effects) -> set[bytes]:
-    return {k for k, v in effects.timers.items() if v is None}
+def no_housekeeping_records(effects: Effects) -> None:
+    """Nothing written under a republish, retain or dead_letter timer key (armed or tombstone)."""
+    assert not any(k.split(b":")[1] in (b"republish", b"retain", b"dead_letter") for k in effects.timers)
 
 
 def nothing_but_state(effects: Effects, job: Job) -> None:
@@ -233,9 +245,10 @@ def test_enqueued_job_gets_a_ready_record_with_everything_a_worker_needs() -> No
         )
     ]
     assert effects.ready[0].options.capabilities == ("smtp",)
-    assert effects.timers == republish_timer(T0)  # published again in 5 minutes if still pending then
+    assert effects.timers == {}  # no timer record: the lane's housekeeping re-publishes it
+    assert job.housekeeping == republish_timer(T0)  # published again in an hour if still pending then
     assert effects.events == [] and effects.revoked == [] and effects.dead_letters == {}
-    assert len(effects) == 3  # the state, the ready record and its republish timer
+    assert len(effects) == 2  # the state and the ready record
 
 
 def test_ready_record_carries_the_parent_job() -> None:
@@ -253,13 +266,15 @@ def test_scheduled_job_arms_run_at_and_gets_ready_when_due() -> None:
                                                           due_at=add_seconds(T0, 60))}
     assert [type(e) for e in effects.events] == [ScheduledEvent]
     assert effects.events == list(job.decision.derived)  # type: ignore[union-attr]
+    assert job.housekeeping is None  # nothing to re-publish yet
 
     job.tick(59)
     effects = job.due()
     assert job.s.status is S.PENDING
     assert [(r.job_id, r.attempt, r.ready_at) for r in effects.ready] == [("job-1", 0, job.now)]
-    # the timer service already tombstoned the fired run_at timer; the ready record's republish is armed
-    assert effects.timers == republish_timer(job.now)
+    # the timer service already tombstoned the fired run_at timer; the ready record's republish follows
+    assert effects.timers == {}
+    assert job.housekeeping == republish_timer(job.now)
     assert effects.revoked == [] and effects.dead_letters == {}
 
 
@@ -267,7 +282,8 @@ def test_run_at_in_the_past_is_pending_at_once() -> None:
     job = Job()
     effects = job.enqueue(run_at=add_seconds(T0, -5))
     assert job.s.status is S.PENDING
-    assert len(effects.ready) == 1 and effects.timers == republish_timer(T0)
+    assert len(effects.ready) == 1 and effects.timers == {}
+    assert job.housekeeping == republish_timer(T0)
 
 
 # -- TTL ----------------------------------------------------------------------------------------
@@ -277,16 +293,17 @@ def test_ttl_is_armed_on_enqueue_and_tombstoned_when_claimed() -> None:
     job = Job()
     effects = job.enqueue(ttl=300)
     assert effects.timers == {
-        key("ttl"): TimerRecord(job_id="job-1", kind="ttl", attempt=0, due_at=add_seconds(T0, 300)), **republish_timer(T0)
+        key("ttl"): TimerRecord(job_id="job-1", kind="ttl", attempt=0, due_at=add_seconds(T0, 300)),
     }
+    assert job.housekeeping == republish_timer(T0)
     assert len(effects.ready) == 1
 
     effects = job.claim(lease_s=45)
     assert effects.timers == {
         key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=0, due_at=add_seconds(job.now, 45)),
         key("ttl"): None,
-        republish_key(): None,
     }
+    assert job.housekeeping is None  # claimed: no re-publish
     assert effects.ready == [] and effects.revoked == []  # a claim consumes the ready record, it is not revoked
 
 
@@ -306,7 +323,8 @@ def test_claim_without_ttl_writes_no_ttl_tombstone() -> None:
     job = Job()
     job.enqueue()
     effects = job.claim()
-    assert set(effects.timers) == {key("lease"), republish_key()}
+    assert set(effects.timers) == {key("lease")}
+    assert job.housekeeping is None
 
 
 def test_expired_pending_job_is_revoked_and_dead_lettered() -> None:
@@ -318,7 +336,8 @@ def test_expired_pending_job_is_revoked_and_dead_lettered() -> None:
     assert job.s.status is S.DEAD_LETTERED
     assert effects.revoked == [ready_record(pending, job.now)]
     assert effects.ready == []
-    assert armed(effects) == dead_letter_timer(job.now)
+    assert effects.timers == {key("ttl"): None}  # the fired TTL timer (tombstoned by the timer service too)
+    assert job.housekeeping == dead_letter_timer(job.now)
     (dead,) = job.decision.derived  # type: ignore[union-attr]
     assert isinstance(dead, DeadLetteredEvent)
     assert effects.events == [dead]
@@ -335,8 +354,8 @@ def test_expired_scheduled_job_tombstones_its_run_at_timer_and_revokes_nothing()
     job.enqueue(delay=600, ttl=10)
     effects = job.expire()
     assert job.s.status is S.DEAD_LETTERED
-    assert key("run_at") in tombstones(effects)
-    assert armed(effects) == dead_letter_timer(job.now) and effects.revoked == [] and effects.ready == []
+    assert effects.timers == {key("run_at"): None, key("ttl"): None}
+    assert job.housekeeping == dead_letter_timer(job.now) and effects.revoked == [] and effects.ready == []
     assert effects.dead_letters["job-1"].reason.startswith("expired")  # type: ignore[union-attr]
 
 
@@ -359,8 +378,8 @@ def test_claim_arms_the_lease_and_start_writes_only_the_state() -> None:
     job.enqueue()
     effects = job.claim(lease_s=90)
     assert effects.timers == {key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=0,
-                                                        due_at=add_seconds(job.now, 90)),
-                              republish_key(): None}  # claimed: no re-publish
+                                                        due_at=add_seconds(job.now, 90))}
+    assert job.housekeeping is None  # claimed: no re-publish
     assert effects.states == {"job-1": job.s} and effects.ready == [] and effects.events == []
     nothing_but_state(job.start(), job)
     nothing_but_state(job.progress(), job)
@@ -391,7 +410,8 @@ def test_success_tombstones_the_lease_and_completes() -> None:
     job.run()
     effects = job.succeed({"sent": True})
     assert job.s.status is S.COMPLETED
-    assert effects.timers == {key("lease"): None, **retain(job.now)}
+    assert effects.timers == {key("lease"): None}
+    assert job.housekeeping == retain(job.now)
     assert [type(e) for e in effects.events] == [CompletedEvent]
     assert effects.events[0].result == {"sent": True}  # type: ignore[union-attr]
     assert effects.ready == [] and effects.revoked == [] and effects.dead_letters == {}
@@ -402,7 +422,8 @@ def test_success_straight_from_claimed_also_tombstones_the_lease() -> None:
     job.enqueue()
     job.claim()
     effects = job.succeed()
-    assert effects.timers == {key("lease"): None, **retain(job.now)}
+    assert effects.timers == {key("lease"): None}
+    assert job.housekeeping == retain(job.now)
 
 
 # -- retries ---------------------------------------------------------------------------------
@@ -422,6 +443,7 @@ def test_retryable_end_of_attempt_arms_the_retry_and_tombstones_the_lease(how: s
     (scheduled,) = effects.events
     assert isinstance(scheduled, RetryScheduledEvent) and scheduled.due_at == add_seconds(job.now, 10)
     assert effects.ready == [] and effects.revoked == [] and effects.dead_letters == {}
+    assert job.housekeeping is None
 
 
 def test_retry_due_gives_a_ready_record_for_the_next_attempt_whose_claim_arms_its_lease() -> None:
@@ -432,11 +454,12 @@ def test_retry_due_gives_a_ready_record_for_the_next_attempt_whose_claim_arms_it
     job.tick(10)
     effects = job.due()
     assert [(r.attempt, r.ready_at, r.enqueued_at) for r in effects.ready] == [(1, job.now, T0)]
-    assert effects.timers == republish_timer(job.now, attempt=1)
+    assert effects.timers == {}
+    assert job.housekeeping == republish_timer(job.now, attempt=1)
     effects = job.claim(lease_s=30)
     assert effects.timers == {key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=1,
-                                                        due_at=add_seconds(job.now, 30)),
-                              republish_key(attempt=1): None}
+                                                        due_at=add_seconds(job.now, 30))}
+    assert job.housekeeping is None
 
 
 # -- dead letters ---------------------------------------------------------------------------
@@ -463,7 +486,8 @@ def test_exhausted_attempts_write_the_dead_letter_entry() -> None:
     assert "ConnectionError: reset" in entry.traceback
     assert entry.dead_letter_event_id == dead.event_id == job.s.dead_letter_event_id
     assert entry.dead_lettered_at == job.now
-    assert effects.timers == {key("lease"): None, **dead_letter_timer(job.now)}
+    assert effects.timers == {key("lease"): None}
+    assert job.housekeeping == dead_letter_timer(job.now)
     assert effects.ready == [] and effects.revoked == []
 
 
@@ -484,7 +508,8 @@ def test_dead_letter_retry_tombstones_the_entry_and_makes_a_fresh_attempt_ready(
     assert job.s.status is S.PENDING and job.s.attempt == 1
     assert effects.dead_letters == {"job-1": None}
     assert [(r.attempt, r.ready_at) for r in effects.ready] == [(1, job.now)]
-    assert armed(effects) == republish_timer(job.now, attempt=1)  # no TTL: disarmed by a dead-letter retry
+    assert armed(effects) == {}  # no TTL: disarmed by a dead-letter retry
+    assert job.housekeeping == republish_timer(job.now, attempt=1)
     assert effects.events == [] and effects.revoked == []
 
 
@@ -494,7 +519,8 @@ def test_discard_tombstones_the_entry_and_nothing_becomes_ready() -> None:
     effects = job.discard()
     assert job.s.status is S.DISCARDED
     assert effects.dead_letters == {"job-1": None}
-    assert effects.ready == [] and effects.revoked == [] and armed(effects) == retain(job.now)
+    assert effects.ready == [] and effects.revoked == [] and effects.timers == {}
+    assert job.housekeeping == retain(job.now)
 
 
 def test_operator_action_naming_an_old_entry_writes_nothing() -> None:
@@ -525,7 +551,8 @@ def test_cancel_pending_job_revokes_its_ready_record() -> None:
     assert effects.revoked == [ready_record(pending, job.now)]
     assert effects.revoked[0].job_id == "job-1" and effects.revoked[0].attempt == 0
     assert effects.ready == []
-    assert effects.timers == {key("ttl"): None, republish_key(): None, **retain(job.now)}
+    assert effects.timers == {key("ttl"): None}
+    assert job.housekeeping == retain(job.now)  # no more re-publish: kept for its retention
     assert [type(e) for e in effects.events] == [CancelledEvent]
     assert effects.dead_letters == {}
 
@@ -545,7 +572,8 @@ def test_cancel_scheduled_job_tombstones_run_at_and_ttl() -> None:
     job.enqueue(delay=60, ttl=60)
     effects = job.cancel()
     assert job.s.status is S.CANCELLED
-    assert effects.timers == {key("run_at"): None, key("ttl"): None, **retain(job.now)}
+    assert effects.timers == {key("run_at"): None, key("ttl"): None}
+    assert job.housekeeping == retain(job.now)
     assert effects.revoked == [] and effects.ready == []
 
 
@@ -556,7 +584,8 @@ def test_cancel_retrying_job_tombstones_the_retry_timer() -> None:
     job.fail()
     effects = job.cancel()
     assert job.s.status is S.CANCELLED
-    assert key("retry", attempt=1) in tombstones(effects) and armed(effects) == retain(job.now, attempt=1)
+    assert effects.timers == {key("retry", attempt=1): None}
+    assert job.housekeeping == retain(job.now, attempt=1)
     assert effects.revoked == [] and effects.ready == []
 
 
@@ -568,7 +597,8 @@ def test_cancel_while_running_is_only_a_flag_until_the_attempt_ends() -> None:
     assert job.s.cancel_requested and job.s.status is S.RUNNING
     effects = job.fail()  # retryable, attempts left, but a cancel was requested
     assert job.s.status is S.CANCELLED
-    assert effects.timers == {key("lease"): None, **retain(job.now)}
+    assert effects.timers == {key("lease"): None}
+    assert job.housekeeping == retain(job.now)
     assert [type(e) for e in effects.events] == [CancelledEvent]
     assert effects.dead_letters == {} and effects.ready == []
 
@@ -592,7 +622,7 @@ def test_retention_refuses_non_positive_values(field: str, value: float) -> None
 
 
 @pytest.mark.parametrize("finish", ["succeed", "cancel", "cancel_running", "discard"])
-def test_finishing_arms_the_retain_timer_at_finished_at_plus_the_retention(finish: str) -> None:
+def test_a_finished_job_calls_for_its_retain_timer_at_finished_at_plus_the_retention(finish: str) -> None:
     job = Job(retention=Retention(finished_s=HOUR, dead_letter_s=DAY))
     if finish == "discard":
         _dead_lettered(job)
@@ -608,7 +638,9 @@ def test_finishing_arms_the_retain_timer_at_finished_at_plus_the_retention(finis
             effects = job.succeed() if finish == "succeed" else job.cancel()
     assert job.s.is_terminal and job.s.status is not S.DEAD_LETTERED
     assert job.s.finished_at == job.now
-    assert armed(effects) == retain(job.now, after_s=HOUR)
+    assert armed(effects) == {}
+    no_housekeeping_records(effects)
+    assert job.housekeeping == retain(job.now, after_s=HOUR)
 
 
 def test_retain_timer_names_the_attempt_that_finished() -> None:
@@ -620,14 +652,17 @@ def test_retain_timer_names_the_attempt_that_finished() -> None:
     job.run()
     effects = job.succeed()
     assert job.s.attempt == 1
-    assert effects.timers == {key("lease"): None, **retain(job.now, attempt=1)}
+    assert effects.timers == {key("lease"): None}
+    assert job.housekeeping == retain(job.now, attempt=1)
+    assert job.housekeeping.key == b"job-1:retain"  # type: ignore[union-attr]  # one key per job, whatever the attempt
 
 
-def test_dead_lettering_arms_the_dead_letter_timer_at_the_processors_retention() -> None:
+def test_a_dead_lettered_job_calls_for_its_dead_letter_timer_at_the_processors_retention() -> None:
     job = Job(retention=Retention(finished_s=HOUR, dead_letter_s=2 * DAY))
     effects = _dead_lettered(job)
     assert job.s.status is S.DEAD_LETTERED and job.s.finished_at == job.now
-    assert effects.timers == {key("lease"): None, **dead_letter_timer(job.now, after_s=2 * DAY)}
+    assert effects.timers == {key("lease"): None}
+    assert job.housekeeping == dead_letter_timer(job.now, after_s=2 * DAY)
 
 
 @pytest.mark.parametrize("option", [90, 90.0, timedelta(seconds=90)])
@@ -635,14 +670,16 @@ def test_a_jobs_dead_letter_retention_option_overrides_the_processors(option: An
     job = Job(retention=Retention(dead_letter_s=2 * DAY))
     effects = _dead_lettered(job, dead_letter_retention=option)
     assert job.s.options.dead_letter_retention_s == 90.0
-    assert effects.timers == {key("lease"): None, **dead_letter_timer(job.now, after_s=90)}
+    assert effects.timers == {key("lease"): None}
+    assert job.housekeeping == dead_letter_timer(job.now, after_s=90)
 
 
 def test_the_dead_letter_retention_option_does_not_change_the_finished_retention() -> None:
     job = Job(retention=Retention(finished_s=HOUR))
     job.enqueue(dead_letter_retention=90)
     job.run()
-    assert armed(job.succeed()) == retain(job.now, after_s=HOUR)
+    assert armed(job.succeed()) == {}
+    assert job.housekeeping == retain(job.now, after_s=HOUR)
 
 
 def test_expired_job_is_dead_lettered_with_the_option_retention() -> None:
@@ -651,34 +688,40 @@ def test_expired_job_is_dead_lettered_with_the_option_retention() -> None:
     job.tick(5)
     effects = job.expire()
     assert job.s.status is S.DEAD_LETTERED
-    assert armed(effects) == dead_letter_timer(job.now, after_s=3 * HOUR)
+    assert armed(effects) == {}
+    assert job.housekeeping == dead_letter_timer(job.now, after_s=3 * HOUR)
 
 
-def test_dead_letter_timer_of_a_later_attempt_names_it() -> None:
+def test_the_dead_letter_timer_of_a_later_attempt_names_it() -> None:
     job = Job()
     _dead_lettered(job)
     job.dlq_retry()
     job.run()
     effects = job.fail()  # max_attempts=1: dead-lettered again, on attempt 1
     assert job.s.status is S.DEAD_LETTERED and job.s.attempt == 1
-    assert effects.timers == {key("lease"): None, **dead_letter_timer(job.now, attempt=1)}
+    assert effects.timers == {key("lease"): None}
+    assert job.housekeeping == dead_letter_timer(job.now, attempt=1)
 
 
-def test_dead_letter_retry_cancels_the_dead_letter_timer() -> None:
+def test_dead_letter_retry_ends_the_dead_letter_timer_and_starts_the_republish() -> None:
     job = Job()
     _dead_lettered(job)
+    assert job.housekeeping is not None and job.housekeeping.kind == "dead_letter"
     effects = job.dlq_retry()
     assert job.s.status is S.PENDING
-    assert effects.timers == {key("dead_letter"): None, **republish_timer(job.now, attempt=1)}
+    assert effects.timers == {}  # no dead_letter timer record to tombstone
+    assert job.housekeeping == republish_timer(job.now, attempt=1)
     assert effects.dead_letters == {"job-1": None}
 
 
-def test_discard_cancels_the_dead_letter_timer_and_arms_the_retain_timer() -> None:
+def test_discard_ends_the_dead_letter_timer_and_starts_the_retain_timer() -> None:
     job = Job(retention=Retention(finished_s=HOUR))
     _dead_lettered(job)
+    assert job.housekeeping is not None and job.housekeeping.kind == "dead_letter"
     effects = job.discard()
     assert job.s.status is S.DISCARDED
-    assert effects.timers == {key("dead_letter"): None, **retain(job.now, after_s=HOUR)}
+    assert effects.timers == {}
+    assert job.housekeeping == retain(job.now, after_s=HOUR)
     assert effects.dead_letters == {"job-1": None}
     assert effects.states == {"job-1": job.s} and effects.events == []
     assert effects.ready == [] and effects.revoked == []
@@ -686,13 +729,15 @@ def test_discard_cancels_the_dead_letter_timer_and_arms_the_retain_timer() -> No
 
 def test_dead_letter_retention_passing_discards_like_an_operator_would() -> None:
     job = Job(retention=Retention(finished_s=HOUR, dead_letter_s=DAY))
-    (timer,) = armed(_dead_lettered(job)).values()  # what the timer service holds, and fires
-    assert timer == dead_letter_timer(job.now, after_s=DAY)[key("dead_letter")]
+    _dead_lettered(job)
+    timer = job.housekeeping  # what the lane's housekeeping holds, and fires
+    assert timer == dead_letter_timer(job.now, after_s=DAY)
     effects = job.retention_passed("dead_letter", timer.due_at)
     assert job.s.status is S.DISCARDED and job.s.finished_at == timer.due_at
     assert effects.states == {"job-1": job.s}
     assert effects.dead_letters == {"job-1": None}
-    assert effects.timers == {key("dead_letter"): None, **retain(timer.due_at, after_s=HOUR)}
+    assert effects.timers == {}
+    assert job.housekeeping == retain(timer.due_at, after_s=HOUR)
     assert effects.events == [] and effects.ready == [] and effects.revoked == []
 
 
@@ -712,7 +757,7 @@ def test_forgetting_a_finished_job_tombstones_its_state_and_writes_nothing_else(
     assert job.s.finished_at is not None
     effects = job.retention_passed("finished", add_seconds(job.s.finished_at, HOUR))
     assert job.decision == Decision(state=None, derived=(), rejected=None, duplicate=False)
-    assert job.state is None
+    assert job.state is None and job.housekeeping is None
     assert effects.states == {"job-1": None}
     assert effects.events == [] and effects.ready == [] and effects.revoked == []
     assert effects.timers == {} and effects.dead_letters == {}
@@ -744,33 +789,36 @@ def test_forgotten_job_enqueued_again_starts_afresh() -> None:
     assert job.s.status is S.PENDING and job.s.version == 1 and job.s.enqueued_event_id == job.events[-1].event_id
     assert effects.states == {"job-1": job.s}
     assert [(r.job_id, r.attempt) for r in effects.ready] == [("job-1", 0)]
-    assert effects.events == [] and effects.timers == republish_timer(job.now)
+    assert effects.events == [] and effects.timers == {}
+    assert job.housekeeping == republish_timer(job.now)
 
 
-def test_retention_shorter_than_a_millisecond_still_arms_a_timer_after_the_finish() -> None:
+def test_retention_shorter_than_a_millisecond_still_calls_for_a_timer_after_the_finish() -> None:
     """A retention due at (not after) finished_at would be refused as stale: keep at least 1 ms."""
     job = Job(retention=Retention(finished_s=0.0004, dead_letter_s=0.0001))
-    effects = _dead_lettered(job)
-    assert armed(effects) == dead_letter_timer(job.now, after_s=0.001)
-    effects = job.retention_passed("dead_letter", add_seconds(job.now, 0.001))
+    _dead_lettered(job)
+    assert job.housekeeping == dead_letter_timer(job.now, after_s=0.001)
+    job.retention_passed("dead_letter", add_seconds(job.now, 0.001))
     assert job.decision.accepted and job.s.status is S.DISCARDED  # type: ignore[union-attr]
-    assert armed(effects) == retain(job.now, after_s=0.001)
+    assert job.housekeeping == retain(job.now, after_s=0.001)
     job.retention_passed("finished", add_seconds(job.now, 0.001))
     assert job.decision.accepted and job.state is None  # type: ignore[union-attr]
 
 
-def test_dead_letter_retention_beyond_the_calendar_arms_no_timer() -> None:
+def test_dead_letter_retention_beyond_the_calendar_calls_for_no_timer() -> None:
     """A retention that ends after the year 9999 never passes: no timer, and no crash of the batch."""
     job = Job()
     effects = _dead_lettered(job, dead_letter_retention=1e12)
     assert job.s.status is S.DEAD_LETTERED
     assert effects.timers == {key("lease"): None}
     assert effects.dead_letters == {"job-1": dead_letter_record(job.s)}
+    assert job.housekeeping is None
     # likewise a processor retention of inf: the finished job is kept
     job = Job(retention=Retention(finished_s=float("inf")))
     job.enqueue()
     job.run()
     assert job.succeed().timers == {key("lease"): None}
+    assert job.s.status is S.COMPLETED and job.housekeeping is None
 
 
 # -- stale lease timers ------------------------------------------------------------------------
@@ -880,7 +928,8 @@ def test_collect_accumulates_into_one_effects_of_a_batch() -> None:
         write()
         collect(batch, before, job.decision, job.events[-1])  # type: ignore[arg-type]
     assert batch.states == {"job-1": job.s} and job.s.status is S.COMPLETED
-    assert batch.timers == {key("ttl"): None, key("lease"): None, **retain(job.now)}
+    assert batch.timers == {key("ttl"): None, key("lease"): None}
+    assert job.housekeeping == retain(job.now)
     assert len(batch.ready) == 1 and batch.revoked == []
     assert [type(e) for e in batch.events] == [CompletedEvent]
 
@@ -900,20 +949,23 @@ def test_republish_delays_are_an_hour_doubling_capped_at_a_day() -> None:
             ReadyRepublish(first_s=first, cap_s=cap)
 
 
-def test_a_fired_republish_timer_publishes_the_ready_record_again_and_arms_the_next_one() -> None:
+def test_a_fired_republish_timer_publishes_the_ready_record_again_and_calls_for_the_next_one() -> None:
     # Given a pending job whose ready record nobody claimed
     job = Job()
     job.enqueue()
     for sequence, wait in enumerate((60, 120, 240, 480, 960, 1440)):
         job.tick(wait * MINUTE)
+        assert job.housekeeping is not None and job.housekeeping.due_at == job.now  # due now
         # When its republish timer fires
         effects = job.due()
-        # Then the ready record goes out again, and the next re-publish is armed one longer delay on
+        # Then the ready record goes out again, and the next re-publish follows one longer delay on
         assert job.decision.accepted and job.s.ready_republishes == sequence + 1  # type: ignore[union-attr]
         assert effects.ready == [ready_record(job.s, job.now)]
-        assert effects.timers == republish_timer(job.now, sequence=sequence + 1)
+        assert effects.timers == {}
+        assert job.housekeeping == republish_timer(job.now, sequence=sequence + 1)
         assert effects.states == {"job-1": job.s} and effects.events == [] and effects.revoked == []
-    assert armed(effects)[republish_key(0, 6)].due_at == add_seconds(job.now, 24 * 60 * MINUTE)
+    assert job.housekeeping is not None and job.housekeeping.due_at == add_seconds(job.now, 24 * 60 * MINUTE)
+    assert job.housekeeping.key == b"job-1:republish:0:6"
 
 
 def test_a_republish_timer_fired_again_writes_nothing() -> None:
@@ -928,20 +980,21 @@ def test_a_republish_timer_fired_again_writes_nothing() -> None:
     assert job.decision.rejected is not None  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("leave", ["claim", "cancel", "expire"])
-def test_leaving_pending_tombstones_the_current_republish_timer(leave: str) -> None:
+@pytest.mark.parametrize(("leave", "then"), [("claim", None), ("cancel", "retain"), ("expire", "dead_letter")])
+def test_leaving_pending_ends_the_republish_timer(leave: str, then: str | None) -> None:
     job = Job()
     job.enqueue(ttl=3600)
     job.tick(5 * MINUTE)
-    job.due()  # re-published once: the armed timer is the second
+    job.due()  # re-published once: the pending timer is the second
+    assert job.housekeeping is not None and job.housekeeping.key == b"job-1:republish:0:1"
     effects = {"claim": job.claim, "cancel": job.cancel, "expire": job.expire}[leave]()
     assert job.s.status is not S.PENDING
-    assert republish_key(0, 1) in tombstones(effects)
-    assert not any(t.kind == "republish" for t in armed(effects).values())
+    no_housekeeping_records(effects)  # nothing to tombstone: the republish timer was never a record
+    assert (job.housekeeping.kind if job.housekeeping else None) == then
 
 
-def test_a_republish_timer_armed_and_cancelled_in_one_batch_is_not_written() -> None:
-    """Its key names that one arming: nothing older can hold it, so no tombstone is needed either."""
+def test_a_batch_of_enqueue_claim_start_writes_only_the_lease_timer() -> None:
+    """No republish timer is armed at the enqueue, so none is tombstoned at the claim either."""
     job = Job()
     batch = Effects()
     for write in (job.enqueue, job.claim, job.start):
@@ -952,33 +1005,47 @@ def test_a_republish_timer_armed_and_cancelled_in_one_batch_is_not_written() -> 
     assert set(batch.timers) == {key("lease")}
 
 
-def test_the_processors_republish_delays_are_used() -> None:
+def test_the_processors_republish_delays_decide_the_republish_timer_not_the_records() -> None:
     fast = ReadyRepublish(first_s=0.5, cap_s=1.0)
     effects = Effects()
     event = commands.enqueue("send_email", {}, JobOptions(), now=T0, actor="p", job_id="job-1", event_id="e1")
-    collect(effects, None, apply(None, event), event, republish=fast)
-    assert effects.timers == republish_timer(T0, republish=fast)
-    assert armed(effects)[republish_key()].due_at == add_seconds(T0, 0.5)
+    decision = apply(None, event)
+    collect(effects, None, decision, event)
+    assert effects.timers == {} and len(effects.ready) == 1
+    assert decision.state is not None
+    assert housekeeping_timer(decision.state, republish=fast) == republish_timer(T0, republish=fast)
+    assert republish_timer(T0, republish=fast).due_at == add_seconds(T0, 0.5)
+    assert housekeeping_timer(decision.state) == republish_timer(T0) != republish_timer(T0, republish=fast)
 
 
-def test_the_timer_service_admits_a_republish_timer_and_fires_the_due_the_fold_expects() -> None:
+def test_the_timer_service_still_fires_an_old_republish_timer_record_as_the_due_the_fold_expects() -> None:
+    """A republish timer record an older processor wrote is admitted, and fires the event the
+    lane's housekeeping would fire for the same timer (the same key, hence the same id)."""
     job = Job()
-    (key_, timer), = armed(job.enqueue()).items()
-    # built without re-validation: equal to, and encoded like, a validated record
-    assert TimerRecord.decode(timer.encode()) == timer == TimerRecord.model_validate(timer.model_dump())
-    other = Job("job-2")
-    other.enqueue()
-    lease = armed(other.claim())[key("lease", "job-2")]
-    assert TimerRecord.decode(lease.encode()) == lease and b"sequence" not in lease.encode()
-    due_ms, attempt = admit_timer(key_, timer.encode())  # type: ignore[misc]
-    fired = commands.timer_fired_event(key_, due_ms, attempt, now=timer.due_at, actor="timer:0")
+    job.enqueue()
+    timer = job.housekeeping
+    assert timer is not None
+    old = TimerRecord(job_id="job-1", kind="republish", attempt=timer.attempt, sequence=timer.sequence,
+                      due_at=timer.due_at)
+    assert old.key == timer.key == b"job-1:republish:0:0"
+    due_ms, attempt = admit_timer(old.key, old.encode())  # type: ignore[misc]
+    fired = commands.timer_fired_event(old.key, due_ms, attempt, now=timer.due_at, actor="timer:0")
     assert (fired.type, fired.timer, fired.attempt, fired.sequence) == ("due", "republish", 0, 0)  # type: ignore[union-attr]
     effects = job.step(fired)
     assert job.decision.accepted and len(effects.ready) == 1  # type: ignore[union-attr]
     # a republish record without its sequence is refused, not raised on
-    broken = timer.encode().replace(b',"sequence":0', b"")
-    refused = admit_timer(key_, broken)
+    broken = old.encode().replace(b',"sequence":0', b"")
+    assert broken != old.encode()
+    refused = admit_timer(old.key, broken)
     assert isinstance(refused, RefusedTimer) and refused.kind == "wrong fields"
+
+
+def test_timer_records_built_without_validation_equal_and_encode_like_validated_ones() -> None:
+    job = Job()
+    job.enqueue()
+    lease = armed(job.claim())[key("lease")]
+    assert TimerRecord.decode(lease.encode()) == lease == TimerRecord.model_validate(lease.model_dump())
+    assert b"sequence" not in lease.encode()
 
 
 # -- property: the records written always describe the state ------------------------------------
@@ -1013,6 +1080,7 @@ class Topics:
             self.ready[record.job_id] = record
 
     def check(self, state: JobState) -> None:
+        """The records written describe `state`, and so does the housekeeping timer it calls for."""
         job_id, status = state.job_id, state.status
 
         def timer(kind: str) -> tuple[Any, int] | None:
@@ -1025,15 +1093,18 @@ class Topics:
         waiting_for_first_start = status in (S.PENDING, S.SCHEDULED) and state.attempts_started == 0
         expected_ttl = (state.expires_at, state.attempt) if waiting_for_first_start and state.expires_at else None
         assert timer("ttl") == expected_ttl
+        # no republish, retain or dead_letter timer record, ever: housekeeping keeps them
+        assert not any(t.kind in ("republish", "retain", "dead_letter") for t in self.timers.values())
         finished_at = state.finished_at
-        assert timer("dead_letter") == (
-            (add_seconds(finished_at, DEFAULT_DEAD_LETTER_RETENTION_S), state.attempt)  # type: ignore[arg-type]
-            if status is S.DEAD_LETTERED else None
-        )
-        assert timer("retain") == (
-            (add_seconds(finished_at, DEFAULT_RETAIN_COMPLETED_S), state.attempt)  # type: ignore[arg-type]
-            if status in FINISHED else None
-        )
+        housekeeping = housekeeping_timer(state)
+        if status is S.DEAD_LETTERED:
+            assert finished_at is not None
+            assert housekeeping == dead_letter_timer(finished_at, state.attempt)
+        elif status in FINISHED:
+            assert finished_at is not None
+            assert housekeeping == retain(finished_at, state.attempt)
+        elif status is not S.PENDING:
+            assert housekeeping is None
         entry = self.dead_letters.get(job_id)
         if status is S.DEAD_LETTERED:
             assert entry is not None and entry.dead_letter_event_id == state.dead_letter_event_id
@@ -1044,13 +1115,10 @@ class Topics:
             assert ready is not None and ready.attempt == state.attempt
         else:
             assert ready is None
-        # exactly one republish timer while pending (due one delay after the last publish), none otherwise
-        republish = {k: t for k, t in self.timers.items() if t.kind == "republish"}
+        # while pending, a republish is due one delay after the last publish of the ready record
         if status is S.PENDING:
             assert ready is not None
-            assert republish == republish_timer(ready.ready_at, state.attempt, state.ready_republishes)
-        else:
-            assert republish == {}
+            assert housekeeping == republish_timer(ready.ready_at, state.attempt, state.ready_republishes)
 
 
 ACTIONS = [
@@ -1061,7 +1129,7 @@ _IN_ATTEMPT = ["heartbeat", "heartbeat", "progress", "succeed", "fail", "fail", 
                "lease_expired", "stale_lease", "stale_lease", "cancel"]
 LIKELY = {  # what the writers would plausibly do next in each status (the rest is drawn too, more rarely)
     S.SCHEDULED: ["due", "cancel", "expire"],
-    S.PENDING: ["claim", "claim", "cancel", "expire", "due"],  # due: its republish timer fires
+    S.PENDING: ["claim", "claim", "cancel", "expire", "due"],  # due: its republish (housekeeping) timer fires
     S.CLAIMED: ["start", *_IN_ATTEMPT],
     S.RUNNING: _IN_ATTEMPT,
     S.RETRYING: ["due", "due", "cancel", "expire"],
@@ -1079,7 +1147,8 @@ LIKELY = {  # what the writers would plausibly do next in each status (the rest 
 )
 def test_written_records_always_match_the_state(data: Any, max_attempts: int, delay: int | None, ttl: int | None) -> None:
     """Random lifecycles: after every event, the compacted timers, dead letters and ready records
-    are exactly what the state needs (a timer per waiting status, a lease per active attempt...).
+    are exactly what the state needs (a timer per waiting status, a lease per active attempt...),
+    and the state calls for the housekeeping timer it needs (republish, retain or dead_letter).
 
     Timer-fired events tombstone their timer first, as the timer service does, so a stale lease
     fire removes the current lease timer and `collect` must re-arm it.
@@ -1105,9 +1174,7 @@ def test_written_records_always_match_the_state(data: Any, max_attempts: int, de
         effects: Effects | None = None
         try:
             if action == "due":
-                if s.status is S.PENDING:
-                    topics.timers.pop(republish_key(s.attempt, s.ready_republishes), None)
-                else:
+                if s.status is not S.PENDING:  # pending: the republish timer is housekeeping's, not a record
                     topics.timers.pop(key("run_at" if s.status is S.SCHEDULED else "retry", attempt=s.attempt), None)
                 effects = job.due()
             elif action == "claim":
@@ -1141,11 +1208,9 @@ def test_written_records_always_match_the_state(data: Any, max_attempts: int, de
                 effects = job.dlq_retry()
             elif action == "discard":
                 effects = job.discard()
-            elif action == "retention":  # a retention timer fires: the timer service tombstones it first
-                held = [t for t in (topics.timers.get(key("dead_letter")), topics.timers.get(key("retain"))) if t]
-                if held:
-                    timer = held[0]
-                    topics.timers.pop(timer.key)
+            elif action == "retention":  # the housekeeping retention timer the state calls for fires
+                timer = job.housekeeping
+                if timer is not None and timer.kind in ("dead_letter", "retain"):
                     scope = "dead_letter" if timer.kind == "dead_letter" else "finished"
                     effects = job.retention_passed(scope, timer.due_at, attempt=timer.attempt)
             elif action == "redeliver":

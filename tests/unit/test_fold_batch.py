@@ -16,16 +16,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventjobs.core import commands
-from eventjobs.core.clock import add_seconds
+from eventjobs.core.clock import add_seconds, epoch_ms
 from eventjobs.core.codec import encode
 from eventjobs.core.events import JobEvent, LeaseExpiredEvent, RetentionPassedEvent
 from eventjobs.core.fold import apply, fold
 from eventjobs.core.options import ConstantBackoff, JobOptions
 from eventjobs.core.outcome import Cancel, outcome_event
 from eventjobs.core.state import JobState, JobStatus, encode_state
-from eventjobs.core.effects import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S, Effects, ReadyRepublish
+from eventjobs.core.effects import Effects
+from eventjobs.core.housekeeping import (
+    DEFAULT_DEAD_LETTER_RETENTION_S,
+    DEFAULT_RETAIN_COMPLETED_S,
+    Housekeeping,
+    HousekeepingTimer,
+    ReadyRepublish,
+    housekeeping_timer,
+)
 from eventjobs.runtime.processor import BatchResult, fold_batch, merged, update_table
-from eventjobs.core.records import TimerRecord, timer_key
+from eventjobs.core.records import timer_key
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 TOPIC = "ns.events"
@@ -123,7 +131,7 @@ class Writer:
                                             actor="timer:3", attempt=self.s.attempt, lease_deadline=deadline))
 
     def retention_passed(self, scope: str) -> JobEvent:
-        """The retention timer armed when the job finished (or was dead-lettered) fires at its due time."""
+        """The retention timer the finished (or dead-lettered) job calls for fires at its due time."""
         assert self.s.finished_at is not None
         keep_s = DEFAULT_RETAIN_COMPLETED_S if scope == "finished" else DEFAULT_DEAD_LETTER_RETENTION_S
         self.now = due = add_seconds(self.s.finished_at, keep_s)
@@ -243,16 +251,13 @@ def test_several_events_of_one_job_chain_within_a_batch() -> None:
     assert final == fold(log)["job-1"]
     assert final.status is S.COMPLETED and final.result == {"ok": 1} and final.progress_percent == 40
     assert final.version == 6  # one per applied event: the echo of the derived completed is a duplicate
-    # effects of the whole chain: the ready record from the enqueue, the lease armed then tombstoned,
-    # the retention of the finished job armed; the republish timer armed and cancelled within the
-    # batch is not written at all (its key names that one arming, so nothing older can hold it)
+    # effects of the whole chain: the ready record from the enqueue, the lease armed then tombstoned;
+    # re-publishing and the retention of the finished job are housekeeping timers, not records
     assert [(r.job_id, r.attempt) for r in result.effects.ready] == [("job-1", 0)]
-    assert result.effects.timers == {
-        timer_key("job-1", "lease"): None,
-        timer_key("job-1", "retain"): TimerRecord(
-            job_id="job-1", kind="retain", attempt=0, due_at=add_seconds(log[-1].occurred_at, DEFAULT_RETAIN_COMPLETED_S)
-        ),
-    }
+    assert result.effects.timers == {timer_key("job-1", "lease"): None}
+    assert housekeeping_timer(final) == HousekeepingTimer(
+        "job-1", "retain", add_seconds(log[-1].occurred_at, DEFAULT_RETAIN_COMPLETED_S), 0
+    )
     assert [e.type for e in result.effects.events] == ["completed"]
     assert result.rejected == 0
 
@@ -266,30 +271,29 @@ def test_batch_continues_from_the_table_state() -> None:
     result = run(table, records_of(w.log))
     state = result.effects.states["job-1"]
     assert state == w.s and state.status is S.DEAD_LETTERED and state.version == table["job-1"].version + 3
-    assert result.effects.timers == {
-        timer_key("job-1", "republish", 0, 0): None,  # armed by the enqueue of an earlier batch
-        timer_key("job-1", "ttl"): None,
-        timer_key("job-1", "lease"): None,
-        timer_key("job-1", "dead_letter"): TimerRecord(
-            job_id="job-1", kind="dead_letter", attempt=0, due_at=add_seconds(w.now, DEFAULT_DEAD_LETTER_RETENTION_S)
-        ),
-    }
+    # no republish tombstone for the enqueue of an earlier batch, and no dead_letter timer record
+    assert result.effects.timers == {timer_key("job-1", "ttl"): None, timer_key("job-1", "lease"): None}
+    # pending in the table: a republish an hour after the enqueue ...
+    assert housekeeping_timer(table["job-1"]) == HousekeepingTimer("job-1", "republish", add_seconds(T0, 3600), 0, 0)
+    assert housekeeping_timer(state) == HousekeepingTimer(  # ... then, dead-lettered, its retention
+        "job-1", "dead_letter", add_seconds(w.now, DEFAULT_DEAD_LETTER_RETENTION_S), 0
+    )
     entry = result.effects.dead_letters["job-1"]
     assert entry is not None and entry.reason == "not retryable: Cancel"
 
 
-def test_a_pending_jobs_republish_timer_follows_the_processors_delays() -> None:
+def test_a_pending_job_writes_no_timer_and_the_lanes_housekeeping_follows_the_processors_delays() -> None:
     w = Writer("job-1")
     w.enqueue()
-    default = run({}, records_of(w.log)).effects.timers
-    fast = fold_batch({}, records_of(w.log), actor="processor:3", max_event_bytes=MAX,
-                      republish=ReadyRepublish(first_s=0.25, cap_s=1.0)).effects.timers
-    key = timer_key("job-1", "republish", 0, 0)
-    assert set(default) == set(fast) == {key}
-    assert default[key] == TimerRecord(job_id="job-1", kind="republish", attempt=0, sequence=0,
-                                       due_at=add_seconds(w.now, 3600))
-    assert fast[key] == TimerRecord(job_id="job-1", kind="republish", attempt=0, sequence=0,
-                                    due_at=add_seconds(w.now, 0.25))
+    result = run({}, records_of(w.log))
+    assert result.effects.timers == {} and len(result.effects.ready) == 1
+    # the lane tracks the batch's states (as the processor does after folding it)
+    default, fast = Housekeeping(), Housekeeping(republish=ReadyRepublish(first_s=0.25, cap_s=1.0))
+    for housekeeping in (default, fast):
+        housekeeping.track_all(result.effects.states)
+        assert len(housekeeping) == 1
+    assert default.next_due_ms() == epoch_ms(add_seconds(w.now, 3600))
+    assert fast.next_due_ms() == epoch_ms(add_seconds(w.now, 0.25))
 
 
 def test_forgotten_job_is_none_in_the_batch_and_leaves_the_table() -> None:
@@ -454,9 +458,7 @@ def test_batches_committed_together_write_each_compacted_key_once_and_every_even
     last: dict[bytes, Any] = {}
     for result in results:
         last.update(result.effects.timers)
-    republish = timer_key("job-1", "republish", 0, 0)
-    assert last[republish] is None  # armed at the enqueue, tombstoned at the claim: never written
-    assert total.effects.timers == {key: value for key, value in last.items() if key != republish}
+    assert total.effects.timers == last == {timer_key("job-1", "lease"): None}  # armed, then tombstoned
     assert sum(len(r.effects.timers) for r in results) > len(total.effects.timers)  # arms superseded
     assert [e.event_id for e in total.effects.events] == [e.event_id for r in results for e in r.effects.events]
     assert merged([results[0]]) is results[0]

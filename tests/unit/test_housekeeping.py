@@ -1,0 +1,571 @@
+"""core.housekeeping: the processor lane's own timers (re-publish a pending job's ready record,
+forget a finished job, discard a dead-lettered one), kept in memory from the lane's states.
+
+States are never written by hand: every job is driven through real events (the command
+functions the producers, workers, timer service and operators use) folded with `core.fold.apply`
+(the `Job` helper of test_effects). The events `Housekeeping.due` fires are applied the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import event as label_example, given, settings
+from hypothesis import strategies as st
+
+from eventjobs.core import commands
+from eventjobs.core.clock import UTC, add_seconds, epoch_ms, from_epoch_ms, utc_ms
+from eventjobs.core.events import DueEvent, JobEvent, RetentionPassedEvent
+from eventjobs.core.fold import apply
+from eventjobs.core.housekeeping import (
+    FIRE_BATCH,
+    Housekeeping,
+    HousekeepingTimer,
+    ReadyRepublish,
+    Retention,
+    housekeeping_timer,
+)
+from eventjobs.core.options import JobOptions
+from eventjobs.core.records import TimerRecord, timer_key
+from eventjobs.core.state import JobState, JobStatus
+from eventjobs.core.timer_index import admit_timer
+from tests.unit.test_effects import T0, Job, dead_letter_timer, republish_timer, retain
+
+S = JobStatus
+HOUR = 3600
+DAY = 24 * HOUR
+ACTOR = "processor:0"
+MS = timedelta(milliseconds=1)
+
+
+def dead_lettered(job: Job, **options: Any) -> Job:
+    job.enqueue(max_attempts=1, **options)
+    job.run()
+    job.fail()
+    assert job.s.status is S.DEAD_LETTERED
+    return job
+
+
+def completed(job: Job) -> Job:
+    job.enqueue()
+    job.run()
+    job.succeed()
+    return job
+
+
+def tracked(*jobs: Job, retention: Retention = Retention(), republish: ReadyRepublish = ReadyRepublish()
+            ) -> tuple[Housekeeping, dict[str, JobState]]:
+    """A lane's housekeeping tracking the current states of `jobs`, and the lane's table."""
+    housekeeping = Housekeeping(retention, republish)
+    table = {job.job_id: job.s for job in jobs}
+    housekeeping.track_all(table)
+    return housekeeping, table
+
+
+def fired_by_the_timer_service(timer: HousekeepingTimer, now: datetime, actor: str = ACTOR) -> JobEvent:
+    """What the timer service fires for the timer record an older processor wrote for `timer`."""
+    record = TimerRecord(job_id=timer.job_id, kind=timer.kind, attempt=timer.attempt, sequence=timer.sequence,
+                         due_at=timer.due_at)
+    admitted = admit_timer(record.key, record.encode())
+    assert isinstance(admitted, tuple), admitted
+    due_ms, attempt = admitted
+    return commands.timer_fired_event(record.key, due_ms, attempt, now=now, actor=actor)
+
+
+# -- which timer a state calls for ----------------------------------------------------------------
+
+
+def test_a_pending_job_calls_for_a_republish_one_hour_after_it_became_pending() -> None:
+    job = Job()
+    job.enqueue()
+    assert housekeeping_timer(job.s) == HousekeepingTimer("job-1", "republish", add_seconds(T0, HOUR), 0, 0)
+    assert housekeeping_timer(job.s).key == timer_key("job-1", "republish", 0, 0)  # type: ignore[union-attr]
+
+
+def test_each_republish_moves_the_next_one_a_longer_delay_after_it() -> None:
+    job = Job()
+    job.enqueue()
+    for sequence, hours in enumerate((1, 2, 4, 8, 16, 24, 24)):
+        assert job.s.ready_republishes == sequence
+        assert housekeeping_timer(job.s) == republish_timer(job.now, sequence=sequence)
+        assert housekeeping_timer(job.s).due_at == add_seconds(job.now, hours * HOUR)  # type: ignore[union-attr]
+        job.tick(hours * HOUR - 1)
+        job.due()  # the republish fires (one second later than due: the clock ticks it)
+        assert job.decision.accepted  # type: ignore[union-attr]
+    assert job.s.ready_republishes == 7
+
+
+def test_the_processors_republish_delays_are_used() -> None:
+    job = Job()
+    job.enqueue()
+    fast = ReadyRepublish(first_s=0.25, cap_s=1.0)
+    assert housekeeping_timer(job.s, republish=fast) == HousekeepingTimer("job-1", "republish", add_seconds(T0, 0.25), 0, 0)
+
+
+def test_a_pending_retry_republishes_its_own_attempt_counting_from_zero() -> None:
+    job = Job()
+    job.enqueue()
+    job.due()  # re-published once during attempt 0
+    job.run()
+    job.fail()
+    job.tick(10)
+    job.due()  # attempt 1 is ready
+    assert (job.s.status, job.s.attempt, job.s.ready_republishes) == (S.PENDING, 1, 0)
+    assert housekeeping_timer(job.s) == republish_timer(job.now, attempt=1, sequence=0)
+
+
+@pytest.mark.parametrize("finish", ["succeed", "cancel_pending", "cancel_running", "discard"])
+def test_a_finished_job_calls_for_retain_at_finished_at_plus_the_retention(finish: str) -> None:
+    job = Job()
+    if finish == "discard":
+        dead_lettered(job)
+        job.discard()
+    else:
+        job.enqueue()
+        if finish == "cancel_pending":
+            job.cancel()
+        else:
+            job.run()
+            if finish == "cancel_running":
+                job.cancel()
+                job.fail()
+            else:
+                job.succeed()
+    assert job.s.status in (S.COMPLETED, S.CANCELLED, S.DISCARDED) and job.s.finished_at == job.now
+    assert housekeeping_timer(job.s) == HousekeepingTimer("job-1", "retain", add_seconds(job.now, DAY), 0)
+    assert housekeeping_timer(job.s, Retention(finished_s=HOUR)) == retain(job.now, after_s=HOUR)
+    assert housekeeping_timer(job.s).key == b"job-1:retain"  # type: ignore[union-attr]
+
+
+def test_a_dead_lettered_job_calls_for_dead_letter_at_the_processors_retention() -> None:
+    job = dead_lettered(Job())
+    assert housekeeping_timer(job.s) == HousekeepingTimer("job-1", "dead_letter", add_seconds(job.now, 7 * DAY), 0)
+    assert housekeeping_timer(job.s, Retention(dead_letter_s=HOUR)) == dead_letter_timer(job.now, after_s=HOUR)
+    assert housekeeping_timer(job.s).key == b"job-1:dead_letter"  # type: ignore[union-attr]
+
+
+def test_a_jobs_dead_letter_retention_overrides_the_processors() -> None:
+    job = dead_lettered(Job(), dead_letter_retention=90)
+    assert housekeeping_timer(job.s, Retention(finished_s=HOUR, dead_letter_s=DAY)) == dead_letter_timer(job.now, after_s=90)
+    job.discard()  # the option is about the dead-letter queue only
+    assert housekeeping_timer(job.s, Retention(finished_s=HOUR, dead_letter_s=DAY)) == retain(job.now, after_s=HOUR)
+
+
+def test_a_new_dependent_of_a_pending_job_does_not_put_its_republish_off() -> None:
+    """A change that publishes nothing (a new dependent, 10 minutes after the enqueue) moves the
+    state's ``updated_at``, but the lane's entry keeps the due time of the publish: one hour after
+    the enqueue the ready record goes out again, not one hour after the change."""
+    job = Job("job-0")
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    before = job.s
+    child = Job("job-1")
+    child.now = add_seconds(T0, 600)
+    enqueued = commands.enqueue("send_email", {}, JobOptions(), now=child.now, actor="producer:t:1", job_id="job-1",
+                                event_id=child.eid(), depends_on=["job-0"])
+    (requested,) = child.step(enqueued).events
+    job.now = child.now
+    effects = job.step(requested)
+    assert job.decision.accepted and job.s.status is S.PENDING and effects.ready == []  # type: ignore[union-attr]
+    assert housekeeping_timer(job.s) == republish_timer(child.now, job_id="job-0")  # the state alone says later
+    housekeeping.track_all({"job-0": job.s}, before=table)  # as the lane does, before updating its table
+    table["job-0"] = job.s
+    assert housekeeping.due(table, add_seconds(T0, HOUR) - MS, actor=ACTOR) == []
+    (fired,) = housekeeping.due(table, add_seconds(T0, HOUR), actor=ACTOR)
+    assert isinstance(fired, DueEvent) and (fired.timer, fired.attempt, fired.sequence) == ("republish", 0, 0)
+    assert apply(job.s, fired, actor=ACTOR).accepted
+    # the re-published state starts a new wait, from the re-publish
+    republished = apply(job.s, fired, actor=ACTOR).state
+    table["job-0"] = republished  # type: ignore[assignment]
+    housekeeping.track("job-0", republished, job.s)
+    assert housekeeping.next_due_ms() == epoch_ms(add_seconds(fired.occurred_at, 2 * HOUR))
+    # a lane that only knows the state (rebuilt after a restart) counts from the change
+    restored, _ = tracked(job)
+    assert restored.next_due_ms() == epoch_ms(add_seconds(child.now, HOUR)) and before.updated_at == T0
+
+
+def test_the_timer_names_the_attempt_that_finished() -> None:
+    job = dead_lettered(Job())
+    job.dlq_retry()
+    job.run()
+    job.fail()  # dead-lettered again, on attempt 1
+    assert housekeeping_timer(job.s) == dead_letter_timer(job.now, attempt=1)
+
+
+def _waiting(job: Job) -> None:
+    job.step(commands.enqueue("send_email", {}, JobOptions(), now=job.now, actor="producer:t:1", job_id=job.job_id,
+                              event_id=job.eid(), depends_on=["job-0"]))
+
+
+@pytest.mark.parametrize(("status", "drive"), [
+    (S.SCHEDULED, lambda job: job.enqueue(delay=60)),
+    (S.WAITING, _waiting),
+    (S.CLAIMED, lambda job: (job.enqueue(), job.claim())),
+    (S.RUNNING, lambda job: (job.enqueue(), job.run())),
+    (S.RETRYING, lambda job: (job.enqueue(), job.run(), job.fail())),
+])
+def test_a_job_neither_pending_nor_finished_calls_for_no_timer(status: JobStatus, drive: Any) -> None:
+    job = Job()
+    drive(job)
+    assert job.s.status is status
+    assert housekeeping_timer(job.s) is None
+    assert housekeeping_timer(job.s, Retention(finished_s=0.001, dead_letter_s=0.001), ReadyRepublish(0.001, 0.001)) is None
+
+
+def test_an_infinite_or_calendar_overflowing_retention_calls_for_no_timer() -> None:
+    job = completed(Job())
+    assert housekeeping_timer(job.s, Retention(finished_s=float("inf"))) is None
+    assert housekeeping_timer(job.s, Retention(finished_s=1e12)) is None  # after the year 9999
+    job = dead_lettered(Job())
+    assert housekeeping_timer(job.s, Retention(dead_letter_s=float("inf"))) is None
+    job = dead_lettered(Job(), dead_letter_retention=1e12)
+    assert housekeeping_timer(job.s) is None
+    # nothing is tracked for them, and nothing fires
+    housekeeping, table = tracked(job)
+    assert len(housekeeping) == 0 and housekeeping.next_due_ms() is None
+    assert housekeeping.due(table, datetime(9999, 12, 31, tzinfo=UTC), actor=ACTOR) == []
+
+
+def test_a_retention_shorter_than_a_millisecond_is_due_a_millisecond_after_the_finish() -> None:
+    """`apply` refuses a retention due at (not after) finished_at: housekeeping keeps at least 1 ms."""
+    job = completed(Job())
+    assert housekeeping_timer(job.s, Retention(finished_s=1e-6)) == retain(job.now, after_s=0.001)
+
+
+# -- Housekeeping.due: firing -------------------------------------------------------------------
+
+
+def test_a_republish_fires_nothing_before_its_due_time_and_the_due_event_at_it() -> None:
+    # Given a pending job tracked by its lane
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    timer = housekeeping_timer(job.s)
+    assert timer is not None and housekeeping.next_due_ms() == epoch_ms(timer.due_at)
+    # When the lane looks 1 ms before the due time, nothing fires and the timer stays
+    assert housekeeping.due(table, timer.due_at - MS, actor=ACTOR) == []
+    assert len(housekeeping) == 1
+    # Then at the due time it fires the republish `due` event of the job's sequence
+    (event,) = housekeeping.due(table, timer.due_at, actor=ACTOR)
+    assert isinstance(event, DueEvent)
+    assert (event.job_id, event.timer, event.attempt, event.sequence) == ("job-1", "republish", 0, 0)
+    assert (event.occurred_at, event.actor) == (timer.due_at, ACTOR)
+    assert len(housekeeping) == 0 and housekeeping.next_due_ms() is None  # popped until told a new state
+
+
+def test_a_fired_event_has_the_id_the_timer_service_derives_for_the_equivalent_timer() -> None:
+    pending = Job("job-p")
+    pending.enqueue()
+    done = completed(Job("job-c"))
+    dead = dead_lettered(Job("job-d"))
+    housekeeping, table = tracked(pending, done, dead)
+    now = add_seconds(T0, 30 * DAY)
+    events = {e.job_id: e for e in housekeeping.due(table, now, actor=ACTOR)}
+    assert set(events) == {"job-p", "job-c", "job-d"}
+    expected_keys = {"job-p": b"job-p:republish:0:0", "job-c": b"job-c:retain", "job-d": b"job-d:dead_letter"}
+    for job_id, key in expected_keys.items():
+        timer = housekeeping_timer(table[job_id])
+        assert timer is not None and timer.key == key
+        by_key = commands.timer_fired_event(key, epoch_ms(timer.due_at), timer.attempt, now=now, actor=ACTOR)
+        assert events[job_id].event_id == by_key.event_id
+        assert events[job_id] == by_key == fired_by_the_timer_service(timer, now)  # an old timer record's event
+    # the ids depend only on the timer: another pass, later, by another actor, gives the same ids
+    again, _ = tracked(pending, done, dead)
+    later = {e.job_id: e.event_id for e in again.due(table, add_seconds(now, HOUR), actor="processor:9")}
+    assert later == {job_id: e.event_id for job_id, e in events.items()}
+
+
+def test_applying_a_fired_republish_counts_it_and_calls_for_the_next_one() -> None:
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    due_at = housekeeping_timer(job.s).due_at  # type: ignore[union-attr]
+    (event,) = housekeeping.due(table, due_at, actor=ACTOR)
+    job.now = due_at
+    effects = job.step(event)
+    assert job.decision.accepted and job.s.ready_republishes == 1  # type: ignore[union-attr]
+    assert len(effects.ready) == 1  # the ready record goes out again
+    housekeeping.track_all(effects.states)  # the lane is told the new state
+    assert housekeeping.next_due_ms() == epoch_ms(add_seconds(due_at, 2 * HOUR))
+    # the same event again (a restart fired it twice) is a duplicate that changes nothing
+    republished = job.s
+    job.step(event)
+    assert job.decision.duplicate and job.s is republished  # type: ignore[union-attr]
+
+
+def test_applying_a_fired_retain_forgets_the_job_and_firing_it_again_is_not_accepted() -> None:
+    job = completed(Job())
+    housekeeping, table = tracked(job)
+    due_at = add_seconds(job.s.finished_at, DAY)  # type: ignore[arg-type]
+    assert housekeeping.due(table, due_at - MS, actor=ACTOR) == []
+    (event,) = housekeeping.due(table, due_at, actor=ACTOR)
+    assert isinstance(event, RetentionPassedEvent)
+    assert (event.scope, event.due_at, event.attempt) == ("finished", due_at, 0)
+    effects = job.step(event)
+    assert job.decision.accepted and job.state is None and effects.states == {"job-1": None}  # type: ignore[union-attr]
+    housekeeping.track_all(effects.states)
+    del table["job-1"]
+    assert len(housekeeping) == 0
+    # fired again: the job is unknown by now, so it is rejected and nothing comes back to life
+    assert apply(None, event).rejected is not None and apply(None, event).state is None
+
+
+def test_applying_a_fired_dead_letter_discards_the_job_then_calls_for_its_retain() -> None:
+    job = dead_lettered(Job())
+    housekeeping, table = tracked(job, retention=Retention(finished_s=HOUR, dead_letter_s=DAY))
+    due_at = add_seconds(job.now, DAY)
+    assert housekeeping.due(table, due_at - MS, actor=ACTOR) == []
+    now = add_seconds(due_at, 5)  # the lane looks a little after the due time
+    (event,) = housekeeping.due(table, now, actor=ACTOR)
+    assert isinstance(event, RetentionPassedEvent)
+    assert (event.scope, event.due_at, event.attempt, event.occurred_at) == ("dead_letter", due_at, 0, now)
+    job.now = now
+    effects = job.step(event)
+    assert job.decision.accepted and job.s.status is S.DISCARDED  # type: ignore[union-attr]
+    assert effects.dead_letters == {"job-1": None}
+    housekeeping.track_all(effects.states)
+    assert housekeeping.next_due_ms() == epoch_ms(add_seconds(now, HOUR))  # discarded when it fired
+    discarded = job.s
+    job.step(event)
+    assert job.decision.duplicate and job.s is discarded  # type: ignore[union-attr]
+
+
+def test_an_entry_whose_job_was_claimed_meanwhile_fires_nothing() -> None:
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    due_at = housekeeping_timer(job.s).due_at  # type: ignore[union-attr]
+    job.claim()
+    table["job-1"] = job.s  # the table moved on; the entry is only a reminder
+    assert housekeeping.due(table, due_at, actor=ACTOR) == []
+    assert len(housekeeping) == 0  # the claimed job calls for no timer: not tracked again
+
+
+def test_an_entry_whose_job_was_forgotten_fires_nothing() -> None:
+    job = completed(Job())
+    housekeeping, table = tracked(job)
+    table.clear()
+    assert housekeeping.due(table, add_seconds(T0, 30 * DAY), actor=ACTOR) == []
+    assert len(housekeeping) == 0
+
+
+def test_a_republish_fired_by_an_older_processors_timer_record_starts_the_next_wait() -> None:
+    # Given a pending job tracked by its lane, whose first republish an older processor's timer
+    # record fires (the timer service writes it); the lane folds it and is told the new state
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    first = housekeeping_timer(job.s)
+    assert first is not None
+    before = job.s
+    job.now = first.due_at
+    effects = job.step(fired_by_the_timer_service(first, first.due_at))
+    assert job.decision.accepted and job.s.ready_republishes == 1  # type: ignore[union-attr]
+    housekeeping.track_all(effects.states, before=table)
+    table["job-1"] = job.s
+    # When the first entry's time comes, nothing fires: the entry follows the new publish
+    assert before.ready_republishes == 0
+    assert housekeeping.due(table, first.due_at, actor=ACTOR) == []
+    second = housekeeping_timer(job.s)
+    assert second == republish_timer(first.due_at, sequence=1)
+    assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(second.due_at)
+    # and it fires at its own time, for sequence 1
+    assert housekeeping.due(table, second.due_at - MS, actor=ACTOR) == []
+    (event,) = housekeeping.due(table, second.due_at, actor=ACTOR)
+    assert (event.timer, event.sequence) == ("republish", 1)  # type: ignore[union-attr]
+
+
+def test_an_entry_whose_job_now_calls_for_a_later_time_is_tracked_again_not_fired() -> None:
+    # Given a dead-lettered job tracked for its dead-letter retention, then (without the entry
+    # being updated) retried from the dead-letter queue and completed: it now calls for a retain
+    job = dead_lettered(Job())
+    housekeeping, table = tracked(job, retention=Retention(finished_s=HOUR, dead_letter_s=60))
+    first = housekeeping_timer(job.s, Retention(finished_s=HOUR, dead_letter_s=60))
+    assert first is not None and first.kind == "dead_letter"
+    job.dlq_retry()
+    job.run()
+    job.succeed()
+    table["job-1"] = job.s
+    # When the old entry comes due, nothing fires: the retention the state calls for is tracked
+    assert housekeeping.due(table, first.due_at, actor=ACTOR) == []
+    assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(retain(job.now, attempt=1, after_s=HOUR).due_at)
+    (event,) = housekeeping.due(table, add_seconds(job.now, HOUR), actor=ACTOR)
+    assert isinstance(event, RetentionPassedEvent) and (event.scope, event.attempt) == ("finished", 1)
+
+
+def test_an_entry_whose_job_finished_meanwhile_fires_the_retention_it_now_calls_for() -> None:
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job, retention=Retention(finished_s=1))
+    republish_at = housekeeping_timer(job.s).due_at  # type: ignore[union-attr]
+    job.cancel()  # not told to the lane; forgotten 1 s after, long before the republish
+    table["job-1"] = job.s
+    (event,) = housekeeping.due(table, republish_at, actor=ACTOR)
+    assert isinstance(event, RetentionPassedEvent)
+    assert (event.scope, event.due_at) == ("finished", add_seconds(job.now, 1))
+    job.step(event)
+    assert job.decision.accepted and job.state is None  # type: ignore[union-attr]
+
+
+def test_tracking_a_new_state_replaces_the_entry_and_none_removes_it() -> None:
+    job = Job()
+    job.enqueue()
+    housekeeping, _ = tracked(job)
+    job.run()
+    job.succeed()
+    housekeeping.track("job-1", job.s)  # one entry per job: the retain replaces the republish
+    assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(add_seconds(job.now, DAY))
+    housekeeping.track("job-1", None)
+    assert len(housekeeping) == 0 and housekeeping.next_due_ms() is None
+    assert housekeeping.due({"job-1": job.s}, add_seconds(T0, 30 * DAY), actor=ACTOR) == []
+    housekeeping.track("job-1", None)  # removing what is not there is fine
+    assert len(housekeeping) == 0
+
+
+def test_tracking_a_state_that_calls_for_no_timer_removes_the_entry() -> None:
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    job.claim()
+    housekeeping.track_all({"job-1": job.s}, before=table)
+    assert len(housekeeping) == 0
+    assert housekeeping.due(table, add_seconds(T0, 30 * DAY), actor=ACTOR) == []
+
+
+def test_the_earliest_due_fires_first_and_a_limit_bounds_one_pass() -> None:
+    jobs = []
+    for i in range(5):
+        job = Job(f"job-{i}")
+        job.now = add_seconds(T0, 10 - i)  # job-4 enqueued first: due first
+        job.enqueue()
+        jobs.append(job)
+    housekeeping, table = tracked(*jobs)
+    now = add_seconds(T0, 2 * HOUR)
+    passes = []
+    while events := housekeeping.due(table, now, actor=ACTOR, limit=2):
+        passes.append([e.job_id for e in events])
+    assert passes == [["job-4", "job-3"], ["job-2", "job-1"], ["job-0"]]
+    assert len(housekeeping) == 0
+    assert FIRE_BATCH >= 1000  # the default bound of a pass
+
+
+def test_what_is_not_due_stays_behind_what_is() -> None:
+    early, late = Job("job-early"), Job("job-late")
+    early.enqueue()
+    completed(late)
+    housekeeping, table = tracked(early, late)
+    (event,) = housekeeping.due(table, add_seconds(T0, HOUR), actor=ACTOR)
+    assert event.job_id == "job-early"
+    assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(add_seconds(late.now, DAY))
+
+
+# -- property: one timer per job whose state calls for one ----------------------------------------
+
+ACTIONS = ["claim", "start", "succeed", "fail", "fail_fatal", "cancel", "expire", "due", "dlq_retry", "discard",
+           "housekeeping"]
+
+
+def drive(job: Job, action: str, housekeeping: Housekeeping, table: dict[str, JobState]) -> None:
+    """One step of `job`: its new state is tracked and put in the table, as the lane does."""
+    if job.state is None:
+        effects = job.enqueue(max_attempts=2, ttl=600)
+    else:
+        write = {
+            "claim": job.claim, "start": job.start, "succeed": job.succeed, "fail": job.fail,
+            "fail_fatal": lambda: job.fail(retryable=False), "cancel": job.cancel, "expire": job.expire,
+            "due": job.due, "dlq_retry": job.dlq_retry, "discard": job.discard,
+        }
+        if action == "housekeeping":  # its housekeeping timer fires now, whenever it is due
+            timer = housekeeping_timer(job.s)
+            if timer is None:
+                return
+            job.now = max(job.now, timer.due_at)
+            effects = job.step(commands.timer_fired_event(timer.key, epoch_ms(timer.due_at), timer.attempt,
+                                                          now=job.now, actor=ACTOR))
+        else:
+            try:
+                effects = write[action]()
+            except commands.CommandRefused:
+                return
+    housekeeping.track_all(effects.states)
+    for job_id, state in effects.states.items():
+        if state is None:
+            table.pop(job_id, None)
+        else:
+            table[job_id] = state
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), count=st.integers(1, 6))
+def test_every_job_whose_state_calls_for_a_timer_fires_exactly_once(data: Any, count: int) -> None:
+    housekeeping = Housekeeping()
+    table: dict[str, JobState] = {}
+    jobs = [Job(f"job-{i}") for i in range(count)]
+    for job in jobs:
+        job.now = add_seconds(T0, data.draw(st.integers(0, 3 * DAY), label="start"))
+    for _ in range(data.draw(st.integers(count, 12 * count), label="steps")):
+        job = data.draw(st.sampled_from(jobs), label="job")
+        job.tick(data.draw(st.integers(0, 2 * HOUR), label="seconds"))
+        drive(job, data.draw(st.sampled_from(ACTIONS), label="action"), housekeeping, table)
+
+    assert table == {job.job_id: job.s for job in jobs if job.state is not None}
+    timers = {job_id: t for job_id, state in table.items() if (t := housekeeping_timer(state)) is not None}
+    assert len(housekeeping) == len(timers)
+    label_example(f"{len(timers)} of {count} jobs with a timer: {sorted({t.kind for t in timers.values()})}")
+    if not timers:
+        assert housekeeping.next_due_ms() is None
+        return
+    assert housekeeping.next_due_ms() == min(epoch_ms(t.due_at) for t in timers.values())
+    # nothing is due before the earliest timer
+    earliest = min(t.due_at for t in timers.values())
+    assert housekeeping.due(table, earliest - MS, actor=ACTOR) == []
+    # past every due time: exactly one event per job that has a timer, the one its timer fires
+    now = max(t.due_at for t in timers.values()) + MS
+    fired = housekeeping.due(table, now, actor=ACTOR)
+    assert sorted(e.job_id for e in fired) == sorted(timers)
+    for event in fired:
+        timer = timers[event.job_id]
+        assert event == commands.timer_fired_event(timer.key, epoch_ms(timer.due_at), timer.attempt, now=now, actor=ACTOR)
+        assert apply(table[event.job_id], event, actor=ACTOR).accepted
+    assert len(housekeeping) == 0 and housekeeping.due(table, now, actor=ACTOR) == []
+
+
+# -- clock.epoch_ms ---------------------------------------------------------------------------
+
+MS_DATETIMES = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2105, 12, 31), timezones=st.just(timezone.utc)
+).map(utc_ms)
+
+
+@given(MS_DATETIMES)
+def test_epoch_ms_round_trips_with_from_epoch_ms(value: datetime) -> None:
+    ms = epoch_ms(value)
+    assert isinstance(ms, int)
+    assert from_epoch_ms(ms) == value
+    assert from_epoch_ms(ms + 1) - value == MS
+
+
+@given(st.integers(0, 2**32 * 1000 - 1))
+def test_from_epoch_ms_round_trips_with_epoch_ms(ms: int) -> None:
+    assert epoch_ms(from_epoch_ms(ms)) == ms
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(timedelta(hours=-8))])))
+def test_epoch_ms_counts_whole_milliseconds_down_in_any_zone(value: datetime) -> None:
+    ms = epoch_ms(value)
+    assert ms == epoch_ms(utc_ms(value))  # sub-millisecond digits are dropped, the zone does not matter
+    start = datetime(1970, 1, 1, tzinfo=timezone.utc) + ms * MS
+    assert start <= value < start + MS
+
+
+def test_epoch_ms_of_known_instants() -> None:
+    assert epoch_ms(datetime(1970, 1, 1, tzinfo=UTC)) == 0
+    assert epoch_ms(T0) == 1_735_732_800_000
+    assert epoch_ms(datetime(2025, 1, 1, 12, 0, 0, 999_999, tzinfo=UTC)) == 1_735_732_800_999
+    assert epoch_ms(datetime(1969, 12, 31, 23, 59, 59, 999_500, tzinfo=UTC)) == -1  # down, not toward zero
+    with pytest.raises(TypeError):
+        epoch_ms(datetime(2025, 1, 1))  # naive: no instant
