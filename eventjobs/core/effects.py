@@ -21,7 +21,6 @@ from eventjobs.core.state import ACTIVE_STATUSES, JobState, JobStatus
 from eventjobs.core.records import DeadLetterRecord, ReadyRecord, TimerKind, TimerRecord, timer_key
 
 
-
 @dataclass
 class Effects:
     """Everything one batch must write, besides the consumed offsets."""
@@ -42,11 +41,11 @@ _set = object.__setattr__
 _TIMER_FIELDS = frozenset(TimerRecord.model_fields)
 
 
-def _timer(job_id: str, kind: TimerKind, attempt: int, due_at: datetime, sequence: int | None = None) -> TimerRecord:
+def _timer(job_id: str, kind: TimerKind, attempt: int, due_at: datetime) -> TimerRecord:
     """A timer record from values taken from a validated state (built without re-validation, as
     ``fold`` builds states: this runs for nearly every event the processor folds)."""
     record = _new(TimerRecord)
-    _set(record, "__dict__", {"job_id": job_id, "kind": kind, "attempt": attempt, "due_at": due_at, "sequence": sequence})
+    _set(record, "__dict__", {"job_id": job_id, "kind": kind, "attempt": attempt, "due_at": due_at, "sequence": None})
     _set(record, "__pydantic_fields_set__", _TIMER_FIELDS)
     _set(record, "__pydantic_extra__", None)
     _set(record, "__pydantic_private__", None)

@@ -112,6 +112,10 @@ def timer_key(job_id: str, kind: TimerKind, attempt: int | None = None, sequence
     fired event is already visible: the processor may by then have armed the next attempt's retry,
     which a shared key would let that tombstone delete. A republish timer is re-armed when it
     fires, so it names its attempt and sequence for the same reason.
+
+    The processor no longer writes republish, retain or dead_letter timers (they are its lanes'
+    own, `core.housekeeping`), but their keys still name the events those timers fire (the id
+    derives from the key) and the records an older processor wrote, which are still fired.
     """
     if kind == "retry":
         if attempt is None:
