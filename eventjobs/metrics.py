@@ -41,6 +41,7 @@ WORKER_BUSY_SLOTS = "eventjobs_worker_busy_slots"
 WORKER_SLOTS = "eventjobs_worker_slots"
 PROCESSOR_LAG = "eventjobs_processor_lag_records"
 TIMERS_PENDING = "eventjobs_timers_pending"
+HOUSEKEEPING_TIMERS = "eventjobs_processor_housekeeping_timers"
 TIMER_LATENESS = "eventjobs_timer_lateness_seconds"
 QUARANTINED = "eventjobs_quarantined_total"
 PROJECTOR_LAG = "eventjobs_projector_lag_seconds"
@@ -216,6 +217,12 @@ class Metrics:
     @cached_property
     def timers_pending(self) -> Gauge:
         return Gauge(TIMERS_PENDING, "Timers armed on the owned timer partitions.", registry=self.registry)
+
+    @cached_property
+    def housekeeping_timers(self) -> Gauge:
+        return Gauge(HOUSEKEEPING_TIMERS, "The processor's own re-publish and retention timers on its owned "
+                     "partitions: one per pending or retained (finished, not yet forgotten) job.",
+                     registry=self.registry)
 
     @cached_property
     def timer_lateness(self) -> Histogram:

@@ -311,6 +311,8 @@ class LifecycleProcessor:
             self._counters = metrics.event_counters()
             metrics.quarantined.inc(0)
             metrics.gauge_from(metrics.processor_lag, self._lag)
+            metrics.gauge_from(metrics.housekeeping_timers,
+                               lambda: sum(len(lane.housekeeping) for lane in list(self.lanes.values())))
 
     @property
     def tables(self) -> dict[int, dict[str, JobState]]:

@@ -116,9 +116,11 @@ async def test_metrics_of_the_processor_and_the_worker_agree_with_the_event_log(
     assert _total(scraped, metrics.JOBS_CANCELLED, name="add", queue="default") == 1
     assert not any("job_id" in labels for samples in scraped.values() for labels, _ in samples)
     # the timer service, in the processor's process: the retry's timer fired; the cancelled job's
-    # run_at timer was tombstoned; retention timers of the finished jobs are pending
+    # run_at timer was tombstoned; the processor's own retention timers of the finished jobs are
+    # pending, one per job of this test (the processor's partitions hold no other job)
     assert _total(scraped, metrics.TIMER_LATENESS + "_count") >= 1
-    assert _total(scraped, metrics.TIMERS_PENDING) >= 1
+    assert metrics.TIMERS_PENDING in scraped
+    assert _total(scraped, metrics.HOUSEKEEPING_TIMERS) == len([*completing, retried, dead, later])
     assert metrics.PROCESSOR_LAG in scraped and _total(scraped, metrics.QUARANTINED) == 0
 
     # the worker: starts, durations and waits of every attempt it ran, nothing busy now
@@ -158,7 +160,8 @@ async def test_the_worker_reports_ready_records_waiting_as_queue_depth(
     while True:
         scraped = await _scrape(port)
         depth = _total(scraped, metrics.QUEUE_DEPTH, queue="default", priority="normal")
-        if (depth >= 5 and _total(scraped, metrics.WORKER_BUSY_SLOTS) == 1) or asyncio.get_running_loop().time() > deadline:
+        # (right after the claim the running job's record may still count as waiting: 6 for a moment)
+        if (depth == 5 and _total(scraped, metrics.WORKER_BUSY_SLOTS) == 1) or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.5)
     assert depth == 5 and _total(scraped, metrics.WORKER_BUSY_SLOTS) == 1, scraped.get(metrics.QUEUE_DEPTH)
