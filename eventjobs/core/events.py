@@ -491,8 +491,8 @@ LINKED_WRITER = "processor (for another job)"
 
 #: What a dependency's end looked like to its dependent: its terminal status, ``missing`` (no such
 #: job: never enqueued, or forgotten after its retention), or ``refused`` (it has too many dependents).
-DEPENDENCY_OUTCOMES = ("completed", "dead_lettered", "cancelled", "discarded", "missing", "refused")
 DependencyOutcomeName = Literal["completed", "dead_lettered", "cancelled", "discarded", "missing", "refused"]
+DEPENDENCY_OUTCOMES: tuple[str, ...] = get_args(DependencyOutcomeName)
 
 
 class DependencyRequestedEvent(_Event):

@@ -294,8 +294,8 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
         depends_on = tuple(dict.fromkeys(d for d in event.depends_on if d != event.job_id))
         if depends_on:
             workflow = _build(Workflow, {
-                "depends_on": depends_on, "on_dependency_failure": event.on_dependency_failure or "cancel",
-                "dependencies": {}, "dependents": {}, "snoozes": 0,
+                **_NO_WORKFLOW, "depends_on": depends_on,
+                "on_dependency_failure": event.on_dependency_failure or _NO_WORKFLOW["on_dependency_failure"],
             }, _WORKFLOW_FIELDS)
             derived = tuple(
                 _derive_for(DependencyRequestedEvent, dependency, event.event_id, index, event, actor,
@@ -681,17 +681,13 @@ def _on_derived(state: JobState, event: Any, actor: str) -> Decision:
 
 _WORKFLOW_FIELDS = frozenset(Workflow.model_fields)
 _OUTCOME_FIELDS = frozenset(DependencyOutcome.model_fields)
+_NO_WORKFLOW: dict[str, Any] = Workflow().__dict__  # the defaults (read only: copied before any change)
 
 
 def _workflow(state: JobState, **changes: Any) -> Workflow:
     """The state's workflow (or an empty one) with ``changes``."""
     current = state.workflow
-    if current is None:
-        data: dict[str, Any] = {"depends_on": (), "on_dependency_failure": "cancel", "dependencies": {},
-                                "dependents": {}, "snoozes": 0}
-    else:
-        data = current.__dict__.copy()
-    data.update(changes)
+    data = {**(_NO_WORKFLOW if current is None else current.__dict__), **changes}
     return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
 
 

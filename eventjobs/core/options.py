@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -61,7 +61,7 @@ DEFAULT_MAX_SNOOZES = 100
 #: What a job with ``depends_on`` does when a dependency ends otherwise than completed: ``cancel``
 #: (the job is cancelled, naming that dependency) or ``run`` (it runs with what completed).
 DependencyFailure = Literal["cancel", "run"]
-DEPENDENCY_FAILURE_CHOICES: tuple[str, ...] = ("cancel", "run")
+DEPENDENCY_FAILURE_CHOICES: tuple[str, ...] = get_args(DependencyFailure)
 QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 CAPABILITY_RE = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 MAX_DELAY_S = 366 * 24 * 3600.0  # a year: anything longer is a mistake, not a backoff

@@ -57,6 +57,13 @@ __all__ = [
 ]
 
 
+def _delay_s(marker: str, delay: Any) -> float:
+    """A marker's delay as float seconds, or ValueError naming the marker."""
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
+        raise ValueError(f"{marker} delay must be a number of seconds >= 0, got {delay!r}")
+    return float(delay)
+
+
 class Retry(Exception):
     """Return (or raise) this from a handler to fail the attempt and retry it.
 
@@ -66,9 +73,7 @@ class Retry(Exception):
 
     def __init__(self, reason: str = "", delay: float | None = None) -> None:
         if delay is not None:
-            if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
-                raise ValueError(f"Retry delay must be a number of seconds >= 0, got {delay!r}")
-            delay = float(min(delay, MAX_DELAY_S))
+            delay = min(_delay_s("Retry", delay), MAX_DELAY_S)
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
@@ -106,11 +111,9 @@ class Snooze:
     default ``DEFAULT_MAX_SNOOZES``); one more fails the attempt like an error."""
 
     def __init__(self, delay: float) -> None:
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
-            raise ValueError(f"Snooze delay must be a number of seconds >= 0, got {delay!r}")
-        if delay > MAX_DELAY_S:
+        self.delay = _delay_s("Snooze", delay)
+        if self.delay > MAX_DELAY_S:
             raise ValueError(f"Snooze delay must be at most {MAX_DELAY_S:g} s (a year), got {delay!r}")
-        self.delay = float(delay)
 
     def __repr__(self) -> str:
         return f"Snooze(delay={self.delay!r})"

@@ -26,7 +26,6 @@ from eventjobs.core.options import JobOptionsSpec, Priority
 __all__ = [
     "ACCEPTING_STATUSES",
     "ACTIVE_STATUSES",
-    "OUTCOME_STATUSES",
     "RECENT_EVENT_IDS",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
@@ -97,9 +96,6 @@ TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
 #: An attempt is under way: a worker holds the claim and its lease. A tuple, because membership
 #: of a two-element tuple is an identity check (the fold asks this on every event).
 ACTIVE_STATUSES: tuple[JobStatus, JobStatus] = (JobStatus.CLAIMED, JobStatus.RUNNING)
-#: The statuses a dependent learns as its dependency's outcome (``dependency_resolved``): the
-#: terminal ones. A dead-lettered dependency counts as ended even though it may be retried later.
-OUTCOME_STATUSES: frozenset[JobStatus] = TERMINAL_STATUSES
 
 
 class Transition(NamedTuple):
