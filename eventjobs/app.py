@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
@@ -48,7 +48,15 @@ from eventjobs.core.schedules import (
     ScheduleStatus,
     declared_schedule_id,
     define_schedule,
+    definition_change,
+    encode_schedule_event,
+    record_key,
+    schedule_deleted_event,
+    schedule_paused_event,
+    schedule_resumed_event,
+    schedule_triggered_event,
     status_of,
+    tick_job,
 )
 from eventjobs.kafka.clients import job_partition, partitions_of, producer, read_to_end, topic_partition_count
 from eventjobs.core.records import DeadLetterRecord, RefusedDeadLetter, admit_dead_letter
@@ -106,12 +114,6 @@ async def _run_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any
         await coroutine
     else:
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
-
-
-async def _nothing() -> AsyncIterator[Any]:
-    """An empty stream of records (a topic without partitions has nothing to read)."""
-    return
-    yield
 
 
 async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
@@ -418,29 +420,21 @@ class App:
         `<name>:<digest of args and rule>`, so scheduling the same thing again changes nothing.
         Updating a paused schedule keeps it paused.
         """
-        from eventjobs.core.schedules import schedule_created_event, schedule_updated_event
-
         definition = self.build_schedule(name, args, every=every, cron=cron, timezone=timezone, catch_up=catch_up,
                                          schedule_id=schedule_id, **job_options)
         current = await self._schedule_state(definition.schedule_id)
-        now = self.clock.now()
-        if current is None or not current.live:
-            await self.append_schedule_records([schedule_created_event(definition, current, now=now, actor=self.actor)])
-        elif current.definition is not None and current.definition.plan() != definition.plan():
-            await self.append_schedule_records([schedule_updated_event(definition, current, now=now, actor=self.actor)])
+        change = definition_change(definition, current, now=self.clock.now(), actor=self.actor)
+        if change is not None:
+            await self.append_schedule_records([change])
         return definition.schedule_id
 
     async def unschedule(self, schedule_id: str, reason: str = "deleted by request") -> None:
         """Delete a schedule: no tick fires after this (a job already enqueued still runs)."""
-        from eventjobs.core.schedules import schedule_deleted_event
-
         current = await self._live_schedule(schedule_id)
         await self.append_schedule_records([schedule_deleted_event(current, reason, now=self.clock.now(), actor=self.actor)])
 
     async def pause_schedule(self, schedule_id: str) -> bool:
         """Pause a schedule (False: it was paused already). Ticks while paused never fire."""
-        from eventjobs.core.schedules import schedule_paused_event
-
         current = await self._live_schedule(schedule_id)
         if current.definition is not None and current.definition.paused:
             return False
@@ -449,8 +443,6 @@ class App:
 
     async def resume_schedule(self, schedule_id: str) -> bool:
         """Resume a paused schedule from now on (False: it was not paused)."""
-        from eventjobs.core.schedules import schedule_resumed_event
-
         current = await self._live_schedule(schedule_id)
         if current.definition is not None and not current.definition.paused:
             return False
@@ -459,8 +451,6 @@ class App:
 
     async def trigger_schedule(self, schedule_id: str) -> str:
         """Enqueue the schedule's job now, outside its ticks (paused or not); returns the job id."""
-        from eventjobs.core.schedules import schedule_triggered_event, tick_job
-
         current = await self._live_schedule(schedule_id)
         assert current.definition is not None
         now = self.clock.now()
@@ -507,8 +497,6 @@ class App:
     async def append_schedule_records(self, events: list[Any]) -> None:
         """Append schedule events (built by `eventjobs.core.schedules`) to the schedules topic, each under
         its record key on its schedule's partition; returns once the broker acknowledged every one."""
-        from eventjobs.core.schedules import encode_schedule_event, record_key
-
         topic = await self._schedules_topic()
         sender = await self._producer()
         count = await topic_partition_count(sender, topic)
@@ -530,7 +518,7 @@ class App:
         bad = BadRecords("eventjobs.app", f"app {self.name!r} (dead letters)")
         entries: dict[str, DeadLetterRecord | None] = {}
         partitions = await self._operator_partitions(self.names.dead_letters)
-        async for record in read_to_end(self.settings, partitions) if partitions else _nothing():
+        async for record in read_to_end(self.settings, partitions):
             if record.key is None:
                 continue
             admitted = admit_dead_letter(record.key, record.value)
@@ -573,7 +561,7 @@ class App:
         bad = BadRecords("eventjobs.app", f"app {self.name!r} ({topic})")
         latest: dict[str, Any] = {}
         partitions = await self._operator_partitions(topic)
-        async for record in read_to_end(self.settings, partitions) if partitions else _nothing():
+        async for record in read_to_end(self.settings, partitions):
             admitted = admit(record.key, record.value)
             if isinstance(admitted, RefusedControlRecord):
                 bad.report(admitted.kind, f"{origin(record)} ({describe_key(record.key)})", admitted.reason)
@@ -645,7 +633,7 @@ class App:
         bad = BadRecords("eventjobs.app", f"app {self.name!r} (job states)")
         found: dict[bytes, JobState] = {}
         partitions = await self._operator_partitions(self.names.job_state)
-        async for record in read_to_end(self.settings, partitions) if partitions else _nothing():
+        async for record in read_to_end(self.settings, partitions):
             if record.key is None:
                 continue
             if record.value is None:

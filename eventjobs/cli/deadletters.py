@@ -11,10 +11,11 @@ import typer
 from rich.table import Table
 
 from eventjobs.app import App
-from eventjobs.cli.options import JsonOption, NamespaceOption, OptionalAppOption, app_or_namespace, run_with_app
+from eventjobs.cli.options import (
+    JsonOption, NamespaceOption, OptionalAppOption, YesOption, app_or_namespace, run_with_app,
+)
 from eventjobs.cli.output import (
     format_time,
-    kafka_failure_in_one_line,
     out,
     preview_bulk,
     rerun_with_yes,
@@ -29,8 +30,7 @@ dlq_app = typer.Typer(help="The dead-letter queue: list, retry, discard.", no_ar
 @dlq_app.command("list")
 def dlq_list(app: OptionalAppOption = None, namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
     """What is in the dead-letter queue now (from the dead-letter topic)."""
-    with kafka_failure_in_one_line():
-        entries = run_with_app(lambda a: a.dead_letters(), app_or_namespace(app, namespace))
+    entries = run_with_app(lambda a: a.dead_letters(), app_or_namespace(app, namespace))
     if as_json:
         out.print_json(json.dumps([json.loads(e.model_dump_json()) for e in entries]))
         return
@@ -45,14 +45,12 @@ def dlq_list(app: OptionalAppOption = None, namespace: NamespaceOption = None, a
 @dlq_app.command("retry")
 def dlq_retry(job_id: str, app: OptionalAppOption = None, namespace: NamespaceOption = None) -> None:
     """Run a dead-lettered job again with a fresh attempt budget."""
-    with kafka_failure_in_one_line():
-        entry = run_with_app(lambda a: a.retry_dead_letter(job_id), app_or_namespace(app, namespace))
+    entry = run_with_app(lambda a: a.retry_dead_letter(job_id), app_or_namespace(app, namespace))
     out.print(f"retrying {entry.job_id} ({entry.name})")
 
 
 TypeOption = Annotated[Optional[str], typer.Option("--type", help="Jobs of this job name.")]
 AllOption = Annotated[bool, typer.Option("--all", help="Every job in the dead-letter queue, whatever its name.")]
-YesOption = Annotated[bool, typer.Option("--yes", help="Do it; without --yes only show what would be done.")]
 
 
 def _bulk(action: str, job_type: str | None, every: bool, yes: bool, app: str | None, namespace: str | None,
@@ -68,8 +66,7 @@ def _bulk(action: str, job_type: str | None, every: bool, yes: bool, app: str | 
             return await act(a, job_type)
         return [e.job_id for e in await a.dead_letters() if job_type is None or e.name == job_type]
 
-    with kafka_failure_in_one_line():
-        ids = run_with_app(run, target)
+    ids = run_with_app(run, target)
     if yes:
         out.print(f"{'retrying' if action == 'retry' else 'discarded'} {len(ids)} job(s)")
     else:
@@ -103,8 +100,7 @@ def dlq_discard_all(
 @dlq_app.command("discard")
 def dlq_discard(job_id: str, app: OptionalAppOption = None, namespace: NamespaceOption = None) -> None:
     """Drop a dead-lettered job for good."""
-    with kafka_failure_in_one_line():
-        entry = run_with_app(lambda a: a.discard_dead_letter(job_id), app_or_namespace(app, namespace))
+    entry = run_with_app(lambda a: a.discard_dead_letter(job_id), app_or_namespace(app, namespace))
     out.print(f"discarded {entry.job_id} ({entry.name})")
 
 

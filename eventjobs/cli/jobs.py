@@ -16,6 +16,7 @@ from eventjobs.cli.options import (
     NamespaceOption,
     OptionalAppOption,
     SinceOption,
+    YesOption,
     app_or_namespace,
     load_app,
     parse_seconds,
@@ -28,7 +29,6 @@ from eventjobs.cli.output import (
     format_seconds,
     format_time,
     freshness,
-    kafka_failure_in_one_line,
     out,
     preview_bulk,
     print_json,
@@ -216,7 +216,6 @@ def stats(
         backend, queue=queue, since=started_after, by=by), as_json, "stats", render)  # type: ignore[arg-type]
 
 
-YesOption = Annotated[bool, typer.Option("--yes", help="Do it; without --yes only show what would be done.")]
 
 
 @jobs_app.command("cancel")
@@ -240,8 +239,7 @@ def jobs_cancel(
         ids = [state.job_id for state in await a.find_jobs(name=name, queue=queue)]
         return ids, (await a.cancel_jobs(ids, reason) if yes else 0)
 
-    with kafka_failure_in_one_line():
-        ids, cancelled = run_with_app(run, target)
+    ids, cancelled = run_with_app(run, target)
     if as_json:
         out.print_json(json.dumps({"matched": len(ids), "cancelled": cancelled, "job_ids": ids, "confirmed": yes}))
     elif yes:

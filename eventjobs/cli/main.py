@@ -13,7 +13,9 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from eventjobs.app import InvalidJobArguments, NotInDeadLetters, PayloadTooLarge, UnknownDependency, UnknownQueue
+from eventjobs.app import (
+    InvalidJobArguments, NotInDeadLetters, PayloadTooLarge, ScheduleNotFound, UnknownDependency, UnknownQueue,
+)
 from eventjobs.cli import config, dashboard, deadletters, dev, jobs, projections, replay, services, topics
 from eventjobs.cli import queues, schedules, workers
 from eventjobs.cli.options import AppLoadError
@@ -57,7 +59,7 @@ app.add_typer(queues.queues_app, name="queues")
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DevStackError, KafkaUnavailable, TopicSpecError, TopicLayoutError, ValidationError, AppLoadError, UnknownJob,
     InvalidJobOptions, InvalidJobArguments, PayloadTooLarge, NotInDeadLetters, ProcessorFenced, ProcessorRunning,
-    ClickHouseError, ProjectorError, UnknownQueue, InvalidSchedule, UnknownDependency,
+    ClickHouseError, ProjectorError, UnknownQueue, InvalidSchedule, UnknownDependency, ScheduleNotFound,
 )
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Optional, TypeVar
 import typer
 
 from eventjobs.app import App
+from eventjobs.cli.output import kafka_failure_in_one_line
 from eventjobs.core.durations import parse_duration
 from eventjobs.readside.queries import utc
 from eventjobs.settings import Settings, load_settings
@@ -98,8 +99,12 @@ def settings_of(namespace: str | None, app_spec: str | None = None) -> Settings:
     return load_settings(namespace=namespace)
 
 
+#: A bulk action changes something only with --yes; without it, it shows what it would do.
+YesOption = Annotated[bool, typer.Option("--yes", help="Do it; without --yes only show what would be done.")]
+
+
 def run_with_app(call: Callable[[App], Awaitable[T]], app: App) -> T:
-    """Run one call on the app, then close its clients."""
+    """Run one call on the app, then close its clients; a Kafka error is one line and exit code 1."""
 
     async def runner() -> T:
         try:
@@ -107,4 +112,5 @@ def run_with_app(call: Callable[[App], Awaitable[T]], app: App) -> T:
         finally:
             await app.close()
 
-    return asyncio.run(runner())
+    with kafka_failure_in_one_line():
+        return asyncio.run(runner())

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from eventjobs.app import App
 from eventjobs.cli.options import JsonOption, NamespaceOption, OptionalAppOption, app_or_namespace, run_with_app
-from eventjobs.cli.output import kafka_failure_in_one_line, out
+from eventjobs.cli.output import out
 from eventjobs.core.control import QueueStatus
 
 queues_app = typer.Typer(help="Queues: list them, pause and resume them.", no_args_is_help=True)
@@ -25,8 +25,7 @@ def _status_json(status: QueueStatus) -> dict[str, object]:
 def queues_list(app: OptionalAppOption = None, namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
     """Every queue (the app's job queues, queues with ready topics, queues paused before), paused or not."""
     target = app_or_namespace(app, namespace)
-    with kafka_failure_in_one_line():
-        statuses = run_with_app(lambda a: a.queues(), target)
+    statuses = run_with_app(lambda a: a.queues(), target)
     if as_json:
         out.print_json(json.dumps([_status_json(s) for s in statuses]))
         return
@@ -48,8 +47,7 @@ def _change(queue: str, paused: bool, reason: str | None, app: str | None, names
             await a.resume_queue(queue, reason or "resumed by operator")
         return next(s for s in await a.queues() if s.queue == queue)
 
-    with kafka_failure_in_one_line():
-        status = run_with_app(change, target)
+    status = run_with_app(change, target)
     if as_json:
         out.print_json(json.dumps(_status_json(status)))
     elif paused:

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 import typer
 from rich.table import Table
 
-from eventjobs.app import App, ScheduleNotFound
+from eventjobs.app import App
 from eventjobs.cli.options import JsonOption, NamespaceOption, OptionalAppOption, app_or_namespace, run_with_app
-from eventjobs.cli.output import err, format_time, out
+from eventjobs.cli.output import format_time, out
 
 T = TypeVar("T")
 
@@ -21,12 +21,9 @@ schedules_app = typer.Typer(help="Periodic schedules (every / cron): list, pause
 
 
 def _run(call: Callable[[App], Awaitable[T]], app: str | None, namespace: str | None) -> T:
-    """Run one call; a schedule that does not exist is one line on stderr and exit code 1."""
-    try:
-        return run_with_app(call, app_or_namespace(app, namespace))
-    except ScheduleNotFound as missing:
-        err.print(f"[red]error:[/] {missing}", highlight=False)
-        raise typer.Exit(1) from None
+    """Run one call on the app or namespace given (a schedule that does not exist is a user error:
+    one line on stderr, exit code 1, from `cli.main`)."""
+    return run_with_app(call, app_or_namespace(app, namespace))
 
 
 def _print(as_json: bool, payload: dict[str, Any], text: str) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from rich.table import Table
 
 from eventjobs.cli.options import JsonOption, NamespaceOption, OptionalAppOption, app_or_namespace, run_with_app
-from eventjobs.cli.output import kafka_failure_in_one_line, out
+from eventjobs.cli.output import out
 from eventjobs.core.clock import SystemClock
 
 _PRESENCE_STYLE = {"alive": "green", "stopped": "dim", "gone": "red"}
@@ -26,8 +26,7 @@ def _ago(then: datetime, now: datetime) -> str:
 def workers(app: OptionalAppOption = None, namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
     """Workers that announced themselves: alive, stopped (said goodbye) or gone (silent for 3 heartbeats)."""
     target = app_or_namespace(app, namespace)
-    with kafka_failure_in_one_line():
-        found = run_with_app(lambda a: a.workers(), target)
+    found = run_with_app(lambda a: a.workers(), target)
     if as_json:
         out.print_json(json.dumps([w.model_dump(mode="json") for w in found]))
         return

@@ -589,6 +589,17 @@ def status_of(state: ScheduleState, now: datetime) -> ScheduleStatus | None:
 ORPHAN_REASON = "no longer declared on @app.job (every=/cron=) in the app's code"
 
 
+def definition_change(definition: ScheduleDefinition, state: ScheduleState | None, *, now: datetime,
+                      actor: str) -> DefinitionEvent | None:
+    """What makes schedule `state` follow `definition`: created if it is missing (or deleted),
+    updated if its job, args, options or rule differ (keeping an operator's pause), else None."""
+    if state is None or not state.live:
+        return schedule_created_event(definition, state, now=now, actor=actor)
+    if state.definition is not None and state.definition.plan() != definition.plan():
+        return schedule_updated_event(definition, state, now=now, actor=actor)
+    return None
+
+
 def declared_changes(declared: dict[str, ScheduleDefinition], current: dict[str, ScheduleState], *, now: datetime,
                      actor: str) -> list[DefinitionEvent]:
     """What makes the log match the schedules declared in code (`declared`, by schedule id).
@@ -600,11 +611,9 @@ def declared_changes(declared: dict[str, ScheduleDefinition], current: dict[str,
     """
     changes: list[DefinitionEvent] = []
     for schedule_id, definition in sorted(declared.items()):
-        state = current.get(schedule_id)
-        if state is None or not state.live:
-            changes.append(schedule_created_event(definition, state, now=now, actor=actor))
-        elif state.definition is not None and state.definition.plan() != definition.plan():
-            changes.append(schedule_updated_event(definition, state, now=now, actor=actor))
+        change = definition_change(definition, current.get(schedule_id), now=now, actor=actor)
+        if change is not None:
+            changes.append(change)
     for schedule_id, state in sorted(current.items()):
         if state.live and state.definition is not None and state.definition.declared and schedule_id not in declared:
             changes.append(schedule_deleted_event(state, ORPHAN_REASON, now=now, actor=actor))

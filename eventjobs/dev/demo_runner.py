@@ -30,7 +30,7 @@ from rich.table import Table
 from eventjobs.app import App
 from eventjobs.core.state import JobState
 from eventjobs.dev.broker import LocalKafka
-from eventjobs.settings import Settings, load_settings
+from eventjobs.settings import DEFAULT_BOOTSTRAP, Settings, load_settings
 from eventjobs.kafka.admin import apply_topics
 
 NAMESPACE = "demo"
@@ -231,7 +231,7 @@ def run_demo(home: Path, port: int, console: Console, *, serve_port: int | None 
         console.print("stopped the dashboard, the worker and the processor" + (" and Kafka" if started_broker else ""))
         return
     ns = "" if settings.namespace == NAMESPACE else f" --namespace {settings.namespace}"
-    env = "" if bootstrap == "127.0.0.1:9092" else f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} "
+    env = "" if bootstrap == DEFAULT_BOOTSTRAP else f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} "
     kept = "" if given else "Kafka keeps running (stop it with `eventjobs dev down`). "
     console.print(f"\n{kept}Try `eventjobs jobs list --namespace {settings.namespace}`, "
                   f"`eventjobs stats --namespace {settings.namespace}`, `eventjobs dlq list --namespace "

@@ -137,8 +137,11 @@ async def read_to_end(
     Used to restore state from compacted topics (the processor's changelog, the dead-letter
     list). The end is taken once at the start; transaction markers count as offsets, so the
     loop compares positions, not record counts. A large topic may take as long as it takes;
-    only a read that makes no progress for `stall_timeout_s` raises `TimeoutError`.
+    only a read that makes no progress for `stall_timeout_s` raises `TimeoutError`. No partitions:
+    nothing to read, and no client is started.
     """
+    if not partitions:
+        return
     reader = consumer(settings, group_id=None)
     await reader.start()
     try:
