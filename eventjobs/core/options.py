@@ -500,6 +500,22 @@ class JobOptions(BaseModel):
             max_snoozes=self.max_snoozes,
         )
 
+    @classmethod
+    def from_spec(cls, spec: JobOptionsSpec, **others: Any) -> JobOptions:
+        """The options a spec was made from (the inverse of `to_spec`), with `others` (queue,
+        priority, idempotency key ...) that the spec does not carry."""
+        return cls(
+            max_attempts=spec.max_attempts,
+            backoff=spec.backoff,
+            timeout=spec.timeout_s,
+            ttl=spec.ttl_s,
+            dead_letter_retention=spec.dead_letter_retention_s,
+            retry_on=spec.retry_on,
+            capabilities=spec.capabilities,
+            max_snoozes=spec.max_snoozes,
+            **others,
+        )
+
     def resolve_run_at(self, now: datetime) -> datetime | None:
         """When the job should first run: ``run_at``, or ``now + delay``, or None (at once)."""
         if self.run_at is not None:

@@ -537,13 +537,8 @@ def tick_job(definition: ScheduleDefinition, tick: datetime, *, now: datetime, m
 
     The actor names the schedule (`schedule:<id>`), so the log says where the job came from.
     """
-    spec = definition.options
-    options = JobOptions(
-        queue=definition.queue, priority=definition.priority, max_attempts=spec.max_attempts, backoff=spec.backoff,
-        retry_on=spec.retry_on, timeout=spec.timeout_s, ttl=spec.ttl_s,
-        dead_letter_retention=spec.dead_letter_retention_s, capabilities=spec.capabilities,
-        idempotency_key=tick_key(definition.schedule_id, tick, manual=manual),
-    )
+    options = JobOptions.from_spec(definition.options, queue=definition.queue, priority=definition.priority,
+                                   idempotency_key=tick_key(definition.schedule_id, tick, manual=manual))
     return enqueue(definition.job, definition.args, options, now=now, actor=f"schedule:{definition.schedule_id}")
 
 

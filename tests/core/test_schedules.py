@@ -205,6 +205,16 @@ def test_a_tick_enqueues_the_schedule_job_keyed_by_its_time() -> None:
     assert manual.idempotency_key == "hourly@manual:2026-03-01T13:00:00.000Z" and manual.job_id != job.job_id
 
 
+
+def test_a_ticks_job_keeps_every_option_of_the_schedules_job() -> None:
+    """No option is lost between the definition and the tick's job (max_snoozes once was)."""
+    options = JobOptions(max_attempts=4, backoff=ConstantBackoff(delay_s=3), timeout=9, ttl=60,
+                         dead_letter_retention=120, retry_on=("ValueError",), capabilities=("gpu",), max_snoozes=3)
+    definition = define_schedule("report", {}, options, every="1m", schedule_id="s", now=T0)
+    job = tick_job(definition, T0 + timedelta(minutes=1), now=T0 + timedelta(minutes=1))
+    assert job.options == options.to_spec()
+
+
 # -- records -----------------------------------------------------------------------------------
 
 
