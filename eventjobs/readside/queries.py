@@ -14,9 +14,10 @@ import orjson
 
 from eventjobs.clickhouse.backend import Backend
 from eventjobs.clickhouse.errors import ClickHouseError
+from eventjobs.core.state import JobStatus
 
-STATUSES = ("waiting", "pending", "scheduled", "claimed", "running", "retrying", "completed", "cancelled", "dead_lettered",
-            "discarded")
+#: every job status, in the order of the state machine (`core.state.JobStatus`)
+STATUSES = tuple(status.value for status in JobStatus)
 
 
 class JobNotFound(ClickHouseError):
@@ -371,6 +372,11 @@ def dead_letters(backend: Backend, *, queue: str | None = None, name: str | None
     return [DeadLetter(**row) for row in result.dicts()]
 
 
+def dead_letter_count(backend: Backend) -> int:
+    """How many jobs are in the dead-letter queue now."""
+    return int(backend.query("SELECT count() FROM dead_letters FINAL").scalar())
+
+
 def utc(value: datetime) -> datetime:
     """An aware UTC datetime (naive input is taken as UTC)."""
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
@@ -378,8 +384,8 @@ def utc(value: datetime) -> datetime:
 
 # ---- the dashboard's overview: time series and queue depth -------------------------------------
 
-#: job states that are still waiting or running: what "queue depth" counts
-OPEN_STATUSES = ("waiting", "pending", "scheduled", "claimed", "running", "retrying")
+#: job states that are still waiting or running (not terminal): what "queue depth" counts
+OPEN_STATUSES = tuple(status.value for status in JobStatus if not status.terminal)
 
 
 @dataclass(frozen=True)
@@ -420,7 +426,7 @@ class QueueDepth:
 
     @property
     def total(self) -> int:
-        return self.waiting + self.pending + self.scheduled + self.claimed + self.running + self.retrying
+        return sum(getattr(self, status) for status in OPEN_STATUSES)
 
 
 def minute_series(backend: Backend, *, since: datetime, queue: str | None = None) -> list[MinutePoint]:

@@ -3,8 +3,9 @@
 Why apart from the event-log projector: schedules live on their own compacted topic
 (`<ns>.schedules`), small enough to read whole. So this projection keeps no offsets: on every
 start it reads the topic from the beginning, folds it with the core's `apply_schedule`, and
-writes a row for every schedule a batch changed; rows replace by `version`, which only grows
-with a schedule's state, so writing one again is harmless. A record it cannot use is skipped,
+writes a row for every schedule a batch changed; rows replace by `version`, which never shrinks
+as a schedule's state changes (a change that keeps the same times, such as a tie broken by event
+id, keeps the same version), so writing one again is harmless. A record it cannot use is skipped,
 counted (`skipped_records`) and logged once per kind; nothing on the topic stops it.
 """
 

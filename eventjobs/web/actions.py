@@ -16,11 +16,6 @@ from eventjobs.app import NotInDeadLetters, UnknownQueue
 from eventjobs.web.filters import MAX_TEXT, BadFilter, job_id, local_path
 from eventjobs.web.views import problem
 
-#: the action paths; the CSRF middleware checks these even when a request carries no cookie
-PATHS = ("/actions/dead-letters/retry", "/actions/dead-letters/discard", "/actions/dead-letters/retry-all",
-         "/actions/dead-letters/discard-all", "/actions/queues/pause", "/actions/queues/resume")
-
-
 def _redirect(back: str, **message: str) -> Response:
     separator = "&" if "?" in back else "?"
     return RedirectResponse(f"{back}{separator}{urlencode(message)}", status_code=303)
@@ -94,3 +89,16 @@ async def resume_queue(request: Request) -> Response:
         await app.resume_queue(queue, "resumed from the dashboard")
         return f"queue {queue} resumed"
     return await _act(request, "/queues", act)
+
+
+#: every action's path and handler (POST only); the CSRF middleware checks these paths even when a
+#: request carries no cookie, so a route is only ever added here, where it is protected too
+ROUTES: tuple[tuple[str, Callable[[Request], Awaitable[Response]]], ...] = (
+    ("/actions/dead-letters/retry", retry_dead_letter),
+    ("/actions/dead-letters/discard", discard_dead_letter),
+    ("/actions/dead-letters/retry-all", retry_all_dead_letters),
+    ("/actions/dead-letters/discard-all", discard_all_dead_letters),
+    ("/actions/queues/pause", pause_queue),
+    ("/actions/queues/resume", resume_queue),
+)
+PATHS = tuple(path for path, _ in ROUTES)

@@ -81,12 +81,7 @@ def create_app(settings: Settings, app: App, *, token: str | None = None, reads:
         Route("/workers", pages.workers),
         Route("/queues", pages.queues),
         Route(LOGIN_PATH, _login_page(token), methods=["GET", "POST"]),
-        Route("/actions/dead-letters/retry", actions.retry_dead_letter, methods=["POST"]),
-        Route("/actions/dead-letters/discard", actions.discard_dead_letter, methods=["POST"]),
-        Route("/actions/dead-letters/retry-all", actions.retry_all_dead_letters, methods=["POST"]),
-        Route("/actions/dead-letters/discard-all", actions.discard_all_dead_letters, methods=["POST"]),
-        Route("/actions/queues/pause", actions.pause_queue, methods=["POST"]),
-        Route("/actions/queues/resume", actions.resume_queue, methods=["POST"]),
+        *(Route(path, handler, methods=["POST"]) for path, handler in actions.ROUTES),
         Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
     ]
     web = Starlette(routes=routes, lifespan=lifespan,

@@ -3,7 +3,7 @@ workers, queues, and the JSON the overview's charts refresh from."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -37,11 +37,8 @@ def chart_series(points: list[queries.MinutePoint], since: datetime, until: date
     return {"x": x, "finished": finished, "enqueued": enqueued, "failure_rate_pct": failure}
 
 
-async def _series(request: Request, span: timedelta) -> dict[str, list[Any]]:
-    until = _now(request)
-    since = until - span
-    points = await request.app.state.reads.ask(lambda backend: queries.minute_series(backend, since=since))
-    return chart_series(points, since, until)
+def _series(backend: Backend, since: datetime, until: datetime) -> dict[str, list[Any]]:
+    return chart_series(queries.minute_series(backend, since=since), since, until)
 
 
 async def overview(request: Request) -> Response:
@@ -49,19 +46,18 @@ async def overview(request: Request) -> Response:
         key, span = window(request.query_params)
     except BadFilter as error:
         return problem(request, 400, str(error))
-    since = _now(request) - span
+    until = _now(request)
+    since = until - span
 
     def ask(backend: Backend) -> dict[str, Any]:
         return {"depth": queries.queue_depth(backend),
                 "stats": queries.job_stats(backend, since=since, by="queue"),
                 "by_name": queries.job_stats(backend, since=since, by="name"),
-                "dead_count": len(queries.dead_letters(backend, limit=10_000))}
+                "dead_count": queries.dead_letter_count(backend),
+                "series": _series(backend, since, until)}
 
-    data = await request.app.state.reads.ask(ask)
-    series = await _series(request, span)
-    fresh = await request.app.state.reads.freshness()
-    return render(request, "overview.html", {**data, "series": series, "window": key, "windows": list(WINDOWS),
-                                             "freshness": fresh})
+    data, fresh = await request.app.state.reads.page(ask)
+    return render(request, "overview.html", {**data, "window": key, "windows": list(WINDOWS), "freshness": fresh})
 
 
 async def series(request: Request) -> Response:
@@ -69,7 +65,8 @@ async def series(request: Request) -> Response:
         _, span = window(request.query_params)
     except BadFilter as error:
         return JSONResponse({"error": str(error)}, status_code=400)
-    return JSONResponse(await _series(request, span))
+    until = _now(request)
+    return JSONResponse(await request.app.state.reads.ask(lambda backend: _series(backend, until - span, until)))
 
 
 async def jobs(request: Request) -> Response:
@@ -77,10 +74,9 @@ async def jobs(request: Request) -> Response:
         chosen = job_filter(request.query_params, _now(request))
     except BadFilter as error:
         return problem(request, 400, f"bad filter: {error}")
-    rows = await request.app.state.reads.ask(lambda backend: queries.list_jobs(
+    rows, fresh = await request.app.state.reads.page(lambda backend: queries.list_jobs(
         backend, queue=chosen.queue, status=chosen.status, name=chosen.name, since=chosen.since, until=chosen.until,
         args_contain=chosen.args, limit=PAGE_SIZE + 1, offset=chosen.offset))
-    fresh = await request.app.state.reads.freshness()
     return render(request, "jobs.html", {
         "jobs": rows[:PAGE_SIZE], "has_next": len(rows) > PAGE_SIZE, "filter": chosen,
         "statuses": queries.STATUSES, "params": request.query_params, "freshness": fresh})
@@ -96,19 +92,18 @@ async def job(request: Request) -> Response:
         return queries.show_job(backend, wanted), queries.job_history(backend, wanted)
 
     try:
-        detail, history = await request.app.state.reads.ask(ask)
+        (detail, history), fresh = await request.app.state.reads.page(ask)
     except queries.JobNotFound as error:
         return problem(request, 404, str(error))
-    fresh = await request.app.state.reads.freshness()
     return render(request, "job.html", {"job": detail, "history": history, "freshness": fresh,
                                         "dead_lettered": detail.status == "dead_lettered"})
 
 
 async def dead_letters(request: Request) -> Response:
     name = request.query_params.get("name", "").strip() or None
-    entries = await request.app.state.reads.ask(lambda backend: queries.dead_letters(backend, name=name, limit=500))
+    entries, fresh = await request.app.state.reads.page(
+        lambda backend: queries.dead_letters(backend, name=name, limit=500))
     names = sorted({entry.name for entry in entries})
-    fresh = await request.app.state.reads.freshness()
     return render(request, "dead_letters.html", {"entries": entries, "names": names, "name": name or "",
                                                  "freshness": fresh})
 

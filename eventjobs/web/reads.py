@@ -1,7 +1,7 @@
 """How the dashboard reads: the ClickHouse projections through `eventjobs.readside.queries`.
 
-Each page asks its questions in one worker thread over one backend opened for that page and
-closed after it, as the CLI read commands do: while a projector owns the chdb directory that is
+Each page asks its questions, and how fresh the projections are, in one worker thread over one
+backend opened for that page and closed after it (`ReadSide.page`), as the CLI read commands do: while a projector owns the chdb directory that is
 its read API; when nothing holds the directory, the dashboard opens it only for the moment it
 reads, so a projector started later is not locked out for longer than one page.
 """
@@ -45,10 +45,11 @@ class ReadSide:
 
         return await asyncio.to_thread(run)
 
-    async def freshness(self) -> queries.Freshness:
-        """How far the projections are behind the log (lag unknown when Kafka does not answer)."""
+    async def page(self, question: Callable[[Backend], T]) -> tuple[T, queries.Freshness]:
+        """`question`'s answer and how far the projections are behind the log (lag unknown when
+        Kafka does not answer), over one backend."""
         end_offsets = await self._log_end_offsets()
-        return await self.ask(lambda backend: queries.freshness(backend, end_offsets))
+        return await self.ask(lambda backend: (question(backend), queries.freshness(backend, end_offsets)))
 
     async def _log_end_offsets(self) -> dict[int, int] | None:
         cached = self._end_offsets
