@@ -108,7 +108,6 @@ class ScheduleService:
         self.states: dict[int, dict[str, ScheduleState]] = {}  # partition -> schedule id -> state
         self.loading: dict[int, int] = {}  # partition -> end offset to reach before firing
         self.lock = asyncio.Lock()
-        self.loaded = asyncio.Event()
         self.failure: BaseException | None = None
         self.bad = BadRecords(log, "schedule service")
         self.fired = 0  # ticks fired (enqueued and recorded) by this instance
@@ -134,8 +133,6 @@ class ScheduleService:
                 self.states[tp.partition] = {}
                 self.loading[tp.partition] = ends[tp]
                 await self._source.seek_to_beginning(tp)
-            if not self.loading:
-                self.loaded.set()
 
     async def _release(self, revoked: list[TopicPartition]) -> None:
         async with self.lock:
@@ -217,8 +214,6 @@ class ScheduleService:
             if await source.position(TopicPartition(self.names.schedules, partition)) >= end:
                 del self.loading[partition]
                 log.info("schedule partition %d loaded: %d schedules", partition, len(self.states[partition]))
-        if not self.loading:
-            self.loaded.set()
 
     def wait_ms(self, now: datetime) -> int:
         upcoming = [tick for tick in self._next.values() if tick > now]  # past ones: fired, or backing off
