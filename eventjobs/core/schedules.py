@@ -485,6 +485,18 @@ def baseline(state: ScheduleState) -> datetime | None:
     return max(since, state.last_tick) if state.last_tick is not None else since
 
 
+def upcoming_tick(state: ScheduleState, not_before: datetime | None = None) -> datetime | None:
+    """The schedule's next tick: the first after its baseline (and after `not_before`); None when
+    it is not defined, deleted or paused."""
+    definition = state.definition
+    start = baseline(state)
+    if definition is None or start is None or state.deleted or definition.paused:
+        return None
+    if not_before is not None:
+        start = max(start, utc_ms(not_before).astimezone(UTC))
+    return next_tick(definition, start)
+
+
 def ticks_due(
     definition: ScheduleDefinition,
     last_tick: datetime | None,
@@ -568,9 +580,7 @@ def status_of(state: ScheduleState, now: datetime) -> ScheduleStatus | None:
     definition = state.definition
     if definition is None or state.deleted:
         return None
-    start = baseline(state)
-    assert start is not None
-    upcoming = None if definition.paused else next_tick(definition, max(start, utc_ms(now).astimezone(UTC)))
+    upcoming = upcoming_tick(state, not_before=now)
     return ScheduleStatus(
         schedule_id=state.schedule_id, job=definition.job, rule=definition.describe(), args=definition.args,
         paused=definition.paused, declared=definition.declared, catch_up=definition.catch_up,

@@ -28,8 +28,7 @@ from eventjobs.core.schedules import (
     ScheduleState,
     admit_schedule_record,
     apply_schedule,
-    baseline,
-    next_tick,
+    upcoming_tick,
 )
 from eventjobs.kafka.clients import consumer as kafka_consumer
 from eventjobs.kafka.clients import partitions_of
@@ -52,8 +51,7 @@ def schedule_row(state: ScheduleState) -> tuple[Any, ...] | None:
     definition = state.definition
     if definition is None:
         return None
-    start = baseline(state)
-    upcoming = None if definition.paused or state.deleted or start is None else next_tick(definition, start)
+    upcoming = upcoming_tick(state)
     version = _ms(state.updated_at) + _ms(state.last_tick) + _ms(state.last_triggered)
     return (state.schedule_id, definition.job, definition.describe(), orjson.dumps(definition.args).decode(),
             definition.queue, definition.catch_up, int(definition.paused), int(definition.declared), state.last_tick,

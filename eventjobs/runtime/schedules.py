@@ -42,12 +42,12 @@ from eventjobs.core.schedules import (
     ScheduleState,
     admit_schedule_record,
     apply_schedule,
-    baseline,
     declared_changes,
     next_tick,
     schedule_fired_event,
     ticks_due,
     tick_job,
+    upcoming_tick,
 )
 from eventjobs.kafka.admin import ensure_single_topics
 from eventjobs.kafka.clients import OwnershipListener, consumer, partitions_of, read_to_end
@@ -240,9 +240,7 @@ class ScheduleService:
                     continue
                 upcoming = self._next.get(schedule_id)
                 if upcoming is None:
-                    start = baseline(state)
-                    assert start is not None
-                    upcoming = self._next[schedule_id] = next_tick(definition, start)
+                    upcoming = self._next[schedule_id] = upcoming_tick(state)  # type: ignore[assignment]
                 if upcoming > now:
                     continue
                 ticks = ticks_due(definition, state.last_tick, now)
