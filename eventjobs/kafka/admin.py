@@ -154,14 +154,7 @@ async def apply_topics(settings: Settings, queues: list[str] | None = None) -> l
                 NewTopic(name, spec.partitions, replication, topic_configs=effective_configs(spec, replication))
             )
             reports.append(TopicReport(name, "created", spec.partitions, replication, capped))
-        if to_create:
-            response = await admin.create_topics(to_create)
-            for topic_name, error_code, *rest in response.topic_errors:
-                # 36 = TOPIC_ALREADY_EXISTS: a concurrent apply won the race; that is fine.
-                if error_code and error_code != 36:
-                    message = rest[0] if rest else ""
-                    raise for_code(error_code)(f"creating topic {topic_name}: {message}")
-            await wait_for_topics(admin, [topic.name for topic in to_create])
+        await _create(admin, to_create)
         return reports
     finally:
         await admin.close()
@@ -222,20 +215,8 @@ async def ensure_ready_topics(settings: Settings, routes: list[str]) -> list[str
     spec = names.specs["ready"].spec
     admin = await _connect(settings)
     try:
-        existing = set(await admin.list_topics())
-        brokers = await _broker_count(admin)
-        replication = min(spec.replication_factor, brokers)
         wanted = [name for name, _ in names.planned(routes) if name.startswith(f"{settings.namespace}.ready.")]
-        missing = [name for name in wanted if name not in existing]
-        if missing:
-            response = await admin.create_topics(
-                [NewTopic(name, spec.partitions, replication, topic_configs=effective_configs(spec, replication))
-                 for name in missing]
-            )
-            for topic_name, error_code, *rest in response.topic_errors:
-                if error_code and error_code != 36:
-                    raise for_code(error_code)(f"creating topic {topic_name}: {rest[0] if rest else ''}")
-            await wait_for_topics(admin, missing)
+        await _create_missing(admin, {name: spec for name in wanted})
         return wanted
     finally:
         await admin.close()
@@ -248,22 +229,36 @@ async def ensure_single_topics(settings: Settings, keys: list[str]) -> list[str]
     specs = {names.specs[key].spec.render(settings.namespace): names.specs[key].spec for key in keys}
     admin = await _connect(settings)
     try:
-        existing = set(await admin.list_topics())
-        missing = [name for name in specs if name not in existing]
-        if missing:
-            brokers = await _broker_count(admin)
-            response = await admin.create_topics([
-                NewTopic(name, specs[name].partitions, min(specs[name].replication_factor, brokers),
-                         topic_configs=effective_configs(specs[name], min(specs[name].replication_factor, brokers)))
-                for name in missing
-            ])
-            for topic_name, error_code, *rest in response.topic_errors:
-                if error_code and error_code != 36:  # 36: TOPIC_ALREADY_EXISTS, a concurrent start won the race
-                    raise for_code(error_code)(f"creating topic {topic_name}: {rest[0] if rest else ''}")
-            await wait_for_topics(admin, missing)
+        await _create_missing(admin, specs)
         return list(specs)
     finally:
         await admin.close()
+
+
+async def _create_missing(admin: AIOKafkaAdminClient, specs: dict[str, TopicSpec]) -> None:
+    """Create the topics of `specs` (name -> spec) that do not exist, replication capped at the brokers."""
+    existing = set(await admin.list_topics())
+    missing = [name for name in specs if name not in existing]
+    if missing:
+        brokers = await _broker_count(admin)
+        topics = []
+        for name in missing:
+            spec = specs[name]
+            replication = min(spec.replication_factor, brokers)
+            topics.append(NewTopic(name, spec.partitions, replication, topic_configs=effective_configs(spec, replication)))
+        await _create(admin, topics)
+
+
+async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
+    """Create `topics` and wait until they are usable; one that exists already is fine (36,
+    TOPIC_ALREADY_EXISTS: a concurrent apply or start won the race)."""
+    if not topics:
+        return
+    response = await admin.create_topics(topics)
+    for topic_name, error_code, *rest in response.topic_errors:
+        if error_code and error_code != 36:
+            raise for_code(error_code)(f"creating topic {topic_name}: {rest[0] if rest else ''}")
+    await wait_for_topics(admin, [topic.name for topic in topics])
 
 
 async def ready_routes(settings: Settings) -> list[str]:
