@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 
 from eventjobs.clickhouse import Backend, open_backend
-from eventjobs.kafka.clients import consumer, partitions_of
+from eventjobs.kafka.offsets import end_offsets
 from eventjobs.readside import queries as query
 from eventjobs.readside.projector import events_topic
 from eventjobs.settings import Settings, load_settings
@@ -62,17 +62,8 @@ def show_read_side(
 def _end_offsets(settings: Settings) -> dict[int, int] | None:
     """The event log's end offsets, or None when Kafka does not answer within a few seconds."""
 
-    async def fetch() -> dict[int, int]:
-        client = consumer(settings, group_id=None, request_timeout_ms=5000)
-        await client.start()
-        try:
-            partitions = await partitions_of(settings, events_topic(settings))
-            return {tp.partition: offset for tp, offset in (await client.end_offsets(partitions)).items()}
-        finally:
-            await client.stop()
-
     try:
-        return asyncio.run(asyncio.wait_for(fetch(), 8))
+        return asyncio.run(asyncio.wait_for(end_offsets(settings, events_topic(settings), request_timeout_ms=5000), 8))
     except Exception:  # freshness is informative: never fail a query because Kafka is away
         return None
 

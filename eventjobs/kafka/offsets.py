@@ -32,6 +32,17 @@ async def log_offsets(settings: Settings, topic: str) -> tuple[list[TopicPartiti
     return (partitions, {tp.partition: o for tp, o in begins.items()}, {tp.partition: o for tp, o in ends.items()})
 
 
+async def end_offsets(settings: Settings, topic: str, *, request_timeout_ms: int = 40_000) -> dict[int, int]:
+    """Per partition of `topic`, its end offset (nothing for a topic that does not exist)."""
+    client = consumer(settings, group_id=None, request_timeout_ms=request_timeout_ms)
+    await client.start()
+    try:
+        partitions = await partitions_of(settings, topic)
+        return {tp.partition: offset for tp, offset in (await client.end_offsets(partitions)).items()}
+    finally:
+        await client.stop()
+
+
 async def offsets_at(settings: Settings, partitions: list[TopicPartition], at: datetime,
                      ends: dict[int, int]) -> dict[int, int]:
     """Per partition the first offset whose record time is at or after `at` (the end when none is)."""

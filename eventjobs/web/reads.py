@@ -15,7 +15,7 @@ from contextlib import closing
 from typing import TypeVar
 
 from eventjobs.clickhouse import Backend, open_backend
-from eventjobs.kafka.clients import consumer, partitions_of
+from eventjobs.kafka.offsets import end_offsets
 from eventjobs.readside import queries
 from eventjobs.readside.projector import events_topic
 from eventjobs.settings import Settings
@@ -56,17 +56,10 @@ class ReadSide:
         if cached is not None and time.monotonic() - cached[0] < END_OFFSETS_TTL_S:
             return cached[1]
         try:
-            offsets: dict[int, int] | None = await asyncio.wait_for(self._fetch_end_offsets(), END_OFFSETS_TIMEOUT_S)
+            offsets: dict[int, int] | None = await asyncio.wait_for(
+                end_offsets(self.settings, events_topic(self.settings),
+                            request_timeout_ms=int(END_OFFSETS_TIMEOUT_S * 1000)), END_OFFSETS_TIMEOUT_S)
         except Exception:  # the lag is informative: a page never fails because Kafka is away
             offsets = None
         self._end_offsets = (time.monotonic(), offsets)
         return offsets
-
-    async def _fetch_end_offsets(self) -> dict[int, int]:
-        client = consumer(self.settings, group_id=None, request_timeout_ms=int(END_OFFSETS_TIMEOUT_S * 1000))
-        await client.start()
-        try:
-            partitions = await partitions_of(self.settings, events_topic(self.settings))
-            return {tp.partition: offset for tp, offset in (await client.end_offsets(partitions)).items()}
-        finally:
-            await client.stop()
