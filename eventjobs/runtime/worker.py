@@ -58,7 +58,7 @@ from eventjobs.kafka.clients import (
 from eventjobs.metrics import Metrics, seconds_between
 from eventjobs.runtime.bad_records import BadRecords, describe_key, origin, power_of_ten
 from eventjobs.runtime.processor import quarantine_headers
-from eventjobs.core.records import ReadyRecord, capability_route, ready_attempt, revoked_attempt
+from eventjobs.core.records import ReadyRecord, capability_route, queue_of_route, ready_attempt, revoked_attempt
 from eventjobs.core.timer_index import brief
 from eventjobs.kafka.admin import TopicLayoutError, ensure_ready_topics, ensure_single_topics
 from eventjobs.runtime.queue_pauses import QueuePauses
@@ -204,6 +204,7 @@ class Worker:
         self._room = asyncio.Event()  # a buffer has room again
         self.started = asyncio.Event()
         self.pauses: QueuePauses | None = None  # paused queues (`<ns>.queue-control`), made at start
+        self._route_queues: list[str] = []  # the queue of each consumer's route (`routes()`, in order), made at start
         self.registry: WorkerRegistry | None = None  # this worker's entries on `<ns>.workers`, made at start
         # bad input: ready records quarantined, changelog records skipped (counted by kind in
         # `bad_ready` / `bad_changelog`, each kind logged once); see docs/architecture.md, "Bad input"
@@ -247,7 +248,7 @@ class Worker:
         await ensure_single_topics(self.settings, ["workers", "queue-control"])
         self._sender = producer(self.settings, linger_ms=2)
         await self._sender.start()
-        self._route_queues = [q for q in self.queues for _ in capability_subsets(self.capabilities)]  # per consumer
+        self._route_queues = [queue_of_route(route) for route in routes]
         self.pauses = QueuePauses(self.settings, names.queue_control, on_change=self._pauses_changed)
         self.registry = WorkerRegistry(
             topic=names.workers, worker_id=self.worker_id, queues=self.queues, capabilities=self.capabilities,
