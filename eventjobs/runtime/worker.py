@@ -286,14 +286,7 @@ class Worker:
         the first unsettled record is committed now, while this consumer still owns them; nothing
         of theirs is committed later. Jobs already claimed from them run on (their claims stand)."""
         index = self._consumers.index(source)
-        gone = set(revoked)
-        for buffer in self.buffers.values():
-            kept = [i for i in buffer if i.source is not source
-                    or TopicPartition(i.record.topic, i.record.partition) not in gone]
-            if len(kept) != len(buffer):
-                buffer.clear()
-                buffer.extend(kept)
-                self._room.set()
+        self._unbuffer(source, set(revoked))
         offsets = {}
         for tp in revoked:
             state = self.offsets.pop((index, tp), None)
@@ -445,6 +438,25 @@ class Worker:
         """A queue was paused or resumed: wake the fetchers (one may wait for buffer room)."""
         self._room.set()
 
+    def _unbuffer(self, source: AIOKafkaConsumer, partitions: set[TopicPartition] | None = None
+                  ) -> dict[TopicPartition, int]:
+        """Drop the buffered ready records `source` fetched (of `partitions` only, if given); per
+        partition, the first offset dropped."""
+        first: dict[TopicPartition, int] = {}
+        for buffer in self.buffers.values():
+            kept = []
+            for item in buffer:
+                tp = TopicPartition(item.record.topic, item.record.partition) if item.source is source else None
+                if tp is None or (partitions is not None and tp not in partitions):
+                    kept.append(item)
+                else:
+                    first[tp] = min(first.get(tp, item.record.offset), item.record.offset)
+            if len(kept) != len(buffer):
+                buffer.clear()
+                buffer.extend(kept)
+                self._room.set()
+        return first
+
     async def _hold(self, source: AIOKafkaConsumer, index: int) -> None:
         """While the queue of `source` is paused: its partitions are paused, its buffered ready
         records are put back (dropped here, and the partition rewound to the first of them, so
@@ -454,17 +466,7 @@ class Worker:
             await asyncio.sleep(0.05)
             return
         source.pause(*source.assignment())
-        first: dict[TopicPartition, int] = {}
-        for buffer in self.buffers.values():
-            kept = [i for i in buffer if i.source is not source]
-            if len(kept) != len(buffer):
-                for item in buffer:
-                    if item.source is source:
-                        tp = TopicPartition(item.record.topic, item.record.partition)
-                        first[tp] = min(first.get(tp, item.record.offset), item.record.offset)
-                buffer.clear()
-                buffer.extend(kept)
-                self._room.set()
+        first = self._unbuffer(source)
         batch = await source.getmany(timeout_ms=100)  # all paused: returns nothing, unless assigned just now
         for tp, records in batch.items():
             if records:
