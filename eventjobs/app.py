@@ -506,8 +506,9 @@ class App:
 
     skipped_dead_letters = 0  # entries the last `dead_letters()` call skipped because they could not be used
 
-    async def dead_letters(self) -> list[DeadLetterRecord]:
-        """What is in the dead-letter queue now (read from the compacted dead-letter topic).
+    async def dead_letters(self, name: str | None = None) -> list[DeadLetterRecord]:
+        """What is in the dead-letter queue now (of job name `name`, if given), read from the
+        compacted dead-letter topic.
 
         An entry that cannot be used (a key that is not UTF-8, a value that is not a dead-letter
         record, or one about another job than its key) is skipped, counted in
@@ -530,7 +531,8 @@ class App:
             job_id, entry = admitted
             entries[job_id] = entry
         self.skipped_dead_letters = bad.total
-        return sorted((e for e in entries.values() if e is not None), key=lambda e: e.dead_lettered_at)
+        return sorted((e for e in entries.values() if e is not None and (name is None or e.name == name)),
+                      key=lambda e: e.dead_lettered_at)
 
     def _operator_action(self, build: Callable[..., JobEvent], entry: DeadLetterRecord, reason: str) -> JobEvent:
         """A dead-letter action refers to the dead_lettered event it acts on, which makes it idempotent."""
@@ -542,7 +544,7 @@ class App:
         return entry
 
     async def retry_all_dead_letters(self, name: str | None = None, reason: str = "retried by operator") -> list[str]:
-        entries = [e for e in await self.dead_letters() if name is None or e.name == name]
+        entries = await self.dead_letters(name)
         await self.append([self._operator_action(dead_letter_retried_event, e, reason) for e in entries])
         return [e.job_id for e in entries]
 
@@ -659,7 +661,7 @@ class App:
 
     async def discard_all_dead_letters(self, name: str | None = None, reason: str = "discarded by operator") -> list[str]:
         """Discard every dead-lettered job (of job name `name`); returns their ids."""
-        entries = [e for e in await self.dead_letters() if name is None or e.name == name]
+        entries = await self.dead_letters(name)
         await self.append([self._operator_action(discarded_event, e, reason) for e in entries])
         return [e.job_id for e in entries]
 

@@ -64,7 +64,7 @@ def _bulk(action: str, job_type: str | None, every: bool, yes: bool, app: str | 
     async def run(a: App) -> list[str]:
         if yes:
             return await act(a, job_type)
-        return [e.job_id for e in await a.dead_letters() if job_type is None or e.name == job_type]
+        return [e.job_id for e in await a.dead_letters(job_type)]
 
     ids = run_with_app(run, target)
     if yes:

@@ -145,7 +145,7 @@ def _print_links(depends_on: list[str], waiting_for: list[str], dependents: list
     if parent:
         out.print(f"{'parent':12} {parent}", markup=False)
     if children:
-        more = " (first 1,000)" if len(children) >= query.MAX_CHILDREN_LISTED else ""
+        more = f" (first {query.MAX_CHILDREN_LISTED:,})" if len(children) >= query.MAX_CHILDREN_LISTED else ""
         out.print(f"{'children':12} {len(children)}{more}: {', '.join(children)}", markup=False)
 
 
