@@ -86,9 +86,13 @@ async def test_an_oversized_callback_sends_nothing_not_even_the_batch(wf_app: Ap
     assert await job_events(wf_app.settings) == []
 
 
-async def test_a_bad_batch_id_sends_nothing(wf_app: App) -> None:
+async def test_a_bad_batch_id_or_callback_sends_nothing(wf_app: App) -> None:
     with pytest.raises(InvalidJobArguments, match=r"batch_id must be a string of 1-200 printable characters"):
         await wf_app.enqueue_batch(ITEMS, then=("summarize", {}), batch_id="x" * 201)
+    with pytest.raises(InvalidJobArguments, match=r"then: the callback depends on the batch; it takes no depends_on"):
+        await wf_app.enqueue_batch(ITEMS, then=("summarize", {}, {"depends_on": []}))
+    with pytest.raises(InvalidJobArguments, match=r"a batch with a callback holds at most 256 jobs .* got 257"):
+        await wf_app.enqueue_batch([("square", {"n": n}) for n in range(257)], then=("summarize", {}))
     assert await job_events(wf_app.settings) == []
 
 
