@@ -3,7 +3,7 @@
     from eventjobs import App, JobContext, Retry, Cancel, Snooze
 """
 
-from eventjobs.app import App, Batch, InvalidJobArguments, NotInDeadLetters, PayloadTooLarge, UnknownDependency
+from eventjobs.app import App, Batch, BatchIncomplete, InvalidJobArguments, NotInDeadLetters, PayloadTooLarge, UnknownDependency
 from eventjobs.context import JobContext, JobsNotCompleted
 from eventjobs.core.options import InvalidJobOptions
 from eventjobs.core.outcome import Cancel, Retry, Snooze
@@ -12,6 +12,7 @@ from eventjobs.registry import UnknownJob
 __all__ = [
     "App",
     "Batch",
+    "BatchIncomplete",
     "Cancel",
     "InvalidJobArguments",
     "InvalidJobOptions",

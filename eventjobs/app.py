@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from eventjobs.core.clock import Clock, SystemClock
 from eventjobs.core.codec import encode
-from eventjobs.core.limits import RECENT_ENQUEUES_KEPT, size_limits
+from eventjobs.core.ids import batch_member_ids, new_batch_id
+from eventjobs.core.limits import MAX_BATCH_ID_CHARS, MAX_DEPENDENCIES, RECENT_ENQUEUES_KEPT, size_limits
 from eventjobs.core.commands import cancel_requested_event, dead_letter_retried_event, discarded_event
 from eventjobs.core.commands import enqueue as enqueued_event
 from eventjobs.core.events import EnqueuedEvent, JobEvent
@@ -86,10 +87,39 @@ class UnknownDependency(LookupError):
 
 
 class Batch(NamedTuple):
-    """What `App.enqueue_batch` enqueued: the jobs, in the order given, and the callback (or None)."""
+    """What `App.enqueue_batch` enqueued: the jobs, in the order given, the callback (or None), and
+    the batch id their ids are derived from."""
 
     job_ids: list[str]
     callback_id: str | None
+    batch_id: str
+
+
+class BatchIncomplete(RuntimeError):
+    """`App.enqueue_batch` failed after it began to send: part of the batch may be on the log.
+
+    The message says what the broker acknowledged; `batch` holds the ids. Calling
+    `enqueue_batch` again with the same items, `then` and `batch_id=batch.batch_id` completes
+    it: what was written already is taken as a duplicate.
+    """
+
+    def __init__(self, batch: Batch, jobs_acknowledged: bool, error: Exception) -> None:
+        jobs = f"{len(batch.job_ids)} job(s)"
+        if jobs_acknowledged:
+            what = f"its {jobs} were acknowledged, its callback {batch.callback_id} may not have been written"
+        elif batch.callback_id is not None:
+            what = f"its {jobs} may be partly written and its callback {batch.callback_id} was not sent"
+        else:
+            what = f"its {jobs} may be partly written"
+        cause = str(error) if str(error).startswith(type(error).__name__) else f"{type(error).__name__}: {error}"
+        super().__init__(
+            f"batch {batch.batch_id} is incomplete: {what} ({cause}). Call enqueue_batch "
+            f"again with the same items and then=, and batch_id={batch.batch_id!r}: the events already written "
+            f"are taken as duplicates, so no job is enqueued twice"
+        )
+        self.batch = batch
+        self.jobs_acknowledged = jobs_acknowledged
+
 
 
 class ScheduleNotFound(LookupError):
@@ -218,6 +248,12 @@ class App:
 
     async def append(self, events: list[JobEvent]) -> None:
         """Append events to the log and wait until the broker acknowledged every one."""
+        payloads = self._encoded(events)
+        sender = await self._producer()
+        await self._send(sender, await topic_partition_count(sender, self.names.events), payloads)
+
+    def _encoded(self, events: list[JobEvent]) -> list[tuple[JobEvent, bytes]]:
+        """Each event with its bytes; `PayloadTooLarge` (nothing sent) for one over its limit."""
         payloads = [(event, encode(event, max_bytes=None)) for event in events]
         limits = size_limits(self.settings.max_event_bytes)
         for event, payload in payloads:
@@ -235,11 +271,13 @@ class App:
                     f"{self.settings.max_event_bytes:,} (EVENTJOBS_MAX_EVENT_BYTES); nothing was sent. Store large "
                     f"data elsewhere and pass a reference in args"
                 )
-        sender = await self._producer()
-        count = await topic_partition_count(sender, self.names.events)  # every event on its job's partition
+        return payloads
+
+    async def _send(self, sender: AIOKafkaProducer, partitions: int, payloads: list[tuple[JobEvent, bytes]]) -> None:
+        """Send encoded events, each to its job's partition of the log, and wait for every acknowledgement."""
         pending = [
             await sender.send(self.names.events, payload, key=event.job_id.encode(),
-                              partition=job_partition(event.job_id, count))
+                              partition=job_partition(event.job_id, partitions))
             for event, payload in payloads
         ]
         await asyncio.gather(*pending)
@@ -249,14 +287,22 @@ class App:
         depends_on: list[str] | None = None, **options: Any
     ) -> EnqueuedEvent:
         """The validated `enqueued` event for a job (nothing is sent). Raises on any bad input."""
+        return self._enqueued(name, args, options, parent_job_id=parent_job_id, depends_on=depends_on)
+
+    def _enqueued(
+        self, name: str, args: dict[str, Any] | None, options: dict[str, Any], *, parent_job_id: str | None = None,
+        depends_on: list[str] | None = None, ids: tuple[str, str] | None = None,
+    ) -> EnqueuedEvent:
+        """`build_enqueue`, with the (default job id, event id) of a batch member when `ids` is given."""
         definition = self.definition(name)
         if args is not None and not isinstance(args, dict):
             raise InvalidJobArguments(f"args of job {name!r} must be a dict (JSON object), got {type(args).__name__}")
         merged = definition.options.merged(**options) if options else definition.options
+        default_job_id, event_id = ids if ids is not None else (None, None)
         try:
             return enqueued_event(
                 name, args or {}, merged, now=self.clock.now(), actor=self.actor, parent_job_id=parent_job_id,
-                depends_on=depends_on,
+                depends_on=depends_on, default_job_id=default_job_id, event_id=event_id,
             )
         except InvalidJobOptions:
             raise
@@ -302,36 +348,75 @@ class App:
                 )
 
     async def enqueue_batch(
-        self, items: list[tuple[Any, ...]], *, then: tuple[Any, ...] | None = None,
+        self, items: list[tuple[Any, ...]], *, then: tuple[Any, ...] | None = None, batch_id: str | None = None,
     ) -> Batch:
-        """Enqueue many jobs in one produce round, and optionally a callback that runs once all ended.
+        """Enqueue many jobs, and optionally a callback that runs once all of them ended.
 
-        `items` are `(name, args)` or `(name, args, {options})`; `then` is the callback the same way.
-        Everything is validated first: if anything is bad nothing is sent. The callback is enqueued
-        once the batch is acknowledged, with `depends_on` the batch and `on_dependency_failure="run"`:
-        it runs whatever became of them, and `ctx.dependencies` holds each one's status and result.
+        `items` are `(name, args)` or `(name, args, {options})`; `then` is the callback the same
+        way. The callback gets `depends_on` the batch and `on_dependency_failure="run"`: it runs
+        whatever became of them, and `ctx.dependencies` holds each one's status and result.
+
+        Everything is validated first, the size of every event (the callback's included) and
+        the dependencies that items name: if anything is bad, nothing is sent. The jobs are then
+        sent together, and the callback once the broker acknowledged all of them (a dependency
+        must be on the log before its dependent asks for it). Not in a Kafka transaction: the
+        processor reads the log uncommitted, so an aborted write would still be applied.
+
+        Instead the ids are derived from `batch_id` (`ids.batch_member_ids`; generated when not
+        given, returned in `Batch`), except that a job with an idempotency key keeps the key's
+        id. Calling again with the same items, `then` and `batch_id` therefore writes the same
+        jobs under the same event ids, and the processor takes those already written as
+        duplicates. If sending fails part way, `BatchIncomplete` says what was acknowledged and
+        names the batch id to call again with. A caller that may die between the two sends
+        passes its own `batch_id` (stored with the work that asked for the batch), so that it can
+        call again after a restart. As with an idempotency key, a repeat is a duplicate while its
+        job is retained (`retain_completed` after it finished).
         """
+        if batch_id is None:
+            batch_id = new_batch_id()
+        elif not isinstance(batch_id, str) or not 1 <= len(batch_id) <= MAX_BATCH_ID_CHARS or not batch_id.isprintable():
+            raise InvalidJobArguments(
+                f"batch_id must be a string of 1-{MAX_BATCH_ID_CHARS} printable characters (MAX_BATCH_ID_CHARS), "
+                f"got {batch_id!r:.300}"
+            )
         events = []
-        for item in items:
+        for index, item in enumerate(items):
             name, args, options = self._batch_item(item, "items")
-            events.append(self.build_enqueue(name, args, **options))
+            events.append(self._enqueued(name, args, options, ids=batch_member_ids(batch_id, index)))
         if not events:
             raise InvalidJobArguments("enqueue_batch needs at least one job")
+        callback = None
+        if then is not None:
+            if len(events) > MAX_DEPENDENCIES:
+                raise InvalidJobArguments(
+                    f"a batch with a callback holds at most {MAX_DEPENDENCIES} jobs (MAX_DEPENDENCIES: the callback "
+                    f"depends on each), got {len(events)}; nothing was sent"
+                )
+            name, args, options = self._batch_item(then, "then")
+            if "depends_on" in options:
+                raise InvalidJobArguments("then: the callback depends on the batch; it takes no depends_on option")
+            callback = self._enqueued(name, args, {**options, "on_dependency_failure": "run"},
+                                      depends_on=[e.job_id for e in events], ids=batch_member_ids(batch_id, None))
+        jobs = self._encoded(events)
+        last = self._encoded([callback]) if callback is not None else []
         for event in events:
             if event.depends_on:
                 await self.check_dependencies(event.depends_on)
-        callback = None
-        if then is not None:
-            name, args, options = self._batch_item(then, "then")
-            options = {**options, "on_dependency_failure": "run"}
-            callback = self.build_enqueue(name, args, depends_on=[e.job_id for e in events], **options)
-        await self.append(events)
-        for event in events:
-            self._acknowledge(event.job_id)
-        if callback is not None:
-            await self.append([callback])
-            self._acknowledge(callback.job_id)
-        return Batch([e.job_id for e in events], callback.job_id if callback is not None else None)
+        sender = await self._producer()  # raises KafkaUnavailable before anything is sent
+        partitions = await topic_partition_count(sender, self.names.events)
+        batch = Batch([e.job_id for e in events], callback.job_id if callback is not None else None, batch_id)
+        acknowledged = False
+        try:
+            await self._send(sender, partitions, jobs)
+            acknowledged = True
+            for event in events:
+                self._acknowledge(event.job_id)
+            if callback is not None:
+                await self._send(sender, partitions, last)
+                self._acknowledge(callback.job_id)
+        except Exception as error:
+            raise BatchIncomplete(batch, acknowledged, error) from error
+        return batch
 
     @staticmethod
     def _batch_item(item: Any, where: str) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import typer
 from pydantic import SecretStr
@@ -13,7 +12,7 @@ from rich.table import Table
 
 from eventjobs.cli.options import JsonOption, NamespaceOption
 from eventjobs.cli.output import out
-from eventjobs.clickhouse.server_backend import redact_url
+from eventjobs.clickhouse.server_url import redact_url
 from eventjobs.settings import Settings, load_settings
 
 config_app = typer.Typer(help="The settings in effect.", no_args_is_help=True)
@@ -21,24 +20,12 @@ config_app = typer.Typer(help="The settings in effect.", no_args_is_help=True)
 MASK = "**********"
 
 
-def _redacted_url(url: str) -> str:
-    """The URL without credentials: a password (or a user name alone, a token) and query values
-    that look secret are masked."""
-    parts = urlsplit(redact_url(url))
-    netloc = parts.netloc
-    if "@" in netloc and ":***@" not in netloc:
-        netloc = f"***@{netloc.rpartition('@')[2]}"
-    query = urlencode([(key, "***" if any(w in key.lower() for w in ("pass", "token", "secret", "key")) else value)
-                       for key, value in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def _shown(name: str, value: Any) -> Any:
     """A setting's value as it may be printed: passwords masked, a URL's credentials redacted."""
     if isinstance(value, SecretStr):
         secret = value.get_secret_value()
         if "url" in name:
-            return _redacted_url(secret)
+            return redact_url(secret)
         return MASK
     if isinstance(value, Path):
         return str(value)

@@ -17,15 +17,17 @@ from eventjobs.clickhouse.errors import (
     ClickHouseLocked,
     ClickHouseQueryError,
     ClickHouseUnavailable,
+    InvalidClickHouseUrl,
 )
 from eventjobs.clickhouse.ownership import live_owner
-from eventjobs.clickhouse.server_backend import ServerBackend, redact_url
+from eventjobs.clickhouse.server_backend import ServerBackend
+from eventjobs.clickhouse.server_url import redact_url
 from eventjobs.settings import Settings
 
 __all__ = [
     "Backend", "Backoff", "ChdbBackend", "ClickHouseError", "ClickHouseLocked", "ClickHouseQueryError",
-    "ClickHouseUnavailable", "Result", "ServerBackend", "chdb_dir", "open_backend", "open_owning_backend",
-    "qualified", "quote_identifier", "redact_url",
+    "ClickHouseUnavailable", "InvalidClickHouseUrl", "Result", "ServerBackend", "chdb_dir", "open_backend",
+    "open_owning_backend", "qualified", "quote_identifier", "redact_url",
 ]
 
 
@@ -43,7 +45,8 @@ def open_backend(settings: Settings, *, role: str | None = None) -> Backend:
     """The read side's engine for a command that may share it: server, the owner's read API, or chdb.
 
     Raises `ClickHouseLocked` when another process holds the chdb directory without serving the
-    read API, and `ClickHouseUnavailable` when the configured server does not answer.
+    read API, `ClickHouseUnavailable` when the configured server does not answer, and
+    `InvalidClickHouseUrl` when its URL cannot be used.
     """
     if settings.clickhouse_url is not None:
         return ServerBackend(settings.clickhouse_url.get_secret_value(), database_for(settings))

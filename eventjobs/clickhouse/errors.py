@@ -2,7 +2,8 @@
 
 Both backends raise these and only these, so the projector and the query code handle one set of
 errors whichever engine answers: an unreachable engine (retry later), a data directory owned by
-another process (go through its read API), or a statement ClickHouse rejected (fix the SQL).
+another process (go through its read API), a statement ClickHouse rejected (fix the SQL), or a
+server URL that cannot be used (fix the URL).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ class ClickHouseError(Exception):
 
 class ClickHouseUnavailable(ClickHouseError):
     """The engine cannot be reached (server down, network, read API gone). Retrying may succeed."""
+
+
+class InvalidClickHouseUrl(ClickHouseError):
+    """The configured server URL cannot be used as given (retrying cannot help: fix the URL)."""
 
 
 class ClickHouseLocked(ClickHouseError):

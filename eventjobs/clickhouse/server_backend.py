@@ -2,8 +2,10 @@
 
 clickhouse-connect carries the requests; this module only chooses the database per call, sends
 the same SQL and the same formats as the chdb backend, and turns clickhouse-connect's exceptions
-into the read side's errors. The URL may carry a password: it is never logged or put in an error
-message unredacted (`redact_url`).
+into the read side's errors. The URL is parsed once (`server_url.parse_server_url`) and its parts
+are handed to the client one by one, so the password reaches clickhouse-connect only as its
+password argument, never inside a URL its messages might quote. Where this module shows the URL
+(`describe`, every error) it shows `redact_url` of it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import re
 import threading
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -29,27 +30,10 @@ from eventjobs.clickhouse.backend import (
     parameter_values,
     qualified,
 )
-from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseQueryError, ClickHouseUnavailable
+from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseQueryError, ClickHouseUnavailable, InvalidClickHouseUrl
+from eventjobs.clickhouse.server_url import parse_server_url, redact_url
 
 _FOR_URL = re.compile(r"\s*\(for url [^)]*\)")
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by `***` (safe for logs and error messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def url_database(url: str) -> str | None:
-    """The database named in the URL path (`http://host:8123/mydb`), if any."""
-    path = urlsplit(url).path.strip("/")
-    return unquote(path) if path else None
 
 
 class ServerBackend:
@@ -60,7 +44,8 @@ class ServerBackend:
     def __init__(self, url: str, database: str = "default", *, connect_timeout_s: float = 5.0,
                  request_timeout_s: float = 300.0) -> None:
         self._url = url
-        self.database = url_database(url) or database
+        self._address = parse_server_url(url)  # InvalidClickHouseUrl: nothing to retry
+        self.database = self._address.database or database
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout_s = request_timeout_s
         self._clients: dict[str | None, Client] = {}
@@ -79,14 +64,22 @@ class ServerBackend:
             return client
 
     def _connect(self, database: str | None) -> Client:
-        parts = urlsplit(self._url)
-        dsn = urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
+        address = self._address
+        options: dict[str, Any] = {
+            "connect_timeout": int(max(1, self._connect_timeout_s)), "send_receive_timeout": int(self._request_timeout_s),
+            "autogenerate_session_id": False, "query_retries": 0,
+            **address.options,  # the URL's own client options win, as they do in a DSN
+        }
         try:
             return clickhouse_connect.get_client(
-                dsn=dsn, database=database or "", connect_timeout=int(max(1, self._connect_timeout_s)),
-                send_receive_timeout=int(self._request_timeout_s), autogenerate_session_id=False,
-                query_retries=0,
+                interface=address.interface, host=address.host, port=address.port, username=address.username,
+                password=address.password, database=database or "", **options,
             )
+        except TypeError as error:  # only the URL's options can be what clickhouse-connect does not take
+            raise InvalidClickHouseUrl(
+                f"ClickHouse URL {redact_url(self._url)} (EVENTJOBS_CLICKHOUSE_URL): a query parameter is not an "
+                f"option of clickhouse-connect's client ({self._clean(error)})"
+            ) from None
         except OperationalError as error:
             raise ClickHouseUnavailable(
                 f"cannot reach ClickHouse at {redact_url(self._url)}: {self._clean(error)}; "
@@ -131,7 +124,7 @@ class ServerBackend:
         except DatabaseError as error:
             raise self._query_error(error) from None
         except OSError as error:
-            raise ClickHouseUnavailable(f"ClickHouse at {redact_url(self._url)} failed: {error}") from None
+            raise ClickHouseUnavailable(f"ClickHouse at {redact_url(self._url)} failed: {self._clean(error)}") from None
 
     def insert(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]], *,
                database: str | None = None) -> int:
@@ -144,7 +137,7 @@ class ServerBackend:
         except DatabaseError as error:
             raise self._query_error(error) from None
         except OSError as error:
-            raise ClickHouseUnavailable(f"ClickHouse at {redact_url(self._url)} failed: {error}") from None
+            raise ClickHouseUnavailable(f"ClickHouse at {redact_url(self._url)} failed: {self._clean(error)}") from None
         return len(data[0]) if data else 0
 
     def forget_database(self, database: str) -> None:

@@ -107,11 +107,14 @@ def enqueue(
     event_id: str | None = None,
     key_namespace: str | None = None,
     depends_on: Sequence[str] | None = None,
+    default_job_id: str | None = None,
 ) -> EnqueuedEvent:
     """An ``enqueued`` event for a new job.
 
     With an idempotency key the job id is ``job_id_for_key(key_namespace or name, key)``, so a
     second enqueue with the same key targets the same job and is refused by the processor.
+    Without one it is ``default_job_id`` (a batch member's, ``ids.batch_member_ids``) or a new
+    UUIDv7; ``job_id`` overrides both.
     ``depends_on``: jobs that must end first (``check_depends_on``: distinct ids, at most
     ``MAX_DEPENDENCIES``, not the job itself); ``options.on_dependency_failure`` says what then.
     Raises ``InvalidJobOptions`` / pydantic ``ValidationError`` for bad options, name or args.
@@ -120,7 +123,7 @@ def enqueue(
     args = dict(args or {})
     key = options.resolve_idempotency_key(args)
     if job_id is None:
-        job_id = job_id_for_key(key_namespace or name, key) if key is not None else new_job_id()
+        job_id = job_id_for_key(key_namespace or name, key) if key is not None else default_job_id or new_job_id()
     dependencies = check_depends_on(depends_on, job_id) if depends_on else None
     return EnqueuedEvent(
         event_id=event_id or new_event_id(),

@@ -15,6 +15,9 @@ easier to keep in one place.
   gives the same ids, and the echo of a derived event is recognisable by its id. The id keeps
   the causing event's time prefix (when it is a UUIDv7/v8) and uses version 8, so derived ids
   still sort by time, right after their cause.
+* ``batch_member_ids()``: the job id and ``enqueued`` event id of each member of a batch
+  (``App.enqueue_batch``) are pure functions of the batch id, so sending the same batch again
+  writes the same jobs under the same event ids, which the processor takes as duplicates.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import uuid
 # Fixed namespace for eventjobs' name-based ids (never change it: job ids of idempotent
 # enqueues are derived from it).
 EVENTJOBS_NAMESPACE = uuid.UUID("6f1c6c5e-8a31-4d0b-9a57-0c4be7d1f2a9")
+# The namespace of the job ids of batch members: apart from those of idempotency keys.
+BATCH_NAMESPACE = uuid.uuid5(EVENTJOBS_NAMESPACE, "batch")
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -75,6 +80,11 @@ def new_job_id() -> str:
     return _canonical(_uuid7_hex())
 
 
+def new_batch_id() -> str:
+    """A new batch id (UUIDv7, like a job id): its members' event ids keep its time prefix."""
+    return _canonical(_uuid7_hex())
+
+
 def created_ms(job_id: str) -> int | None:
     """When a `new_job_id()` id was made (Unix ms, the creator's clock); None for other ids
     (e.g. those of `job_id_for_key`, which carry no time)."""
@@ -115,3 +125,17 @@ def derived_event_id(causation_event_id: str, type: str, index: int) -> str:
     else:
         high, mid = digest[20:28], digest[28:32]
     return f"{high}-{mid}-8{digest[0:3]}-{_VARIANT[digest[3]]}{digest[4:7]}-{digest[7:19]}"
+
+
+def batch_member_ids(batch_id: str, member: int | None) -> tuple[str, str]:
+    """The job id and the ``enqueued`` event id of a member of batch ``batch_id``: item number
+    ``member`` (0-based, in the order given), or its callback (``None``).
+
+    The job id is a UUIDv5 of ``(batch id, member)`` in ``BATCH_NAMESPACE`` (so no idempotency
+    key's job id equals it); the event id is derived from the batch id as a processor derives
+    its events' ids from their cause (``derived_event_id``), so a generated batch id's time
+    prefix sorts the members' events by when the batch was made.
+    """
+    index = -1 if member is None else member
+    job_id = str(uuid.uuid5(BATCH_NAMESPACE, f"{batch_id}\x1f{index}"))
+    return job_id, derived_event_id(batch_id, "batch_member", index)

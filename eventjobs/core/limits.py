@@ -54,6 +54,7 @@ __all__ = [
     "MAX_PROGRESS_MESSAGE_CHARS",
     "RECENT_ENQUEUES_KEPT",
     "MAX_REASON_BYTES",
+    "MAX_BATCH_ID_CHARS",
     "MAX_CATCH_UP_TICKS",
     "MIN_MAX_EVENT_BYTES",
     "MIN_SCHEDULE_EVERY_S",
@@ -92,6 +93,8 @@ MAX_DEPENDENCY_RESULTS_BYTES = 32_768
 #: Ids of its own acknowledged enqueues an ``App`` remembers, so that ``depends_on`` on a job it
 #: just enqueued needs no changelog lookup (about 100 bytes each).
 RECENT_ENQUEUES_KEPT = 10_000
+#: A batch id given to ``App.enqueue_batch`` (it appears in error messages; the ids derived from it have a fixed size).
+MAX_BATCH_ID_CHARS = 200
 #: Shortest period of an ``every`` schedule: a shorter one would flood the log with jobs.
 MIN_SCHEDULE_EVERY_S = 1
 #: A schedule's tick not fired this long after its time counts as missed (the service was down),

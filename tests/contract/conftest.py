@@ -4,7 +4,6 @@ examples of docs/producers.md as subprocesses, and every record of the event log
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from eventjobs.runtime.timers import TimerService
 from eventjobs.settings import Settings
 from tests.contract.jobs import build_contract_app
 from tests.e2e.conftest import Runtime
+from tests.support.tools import JDK, MAVEN, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples" / "producers"
@@ -77,9 +77,10 @@ def python_example(*args: str) -> list[str]:
 @pytest.fixture(scope="session")
 def java_classpath(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The Java example's jars (kafka-clients, Jackson), resolved by Maven: from ~/.m2 when they are
-    there (the local broker resolves the same versions), else from Maven Central."""
-    if shutil.which("mvn") is None or shutil.which("java") is None:
-        pytest.fail("the Java example needs Java 17+ (a JDK: it runs a source file) and Maven; see .ci/run")
+    there (the local broker resolves the same versions), else from Maven Central. Needs Java 17+
+    as a JDK (`java File.java` compiles the example) and Maven."""
+    for tool, hint in (("java", JDK), ("javac", JDK), ("mvn", MAVEN)):
+        require_tool(tool, hint)
     output = tmp_path_factory.mktemp("java") / "classpath.txt"
     base = ["mvn", "-q", "-B", "-Dstyle.color=never", "-f", str(JAVA_EXAMPLE / "pom.xml"),
             "dependency:build-classpath", f"-Dmdep.outputFile={output}"]

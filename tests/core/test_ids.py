@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from eventjobs.core.ids import derived_event_id, job_id_for_key, new_event_id, new_job_id
+from eventjobs.core.ids import batch_member_ids, derived_event_id, job_id_for_key, new_batch_id, new_event_id, new_job_id
 
 
 def test_new_event_ids_are_uuid7_and_sort_by_creation() -> None:
@@ -60,3 +60,19 @@ def test_derived_event_ids_of_non_uuid_causes_are_still_valid_uuids() -> None:
     derived = derived_event_id("job-1-e001", "completed", 0)
     assert uuid.UUID(derived).version == 8
     assert derived == derived_event_id("job-1-e001", "completed", 0)
+
+
+def test_batch_member_ids_are_a_function_of_the_batch_id_and_the_member() -> None:
+    batch = new_batch_id()
+    members = [batch_member_ids(batch, index) for index in range(3)] + [batch_member_ids(batch, None)]
+    # the same batch id gives the same job ids and event ids, in this process or any other
+    assert members == [batch_member_ids(batch, index) for index in range(3)] + [batch_member_ids(batch, None)]
+    assert len({job_id for job_id, _ in members}) == 4 and len({event_id for _, event_id in members}) == 4
+    # another batch id (a caller's own included) names other jobs and events
+    others = [batch_member_ids("order-42-invoices", index) for index in range(3)] + [batch_member_ids(new_batch_id(), 0)]
+    assert not {i for pair in members for i in pair} & {i for pair in others for i in pair}
+    # valid UUIDs: the job ids in a namespace of their own, the event ids with the batch id's time
+    job_id, event_id = members[0]
+    assert uuid.UUID(job_id).version == 5 and job_id not in {job_id_for_key("batch", f"{batch}\x1f0")}
+    assert uuid.UUID(event_id).version == 8 and event_id[:13] == batch[:13]
+    assert uuid.UUID(batch).version == 7

@@ -23,6 +23,7 @@ from eventjobs.clickhouse import (
 )
 from eventjobs.dev.broker import free_port
 from eventjobs.settings import Settings
+from tests.support.chdb_http import chdb_http_server
 
 ROOT = Path(__file__).resolve().parents[2]
 AT = datetime(2024, 5, 17, 12, 30, 45, 123000, tzinfo=timezone.utc)
@@ -83,6 +84,27 @@ def test_unreachable_server_is_a_clear_error_without_the_password() -> None:
 def test_redact_url_hides_only_the_password() -> None:
     assert redact_url("https://u:p%40ss@ch.example:8443/db?x=1") == "https://u:***@ch.example:8443/db?x=1"
     assert redact_url("http://ch:8123") == "http://ch:8123"
+
+
+@pytest.mark.parametrize("credentials", [
+    ("reader:p%40ss%26w0rd@", ""), ("reader@", "?password=p%40ss%26w0rd"), ("", "?user=reader&password=p%40ss%26w0rd"),
+])
+def test_a_server_with_a_password_answers_wherever_the_url_carries_it(chdb_path: Path,
+                                                                      credentials: tuple[str, str]) -> None:
+    # Given a ClickHouse HTTP interface that requires user `reader` with password `p@ss&w0rd`
+    with chdb_http_server(chdb_path, user="reader", password="p@ss&w0rd") as url:
+        address = url.removeprefix("http://").rstrip("/")
+        before_host, query = credentials
+        # When the URL carries the credentials before the host or in its query, the server answers
+        backend = ServerBackend(f"http://{before_host}{address}/{query}", "default", connect_timeout_s=2)
+        try:
+            assert backend.query("SELECT 1 AS one").rows == [(1,)]
+        finally:
+            backend.close()
+        # And a wrong password is refused by the server, in an error that does not repeat it
+        with pytest.raises(ClickHouseQueryError) as refused:
+            ServerBackend(f"http://reader@{address}/?password=wr0ng-pw", "default", connect_timeout_s=2)
+        assert refused.value.code == 516 and "wr0ng-pw" not in str(refused.value)
 
 
 def test_http_api_accepts_clickhouse_connects_own_native_insert_and_query(server_url: str, namespace: str) -> None:

@@ -1,32 +1,26 @@
 """docs/prometheus/alerts.yml (loaded by docker-compose.yml's Prometheus) is valid, and its two
 alerts fire when they should: `promtool check rules` and `promtool test rules`.
 
-promtool comes from Debian's `prometheus` package, which `.ci/run` installs: a missing promtool
-is a failure, not a skip."""
+promtool comes from Debian's `prometheus` package: a test that needs it is skipped where it is
+missing, and fails under `.ci/run`, which installs it (`tests/support/tools.py`)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import yaml
 
 from eventjobs import metrics
+from tests.support.tools import PROMTOOL, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "docs" / "prometheus" / "alerts.yml"
 CONFIG = ROOT / "docs" / "prometheus" / "prometheus.yml"
 
 
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    assert path, "promtool is not installed: `apt-get install -y prometheus` (as .ci/run does)"
-    return path
-
-
 def _run(*args: str) -> str:
-    done = subprocess.run([_promtool(), *args], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([require_tool("promtool", PROMTOOL), *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"promtool {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 

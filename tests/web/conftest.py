@@ -30,9 +30,9 @@ from eventjobs.dev.broker import free_port
 from eventjobs.kafka.admin import apply_topics
 from eventjobs.readside import queries
 from eventjobs.settings import Settings
+from tests.support.tools import CHROMIUM, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 QUEUES = ["default", "emails"]
 DEMO_APP = "eventjobs.dev.demo:app"
 T = TypeVar("T")
@@ -154,12 +154,11 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (Debian's chromium; .ci/run installs it)")
+    executable = require_tool("chromium", CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
         try:
             yield chromium
         finally:
