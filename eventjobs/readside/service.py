@@ -17,8 +17,7 @@ from eventjobs.clickhouse import open_owning_backend
 from eventjobs.clickhouse.backend import Backend
 from eventjobs.clickhouse.backoff import Backoff
 from eventjobs.clickhouse.chdb_backend import ChdbBackend
-from eventjobs.clickhouse.errors import ClickHouseUnavailable
-from eventjobs.clickhouse.errors import ClickHouseError
+from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseUnavailable
 from eventjobs.clickhouse.http_api import OwnerApi, ReadApi
 from eventjobs.metrics import Metrics
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir

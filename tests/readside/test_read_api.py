@@ -270,3 +270,19 @@ def test_a_wrong_token_from_a_backend_is_a_clear_error_without_the_token(api: Re
     with pytest.raises(ClickHouseQueryError) as error:
         ServerBackend(api.url, namespace, access_token="guessed-token")
     assert error.value.code == 516 and "guessed-token" not in str(error.value)
+
+
+async def test_the_projector_fails_loudly_when_its_read_api_stops(engine: ChdbBackend) -> None:
+    import asyncio
+
+    from eventjobs.clickhouse import ClickHouseError
+    from eventjobs.readside.service import _watch_servers
+
+    served = ReadApi(engine, token=TOKEN)
+    served.start()
+    watch = asyncio.ensure_future(_watch_servers([served], asyncio.Event()))
+    await asyncio.sleep(0.3)
+    assert not watch.done()  # quiet while it serves
+    served.stop()  # as if its thread had died
+    with pytest.raises(ClickHouseError, match="the read API of the projector stopped"):
+        await asyncio.wait_for(watch, 10)

@@ -165,6 +165,13 @@ def test_the_token_is_a_secret_in_config_show() -> None:
     assert json.loads(result.stdout)["dashboard_token"] == "**********"
 
 
+def test_the_read_api_token_is_a_secret_in_config_show() -> None:
+    result = run_cli("config", "show", "--json", env={"EVENTJOBS_READ_API_TOKEN": TOKEN}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert TOKEN not in result.stdout and TOKEN not in result.stderr
+    assert json.loads(result.stdout)["read_api_token"] == "**********"
+
+
 def test_no_page_can_be_framed(client: TestClient, gated: TestClient) -> None:
     for answer in (client.get("/login"), gated.get("/"), client.get("/jobs?status=bogus")):
         assert answer.headers["x-frame-options"] == "DENY"
