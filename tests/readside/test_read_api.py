@@ -8,7 +8,6 @@ import base64
 import gzip
 import http.client
 import json
-import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
