@@ -7,10 +7,10 @@ Secrets (SASL password, SSL key password, the ClickHouse URL which may carry cre
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from eventjobs.core.durations import parse_duration
 from eventjobs.core.housekeeping import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S
@@ -91,12 +91,36 @@ class Settings(BaseSettings):
 
     clickhouse_url: SecretStr | None = None
     state_dir: Path = Path(".eventjobs")
+    read_api_token: SecretStr | None = Field(
+        None, description="Token of the projector's read API (chdb); unset: a fresh random one at every start, "
+                          "handed to local commands in the owner record. Never printed.",
+    )
 
     dashboard_host: str = Field("127.0.0.1", description="Address `eventjobs dashboard` binds (`--host`).")
     dashboard_port: int = Field(8080, ge=0, le=65535, description="Port of `eventjobs dashboard` (`--port`).")
     dashboard_token: SecretStr | None = Field(
-        None, description="When set, every dashboard request must carry this token (`--token`); never printed.",
+        None, description="When set, every dashboard request must carry this token (`--token`); required when "
+                          "the dashboard binds beyond loopback; never printed.",
     )
+    dashboard_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Host names the dashboard answers besides its bound address, localhost, 127.0.0.1 and [::1] "
+                        "(comma-separated; `--allowed-host`).",
+    )
+
+    @field_validator("dashboard_allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        """'dash.example.com, 10.0.0.5' from the environment, or a list."""
+        if isinstance(value, str):
+            return tuple(host.strip() for host in value.split(",") if host.strip())
+        return value
+
+    @field_validator("read_api_token", mode="after")
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty or blank (leave it unset instead)")
+        return value
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -14,15 +14,21 @@ def dashboard(
     app: OptionalAppOption = None,
     namespace: NamespaceOption = None,
     host: Annotated[Optional[str], typer.Option(
-        help="Address to bind (default 127.0.0.1; env EVENTJOBS_DASHBOARD_HOST). Another one exposes the dashboard "
-             "and its actions to that network: set a token.")] = None,
+        help="Address to bind (default 127.0.0.1; env EVENTJOBS_DASHBOARD_HOST). One beyond loopback exposes the "
+             "dashboard and its actions to that network and needs a token.")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (default 8080; env EVENTJOBS_DASHBOARD_PORT; 0: any free).")]
     = None,
     token: Annotated[Optional[str], typer.Option(
-        help="Require this access token (env EVENTJOBS_DASHBOARD_TOKEN, which keeps it out of the process list).")]
+        help="Require this access token (env EVENTJOBS_DASHBOARD_TOKEN, which keeps it out of the process list); "
+             "required when the dashboard binds beyond loopback.")]
     = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-host", metavar="HOST", help="A host name the dashboard answers besides the bound address, localhost, 127.0.0.1 "
+                               "and [::1] (repeatable; env EVENTJOBS_DASHBOARD_ALLOWED_HOSTS, comma-separated). "
+                               "Add the name people type in the address bar.")] = None,
 ) -> None:
     """Serve the web dashboard: overview, jobs, job timelines, dead letters, workers, queues (Ctrl-C to stop)."""
+    from eventjobs.http_hosts import allowed_hosts, is_loopback
     from eventjobs.web.app import create_app
     from eventjobs.web.server import DashboardError, bind, serve, url_of
 
@@ -32,17 +38,22 @@ def dashboard(
         settings.dashboard_token.get_secret_value() if settings.dashboard_token else None)
     if secret is not None and not secret.strip():
         raise typer.BadParameter("must not be empty", param_hint="--token")
+    bound_host = host or settings.dashboard_host
     try:
-        sock = bind(host or settings.dashboard_host, settings.dashboard_port if port is None else port)
+        sock = bind(bound_host, settings.dashboard_port if port is None else port)
     except DashboardError as error:
         err.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    address = sock.getsockname()[0]
+    if secret is None and not is_loopback(address):
+        sock.close()
+        err.print(f"[red]error:[/] the dashboard would listen on {address}, reachable from other machines, without an "
+                  f"access token: set EVENTJOBS_DASHBOARD_TOKEN (or --token), or bind to 127.0.0.1",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    hosts = allowed_hosts(bound_host, [*settings.dashboard_allowed_hosts, *(allowed_host or [])])
     where = url_of(sock)
     access = " (access token required: open /login, or add ?token=... once)" if secret else ""
-    err.print(f"dashboard of namespace {settings.namespace} at [bold]{where}[/]{access}; Ctrl-C to stop",
-              highlight=False, soft_wrap=True)
-    if secret is None and sock.getsockname()[0] not in ("127.0.0.1", "::1"):
-        err.print(f"[yellow]warning:[/] {sock.getsockname()[0]} is reachable from other machines and no access token "
-                  "is set: anyone who can reach it can retry, discard and pause; set EVENTJOBS_DASHBOARD_TOKEN",
-                  highlight=False, soft_wrap=True)
-    serve(create_app(settings, target, token=secret), sock)
+    err.print(f"dashboard of namespace {settings.namespace} at [bold]{where}[/]{access}; answers to "
+              f"{', '.join(hosts)}; Ctrl-C to stop", highlight=False, soft_wrap=True)
+    serve(create_app(settings, target, token=secret, hosts=hosts), sock)

@@ -18,7 +18,7 @@ projections_app = typer.Typer(help="ClickHouse projections from projections/*.sq
 @projections_app.command("apply")
 def projections_apply(namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
     """Apply the projection files not applied yet, in order (applying twice changes nothing)."""
-    with closing(open_backend(settings_of(namespace))) as backend:
+    with closing(open_backend(settings_of(namespace), writes=True)) as backend:
         reports = apply_migrations(backend, default_projections_dir())
     if as_json:
         print_json(reports)
@@ -33,7 +33,8 @@ def projections_apply(namespace: NamespaceOption = None, as_json: JsonOption = F
 @projections_app.command("status")
 def projections_status(namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
     """Which projection files are applied, pending, or changed since they were applied."""
-    with closing(open_backend(settings_of(namespace))) as backend:
+    # writes=True: it creates the migration log if missing, which the read-only read API refuses
+    with closing(open_backend(settings_of(namespace), writes=True)) as backend:
         statuses = migration_status(backend, default_projections_dir())
     if as_json:
         print_json(statuses)

@@ -70,7 +70,7 @@ def _replay_projections(settings: Settings, since: datetime | None, keep_old: bo
     options = ProjectorOptions(batch_max_events=batch_size, batch_max_wait_s=0.2)
     with (
         kafka_failure_in_one_line(),
-        closing(open_backend(settings)) as backend,
+        closing(open_backend(settings, writes=True)) as backend,
         _progress_bar("replaying projections", not as_json) as update,
     ):
         report = asyncio.run(replay_projections(settings, backend, since=since, options=options, progress=update,

@@ -148,7 +148,7 @@ def projector(
     namespace: NamespaceOption = None,
     batch_size: Annotated[int, typer.Option(help="Most events per batch.")] = 20_000,
     batch_wait_s: Annotated[float, typer.Option("--batch-wait", help="Longest wait in seconds to fill a batch.")] = 0.5,
-    read_api_port: Annotated[int, typer.Option(help="Port of the read API on 127.0.0.1 (chdb only; 0: any free port).")] = 0,
+    read_api_port: Annotated[int, typer.Option(help="Port of the read API on 127.0.0.1 (chdb only; read-only, token in the owner record or EVENTJOBS_READ_API_TOKEN; 0: any free port).")] = 0,
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,
 ) -> None:

@@ -2,7 +2,9 @@
 
 `open_backend(settings)` picks the engine: the server at `EVENTJOBS_CLICKHOUSE_URL` when it is
 set; otherwise chdb under `<state_dir>/chdb`, or, when another process owns that directory and
-serves the read API, that API (so CLI commands keep working while the projector runs).
+serves the read API, that API with the token from the owner record (so CLI commands keep working
+while the projector runs); a command that writes (`writes=True`: replay, `projections apply`)
+goes through the owner's private socket instead, since the read API is read-only.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from eventjobs.clickhouse.errors import (
     ClickHouseUnavailable,
     InvalidClickHouseUrl,
 )
-from eventjobs.clickhouse.ownership import live_owner
+from eventjobs.clickhouse.ownership import OwnerRecord, live_owner
 from eventjobs.clickhouse.server_backend import ServerBackend
 from eventjobs.clickhouse.server_url import redact_url
+from eventjobs.clickhouse.unix_http import SOCKET_HOST
 from eventjobs.settings import Settings
 
 __all__ = [
     "Backend", "Backoff", "ChdbBackend", "ClickHouseError", "ClickHouseLocked", "ClickHouseQueryError",
     "ClickHouseUnavailable", "InvalidClickHouseUrl", "Result", "ServerBackend", "chdb_dir", "open_backend",
-    "open_owning_backend", "qualified", "quote_identifier", "redact_url",
+    "open_owners_api", "open_owning_backend", "qualified", "quote_identifier", "redact_url",
 ]
 
 
@@ -41,8 +44,9 @@ def database_for(settings: Settings) -> str:
     return settings.namespace
 
 
-def open_backend(settings: Settings, *, role: str | None = None) -> Backend:
-    """The read side's engine for a command that may share it: server, the owner's read API, or chdb.
+def open_backend(settings: Settings, *, role: str | None = None, writes: bool = False) -> Backend:
+    """The read side's engine for a command that may share it: server, the owner's read API (its
+    owner socket when the command `writes`), or chdb.
 
     Raises `ClickHouseLocked` when another process holds the chdb directory without serving the
     read API, `ClickHouseUnavailable` when the configured server does not answer, and
@@ -54,13 +58,27 @@ def open_backend(settings: Settings, *, role: str | None = None) -> Backend:
     owner = live_owner(data_dir.resolve())
     if owner is not None and owner.read_api:
         try:
-            return ServerBackend(owner.read_api, database_for(settings))
+            return open_owners_api(owner, database_for(settings), writes=writes)
         except ClickHouseUnavailable as error:
             raise ClickHouseLocked(
                 f"the chdb data directory {data_dir} is held by {owner.describe()}, but its read API does "
                 f"not answer ({error}); wait for it, or stop that process"
             ) from None
     return ChdbBackend(data_dir, database_for(settings), role=role)
+
+
+def open_owners_api(owner: OwnerRecord, database: str, *, writes: bool = False) -> ServerBackend:
+    """A backend over the API of the process that owns a chdb directory: its read API with the
+    recorded token, or, for `writes`, its owner socket (`ClickHouseLocked` when it has none)."""
+    if writes:
+        if not owner.owner_socket:
+            raise ClickHouseLocked(
+                f"the chdb data directory is held by {owner.describe()}, which serves no owner socket for "
+                f"writes (its read API is read-only): stop that process, then retry")
+        return ServerBackend(f"http://{SOCKET_HOST}", database, unix_socket=owner.owner_socket)
+    if not owner.read_api:
+        raise ClickHouseLocked(f"the chdb data directory is held by {owner.describe()}: stop it, then retry")
+    return ServerBackend(owner.read_api, database, access_token=owner.read_api_token)
 
 
 def open_owning_backend(settings: Settings, *, role: str) -> Backend:

@@ -78,8 +78,8 @@ class ChdbBackend:
     def __init__(self, path: Path, database: str = "default", *, role: str | None = None) -> None:
         self.path = Path(path).resolve()
         self.database = database
-        self._connections: dict[str | None, Any] = {}
-        self._locks: dict[str | None, threading.RLock] = {}
+        self._connections: dict[tuple[str | None, bool], Any] = {}
+        self._locks: dict[tuple[str | None, bool], threading.RLock] = {}
         self._registry_lock = threading.Lock()
         self._closed = False
         self._attach_engine(role or default_role())
@@ -98,13 +98,13 @@ class ChdbBackend:
                     f"this process already has the chdb directory {_Engine.path} open; chdb allows one "
                     f"directory per process, so {self.path} cannot be opened too"
                 )
-            self._connections[None] = self._connect(None)
+            self._connections[(None, False)] = self._connect(None)
             if first:
                 write_owner(self.path, role)
             _Engine.path = self.path
             _Engine.users += 1
 
-    def _connect(self, database: str | None) -> Any:
+    def _connect(self, database: str | None, readonly: bool = False) -> Any:
         try:
             connection = chdb.connect(str(self.path))
         except Exception as error:  # chdb raises RuntimeError with ClickHouse's text
@@ -122,28 +122,35 @@ class ChdbBackend:
                 connection.query(f"SET {key} = {value}")
             if database is not None:
                 connection.query(f"USE {quote_identifier(database)}")
+            if readonly:
+                # last: from here on ClickHouse refuses writes, DDL and any change of a setting
+                # (`readonly` included) on this connection
+                connection.query("SET readonly = 1")
         except Exception as error:
             connection.close()
             raise ClickHouseQueryError.from_engine_message(str(error), context=f"database {database}") from None
         return connection
 
-    def _connection(self, database: str | None) -> tuple[Any, threading.RLock]:
+    def _connection(self, database: str | None, readonly: bool = False) -> tuple[Any, threading.RLock]:
         if self._closed:
             raise ClickHouseError(f"the chdb backend for {self.path} is closed")
+        key = (database, readonly)
         with self._registry_lock:
-            if database not in self._connections:
-                self._connections[database] = self._connect(database)
-            if database not in self._locks:
-                self._locks[database] = threading.RLock()
-            return self._connections[database], self._locks[database]
+            if key not in self._connections:
+                self._connections[key] = self._connect(database, readonly)
+            if key not in self._locks:
+                self._locks[key] = threading.RLock()
+            return self._connections[key], self._locks[key]
 
     def forget_database(self, database: str) -> None:
-        """Close the connection bound to `database` (call after dropping it)."""
+        """Close the connections bound to `database` (call after dropping it)."""
         with self._registry_lock:
-            connection = self._connections.pop(database, None)
-            self._locks.pop(database, None)
-        if connection is not None:
-            connection.close()
+            connections = [self._connections.pop((database, readonly), None) for readonly in (False, True)]
+            for readonly in (False, True):
+                self._locks.pop((database, readonly), None)
+        for connection in connections:
+            if connection is not None:
+                connection.close()
 
     def close(self) -> None:
         if self._closed:
@@ -164,9 +171,10 @@ class ChdbBackend:
     def describe(self) -> str:
         return f"chdb at {self.path} (database {self.database})"
 
-    def set_read_api(self, url: str | None, role: str) -> None:
-        """Advertise the read API this process serves in the owner record."""
-        write_owner(self.path, role, url)
+    def set_read_api(self, url: str | None, role: str, *, token: str | None = None,
+                     owner_socket: str | None = None) -> None:
+        """Advertise the read API this process serves (and its token and owner socket) in the owner record."""
+        write_owner(self.path, role, url, read_api_token=token, owner_socket=owner_socket)
 
     # ---- the Backend interface ------------------------------------------------------------
 
@@ -190,25 +198,32 @@ class ChdbBackend:
     # ---- raw access (used by the HTTP read API) -------------------------------------------
 
     def raw_query(self, sql: str, fmt: str, *, database: str | None, parameters: Mapping[str, str] | None = None,
-                  settings: Mapping[str, str] | None = None) -> bytes:
-        """Run `sql` and return the engine's bytes in `fmt` (a FORMAT clause in `sql` wins)."""
-        connection, lock = self._connection(database)
+                  settings: Mapping[str, str] | None = None, readonly: bool = False) -> bytes:
+        """Run `sql` and return the engine's bytes in `fmt` (a FORMAT clause in `sql` wins).
+
+        `readonly`: on a connection with ClickHouse's `readonly = 1`, where the engine refuses
+        anything but reading (INSERT, DDL, ALTER, `SET`, table functions); `settings` may then only
+        repeat the values the connection has (ClickHouse accepts setting a value it already has).
+        """
+        connection, lock = self._connection(database, readonly)
         with lock:
-            restore = self._apply_settings(connection, settings)
+            restore = self._apply_settings(connection, settings, readonly)
             try:
                 result = connection.query(sql, fmt, params=dict(parameters or {}))
             except Exception as error:
                 raise ClickHouseQueryError.from_engine_message(str(error)) from None
             finally:
-                self._restore_settings(connection, restore)
+                if not readonly:  # nothing can have changed there, and DEFAULT may differ
+                    self._restore_settings(connection, restore)
         return bytes(result.bytes()) if hasattr(result, "bytes") else bytes(result or b"")
 
     def raw_insert(self, statement: str, fmt: str, data: bytes, *, database: str | None,
-                   settings: Mapping[str, str] | None = None) -> int:
-        """Stream `data` (in input format `fmt`) into `statement` (an INSERT without FORMAT)."""
-        connection, lock = self._connection(database)
+                   settings: Mapping[str, str] | None = None, readonly: bool = False) -> int:
+        """Stream `data` (in input format `fmt`) into `statement` (an INSERT without FORMAT);
+        `readonly` as in `raw_query` (the engine then refuses it)."""
+        connection, lock = self._connection(database, readonly)
         with lock:
-            restore = self._apply_settings(connection, settings)
+            restore = self._apply_settings(connection, settings, readonly)
             try:
                 inserter = connection.send_insert(statement, fmt)
                 try:
@@ -223,10 +238,11 @@ class ChdbBackend:
             except Exception as error:
                 raise ClickHouseQueryError.from_engine_message(str(error)) from None
             finally:
-                self._restore_settings(connection, restore)
+                if not readonly:
+                    self._restore_settings(connection, restore)
 
     @staticmethod
-    def _apply_settings(connection: Any, settings: Mapping[str, str] | None) -> list[str]:
+    def _apply_settings(connection: Any, settings: Mapping[str, str] | None, readonly: bool = False) -> list[str]:
         applied: list[str] = []
         for key, value in (settings or {}).items():
             if not _SETTING_NAME.match(key):
@@ -235,7 +251,8 @@ class ChdbBackend:
             try:
                 connection.query(f"SET {key} = '{escaped}'")
             except Exception as error:
-                ChdbBackend._restore_settings(connection, applied)
+                if not readonly:  # a read-only connection changed nothing, and refuses DEFAULT
+                    ChdbBackend._restore_settings(connection, applied)
                 raise ClickHouseQueryError.from_engine_message(str(error), context=f"setting {key}") from None
             applied.append(key)
         return applied

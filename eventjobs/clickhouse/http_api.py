@@ -1,323 +1,360 @@
-"""A ClickHouse-compatible HTTP interface over this process's chdb engine: the read API.
+"""The read API: a small ClickHouse-compatible HTTP interface over this process's chdb engine.
 
 Why it exists: a chdb data directory can be open in one process only. The process that owns it
-(the projector) serves this API, and every other process (CLI read commands, replay, the
-dashboard) reaches the same tables through it with the ordinary ClickHouse HTTP client
-(clickhouse-connect), exactly as it would reach a ClickHouse server. The test suite uses the same
-server as its stand-in for a ClickHouse server (`tests/support/chdb_http.py`).
+(the projector) serves this API, and every other process (CLI read commands, the dashboard)
+reaches the same tables through it with the ordinary ClickHouse HTTP client (clickhouse-connect),
+exactly as it would reach a ClickHouse server. Speaking ClickHouse's own protocol keeps that one
+client and one SQL for both engines; a private JSON API would need a second client, and every
+query would differ between a server and chdb.
 
-It implements the part of the ClickHouse HTTP protocol that clickhouse-connect uses:
-`GET /ping`; queries by GET or POST with the SQL in the `query` parameter, the body, or both
-(the body continues the query, as in ClickHouse); INSERT data in the body after
-`INSERT ... FORMAT <fmt>` in either place (any input format chdb knows, incl. Native); the
-`database`, `default_format`, `param_<name>` and setting parameters; request bodies compressed
-with gzip, deflate, lz4 (frame) or zstd; chunked request bodies; Basic or `X-ClickHouse-User` /
-`X-ClickHouse-Key` authentication when credentials are configured. Responses carry
-`X-ClickHouse-Format`, `X-ClickHouse-Timezone`, `X-ClickHouse-Query-Id` and
-`X-ClickHouse-Summary`; errors carry `X-ClickHouse-Exception-Code` and ClickHouse's message text.
-Responses are never compressed (clickhouse-connect reads `Content-Encoding` and accepts identity).
-Not implemented: sessions (all requests share the engine; temporary tables are not isolated),
-multipart external data, progress headers, query cancellation.
+Two surfaces, one app (`clickhouse_http_app`), served by uvicorn:
 
-Binds to 127.0.0.1 by default: the API has no TLS, and without credentials it is open to anyone
-who can reach the port.
+* `ReadApi`, the public one, on TCP (127.0.0.1 by default): **read-only**, whatever the method.
+  Every query runs on a chdb connection with ClickHouse's `readonly = 1`, so the engine itself
+  refuses INSERT, DDL, ALTER, `SET`, table functions (no SQL is parsed here to decide that);
+  request bodies must not be compressed (only inserts are). It wants a token (`Authorization:
+  Bearer`, or the password of Basic / `X-ClickHouse-Key`; 401 without one, 403 for a wrong one)
+  and a `Host` from its allow-list (Starlette's `TrustedHostMiddleware`; 400 otherwise), so a
+  browser page, rebound to 127.0.0.1 or not, can neither read nor write through it.
+* `OwnerApi`, the private one, on a Unix socket in a directory only this user can enter: reads
+  and writes, for the eventjobs commands that rebuild the owner's tables while it runs (`replay
+  --projections`, `projections apply`). No browser can reach a Unix socket, and no other user
+  can enter the directory.
+
+The token and both addresses go into the owner record beside the chdb directory (mode 0600,
+`ownership.py`), where `open_backend()` in other processes finds them. The test suite also serves
+the app with writes on TCP loopback, as its stand-in for a ClickHouse server
+(`tests/support/chdb_http.py`).
+
+The protocol part clickhouse-connect uses: `GET /ping`; queries by GET or POST with the SQL in
+the `query` parameter, the body, or both (the body continues the query, as in ClickHouse);
+(owner surface) INSERT data in the body after `INSERT ... FORMAT <fmt>` in either place (any
+input format chdb knows, incl. Native), request bodies compressed with gzip, deflate, lz4 (frame)
+or zstd; the `database`, `default_format`, `param_<name>` and setting parameters (also as form
+fields, urlencoded or multipart). Responses carry `X-ClickHouse-Format`,
+`X-ClickHouse-Timezone`, `X-ClickHouse-Query-Id` and `X-ClickHouse-Summary`; errors carry
+`X-ClickHouse-Exception-Code` and ClickHouse's message text. Responses are never compressed
+(clickhouse-connect reads `Content-Encoding` and accepts identity). Not implemented: sessions
+(all requests share the engine; temporary tables are not isolated), multipart external data,
+progress headers, query cancellation.
 """
 
 from __future__ import annotations
 
 import base64
-import gzip
+import binascii
 import hmac
 import json
 import logging
-import re
+import os
+import secrets
+import shutil
+import socket
+import tempfile
 import threading
 import time
 import uuid
-import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from eventjobs.clickhouse.chdb_backend import ChdbBackend
 from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseQueryError
+from eventjobs.clickhouse.http_protocol import (
+    CONTENT_TYPES,
+    INSERT_SELECT,
+    STATUS_BY_CODE,
+    ApiRequest,
+    decompress_body,
+    multipart_fields,
+    parse_request,
+)
+from eventjobs.http_hosts import allowed_hosts
 
 log = logging.getLogger(__name__)
 
-# Parameters that are part of the HTTP protocol, not ClickHouse settings.
-_PROTOCOL_PARAMS = frozenset({
-    "query", "database", "default_format", "user", "password", "quota_key", "query_id",
-    "session_id", "session_timeout", "session_check", "compress", "decompress",
-    "client_protocol_version", "buffer_size", "wait_end_of_query", "add_http_cors_header",
-})
-# Settings that only steer the HTTP transport of a real server; accepted and ignored here.
-_HTTP_ONLY_SETTINGS = frozenset({
-    "enable_http_compression", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
-    "cancel_http_readonly_queries_on_client_close", "http_response_buffer_size",
-    "http_wait_end_of_query", "http_zlib_compression_level", "http_native_compression_disable_checksumming_on_decompress",
-    "max_execution_time", "max_result_rows", "result_overflow_mode",
-})
-_INSERT_SELECT = re.compile(r"^\s*INSERT\s+INTO\s+[^(]*?(\([^)]*\)\s*)?(SETTINGS\s.*?)?\b(SELECT|WITH)\b",
-                            re.IGNORECASE | re.DOTALL)
-_INSERT_WITH_FORMAT = re.compile(
-    rb"^\s*(?P<statement>INSERT\s.*?)\bFORMAT\s+(?P<format>[A-Za-z0-9_]+)[ \t]*(?:\r?\n)?", re.IGNORECASE | re.DOTALL
-)
-_TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECASE)
-_CONTENT_TYPES = {
-    "JSON": "application/json; charset=UTF-8",
-    "JSONCompact": "application/json; charset=UTF-8",
-    "TabSeparated": "text/tab-separated-values; charset=UTF-8",
-    "CSV": "text/csv; charset=UTF-8",
-}
-_STATUS_BY_CODE = {62: 400, 27: 400, 60: 404, 81: 404, 516: 401, 497: 403}
+#: the largest request body the public surface reads: a query and its bind parameters, never data
+MAX_READ_REQUEST_BYTES = 4 * 1024 * 1024
+#: how long a stopping server lets requests in flight finish
+SHUTDOWN_GRACE_S = 5
+#: how long `start()` waits for uvicorn to listen
+START_TIMEOUT_S = 10
+_IDENTITY = ("", "identity")
 
 
-@dataclass(frozen=True)
-class ApiRequest:
-    """One request, decoded: the SQL to run, INSERT data if any, and what to run it with."""
-
-    sql: str
-    insert_data: bytes | None
-    insert_format: str | None
-    database: str | None
-    output_format: str
-    parameters: dict[str, str]
-    settings: dict[str, str]
+def new_token() -> str:
+    """A fresh read API token (256 random bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
 
 
-def decompress_body(body: bytes, encoding: str | None) -> bytes:
-    """Undo the request's `Content-Encoding` (what clickhouse-connect may send)."""
-    if not encoding or encoding == "identity" or not body:
-        return body
-    if encoding == "gzip":
-        return gzip.decompress(body)
-    if encoding == "deflate":
-        return zlib.decompress(body)
-    if encoding == "lz4":
-        import lz4.frame
+class _Engine:
+    """Runs decoded requests on the chdb engine: on its read-only connections, or (owner surface) on all."""
 
-        return bytes(lz4.frame.decompress(body))
-    if encoding == "zstd":
-        from clickhouse_connect.driver.compression import _zstd_decompress
-
-        return bytes(_zstd_decompress(body))
-    raise ClickHouseQueryError(f"unsupported Content-Encoding {encoding!r} (supported: gzip, deflate, lz4, zstd)",
-                               code=1, name="UNSUPPORTED_METHOD")
-
-
-def multipart_fields(content_type: str, body: bytes) -> dict[str, str]:
-    """The plain fields of a `multipart/form-data` body (the query and `param_*` values)."""
-    from email.parser import BytesParser
-    from email.policy import HTTP
-
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
-    fields: dict[str, str] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if name and part.get_filename() is None:
-            payload = part.get_payload(decode=True) or b""
-            fields[str(name)] = payload.decode(part.get_content_charset() or "utf-8")
-    return fields
-
-
-def parse_request(params: Mapping[str, str], body: bytes) -> ApiRequest:
-    """Split a ClickHouse HTTP request into SQL, INSERT data, database, format, parameters and settings."""
-    query_param = params.get("query", "")
-    sql_bytes = query_param.encode()
-    data: bytes | None = None
-    if query_param and body:
-        head = _INSERT_WITH_FORMAT.match(sql_bytes)
-        if head is not None and not sql_bytes[head.end():].strip():
-            data = body  # INSERT ... FORMAT X in the URL, the data in the body
-        else:
-            sql_bytes = sql_bytes + b"\n" + body
-    elif body:
-        sql_bytes = body
-    insert_format: str | None = None
-    statement = sql_bytes
-    head = _INSERT_WITH_FORMAT.match(sql_bytes)
-    if head is not None and head.group("format").upper() != b"VALUES":
-        statement = head.group("statement")
-        insert_format = head.group("format").decode()
-        if data is None:
-            data = sql_bytes[head.end():]
-    elif data is not None:
-        statement = sql_bytes
-    sql = statement.decode("utf-8").strip()
-    parameters = {key[len("param_"):]: value for key, value in params.items() if key.startswith("param_")}
-    settings = {
-        key: value for key, value in params.items()
-        if key not in _PROTOCOL_PARAMS and key not in _HTTP_ONLY_SETTINGS and not key.startswith("param_")
-    }
-    trailing = _TRAILING_FORMAT.search(sql) if insert_format is None else None
-    output_format = trailing.group(1) if trailing else params.get("default_format", "TabSeparated")
-    return ApiRequest(sql, data if insert_format else None, insert_format, params.get("database") or None,
-                      output_format, parameters, settings)
-
-
-class ReadApi:
-    """The HTTP server; `start()` runs it in a daemon thread, `url` says where it listens."""
-
-    def __init__(self, backend: ChdbBackend, host: str = "127.0.0.1", port: int = 0, *,
-                 user: str | None = None, password: str | None = None) -> None:
+    def __init__(self, backend: ChdbBackend, *, writable: bool) -> None:
         self.backend = backend
-        self._credentials = (user, password or "") if user else None
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> str:
-        """Serve in a background thread; returns the URL."""
-        self._thread = threading.Thread(target=self._server.serve_forever, name="eventjobs-read-api", daemon=True)
-        self._thread.start()
-        return self.url
-
-    def advertise(self, role: str) -> None:
-        """Write this API's address into the chdb owner record so other processes find it."""
-        self.backend.set_read_api(self.url, role)
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def authorized(self, headers: Mapping[str, str], params: Mapping[str, str]) -> bool:
-        if self._credentials is None:
-            return True
-        user, password = params.get("user"), params.get("password", "")
-        if headers.get("X-ClickHouse-User"):
-            user, password = headers["X-ClickHouse-User"], headers.get("X-ClickHouse-Key", "")
-        auth = headers.get("Authorization", "")
-        if auth.startswith("Basic "):
-            try:
-                user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
-            except ValueError:
-                return False
-        expected_user, expected_password = self._credentials
-        return user == expected_user and hmac.compare_digest(password.encode(), expected_password.encode())
+        self.writable = writable
 
     def execute(self, request: ApiRequest) -> tuple[bytes, int]:
-        """Run one request on the engine; returns the body and the number of rows written."""
-        if request.insert_format is not None and not request.insert_data and _INSERT_SELECT.match(request.sql):
+        """Run one request; returns the body and the number of rows written. Read-only, every call
+        goes to a `readonly = 1` connection: the engine refuses whatever would write."""
+        readonly = not self.writable
+        if request.insert_format is not None and not request.insert_data and INSERT_SELECT.match(request.sql):
             # INSERT ... SELECT (clickhouse-connect appends a FORMAT clause): a query, no data to stream
             self.backend.raw_query(request.sql, "TabSeparated", database=request.database,
-                                   parameters=request.parameters, settings=request.settings)
+                                   parameters=request.parameters, settings=request.settings, readonly=readonly)
             return b"", 0
         if request.insert_format is not None:
             written = self.backend.raw_insert(request.sql, request.insert_format, request.insert_data or b"",
-                                              database=request.database, settings=request.settings)
+                                              database=request.database, settings=request.settings,
+                                              readonly=readonly)
             return b"", written
         body = self.backend.raw_query(request.sql, request.output_format, database=request.database,
-                                      parameters=request.parameters, settings=request.settings)
+                                      parameters=request.parameters, settings=request.settings, readonly=readonly)
         return body, 0
 
 
-def _handler_for(api: ReadApi) -> type[BaseHTTPRequestHandler]:
-    class Handler(_ClickHouseHandler):
-        read_api = api
+def given_token(headers: Mapping[str, str]) -> str | None:
+    """The token a request carries: a bearer token, or the password of Basic or `X-ClickHouse-Key`
+    (how ClickHouse clients send a password); None when it carries none."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2] or None
+        except (binascii.Error, UnicodeDecodeError):
+            return ""  # present but unreadable: a wrong token
+    return headers.get("x-clickhouse-key") or None
 
-    return Handler
+
+def _credential_refusal(headers: Mapping[str, str], token: str) -> Response | None:
+    given = given_token(headers)
+    if given is None:
+        return _error(ClickHouseQueryError(
+            "Code: 516. DB::Exception: the read API needs its token (Authorization: Bearer, or as the password); "
+            "eventjobs commands read it from the owner record beside the chdb directory. (AUTHENTICATION_FAILED)",
+            code=516, name="AUTHENTICATION_FAILED"), status=401)
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return _error(ClickHouseQueryError(
+            "Code: 516. DB::Exception: Authentication failed: that is not the read API's token. (AUTHENTICATION_FAILED)",
+            code=516, name="AUTHENTICATION_FAILED"), status=403)
+    return None
 
 
-class _ClickHouseHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "eventjobs-read-api"
-    read_api: ReadApi
+def clickhouse_http_app(backend: ChdbBackend, *, writable: bool, token: str | None,
+                        hosts: Sequence[str] | None, max_body_bytes: int | None) -> ASGIApp:
+    """The ClickHouse HTTP interface over `backend` as an ASGI app.
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
-        log.debug("read API: " + format, *args)
+    `writable`: False runs every query read-only and refuses compressed bodies; True also takes
+    INSERT data (only for the owner socket and the test stand-in for a server). `token`: when set,
+    every query must carry it. `hosts`: the `Host` allow-list (None: any). `max_body_bytes`: the
+    largest request body (413 beyond it).
+    """
+    engine = _Engine(backend, writable=writable)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self._handle(b"")
+    async def ping(_: Request) -> Response:
+        return PlainTextResponse("Ok.\n")
 
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle(self._read_body())
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _handle(self, raw_body: bytes) -> None:
-        url = urlsplit(self.path)
-        if url.path in ("/ping", "/ping/"):
-            self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
-            return
-        if url.path not in ("", "/"):
-            self._send(404, f"There is no handle {url.path}\n".encode(), {"Content-Type": "text/plain"})
-            return
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
-        if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
-            params.update(parse_qsl(raw_body.decode(), keep_blank_values=True))
-            raw_body = b""
-        elif self.headers.get("Content-Type", "").startswith("multipart/form-data"):
+    async def query(request: Request) -> Response:
+        if token is not None and (refusal := _credential_refusal(request.headers, token)) is not None:
+            return refusal
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if not writable and encoding not in _IDENTITY:
+            return _error(ClickHouseQueryError(
+                f"Code: 164. DB::Exception: the read API is read-only: a compressed request body "
+                f"(Content-Encoding {encoding!r}, what inserts send) is not accepted. (READONLY)",
+                code=164, name="READONLY"))
+        body = await request.body()
+        params = dict(request.query_params)
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            params.update(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
+            body = b""
+        elif content_type.startswith("multipart/form-data"):
             # clickhouse-connect sends the query and bind parameters as form fields once they are
             # too long for a URL (over 4 KiB of parameters): read them as URL parameters
-            params.update(multipart_fields(self.headers.get("Content-Type", ""), raw_body))
-            raw_body = b""
-        if not self.read_api.authorized(self.headers, params):
-            self._error(ClickHouseQueryError(
-                "Code: 516. DB::Exception: Authentication failed: password is incorrect, or there is no user "
-                "with such name. (AUTHENTICATION_FAILED)", code=516, name="AUTHENTICATION_FAILED"))
-            return
-        started = time.perf_counter()
+            params.update(multipart_fields(content_type, body))
+            body = b""
         query_id = params.get("query_id") or str(uuid.uuid4())
+        started = time.perf_counter()
+
+        def run() -> tuple[ApiRequest, bytes, int]:
+            decoded = parse_request(params, decompress_body(body, encoding or None) if writable else body)
+            return decoded, *engine.execute(decoded)
+
         try:
-            request = parse_request(params, decompress_body(raw_body, self.headers.get("Content-Encoding")))
-            body, written = self.read_api.execute(request)
+            api_request, result, written = await run_in_threadpool(run)
         except ClickHouseError as error:
-            self._error(error, query_id)
-            return
+            return _error(error, query_id)
         except Exception as error:  # a bug here must still answer the client, not hang it
             log.exception("read API request failed")
-            self._error(ClickHouseQueryError(f"Code: 1001. DB::Exception: {error!r}. (STD_EXCEPTION)", code=1001),
-                        query_id)
-            return
+            return _error(ClickHouseQueryError(f"Code: 1001. DB::Exception: {error!r}. (STD_EXCEPTION)", code=1001),
+                          query_id)
         summary = {"read_rows": "0", "read_bytes": "0", "written_rows": str(written), "written_bytes": "0",
-                   "total_rows_to_read": "0", "result_rows": "0", "result_bytes": str(len(body)),
+                   "total_rows_to_read": "0", "result_rows": "0", "result_bytes": str(len(result)),
                    "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))}
-        fmt = request.output_format if request.insert_format is None else "TabSeparated"
-        self._send(200, body, {
-            "Content-Type": _CONTENT_TYPES.get(fmt, "application/octet-stream"),
+        fmt = api_request.output_format if api_request.insert_format is None else "TabSeparated"
+        return Response(result, 200, headers={
+            "Content-Type": CONTENT_TYPES.get(fmt, "application/octet-stream"),
             "X-ClickHouse-Format": fmt,
             "X-ClickHouse-Timezone": "UTC",
             "X-ClickHouse-Query-Id": query_id,
             "X-ClickHouse-Summary": json.dumps(summary),
         })
 
-    def _error(self, error: ClickHouseError, query_id: str = "") -> None:
-        code = getattr(error, "code", None) or 1001
-        text = str(error)
-        if not text.startswith("Code:"):
-            text = f"Code: {code}. DB::Exception: {text}"
-        headers = {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Exception-Code": str(code)}
-        if query_id:
-            headers["X-ClickHouse-Query-Id"] = query_id
-        self._send(_STATUS_BY_CODE.get(code, 500), (text + "\n").encode(), headers)
+    app: ASGIApp = Starlette(routes=[Route("/ping", ping, methods=["GET"]), Route("/", query, methods=["GET", "POST"])],
+                             max_body_size=max_body_bytes)
+    if hosts is not None:
+        app = TrustedHostMiddleware(app, allowed_hosts=list(hosts), www_redirect=False)
+    return app
 
-    def _send(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+
+def _error(error: ClickHouseError, query_id: str = "", *, status: int | None = None) -> Response:
+    code = getattr(error, "code", None) or 1001
+    text = str(error)
+    if not text.startswith("Code:"):
+        text = f"Code: {code}. DB::Exception: {text}"
+    headers = {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Exception-Code": str(code)}
+    if query_id:
+        headers["X-ClickHouse-Query-Id"] = query_id
+    return Response((text + "\n").encode(), status or STATUS_BY_CODE.get(code, 500), headers=headers)
+
+
+class ServerThread:
+    """uvicorn serving `app` on the bound socket `sock` in a thread with its own event loop, so the
+    API answers whatever the owner's event loop is busy with."""
+
+    def __init__(self, app: ASGIApp, sock: socket.socket, name: str) -> None:
+        self.name = name
+        self._sock = sock
+        self._server = uvicorn.Server(uvicorn.Config(
+            app, access_log=False, log_level="warning", lifespan="off", timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._failure: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self._server.run(sockets=[self._sock])
+        except BaseException as error:  # noqa: BLE001 - reported by `alive` and `start`
+            self._failure = error
+            log.exception("%s stopped", self.name)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server still runs (False once it stopped, asked to or not)."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Serve in the thread; returns once uvicorn listens (`ClickHouseError` when it cannot)."""
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ClickHouseError(f"the {self.name} did not start: {self._failure or 'no answer in time'}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(SHUTDOWN_GRACE_S + 5)
+        self._sock.close()
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ClickHouseError(f"the read API cannot listen on {host}:{port}: {error.strerror} "
+                              f"(choose another port with --read-api-port)") from None
+    sock.listen(128)
+    return sock
+
+
+class ReadApi:
+    """The public surface: read-only, token, `Host` allow-list, on TCP (loopback by default).
+
+    `token`: the one clients must send (default: a fresh random one, `new_token()`).
+    `extra_hosts`: `Host` names answered besides the bound address and the loopback names.
+    """
+
+    def __init__(self, backend: ChdbBackend, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
+                 extra_hosts: Sequence[str] = ()) -> None:
+        self.backend = backend
+        self.token = token or new_token()
+        self.allowed_hosts = allowed_hosts(host, extra_hosts)
+        self._sock = _bind_tcp(host, port)
+        app = clickhouse_http_app(backend, writable=False, token=self.token, hosts=self.allowed_hosts,
+                                  max_body_bytes=MAX_READ_REQUEST_BYTES)
+        self._server = ServerThread(app, self._sock, "read API")
+        self.name = self._server.name
+
+    @property
+    def url(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+    @property
+    def alive(self) -> bool:
+        return self._server.alive
+
+    def start(self) -> str:
+        """Serve in a background thread; returns the URL."""
+        self._server.start()
+        return self.url
+
+    def advertise(self, role: str, owner: OwnerApi | None = None) -> None:
+        """Write this API's address and token (and the owner socket) into the chdb owner record, so
+        eventjobs commands in other processes find them."""
+        self.backend.set_read_api(self.url, role, token=self.token,
+                                  owner_socket=owner.path if owner is not None else None)
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+class OwnerApi:
+    """The private surface: reads and writes, on a Unix socket in a fresh directory only this user
+    can enter (mode 0700; the socket 0600). For the eventjobs commands that rebuild the owner's
+    tables while it runs; never on TCP."""
+
+    def __init__(self, backend: ChdbBackend) -> None:
+        self._directory = Path(tempfile.mkdtemp(prefix="eventjobs-owner-"))
+        self.path = str(self._directory / "api.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self.path)
+            os.chmod(self.path, 0o600)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            shutil.rmtree(self._directory, ignore_errors=True)
+            raise
+        self._server = ServerThread(clickhouse_http_app(backend, writable=True, token=None, hosts=None,
+                                                        max_body_bytes=None), sock, "owner socket")
+        self.name = self._server.name
+
+    @property
+    def alive(self) -> bool:
+        return self._server.alive
+
+    def start(self) -> str:
+        self._server.start()
+        return self.path
+
+    def stop(self) -> None:
+        self._server.stop()
+        shutil.rmtree(self._directory, ignore_errors=True)

@@ -2,9 +2,11 @@
 
 A chdb data directory can be open in one process only (ClickHouse takes an exclusive `flock` on
 `<dir>/status`). The process that opens it writes an owner record next to it
-(`<dir>.owner.json`: pid, role, read API address), so that another process that finds the
-directory locked can say who holds it and, when that owner serves the read API, talk to it
-instead of failing.
+(`<dir>.owner.json`: pid, role, read API address and token, owner socket), so that another
+process that finds the directory locked can say who holds it and, when that owner serves the read
+API, talk to it instead of failing. The record holds the read API's token, so it is written
+readable by its owner only (mode 0600), like a key file: a process that can read it could read
+the chdb directory beside it too.
 """
 
 from __future__ import annotations
@@ -15,18 +17,21 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class OwnerRecord:
-    """The process holding a chdb directory: its pid, what it is, and its read API (if any)."""
+    """The process holding a chdb directory: its pid, what it is, its read API (if any) with the
+    API's token, and the owner socket through which local eventjobs commands may write."""
 
     pid: int
     role: str
     read_api: str | None
     started_at: float
+    read_api_token: str | None = field(default=None, repr=False)
+    owner_socket: str | None = None
 
     def describe(self) -> str:
         api = f", read API at {self.read_api}" if self.read_api else ", no read API"
@@ -47,13 +52,18 @@ def default_role() -> str:
     return " ".join([program, *argv]) if program == "eventjobs" else f"{program} (pid {os.getpid()})"
 
 
-def write_owner(data_dir: Path, role: str, read_api: str | None = None) -> OwnerRecord:
-    """Record this process as the owner of `data_dir` (atomically: write then rename)."""
-    record = OwnerRecord(pid=os.getpid(), role=role, read_api=read_api, started_at=time.time())
+def write_owner(data_dir: Path, role: str, read_api: str | None = None, *, read_api_token: str | None = None,
+                owner_socket: str | None = None) -> OwnerRecord:
+    """Record this process as the owner of `data_dir` (atomically: write then rename; mode 0600)."""
+    record = OwnerRecord(pid=os.getpid(), role=role, read_api=read_api, started_at=time.time(),
+                         read_api_token=read_api_token, owner_socket=owner_socket)
     target = owner_file(data_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(asdict(record)))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)  # also when an older file of that name was wider
+        handle.write(json.dumps(asdict(record)))
     temporary.replace(target)
     return record
 
@@ -70,7 +80,8 @@ def read_owner(data_dir: Path) -> OwnerRecord | None:
     try:
         payload = json.loads(owner_file(data_dir).read_text())
         return OwnerRecord(int(payload["pid"]), str(payload["role"]), payload.get("read_api"),
-                           float(payload.get("started_at", 0.0)))
+                           float(payload.get("started_at", 0.0)), payload.get("read_api_token"),
+                           payload.get("owner_socket"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

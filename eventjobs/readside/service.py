@@ -1,8 +1,10 @@
 """`eventjobs project`: the long-running projector process (or task inside the processor).
 
 It owns the read side: it opens the engine itself (never another process's read API), applies
-pending projection files, and with chdb serves the read API on loopback and advertises it in the
-owner record, so the CLI, replay and the dashboard reach the tables through it while it runs.
+pending projection files, and with chdb serves the read API (read-only, with a token, on
+loopback) and the owner socket (reads and writes, a Unix socket only this user can reach), and
+advertises both with the token in the owner record, so the CLI and the dashboard read the tables
+through the read API, and replay rebuilds them through the owner socket, while it runs.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from eventjobs.clickhouse import open_owning_backend
 from eventjobs.clickhouse.backend import Backend
 from eventjobs.clickhouse.backoff import Backoff
 from eventjobs.clickhouse.chdb_backend import ChdbBackend
-from eventjobs.clickhouse.errors import ClickHouseUnavailable
-from eventjobs.clickhouse.http_api import ReadApi
+from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseUnavailable
+from eventjobs.clickhouse.http_api import OwnerApi, ReadApi
 from eventjobs.metrics import Metrics
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir
 from eventjobs.readside.projector import Projector, ProjectorOptions
@@ -25,6 +27,8 @@ from eventjobs.settings import Settings
 
 log = logging.getLogger(__name__)
 ROLE = "eventjobs project"
+#: how often the projector checks that its API servers still run
+API_CHECK_S = 1.0
 
 
 async def open_with_backoff(settings: Settings, stop: asyncio.Event, role: str = ROLE) -> Backend | None:
@@ -51,26 +55,47 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, options: Pro
     backend = await open_with_backoff(settings, stop)
     if backend is None:
         return
-    api: ReadApi | None = None
+    servers: list[ReadApi | OwnerApi] = []
     try:
         await asyncio.to_thread(apply_migrations, backend, default_projections_dir())
         if serve_read_api and isinstance(backend, ChdbBackend):
-            api = ReadApi(backend, read_api_host, read_api_port)
+            token = settings.read_api_token.get_secret_value() if settings.read_api_token else None
+            api = ReadApi(backend, read_api_host, read_api_port, token=token)
+            servers.append(api)
+            owner = OwnerApi(backend)
+            servers.append(owner)
             api.start()
-            api.advertise(ROLE)
-            log.info("read API for %s at %s", backend.describe(), api.url)
+            owner.start()
+            api.advertise(ROLE, owner)
+            log.info("read API for %s at %s (read-only, token in the owner record), owner socket %s",
+                     backend.describe(), api.url, owner.path)
         if on_ready is not None:
             on_ready.set()
         await _side_by_side(Projector(backend, settings, options=options, role=ROLE, metrics=metrics).run(stop),
-                            SchedulesProjection(backend, settings).run(stop))
+                            SchedulesProjection(backend, settings).run(stop),
+                            _watch_servers(servers, stop))
     finally:
-        if api is not None:
-            api.stop()
+        for server in servers:
+            server.stop()
         backend.close()
 
 
+async def _watch_servers(servers: list[ReadApi | OwnerApi], stop: asyncio.Event) -> None:
+    """Fail the projector (exit non-zero) when one of its API servers stopped on its own: the CLI and
+    the dashboard would otherwise be locked out while it projects on."""
+    while servers and not stop.is_set():
+        for server in servers:
+            if not server.alive:
+                raise ClickHouseError(f"the {server.name} of the projector stopped; see the log above")
+        try:
+            await asyncio.wait_for(stop.wait(), API_CHECK_S)
+        except asyncio.TimeoutError:
+            pass
+
+
 async def _side_by_side(*runs: Any) -> None:
-    """Run both projections until both return; the first failure cancels the other and is raised as it is."""
+    """Run the projections (and the servers' watch) until all return; the first failure cancels the
+    others and is raised as it is."""
     tasks = [asyncio.ensure_future(run) for run in runs]
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -1,16 +1,19 @@
-"""The dashboard as an ASGI app: `create_app(settings, app)` puts pages, actions, the CSRF check,
-the optional access token and the vendored assets together.
+"""The dashboard as an ASGI app: `create_app(settings, app)` puts pages, actions, the `Host`
+allow-list, the origin check, the CSRF check, the optional access token and the vendored assets
+together.
 
 Reads go to the ClickHouse projections (`reads.ReadSide`); writes are POSTs to `/actions/...`
-that call `App` methods appending events. CSRF: asgi-csrf's double-submit cookie, a token in
-every form; the action paths are checked even for a request without cookies (asgi-csrf would
-otherwise let such a request through, and a cross-site form post sends no SameSite cookie).
+that call `App` methods appending events. Every request's `Host` must be in the allow-list
+(a DNS-rebinding page is refused, see `access.py`); every POST must come from a page of the
+dashboard (`Origin` / `Referer`). CSRF: asgi-csrf's double-submit cookie, a token in every form;
+the action paths are checked even for a request without cookies (asgi-csrf would otherwise let
+such a request through, and a cross-site form post sends no SameSite cookie).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,7 +31,16 @@ from eventjobs.clickhouse.errors import ClickHouseError
 from eventjobs.kafka.admin import KafkaUnavailable
 from eventjobs.settings import Settings
 from eventjobs.web import actions, pages
-from eventjobs.web.access import LOGIN_PATH, SecurityHeaders, TokenGate, set_session, token_matches
+from eventjobs.http_hosts import allowed_hosts
+from eventjobs.web.access import (
+    LOGIN_PATH,
+    HostAllowList,
+    OriginCheck,
+    SecurityHeaders,
+    TokenGate,
+    set_session,
+    token_matches,
+)
 from eventjobs.web.filters import local_path
 from eventjobs.web.reads import ReadSide
 from eventjobs.web.views import STATIC_DIR, problem, render, templates
@@ -60,9 +72,11 @@ async def _unavailable(request: Request, error: Exception) -> Response:
 
 
 def create_app(settings: Settings, app: App, *, token: str | None = None, reads: ReadSide | None = None,
-               close_app: bool = True) -> ASGIApp:
+               close_app: bool = True, hosts: Sequence[str] | None = None) -> ASGIApp:
     """The dashboard for `app`'s namespace. `token`: when given, every request must carry it.
-    `close_app`: close the App's Kafka clients when the server stops."""
+    `close_app`: close the App's Kafka clients when the server stops. `hosts`: the `Host` names
+    it answers (default: `settings.dashboard_host`, the loopback names and
+    `settings.dashboard_allowed_hosts`)."""
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -93,4 +107,8 @@ def create_app(settings: Settings, app: App, *, token: str | None = None, reads:
     web.state.templates = templates()
     protected: ASGIApp = asgi_csrf(web, signing_secret=secrets.token_hex(32),
                                    always_protect={*actions.PATHS, LOGIN_PATH})
-    return SecurityHeaders(TokenGate(protected, token) if token else protected)
+    if token:
+        protected = TokenGate(protected, token)
+    if hosts is None:
+        hosts = allowed_hosts(settings.dashboard_host, settings.dashboard_allowed_hosts)
+    return SecurityHeaders(HostAllowList(OriginCheck(protected), hosts))

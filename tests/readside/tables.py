@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eventjobs.clickhouse import Backend, ClickHouseError, ServerBackend, chdb_dir, qualified
+from eventjobs.clickhouse import Backend, ClickHouseError, chdb_dir, open_owners_api, qualified
 from eventjobs.clickhouse.ownership import live_owner
 from eventjobs.readside.rows import DEAD_LETTER_COLUMNS, JOB_COLUMNS, JOB_EVENT_COLUMNS
 from eventjobs.settings import Settings
@@ -88,7 +88,7 @@ def read_api(settings: Settings, timeout_s: float = 60) -> Backend:
         owner = live_owner(chdb_dir(settings).resolve())
         if owner is not None and owner.read_api:
             try:
-                return ServerBackend(owner.read_api, settings.namespace)
+                return open_owners_api(owner, settings.namespace)
             except ClickHouseError:
                 pass
         assert time.monotonic() < deadline, "the projector did not serve its read API in time"

@@ -91,8 +91,8 @@ def test_redact_url_hides_only_the_password() -> None:
 ])
 def test_a_server_with_a_password_answers_wherever_the_url_carries_it(chdb_path: Path,
                                                                       credentials: tuple[str, str]) -> None:
-    # Given a ClickHouse HTTP interface that requires user `reader` with password `p@ss&w0rd`
-    with chdb_http_server(chdb_path, user="reader", password="p@ss&w0rd") as url:
+    # Given a ClickHouse HTTP interface that requires the password `p@ss&w0rd`
+    with chdb_http_server(chdb_path, password="p@ss&w0rd") as url:
         address = url.removeprefix("http://").rstrip("/")
         before_host, query = credentials
         # When the URL carries the credentials before the host or in its query, the server answers
@@ -160,11 +160,34 @@ def test_open_backend_goes_through_the_owners_read_api(holder: tuple[Path, str])
         backend.close()
 
 
+def test_a_command_that_writes_goes_through_the_owners_socket_and_a_reader_cannot_write(
+        holder: tuple[Path, str]) -> None:
+    # Given another process holding the chdb directory as the projector does
+    directory, url = holder
+    settings = Settings(state_dir=directory.parent, namespace="default")
+    # When a writing command (replay, projections apply) opens the read side, it writes
+    writer = open_backend(settings, writes=True)
+    reader = open_backend(settings)
+    try:
+        assert "owner socket" in writer.describe() and url not in writer.describe()
+        writer.command("CREATE TABLE IF NOT EXISTS written_by_owner (x UInt8) ENGINE = MergeTree ORDER BY x")
+        writer.command("INSERT INTO written_by_owner SELECT 7")
+        # while a reading command, through the read API with the recorded token, reads and cannot write
+        assert reader.query("SELECT sum(x) FROM written_by_owner").scalar() == 7
+        with pytest.raises(ClickHouseQueryError) as error:
+            reader.command("DROP TABLE written_by_owner")
+        assert error.value.code == 164
+        assert reader.query("EXISTS TABLE written_by_owner").scalar() == 1
+    finally:
+        reader.close()
+        writer.close()
+
+
 def test_http_api_with_credentials_refuses_a_wrong_password(chdb_path: Path) -> None:
     from eventjobs.clickhouse.http_api import ReadApi
 
     engine = ChdbBackend(chdb_path, "default")
-    api = ReadApi(engine, user="reader", password="right")
+    api = ReadApi(engine, token="right")
     url = api.start()
     try:
         host = url.removeprefix("http://")

@@ -1,19 +1,21 @@
 """The dashboard in real headless Chromium (Debian's, driven by Playwright) against a real stack:
-every page renders with data, a chart has points, Retry really retries a dead-lettered job, and
-pausing a queue really stops claims."""
+every page renders with data, a chart has points, Retry really retries a dead-lettered job,
+pausing a queue really stops claims, and a page under a rebound DNS name or another site's form
+gets nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from eventjobs import App
 from eventjobs.core.state import JobStatus
 from tests.e2e.conftest import job_events
-from tests.web.conftest import Stack, in_thread, run
+from tests.web.conftest import CHROMIUM, Stack, in_thread, run
 
 pytestmark = pytest.mark.kafka
 
@@ -134,3 +136,31 @@ def test_pausing_a_queue_in_the_ui_stops_claims(page: Any, stack: Stack) -> None
     assert page.locator('#queues tr[data-queue="emails"] .state').inner_text() == "active"
     state = run(lambda app: app.wait(job_id, timeout=30), stack.settings)
     assert state.status == JobStatus.COMPLETED
+
+
+def test_a_rebound_dns_name_and_another_sites_form_are_refused_in_a_real_browser(browser: Any, stack: Stack) -> None:
+    # Given Chromium resolving a foreign name to 127.0.0.1, as after a DNS-rebinding attack
+    port = urlsplit(stack.url).port
+    rebinding = browser.browser_type.launch(
+        executable_path=str(CHROMIUM), headless=True,
+        args=["--no-sandbox", "--host-resolver-rules=MAP rebound.example 127.0.0.1"])
+    try:
+        page = rebinding.new_page()
+        # When a page under that name asks the dashboard for a page, it gets no data
+        answer = page.goto(f"http://rebound.example:{port}/jobs")
+        assert answer is not None and answer.status == 400
+        assert "does not answer to the host name" in page.content()
+        assert stack.job("dead") not in page.content()
+        # And when another site's page submits a form to the dashboard's own address
+        dead = stack.job("dead")
+        page.route("http://evil.example/**", lambda route: route.fulfill(content_type="text/html", body=(
+            f'<form method="post" action="{stack.url}/actions/dead-letters/retry">'
+            f'<input name="job_id" value="{dead}"></form><script>document.forms[0].submit()</script>')))
+        with page.expect_navigation(url=f"{stack.url}/actions/dead-letters/retry") as navigation:
+            page.goto("http://evil.example/")
+        refused = navigation.value
+        # Then the browser named that site and the dashboard refused it, with one clear line
+        assert refused is not None and refused.status == 403
+        assert "was sent from another site (Origin 'http://evil.example')" in page.inner_text("body")
+    finally:
+        rebinding.close()
