@@ -15,7 +15,8 @@ import pytest
 from eventjobs import App
 from eventjobs.core.state import JobStatus
 from tests.e2e.conftest import job_events
-from tests.web.conftest import CHROMIUM, Stack, in_thread, run
+from tests.support.tools import CHROMIUM, require_tool
+from tests.web.conftest import Stack, in_thread, run
 
 pytestmark = pytest.mark.kafka
 
@@ -142,7 +143,7 @@ def test_a_rebound_dns_name_and_another_sites_form_are_refused_in_a_real_browser
     # Given Chromium resolving a foreign name to 127.0.0.1, as after a DNS-rebinding attack
     port = urlsplit(stack.url).port
     rebinding = browser.browser_type.launch(
-        executable_path=str(CHROMIUM), headless=True,
+        executable_path=require_tool("chromium", CHROMIUM), headless=True,
         args=["--no-sandbox", "--host-resolver-rules=MAP rebound.example 127.0.0.1"])
     try:
         page = rebinding.new_page()
