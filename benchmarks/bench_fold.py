@@ -5,7 +5,7 @@ Run:  .venv/bin/python benchmarks/bench_fold.py            (1,000,000 events, 5 
 
 What is measured: for every encoded event of the log, ``decode(bytes)`` then
 ``apply(states.get(job_id), event)`` and storing the new state, on one core, starting from an
-empty state table each repetition. The log is produced by ``eventjobs.core.simulation`` (many
+empty state table each repetition. The log is produced by ``eventjobs.testing.simulation`` (many
 jobs interleaved: retries, lease losses, cancellations, dead letters, operator actions, and the
 processor's derived events, which apply recognises as already reflected). Generation and
 encoding are not timed.
@@ -37,7 +37,7 @@ import pydantic_core  # noqa: E402
 
 from eventjobs.core.codec import decode, encode  # noqa: E402
 from eventjobs.core.fold import apply  # noqa: E402
-from eventjobs.core.simulation import generate_log  # noqa: E402
+from eventjobs.testing.simulation import generate_log  # noqa: E402
 from eventjobs.core.state import JobState  # noqa: E402
 
 

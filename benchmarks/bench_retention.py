@@ -77,7 +77,7 @@ import numpy as np  # noqa: E402  (installed with chdb, a dependency of eventjob
 from aiokafka.admin import NewTopic  # noqa: E402
 
 from benchmarks.bench_throughput import machine_info as base_machine_info  # noqa: E402
-from eventjobs.core import commands  # noqa: E402
+from eventjobs.testing import commands  # noqa: E402
 from eventjobs.core.events import JobEvent  # noqa: E402
 from eventjobs.core.fold import apply  # noqa: E402
 from eventjobs.core.options import JobOptions  # noqa: E402

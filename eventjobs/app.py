@@ -284,14 +284,18 @@ class App:
 
     def build_enqueue(
         self, name: str, args: dict[str, Any] | None = None, *, parent_job_id: str | None = None,
-        depends_on: list[str] | None = None, **options: Any
+        depends_on: list[str] | None = None, now: datetime | None = None, **options: Any
     ) -> EnqueuedEvent:
-        """The validated `enqueued` event for a job (nothing is sent). Raises on any bad input."""
-        return self._enqueued(name, args, options, parent_job_id=parent_job_id, depends_on=depends_on)
+        """The validated `enqueued` event for a job (nothing is sent). Raises on any bad input.
+
+        `now` (default: the app's clock) is the enqueue time, from which `delay` and `ttl` count
+        (`eventjobs.testing` passes its frozen clock's).
+        """
+        return self._enqueued(name, args, options, parent_job_id=parent_job_id, depends_on=depends_on, now=now)
 
     def _enqueued(
         self, name: str, args: dict[str, Any] | None, options: dict[str, Any], *, parent_job_id: str | None = None,
-        depends_on: list[str] | None = None, ids: tuple[str, str] | None = None,
+        depends_on: list[str] | None = None, ids: tuple[str, str] | None = None, now: datetime | None = None,
     ) -> EnqueuedEvent:
         """`build_enqueue`, with the (default job id, event id) of a batch member when `ids` is given."""
         definition = self.definition(name)
@@ -301,7 +305,7 @@ class App:
         default_job_id, event_id = ids if ids is not None else (None, None)
         try:
             return enqueued_event(
-                name, args or {}, merged, now=self.clock.now(), actor=self.actor, parent_job_id=parent_job_id,
+                name, args or {}, merged, now=now or self.clock.now(), actor=self.actor, parent_job_id=parent_job_id,
                 depends_on=depends_on, default_job_id=default_job_id, event_id=event_id,
             )
         except InvalidJobOptions:

@@ -5,12 +5,10 @@ same way (job id from the idempotency key, run_at from a delay, the lease rule, 
 fired timer, the dead-letter entry an operator acts on...), so every such event is built here
 and nowhere else (``tests/core/test_event_builders_only.py`` holds the shell to that).
 
-Two layers:
-
-* one builder per event type (``claimed_event``, ``heartbeat_event``, ...) taking only what the
-  writer knows: a worker holds a ready record and a timer service a timer key, not a job state;
-* commands over a ``JobState`` (``claim``, ``heartbeat``, ...) for writers that hold one: they
-  refuse what makes no sense for the state (``CommandRefused``) and call the builder.
+One builder per event type (``claimed_event``, ``heartbeat_event``, ...), taking only what the
+writer knows: a worker holds a ready record and a timer service a timer key, not a job state.
+(Commands over a ``JobState``, for the simulator that plays every writer, are built on these in
+``eventjobs.testing.commands``.)
 
 All are pure except for ``new_event_id()`` when no ``event_id`` is given; ``now`` is passed in.
 The attempt's outcome events are built in ``eventjobs.core.outcome``.
@@ -42,37 +40,24 @@ from eventjobs.core.ids import derived_event_id, job_id_for_key, new_event_id, n
 from eventjobs.core.limits import MAX_PROGRESS_MESSAGE_CHARS, MAX_REASON_BYTES, truncate_text
 from eventjobs.core.options import JobOptions, check_depends_on
 from eventjobs.core.records import parse_timer_key
-from eventjobs.core.state import JobState, JobStatus
 
 __all__ = [
     "DEFAULT_LEASE_S",
     "MIN_LEASE_S",
-    "CommandRefused",
-    "attempt_started",
     "attempt_started_event",
     "attempt_timed_out_event",
-    "cancel_request",
     "cancel_requested_event",
-    "claim",
     "claimed_event",
     "dead_letter_retried_event",
-    "dead_letter_retry",
-    "discard",
     "discarded_event",
-    "due",
     "due_event",
     "enqueue",
-    "expire",
     "expired_event",
-    "heartbeat",
     "heartbeat_event",
     "lease_deadline",
-    "lease_expired",
     "lease_expired_event",
-    "progress",
     "progress_event",
     "retention_passed_event",
-    "timed_out",
     "timer_fired_event",
 ]
 
@@ -89,10 +74,6 @@ def lease_deadline(now: datetime, lease_s: float = DEFAULT_LEASE_S) -> datetime:
     job's timeout, so a dead worker is noticed ``lease_s`` after its last claim or heartbeat.
     """
     return add_seconds(utc_ms(now), max(lease_s, MIN_LEASE_S))
-
-
-class CommandRefused(ValueError):
-    """The command makes no sense for the job's current state (nothing was written)."""
 
 
 def enqueue(
@@ -322,111 +303,3 @@ def timer_fired_event(
             event_id=derived_event_id(cause, "retention_passed", 0),
         )
     raise ValueError(f"unknown timer kind {kind!r} in key {key!r}")
-
-
-# -- commands over a job state ---------------------------------------------------------------
-
-
-def claim(
-    state: JobState,
-    *,
-    worker_id: str,
-    now: datetime,
-    actor: str,
-    lease_s: float = DEFAULT_LEASE_S,
-    event_id: str | None = None,
-) -> ClaimedEvent:
-    """A worker claims the job's current attempt (only a pending job can be claimed)."""
-    if state.status is not JobStatus.PENDING:
-        raise CommandRefused(f"job {state.job_id} is {state.status.value}, only a pending job can be claimed")
-    return claimed_event(
-        state.job_id, state.attempt, worker_id=worker_id, now=now, actor=actor, lease_s=lease_s, event_id=event_id
-    )
-
-
-def attempt_started(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> AttemptStartedEvent:
-    """The claiming worker (the accepted claim) starts the handler."""
-    if state.status is not JobStatus.CLAIMED or state.worker_id is None:
-        raise CommandRefused(f"job {state.job_id} is {state.status.value}, not claimed")
-    return attempt_started_event(
-        state.job_id, state.attempt, worker_id=state.worker_id, now=now, actor=actor, event_id=event_id,
-        claim_id=state.claim_id,
-    )
-
-
-def progress(
-    state: JobState, percent: float, message: str = "", *, now: datetime, actor: str, event_id: str | None = None
-) -> ProgressEvent:
-    """``ctx.progress(percent, message)`` on the current attempt (by the accepted claim)."""
-    return progress_event(state.job_id, state.attempt, percent, message, now=now, actor=actor, event_id=event_id,
-                          claim_id=state.claim_id)
-
-
-def heartbeat(
-    state: JobState, *, now: datetime, actor: str, lease_s: float = DEFAULT_LEASE_S, event_id: str | None = None
-) -> HeartbeatEvent:
-    """Extend the lease of the current attempt (by the accepted claim)."""
-    return heartbeat_event(state.job_id, state.attempt, now=now, actor=actor, lease_s=lease_s, event_id=event_id,
-                           claim_id=state.claim_id)
-
-
-def timed_out(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> AttemptTimedOutEvent:
-    """The current attempt exceeded the job's timeout."""
-    return attempt_timed_out_event(
-        state.job_id, state.attempt, timeout_s=state.options.timeout_s, now=now, actor=actor, event_id=event_id,
-        claim_id=state.claim_id,
-    )
-
-
-def due(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> DueEvent:
-    """The timer service: the run_at (scheduled), retry (retrying) or next republish (pending) timer fired."""
-    timer: Literal["run_at", "retry", "republish"]
-    sequence = None
-    if state.status is JobStatus.SCHEDULED:
-        timer = "run_at"
-    elif state.status is JobStatus.RETRYING:
-        timer = "retry"
-    elif state.status is JobStatus.PENDING:
-        timer, sequence = "republish", state.ready_republishes
-    else:
-        raise CommandRefused(f"job {state.job_id} is {state.status.value}: no run_at, retry or republish timer is pending")
-    return due_event(state.job_id, state.attempt, timer, now=now, actor=actor, event_id=event_id, sequence=sequence)
-
-
-def lease_expired(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> LeaseExpiredEvent:
-    """The timer service: the lease of the current attempt ran out."""
-    if state.lease_deadline is None:
-        raise CommandRefused(f"job {state.job_id} is {state.status.value}: it holds no lease")
-    return lease_expired_event(state.job_id, state.attempt, state.lease_deadline, now=now, actor=actor, event_id=event_id)
-
-
-def expire(state: JobState, *, now: datetime, actor: str, event_id: str | None = None) -> ExpiredEvent:
-    """The timer service: the job's TTL timer fired."""
-    ttl = state.options.ttl_s
-    reason = f"ttl of {ttl:g} s passed" if ttl else ""
-    return expired_event(state.job_id, reason, now=now, actor=actor, event_id=event_id)
-
-
-def cancel_request(state: JobState, reason: str = "", *, now: datetime, actor: str, event_id: str | None = None) -> CancelRequestedEvent:
-    """Ask to cancel the job (refused once it is terminal)."""
-    if state.is_terminal:
-        raise CommandRefused(f"job {state.job_id} is {state.status.value}: nothing to cancel")
-    return cancel_requested_event(state.job_id, reason, now=now, actor=actor, event_id=event_id)
-
-
-def dead_letter_retry(
-    state: JobState, reason: str = "", *, now: datetime, actor: str, event_id: str | None = None
-) -> DeadLetterRetriedEvent:
-    """An operator retries a dead-lettered job; the event names the dead-letter entry (causation_id)."""
-    if state.status is not JobStatus.DEAD_LETTERED:
-        raise CommandRefused(f"job {state.job_id} is {state.status.value}, not dead_lettered")
-    return dead_letter_retried_event(
-        state.job_id, state.dead_letter_event_id, reason, now=now, actor=actor, event_id=event_id
-    )
-
-
-def discard(state: JobState, reason: str = "", *, now: datetime, actor: str, event_id: str | None = None) -> DiscardedEvent:
-    """An operator discards a dead-lettered job; the event names the dead-letter entry (causation_id)."""
-    if state.status is not JobStatus.DEAD_LETTERED:
-        raise CommandRefused(f"job {state.job_id} is {state.status.value}, not dead_lettered")
-    return discarded_event(state.job_id, state.dead_letter_event_id, reason, now=now, actor=actor, event_id=event_id)

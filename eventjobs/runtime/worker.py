@@ -35,17 +35,27 @@ from pydantic import ValidationError
 from eventjobs.app import App
 from eventjobs.context import JobContext, JobsNotCompleted
 from eventjobs.core.clock import Clock, SystemClock
-from eventjobs.core.codec import EventEncodeError, encode
+from eventjobs.core.attempt_end import (
+    CancelledWhileRunning,
+    Happened,
+    NoHandler,
+    NotRecordable,
+    Raised,
+    Returned,
+    RunningAttempt,
+    ShutDown,
+    TimedOut,
+    attempt_end,
+)
+from eventjobs.core.codec import encode
 from eventjobs.core.commands import (
     DEFAULT_LEASE_S,
     attempt_started_event,
-    attempt_timed_out_event,
     claimed_event,
     heartbeat_event,
     progress_event,
 )
 from eventjobs.core.events import JobEvent
-from eventjobs.core.outcome import WorkerFailure, outcome_event, worker_failure_event
 from eventjobs.core.state import JobStatus, StateDecodeError, decode_state
 from eventjobs.kafka.clients import (
     OwnershipListener,
@@ -613,11 +623,13 @@ class Worker:
         return await self._sender.send(topic, encode(event, max_bytes=self.app.settings.max_event_bytes),
                                        key=event.job_id.encode(), partition=_home_partition(event.job_id, count))
 
-    def _failure(self, ready: ReadyRecord, kind: WorkerFailure, message: str, traceback: str = "",
-                 claim_id: str | None = None) -> JobEvent:
-        return worker_failure_event(kind, message, job_id=ready.job_id, attempt=ready.attempt,
-                                    occurred_at=self.clock.now(), actor=self.actor, traceback=traceback,
-                                    max_event_bytes=self.app.settings.max_event_bytes, claim_id=claim_id)
+    def _end(self, ready: ReadyRecord, happened: Happened, claim_id: str | None = None) -> JobEvent:
+        """The event that ends the attempt after what happened to it (`core.attempt_end`, the one rule)."""
+        definition = self.app.jobs.get(ready.name)
+        backoff = definition.options.backoff if definition is not None and callable(definition.options.backoff) else None
+        attempt = RunningAttempt.of(ready, actor=self.actor, claim_id=claim_id, backoff=backoff,
+                                    max_event_bytes=self.app.settings.max_event_bytes)
+        return attempt_end(attempt, happened, now=self.clock.now())
 
     def _heartbeat(self, ready: ReadyRecord, claim_id: str | None = None) -> JobEvent:
         return heartbeat_event(ready.job_id, ready.attempt, now=self.clock.now(), actor=self.actor, lease_s=self.lease_s,
@@ -639,44 +651,30 @@ class Worker:
             self.metrics.jobs_started.inc(ready.name, ready.queue)
             self.metrics.job_wait.observe(ready.name, ready.queue, seconds_between(ready.ready_at, self.clock.now()))
         try:
-            outcome = await self._call(ready, claim_id)
+            happened = await self._call(ready, claim_id)
         except asyncio.CancelledError:
             if ready.job_id not in self.cancel_seen or self._draining:
                 raise
-            outcome = self._failure(ready, WorkerFailure.CANCELLED,
-                                    "cancel requested while running; stopped at a heartbeat", claim_id=claim_id)
-        except Exception as error:  # noqa: BLE001 - the outcome could not be built: record why, don't vanish
+            happened = CancelledWhileRunning()
+        except Exception as error:  # noqa: BLE001 - running it failed outside the handler: record why, don't vanish
             log.exception("outcome of job %s could not be built", ready.job_id)
-            outcome = self._failure(ready, WorkerFailure.INVALID_RESULT,
-                                    f"the attempt's outcome could not be recorded: {type(error).__name__}: {error}",
-                                    claim_id=claim_id)
+            happened = NotRecordable(error)
         finally:
             heartbeats.cancel()
             if self.metrics is not None:
                 self.metrics.job_duration.observe(ready.name, ready.queue, asyncio.get_running_loop().time() - begun)
-        try:
-            ack = await self._send(outcome)
-            ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.error(
-                "outcome of job %s was not written (%s); its lease will expire and it will run again",
-                ready.job_id, done.exception()))
-        except EventEncodeError as error:  # e.g. a result over the size limit: report, don't vanish
-            await self._send(self._failure(ready, WorkerFailure.INVALID_RESULT, str(error), claim_id=claim_id))
+        ack = await self._send(self._end(ready, happened, claim_id))  # encodable within the limit, by attempt_end
+        ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.error(
+            "outcome of job %s was not written (%s); its lease will expire and it will run again",
+            ready.job_id, done.exception()))
         self.completed += 1
 
-    async def _call(self, ready: ReadyRecord, claim_id: str | None = None) -> JobEvent:
-        """Run the handler under its timeout; map whatever happens to the attempt's event."""
+    async def _call(self, ready: ReadyRecord, claim_id: str | None = None) -> Happened:
+        """Run the handler under its timeout; say what happened (`_end` makes it the attempt's event)."""
         definition = self.app.jobs.get(ready.name)
-        common = {"job_id": ready.job_id, "attempt": ready.attempt, "retry_on": ready.options.retry_on,
-                  "actor": self.actor, "max_event_bytes": self.app.settings.max_event_bytes, "claim_id": claim_id}
         if definition is None:
-            known = ", ".join(sorted(self.app.jobs)) or "none"
-            return self._failure(
-                ready, WorkerFailure.UNKNOWN_JOB,
-                f"no handler registered for job {ready.name!r} in app {self.app.name!r} (registered: {known})",
-                claim_id=claim_id,
-            )
+            return NoHandler(ready.name, self.app.name, tuple(self.app.jobs))
         ctx = self._context(ready, claim_id)
-        backoff = definition.options.backoff if callable(definition.options.backoff) else None
         try:
             gate = contextlib.nullcontext() if definition.is_async else self._thread_free
             async with gate, asyncio.timeout(ready.options.timeout_s) as deadline:
@@ -689,15 +687,12 @@ class Worker:
                                else functools.partial(definition.handler, ready.args))
                     result = await loop.run_in_executor(self._executor, partial)
         except TimeoutError as error:
-            if deadline.expired():
-                return attempt_timed_out_event(ready.job_id, ready.attempt, timeout_s=ready.options.timeout_s,
-                                               now=self.clock.now(), actor=self.actor, claim_id=claim_id)
-            return outcome_event(error, occurred_at=self.clock.now(), backoff=backoff, **common)
+            return TimedOut() if deadline.expired() else Raised(error)
         except asyncio.CancelledError:
             raise
         except BaseException as error:  # noqa: BLE001 - every failure is reported, with its traceback
-            return outcome_event(error, occurred_at=self.clock.now(), backoff=backoff, **common)
-        return outcome_event(result, occurred_at=self.clock.now(), backoff=backoff, **common)
+            return Raised(error)
+        return Returned(result)
 
     def _context(self, ready: ReadyRecord, claim_id: str | None = None) -> JobContext:
         async def send_progress(percent: float, message: str) -> None:
@@ -789,11 +784,8 @@ class Worker:
         for task, (ready, item) in list(self.running.items()):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            await self._send(self._failure(
-                ready, WorkerFailure.WORKER_SHUTDOWN,
-                f"worker {self.worker_id} shut down before the job finished (grace {self.grace_s:g} s)",
-                traceback="".join(traceback.format_stack(limit=1)), claim_id=item.claim_id,
-            ))
+            stopped_at = "".join(traceback.format_stack(limit=1))
+            await self._send(self._end(ready, ShutDown(self.worker_id, self.grace_s, stopped_at), item.claim_id))
         if self._sender is not None:
             await self._sender.flush()
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from eventjobs.core.commands import (
+from eventjobs.testing.commands import (
     DEFAULT_LEASE_S,
     MIN_LEASE_S,
     CommandRefused,

@@ -42,7 +42,7 @@ from eventjobs.core.events import (
 )
 from eventjobs.core.fold import apply, fold
 from eventjobs.core.ids import derived_event_id
-from eventjobs.core.simulation import EPOCH, SimulationProfile, job_lifecycle, workflow_log
+from eventjobs.testing.simulation import EPOCH, SimulationProfile, job_lifecycle, workflow_log
 from eventjobs.core.state import TERMINAL_STATUSES, JobState, JobStatus, decode_state, encode_state
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

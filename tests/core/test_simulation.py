@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from eventjobs.core.fold import apply
-from eventjobs.core.simulation import generate_log, job_lifecycle, sim_id
+from eventjobs.testing.simulation import generate_log, job_lifecycle, sim_id
 
 
 def test_generate_log_is_reproducible_and_exactly_as_long_as_asked() -> None:

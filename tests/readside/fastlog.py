@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from eventjobs.core import commands
+from eventjobs.testing import commands
 from eventjobs.core.codec import encode
 from eventjobs.core.events import AttemptFailedEvent, AttemptSucceededEvent, DueEvent, JobEvent
 from eventjobs.core.fold import apply

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from eventjobs.clickhouse import Backend
-from eventjobs.core import commands
+from eventjobs.testing import commands
 from eventjobs.core.events import JobEvent
 from eventjobs.core.fold import apply, fold
 from eventjobs.core.options import JobOptions

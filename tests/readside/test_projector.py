@@ -20,7 +20,7 @@ from eventjobs.core.events import DERIVED_TYPES, JobEvent
 from eventjobs.core.fold import apply, fold, replay
 from eventjobs.core.ids import job_id_for_key
 from eventjobs.core.options import JobOptions
-from eventjobs.core.simulation import generate_log
+from eventjobs.testing.simulation import generate_log
 from eventjobs.core.state import JobStatus
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir
 from eventjobs.readside.projector import Projector, ProjectorOptions

@@ -9,7 +9,7 @@ import pytest
 
 from eventjobs import metrics
 from eventjobs.clickhouse import Backend
-from eventjobs.core.simulation import generate_log
+from eventjobs.testing.simulation import generate_log
 from eventjobs.kafka.admin import apply_topics
 from eventjobs.metrics import Metrics
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir

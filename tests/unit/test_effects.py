@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventjobs.core import commands
+from eventjobs.testing import commands
 from eventjobs.core.clock import add_seconds
 from eventjobs.core.events import (
     CancelledEvent,

@@ -15,7 +15,7 @@ from aiokafka.structs import ConsumerRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventjobs.core import commands
+from eventjobs.testing import commands
 from eventjobs.core.clock import add_seconds, epoch_ms
 from eventjobs.core.codec import encode
 from eventjobs.core.events import JobEvent, LeaseExpiredEvent, RetentionPassedEvent

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import event as label_example, given, settings
 from hypothesis import strategies as st
 
-from eventjobs.core import commands
+from eventjobs.testing import commands
 from eventjobs.core.clock import UTC, add_seconds, epoch_ms, from_epoch_ms, utc_ms
 from eventjobs.core.events import DueEvent, JobEvent, RetentionPassedEvent
 from eventjobs.core.fold import apply

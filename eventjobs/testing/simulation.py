@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from eventjobs.core import commands
+from eventjobs.testing import commands
 from eventjobs.core.events import LINKED_TYPES, JobEvent
 from eventjobs.core.fold import apply
 from eventjobs.core.options import (
