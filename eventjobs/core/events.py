@@ -451,7 +451,10 @@ class DeadLetterRetriedEvent(_Event):
     """An operator sent a dead-lettered job back to run, with a fresh attempt budget.
 
     ``causation_id`` must be the ``event_id`` of the ``dead_lettered`` event being retried: that
-    makes the action idempotent and stops a stale click from retrying a later dead-letter.
+    makes the action idempotent and stops a stale click from retrying a later dead-letter. A job
+    that expired while waiting for dependencies goes on as the answers it holds say (waiting for
+    the others, or cancelled by a failure among them); the dependents its failure answered are
+    asked to wait for it again (``dependency_reopened``).
     """
 
     written_by: ClassVar[str] = "operator (CLI/API)"
@@ -552,7 +555,8 @@ class DependencyProbeEvent(_Event):
     """A cycle check: does the job (the key) wait, through others, for the probe's first job?
 
     A waiting job sends it to a job it waits for, on behalf of the job whose wait started it. When
-    a waiting job records a dependent's request, it sends a probe with the path
+    a waiting job records the request of a dependent enqueued no later than itself (around a cycle
+    enqueue times cannot all fall, so every cycle has such a wait), it sends a probe with the path
     ``[dependent, itself]`` to each dependency it still waits for (a job that waits again after a
     dead-letter retry or a reopened dependency sends ``[itself]``). A waiting job that receives one
     forwards it the same way, its id appended to the path. A probe that comes back to the first job

@@ -857,7 +857,12 @@ def _on_dependency_requested(state: JobState, event: Any, actor: str) -> Decisio
                          dependent_rounds=_without(rounds, dependent_id))
     data["workflow"] = recorded
     probes: tuple[Any, ...] = ()
-    if status is WAITING:  # a cycle through the dependent would pass through this job: look for it
+    if status is WAITING and event.occurred_at <= state.enqueued_at:
+        # a cycle through the dependent would pass through this job: look for it. Only for a dependent
+        # enqueued no later than this job (the request carries its enqueue time): around a cycle the
+        # enqueue times cannot all fall, so every cycle has such an edge, and its probe goes round
+        # (see docs/architecture.md); a dependent enqueued after its dependencies, as App.enqueue
+        # makes them, starts none
         probes = _probes(state.enqueued_event_id, recorded, [dependent_id, state.job_id], _answer_id(event.event_id, 0),
                          event, actor)
     return _accept(state, event, data, probes)

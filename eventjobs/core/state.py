@@ -152,8 +152,9 @@ TRANSITIONS: tuple[Transition, ...] = (
         "recorded for when that dependency reopens it",
     ),
     Transition(
-        _S.WAITING, "dependency_requested", _S.WAITING, "the dependent is recorded (answered when the job ends); a cycle "
-        "probe goes to each dependency the job still waits for", ("dependency_probe",),
+        _S.WAITING, "dependency_requested", _S.WAITING, "the dependent is recorded (answered when the job ends); if it was "
+        "enqueued no later than this job, a cycle probe goes to each dependency the job still waits for",
+        ("dependency_probe",),
     ),
     *(
         Transition(s, "dependency_requested", s, "the job has not ended: the dependent is recorded (answered when it ends)")

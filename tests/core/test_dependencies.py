@@ -24,7 +24,7 @@ from eventjobs.core.options import InvalidJobOptions, JobOptions, check_depends_
 from eventjobs.core.outcome import Snooze, outcome_event
 from eventjobs.core.records import parse_timer_key
 from eventjobs.core.state import JobState, JobStatus
-from tests.core.builders import JobLog, Run, reach
+from tests.core.builders import T0, JobLog, Run, reach
 
 S = JobStatus
 
@@ -300,7 +300,10 @@ class Jobs:
         return self.states[job_id]
 
     def log(self, job_id: str) -> JobLog:
-        return self.logs.setdefault(job_id, JobLog(job_id))
+        """The job's writers; a job met later is enqueued a second later than the one before."""
+        if job_id not in self.logs:
+            self.logs[job_id] = JobLog(job_id, add_seconds(T0, len(self.logs)))
+        return self.logs[job_id]
 
     def apply(self, event: Any) -> Decision:
         decision = apply(self.states.get(event.job_id), event)
@@ -570,6 +573,18 @@ def test_a_two_job_cycle_ends_both_naming_it() -> None:
     assert not a.workflow.dependents and not b.workflow.dependents  # type: ignore[union-attr]
 
 
+def test_a_cycle_of_jobs_enqueued_in_the_same_millisecond_is_found() -> None:
+    # no enqueue time is earlier than another's: every request starts a probe
+    jobs = Jobs()
+    jobs.logs.update({job_id: JobLog(job_id, T0) for job_id in ("A", "B", "C")})
+    jobs.enqueue("A", ["B"])
+    jobs.enqueue("B", ["C"])
+    jobs.enqueue("C", ["A"])
+    jobs.settle()
+    assert all(jobs[job_id].status is S.CANCELLED for job_id in "ABC")
+    assert any((jobs[job_id].reason or "").startswith("dependency cycle: ") for job_id in "ABC")
+
+
 def test_a_three_job_cycle_ends_every_job_and_those_waiting_on_it() -> None:
     jobs = Jobs()
     jobs.enqueue("A", ["B"])
@@ -597,6 +612,17 @@ def test_a_cycle_of_jobs_enqueued_in_any_order_is_found() -> None:
         assert any((jobs[j].reason or "").startswith("dependency cycle: ") for j in ring)
 
 
+@pytest.mark.parametrize(("size", "found"), [(MAX_PROBE_HOPS, True), (MAX_PROBE_HOPS + 1, False)])
+def test_a_cycle_is_found_up_to_max_probe_hops_jobs(size: int, found: bool) -> None:
+    jobs = Jobs()
+    ring = [f"r{n}" for n in range(size)]
+    for n, job_id in enumerate(ring):
+        jobs.enqueue(job_id, [ring[(n + 1) % size]])
+    jobs.settle()
+    # a longer one waits until its jobs expire or are cancelled (docs/workflows.md)
+    assert {jobs[j].status for j in ring} == ({S.CANCELLED} if found else {S.WAITING})
+
+
 def test_probes_cost_nothing_where_no_job_waits() -> None:
     # a request to a job that does not wait starts no probe
     for status in (S.PENDING, S.SCHEDULED, S.RUNNING, S.COMPLETED):
@@ -614,28 +640,37 @@ def test_probes_cost_nothing_where_no_job_waits() -> None:
     assert {e.type for e in jobs.delivered} == {"dependency_requested", "dependency_resolved"}
 
 
-def test_a_chain_enqueued_up_front_sends_probes_down_the_waiting_jobs_only() -> None:
-    # j0 <- j1 <- ... <- j5, all enqueued before j0 runs: each request to a waiting job starts a probe
-    # that goes down to j0 (which does not wait, and drops it)
+def chain(order: list[int]) -> Jobs:
+    """j0 <- j1 <- ... <- j5, enqueued in ``order`` (a job named later has a later enqueue time), all
+    before any request is delivered."""
     jobs = Jobs()
-    jobs.enqueue("j0")
-    for n in range(1, 6):
-        jobs.enqueue(f"j{n}", [f"j{n - 1}"])
+    for n in order:
+        jobs.enqueue(f"j{n}", [f"j{n - 1}"] if n else None)
     jobs.settle()
+    return jobs
+
+
+def test_a_chain_enqueued_dependencies_first_sends_no_probe() -> None:
+    # as App.enqueue makes them: every dependency exists before its dependent, so a dependent is
+    # enqueued after the jobs it waits for, and no request to a waiting job starts a probe
+    jobs = chain([0, 1, 2, 3, 4, 5])
+    assert all(jobs[f"j{n}"].status is S.WAITING for n in range(1, 6))
+    assert [e for e in jobs.delivered if e.type == "dependency_probe"] == []
+    for n in range(6):
+        jobs.run(f"j{n}")
+    assert jobs["j5"].status is S.COMPLETED
+
+
+def test_a_chain_enqueued_dependents_first_sends_probes_down_the_waiting_jobs_only() -> None:
+    # a producer that writes dependents before their dependencies: each request to a waiting job
+    # starts a probe, which goes down to j0 (which does not wait, and drops it)
+    jobs = chain([5, 4, 3, 2, 1, 0])
     probes = [e for e in jobs.delivered if e.type == "dependency_probe"]
     assert len(probes) == sum(range(1, 5))  # j2's request to j1 sends 1, ... j5's to j4 sends 4
     assert all(jobs[f"j{n}"].status is S.WAITING for n in range(1, 6))
     for n in range(6):
         jobs.run(f"j{n}")
     assert jobs["j5"].status is S.COMPLETED
-
-
-def _two_waiting(jobs: Jobs) -> None:
-    """A waits for B and B waits for X (a job that does not run yet): a request from A is recorded at B."""
-    jobs.enqueue("X")
-    jobs.enqueue("B", ["X"])
-    jobs.enqueue("A", ["B"])
-    jobs.settle()
 
 
 def test_a_probe_is_forwarded_once_per_wait_unless_by_a_shorter_path() -> None:

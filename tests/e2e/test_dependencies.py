@@ -374,9 +374,9 @@ async def raw_enqueue(settings: Settings, jobs: dict[str, list[str]]) -> None:
     sender = producer(settings)
     await sender.start()
     try:
-        now = datetime.now(timezone.utc)
-        at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
         for job_id, depends_on in jobs.items():
+            now = datetime.now(timezone.utc)
+            at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
             event = {"event_id": str(uuid.uuid4()), "job_id": job_id, "type": "enqueued", "occurred_at": at,
                      "actor": "producer:raw", "name": "step", "queue": "default", "args": {"name": job_id},
                      "options": {"max_attempts": 3, "timeout_s": 30.0}, "depends_on": depends_on}
