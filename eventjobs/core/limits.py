@@ -91,7 +91,11 @@ MAX_DEPENDENTS = 256
 #: that it can ask them to wait again if it runs again (``dependency_reopened``): those it answered
 #: with its failure. It holds them instead of ``dependents`` (it answered and dropped those when it
 #: ended, and answers later requests at once), so its state is no larger than while it had them
-#: waiting. A dependent beyond the bound is answered but not remembered: it stays cancelled.
+#: waiting. A dependent beyond the bound is answered but not remembered: it stays cancelled. Once
+#: it reopened them, it also counts their round (``dependent_rounds``, as they do, ``rounds``): at
+#: most 256 more small entries (a job id and a number, under 34 KB with 128-character ids, under
+#: 11 KB with UUIDs): within the headroom of the default limit (see the module docstring); at the
+#: smallest limit, 256 reopened dependents with 128-character ids would take most of it.
 MAX_REVIVABLE_DEPENDENTS = MAX_DEPENDENTS
 #: Longest dependency cycle the fold detects, in jobs: a cycle probe (``dependency_probe``) carries
 #: the path it took, and a job that would make it longer drops it. A longer cycle waits until its
