@@ -27,7 +27,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from eventjobs.core.clock import format_utc_ms, utc_ms
-from eventjobs.core.limits import MAX_DEPENDENCIES
+from eventjobs.core.limits import MAX_DEPENDENCIES, MAX_PROBE_HOPS
 from eventjobs.core.options import MAX_DELAY_S, QUEUE_NAME_RE, DependencyFailure, JobOptionsSpec, Priority
 
 __all__ = [
@@ -48,6 +48,8 @@ __all__ = [
     "CompletedEvent",
     "DeadLetterRetriedEvent",
     "DeadLetteredEvent",
+    "DependencyProbeEvent",
+    "DependencyReopenedEvent",
     "DependencyRequestedEvent",
     "DependencyResolvedEvent",
     "DiscardedEvent",
@@ -449,7 +451,10 @@ class DeadLetterRetriedEvent(_Event):
     """An operator sent a dead-lettered job back to run, with a fresh attempt budget.
 
     ``causation_id`` must be the ``event_id`` of the ``dead_lettered`` event being retried: that
-    makes the action idempotent and stops a stale click from retrying a later dead-letter.
+    makes the action idempotent and stops a stale click from retrying a later dead-letter. A job
+    that expired while waiting for dependencies goes on as the answers it holds say (waiting for
+    the others, or cancelled by a failure among them); the dependents its failure answered are
+    asked to wait for it again (``dependency_reopened``).
     """
 
     written_by: ClassVar[str] = "operator (CLI/API)"
@@ -512,7 +517,9 @@ class DependencyResolvedEvent(_Event):
     """A dependency of the job ended (or does not exist); keyed by the dependent job.
 
     Its ``causation_id`` is the ``dependency_requested`` it answers, and its id is derived from
-    that, so an answer given twice (at once, or when the dependency ended) is one answer.
+    that and the round (0, then one more each time the dependency reopened the request with
+    ``dependency_reopened``), so an answer given twice (at once, or when the dependency ended) is
+    one answer, and the answer of an earlier round is told apart from the current one.
     """
 
     written_by: ClassVar[str] = LINKED_WRITER
@@ -522,6 +529,59 @@ class DependencyResolvedEvent(_Event):
         description="Its terminal status, or missing (no such job) or refused (it has too many dependents)."
     )
     result: JsonObject | None = Field(None, description="Its result, if it completed with one.")
+
+
+class DependencyReopenedEvent(_Event):
+    """A dependency that answered the job with its failure runs again; keyed by the dependent job.
+
+    The job is asked to wait for the dependency again. Derived when the dependency leaves the
+    dead-letter queue (``dead_letter_retried``), or is itself reopened out of a cancel its own
+    dependency caused, once for each dependent it answered with that failure (at most
+    ``MAX_REVIVABLE_DEPENDENTS``). Its ``causation_id`` is that answer, and its id is derived from
+    it. The dependency records the dependent again, and answers it once more when it ends (the next
+    round's answer). A dependent that still holds that answer and waits with
+    ``on_dependency_failure`` cancel forgets it: if the answer had cancelled it, it waits again
+    (with the other answers it already had); if it is dead-lettered, it stays so, and a retry finds
+    it waiting. Any other dependent (it ran anyway, was cancelled for another reason, was forgotten
+    after its retention) is not touched.
+    """
+
+    written_by: ClassVar[str] = LINKED_WRITER
+    type: Literal["dependency_reopened"] = "dependency_reopened"
+    dependency_id: EventId = Field(description="The dependency that runs again.")
+
+
+class DependencyProbeEvent(_Event):
+    """A cycle check: does the job (the key) wait, through others, for the probe's first job?
+
+    A waiting job sends it to a job it waits for, on behalf of the job whose wait started it. When
+    a waiting job records the request of a dependent enqueued no later than itself (around a cycle
+    enqueue times cannot all fall, so every cycle has such a wait), it sends a probe with the path
+    ``[dependent, itself]`` to each dependency it still waits for (a job that waits again after a
+    dead-letter retry or a reopened dependency sends ``[itself]``). A waiting job that receives one
+    forwards it the same way, its id appended to the path. A probe that comes back to the first job
+    of its path proves a cycle: that job is cancelled with the reason
+    ``dependency cycle: A → B → A`` (``A → B``: A waits for B), and its answer ends the others. A
+    job drops a probe if it does not wait, if the last job of the path no longer waits for it by
+    the request named in ``via``, if it is on the path already, if the path is at the hop limit
+    (``MAX_PROBE_HOPS``), or if it forwarded the same ``origin`` before by a path as short.
+    """
+
+    written_by: ClassVar[str] = LINKED_WRITER
+    type: Literal["dependency_probe"] = "dependency_probe"
+    path: Annotated[list[EventId], Field(min_length=1, max_length=MAX_PROBE_HOPS)] = Field(
+        description="The job whose wait started the probe, then every waiting job that forwarded it, in order: each "
+        "waits for the next, and the last waits for this job."
+    )
+    origin: EventId = Field(
+        description="The answer that would end the wait of the path's first job for its second (for a path of one, "
+        "for this job): the id of the dependency_resolved its request awaits. A cycle is proven only if the first job "
+        "still awaits it."
+    )
+    via: EventId = Field(
+        description="The answer that would end the wait of the path's last job for this job: a job forwards a probe "
+        "only while it holds that request, so a probe about a wait that has ended is dropped."
+    )
 
 
 class AttemptSnoozedEvent(_Event):
@@ -575,6 +635,8 @@ JobEvent = Annotated[
         DuplicateRejectedEvent,
         DependencyRequestedEvent,
         DependencyResolvedEvent,
+        DependencyReopenedEvent,
+        DependencyProbeEvent,
         AttemptSnoozedEvent,
     ],
     Field(discriminator="type"),

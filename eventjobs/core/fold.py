@@ -14,11 +14,13 @@ never raises (an event that does not fit is rejected with a reason), and returns
 
 Derived events are already reflected in the returned state; when they come back through the
 log, ``apply`` recognises them and changes nothing. The exception are the events derived for
-another job (``LINKED_TYPES``: a waiting job's ``dependency_requested`` to each dependency, and a
-dependency's ``dependency_resolved`` answer to each dependent): they are keyed by that other job
-and change its state when its lane applies them. Their ids are derived from the request (an
-answer's, whether given at once or when the dependency ends), so delivering one twice is a
-duplicate there. So folding the whole log from scratch and a
+another job (``LINKED_TYPES``: a waiting job's ``dependency_requested`` to each dependency, a
+dependency's ``dependency_resolved`` answer to each dependent, its ``dependency_reopened`` to
+the dependents its failure answered when it runs again, and the ``dependency_probe`` cycle
+checks that waiting jobs pass along): they are keyed by that other job and change its state when
+its lane applies them. Their ids are derived from their cause (an answer's from the request and
+its round, whether given at once or when the dependency ends), so delivering one twice is a
+duplicate there, or is rejected as stale. So folding the whole log from scratch and a
 live processor end in identical states.
 
 Idempotency does not hang on remembering ids. Each accepted event moves the job somewhere it
@@ -57,6 +59,8 @@ from eventjobs.core.events import (
     CancelledEvent,
     CompletedEvent,
     DeadLetteredEvent,
+    DependencyProbeEvent,
+    DependencyReopenedEvent,
     DependencyRequestedEvent,
     DependencyResolvedEvent,
     DuplicateRejectedEvent,
@@ -69,7 +73,13 @@ from eventjobs.core.events import (
     ScheduledEvent,
 )
 from eventjobs.core.ids import derived_event_id
-from eventjobs.core.limits import MAX_DEPENDENCY_RESULTS_BYTES, MAX_DEPENDENTS
+from eventjobs.core.limits import (
+    MAX_DEPENDENCY_RESULTS_BYTES,
+    MAX_DEPENDENTS,
+    MAX_PROBE_HOPS,
+    MAX_PROBE_ORIGINS_KEPT,
+    MAX_REVIVABLE_DEPENDENTS,
+)
 from eventjobs.core.options import JobOptionsSpec, backoff_delay_s
 from eventjobs.core.state import (
     ACCEPTING_STATUSES,
@@ -600,6 +610,7 @@ def _on_retention_passed(state: JobState, event: Any, actor: str) -> Decision:
         data["status"] = DISCARDED
         data["finished_at"] = event.occurred_at
         data["reason"] = "discarded: its dead-letter retention passed without a retry"
+        _no_revival(state, data)
         return _accept(state, event, data)
     if status is DEAD_LETTERED or status not in TERMINAL_STATUSES:
         return _reject(state, f"job is {status.value}: only a completed, cancelled or discarded job is forgotten")
@@ -649,7 +660,19 @@ def _on_dead_letter_retried(state: JobState, event: Any, actor: str) -> Decision
         progress_event_id=None,
         dead_letter_event_id=None,
     )
-    return _accept(state, event, data)
+    workflow = state.workflow
+    if workflow is None:
+        return _accept(state, event, data)
+    # one that expired while waiting waits again for the dependencies that have not answered
+    derived = _after_answers(data, workflow, event, actor) if workflow.depends_on else ()
+    status = data["status"]
+    if status is not CANCELLED:  # it runs again: the dependents its failure answered may wait for it again
+        reopens, workflow = _reopen_dependents(state.job_id, data["workflow"], event, actor)
+        data["workflow"] = workflow
+        derived += reopens
+        if status is WAITING:
+            derived += _probes(state.enqueued_event_id, workflow, [state.job_id], None, event, actor)
+    return _accept(state, event, data, derived)
 
 
 def _on_discarded(state: JobState, event: Any, actor: str) -> Decision:
@@ -660,7 +683,15 @@ def _on_discarded(state: JobState, event: Any, actor: str) -> Decision:
     data["status"] = DISCARDED
     data["finished_at"] = event.occurred_at
     data["reason"] = event.reason or "discarded"
+    _no_revival(state, data)
     return _accept(state, event, data)
+
+
+def _no_revival(state: JobState, data: dict[str, Any]) -> None:
+    """The job will not run again (discarded): the dependents it answered with its failure stay cancelled."""
+    workflow = state.workflow
+    if workflow is not None and workflow.revivable:
+        data["workflow"] = _slim(_changed(workflow, revivable={}, dependent_rounds={}))
 
 
 def _on_derived(state: JobState, event: Any, actor: str) -> Decision:
@@ -678,6 +709,12 @@ def _on_derived(state: JobState, event: Any, actor: str) -> Decision:
 
 
 # ---- workflows: dependencies across jobs, and snoozes -----------------------------------------
+#
+# A dependency is a conversation between the lanes of two jobs, in linked events (LINKED_TYPES):
+# the dependent's request, the dependency's answer (of a round: 0, then one more each time the
+# dependency reopens it), the dependency's reopen when it runs again after a failure answer, and
+# the cycle probes that waiting jobs pass along their waits. Every one is keyed by the job it is
+# about, its id derived from its cause, so a repeat is recognised wherever it arrives.
 
 _WORKFLOW_FIELDS = frozenset(Workflow.model_fields)
 _OUTCOME_FIELDS = frozenset(DependencyOutcome.model_fields)
@@ -691,6 +728,15 @@ def _workflow(state: JobState, **changes: Any) -> Workflow:
     return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
 
 
+def _changed(workflow: Workflow, **changes: Any) -> Workflow:
+    return _build(Workflow, {**workflow.__dict__, **changes}, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
+
+
+def _slim(workflow: Workflow) -> Workflow | None:
+    """None for a workflow that holds nothing any more (a plain job's state carries none)."""
+    return None if workflow.__dict__ == _NO_WORKFLOW else workflow
+
+
 def _without_dependency_results(workflow: Workflow) -> Workflow:
     data = workflow.__dict__.copy()
     data["dependencies"] = {
@@ -698,45 +744,148 @@ def _without_dependency_results(workflow: Workflow) -> Workflow:
                        _OUTCOME_FIELDS)
         for job_id, o in workflow.dependencies.items()
     }
+    data["probes"] = {}  # it will not wait again
     return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
 
 
+def _request_id(enqueued_event_id: str, workflow: Workflow, dependency_id: str) -> str:
+    """The ``dependency_requested`` a job sent ``dependency_id`` (derived from its ``enqueued``)."""
+    return derived_event_id(enqueued_event_id, "dependency_requested", workflow.depends_on.index(dependency_id))
+
+
+def _answer_id(request_id: str, round_: int) -> str:
+    """The id of the answer of round ``round_`` to the request ``request_id``."""
+    return derived_event_id(request_id, "dependency_resolved", round_)
+
+
+def _awaited_answer(enqueued_event_id: str, workflow: Workflow, dependency_id: str) -> str:
+    """The answer a job waits for from ``dependency_id``: to its request, of the current round."""
+    return _answer_id(_request_id(enqueued_event_id, workflow, dependency_id), workflow.rounds.get(dependency_id, 0))
+
+
+def _owed_answer(workflow: Workflow | None, dependent_id: str) -> str | None:
+    """The answer a job owes ``dependent_id``, which it holds as waiting for it (None: it holds no such wait)."""
+    request = workflow.dependents.get(dependent_id) if workflow is not None else None
+    return None if request is None else _answer_id(request, workflow.dependent_rounds.get(dependent_id, 0))  # type: ignore[union-attr]
+
+
+def _revivable(status: JobStatus, workflow: Workflow | None) -> bool:
+    """Ended, but may run again: dead-lettered (an operator's retry) or cancelled by a dependency (its reopen)."""
+    return status is DEAD_LETTERED or (status is CANCELLED and workflow is not None and workflow.cancelled_by is not None)
+
+
 def _answer(dependency: JobState | None, dependency_id: str, dependent_id: str, request_id: str, trigger: Event,
-            actor: str, outcome: str) -> Any:
-    """The ``dependency_resolved`` answering the request ``request_id`` (same id whenever it is given)."""
+            actor: str, outcome: str, round_: int = 0) -> Any:
+    """The ``dependency_resolved`` of round ``round_`` answering the request ``request_id`` (same id whenever it
+    is given)."""
     result = dependency.result if dependency is not None and outcome == "completed" else None
-    return _derive_for(DependencyResolvedEvent, dependent_id, request_id, 0, trigger, actor,
+    return _derive_for(DependencyResolvedEvent, dependent_id, request_id, round_, trigger, actor,
                        {"dependency_id": dependency_id, "outcome": outcome, "result": result})
+
+
+def _reopen(dependency_id: str, dependent_id: str, answer_id: str, trigger: Event, actor: str) -> Any:
+    """The ``dependency_reopened`` that takes back the failure answer ``answer_id`` (same id whenever it is given)."""
+    return _derive_for(DependencyReopenedEvent, dependent_id, answer_id, 0, trigger, actor, {"dependency_id": dependency_id})
+
+
+def _probes(enqueued_event_id: str, workflow: Workflow, path: list[str], origin: str | None, trigger: Event,
+            actor: str) -> tuple[Any, ...]:
+    """A cycle probe with ``path`` to each dependency the (waiting) job still waits for and that is not on the path
+    (but for its first job: reaching that one closes the cycle). Each is keyed by the dependency, its id derived
+    from the trigger and the dependency's place in ``depends_on``. ``origin`` None: the job starts a probe of its
+    own (``path`` is just the job), whose origin is the wait each probe checks."""
+    on_path = path[1:]
+    probes = []
+    for index, dependency in enumerate(workflow.depends_on):
+        if dependency in workflow.dependencies or dependency in on_path:
+            continue
+        via = _awaited_answer(enqueued_event_id, workflow, dependency)
+        probes.append(_derive_for(DependencyProbeEvent, dependency, trigger.event_id, index, trigger, actor,
+                                  {"path": path, "origin": origin or via, "via": via}))
+    return tuple(probes)
+
+
+def _reopen_dependents(job_id: str, workflow: Workflow, trigger: Event, actor: str) -> tuple[tuple[Any, ...], Workflow]:
+    """The job runs again after a failure answer: ask every dependent it gave one to wait for it again, and hold
+    them as dependents once more (each owed the next round's answer)."""
+    revivable = workflow.revivable
+    if not revivable:
+        return (), workflow
+    rounds = dict(workflow.dependent_rounds)
+    reopens = []
+    for dependent_id, request_id in revivable.items():
+        round_ = rounds.get(dependent_id, 0)
+        reopens.append(_reopen(job_id, dependent_id, _answer_id(request_id, round_), trigger, actor))
+        rounds[dependent_id] = round_ + 1
+    return tuple(reopens), _changed(workflow, dependents={**workflow.dependents, **revivable}, revivable={},
+                                    dependent_rounds=rounds)
+
+
+def _without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
+    return mapping if key not in mapping else {k: v for k, v in mapping.items() if k != key}
 
 
 def _on_dependency_requested(state: JobState, event: Any, actor: str) -> Decision:
     status = state.status
-    if status in TERMINAL_STATUSES:  # ended already: answer now, nothing to remember
-        answer = _answer(state, state.job_id, event.dependent_id, event.event_id, event, actor, status.value)
-        return _tuple_new(Decision, (state, (answer,), None, False))
-    dependents = state.workflow.dependents if state.workflow is not None else {}
-    if dependents.get(event.dependent_id) == event.event_id:
+    workflow = state.workflow
+    dependent_id = event.dependent_id
+    if status in TERMINAL_STATUSES:  # ended already: answer now
+        if not _revivable(status, workflow):  # for good: nothing to remember
+            answer = _answer(state, state.job_id, dependent_id, event.event_id, event, actor, status.value)
+            return _tuple_new(Decision, (state, (answer,), None, False))
+        revivable = workflow.revivable if workflow is not None else {}
+        rounds = workflow.dependent_rounds if workflow is not None else {}
+        known = revivable.get(dependent_id) == event.event_id
+        round_ = rounds.get(dependent_id, 0) if known else 0
+        answer = _answer(state, state.job_id, dependent_id, event.event_id, event, actor, status.value, round_)
+        if known or (dependent_id not in revivable and len(revivable) >= MAX_REVIVABLE_DEPENDENTS):
+            return _tuple_new(Decision, (state, (answer,), None, False))  # remembered already, or no room: answered
+        data = state.__dict__.copy()  # remembered, to be reopened if this job runs again
+        data["workflow"] = _workflow(state, revivable={**revivable, dependent_id: event.event_id},
+                                     dependent_rounds=_without(rounds, dependent_id))
+        return _accept(state, event, data, (answer,))
+    dependents = workflow.dependents if workflow is not None else {}
+    if dependents.get(dependent_id) == event.event_id:
         return _duplicate(state)
-    if event.dependent_id not in dependents and len(dependents) >= MAX_DEPENDENTS:
-        answer = _answer(state, state.job_id, event.dependent_id, event.event_id, event, actor, "refused")
+    if dependent_id not in dependents and len(dependents) >= MAX_DEPENDENTS:
+        answer = _answer(state, state.job_id, dependent_id, event.event_id, event, actor, "refused")
         reason = f"job {state.job_id} already has {len(dependents)} dependents (MAX_DEPENDENTS); answered refused"
         return _tuple_new(Decision, (state, (answer,), reason, False))
     data = state.__dict__.copy()
-    data["workflow"] = _workflow(state, dependents={**dependents, event.dependent_id: event.event_id})
-    return _accept(state, event, data)
+    rounds = workflow.dependent_rounds if workflow is not None else {}
+    recorded = _workflow(state, dependents={**dependents, dependent_id: event.event_id},
+                         dependent_rounds=_without(rounds, dependent_id))
+    data["workflow"] = recorded
+    probes: tuple[Any, ...] = ()
+    if status is WAITING and event.occurred_at <= state.enqueued_at:
+        # a cycle through the dependent would pass through this job: look for it. Only for a dependent
+        # enqueued no later than this job (the request carries its enqueue time): around a cycle the
+        # enqueue times cannot all fall, so every cycle has such an edge, and its probe goes round
+        # (see docs/architecture.md); a dependent enqueued after its dependencies, as App.enqueue
+        # makes them, starts none
+        probes = _probes(state.enqueued_event_id, recorded, [dependent_id, state.job_id], _answer_id(event.event_id, 0),
+                         event, actor)
+    return _accept(state, event, data, probes)
 
 
 def _answer_dependents(decision: Decision, trigger: Event, actor: str) -> Decision:
-    """The job just ended: answer every job waiting for it, and forget them."""
+    """The job just ended: answer every job waiting for it, and forget them (but for a job that may run again:
+    it remembers those it answered, to reopen their answer then)."""
     state: JobState = decision.state  # type: ignore[assignment]
     workflow = state.workflow
     assert workflow is not None
+    status = state.status
+    rounds = workflow.dependent_rounds
     answers = tuple(
-        _answer(state, state.job_id, dependent_id, request_id, trigger, actor, state.status.value)
+        _answer(state, state.job_id, dependent_id, request_id, trigger, actor, status.value, rounds.get(dependent_id, 0))
         for dependent_id, request_id in workflow.dependents.items()
     )
+    revivable = workflow.revivable
+    if _revivable(status, workflow):
+        revivable = dict(list({**revivable, **workflow.dependents}.items())[:MAX_REVIVABLE_DEPENDENTS])
+    kept_rounds = {dependent_id: n for dependent_id, n in rounds.items() if dependent_id in revivable}
     data = state.__dict__.copy()
-    data["workflow"] = _workflow(state, dependents={}) if workflow.depends_on or workflow.snoozes else None
+    data["workflow"] = _slim(_changed(workflow, dependents={}, revivable=revivable, dependent_rounds=kept_rounds))
     return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), (*decision.derived, *answers), None, False))
 
 
@@ -748,6 +897,55 @@ def _dependency_failure(dependency_id: str, outcome: str) -> str:
     return f"dependency {dependency_id} ended {outcome}"
 
 
+def _first_failure(workflow: Workflow) -> str | None:
+    """The first dependency (in ``depends_on`` order) whose recorded answer cancels the job, if any."""
+    if workflow.on_dependency_failure != "cancel":
+        return None
+    answered = workflow.dependencies
+    for dependency_id in workflow.depends_on:
+        outcome = answered.get(dependency_id)
+        if outcome is not None and outcome.status != "completed":
+            return dependency_id
+    return None
+
+
+#: Failure answers a dependency may take back (it can run again: a dead-lettered one, or one cancelled by
+#: its own dependency); missing, refused and discarded are final.
+_REOPENABLE = frozenset({"dead_lettered", "cancelled"})
+
+
+def _cancelled_by(workflow: Workflow, failed: str) -> str | None:
+    """Whom a job cancelled by the failure of ``failed`` names as its cause: ``failed``, if every failure it holds
+    may be reopened (else nothing can make it wait again, and it is cancelled for good)."""
+    if any(o.status != "completed" and o.status not in _REOPENABLE for o in workflow.dependencies.values()):
+        return None
+    return failed
+
+
+def _after_answers(data: dict[str, Any], workflow: Workflow, event: Event, actor: str) -> tuple[Any, ...]:
+    """Move the job (``data``) where the answers recorded in ``workflow`` put it, as the last answer would: cancelled
+    by a failure (unless it runs anyway), waiting while some are missing, else pending, or scheduled if its run_at
+    is still ahead. Returns what that derives."""
+    now = event.occurred_at
+    failed = _first_failure(workflow)
+    if failed is not None:
+        reason = _dependency_failure(failed, workflow.dependencies[failed].status)
+        data.update(status=CANCELLED, finished_at=now, reason=reason, next_due_at=None,
+                    workflow=_changed(workflow, cancelled_by=_cancelled_by(workflow, failed)))
+        return (_derive(CancelledEvent, event, 0, actor, {"reason": reason}),)
+    data["workflow"] = workflow
+    if len(workflow.dependencies) < len(workflow.depends_on):
+        data["status"] = WAITING
+        return ()
+    run_at = data["run_at"]
+    if run_at is not None and run_at > now:
+        data["status"] = SCHEDULED
+        data["next_due_at"] = run_at
+        return (_derive(ScheduledEvent, event, 0, actor, {"run_at": run_at}),)
+    data["status"] = PENDING
+    return ()
+
+
 def _on_dependency_resolved(state: JobState, event: Any, actor: str) -> Decision:
     workflow = state.workflow
     dependency_id = event.dependency_id
@@ -755,11 +953,17 @@ def _on_dependency_resolved(state: JobState, event: Any, actor: str) -> Decision
         return _reject(state, f"job {state.job_id} does not depend on {dependency_id}")
     if dependency_id in workflow.dependencies:
         return _duplicate(state)
-    if state.status is not WAITING:
+    status = state.status
+    waiting = status is WAITING
+    if not waiting and not _revivable(status, workflow):
         return _not_accepted(state, event)
-    request_id = derived_event_id(state.enqueued_event_id, "dependency_requested", workflow.depends_on.index(dependency_id))
+    request_id = _request_id(state.enqueued_event_id, workflow, dependency_id)
     if event.causation_id != request_id:
         return _reject(state, f"answers request {event.causation_id}, not this job's request {request_id}")
+    round_ = workflow.rounds.get(dependency_id, 0)
+    if event.event_id != _answer_id(request_id, round_):
+        return _reject(state, f"answer {event.event_id} is not the round {round_} answer to request {request_id} "
+                              f"(the dependency reopened its earlier answer)")
     outcome = event.outcome
     result, omitted = event.result, False
     if result is not None:
@@ -767,26 +971,89 @@ def _on_dependency_resolved(state: JobState, event: Any, actor: str) -> Decision
         if kept + len(orjson.dumps(result)) > MAX_DEPENDENCY_RESULTS_BYTES:
             result, omitted = None, True
     recorded = _build(DependencyOutcome, {"status": outcome, "result": result, "result_omitted": omitted}, _OUTCOME_FIELDS)
-    dependencies = {**workflow.dependencies, dependency_id: recorded}
+    answered = _changed(workflow, dependencies={**workflow.dependencies, dependency_id: recorded})
     data = state.__dict__.copy()
-    data["workflow"] = _workflow(state, dependencies=dependencies)
-    now = event.occurred_at
-    if outcome != "completed" and workflow.on_dependency_failure == "cancel":
-        reason = _dependency_failure(dependency_id, outcome)
-        cancelled = _derive(CancelledEvent, event, 0, actor, {"reason": reason})
-        data["status"] = CANCELLED
-        data["finished_at"] = now
-        data["reason"] = reason
-        return _accept(state, event, data, (cancelled,))
-    if len(dependencies) < len(workflow.depends_on):
+    data["workflow"] = answered
+    if not waiting:  # dead-lettered, or cancelled by another dependency: kept for a retry or a reopen
         return _accept(state, event, data)
-    run_at = state.run_at
-    if run_at is not None and run_at > now:
-        data["status"] = SCHEDULED
-        data["next_due_at"] = run_at
-        return _accept(state, event, data, (_derive(ScheduledEvent, event, 0, actor, {"run_at": run_at}),))
-    data["status"] = PENDING
-    return _accept(state, event, data)
+    return _accept(state, event, data, _after_answers(data, answered, event, actor))
+
+
+def _on_dependency_reopened(state: JobState, event: Any, actor: str) -> Decision:
+    status = state.status
+    workflow = state.workflow
+    if status is not CANCELLED and status is not DEAD_LETTERED:
+        return _not_accepted(state, event)
+    dependency_id = event.dependency_id
+    if workflow is None or dependency_id not in workflow.depends_on:
+        return _reject(state, f"job {state.job_id} does not depend on {dependency_id}")
+    held = workflow.dependencies.get(dependency_id)
+    if held is None or held.status == "completed" \
+            or event.causation_id != _awaited_answer(state.enqueued_event_id, workflow, dependency_id):
+        return _reject(state, f"job {state.job_id} holds no failure answer {event.causation_id} of {dependency_id} "
+                              f"to reopen")
+    if workflow.on_dependency_failure != "cancel":
+        return _reject(state, f"job {state.job_id} runs whatever its dependencies' outcome (on_dependency_failure "
+                              f"run): a reopened dependency changes nothing")
+    if not _revivable(status, workflow):
+        return _reject(state, f"job {state.job_id} was cancelled for another reason: a reopened dependency changes nothing")
+    reopened = _changed(
+        workflow,
+        dependencies={k: v for k, v in workflow.dependencies.items() if k != dependency_id},
+        rounds={**workflow.rounds, dependency_id: workflow.rounds.get(dependency_id, 0) + 1},
+    )
+    data = state.__dict__.copy()
+    data["workflow"] = reopened
+    if status is DEAD_LETTERED:  # a retry will find it waiting for the dependency's next answer
+        return _accept(state, event, data)
+    failed = _first_failure(reopened)
+    if failed is not None:  # still cancelled, by another dependency's failure
+        data["workflow"] = _changed(reopened, cancelled_by=_cancelled_by(reopened, failed))
+        data["reason"] = _dependency_failure(failed, reopened.dependencies[failed].status)
+        return _accept(state, event, data)
+    # waits again, as after a dead-letter retry: its ttl no longer applies
+    data.update(status=WAITING, finished_at=None, reason=None, expires_at=None, next_due_at=None)
+    reopens, waiting = _reopen_dependents(state.job_id, _changed(reopened, cancelled_by=None), event, actor)
+    data["workflow"] = waiting
+    probes = _probes(state.enqueued_event_id, waiting, [state.job_id], None, event, actor)
+    return _accept(state, event, data, (*reopens, *probes))
+
+
+def _on_dependency_probe(state: JobState, event: Any, actor: str) -> Decision:
+    if state.status is not WAITING:
+        return _not_accepted(state, event)
+    workflow: Workflow = state.workflow  # type: ignore[assignment]  # a waiting job has one
+    path = event.path
+    job_id = state.job_id
+    if event.via != _owed_answer(workflow, path[-1]):
+        return _reject(state, f"job {path[-1]} does not wait for this job by the request the probe names "
+                              f"(answered, or asked again since): stale probe")
+    if path[0] == job_id:
+        first = path[1]
+        if first not in workflow.depends_on or first in workflow.dependencies \
+                or event.origin != _awaited_answer(state.enqueued_event_id, workflow, first):
+            return _reject(state, f"this job no longer waits for {first} by the request the probe names: stale probe")
+        reason = f"dependency cycle: {' → '.join(path)} → {job_id}"
+        data = state.__dict__.copy()
+        data.update(status=CANCELLED, finished_at=event.occurred_at, reason=reason)
+        return _accept(state, event, data, (_derive(CancelledEvent, event, 0, actor, {"reason": reason}),))
+    if job_id in path:
+        return _reject(state, "this job is on the probe's path already: that cycle does not pass its first job "
+                              "(the cycle's own probes find it)")
+    hops = len(path)
+    if hops >= MAX_PROBE_HOPS:
+        return _reject(state, f"the probe passed {hops} jobs (MAX_PROBE_HOPS): dropped")
+    origin = event.origin
+    seen = workflow.probes.get(origin)
+    if seen is not None and seen <= hops:
+        return _reject(state, f"this job forwarded the probe of {origin} already, by a path of {seen}")
+    probes = {k: v for k, v in workflow.probes.items() if k != origin}
+    probes[origin] = hops
+    if len(probes) > MAX_PROBE_ORIGINS_KEPT:
+        probes = dict(list(probes.items())[-MAX_PROBE_ORIGINS_KEPT:])
+    data = state.__dict__.copy()
+    data["workflow"] = _changed(workflow, probes=probes)
+    return _accept(state, event, data, _probes(state.enqueued_event_id, workflow, [*path, job_id], origin, event, actor))
 
 
 def _on_attempt_snoozed(state: JobState, event: Any, actor: str) -> Decision:
@@ -826,6 +1093,8 @@ _HANDLERS: dict[str, _Handler] = {
     "retention_passed": _on_retention_passed,
     "dependency_requested": _on_dependency_requested,
     "dependency_resolved": _on_dependency_resolved,
+    "dependency_reopened": _on_dependency_reopened,
+    "dependency_probe": _on_dependency_probe,
     "attempt_snoozed": _on_attempt_snoozed,
     **{type_: _on_derived for type_ in DERIVED_TYPES},
 }

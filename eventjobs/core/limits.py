@@ -51,6 +51,9 @@ __all__ = [
     "MAX_DEPENDENCIES",
     "MAX_DEPENDENCY_RESULTS_BYTES",
     "MAX_DEPENDENTS",
+    "MAX_PROBE_HOPS",
+    "MAX_PROBE_ORIGINS_KEPT",
+    "MAX_REVIVABLE_DEPENDENTS",
     "MAX_PROGRESS_MESSAGE_CHARS",
     "RECENT_ENQUEUES_KEPT",
     "MAX_REASON_BYTES",
@@ -85,6 +88,26 @@ MAX_DEPENDENCIES = 256
 #: holds no result yet: 256 x (128-character job id + event id + quotes) stays under the smallest
 #: result budget, 48 KiB for ``MIN_MAX_EVENT_BYTES``). A further dependent is answered ``refused``.
 MAX_DEPENDENTS = 256
+#: Dependents a job remembers while it is dead-lettered, or cancelled because of a dependency, so
+#: that it can ask them to wait again if it runs again (``dependency_reopened``): those it answered
+#: with its failure. It holds them instead of ``dependents`` (it answered and dropped those when it
+#: ended, and answers later requests at once), so its state is no larger than while it had them
+#: waiting. A dependent beyond the bound is answered but not remembered: it stays cancelled. Once
+#: it reopened them, it also counts their round (``dependent_rounds``, as they do, ``rounds``): at
+#: most 256 more small entries (a job id and a number, under 34 KB with 128-character ids, under
+#: 11 KB with UUIDs): within the headroom of the default limit (see the module docstring); at the
+#: smallest limit, 256 reopened dependents with 128-character ids would take most of it.
+MAX_REVIVABLE_DEPENDENTS = MAX_DEPENDENTS
+#: Longest dependency cycle the fold detects, in jobs: a cycle probe (``dependency_probe``) carries
+#: the path it took, and a job that would make it longer drops it. A longer cycle waits until its
+#: jobs expire (ttl) or are cancelled. The path is at most 32 job ids (about 4 KB).
+MAX_PROBE_HOPS = 32
+#: Cycle probes a waiting job remembers having forwarded (by the wait that started each, with the
+#: shortest path it came by), so that a probe reaching it again by another path is not forwarded
+#: again: the work of one probe is then one event per dependency edge between waiting jobs. The
+#: oldest is forgotten past the bound; a probe it meets again is forwarded again (more events,
+#: never a missed cycle).
+MAX_PROBE_ORIGINS_KEPT = 32
 #: Results of its dependencies a waiting job keeps, in all, as JSON bytes: fixed (not derived from
 #: ``max_event_bytes``) because the fold decides it and must decide the same in every process. A
 #: result that would go over it is recorded as omitted (its outcome is kept). The state holds

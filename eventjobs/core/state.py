@@ -76,7 +76,8 @@ class JobStatus(str, enum.Enum):
 
 _STATUS_DOC = {
     JobStatus.WAITING: "Waiting for the jobs in its depends_on to end (each answers with `dependency_resolved`); then pending "
-    "(or scheduled, if its run_at is still ahead), or cancelled if a dependency did not complete.",
+    "(or scheduled, if its run_at is still ahead), or cancelled if a dependency did not complete, or if a cycle probe "
+    "(`dependency_probe`) shows that it waits for itself.",
     JobStatus.PENDING: "Ready to run: a worker of its queue (with the required capabilities) may claim the current attempt. "
     "Its ready record is published again while it stays pending (the processor's timer `republish`: after 1 h, doubling, at most daily).",
     JobStatus.SCHEDULED: "Waiting for its run_at; the timer service writes `due` (timer run_at) then.",
@@ -84,9 +85,12 @@ _STATUS_DOC = {
     JobStatus.RUNNING: "The handler is running; heartbeats extend the lease, progress is recorded.",
     JobStatus.RETRYING: "An attempt failed and a retry is due at next_due_at; the timer service writes `due` (timer retry) then.",
     JobStatus.COMPLETED: "Terminal: the handler succeeded; result holds what it returned.",
-    JobStatus.CANCELLED: "Terminal: cancelled on request, before it ran or when the running attempt ended.",
+    JobStatus.CANCELLED: "Terminal: cancelled on request, before it ran or when the running attempt ended; or because a "
+    "dependency did not complete (then it waits again if that dependency is retried from the dead-letter queue: "
+    "`dependency_reopened`), or for a dependency cycle.",
     JobStatus.DEAD_LETTERED: "In the dead-letter queue: failed for good, not retryable, or expired. Leaves only by "
-    "`dead_letter_retried` (runs again with a fresh attempt budget) or `discarded`.",
+    "`dead_letter_retried` (runs again with a fresh attempt budget; one that expired while waiting waits again for "
+    "the dependencies that have not answered) or `discarded`.",
     JobStatus.DISCARDED: "Terminal: an operator dropped it from the dead-letter queue.",
 }
 
@@ -139,13 +143,55 @@ TRANSITIONS: tuple[Transition, ...] = (
         _S.WAITING, "dependency_resolved", _S.CANCELLED, "a dependency did not complete and on_dependency_failure is cancel",
         ("cancelled",),
     ),
-    *(
-        Transition(s, "dependency_requested", s, "the job has not ended: the dependent is recorded (answered when it ends)")
-        for s in (_S.WAITING, _S.SCHEDULED, _S.PENDING, _S.CLAIMED, _S.RUNNING, _S.RETRYING)
+    Transition(
+        _S.DEAD_LETTERED, "dependency_resolved", _S.DEAD_LETTERED, "the job expired while waiting: the answer is recorded "
+        "for a retry from the dead-letter queue",
+    ),
+    Transition(
+        _S.CANCELLED, "dependency_resolved", _S.CANCELLED, "the job was cancelled by another dependency: the answer is "
+        "recorded for when that dependency reopens it",
+    ),
+    Transition(
+        _S.WAITING, "dependency_requested", _S.WAITING, "the dependent is recorded (answered when the job ends); if it was "
+        "enqueued no later than this job, a cycle probe goes to each dependency the job still waits for",
+        ("dependency_probe",),
     ),
     *(
-        Transition(s, "dependency_requested", s, "the job has ended: answered at once", ("dependency_resolved",))
-        for s in (_S.COMPLETED, _S.CANCELLED, _S.DEAD_LETTERED, _S.DISCARDED)
+        Transition(s, "dependency_requested", s, "the job has not ended: the dependent is recorded (answered when it ends)")
+        for s in (_S.SCHEDULED, _S.PENDING, _S.CLAIMED, _S.RUNNING, _S.RETRYING)
+    ),
+    *(
+        Transition(s, "dependency_requested", s, f"the job has ended: answered at once{also}", ("dependency_resolved",))
+        for s, also in (
+            (_S.COMPLETED, ""),
+            (_S.CANCELLED, " (cancelled by a dependency, it also remembers the dependent, to reopen its answer if "
+                           "it waits again)"),
+            (_S.DEAD_LETTERED, " (it also remembers the dependent, to reopen its answer if it is retried)"),
+            (_S.DISCARDED, ""),
+        )
+    ),
+    Transition(
+        _S.CANCELLED, "dependency_reopened", _S.WAITING, "the dependency whose failure cancelled the job (on_dependency_failure "
+        "cancel) runs again, and no other recorded answer is a failure: the job waits for it again, and sends a cycle "
+        "probe to each dependency it waits for", ("dependency_probe",),
+    ),
+    Transition(
+        _S.CANCELLED, "dependency_reopened", _S.CANCELLED, "as above, but another recorded answer is a failure: the job "
+        "forgets the reopened answer and stays cancelled, by that other dependency",
+    ),
+    Transition(
+        _S.DEAD_LETTERED, "dependency_reopened", _S.DEAD_LETTERED, "the job holds the dependency's failure (recorded after "
+        "it expired): it forgets it and waits for the next answer",
+    ),
+    Transition(
+        _S.WAITING, "dependency_probe", _S.WAITING, "the probe's last job waits for this one by the request it names, this "
+        "job is not on its path, the path is below the hop limit, and this probe was not forwarded here by a path as "
+        "short: forwarded to each dependency the job waits for", ("dependency_probe",),
+    ),
+    Transition(
+        _S.WAITING, "dependency_probe", _S.CANCELLED, "the probe comes back to the first job of its path, which still "
+        "waits for the second by the request it names: a dependency cycle; the job answers its dependents (the last "
+        "job of the path among them), which ends the others", ("cancelled", "dependency_resolved"),
     ),
     *(
         Transition(s, "attempt_snoozed", _S.SCHEDULED, f"{_OF_THE_CLAIM}, snoozes below max_snoozes: next attempt, "
@@ -192,7 +238,23 @@ TRANSITIONS: tuple[Transition, ...] = (
         Transition(s, "expired", _S.DEAD_LETTERED, "ttl armed: the job has never started", ("dead_lettered",))
         for s in (_S.WAITING, _S.SCHEDULED, _S.PENDING)
     ),
-    Transition(_S.DEAD_LETTERED, "dead_letter_retried", _S.PENDING, "causation_id is the dead_lettered event"),
+    Transition(
+        _S.DEAD_LETTERED, "dead_letter_retried", _S.PENDING, "causation_id is the dead_lettered event; every dependency "
+        "answered (all completed, or on_dependency_failure run), run_at empty or passed",
+    ),
+    Transition(
+        _S.DEAD_LETTERED, "dead_letter_retried", _S.SCHEDULED, "as for pending, but run_at is after occurred_at",
+        ("scheduled",),
+    ),
+    Transition(
+        _S.DEAD_LETTERED, "dead_letter_retried", _S.WAITING, "causation_id is the dead_lettered event; some dependency has "
+        "not answered (the job expired while waiting) and none failed: it waits again, sending a cycle probe to each "
+        "dependency it waits for", ("dependency_probe",),
+    ),
+    Transition(
+        _S.DEAD_LETTERED, "dead_letter_retried", _S.CANCELLED, "causation_id is the dead_lettered event; a dependency "
+        "answered with a failure while it was dead-lettered (on_dependency_failure cancel)", ("cancelled",),
+    ),
     Transition(_S.DEAD_LETTERED, "discarded", _S.DISCARDED, "causation_id is the dead_lettered event"),
     Transition(
         _S.DEAD_LETTERED, "retention_passed", _S.DISCARDED, "scope dead_letter: not retried within its dead-letter retention"
@@ -249,6 +311,31 @@ class Workflow(BaseModel):
         description="Jobs waiting for this one: dependent job id -> the dependency_requested event to answer when it ends.",
     )
     snoozes: int = Field(0, description="How often the job returned Snooze.")
+    cancelled_by: str | None = Field(
+        None,
+        description="The dependency whose failure cancelled this job (it waits again if that dependency runs again: "
+        "dependency_reopened); None if it was not cancelled by a dependency.",
+    )
+    rounds: dict[str, int] = Field(
+        default_factory=dict,
+        description="Dependencies that reopened their answer to this job: dependency id -> how often (the round of the "
+        "answer it waits for from them; absent: 0).",
+    )
+    revivable: dict[str, str] = Field(
+        default_factory=dict,
+        description="While this job is dead-lettered or cancelled by a dependency: the dependents it answered with that "
+        "failure (dependent job id -> their request), asked to wait again (dependency_reopened) if it runs again.",
+    )
+    dependent_rounds: dict[str, int] = Field(
+        default_factory=dict,
+        description="Dependents (in dependents or revivable) whose request this job reopened: dependent job id -> the "
+        "round of the answer it owes them (absent: 0).",
+    )
+    probes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Cycle probes this job forwarded while waiting: the wait each checks (its origin) -> the shortest "
+        "path it came by (oldest first, at most MAX_PROBE_ORIGINS_KEPT).",
+    )
 
     @property
     def unresolved(self) -> tuple[str, ...]:

@@ -267,25 +267,35 @@ def workflow_log(
     *,
     jobs: int = 6,
     start: datetime = EPOCH,
-    profile: SimulationProfile = SimulationProfile(cancel=0.01, lease_loss=0.02),
+    profile: SimulationProfile = SimulationProfile(cancel=0.01, lease_loss=0.02, ttl=0.3),
     snooze: float = 0.2,
     missing: float = 0.05,
+    cycles: float = 0.0,
+    expire: float = 0.05,
+    dlq_retries: int = 2,
     max_steps: int = 5000,
 ) -> list[JobEvent]:
-    """The events of a small workflow: ``jobs`` jobs, each depending on some enqueued before it
-    (now and then on a job that does not exist), some snoozing, in one log.
+    """The events of a small workflow: ``jobs`` jobs, each depending on some enqueued before it (now
+    and then on a job that does not exist; with ``cycles`` > 0 also on jobs enqueued after it, the
+    way a producer that skips ``App.check_dependencies`` can close a cycle), some snoozing, some
+    expiring while they wait, dead-lettered jobs retried from the dead-letter queue (each at most
+    ``dlq_retries`` times) or discarded, in one log.
 
-    Events the processor derives for another job (``LINKED_TYPES``: dependency requests and
-    answers) are delivered to their job some random steps later, as the lane that owns it would
-    read them; the other derived events follow their cause at once. Every job ends (terminal),
-    unless ``max_steps`` runs out first.
+    Events the processor derives for another job (``LINKED_TYPES``: dependency requests, answers,
+    reopens and cycle probes) are delivered to their job some random steps later, as the lane that
+    owns it would read them: in the order written between any two jobs (one lane writes them to one
+    partition, in order), in any order otherwise. The other derived events follow their cause at
+    once. Every job ends (terminal), unless ``max_steps`` runs out first.
     """
     now = start
     states: dict[str, JobState] = {}
     log: list[JobEvent] = []
-    in_flight: list[JobEvent] = []
-    job_ids: list[str] = []
-    workers = {}
+    channels: dict[tuple[str, str], list[JobEvent]] = {}  # (writing job, job it is about) -> in order
+    workers: dict[str, str] = {}
+    retried: dict[str, int] = {}
+    # a dead-lettered or waiting job -> the state version the operator (or its ttl) left as it is: it
+    # acts again only once something else changed it, so a job that waits forever stays waiting
+    left_alone: dict[str, int] = {}
 
     def tick(max_ms: int = 2000) -> datetime:
         nonlocal now
@@ -304,40 +314,79 @@ def workflow_log(
             states.pop(event.job_id, None)
         for derived in decision.derived:
             if derived.type in LINKED_TYPES:
-                in_flight.append(derived)
+                channels.setdefault((event.job_id, derived.job_id), []).append(derived)
             else:
                 log.append(derived)
 
+    def deliver() -> None:
+        channel = rng.choice([key for key, queue in channels.items() if queue])
+        queue = channels[channel]
+        event = queue.pop(0)
+        if not queue:
+            del channels[channel]
+        write(event)
+
+    job_ids = [new_id() for _ in range(jobs)]
+    graph: list[list[str]] = []
+    for index in range(jobs):
+        depends_on = rng.sample(job_ids[:index], rng.randint(0, min(3, index)))
+        later = job_ids[index + 1:]
+        if later and rng.random() < cycles:
+            depends_on += rng.sample(later, rng.randint(1, min(2, len(later))))
+        if rng.random() < missing:
+            depends_on.append(new_id())  # never enqueued: answered missing
+        graph.append(depends_on)
+    enqueued = 0
+
+    def acts(state: JobState) -> bool:
+        if state.status is JobStatus.DEAD_LETTERED or state.status is JobStatus.WAITING:
+            return left_alone.get(state.job_id) != state.version
+        return not state.is_terminal
+
     for _ in range(max_steps):
-        if len(job_ids) < jobs and rng.random() < 0.3:
-            depends_on = rng.sample(job_ids, rng.randint(0, min(3, len(job_ids)))) if job_ids else []
-            if rng.random() < missing:
-                depends_on.append(new_id())  # never enqueued: answered missing
+        if enqueued < jobs and rng.random() < (0.6 if cycles else 0.3):
             options = _options(rng, profile).merged(
                 on_dependency_failure=rng.choice(["cancel", "run"]), max_snoozes=rng.randint(0, 3)
             )
-            event = commands.enqueue("demo.step", {"n": len(job_ids)}, options, now=tick(), actor="producer:sim:1",
-                                     job_id=new_id(), event_id=new_id(), depends_on=depends_on or None)
-            job_ids.append(event.job_id)
-            workers[event.job_id] = f"worker:w{rng.randint(1, 4)}"
+            job_id = job_ids[enqueued]
+            event = commands.enqueue("demo.step", {"n": enqueued}, options, now=tick(), actor="producer:sim:1",
+                                     job_id=job_id, event_id=new_id(), depends_on=graph[enqueued] or None)
+            workers[job_id] = f"worker:w{rng.randint(1, 4)}"
+            enqueued += 1
             write(event)
             continue
-        if in_flight and rng.random() < 0.5:
-            write(in_flight.pop(rng.randrange(len(in_flight))))
+        if channels and rng.random() < 0.5:
+            deliver()
             continue
-        live = [states[j] for j in job_ids if j in states and not states[j].is_terminal]
+        live = [states[j] for j in job_ids if j in states and acts(states[j])]
         if not live:
-            if in_flight:
-                write(in_flight.pop(rng.randrange(len(in_flight))))
+            if channels:
+                deliver()
                 continue
-            if len(job_ids) >= jobs:
+            if enqueued >= jobs:
                 break
             continue
         state = rng.choice(live)
-        worker = workers[state.job_id]
-        if state.status is JobStatus.WAITING:
-            if rng.random() < profile.cancel:
+        job_id = state.job_id
+        worker = workers[job_id]
+        if state.status is JobStatus.DEAD_LETTERED:  # an operator decides
+            at = tick(60_000)
+            if retried.get(job_id, 0) < dlq_retries and rng.random() < 0.7:
+                retried[job_id] = retried.get(job_id, 0) + 1
+                write(commands.dead_letter_retry(state, "fixed", now=at, actor=OPERATOR, event_id=new_id()))
+            elif rng.random() < 0.3:
+                write(commands.discard(state, "obsolete", now=at, actor=OPERATOR, event_id=new_id()))
+            else:
+                left_alone[job_id] = state.version
+            continue
+        if state.status is JobStatus.WAITING:  # once per change: cancelled, expired, or left waiting
+            roll = rng.random()
+            if roll < profile.cancel:
                 write(commands.cancel_request(state, "not needed", now=tick(), actor=OPERATOR, event_id=new_id()))
+            elif roll < profile.cancel + expire and state.expires_at is not None:
+                write(commands.expire(state, now=max(tick(), state.expires_at), actor="timer:0", event_id=new_id()))
+            else:
+                left_alone[job_id] = state.version
             continue
         if state.status is JobStatus.RUNNING and rng.random() < snooze:
             write(attempt_snoozed_event(state.job_id, state.attempt, rng.choice([0.0, 1.0, 30.0]), occurred_at=tick(),
@@ -346,6 +395,6 @@ def workflow_log(
         event = _next_event(rng, state, profile, new_id, tick, worker, False)
         if event is not None:
             write(event)
-    while in_flight:  # whatever is still on its way arrives
-        write(in_flight.pop(0))
+    while channels:  # whatever is still on its way arrives
+        deliver()
     return log

@@ -46,7 +46,7 @@ async def retry_dead_letter(request: Request) -> Response:
     async def act(app: Any, form: Any) -> str:
         wanted = job_id(str(form.get("job_id", "")))
         await app.retry_dead_letter(wanted, "retried from the dashboard")
-        return f"job {wanted} retried: it runs again with a fresh attempt budget"
+        return f"job {wanted} retried with a fresh attempt budget"
     return await _act(request, "/dead-letters", act)
 
 

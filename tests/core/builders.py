@@ -20,6 +20,8 @@ from eventjobs.core.events import (
     CancelRequestedEvent,
     ClaimedEvent,
     DeadLetterRetriedEvent,
+    DependencyProbeEvent,
+    DependencyReopenedEvent,
     DependencyRequestedEvent,
     DependencyResolvedEvent,
     DiscardedEvent,
@@ -134,15 +136,25 @@ class JobLog:
         self, state: JobState, dependency_id: str, outcome: str = "completed", result: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> DependencyResolvedEvent:
-        """The answer to this job's request to ``dependency_id`` (its id derived from the request)."""
-        depends_on = state.workflow.depends_on if state.workflow is not None else ()
-        index = depends_on.index(dependency_id) if dependency_id in depends_on else 0
-        request = derived_event_id(state.enqueued_event_id, "dependency_requested", index)
+        """The answer to this job's request to ``dependency_id`` (its id derived from the request and the round)."""
+        request = request_id(state, dependency_id)
         env = self._env(**overrides)
         env.setdefault("causation_id", request)
-        env["event_id"] = overrides.get("event_id", derived_event_id(request, "dependency_resolved", 0))
+        env["event_id"] = overrides.get("event_id", awaited_answer(state, dependency_id))
         return DependencyResolvedEvent(**env, actor="processor:1", dependency_id=dependency_id,
                                        outcome=outcome, result=result)  # type: ignore[arg-type]
+
+    def reopened(self, state: JobState, dependency_id: str, **overrides: Any) -> DependencyReopenedEvent:
+        """``dependency_id`` runs again and takes back the answer this job holds from it (its id derived from it)."""
+        answer = awaited_answer(state, dependency_id)
+        env = self._env(**overrides)
+        env.setdefault("causation_id", answer)
+        env["event_id"] = overrides.get("event_id", derived_event_id(answer, "dependency_reopened", 0))
+        return DependencyReopenedEvent(**env, actor="processor:1", dependency_id=dependency_id)
+
+    def probe(self, path: list[str], origin: str, via: str, **overrides: Any) -> DependencyProbeEvent:
+        """A cycle probe that the last job of ``path`` forwards to this job."""
+        return DependencyProbeEvent(**self._env(**overrides), actor="processor:1", path=path, origin=origin, via=via)
 
     def timed_out(self, attempt: int = 0, timeout_s: float = 30.0, **overrides: Any) -> AttemptTimedOutEvent:
         return AttemptTimedOutEvent(**self._env(**overrides), actor="worker:w1", attempt=attempt, timeout_s=timeout_s)
@@ -175,6 +187,19 @@ class JobLog:
 
     def discard(self, entry: str | None, **overrides: Any) -> DiscardedEvent:
         return DiscardedEvent(**self._env(causation_id=entry, **overrides), actor="operator:ann", reason="obsolete")
+
+
+def request_id(state: JobState, dependency_id: str) -> str:
+    """The request ``state``'s job sent ``dependency_id`` (derived from its enqueued event)."""
+    depends_on = state.workflow.depends_on if state.workflow is not None else ()
+    index = depends_on.index(dependency_id) if dependency_id in depends_on else 0
+    return derived_event_id(state.enqueued_event_id, "dependency_requested", index)
+
+
+def awaited_answer(state: JobState, dependency_id: str) -> str:
+    """The id of the answer ``state``'s job waits for from ``dependency_id`` (of the current round)."""
+    rounds = state.workflow.rounds if state.workflow is not None else {}
+    return derived_event_id(request_id(state, dependency_id), "dependency_resolved", rounds.get(dependency_id, 0))
 
 
 class Run:

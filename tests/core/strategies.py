@@ -94,6 +94,9 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "dependent_id": ids,
     "dependency_id": ids,
     "outcome": st.sampled_from(DEPENDENCY_OUTCOMES),
+    "path": st.lists(ids, min_size=1, max_size=5),
+    "origin": ids,
+    "via": ids,
 }
 
 

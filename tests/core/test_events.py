@@ -30,7 +30,8 @@ EXPECTED_TYPES = [
     "enqueued", "scheduled", "due", "claimed", "attempt_started", "progress", "heartbeat", "attempt_succeeded",
     "attempt_failed", "attempt_timed_out", "lease_expired", "retry_scheduled", "completed", "failed",
     "cancel_requested", "cancelled", "expired", "dead_lettered", "dead_letter_retried", "discarded", "retention_passed",
-    "duplicate_rejected", "dependency_requested", "dependency_resolved", "attempt_snoozed",
+    "duplicate_rejected", "dependency_requested", "dependency_resolved", "dependency_reopened", "dependency_probe",
+    "attempt_snoozed",
 ]  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from eventjobs.core.fold import Decision, apply, fold, replay
 from eventjobs.core.ids import derived_event_id
 from eventjobs.core.options import ConstantBackoff, ExponentialBackoff, JobOptions, NoBackoff, backoff_delay_s
 from eventjobs.core.state import ACCEPTING_STATUSES, RECENT_EVENT_IDS, TRANSITIONS, JobState, JobStatus, Transition
-from tests.core.builders import T0, TRACEBACK, JobLog, Run, reach
+from tests.core.builders import T0, TRACEBACK, JobLog, Run, awaited_answer, reach
 
 S = JobStatus
 
@@ -37,6 +37,10 @@ def _scenario(row: Transition) -> tuple[JobState | None, Any]:
         if row.target is S.WAITING:
             return None, log.enqueued(depends_on=["dep-a"])
         return None, log.enqueued(run_in=60 if row.target is S.SCHEDULED else None)
+    if row.event == "dependency_resolved" and row.source in (S.DEAD_LETTERED, S.CANCELLED):
+        return _resolved_while_ended(row, log)
+    if row.event in _WORKFLOW_SCENARIOS:
+        return _WORKFLOW_SCENARIOS[row.event](row, log)  # type: ignore[no-any-return]
     if row.event == "dependency_resolved":  # waiting for dep-a and dep-b
         run = Run()
         state = run.all(log.enqueued(run_in=60 if row.target is S.SCHEDULED else None, depends_on=["dep-a", "dep-b"]))
@@ -45,9 +49,6 @@ def _scenario(row: Transition) -> tuple[JobState | None, Any]:
         if row.target is not S.WAITING:
             state = run.all(log.resolved(state, "dep-a", "completed", {"n": 1}))
         return state, log.resolved(state, "dep-b", "completed", {"n": 2})
-    if row.event == "dependency_requested":
-        state, log, _ = reach(row.source, log=log)  # type: ignore[arg-type]
-        return state, log.requested("job-2")
     if row.event == "attempt_snoozed":
         max_attempts = 1 if row.target is S.DEAD_LETTERED else 3
         max_snoozes = 5 if row.target is S.SCHEDULED else 0
@@ -86,6 +87,80 @@ def _scenario(row: Transition) -> tuple[JobState | None, Any]:
         ),
     }
     return state, make[row.event]()
+
+
+def _expired_waiting(log: JobLog, depends_on: list[str], **enqueue: Any) -> tuple[JobState, Run]:
+    """A job that waited for ``depends_on`` and expired (ttl 60 s) before any answered: dead-lettered."""
+    run = Run()
+    run.apply(log.enqueued(JobOptions(ttl=60), depends_on=depends_on, **enqueue))
+    log.tick(61)
+    return run.all(log.expired()), run
+
+
+def _cancelled_by(log: JobLog, failing: str, depends_on: list[str]) -> tuple[JobState, Run]:
+    """A job that waited for ``depends_on`` and was cancelled by ``failing``'s dead-lettering."""
+    run = Run()
+    state = run.all(log.enqueued(depends_on=depends_on))
+    return run.all(log.resolved(state, failing, "dead_lettered")), run
+
+
+def _resolved_while_ended(row: Transition, log: JobLog) -> tuple[JobState, Any]:
+    if row.source is S.DEAD_LETTERED:
+        state, _ = _expired_waiting(log, ["dep-a", "dep-b"])
+    else:
+        state, _ = _cancelled_by(log, "dep-b", ["dep-a", "dep-b"])
+    return state, log.resolved(state, "dep-a", "completed", {"n": 1})
+
+
+def _requested_while_waiting(row: Transition, log: JobLog) -> tuple[JobState, Any]:
+    if row.source is not S.WAITING:
+        state, log, _ = reach(row.source, log=log)  # type: ignore[arg-type]
+        return state, log.requested("job-2")
+    state = Run().all(log.enqueued(depends_on=["dep-a"]))
+    return state, log.requested("job-2")
+
+
+def _reopened(row: Transition, log: JobLog) -> tuple[JobState, Any]:
+    if row.source is S.DEAD_LETTERED:
+        state, run = _expired_waiting(log, ["dep-a"])
+        state = run.all(log.resolved(state, "dep-a", "dead_lettered"))
+        return state, log.reopened(state, "dep-a")
+    state, run = _cancelled_by(log, "dep-b", ["dep-a", "dep-b"])
+    # dep-a's answer comes while it is cancelled: a completion (it waits again), or a failure (it stays cancelled)
+    state = run.all(log.resolved(state, "dep-a", "completed" if row.target is S.WAITING else "cancelled"))
+    return state, log.reopened(state, "dep-b")
+
+
+def _probed(row: Transition, log: JobLog) -> tuple[JobState, Any]:
+    run = Run()
+    state = run.all(log.enqueued(depends_on=["dep-a"]))
+    if row.target is S.CANCELLED:  # dep-a waits for job-1 too: a probe of job-1's own wait comes back through dep-a
+        request = log.requested("dep-a")
+        state = run.all(request)
+        return state, log.probe(["job-1", "dep-a"], awaited_answer(state, "dep-a"), derived_event_id(request.event_id, "dependency_resolved", 0))
+    request = log.requested("job-2")  # job-2 waits for job-1: a probe of x's wait, forwarded by job-2
+    state = run.all(request)
+    return state, log.probe(["x", "job-2"], "origin", derived_event_id(request.event_id, "dependency_resolved", 0))
+
+
+def _retried_from_the_dead_letters(row: Transition, log: JobLog) -> tuple[JobState, Any]:
+    if row.target is S.PENDING:
+        state, log, _ = reach(S.DEAD_LETTERED, log=log)
+        log.tick()
+        return state, log.dlq_retry(state.dead_letter_event_id)
+    state, run = _expired_waiting(log, ["dep-a"], run_in=3600 if row.target is S.SCHEDULED else None)
+    if row.target is not S.WAITING:
+        state = run.all(log.resolved(state, "dep-a", "completed" if row.target is S.SCHEDULED else "dead_lettered"))
+    log.tick()
+    return state, log.dlq_retry(state.dead_letter_event_id)
+
+
+_WORKFLOW_SCENARIOS = {
+    "dependency_requested": _requested_while_waiting,
+    "dependency_reopened": _reopened,
+    "dependency_probe": _probed,
+    "dead_letter_retried": _retried_from_the_dead_letters,
+}
 
 
 def _due_for(state: JobState, log: JobLog) -> Any:
@@ -133,6 +208,8 @@ def _any_event_of_type(type_: str, state: JobState, log: JobLog) -> Any:
         "retention_passed": lambda: log.retention_passed(attempt, "finished"),
         "dependency_requested": lambda: log.requested("job-2"),
         "dependency_resolved": lambda: log.resolved(state, "dep-a"),
+        "dependency_reopened": lambda: log.reopened(state, "dep-a"),
+        "dependency_probe": lambda: log.probe(["job-2"], "origin", "via"),
         "attempt_snoozed": lambda: log.snoozed(attempt),
     }
     return makers[type_]()

@@ -39,14 +39,19 @@ def test_the_transition_table_is_consistent() -> None:
         assert row.when
     # every event a writer can send appears in the table
     assert {row.event for row in TRANSITIONS} == event_types - DERIVED_TYPES
-    # nothing leaves a terminal status except the operator's way out of the dead-letter queue and
-    # the retentions (a dead letter is discarded, a finished job is forgotten)
+    # nothing leaves a terminal status except the operator's way out of the dead-letter queue, the
+    # retentions (a dead letter is discarded, a finished job is forgotten), and a job cancelled by a
+    # dependency that runs again (retried from the dead-letter queue) waiting for it again
     leaving = {
         (row.source, row.event, row.target) for row in TRANSITIONS
         if row.source in TERMINAL_STATUSES and row.target is not row.source  # a dependency request is answered in place
     }
     assert leaving == {
         (S.DEAD_LETTERED, "dead_letter_retried", S.PENDING),
+        (S.DEAD_LETTERED, "dead_letter_retried", S.SCHEDULED),
+        (S.DEAD_LETTERED, "dead_letter_retried", S.WAITING),
+        (S.DEAD_LETTERED, "dead_letter_retried", S.CANCELLED),
+        (S.CANCELLED, "dependency_reopened", S.WAITING),
         (S.DEAD_LETTERED, "discarded", S.DISCARDED),
         (S.DEAD_LETTERED, "retention_passed", S.DISCARDED),
         (S.COMPLETED, "retention_passed", None),

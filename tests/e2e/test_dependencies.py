@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from pydantic import SecretStr
 from eventjobs import App, Cancel, JobContext, Snooze, UnknownDependency
 from eventjobs.core.codec import decode
 from eventjobs.core.ids import job_id_for_key
-from eventjobs.kafka.clients import partitions_of, read_to_end
+from eventjobs.kafka.clients import partitions_of, producer, read_to_end
 from eventjobs.core.options import NoBackoff
 from eventjobs.core.partitioning import job_partition
 from eventjobs.core.state import JobStatus
@@ -98,6 +100,13 @@ def build_workflow_app(namespace: str, **settings: Any) -> App:
     @app.job(queue="default", max_attempts=1, max_snoozes=1)
     async def sleepless(args: dict[str, Any], ctx: JobContext) -> Any:
         return Snooze(0.1)
+
+    @app.job(queue="default", max_attempts=1)
+    async def fails_first(args: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        """Its first attempt fails (one attempt allowed: dead-lettered); a retry from the dead-letter queue completes."""
+        if ctx.attempt == 0:
+            raise RuntimeError("the first attempt fails")
+        return {"attempt": ctx.attempt}
 
     return app
 
@@ -292,3 +301,108 @@ async def test_the_cli_enqueues_with_depends_on_and_refuses_an_unknown_id(wf_run
     assert accepted.returncode == 0, accepted.stderr
     state = await wait_for_status(wf_runtime, accepted.stdout.strip(), JobStatus.WAITING)
     assert state.workflow is not None and state.workflow.depends_on == (first,)
+
+
+# -- dead-letter retries and dependencies ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retry", ["one", "all"])
+async def test_a_waiting_job_that_expired_waits_again_when_retried_and_runs_after_its_dependency(
+    wf_runtime: Runtime, retry: str
+) -> None:
+    """`App.retry_dead_letter`, and `App.retry_all_dead_letters`, which the dashboard's "Retry all" and
+    `eventjobs dlq retry-all` call."""
+    app = wf_runtime.app  # no worker yet: the dependency stays pending
+    first = await app.enqueue("step", {"name": "first"})
+    second = await app.enqueue("step", {"name": "second"}, depends_on=[first], ttl=1.0)
+    # Given the waiting job expired (ttl 1 s) before its dependency ran: dead-lettered
+    dead = await wait_for_status(wf_runtime, second, JobStatus.DEAD_LETTERED)
+    assert dead.reason is not None and dead.reason.startswith("expired")
+    # When it is retried from the dead-letter queue
+    if retry == "one":
+        await app.retry_dead_letter(second, "retried by the test")
+    else:
+        assert await app.retry_all_dead_letters("step", "retried from the dashboard") == [second]
+    # Then it waits for its dependency again (not pending: it has not answered)
+    waiting = await wait_for_status(wf_runtime, second, (JobStatus.WAITING, JobStatus.PENDING))
+    assert waiting.status is JobStatus.WAITING, waiting
+    assert waiting.workflow is not None and waiting.workflow.unresolved == (first,) and waiting.attempt == 1
+    await asyncio.sleep(1.5)  # its ttl no longer applies: it does not expire again
+    assert (await app.state(second)).status is JobStatus.WAITING  # type: ignore[union-attr]
+    # and runs once the dependency completed, seeing its result
+    await wf_runtime.start_worker()
+    done = await app.wait(second, timeout=30)
+    assert done.status is JobStatus.COMPLETED, done
+    assert done.result == {"name": "second", "saw": {first: {"name": "first", "saw": {}}}}
+    events = await job_events(app.settings)
+    completed = next(e.occurred_at for e in events if e.type == "completed" and e.job_id == first)
+    started = [e.occurred_at for e in events if e.type == "attempt_started" and e.job_id == second]
+    assert len(started) == 1 and started[0] >= completed
+
+
+async def test_a_retried_dependency_revives_the_dependents_its_failure_cancelled(wf_runtime: Runtime) -> None:
+    await wf_runtime.start_worker()
+    app = wf_runtime.app
+    # Given a dependency that fails for good, and a chain of two jobs waiting for it
+    dependency = await app.enqueue("fails_first", {})
+    dependent = await app.enqueue("step", {"name": "dependent"}, depends_on=[dependency])
+    later = await app.enqueue("step", {"name": "later"}, depends_on=[dependent])
+    cancelled = await app.wait(dependent, timeout=30)
+    assert cancelled.status is JobStatus.CANCELLED and cancelled.reason == f"dependency {dependency} ended dead_lettered"
+    assert (await app.wait(later, timeout=30)).reason == f"dependency {dependent} ended cancelled"
+    # When the dependency is retried from the dead-letter queue (and completes)
+    await wait_for_status(wf_runtime, dependency, JobStatus.DEAD_LETTERED)
+    await app.retry_dead_letter(dependency, "fixed")
+    # Then the dependent waits again and runs with its result, and so does the job after it
+    done = await wait_for_status(wf_runtime, later, JobStatus.COMPLETED, timeout=60)
+    middle = await app.state(dependent)
+    assert middle is not None and middle.status is JobStatus.COMPLETED and middle.attempts_started == 1
+    assert middle.result == {"name": "dependent", "saw": {dependency: {"attempt": 1}}}
+    assert done.result == {"name": "later", "saw": {dependent: middle.result}}
+    reopened = [(e.job_id, e.dependency_id) for e in await job_events(app.settings) if e.type == "dependency_reopened"]
+    assert sorted(reopened) == sorted([(dependent, dependency), (later, dependent)])
+
+
+# -- cycles from producers that skip the dependency check ------------------------------------------
+
+
+async def raw_enqueue(settings: Settings, jobs: dict[str, list[str]]) -> None:
+    """Write `enqueued` events as a producer that knows only the wire contract would (docs/events.md):
+    hand-built JSON on the job's partition, `depends_on` unchecked. `jobs`: job id -> what it depends on."""
+    topic = f"{settings.namespace}.events"
+    partitions = len(await partitions_of(settings, topic))
+    sender = producer(settings)
+    await sender.start()
+    try:
+        for job_id, depends_on in jobs.items():
+            now = datetime.now(timezone.utc)
+            at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+            event = {"event_id": str(uuid.uuid4()), "job_id": job_id, "type": "enqueued", "occurred_at": at,
+                     "actor": "producer:raw", "name": "step", "queue": "default", "args": {"name": job_id},
+                     "options": {"max_attempts": 3, "timeout_s": 30.0}, "depends_on": depends_on}
+            await sender.send_and_wait(topic, json.dumps(event).encode(), key=job_id.encode(),
+                                       partition=job_partition(job_id, partitions))
+    finally:
+        await sender.stop()
+
+
+@pytest.mark.parametrize("size", [2, 3])
+async def test_a_dependency_cycle_from_a_raw_producer_ends_every_job_in_it_naming_the_cycle(
+    wf_runtime: Runtime, size: int
+) -> None:
+    await wf_runtime.start_worker()
+    app = wf_runtime.app
+    # Given A -> B (-> C) -> A, written by a producer that does not check that dependencies exist
+    ring = [str(uuid.uuid4()) for _ in range(size)]
+    await raw_enqueue(app.settings, {job: [ring[(n + 1) % size]] for n, job in enumerate(ring)})
+    # Then every job of the cycle ends, cancelled, none having run
+    ended = [await app.wait(job, timeout=30) for job in ring]
+    assert all(s.status is JobStatus.CANCELLED and s.attempts_started == 0 for s in ended), ended
+    # a job the cycle's probe came back to names the cycle; the others name the job whose cancel ended them
+    rotations = {" → ".join([*ring[n:], *ring[:n], ring[n]]) for n in range(size)}
+    reasons = {s.job_id: s.reason for s in ended}
+    named = [r for r in reasons.values() if r is not None and r.startswith("dependency cycle: ")]
+    assert named and all(r.removeprefix("dependency cycle: ") in rotations for r in named), reasons
+    for n, job in enumerate(ring):
+        assert reasons[job] in (f"dependency cycle: {' → '.join([*ring[n:], *ring[:n], job])}",
+                                f"dependency {ring[(n + 1) % size]} ended cancelled"), reasons
