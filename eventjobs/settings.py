@@ -13,7 +13,11 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from eventjobs.core.durations import parse_duration
-from eventjobs.core.housekeeping import DEFAULT_DEAD_LETTER_RETENTION_S, DEFAULT_RETAIN_COMPLETED_S
+from eventjobs.core.housekeeping import (
+    DEFAULT_DEAD_LETTER_RETENTION_S,
+    DEFAULT_RETAIN_COMPLETED_S,
+    READY_REPUBLISH_FIRST_S,
+)
 from eventjobs.core.control import WORKER_HEARTBEAT_S
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -72,7 +76,14 @@ class Settings(BaseSettings):
         description="How long a dead-lettered job waits for a retry before it is discarded (a job option overrides it).",
     )
 
-    @field_validator("retain_completed_s", "dead_letter_retention_s", "worker_heartbeat_s", mode="before")
+    republish_after_s: float = Field(
+        READY_REPUBLISH_FIRST_S, gt=0, validation_alias=AliasChoices("EVENTJOBS_REPUBLISH_AFTER", "republish_after_s"),
+        description="How long a pending job's ready record waits before the processor asks whether it is lost (and "
+                    "publishes it again if so); then twice as long after each re-publish, at most a day.",
+    )
+
+    @field_validator("retain_completed_s", "dead_letter_retention_s", "worker_heartbeat_s", "republish_after_s",
+                     mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         """'24h', '7d', '90s' or a number of seconds."""

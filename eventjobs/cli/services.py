@@ -79,6 +79,10 @@ def processor(
     dead_letter_retention: Annotated[Optional[str], typer.Option(
         help="How long a dead-lettered job waits for a retry before it is discarded; a job's "
              "dead_letter_retention option wins; env EVENTJOBS_DEAD_LETTER_RETENTION (default 7d).")] = None,
+    republish_after: Annotated[Optional[str], typer.Option(
+        help="How long a pending job's ready record waits before the processor asks whether it is lost (and "
+             "publishes it again if so; a record still waiting for a paused or busy queue is not); env "
+             "EVENTJOBS_REPUBLISH_AFTER (default 1h).")] = None,
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,
 ) -> None:
@@ -95,7 +99,8 @@ def processor(
     settings = target.settings.model_copy(update={
         key: positive_seconds(text, option)
         for key, text, option in (("retain_completed_s", retain_completed, "--retain-completed"),
-                                  ("dead_letter_retention_s", dead_letter_retention, "--dead-letter-retention"))
+                                  ("dead_letter_retention_s", dead_letter_retention, "--dead-letter-retention"),
+                                  ("republish_after_s", republish_after, "--republish-after"))
         if text is not None
     })
 

@@ -28,6 +28,9 @@ class Effects:
     states: dict[str, JobState | None] = field(default_factory=dict)  # job id -> latest state (None: forgotten)
     events: list[JobEvent] = field(default_factory=list)  # derived events, back to the event log
     ready: list[ReadyRecord] = field(default_factory=list)
+    # jobs whose ready record in `ready` is a re-publish: another copy of the attempt may have been
+    # claimed already, so it is marked for the workers (records.REPUBLISHED_HEADER)
+    republished: set[str] = field(default_factory=set)
     revoked: list[ReadyRecord] = field(default_factory=list)  # published ready records no longer valid
     timers: dict[bytes, TimerRecord | None] = field(default_factory=dict)  # None: tombstone
     dead_letters: dict[str, DeadLetterRecord | None] = field(default_factory=dict)  # None: tombstone
@@ -95,10 +98,14 @@ def dead_letter_record(state: JobState) -> DeadLetterRecord:
 
 def collect(
     effects: Effects, before: JobState | None, decision: Decision, event: JobEvent, partition: int | None = None,
+    *, answer_refusal: bool = False,
 ) -> None:
     """Add to `effects` what applying `event` (giving `decision`) requires beyond the state.
 
     `partition` is the job's event-log partition, carried in ready records for the worker.
+    `answer_refusal`: the event is a claim whose worker waits for the verdict before it starts
+    (``records.AWAITS_VERDICT_HEADER``); if it is refused, the job's state is written again (a
+    refused claim changes nothing, so nothing else would tell that worker).
     """
     after = decision.state
     effects.events.extend(decision.derived)
@@ -108,6 +115,8 @@ def collect(
         return
     if decision.rejected is not None or after is before:
         _heal_stale_lease(effects, after, event, decision)
+        if answer_refusal and decision.rejected is not None and event.type == "claimed":
+            effects.states[after.job_id] = after
         return
     effects.states[after.job_id] = after
     now = event.occurred_at
@@ -121,6 +130,8 @@ def collect(
         or before.ready_republishes != after.ready_republishes  # its republish timer fired
     ):
         effects.ready.append(ready_record(after, now, partition))
+        if after.ready_republishes:
+            effects.republished.add(after.job_id)
     if was is JobStatus.PENDING and status is not JobStatus.PENDING and before is not None:
         if event.type != "claimed":
             # cancelled or expired while its ready record waits for a worker: tell the workers

@@ -272,12 +272,14 @@ class ScheduledEvent(_Event):
 
 class DueEvent(_Event):
     """A timer fired: a scheduled job's run_at, or a retry's backoff, has passed; or a pending job's
-    ready record has waited long enough to be published again (timer ``republish``).
+    ready record is lost and is published again (timer ``republish``).
 
-    A ready record is a hint and can be lost (a crash between folding and publishing it, a ready
-    topic's retention). While a job stays pending, the processor re-publishes its ready record
-    after 1 hour, then after 2, 4, 8, 16 and every 24 hours (``housekeeping.ReadyRepublish``); a
-    worker that gets a second record of an attempt claimed already is refused by the fold.
+    A ready record is a hint and can be lost (a ready topic's retention, a record the workers'
+    group read past without a claim that stands). While a job stays pending, the processor looks
+    at its ready record after 1 hour, then after 2, 4, 8, 16 and every 24 hours
+    (``housekeeping.ReadyRepublish``), and publishes it again only if the workers' group has read
+    past it or it is gone (a record still waiting in a paused or busy queue is left alone). A
+    re-published record is marked, and a worker runs it only once its claim is accepted.
     """
 
     written_by: ClassVar[str] = "timer service (run_at, retry); processor (republish)"

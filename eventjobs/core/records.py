@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from eventjobs.core.options import JobOptionsSpec, Priority
-from eventjobs.core.state import DependencyOutcome
+from eventjobs.core.state import DependencyOutcome, JobState, JobStatus
 
 TimerKind = Literal["run_at", "retry", "lease", "ttl", "dead_letter", "retain", "republish"]
 TIMER_KINDS: tuple[TimerKind, ...] = ("run_at", "retry", "lease", "ttl", "dead_letter", "retain", "republish")
@@ -81,6 +81,54 @@ def revoked_attempt(key: bytes | None, headers: Any) -> tuple[str, int, int] | N
     if key is None or not attempt or not enqueued or not attempt.isdigit() or not enqueued.lstrip(b"-").isdigit():
         return None
     return key.decode(errors="replace"), int(attempt), int(enqueued)
+
+
+#: Header of a ready record the processor published again (the re-publish's sequence, ASCII
+#: digits): another copy of the attempt may have been claimed already, by any worker, so a
+#: worker claims this one asking for the verdict and runs the handler only if its claim stands.
+REPUBLISHED_HEADER = "eventjobs.republished"
+#: Header of a claim whose worker waits for the verdict before it starts (value ``1``): a lane
+#: that refuses such a claim writes the job's state to the changelog again, which tells the
+#: worker (a refused claim changes no state, so nothing else would be written).
+AWAITS_VERDICT_HEADER = "eventjobs.awaits-verdict"
+AWAITS_VERDICT = [(AWAITS_VERDICT_HEADER, b"1")]
+
+ClaimVerdict = Literal["accepted", "refused", "undecided"]
+
+
+def republished_headers(sequence: int) -> list[tuple[str, bytes]]:
+    """The headers of a re-published ready record (`REPUBLISHED_HEADER`)."""
+    return [(REPUBLISHED_HEADER, str(sequence).encode())]
+
+
+def is_republished(headers: Any) -> bool:
+    """Whether a ready record's headers mark it as re-published (any value: a copy is guarded)."""
+    return any(name == REPUBLISHED_HEADER for name, _ in headers or ())
+
+
+def awaits_verdict(headers: Any) -> bool:
+    """Whether a claim's record asks for the verdict (`AWAITS_VERDICT_HEADER`)."""
+    return any(name == AWAITS_VERDICT_HEADER for name, _ in headers or ())
+
+
+def claim_verdict(state: JobState | None, ready: ReadyRecord, claim_id: str) -> ClaimVerdict:
+    """What a job's state, read from the changelog after a worker sent its claim `claim_id` of
+    the attempt `ready` offers, says about that claim.
+
+    ``accepted``: the state names the claim. ``refused``: the state shows that the attempt can no
+    longer run on this claim: another claim of it, a later attempt, another incarnation of the
+    job id (enqueued at another time), an end, or the job forgotten (None). ``undecided``: still
+    pending on that attempt (a state written before the claim was folded); a later state decides.
+    """
+    if state is None:
+        return "refused"
+    if state.claim_id == claim_id and state.attempt == ready.attempt:
+        return "accepted"
+    if (state.attempt != ready.attempt
+            or ready_attempt(ready)[2] != (state.enqueued_at - _EPOCH) // _MS
+            or state.status is not JobStatus.PENDING):
+        return "refused"
+    return "undecided"
 
 
 class TimerRecord(_Record):

@@ -79,7 +79,8 @@ _STATUS_DOC = {
     "(or scheduled, if its run_at is still ahead), or cancelled if a dependency did not complete, or if a cycle probe "
     "(`dependency_probe`) shows that it waits for itself.",
     JobStatus.PENDING: "Ready to run: a worker of its queue (with the required capabilities) may claim the current attempt. "
-    "Its ready record is published again while it stays pending (the processor's timer `republish`: after 1 h, doubling, at most daily).",
+    "Its ready record is published again if it is lost while the job stays pending (the processor's timer `republish` "
+    "looks after 1 h, doubling, at most daily; a record still waiting for the workers, in a paused or busy queue, is not).",
     JobStatus.SCHEDULED: "Waiting for its run_at; the timer service writes `due` (timer run_at) then.",
     JobStatus.CLAIMED: "A worker holds a lease on the current attempt but has not started the handler yet.",
     JobStatus.RUNNING: "The handler is running; heartbeats extend the lease, progress is recorded.",

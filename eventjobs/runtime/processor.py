@@ -16,6 +16,7 @@ is simply redone. The processor itself reads the event log uncommitted (see `run
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -31,18 +32,19 @@ from eventjobs.core.codec import EventEncodeError, admit, encode
 from eventjobs.core.events import LINKED_TYPES
 from eventjobs.core.fold import Decision, apply
 from eventjobs.core.gc_pause import collector_paused
-from eventjobs.core.state import JobState, StateDecodeError, decode_state, encode_state
+from eventjobs.core.state import JobState, JobStatus, StateDecodeError, decode_state, encode_state
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
 from eventjobs.core.effects import Effects, collect
-from eventjobs.core.housekeeping import Housekeeping, ReadyRepublish, Retention
+from eventjobs.core.housekeeping import Housekeeping, HousekeepingTimer, ReadyRepublish, Retention, earliest_publish
 from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, producer, read_to_end
-from eventjobs.core.records import capability_route, revocation_headers
+from eventjobs.core.records import ReadyRecord, awaits_verdict, capability_route, republished_headers, revocation_headers
 from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+from eventjobs.runtime.ready_checks import Candidate, ReadyChecks
 from eventjobs.runtime.supervisor import run_services
 from eventjobs.metrics import COUNTED_EVENTS, Metrics
 from eventjobs.settings import Settings
 from eventjobs.kafka.admin import check_layout, ensure_ready_topics
-from eventjobs.kafka.topics import TopicNames, load_specs
+from eventjobs.kafka.topics import TopicNames, load_specs, retention_ms
 
 log = logging.getLogger("eventjobs.runtime.processor")
 
@@ -177,7 +179,8 @@ def _fold(
             log.debug("rejected %s of job %s: %s", event.type, event.job_id, decision.rejected)
         else:
             result.applied += 1
-        collect(result.effects, before, decision, event, partition)
+        collect(result.effects, before, decision, event, partition,
+                answer_refusal=event.type == "claimed" and awaits_verdict(record.headers))
         # a derived event read back from the log is never accepted again, so nothing counts twice
         if event.type in COUNTED_EVENTS and decision.accepted:
             result.counted.append((event.type, decision.state or before))  # type: ignore[arg-type]
@@ -230,6 +233,29 @@ def quarantine_headers(record: ConsumerRecord[bytes, bytes], reason: str) -> lis
 
 
 _UNSEEN: Any = object()  # not touched in this batch (None in a batch's states means forgotten)
+
+
+def _waits_on(lane: _Lane, ready: ReadyRecord) -> bool:
+    """Whether the lane's job still waits on the attempt `ready` offers (pending, same incarnation)."""
+    state = lane.table.get(ready.job_id)
+    return (state is not None and state.status is JobStatus.PENDING and state.attempt == ready.attempt
+            and state.enqueued_at == ready.enqueued_at)
+
+
+def _placing(lane: _Lane, ready: ReadyRecord) -> None:
+    """A ready record is about to be sent: until its ack says where it went, it counts as waiting."""
+    if _waits_on(lane, ready):
+        lane.housekeeping.publishing(ready.job_id)
+
+
+def _placed(lane: _Lane, ready: ReadyRecord, ack: asyncio.Future[Any]) -> None:
+    """A ready record's send was acknowledged: its lane's housekeeping learns where it is, if
+    the job still waits on that attempt (a record of a job claimed meanwhile is of no interest)."""
+    if ack.cancelled() or ack.exception() is not None:
+        return  # the commit waits for this ack and fails: a restart publishes it again
+    if _waits_on(lane, ready):
+        metadata = ack.result()
+        lane.housekeeping.published(ready.job_id, metadata.partition, metadata.offset)
 
 
 def update_table(table: dict[str, JobState], states: dict[str, JobState | None]) -> None:
@@ -285,7 +311,8 @@ class LifecycleProcessor:
         self.settings = settings
         self.commit_interval_s = commit_interval_s
         self.retention = Retention(settings.retain_completed_s, settings.dead_letter_retention_s)
-        self.republish = republish or ReadyRepublish()  # when a pending job's ready record goes out again
+        # when a pending job's ready record is looked at, and published again if it is lost
+        self.republish = republish or ReadyRepublish.after(settings.republish_after_s)
         self.clock = clock or SystemClock()  # when housekeeping timers are due
         self.names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
         self.group_id = self.names.processor_group
@@ -516,9 +543,11 @@ class LifecycleProcessor:
                                     max_state_bytes=self.settings.max_event_bytes, partition_count=self.partition_count)
                 lane.housekeeping.track_all(result.effects.states, before=lane.table)
                 update_table(lane.table, result.effects.states)
+                for ready in result.effects.ready:  # published below: waiting (in flight) until acknowledged
+                    _placing(lane, ready)
                 lane.next_offset = records[-1].offset + 1
                 await self._ensure_ready_topics(result.effects)
-                hints = await self._publish_hints(result)
+                hints = await self._publish_hints(result, lane)
                 lane.folded.append((result, records[-1].offset + 1, len(records), hints))
                 lane.commit_wakeup.set()
 
@@ -569,6 +598,11 @@ class LifecycleProcessor:
         """Fire the lanes' housekeeping timers (`core.housekeeping`: re-publishing a pending job's
         ready record, retention) when they come due.
 
+        The due re-publishes of a pass are first looked at together (`runtime.ready_checks`: a
+        few offset requests for all of them): a job whose ready record still waits for its
+        worker group (a paused queue, a backlog) is not published again, its timer is armed
+        again; only a record that is gone, or may be, is.
+
         Each event goes plainly (idempotent producer, acks=all) to the lane's partition, as the
         timer service writes its events, and the lane folds it when it arrives. A crash before it
         is written loses nothing (the timers are rebuilt from the restored table); one after it
@@ -576,17 +610,57 @@ class LifecycleProcessor:
         stops the processor (the entries it took are only in memory; a restart rebuilds them).
         """
         assert self._hints is not None
-        while True:
-            now = self.clock.now()
-            acks = []
-            for partition, lane in list(self.lanes.items()):
-                for event in lane.housekeeping.due(lane.table, now, actor=f"processor:{partition}"):
-                    data = encode(event, max_bytes=self.settings.max_event_bytes)
-                    acks.append(await self._hints.send(self.names.events, data, key=event.job_id.encode(),
-                                                       partition=partition))
-            if acks:
-                await asyncio.gather(*acks)
-            await asyncio.sleep(self._housekeeping_wait_s(now))
+        checks = ReadyChecks(self.settings, self._ready_retention_ms)
+        try:
+            while True:
+                now = self.clock.now()
+                due = [(partition, lane, lane.housekeeping.due_timers(lane.table, now))
+                       for partition, lane in list(self.lanes.items())]
+                candidates, in_flight = self._ready_candidates(due)
+                waiting = in_flight | await checks.waiting(candidates, epoch_ms(now))
+                acks = []
+                for partition, lane, timers in due:
+                    if self.lanes.get(partition) is not lane:
+                        continue  # released meanwhile: its next owner rebuilt the timers from the table
+                    for timer in timers:
+                        if timer.job_id in waiting:
+                            lane.housekeeping.defer(timer, lane.table, now)
+                            continue
+                        event = lane.housekeeping.fire(timer, now, actor=f"processor:{partition}")
+                        data = encode(event, max_bytes=self.settings.max_event_bytes)
+                        acks.append(await self._hints.send(self.names.events, data, key=event.job_id.encode(),
+                                                           partition=partition))
+                if acks:
+                    await asyncio.gather(*acks)
+                await asyncio.sleep(self._housekeeping_wait_s(now))
+        finally:
+            await checks.close()
+
+    def _ready_candidates(self, due: list[tuple[int, _Lane, list[HousekeepingTimer]]]
+                          ) -> tuple[list[Candidate], set[str]]:
+        """The due re-publishes whose ready record is to be looked at: its topic and worker group
+        (from the job's state), and where it went, or since when it can be there; and those
+        whose record is still being sent (waiting, without a look)."""
+        candidates, in_flight = [], set()
+        for _, lane, timers in due:
+            for timer in timers:
+                state = lane.table.get(timer.job_id)
+                if timer.kind != "republish" or state is None:
+                    continue
+                if lane.housekeeping.ready_in_flight(timer.job_id):
+                    in_flight.add(timer.job_id)
+                    continue
+                route = capability_route(state.queue, state.options.capabilities)
+                candidates.append(Candidate(timer.job_id, self.names.ready(route, state.priority.value),
+                                            self.names.worker_group(route), lane.housekeeping.ready_place(timer.job_id),
+                                            epoch_ms(earliest_publish(state))))
+        return candidates, in_flight
+
+    @property
+    def _ready_retention_ms(self) -> int | None:
+        """The ready topics' retention (their spec's; None: forever)."""
+        retention = retention_ms(self.names.specs["ready"].spec.retention)
+        return None if retention < 0 else retention
 
     def _housekeeping_wait_s(self, now: datetime) -> float:
         """Until the next housekeeping timer is due, within HOUSEKEEPING_WAIT_S (timers tracked
@@ -646,14 +720,23 @@ class LifecycleProcessor:
                 f"restores the committed state"
             )
 
-    async def _publish_hints(self, result: BatchResult) -> list[asyncio.Future[Any]]:
+    async def _publish_hints(self, result: BatchResult, lane: _Lane | None = None) -> list[asyncio.Future[Any]]:
         """Ready records and revocations go out before the commit: they are hints for workers,
-        whose claims the fold checks, so publishing them early only saves latency."""
+        whose claims the fold checks, so publishing them early only saves latency. A re-publish
+        is marked (`records.REPUBLISHED_HEADER`), and where each ready record went is told to
+        the lane's housekeeping once the broker acknowledged it."""
         assert self._hints is not None
-        names, acks = self.names, []
+        names, acks, republished = self.names, [], result.effects.republished
         for ready in result.effects.ready:
             topic = names.ready(capability_route(ready.queue, ready.options.capabilities), ready.priority.value)
-            acks.append(await self._hints.send(topic, ready.encode(), key=ready.job_id.encode()))
+            state = result.effects.states.get(ready.job_id)
+            headers = None
+            if ready.job_id in republished:
+                headers = republished_headers(state.ready_republishes if state is not None else 0)
+            ack = await self._hints.send(topic, ready.encode(), key=ready.job_id.encode(), headers=headers)
+            if lane is not None:
+                ack.add_done_callback(functools.partial(_placed, lane, ready))
+            acks.append(ack)
         for revoked in result.effects.revoked:  # a tombstone naming the revoked attempt (workers key on both)
             topic = names.ready(capability_route(revoked.queue, revoked.options.capabilities), revoked.priority.value)
             acks.append(await self._hints.send(topic, None, key=revoked.job_id.encode(),

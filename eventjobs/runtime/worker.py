@@ -10,7 +10,9 @@ before that leaves the record to another worker; one that dies after it leaves a
 whose lease expires, and the processor makes it ready again. Execution is at-least-once.
 Partitions revoked in a rebalance lose their buffered records and commit nothing afterwards.
 Every event of an attempt names the worker's claim (`claim_id`), so an attempt whose claim the
-fold refused (another claim came first) may run here but decides nothing.
+fold refused (another claim came first) may run here but decides nothing. A re-published ready
+record, which may be a second copy of an attempt already claimed elsewhere, runs only once the
+claim is seen accepted on the job-state changelog (`runtime.claim_verdicts`).
 """
 
 from __future__ import annotations
@@ -68,7 +70,16 @@ from eventjobs.kafka.clients import (
 from eventjobs.metrics import Metrics, seconds_between
 from eventjobs.runtime.bad_records import BadRecords, describe_key, origin, power_of_ten
 from eventjobs.runtime.processor import quarantine_headers
-from eventjobs.core.records import ReadyRecord, capability_route, queue_of_route, ready_attempt, revoked_attempt
+from eventjobs.core.records import (
+    AWAITS_VERDICT,
+    ReadyRecord,
+    capability_route,
+    is_republished,
+    queue_of_route,
+    ready_attempt,
+    revoked_attempt,
+)
+from eventjobs.runtime.claim_verdicts import ClaimVerdicts
 from eventjobs.core.timer_index import brief
 from eventjobs.kafka.admin import TopicLayoutError, ensure_ready_topics, ensure_single_topics
 from eventjobs.runtime.queue_pauses import QueuePauses
@@ -205,6 +216,11 @@ class Worker:
         self.revoked: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         self.claimed_here: OrderedDict[tuple[str, int, int], None] = OrderedDict()  # ready_attempt keys
         self.completed = 0
+        # claims of re-published ready records waiting for their verdict (read by the changelog
+        # follower, which is `_watching` once it is positioned), and those refused (not run here)
+        self.verdicts = ClaimVerdicts()
+        self._watching = asyncio.Event()
+        self.refused_copies = 0
         self._consumers: list[AIOKafkaConsumer] = []
         self._sender: AIOKafkaProducer | None = None
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eventjobs-job")
@@ -538,7 +554,7 @@ class Worker:
                              f"job {ready.job_id} needs {ready.options.capabilities} but this worker has "
                              f"{self.capabilities}; not claimed")
             return
-        task = asyncio.create_task(self._run_job(ready, item, claim))
+        task = asyncio.create_task(self._run_job(ready, item, claim, guarded=is_republished(item.record.headers)))
         self.running[task] = (ready, item)
         task.add_done_callback(self._job_done)
 
@@ -614,14 +630,15 @@ class Worker:
         self._commit_soon.set()
 
     # -- one job ---------------------------------------------------------------------------
-    async def _send(self, event: JobEvent) -> asyncio.Future[Any]:
+    async def _send(self, event: JobEvent, headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[Any]:
         """Append one of the attempt's events (claim, start, progress, heartbeat, outcome) to its
         job's partition (`job_partition`), whoever enqueued the job and however they partitioned."""
         assert self._sender is not None
         topic = self.app.names.events
         count = self._event_partitions or await topic_partition_count(self._sender, topic)
         return await self._sender.send(topic, encode(event, max_bytes=self.app.settings.max_event_bytes),
-                                       key=event.job_id.encode(), partition=_home_partition(event.job_id, count))
+                                       key=event.job_id.encode(), partition=_home_partition(event.job_id, count),
+                                       headers=headers)
 
     def _end(self, ready: ReadyRecord, happened: Happened, claim_id: str | None = None) -> JobEvent:
         """The event that ends the attempt after what happened to it (`core.attempt_end`, the one rule)."""
@@ -635,16 +652,22 @@ class Worker:
         return heartbeat_event(ready.job_id, ready.attempt, now=self.clock.now(), actor=self.actor, lease_s=self.lease_s,
                                claim_id=claim_id)
 
-    async def _run_job(self, ready: ReadyRecord, item: _Item, claim: JobEvent) -> None:
+    async def _run_job(self, ready: ReadyRecord, item: _Item, claim: JobEvent, guarded: bool = False) -> None:
         # Every event of the attempt names this claim (the claimed event's id): if the fold refused
-        # it (another claim of the attempt came first, e.g. from a redelivered or re-published ready
-        # record), the handler still runs here, this worker cannot know, but none of its events
-        # counts. Only the accepted claim decides the attempt.
+        # it (another claim of the attempt came first, e.g. from a ready record redelivered after
+        # a worker died), the handler still runs here, this worker cannot know, but none of its
+        # events counts. Only the accepted claim decides the attempt. A re-published record
+        # (`guarded`) may well be such a copy: it runs only once its claim is seen accepted.
         claim_id = item.claim_id = claim.event_id
-        await self._send(claim)
+        if guarded:
+            if not await self._claim_stands(ready, item, claim):
+                return
+        else:
+            await self._send(claim)
         started = await self._send(attempt_started_event(ready.job_id, ready.attempt, worker_id=self.worker_id,
                                                          now=self.clock.now(), actor=self.actor, claim_id=claim_id))
-        started.add_done_callback(lambda ack: self._claim_acknowledged(ack, item))
+        if not guarded:
+            started.add_done_callback(lambda ack: self._claim_acknowledged(ack, item))
         heartbeats = asyncio.create_task(self._heartbeat_loop(ready, claim_id))
         begun = asyncio.get_running_loop().time()
         if self.metrics is not None:  # started, and how long it waited since it became ready
@@ -668,6 +691,32 @@ class Worker:
             "outcome of job %s was not written (%s); its lease will expire and it will run again",
             ready.job_id, done.exception()))
         self.completed += 1
+
+    async def _claim_stands(self, ready: ReadyRecord, item: _Item, claim: JobEvent) -> bool:
+        """Claim a re-published ready record and wait for the verdict: whether the job-state
+        changelog shows the claim accepted (True), or refused or superseded (another claim of the
+        attempt, a later attempt, an end: False, and the handler does not run here). The claim
+        asks the lane to answer a refusal (`records.AWAITS_VERDICT_HEADER`). No verdict within
+        the lease (the processor far behind) counts as refused: an accepted claim's lease then
+        expires, and the job is retried."""
+        await self._watching.wait()  # the follower reads from where it stood: it must stand before the claim
+        verdict = self.verdicts.expect(ready, claim.event_id)
+        try:
+            ack = await self._send(claim, headers=AWAITS_VERDICT)
+            ack.add_done_callback(lambda done: self._claim_acknowledged(done, item))
+            async with asyncio.timeout(self.lease_s):
+                accepted = await verdict
+        except TimeoutError:
+            accepted = False
+            log.warning("no verdict on the claim of re-published job %s (attempt %d) within its lease (%.1f s); "
+                        "not run here", ready.job_id, ready.attempt, self.lease_s)
+        finally:
+            self.verdicts.forget(ready, verdict)
+        if not accepted:
+            self.refused_copies += 1
+            log.debug("re-published job %s (attempt %d): claim %s refused or superseded; not run here",
+                      ready.job_id, ready.attempt, claim.event_id)
+        return accepted
 
     async def _call(self, ready: ReadyRecord, claim_id: str | None = None) -> Happened:
         """Run the handler under its timeout; say what happened (`_end` makes it the attempt's event)."""
@@ -745,7 +794,8 @@ class Worker:
 
     # -- cancels of running jobs -----------------------------------------------------------
     async def _watch_cancels(self, stop: asyncio.Event) -> None:
-        """Tail the state changelog for cancel requests on jobs running here (keys checked first)."""
+        """Tail the state changelog for cancel requests on jobs running here, and for the verdicts
+        of claims waiting for one (keys checked first)."""
         topic = self.app.names.job_state
         partitions = await partitions_of(self.settings, topic)
         reader = consumer(self.settings, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=500)
@@ -753,21 +803,32 @@ class Worker:
         try:
             reader.assign(partitions)
             await reader.seek_to_end()
+            for tp in partitions:  # resolved now: states written from here on are read
+                await reader.position(tp)
+            self._watching.set()
+            verdicts = self.verdicts
             while not stop.is_set():
                 batch = await reader.getmany(timeout_ms=200)
                 running = {ready.job_id.encode(): ready.job_id for ready, _ in self.running.values()}
                 for records in batch.values():
                     for record in records:
-                        job_id = running.get(record.key) if record.key is not None else None
-                        if job_id is None or record.value is None:  # keys compared as bytes: no decoding
+                        key = record.key
+                        job_id = running.get(key) if key is not None else None
+                        if job_id is None:  # keys compared as bytes: no decoding
+                            continue
+                        if record.value is None:
+                            if key in verdicts:
+                                verdicts.seen(key, None)  # the job is forgotten
                             continue
                         try:
-                            cancel = decode_state(record.value).cancel_requested
+                            state = decode_state(record.value)
                         except StateDecodeError as error:  # skipped: a later state of the job still counts
                             self.bad_changelog.report("undecodable state", f"{origin(record)} (job {job_id})",
                                                       str(error))
                             continue
-                        if cancel:
+                        if key in verdicts:
+                            verdicts.seen(key, state)
+                        if state.cancel_requested:
                             self.cancel_seen.add(job_id)
         finally:
             await reader.stop()

@@ -1,10 +1,13 @@
 """Fenced attempts and ready records that go missing, against the real broker.
 
 * A ready record delivered twice (a duplicate written by hand to another partition of the ready
-  topic, as a redelivery or a re-publish would) reaches two workers. Both claim; the fold accepts
-  the first claim and refuses the second. The refused worker cannot know and runs the handler too
-  (the extra execution at-least-once allows), and it finishes first: its outcome is in the log,
-  rejected, and the job's outcome is the accepted claim's.
+  topic, as a redelivery after a worker died would) reaches two workers. Both claim; the fold
+  accepts the first claim and refuses the second. The refused worker cannot know and runs the
+  handler too (the extra execution at-least-once allows), and it finishes first: its outcome is
+  in the log, rejected, and the job's outcome is the accepted claim's.
+* A re-published copy of a ready record (marked as the processor marks one) that reaches another
+  worker after the job ran: that worker claims it asking for the verdict, the lane refuses the
+  claim and says so on the changelog, and the handler does not run again.
 * A pending job whose ready record no worker ever sees (consumed and committed past by hand, as a
   lost record would be) is re-published by the processor's republish timer and completes.
 * A ready record revoked by a TTL expiry does not revoke the attempt a dead-letter retry makes
@@ -31,13 +34,14 @@ from eventjobs.core.housekeeping import ReadyRepublish
 from eventjobs.core.events import JobEvent
 from eventjobs.core.fold import replay
 from eventjobs.core.options import JobOptions, Priority
-from eventjobs.core.records import ReadyRecord, ready_attempt, revocation_headers
+from eventjobs.core.records import ReadyRecord, ready_attempt, republished_headers, revocation_headers
 from eventjobs.core.state import JobStatus
 from eventjobs.kafka.clients import consumer, key_partition, partitions_of, producer
 from eventjobs.kafka.topics import PRIORITIES
 from eventjobs.runtime.processor import run_processor
 from eventjobs.runtime.worker import Worker, _Item, _Offsets
 from tests.e2e.conftest import Runtime, job_events, wait_for_status
+from tests.support.jobs_app import EXECUTIONS
 
 pytestmark = pytest.mark.kafka
 
@@ -153,6 +157,53 @@ async def test_a_ready_record_delivered_twice_is_decided_by_the_accepted_claim_o
     assert [e.result for e in events if e.type == "completed"] == [{"run": 1}]
 
 
+async def test_a_republished_ready_record_whose_claim_is_refused_is_not_run(runtime: Runtime) -> None:
+    app = runtime.app
+    register_jobs(app)
+    first, second = await runtime.start_worker(worker_id="wa"), await runtime.start_worker(worker_id="wb")
+    topics = [app.names.ready("default", priority) for priority in PRIORITIES]
+    everything = {tp for topic in topics for tp in await partitions_of(app.settings, topic)}
+    # Given two workers of the queue sharing its ready partitions, and a job one of them ran
+    await until(lambda: assignment(first) and assignment(second) and assignment(first) | assignment(second) == everything,
+                "both workers to own ready partitions")
+    job_id = await app.enqueue("first_run_is_slow", {"first_s": 0.0})
+    done = await app.wait(job_id, timeout=60)
+    assert done.status is JobStatus.COMPLETED and RUNS[job_id] == 1
+    topic = app.names.ready("default", "normal")
+    partition = key_partition(job_id.encode(), len(await partitions_of(app.settings, topic)))
+    other = second if TopicPartition(topic, partition) in assignment(first) else first
+
+    # When a re-published copy of its ready record reaches the other worker (written by hand, with
+    # the mark the processor puts on a re-publish, to a partition that worker owns)
+    value = await ready_record_bytes(app, topic, partition, job_id)
+    elsewhere = min(tp.partition for tp in assignment(other) if tp.topic == topic)
+    send = producer(app.settings)
+    await send.start()
+    try:
+        await (await send.send(topic, value, key=job_id.encode(), partition=elsewhere,
+                               headers=republished_headers(0)))
+    finally:
+        await send.stop()
+
+    # Then that worker claims it, the claim is refused, and once the worker is done with it (not
+    # running it, its offset settled) the handler has still run once
+    async def claimed_by_other() -> bool:
+        return any(e.type == "claimed" and e.actor == f"worker:{other.worker_id}"
+                   for e in await job_events(app.settings, job_id))
+
+    await until(claimed_by_other, "the other worker's claim of the copy")
+    await until(lambda: not any(ready.job_id == job_id for ready, _ in other.running.values())
+                and not any(other.offsets[key].outstanding for key in other.offsets), "the copy to be settled")
+    assert RUNS[job_id] == 1
+    events = await job_events(app.settings, job_id)
+    decided = decisions_of(events)
+    claims = [(e.worker_id, d.rejected) for e, d in decided if e.type == "claimed"]
+    assert claims == [(done.worker_id, None),
+                      (other.worker_id, "job is completed (terminal): 'claimed' changes nothing")], claims
+    assert [e.actor for e in events if e.type == "attempt_started"] == [f"worker:{done.worker_id}"]
+    assert (await app.state(job_id)) == done  # the refusal wrote the same state again, nothing else
+
+
 # -- a pending job whose ready record was never seen is re-published -------------------------------
 
 
@@ -206,6 +257,9 @@ async def test_a_pending_job_whose_ready_record_was_lost_is_republished_and_comp
     assert events.index(republished[0]) < claimed_at  # claimed from a re-published record
     # And each re-publish happened once in effect, all of them while the job was pending
     assert len({(e.attempt, e.sequence) for e in republished}) == len(republished) == done.ready_republishes
+    # And the re-published copy (whose claim waited for its verdict) ran the handler once
+    assert EXECUTIONS[job_id] == 1
+    assert [e.type for e in events].count("claimed") == 1
 
 
 # -- a revoked ready record does not revoke the next attempt ------------------------------------

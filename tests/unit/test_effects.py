@@ -919,6 +919,63 @@ def test_claim_of_a_non_pending_job_writes_nothing() -> None:
     nothing_at_all(job.step(late))
 
 
+def test_a_refused_claim_that_waits_for_its_verdict_is_answered_with_the_jobs_state() -> None:
+    # Given a job whose attempt 0 another worker claimed and started
+    job = Job()
+    job.enqueue()
+    pending = job.s
+    job.run()
+    running = job.s
+    # When a claim of attempt 0 that waits for its verdict (a re-published copy's) is refused
+    late = commands.claim(pending, worker_id="w2", now=job.tick(), actor="worker:w2", event_id=job.eid())
+    decision = apply(running, late, actor="processor:0")
+    effects = Effects()
+    collect(effects, running, decision, late, answer_refusal=True)
+    # Then the job's state, unchanged, is written again (the refusal its worker reads); nothing else
+    assert decision.rejected is not None and decision.state is running
+    assert effects.states == {"job-1": running}
+    assert effects.events == [] and effects.ready == [] and effects.timers == {} and effects.dead_letters == {}
+
+
+def test_only_a_refused_claim_is_answered() -> None:
+    job = Job()
+    job.enqueue()
+    # an accepted claim writes its new state as any claim does
+    claim = commands.claim(job.s, worker_id="w1", now=job.tick(), actor="worker:w1", event_id=job.eid())
+    decision = apply(job.s, claim, actor="processor:0")
+    effects = Effects()
+    collect(effects, job.s, decision, claim, answer_refusal=True)
+    assert decision.accepted and effects.states == {"job-1": decision.state}
+    # a duplicate of it (the same claim read again) writes nothing
+    again = Effects()
+    collect(again, decision.state, apply(decision.state, claim, actor="processor:0"), claim, answer_refusal=True)
+    nothing_at_all(again)
+    # another refused event is not answered, whatever it asks
+    job.step(claim)
+    job.start()
+    stale = commands.heartbeat_event("job-1", 0, now=job.tick(), actor="worker:w9", event_id=job.eid(),
+                                     claim_id="another-claim")
+    refused = apply(job.s, stale, actor="processor:0")
+    assert refused.rejected is not None
+    other = Effects()
+    collect(other, job.s, refused, stale, answer_refusal=True)
+    nothing_at_all(other)
+
+
+def test_a_republished_ready_record_is_marked_and_the_first_one_is_not() -> None:
+    job = Job()
+    effects = job.enqueue()
+    assert len(effects.ready) == 1 and effects.republished == set()
+    job.tick(HOUR)
+    effects = job.due()  # the republish timer fires: the ready record goes out again
+    assert len(effects.ready) == 1 and effects.republished == {"job-1"}
+    job.run()
+    job.fail()
+    job.tick(60)
+    effects = job.due()  # the retry's ready record: the first of attempt 1
+    assert job.s.attempt == 1 and len(effects.ready) == 1 and effects.republished == set()
+
+
 def test_collect_accumulates_into_one_effects_of_a_batch() -> None:
     """Several events of one job into the same Effects: the last timer write per key wins."""
     job = Job()

@@ -21,11 +21,17 @@ from eventjobs.core.events import DueEvent, JobEvent, RetentionPassedEvent
 from eventjobs.core.fold import apply
 from eventjobs.core.housekeeping import (
     FIRE_BATCH,
+    PUBLISH_CLOCK_MARGIN_S,
+    READY_REPUBLISH_CAP_S,
     Housekeeping,
     HousekeepingTimer,
+    ReadyPartition,
     ReadyRepublish,
     Retention,
+    earliest_publish,
     housekeeping_timer,
+    ready_record_waits,
+    records_since_wait,
 )
 from eventjobs.core.options import JobOptions
 from eventjobs.core.records import TimerRecord, timer_key
@@ -459,6 +465,162 @@ def test_what_is_not_due_stays_behind_what_is() -> None:
     (event,) = housekeeping.due(table, add_seconds(T0, HOUR), actor=ACTOR)
     assert event.job_id == "job-early"
     assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(add_seconds(late.now, DAY))
+
+
+# -- a due re-publish whose ready record still waits is not published again ------------------------
+
+
+def test_a_ready_record_waits_while_its_worker_group_has_not_read_it() -> None:
+    # the group committed before it (a paused queue, a backlog), or never committed (reads from the start)
+    assert ready_record_waits(40, ReadyPartition(log_start=0, end=50, committed=35))
+    assert ready_record_waits(40, ReadyPartition(log_start=0, end=50, committed=40))
+    assert ready_record_waits(40, ReadyPartition(log_start=0, end=50, committed=None))
+    # a committed offset the retention left behind: the group goes on from the log start
+    assert ready_record_waits(40, ReadyPartition(log_start=30, end=50, committed=20))
+    # lost: committed past (claimed, or skipped), deleted by the retention, or beyond a topic made anew
+    assert not ready_record_waits(40, ReadyPartition(log_start=0, end=50, committed=41))
+    assert not ready_record_waits(40, ReadyPartition(log_start=45, end=50, committed=35))
+    assert not ready_record_waits(40, ReadyPartition(log_start=45, end=50, committed=None))
+    assert not ready_record_waits(40, ReadyPartition(log_start=0, end=30, committed=0))
+
+
+def look(housekeeping: Housekeeping, table: dict[str, JobState], now: datetime,
+         where: dict[int, ReadyPartition]) -> list[JobEvent]:
+    """One housekeeping pass as the processor makes it: the due timers; a re-publish whose ready
+    record (its place known) still waits in the partition `where` describes is armed again, the
+    rest fire."""
+    events = []
+    for timer in housekeeping.due_timers(table, now):
+        place = housekeeping.ready_place(timer.job_id) if timer.kind == "republish" else None
+        if place is not None and ready_record_waits(place[1], where[place[0]]):
+            housekeeping.defer(timer, table, now)
+        else:
+            events.append(housekeeping.fire(timer, now, actor=ACTOR))
+    return events
+
+
+def test_a_paused_queues_ready_record_is_looked_at_again_not_published_again() -> None:
+    # Given a pending job whose ready record went to partition 2 at offset 40, in a queue whose
+    # workers paused at offset 35 of that partition
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    housekeeping.published("job-1", 2, 40)
+    paused = {2: ReadyPartition(log_start=0, end=41, committed=35)}
+    first = housekeeping_timer(job.s)
+    assert first is not None and housekeeping.ready_place("job-1") == (2, 40)
+    # When its re-publish comes due, and again and again for a day: nothing is published again,
+    # it is looked at again one delay later each time
+    now = first.due_at
+    for _ in range(24):
+        assert look(housekeeping, table, now, paused) == []
+        assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(add_seconds(now, HOUR))
+        now = add_seconds(now, HOUR)
+    assert table["job-1"].ready_republishes == 0
+    # Then once the group committed past it without a claim that stands (the record is lost), it
+    # is published again: the same event as without the wait (its id depends on the timer only)
+    lost = {2: ReadyPartition(log_start=0, end=45, committed=41)}
+    (event,) = look(housekeeping, table, now, lost)
+    assert isinstance(event, DueEvent) and (event.timer, event.attempt, event.sequence) == ("republish", 0, 0)
+    assert event.event_id == housekeeping.fire(first, first.due_at, actor=ACTOR).event_id
+    assert apply(job.s, event, actor=ACTOR).accepted
+
+
+def test_a_ready_record_deleted_by_the_retention_of_a_paused_queue_is_published_again() -> None:
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    housekeeping.published("job-1", 0, 7)
+    due_at = housekeeping_timer(job.s).due_at  # type: ignore[union-attr]
+    assert look(housekeeping, table, due_at, {0: ReadyPartition(0, 9, committed=3)}) == []
+    later = add_seconds(due_at, 8 * DAY)  # the group still at 3, the retention deleted up to 8
+    (event,) = look(housekeeping, table, later, {0: ReadyPartition(8, 9, committed=3)})
+    assert isinstance(event, DueEvent) and event.timer == "republish"
+
+
+def test_where_a_ready_record_went_is_kept_while_its_job_is_pending_only() -> None:
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    assert housekeeping.ready_place("job-1") is None  # published before this lane (a restart): not known
+    assert not housekeeping.ready_in_flight("job-1")
+    housekeeping.publishing("job-1")  # being sent: waiting, its place not known yet
+    assert housekeeping.ready_in_flight("job-1") and housekeeping.ready_place("job-1") is None
+    housekeeping.published("job-1", 3, 12)
+    assert not housekeeping.ready_in_flight("job-1")
+    housekeeping.published("job-1", 3, 19)  # published again: the later record counts
+    assert housekeeping.ready_place("job-1") == (3, 19) and housekeeping.places_known == 1
+    job.claim()
+    housekeeping.track_all({"job-1": job.s}, before=table)
+    assert housekeeping.ready_place("job-1") is None and housekeeping.places_known == 0
+    big = Housekeeping()
+    big.published("job-2", 2**24 - 1, 2**62)  # the largest partition and a far offset survive the packing
+    assert big.ready_place("job-2") == (2**24 - 1, 2**62)
+
+
+def test_a_deferred_republish_is_not_armed_again_for_a_job_that_moved_on() -> None:
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    housekeeping.published("job-1", 0, 5)
+    (timer,) = housekeeping.due_timers(table, housekeeping_timer(job.s).due_at)  # type: ignore[union-attr]
+    job.claim()  # claimed while the broker was asked
+    table["job-1"] = job.s
+    housekeeping.defer(timer, table, timer.due_at)
+    assert len(housekeeping) == 0
+    # nor over an entry tracked meanwhile (a new state of the job, told while the broker was asked)
+    other = Job("job-2")
+    other.enqueue()
+    table["job-2"] = other.s
+    housekeeping.track("job-2", other.s)
+    (timer,) = housekeeping.due_timers(table, housekeeping_timer(other.s).due_at)  # type: ignore[union-attr]
+    housekeeping.track("job-2", other.s)
+    housekeeping.defer(timer, table, add_seconds(timer.due_at, 5 * HOUR))
+    assert housekeeping.next_due_ms() == epoch_ms(timer.due_at)
+
+
+def test_a_record_whose_offset_is_not_known_waits_if_nothing_published_since_it_was_read() -> None:
+    waiting = {0: ReadyPartition(0, 20, committed=8), 1: ReadyPartition(0, 9, committed=9), 2: ReadyPartition(0, 0, None)}
+    now, earliest, week = 10_000_000, 9_000_000, 7 * DAY * 1000
+    # on every partition the group reads next at or before the first record since the probe time
+    assert records_since_wait(earliest, {0: 8, 1: None, 2: None}, waiting, now_ms=now, retention_ms=week)
+    assert records_since_wait(earliest, {0: 12, 1: None, 2: None}, waiting, now_ms=now, retention_ms=None)
+    # a record since the probe time already read, on any partition (partitions may have been added)
+    assert not records_since_wait(earliest, {0: 7, 1: None, 2: None}, waiting, now_ms=now, retention_ms=week)
+    assert not records_since_wait(earliest, {0: 8, 1: 5, 2: None}, waiting, now_ms=now, retention_ms=week)
+    # no record at all since the probe time: the record is not where it should be
+    assert not records_since_wait(earliest, {0: None, 1: None, 2: None}, waiting, now_ms=now, retention_ms=week)
+    # a partition not looked at
+    assert not records_since_wait(earliest, {0: 8, 1: None}, waiting, now_ms=now, retention_ms=week)
+    # the record may be older than the retention (less the margin): it may be deleted, so not known
+    old = now - week + int(PUBLISH_CLOCK_MARGIN_S * 1000)
+    assert not records_since_wait(old, {0: 8, 1: None, 2: None}, waiting, now_ms=now, retention_ms=week)
+    assert records_since_wait(old + 1, {0: 8, 1: None, 2: None}, waiting, now_ms=now, retention_ms=week)
+
+
+def test_the_earliest_publish_of_an_attempt_is_bounded_by_the_enqueue_the_run_at_and_the_last_start() -> None:
+    margin = -PUBLISH_CLOCK_MARGIN_S
+    job = Job()
+    job.enqueue()
+    assert earliest_publish(job.s) == add_seconds(T0, margin)
+    scheduled = Job("job-2")
+    scheduled.enqueue(delay=600)
+    scheduled.tick(600)
+    scheduled.due()
+    assert scheduled.s.status is S.PENDING and earliest_publish(scheduled.s) == add_seconds(T0, 600 + margin)
+    job.run()
+    started = job.s.started_at
+    assert started is not None
+    job.fail()
+    job.tick(30)
+    job.due()  # attempt 1 is published after attempt 0 started
+    assert job.s.status is S.PENDING and earliest_publish(job.s) == add_seconds(started, margin)
+
+
+def test_republish_delays_from_the_first_one_alone_are_capped_at_a_day_or_at_the_first() -> None:
+    assert ReadyRepublish.after(1.0) == ReadyRepublish(1.0, READY_REPUBLISH_CAP_S)
+    assert ReadyRepublish.after(2 * DAY) == ReadyRepublish(2 * DAY, 2 * DAY)
+    assert [ReadyRepublish.after(1.0).delay_s(n) for n in range(4)] == [1.0, 2.0, 4.0, 8.0]
 
 
 # -- property: one timer per job whose state calls for one ----------------------------------------

@@ -276,3 +276,52 @@ def test_a_dead_letter_record_is_admitted_under_its_own_key_and_refused_otherwis
     assert isinstance(refused, RefusedDeadLetter) and (refused.kind, refused.job_id) == ("not a dead-letter record", "j1")
     other = admit_dead_letter(b"j2", entry.encode())
     assert other == RefusedDeadLetter("key does not match", "the entry is about job 'j1'", "j2")
+
+
+# -- re-published ready records and the verdict on a claim of one ------------------------------------
+
+
+def _state_after(*steps: str) -> Any:
+    """A job's state driven through real events (enqueue, then `steps`), and its first claim's id."""
+    from tests.unit.test_effects import Job
+
+    job = Job()
+    job.enqueue(max_attempts=3)
+    for step in steps:
+        getattr(job, step)()
+    return job
+
+
+def test_the_verdict_on_a_claim_is_read_from_the_jobs_state() -> None:
+    from eventjobs.core.effects import ready_record
+    from eventjobs.core.records import claim_verdict
+
+    job = _state_after()
+    ready = ready_record(job.s, T0)
+    assert claim_verdict(job.s, ready, "mine") == "undecided"  # pending: a state from before the claim
+    job.claim()
+    mine = job.s.claim_id
+    assert mine is not None
+    assert claim_verdict(job.s, ready, mine) == "accepted"
+    assert claim_verdict(job.s, ready, "another") == "refused"  # another claim of the attempt stands
+    job.start()
+    job.succeed()
+    assert claim_verdict(job.s, ready, "another") == "refused"  # the job ended
+    assert claim_verdict(None, ready, mine) == "refused"  # forgotten (a tombstone)
+    retried = _state_after("run", "fail")
+    retried.tick(60)
+    retried.due()  # attempt 1 is pending
+    assert claim_verdict(retried.s, ready, "mine") == "refused"  # a later attempt
+    again = ready_record(retried.s, T0)
+    assert claim_verdict(retried.s, again, "mine") == "undecided"
+    reborn = ready.model_copy(update={"enqueued_at": T0 - timedelta(days=2)})  # the job id of an older job
+    assert claim_verdict(_state_after().s, reborn, "mine") == "refused"
+
+
+def test_a_republished_record_and_a_claim_that_waits_are_told_by_their_headers() -> None:
+    from eventjobs.core.records import AWAITS_VERDICT, awaits_verdict, is_republished, republished_headers
+
+    assert republished_headers(3) == [("eventjobs.republished", b"3")]
+    assert is_republished(republished_headers(0)) and is_republished([("x", b""), *republished_headers(1)])
+    assert not is_republished([]) and not is_republished(None) and not is_republished([("eventjobs.attempt", b"0")])
+    assert awaits_verdict(AWAITS_VERDICT) and not awaits_verdict(None) and not awaits_verdict(republished_headers(0))
