@@ -129,6 +129,10 @@ async def test_bad_input_is_refused_with_a_clear_error(app: App) -> None:
         await app.schedule("add", every="100ms")
     with pytest.raises(InvalidSchedule, match="catch_up"):
         await app.schedule("add", every="1m", catch_up="some")
+    with pytest.raises(InvalidSchedule, match=r"cron '0 0 30 2 \*' \(UTC\) has no tick within 1827 days"):
+        await app.schedule("add", cron="0 0 30 2 *")
+    with pytest.raises(InvalidSchedule, match="every='3000000d' is longer than 1827 days"):
+        await app.schedule("add", every="3000000d")
     with pytest.raises(UnknownJob):
         await app.schedule("no_such_job", every="1m")
     with pytest.raises(InvalidSchedule, match="idempotency_key"):
@@ -281,6 +285,8 @@ def test_a_bad_declared_schedule_fails_at_registration() -> None:
         app.job(timezone="Europe/Paris")
     with pytest.raises(InvalidSchedule, match="unknown time zone"):
         app.job(cron="0 1 * * *", timezone="Paris")(handler)
+    with pytest.raises(InvalidSchedule, match="schedule 'job:handler' of job 'handler': cron '0 0 31 4,6,9,11 "):
+        app.job(cron="0 0 31 4,6,9,11 *")(handler)  # refused at import, not found out by every processor
     assert app.jobs == {}
     app.job(queue="reports", every="1h", catch_up="all")(handler)
     assert app.jobs["handler"].schedule == {"every": "1h", "catch_up": "all"}
