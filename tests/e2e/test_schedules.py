@@ -461,3 +461,32 @@ async def test_the_schedules_projection_sets_aside_a_schedule_whose_ticks_cannot
         stop.set()
         backend.command(f"DROP DATABASE IF EXISTS `{settings.namespace}` SYNC", database="")
         backend.close()
+
+
+async def test_concurrent_first_writes_to_the_schedules_topic_check_it_once(app: App, monkeypatch: Any) -> None:
+    """The schedule service fires up to 200 ticks at once; each first write checked that the topic
+    exists with its own admin connection, all on the loop at once (the longest stall left after a
+    load of 100,000 schedules)."""
+    import eventjobs.app as app_module
+    from eventjobs.core.schedules import schedule_fired_event
+
+    checks = 0
+    check_topics = app_module.ensure_single_topics
+
+    async def counted(settings: Settings, keys: list[str]) -> list[str]:
+        nonlocal checks
+        checks += 1
+        return await check_topics(settings, keys)
+
+    monkeypatch.setattr(app_module, "ensure_single_topics", counted)
+    fresh = App(app.settings.namespace, settings=app.settings)
+    now = fresh.clock.now()
+    try:
+        await asyncio.gather(*(fresh.append_schedule_records([schedule_fired_event(f"s{n}", now, f"job-{n}", now=now,
+                                                                                    actor="test")])
+                               for n in range(50)))
+    finally:
+        await fresh.close()
+    assert checks == 1
+    fired = [r for r in await schedule_records(app.settings) if getattr(r, "type", None) == "fired"]
+    assert sorted(r.schedule_id for r in fired) == sorted(f"s{n}" for n in range(50))
