@@ -13,6 +13,7 @@ start until every partition is read and every next tick computed, plus one secon
 the `--seconds` after. Tick lateness is measured when the service writes a tick's `fired` record
 (after the job's enqueue was acknowledged), from the tick's time.
 
+The child tunes the garbage collector as `eventjobs processor` does (`tune_for_service`).
 `--with-processor` runs the lifecycle processor and the timer service in the same loop, as
 `eventjobs processor` does. `--tree PATH` runs the child with the `eventjobs` package found at
 PATH (e.g. an export of an older commit: `git archive <commit> eventjobs topics | tar -x -C PATH`),
@@ -171,9 +172,11 @@ async def main() -> None:
 
 
 async def child(bootstrap: str, namespace: str, *, seconds: float, with_processor: bool) -> None:
+    from eventjobs.core.gc_pause import tune_for_service
     from eventjobs.runtime.processor import run_processor
     from eventjobs.runtime.schedules import ScheduleService
 
+    tune_for_service()  # as `eventjobs processor` does
     settings = Settings(kafka_bootstrap=bootstrap, namespace=namespace)
     service = ScheduleService(settings)
     lateness: list[float] = []

@@ -537,7 +537,16 @@ def _not_computable(definition: ScheduleDefinition, where: str, at: datetime,
 
 
 def _cron_tick(definition: ScheduleDefinition, instant: datetime, *, forward: bool) -> datetime:
-    """The first cron tick after `instant` (`forward`), or the last at or before it.
+    assert definition.cron is not None
+    return _cron_tick_in(definition.cron, definition.timezone, instant, forward)
+
+
+@lru_cache(maxsize=16_384)
+def _cron_tick_in(cron: str, timezone: str, instant: datetime, forward: bool) -> datetime:
+    """The first tick of `cron` in `timezone` after `instant` (`forward`), or the last at or before it.
+
+    Cached: schedules that share a rule mostly share the instant asked about too (the tick they
+    all fired last), and a step of croniter costs 30 to 150 µs.
 
     croniter steps through the zone's naive wall-clock time; each match maps to its instant
     (`wall_clock_instant`). That map never goes backwards, so the first match (stepping away
@@ -545,15 +554,14 @@ def _cron_tick(definition: ScheduleDefinition, instant: datetime, *, forward: bo
     the wrong side are skipped: only the wall-clock times of a repeated hour, whose first
     occurrence is behind an `instant` in the second one.
     """
-    assert definition.cron is not None
-    zone = _zone(definition.timezone)
+    zone = _zone(timezone)
     local = instant.astimezone(zone)
     wall = local.replace(tzinfo=None)
     if not forward:
         if local.fold:  # the second pass of a repeated hour: its wall-clock times until now+repeat fired in the first
             wall += local.replace(fold=0).utcoffset() - local.utcoffset()  # type: ignore[operator]
         wall += _MS  # croniter's get_prev is strictly before its start: include the instant itself
-    parsed = _parsed_cron(definition.cron)
+    parsed = _parsed_cron(cron)
     for _ in range(MAX_CRON_CANDIDATES):
         wall = parsed.get_next(datetime, start_time=wall) if forward else parsed.get_prev(datetime, start_time=wall)
         tick = wall_clock_instant(wall, zone)

@@ -20,7 +20,9 @@ step may hold the loop long. Each loaded partition keeps a due-time index (`Time
 to look at each schedule next, so a pass pops only the schedules that are due. A schedule's next
 tick is computed when its records change (or its partition finished loading, or it fired) and
 put on a queue; passes work through that queue, and through the records they fold, in slices
-of `SLICE_S` that yield to the loop in between.
+of `SLICE_S` that yield to the loop in between. From a partition's take until every owned
+partition is loaded and computed the cyclic collector is paused, and what the load made is then
+frozen (`core.gc_pause.LoadPause`): its scans of the growing heap were the longest stalls left.
 
 Bad input: a record nobody can use is skipped, counted (`skipped_records`) and logged once per
 kind. A schedule is set aside, reported the same way and counted in the metric
@@ -47,6 +49,7 @@ from pydantic import ValidationError
 
 from eventjobs.app import App, PayloadTooLarge
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
+from eventjobs.core.gc_pause import LoadPause
 from eventjobs.core.options import InvalidJobOptions
 from eventjobs.core.partitioning import job_partition
 from eventjobs.core.schedules import (
@@ -156,6 +159,7 @@ class ScheduleService:
         self._retry: dict[str, tuple[int, int, int]] = {}  # schedule id -> (failures, since ms, next try ms)
         self._reported: set[tuple[int, int]] = set()  # (partition, offset) of bad records counted already
         self._source: AIOKafkaConsumer | None = None
+        self._load_pause = LoadPause()  # the collector, off from a take until it is loaded and computed
         self.actor = "schedules:" + self.app.actor.removeprefix("producer:")  # schedules:host:pid, in fired records
         if metrics is not None:
             for reason in SET_ASIDE_REASONS:
@@ -177,6 +181,7 @@ class ScheduleService:
             for tp in assigned:
                 if tp.partition in self.states:
                     continue
+                self._load_pause.start()
                 self.states[tp.partition] = {}
                 self.due[tp.partition] = TimerIndex()
                 self.loading[tp.partition] = ends[tp]
@@ -218,6 +223,7 @@ class ScheduleService:
             if self.failure is not None:
                 raise self.failure
         finally:
+            self._load_pause.end()
             await source.stop()
             if self.declaring_app is None:
                 await self.app.close()
@@ -306,6 +312,8 @@ class ScheduleService:
                 if perf_counter() - started >= budget_s:
                     return
             self._unsettled.popleft()
+        if not self.loading:
+            self._load_pause.end()
 
     def _settle_one(self, partition: int, schedule_id: str) -> None:
         states = self.states.get(partition)

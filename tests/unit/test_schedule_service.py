@@ -109,7 +109,8 @@ async def test_computing_the_next_ticks_of_many_schedules_leaves_the_loop_turns(
     service = service_owning(0)
     daily = [define_schedule("report", {}, JobOptions(), cron=f"{n % 60} {n % 24} * * *", now=T0) for n in range(120)]
     for n in range(3000):  # as if the partition had just been read to its end
-        definition = daily[n % 120].model_copy(update={"schedule_id": f"s{n}"})
+        since = T0 + timedelta(seconds=n)  # each its own next-tick computation (no two ask the same)
+        definition = daily[n % 120].model_copy(update={"schedule_id": f"s{n}", "since": since})
         state = apply_schedule(None, schedule_created_event(definition, None, now=T0, actor="operator"))
         service.states[0][state.schedule_id] = state
     turns = 0
