@@ -11,6 +11,7 @@ import asyncio
 import os
 import socket
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -169,6 +170,9 @@ class App:
         self._watcher: StateWatcher | None = None
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
+        #: the running check that the schedules topic exists, per event loop (`_schedules_topic`)
+        self._schedules_topic_checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Any]] = \
+            weakref.WeakKeyDictionary()
         self._acknowledged: dict[str, None] = {}  # ids of recent acknowledged enqueues (depends_on checks them)
 
     @property
@@ -575,9 +579,17 @@ class App:
         return state
 
     async def _schedules_topic(self) -> str:
-        """The schedules topic, created if this namespace's topics were applied before it existed."""
+        """The schedules topic, created if this namespace's topics were applied before it existed.
+
+        Checked once: concurrent first callers on a loop share one check (the schedule service
+        fires up to 200 ticks at once, and each check opens an admin connection)."""
         if not self._schedules_topic_checked:
-            await ensure_single_topics(self.settings, ["schedules"])
+            loop = asyncio.get_running_loop()
+            check = self._schedules_topic_checks.get(loop)
+            if check is None or check.done() and (check.cancelled() or check.exception() is not None):
+                check = self._schedules_topic_checks[loop] = loop.create_task(
+                    ensure_single_topics(self.settings, ["schedules"]))
+            await asyncio.shield(check)
             self._schedules_topic_checked = True
         return self.names.schedules
 

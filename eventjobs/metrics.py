@@ -1,4 +1,4 @@
-"""Prometheus metrics of the services (worker, processor with its timer service, projector).
+"""Prometheus metrics of the services (worker, processor with its timer and schedule services, projector).
 
 Every metric name is defined here, once. Each service gets its own `Metrics` (its own
 `CollectorRegistry`, so several services or tests in one process do not collide); a metric
@@ -45,6 +45,7 @@ HOUSEKEEPING_TIMERS = "eventjobs_processor_housekeeping_timers"
 TIMER_LATENESS = "eventjobs_timer_lateness_seconds"
 QUARANTINED = "eventjobs_quarantined_total"
 PROJECTOR_LAG = "eventjobs_projector_lag_seconds"
+SCHEDULES_SET_ASIDE = "eventjobs_schedules_set_aside"
 
 JOB_LABELS = ("name", "queue")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -233,6 +234,11 @@ class Metrics:
     def quarantined(self) -> Counter:
         return Counter(_base(QUARANTINED), "Records copied to the quarantine topic by this service.",
                        registry=self.registry)
+
+    @cached_property
+    def schedules_set_aside(self) -> Gauge:
+        return Gauge(SCHEDULES_SET_ASIDE, "Schedules the schedule service has set aside, by reason (one of a fixed "
+                     "few): they fire nothing until their definition changes.", ("reason",), registry=self.registry)
 
     @cached_property
     def projector_lag(self) -> Gauge:

@@ -35,17 +35,22 @@ def _print(as_json: bool, payload: dict[str, Any], text: str) -> None:
 
 @schedules_app.command("list")
 def schedules_list(app: OptionalAppOption = None, namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
-    """Every schedule with its rule, state, last and next tick (times in UTC)."""
+    """Every schedule with its rule, state, last and next tick (times in UTC); a schedule whose stored
+    rule gives no tick is shown set aside, with the reason."""
     statuses = _run(lambda a: a.schedules(), app, namespace)
     if as_json:
         out.print_json(json.dumps([json.loads(s.model_dump_json()) for s in statuses]))
         return
     table = Table("schedule id", "job", "rule", "state", "catch-up", "last tick (UTC)", "next tick (UTC)", "last job")
     for s in statuses:
-        table.add_row(s.schedule_id, s.job, s.rule, "paused" if s.paused else "active", s.catch_up,
+        state = "paused" if s.paused else "set aside" if s.set_aside else "active"
+        table.add_row(s.schedule_id, s.job, s.rule, state, s.catch_up,
                       format_time(s.last_tick), format_time(s.next_tick), s.last_job_id or "")
     out.print(table)
     out.print(f"{len(statuses)} schedule(s)")
+    for s in statuses:
+        if s.set_aside:
+            out.print(f"set aside (fires nothing until its definition changes): {s.set_aside}")
 
 
 @schedules_app.command("pause")

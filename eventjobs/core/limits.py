@@ -59,8 +59,10 @@ __all__ = [
     "MAX_REASON_BYTES",
     "MAX_BATCH_ID_CHARS",
     "MAX_CATCH_UP_TICKS",
+    "MAX_CRON_CANDIDATES",
     "MIN_MAX_EVENT_BYTES",
     "MIN_SCHEDULE_EVERY_S",
+    "SCHEDULE_HORIZON_DAYS",
     "SCHEDULE_LATE_AFTER_S",
     "RESERVE_BYTES",
     "SizeLimits",
@@ -125,6 +127,14 @@ MIN_SCHEDULE_EVERY_S = 1
 SCHEDULE_LATE_AFTER_S = 60
 #: Most missed ticks of one schedule ``catch_up="all"`` fires on return (the latest ones).
 MAX_CATCH_UP_TICKS = 100
+#: A schedule must fire within this many days (five years and their leap days) of its definition:
+#: ``every=`` at most this long, a ``cron=`` with a tick this soon. A rule that never fires
+#: (``0 0 30 2 *``) is refused when it is defined rather than found out by every service later.
+SCHEDULE_HORIZON_DAYS = 1827
+#: Most cron matches one tick computation looks at before it gives up on the rule. Matches that
+#: map to no new instant are skipped (the wall-clock times of a repeated DST hour already
+#: fired: at most 60 an hour for a cron of every minute), so a real rule needs far fewer.
+MAX_CRON_CANDIDATES = 10_000
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,27 @@ exactly what the fold needs. The fold is a merge: a definition event wins by its
 any order, any number of times, gives the same state (tests/core/test_schedules.py).
 
 Ticks: `every` ticks are multiples of the period since the Unix epoch (UTC), so every process
-computes the same ticks (`every="1h"` fires on the hour); `cron` ticks come from croniter in the
-schedule's time zone. A tick's job has the idempotency key `<schedule id>@<tick, ISO-8601 UTC>`,
-so its job id is fixed (`ids.job_id_for_key`) and a tick fired twice (a crash between the enqueue
-and its `fired` record) is refused by the processor as a duplicate.
+computes the same ticks (`every="1h"` fires on the hour). `cron` ticks are the local wall-clock
+times croniter matches in the schedule's time zone (croniter steps through naive wall-clock time,
+where a cron expression means what it says), each mapped to one instant by `wall_clock_instant`:
+a time the clock shows twice (DST ends) fires at its first occurrence only, a time the clock
+skips (DST starts) fires once, at the first instant after the gap. A tick's job has the
+idempotency key `<schedule id>@<tick, ISO-8601 UTC>`, so its job id is fixed
+(`ids.job_id_for_key`) and a tick fired twice (a crash between the enqueue and its `fired`
+record) is refused by the processor as a duplicate.
+
+A rule must fire within `SCHEDULE_HORIZON_DAYS` of its definition (`define_schedule` refuses
+`0 0 30 2 *`). A stored definition whose ticks cannot be computed all the same (an older
+version or a foreign producer wrote it) raises `ScheduleNotComputable` from `next_tick` and
+`previous_tick`, never a library's error, so the shell can set that one schedule aside.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,12 +43,13 @@ import orjson
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from eventjobs.core.clock import UTC, format_utc_ms, from_epoch_ms, utc_ms
+from eventjobs.core.clock import UTC, epoch_ms, format_utc_ms, from_epoch_ms, utc_ms
 from eventjobs.core.commands import enqueue
 from eventjobs.core.durations import parse_duration
 from eventjobs.core.events import EnqueuedEvent, EventId, JobName, JsonObject, QueueName, UtcTimestamp
 from eventjobs.core.ids import new_event_id
-from eventjobs.core.limits import MAX_CATCH_UP_TICKS, MAX_REASON_BYTES, MIN_SCHEDULE_EVERY_S, SCHEDULE_LATE_AFTER_S
+from eventjobs.core.limits import MAX_CATCH_UP_TICKS, MAX_CRON_CANDIDATES, MAX_REASON_BYTES, MIN_SCHEDULE_EVERY_S
+from eventjobs.core.limits import SCHEDULE_HORIZON_DAYS, SCHEDULE_LATE_AFTER_S
 from eventjobs.core.limits import truncate_text
 from eventjobs.core.options import JobOptions, JobOptionsSpec, Priority
 
@@ -53,10 +65,16 @@ SCHEDULE_OPTIONS = ("every", "cron", "timezone", "catch_up")
 FIRED_SUFFIX = "@fired"
 TRIGGERED_SUFFIX = "@triggered"
 _MS = timedelta(milliseconds=1)
+_HORIZON = timedelta(days=SCHEDULE_HORIZON_DAYS)
 
 
 class InvalidSchedule(ValueError):
     """A schedule that cannot be: bad cron, unknown time zone, both or neither of every/cron ..."""
+
+
+class ScheduleNotComputable(InvalidSchedule):
+    """A stored rule whose next or previous tick cannot be computed: no match within croniter's
+    search (a day the month never has), or a tick beyond the year 9999 (an `every` of millennia)."""
 
 
 def declared_schedule_id(job: str) -> str:
@@ -117,11 +135,39 @@ def check_rule(every_ms: int | None, cron: str | None, timezone: str) -> None:
     """Exactly one of every/cron; a cron croniter reads; a time zone zoneinfo knows."""
     if (every_ms is None) == (cron is None):
         raise InvalidSchedule("give exactly one of every= (e.g. '30s') and cron= (e.g. '0 * * * *')")
-    if cron is not None:
-        if len(cron.split()) != 5 or not croniter.is_valid(cron):
-            raise InvalidSchedule(f"invalid cron expression {cron!r}: use 5 fields (minute hour day month weekday), "
-                                  f"e.g. '0 * * * *'")
+    if cron is not None and not _readable_cron(cron):
+        raise InvalidSchedule(f"invalid cron expression {cron!r}: use 5 fields (minute hour day month weekday), "
+                              f"e.g. '0 * * * *'")
     _zone(timezone)
+
+
+@lru_cache(maxsize=4096)
+def _readable_cron(cron: str) -> bool:
+    """croniter reads `cron` as 5 fields. Cached: every schedule record read is validated, reading
+    an expression costs about 60 µs, and schedules share a few expressions."""
+    return len(cron.split()) == 5 and croniter.is_valid(cron)
+
+
+def check_horizon(definition: ScheduleDefinition, now: datetime) -> None:
+    """The rule fires within `SCHEDULE_HORIZON_DAYS` of `now`, else `InvalidSchedule` says so."""
+    if definition.every_ms is not None:
+        if definition.every_ms <= _HORIZON // _MS:
+            return
+        what = f"every={_duration_text(definition.every_ms)!r} is longer than {SCHEDULE_HORIZON_DAYS} days"
+        hint = f"use at most every='{SCHEDULE_HORIZON_DAYS}d'"
+    else:
+        try:
+            if next_tick(definition, now) - utc_ms(now) <= _HORIZON:
+                return
+        except ScheduleNotComputable:
+            pass
+        what = (f"cron {definition.cron!r} ({definition.timezone}) has no tick within {SCHEDULE_HORIZON_DAYS} days "
+                f"of {format_utc_ms(now)}")
+        hint = ("check the day of month against the months (February has at most 29 days; April, June, September "
+                "and November 30) and that a weekday's '#n' can fall on that day")
+    raise InvalidSchedule(f"schedule {definition.schedule_id!r} of job {definition.job!r}: {what}; a schedule must "
+                          f"fire at least once every {SCHEDULE_HORIZON_DAYS} days (5 years, SCHEDULE_HORIZON_DAYS in "
+                          f"eventjobs/core/limits.py): {hint}")
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -138,12 +184,17 @@ def parse_every(every: str | int | float | timedelta) -> int:
     if isinstance(every, timedelta):
         period = every
     elif isinstance(every, (int, float)):
-        period = timedelta(seconds=every)
+        try:
+            period = timedelta(seconds=every)
+        except (OverflowError, ValueError):
+            raise InvalidSchedule(f"every={every!r} is too long: a schedule must fire at least once every "
+                                  f"{SCHEDULE_HORIZON_DAYS} days") from None
     elif isinstance(every, str):
         try:
             period = parse_duration(every, default_unit="s")
-        except ValueError:
-            raise InvalidSchedule(f"every={every!r} is not a duration; use e.g. '30s', '5m', '1h'") from None
+        except (OverflowError, ValueError):
+            raise InvalidSchedule(f"every={every!r} is not a duration; use e.g. '30s', '5m', '1h' "
+                                  f"(at most '{SCHEDULE_HORIZON_DAYS}d')") from None
     else:
         raise InvalidSchedule(f"every= must be a duration such as '30s', got {type(every).__name__}")
     ms = period // _MS
@@ -173,8 +224,9 @@ def define_schedule(
 ) -> ScheduleDefinition:
     """A validated definition; `InvalidSchedule` says what is wrong and what is allowed.
 
-    `options` are the job's options merged with the caller's overrides; an idempotency key, run_at
-    or delay is refused (the schedule sets each tick's own key and runs it at its tick).
+    The rule must fire within `SCHEDULE_HORIZON_DAYS` of `now` (`check_horizon`). `options` are
+    the job's options merged with the caller's overrides; an idempotency key, run_at or delay is
+    refused (the schedule sets each tick's own key and runs it at its tick).
     """
     if every is not None and cron is not None or every is None and cron is None:
         raise InvalidSchedule(f"schedule of job {job!r}: give exactly one of every= (e.g. '30s') and cron= (e.g. '0 * * * *')")
@@ -190,7 +242,7 @@ def define_schedule(
     if schedule_id is None:
         schedule_id = default_schedule_id(job, args, every_ms, cron, timezone)
     try:
-        return ScheduleDefinition(
+        definition = ScheduleDefinition(
             schedule_id=schedule_id, job=job, args=args, queue=options.queue, priority=options.priority,
             options=options.to_spec(), every_ms=every_ms, cron=cron, timezone=timezone,
             catch_up=catch_up, declared=declared, since=utc_ms(now),  # type: ignore[arg-type]
@@ -199,6 +251,8 @@ def define_schedule(
         problems = "; ".join(f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg']}"
                              for issue in error.errors(include_url=False))
         raise InvalidSchedule(f"schedule {schedule_id!r} of job {job!r}: {problems}") from None
+    check_horizon(definition, now)
+    return definition
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -452,29 +506,122 @@ def fold_schedules(events: list[Any]) -> dict[str, ScheduleState]:
 # -- ticks -----------------------------------------------------------------------------------
 
 
-def _ms_of(value: datetime) -> int:
-    return (utc_ms(value) - from_epoch_ms(0)) // _MS
-
-
 def next_tick(definition: ScheduleDefinition, after: datetime) -> datetime:
-    """The first tick strictly after `after`."""
-    if definition.every_ms is not None:
-        every = definition.every_ms
-        return from_epoch_ms((_ms_of(after) // every + 1) * every)
-    zone = _zone(definition.timezone)
-    found = croniter(definition.cron, utc_ms(after).astimezone(zone)).get_next(datetime)
-    return utc_ms(found)
+    """The first tick strictly after `after`; `ScheduleNotComputable` if there is none to find."""
+    after = utc_ms(after)
+    try:
+        if definition.every_ms is not None:
+            every = definition.every_ms
+            return from_epoch_ms((epoch_ms(after) // every + 1) * every)
+        return _cron_tick(definition, after, forward=True)
+    except (OverflowError, ValueError, OSError) as error:  # croniter's "failed to find", a year past 9999
+        raise _not_computable(definition, "after", after, error) from None
 
 
 def previous_tick(definition: ScheduleDefinition, at_or_before: datetime) -> datetime:
-    """The last tick at or before `at_or_before`."""
-    if definition.every_ms is not None:
-        every = definition.every_ms
-        return from_epoch_ms(_ms_of(at_or_before) // every * every)
-    zone = _zone(definition.timezone)
-    # croniter's get_prev is strictly before its start: start 1 ms later to include the instant itself
-    start = (utc_ms(at_or_before) + _MS).astimezone(zone)
-    return utc_ms(croniter(definition.cron, start).get_prev(datetime))
+    """The last tick at or before `at_or_before`; `ScheduleNotComputable` if there is none to find."""
+    at_or_before = utc_ms(at_or_before)
+    try:
+        if definition.every_ms is not None:
+            every = definition.every_ms
+            return from_epoch_ms(epoch_ms(at_or_before) // every * every)
+        return _cron_tick(definition, at_or_before, forward=False)
+    except (OverflowError, ValueError, OSError) as error:
+        raise _not_computable(definition, "at or before", at_or_before, error) from None
+
+
+def _not_computable(definition: ScheduleDefinition, where: str, at: datetime,
+                    error: BaseException) -> ScheduleNotComputable:
+    return ScheduleNotComputable(f"schedule {definition.schedule_id!r} ({definition.describe()}): no tick {where} "
+                                 f"{format_utc_ms(at)} can be computed ({type(error).__name__}: {error})")
+
+
+def _cron_tick(definition: ScheduleDefinition, instant: datetime, *, forward: bool) -> datetime:
+    assert definition.cron is not None
+    return _cron_tick_in(definition.cron, definition.timezone, instant, forward)
+
+
+@lru_cache(maxsize=16_384)
+def _cron_tick_in(cron: str, timezone: str, instant: datetime, forward: bool) -> datetime:
+    """The first tick of `cron` in `timezone` after `instant` (`forward`), or the last at or before it.
+
+    Cached: schedules that share a rule mostly share the instant asked about too (the tick they
+    all fired last), and a step of croniter costs 30 to 150 µs.
+
+    croniter steps through the zone's naive wall-clock time; each match maps to its instant
+    (`wall_clock_instant`). That map never goes backwards, so the first match (stepping away
+    from `instant`) whose instant lies on the right side of `instant` is the answer. Matches on
+    the wrong side are skipped: only the wall-clock times of a repeated hour, whose first
+    occurrence is behind an `instant` in the second one.
+    """
+    zone = _zone(timezone)
+    local = instant.astimezone(zone)
+    wall = local.replace(tzinfo=None)
+    if not forward:
+        if local.fold:  # the second pass of a repeated hour: its wall-clock times until now+repeat fired in the first
+            wall += local.replace(fold=0).utcoffset() - local.utcoffset()  # type: ignore[operator]
+        wall += _MS  # croniter's get_prev is strictly before its start: include the instant itself
+    parsed = _parsed_cron(cron)
+    for _ in range(MAX_CRON_CANDIDATES):
+        wall = parsed.get_next(datetime, start_time=wall) if forward else parsed.get_prev(datetime, start_time=wall)
+        tick = wall_clock_instant(wall, zone)
+        if (tick > instant) if forward else (tick <= instant):
+            return tick
+    raise ValueError(f"no match among {MAX_CRON_CANDIDATES} cron candidates")
+
+
+def wall_clock_instant(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The instant (UTC, ms) a schedule in `zone` fires for the naive wall-clock time `wall`.
+
+    A time the clock shows twice (DST ends: 01:30 in New York on 2024-11-03) is its first
+    occurrence (`fold=0`); a time the clock skips (DST starts: 02:30 on 2024-03-10) is the first
+    instant after the gap (03:00 local, 07:00 UTC). So each wall-clock time fires at most once,
+    and the map never goes backwards. Pure: every process computes the same instant.
+    """
+    aware = wall.replace(tzinfo=zone)
+    instant = aware.astimezone(UTC)
+    if instant.astimezone(zone).replace(tzinfo=None) == wall:
+        return utc_ms(instant)
+    return _gap_end(aware, zone)
+
+
+def _gap_end(skipped: datetime, zone: ZoneInfo) -> datetime:
+    """The transition that skipped the wall-clock time `skipped`: its first instant.
+
+    In a gap, fold=0 reads the time with the offset from before the change (an instant after
+    it) and fold=1 with the offset from after (an instant before it); zoneinfo does not expose
+    the transition itself, so it is found between the two, to the second (tz data has whole
+    seconds).
+    """
+    later = epoch_ms(skipped.replace(fold=0).astimezone(UTC)) // 1000
+    earlier = epoch_ms(skipped.replace(fold=1).astimezone(UTC)) // 1000
+    new_offset = from_epoch_ms(later * 1000).astimezone(zone).utcoffset()
+    while later - earlier > 1:
+        middle = (earlier + later) // 2
+        if from_epoch_ms(middle * 1000).astimezone(zone).utcoffset() == new_offset:
+            later = middle
+        else:
+            earlier = middle
+    return from_epoch_ms(later * 1000)
+
+
+_PARSED = threading.local()
+_PARSED_KEPT = 1024  # cron expressions kept parsed per thread
+
+
+def _parsed_cron(cron: str) -> croniter:
+    """A croniter of `cron`, parsed once per thread: parsing costs about 60 µs, a step from a
+    given `start_time` 30 µs. Each call of get_next / get_prev with `start_time` starts afresh;
+    per thread because the object keeps its position between the two."""
+    cache: dict[str, croniter] | None = getattr(_PARSED, "cache", None)
+    if cache is None:
+        cache = _PARSED.cache = {}
+    parsed = cache.get(cron)
+    if parsed is None:
+        if len(cache) >= _PARSED_KEPT:
+            cache.clear()
+        parsed = cache[cron] = croniter(cron, datetime(2000, 1, 1))
+    return parsed
 
 
 def baseline(state: ScheduleState) -> datetime | None:
@@ -487,7 +634,7 @@ def baseline(state: ScheduleState) -> datetime | None:
 
 def upcoming_tick(state: ScheduleState, not_before: datetime | None = None) -> datetime | None:
     """The schedule's next tick: the first after its baseline (and after `not_before`); None when
-    it is not defined, deleted or paused."""
+    it is not defined, deleted or paused; `ScheduleNotComputable` when its rule has none to give."""
     definition = state.definition
     start = baseline(state)
     if definition is None or start is None or state.deleted or definition.paused:
@@ -571,21 +718,27 @@ class ScheduleStatus(BaseModel):
     catch_up: str
     last_tick: datetime | None
     last_job_id: str | None
-    next_tick: datetime | None  # None while paused
+    next_tick: datetime | None  # None while paused, or set aside
     last_triggered: datetime | None
+    set_aside: str | None = None  # why it fires nothing: its stored rule cannot be computed
 
 
 def status_of(state: ScheduleState, now: datetime) -> ScheduleStatus | None:
-    """What to show for a schedule at `now` (None: deleted, or not defined)."""
+    """What to show for a schedule at `now` (None: deleted, or not defined). A stored rule whose
+    next tick cannot be computed shows no next tick and the reason in `set_aside`."""
     definition = state.definition
     if definition is None or state.deleted:
         return None
-    upcoming = upcoming_tick(state, not_before=now)
+    set_aside = None
+    try:
+        upcoming = upcoming_tick(state, not_before=now)
+    except ScheduleNotComputable as error:
+        upcoming, set_aside = None, str(error)
     return ScheduleStatus(
         schedule_id=state.schedule_id, job=definition.job, rule=definition.describe(), args=definition.args,
         paused=definition.paused, declared=definition.declared, catch_up=definition.catch_up,
         last_tick=state.last_tick, last_job_id=state.last_job_id, next_tick=upcoming,
-        last_triggered=state.last_triggered,
+        last_triggered=state.last_triggered, set_aside=set_aside,
     )
 
 

@@ -6,7 +6,9 @@ start it reads the topic from the beginning, folds it with the core's `apply_sch
 writes a row for every schedule a batch changed; rows replace by `version`, which never shrinks
 as a schedule's state changes (a change that keeps the same times, such as a tie broken by event
 id, keeps the same version), so writing one again is harmless. A record it cannot use is skipped,
-counted (`skipped_records`) and logged once per kind; nothing on the topic stops it.
+counted (`skipped_records`) and logged once per kind; a schedule whose stored rule gives no tick
+to compute (`0 0 30 2 *`, written by an older version or a foreign producer) gets its row with
+no next tick, and is counted (`set_aside`) and logged. Nothing on the topic stops it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from eventjobs.clickhouse.backoff import Backoff
 from eventjobs.clickhouse.errors import ClickHouseUnavailable
 from eventjobs.core.schedules import (
     RefusedScheduleRecord,
+    ScheduleNotComputable,
     ScheduleState,
     admit_schedule_record,
     apply_schedule,
@@ -46,12 +49,12 @@ def _ms(value: datetime | None) -> int:
     return int(value.timestamp() * 1000) if value is not None else 0
 
 
-def schedule_row(state: ScheduleState) -> tuple[Any, ...] | None:
-    """The `schedules` row of a state (None while only its ticks are known, not its definition)."""
+def schedule_row(state: ScheduleState, upcoming: datetime | None) -> tuple[Any, ...] | None:
+    """The `schedules` row of a state with its next tick (None while only its ticks are known, not
+    its definition)."""
     definition = state.definition
     if definition is None:
         return None
-    upcoming = upcoming_tick(state)
     version = _ms(state.updated_at) + _ms(state.last_tick) + _ms(state.last_triggered)
     return (state.schedule_id, definition.job, definition.describe(), orjson.dumps(definition.args).decode(),
             definition.queue, definition.catch_up, int(definition.paused), int(definition.declared), state.last_tick,
@@ -68,6 +71,7 @@ class SchedulesProjection:
         self.topic = TopicNames(settings.namespace, load_specs(settings.topics_dir)).schedules
         self.states: dict[str, ScheduleState] = {}
         self.skipped: Counter[str] = Counter()
+        self.set_aside: dict[str, str] = {}  # schedule id -> why no next tick can be computed
 
     @property
     def skipped_records(self) -> int:
@@ -91,7 +95,23 @@ class SchedulesProjection:
             after = apply_schedule(before, admitted)
             if after != before:
                 self.states[admitted.schedule_id] = changed[admitted.schedule_id] = after
-        return [row for row in map(schedule_row, changed.values()) if row is not None]
+        return [row for row in map(self._row, changed.values()) if row is not None]
+
+    def _row(self, state: ScheduleState) -> tuple[Any, ...] | None:
+        """Its row; a schedule whose next tick cannot be computed is noted in `set_aside` (the first
+        and every power of ten logged) and its row shows none."""
+        try:
+            upcoming = upcoming_tick(state)
+        except ScheduleNotComputable as error:
+            upcoming = None
+            if state.schedule_id not in self.set_aside:
+                self.set_aside[state.schedule_id] = str(error)
+                count = len(self.set_aside)
+                if str(count).rstrip("0") == "1":
+                    log.error("schedules projection: %s; its row shows no next tick (%d such schedules)", error, count)
+        else:
+            self.set_aside.pop(state.schedule_id, None)
+        return schedule_row(state, upcoming)
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
         if rows:

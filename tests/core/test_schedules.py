@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import random
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 import eventjobs
 from eventjobs.core.clock import from_epoch_ms
 from eventjobs.core.ids import job_id_for_key
-from eventjobs.core.limits import MAX_CATCH_UP_TICKS, SCHEDULE_LATE_AFTER_S
+from eventjobs.core.limits import MAX_CATCH_UP_TICKS, SCHEDULE_HORIZON_DAYS, SCHEDULE_LATE_AFTER_S
 from eventjobs.core.options import ConstantBackoff, JobOptions, Priority
 from eventjobs.core.schedules import (
     ORPHAN_REASON,
@@ -23,6 +24,7 @@ from eventjobs.core.schedules import (
     InvalidSchedule,
     RefusedScheduleRecord,
     ScheduleDefinition,
+    ScheduleNotComputable,
     ScheduleState,
     admit_schedule_record,
     apply_schedule,
@@ -45,7 +47,9 @@ from eventjobs.core.schedules import (
     tick_job,
     tick_key,
     ticks_due,
+    upcoming_tick,
 )
+from tests.support.schedule_records import UNCOMPUTABLE_RULES, stored_definition
 
 UTC = timezone.utc
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -79,6 +83,50 @@ def cron(expr: str, tz: str = "UTC", *, since: datetime = T0, catch_up: str = "o
 def test_bad_definitions_say_what_is_wrong(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidSchedule, match=message):
         define_schedule("report", {}, JobOptions(), now=T0, **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "rule"), [
+    ({"cron": "0 0 30 2 *"}, "cron '0 0 30 2 *' (UTC) has no tick within 1827 days of 2026-03-01T12:00:00.000Z"),
+    ({"cron": "0 0 31 4,6,9,11 *", "timezone": "Europe/Paris"}, "cron '0 0 31 4,6,9,11 *' (Europe/Paris) has no tick"),
+    ({"cron": "0 0 1 1 0#5"}, "cron '0 0 1 1 0#5' (UTC) has no tick"),
+    ({"every": "3000000d"}, "every='3000000d' is longer than 1827 days"),
+    ({"every": "1828d"}, "every='1828d' is longer than 1827 days"),
+    ({"every": 10**20}, "every=100000000000000000000 is too long"),
+])
+def test_a_rule_that_fires_not_once_within_the_horizon_is_refused(kwargs: dict[str, Any], rule: str) -> None:
+    """Syntax alone let these through, and every service computing their ticks then crashed."""
+    with pytest.raises(InvalidSchedule, match=re.escape(rule)) as refused:
+        define_schedule("report", {}, JobOptions(), now=T0, **kwargs)
+    assert f"at least once every {SCHEDULE_HORIZON_DAYS} days" in str(refused.value)
+
+
+def test_rules_that_fire_within_the_horizon_are_allowed_however_rare() -> None:
+    leap_day = define_schedule("report", {}, JobOptions(), cron="0 0 29 2 *", now=T0)
+    assert next_tick(leap_day, T0) == datetime(2028, 2, 29, tzinfo=UTC)
+    longest = define_schedule("report", {}, JobOptions(), every=f"{SCHEDULE_HORIZON_DAYS}d", now=T0)
+    assert longest.every_ms == SCHEDULE_HORIZON_DAYS * 86_400_000
+
+
+@pytest.mark.parametrize("name", sorted(UNCOMPUTABLE_RULES))
+def test_a_stored_rule_that_cannot_be_computed_raises_one_error_and_is_shown_set_aside(name: str) -> None:
+    """Written by an older version or a foreign producer: the record is a valid schedule event,
+    and its ticks raise `ScheduleNotComputable`, never croniter's or datetime's own error."""
+    key, value = stored_definition(name, T0, **UNCOMPUTABLE_RULES[name])  # type: ignore[arg-type]
+    event = admit_schedule_record(key, value)
+    assert not isinstance(event, RefusedScheduleRecord), event
+    state = apply_schedule(None, event)
+    definition = state.definition
+    assert definition is not None
+    computations = [lambda: next_tick(definition, T0), lambda: upcoming_tick(state),
+                    lambda: ticks_due(definition, None, T0 + timedelta(days=400))]
+    if definition.cron is not None:  # an `every` of millennia has its previous tick at the epoch
+        computations.append(lambda: previous_tick(definition, T0))
+    for compute in computations:
+        with pytest.raises(ScheduleNotComputable, match=f"schedule '{name}' .*: no tick .* can be computed"):
+            compute()
+    status = status_of(state, T0)
+    assert status is not None and status.next_tick is None and status.set_aside is not None
+    assert status.set_aside.startswith(f"schedule '{name}' ({definition.describe()}): no tick after")
 
 
 @pytest.mark.parametrize("option", ["idempotency_key", "delay", "run_at"])

@@ -11,6 +11,8 @@ import asyncio
 import json
 from collections import defaultdict
 from datetime import datetime, timezone
+from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import pytest
@@ -18,13 +20,17 @@ import pytest
 from eventjobs import App
 from eventjobs.app import ScheduleNotFound
 from eventjobs.core.events import EnqueuedEvent, parse_wire_timestamp
+from eventjobs.core.partitioning import job_partition
 from eventjobs.core.schedules import ORPHAN_REASON, InvalidSchedule, admit_schedule_record, declared_schedule_id
 from eventjobs.core.state import JobStatus
 from eventjobs.kafka.clients import partitions_of, producer, read_to_end
 from eventjobs.registry import UnknownJob
-from eventjobs.runtime.schedules import ScheduleService
+from eventjobs.runtime.schedules import SET_ASIDE_UNCOMPUTABLE, ScheduleService
 from eventjobs.settings import Settings
-from tests.e2e.conftest import Runtime, job_events, wait_for_status
+from tests.e2e.conftest import Runtime, job_events, spawn, wait_for_status
+from tests.support.schedule_records import UNCOMPUTABLE_RULES, stored_definition
+
+APP = "tests.support.jobs_app:app"
 
 
 def schedule_ticks(events: list[Any], schedule_id: str) -> dict[datetime, set[str]]:
@@ -123,6 +129,10 @@ async def test_bad_input_is_refused_with_a_clear_error(app: App) -> None:
         await app.schedule("add", every="100ms")
     with pytest.raises(InvalidSchedule, match="catch_up"):
         await app.schedule("add", every="1m", catch_up="some")
+    with pytest.raises(InvalidSchedule, match=r"cron '0 0 30 2 \*' \(UTC\) has no tick within 1827 days"):
+        await app.schedule("add", cron="0 0 30 2 *")
+    with pytest.raises(InvalidSchedule, match="every='3000000d' is longer than 1827 days"):
+        await app.schedule("add", every="3000000d")
     with pytest.raises(UnknownJob):
         await app.schedule("no_such_job", every="1m")
     with pytest.raises(InvalidSchedule, match="idempotency_key"):
@@ -275,6 +285,8 @@ def test_a_bad_declared_schedule_fails_at_registration() -> None:
         app.job(timezone="Europe/Paris")
     with pytest.raises(InvalidSchedule, match="unknown time zone"):
         app.job(cron="0 1 * * *", timezone="Paris")(handler)
+    with pytest.raises(InvalidSchedule, match="schedule 'job:handler' of job 'handler': cron '0 0 31 4,6,9,11 "):
+        app.job(cron="0 0 31 4,6,9,11 *")(handler)  # refused at import, not found out by every processor
     assert app.jobs == {}
     app.job(queue="reports", every="1h", catch_up="all")(handler)
     assert app.jobs["handler"].schedule == {"every": "1h", "catch_up": "all"}
@@ -359,3 +371,122 @@ async def test_a_schedule_whose_job_cannot_be_built_is_reported_and_the_others_f
     await wait_until(lambda: _has_ticks(app.settings, "fine", 3), 60, "ticks of the other schedule")
     assert service.bad.counts == {"job cannot be built": 1} and service.failure is None
     assert schedule_ticks(await job_events(app.settings), "too-big-here") == {}
+
+
+async def _write_uncomputable_schedules(settings: Settings, now: datetime) -> list[str]:
+    """Definitions this version refuses to make, written straight onto the topic with a raw producer
+    (as an older version or a foreign producer would); their schedule ids."""
+    topic = f"{settings.namespace}.schedules"
+    count = len(await partitions_of(settings, topic))
+    sender = producer(settings)
+    await sender.start()
+    try:
+        for name, rule in UNCOMPUTABLE_RULES.items():
+            key, value = stored_definition(name, now, **rule)  # type: ignore[arg-type]
+            await sender.send_and_wait(topic, value, key=key, partition=job_partition(name, count))
+    finally:
+        await sender.stop()
+    return sorted(UNCOMPUTABLE_RULES)
+
+
+async def test_a_stored_schedule_whose_ticks_cannot_be_computed_stops_no_processor(
+        app: App, tmp_path: Path, processes: list[Popen[bytes]]) -> None:
+    """`0 0 30 2 *` and its kind on the topic used to crash-loop every processor: the schedule
+    service raised croniter's error beside the lifecycle processor. Now the processor keeps
+    moving jobs, the other schedules keep ticking, and the bad ones are set aside, in the log,
+    the metric and the listing."""
+    from tests.e2e.test_metrics import _free_port, _scrape_when_up, _total
+    from tests.support.cli import run_cli
+
+    settings = app.settings
+    await app.schedule("add", {"a": 1, "b": 1}, every="1s", schedule_id="fine")
+    bad = await _write_uncomputable_schedules(settings, app.clock.now())
+    port, log = _free_port(), tmp_path / "processor.log"
+    processor = spawn(["processor", "--app", APP, "--metrics-port", str(port)], settings, log)
+    worker = spawn(["worker", "--app", APP, "--queues", "default"], settings, tmp_path / "worker.log")
+    processes += [processor, worker]
+
+    await wait_until(lambda: _has_ticks(settings, "fine", 3), 90, "three ticks of the other schedule")
+    job_id = await app.enqueue("add", {"a": 2, "b": 3})
+    assert (await app.wait(job_id, timeout=60)).result == {"sum": 5}
+    assert processor.poll() is None, log.read_text()[-3000:]
+    samples = await _scrape_when_up(port, processor, log)
+    assert _total(samples, "eventjobs_schedules_set_aside", reason=SET_ASIDE_UNCOMPUTABLE) == len(bad)
+    assert "it is set aside until its definition changes" in log.read_text()
+
+    listed = {s.schedule_id: s for s in await app.schedules()}
+    assert sorted(listed) == sorted([*bad, "fine"])
+    assert all(listed[b].next_tick is None and "can be computed" in (listed[b].set_aside or "") for b in bad)
+    assert listed["fine"].set_aside is None and listed["fine"].next_tick is not None
+    shown = await asyncio.to_thread(run_cli, "schedules", "list", "--json", settings=settings)
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(row["schedule_id"] for row in json.loads(shown.stdout) if row["set_aside"]) == bad
+    table = await asyncio.to_thread(run_cli, "schedules", "list", settings=settings)
+    assert table.returncode == 0 and table.stdout.count("set aside") >= len(bad), table.stdout
+
+
+async def test_the_schedules_projection_sets_aside_a_schedule_whose_ticks_cannot_be_computed(
+        app: App, clickhouse: Any) -> None:
+    from eventjobs.clickhouse import ChdbBackend, ServerBackend
+    from eventjobs.readside.migrations import apply_migrations, default_projections_dir
+    from eventjobs.readside.schedules import SchedulesProjection
+
+    settings = app.settings
+    await app.schedule("add", {"a": 1, "b": 1}, every="1h", schedule_id="hourly")
+    bad = await _write_uncomputable_schedules(settings, app.clock.now())
+    backend = (ChdbBackend(clickhouse.path, settings.namespace, role="pytest") if clickhouse.kind == "chdb"
+               else ServerBackend(clickhouse.url, settings.namespace))
+    stop = asyncio.Event()
+    try:
+        await asyncio.to_thread(apply_migrations, backend, default_projections_dir())
+        projection = SchedulesProjection(backend, settings)
+        running = asyncio.create_task(projection.run(stop))
+
+        async def rows() -> list[dict[str, Any]]:
+            result = await asyncio.to_thread(backend.query, "SELECT schedule_id, next_tick FROM schedules FINAL "
+                                             "ORDER BY schedule_id")
+            return result.dicts()
+
+        async def projected() -> bool:
+            assert not running.done(), running.exception()
+            return len(await rows()) == len(bad) + 1
+
+        await wait_until(projected, 30, "the schedules rows")
+        assert {r["schedule_id"]: r["next_tick"] is None for r in await rows()} == {
+            **{b: True for b in bad}, "hourly": False}
+        assert sorted(projection.set_aside) == bad and projection.skipped_records == 0
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    finally:
+        stop.set()
+        backend.command(f"DROP DATABASE IF EXISTS `{settings.namespace}` SYNC", database="")
+        backend.close()
+
+
+async def test_concurrent_first_writes_to_the_schedules_topic_check_it_once(app: App, monkeypatch: Any) -> None:
+    """The schedule service fires up to 200 ticks at once; each first write checked that the topic
+    exists with its own admin connection, all on the loop at once (the longest stall left after a
+    load of 100,000 schedules)."""
+    import eventjobs.app as app_module
+    from eventjobs.core.schedules import schedule_fired_event
+
+    checks = 0
+    check_topics = app_module.ensure_single_topics
+
+    async def counted(settings: Settings, keys: list[str]) -> list[str]:
+        nonlocal checks
+        checks += 1
+        return await check_topics(settings, keys)
+
+    monkeypatch.setattr(app_module, "ensure_single_topics", counted)
+    fresh = App(app.settings.namespace, settings=app.settings)
+    now = fresh.clock.now()
+    try:
+        await asyncio.gather(*(fresh.append_schedule_records([schedule_fired_event(f"s{n}", now, f"job-{n}", now=now,
+                                                                                    actor="test")])
+                               for n in range(50)))
+    finally:
+        await fresh.close()
+    assert checks == 1
+    fired = [r for r in await schedule_records(app.settings) if getattr(r, "type", None) == "fired"]
+    assert sorted(r.schedule_id for r in fired) == sorted(f"s{n}" for n in range(50))

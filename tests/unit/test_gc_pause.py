@@ -1,4 +1,5 @@
-"""collector_paused: the collector is off inside, back as it was after, whatever happens inside."""
+"""collector_paused: the collector is off inside, back as it was after, whatever happens inside.
+LoadPause: off across a load, then what the load made is frozen out of every later scan."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from eventjobs.core.gc_pause import collector_paused
+from eventjobs.core.gc_pause import LoadPause, collector_paused
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +61,25 @@ def test_services_run_with_the_collector_tuned() -> None:
     from eventjobs.core.gc_pause import SERVICE_THRESHOLDS
     assert out.strip() == f"{SERVICE_THRESHOLDS} True"
     assert SERVICE_THRESHOLDS[0] > 700  # not CPython's default
+
+
+def test_a_load_pause_freezes_what_the_load_made_and_turns_the_collector_back_on() -> None:
+    pause = LoadPause()
+    frozen_before = gc.get_freeze_count()
+    pause.start()
+    pause.start()  # a second take while loading: still one pause
+    assert not gc.isenabled()
+    loaded = [{"schedule": n} for n in range(1000)]
+    pause.end()
+    assert gc.isenabled() and gc.get_freeze_count() >= frozen_before + len(loaded)
+    pause.end()  # nothing to end
+    assert gc.isenabled()
+    gc.unfreeze()
+
+
+def test_a_load_pause_leaves_a_collector_turned_off_by_someone_else_off() -> None:
+    gc.disable()
+    pause = LoadPause()
+    pause.start()
+    pause.end()
+    assert not gc.isenabled()
