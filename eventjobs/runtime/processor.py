@@ -341,17 +341,37 @@ class LifecycleProcessor:
             await txn.start()  # init_transactions: fences the previous owner of this partition
             try:
                 table = await self._restore(tp.partition, txn)
+                start = await self._committed(tp)
             except BaseException:
                 await txn.stop()
                 raise
             housekeeping = Housekeeping(self.retention, self.republish)
             housekeeping.track_all(table)
-            lane = _Lane(tp, txn, table, housekeeping, last_commit=asyncio.get_running_loop().time())
+            lane = _Lane(tp, txn, table, housekeeping, last_commit=asyncio.get_running_loop().time(), next_offset=start)
             lane.task = self._supervised(self._run_lane(lane), f"the fold of partition {tp.partition}")
             lane.committer = self._supervised(self._commit_loop(lane), f"the committer of partition {tp.partition}")
             self.lanes[tp.partition] = lane
             log.info("processor %s owns partition %d (%d jobs restored)", self.instance, tp.partition, len(lane.table))
         self.started.set()
+
+    async def _committed(self, tp: TopicPartition) -> int:
+        """Where the partition's lane starts: the offset committed for it, asked again now (-1: none).
+
+        aiokafka fetched the committed offset when the partition was assigned, before this take
+        initialised its transactional id. The previous owner's last transaction may have been
+        committing then (slow while the cluster replaces a lost broker): the consumer got the
+        offset from before it, while the changelog just restored includes it. Folding from there
+        would fold those events again, and a duplicate enqueue among them would derive its
+        `duplicate_rejected` a second time. Asked now, after `init_transactions` completed or
+        aborted that transaction, the offset matches the restored table; the consumer is moved
+        there, and the lane ignores anything fetched below it.
+        """
+        assert self._source is not None
+        committed = await self._source.committed(tp)
+        if committed is None:
+            return -1
+        self._source.seek(tp, committed)
+        return committed
 
     def _fail(self, error: BaseException) -> None:
         """Stop the processor with `error` (the first failure is the one reported)."""
