@@ -269,6 +269,15 @@ async def ensure_single_topics(settings: Settings, keys: list[str]) -> list[str]
         await admin.close()
 
 
+async def create_missing_topics(settings: Settings, specs: dict[str, TopicSpec]) -> None:
+    """Create the topics of `specs` (name -> spec, e.g. a spec with another partition count) that do not exist."""
+    admin = await _connect(settings)
+    try:
+        await _create_missing(admin, specs)
+    finally:
+        await admin.close()
+
+
 async def _create_missing(admin: AIOKafkaAdminClient, specs: dict[str, TopicSpec]) -> None:
     """Create the topics of `specs` (name -> spec) that do not exist, replication capped at the brokers."""
     existing = set(await admin.list_topics())
