@@ -63,6 +63,8 @@ MOVED_FROM_HEADER = "eventjobs.moved-from"
 #: The longest the processor waits between two looks at its lanes' housekeeping timers.
 HOUSEKEEPING_WAIT_S = 0.5
 MOVED_PRODUCERS_LOGGED = 1000  # producers whose first moved event is logged (and counted by name); bounded
+#: The longest a partition's take waits for the group coordinator to say where the partition starts.
+COMMITTED_OFFSET_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -367,7 +369,12 @@ class LifecycleProcessor:
         there, and the lane ignores anything fetched below it.
         """
         assert self._source is not None
-        committed = await self._source.committed(tp)
+        try:  # aiokafka retries this until the group coordinator answers: bounded, the take then fails loudly
+            async with asyncio.timeout(COMMITTED_OFFSET_TIMEOUT_S):
+                committed = await self._source.committed(tp)
+        except TimeoutError:
+            raise RuntimeError(f"the committed offset of partition {tp.partition} was not answered within "
+                               f"{COMMITTED_OFFSET_TIMEOUT_S:.0f} s") from None
         if committed is None:
             return -1
         self._source.seek(tp, committed)
