@@ -111,7 +111,7 @@ async def grow(source: Settings, target: Settings, partitions: int, *, clock: Cl
     if partitions <= len(events_before):
         raise GrowRefused(f"{names.events} has {len(events_before)} partitions already; --to must be more")
     await _refuse_while_running(source, names)
-    await _refuse_existing(target, new)
+    await _refuse_existing(target)
     _, begins, ends = await log_offsets(source, names.events)
     await _refuse_open_transactions(source, names, ends)
     table, _ = await read_changelog(source)
@@ -146,14 +146,13 @@ async def _write(source: Settings, target: Settings, names: TopicNames, new: Top
             until = {p: max(begins[p], committed.get(p, begins[p])) for p in ends}
             say(f"copying the history of {len(table):,} jobs")
             folded, starts = await _copy_history(source, writer, names, new, table, begins, until, partitions, report)
-            differ = sorted(job_id for job_id in folded.keys() | table.keys() if folded.get(job_id, (None,))[0] !=
-                            table.get(job_id, (None,))[0] or encode_state(folded[job_id][1]) != encode_state(table[job_id][1]))
+            differ = _differing(folded, table)
             if differ:  # what the source's processor holds is not what its log says: carry nothing over
                 raise GrowRefused(f"the changelog of {source.namespace} differs from the fold of its log up to the "
                                   f"processor's committed offsets for {len(differ)} job(s), e.g. {differ[:3]}; see "
                                   f"`eventjobs replay --state` (a job whose enqueue is older than the log's retention "
                                   f"cannot be carried over); nothing was written")
-            say(f"copying the {sum(ends[p] - until[p] for p in ends):,} records the processor had not folded")
+            say(f"copying what the processor had not folded ({sum(ends[p] - until[p] for p in ends):,} offsets)")
             waiting_ready = await _copy_tail(source, writer, names, new, table, until, ends, partitions, report)
             await _install_states(writer, new, table, waiting_ready, partitions, clock, report)
             await _copy_schedules(source, target, writer, names, new, report)
@@ -166,6 +165,13 @@ async def _write(source: Settings, target: Settings, names: TopicNames, new: Top
                                   f"still writes to it): stop it and grow again; nothing was written")
     finally:
         await writer.stop()
+
+
+def _differing(folded: dict[str, tuple[int, JobState]], table: dict[str, tuple[int, JobState]]) -> list[str]:
+    """Jobs whose (partition, state) differ between the fold of the log and the changelog."""
+    return sorted(job_id for job_id in folded.keys() | table.keys()
+                  if job_id not in folded or job_id not in table or folded[job_id][0] != table[job_id][0]
+                  or encode_state(folded[job_id][1]) != encode_state(table[job_id][1]))
 
 
 def _names(settings: Settings) -> TopicNames:
@@ -200,7 +206,7 @@ async def _refuse_while_running(settings: Settings, names: TopicNames) -> None:
                           f"and worker of the namespace (and the producers writing to it), then grow")
 
 
-async def _refuse_existing(target: Settings, new: TopicNames) -> None:
+async def _refuse_existing(target: Settings) -> None:
     admin = admin_client(target)
     await admin.start()
     try:
