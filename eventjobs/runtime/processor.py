@@ -365,8 +365,9 @@ class LifecycleProcessor:
         offset from before it, while the changelog just restored includes it. Folding from there
         would fold those events again, and a duplicate enqueue among them would derive its
         `duplicate_rejected` a second time. Asked now, after `init_transactions` completed or
-        aborted that transaction, the offset matches the restored table; the consumer is moved
-        there, and the lane ignores anything fetched below it.
+        aborted that transaction, the offset matches the restored table; the lane ignores what
+        the consumer fetches below it. (The consumer is not moved there: records it fetched
+        before this take and hands over after it would then come a second time.)
         """
         assert self._source is not None
         try:  # aiokafka retries this until the group coordinator answers: bounded, the take then fails loudly
@@ -375,10 +376,7 @@ class LifecycleProcessor:
         except TimeoutError:
             raise RuntimeError(f"the committed offset of partition {tp.partition} was not answered within "
                                f"{COMMITTED_OFFSET_TIMEOUT_S:.0f} s") from None
-        if committed is None:
-            return -1
-        self._source.seek(tp, committed)
-        return committed
+        return -1 if committed is None else committed
 
     def _fail(self, error: BaseException) -> None:
         """Stop the processor with `error` (the first failure is the one reported)."""
