@@ -10,7 +10,7 @@ harness beside them restarts one that exits, as a supervisor would, and the test
 
 Two faults, one per test: the broker that leads most partitions of the event log (not the
 active controller), then the active controller itself (also a broker: combined mode), each
-SIGKILLed while jobs are enqueued (four loops, each one job every 40 ms; every tenth fails once and is retried), kept
+SIGKILLed while jobs are enqueued (four loops, each one job every 80 ms; every tenth fails once and is retried), kept
 down 20 s, started again on its ports and data. With two of three brokers the cluster keeps
 accepting writes (min ISR 2) and electing leaders (a quorum of 2 of 3 controllers): the test
 requires enqueues to be acknowledged and a job to complete *while the broker is down*, every
@@ -207,7 +207,7 @@ async def test_a_broker_killed_under_load_loses_no_job_and_catches_up(
         enqueuing.set()
 
         async def enqueue_forever(lane: int) -> None:
-            """One job every ~40 ms (four of these run at once, so an enqueue waiting for a new
+            """One job every ~80 ms (four of these run at once, so an enqueue waiting for a new
             leader holds up a quarter of the load); not acknowledged within 5 s counts as refused."""
             nonlocal refused
             i = lane
@@ -221,7 +221,7 @@ async def test_a_broker_killed_under_load_loses_no_job_and_catches_up(
                     acked_at.append(time.monotonic())
                 except Exception:  # noqa: BLE001 - a timeout or a send error: not acknowledged
                     refused += 1
-                await asyncio.sleep(0.04)
+                await asyncio.sleep(0.08)
 
         warm = await app.enqueue("work", {"i": -1})
         assert (await app.wait(warm, timeout=60)).status is JobStatus.COMPLETED  # both services serve
