@@ -137,7 +137,7 @@ async def _write(source: Settings, target: Settings, names: TopicNames, new: Top
                  table: dict[str, tuple[int, JobState]], begins: dict[int, int], ends: dict[int, int], partitions: int,
                  clock: Clock, say: Progress, report: GrowReport) -> None:
     """Everything the target gets, in one transaction (the steps of the module docstring)."""
-    writer = producer(target, transactional_id=f"{target.namespace}.grow", transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+    writer = producer(target, transactional_id=new.grow_transactional_id, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                       linger_ms=5)
     await writer.start()
     try:
@@ -188,7 +188,7 @@ async def _refuse_while_running(settings: Settings, names: TopicNames) -> None:
     admin = admin_client(settings)
     await admin.start()
     try:
-        prefix = f"{settings.namespace}.workers."
+        prefix = names.worker_group("")  # every queue route's group of workers
         groups = [names.processor_group, names.timers_group, names.schedules_group]
         groups += sorted(group for group, *_ in await admin.list_consumer_groups() if group.startswith(prefix))
         # one group per request: aiokafka 0.14 misreads a DescribeGroups answer about several groups
