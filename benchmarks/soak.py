@@ -1,6 +1,7 @@
 """Soak: many jobs through the whole pipeline while services are SIGKILLed, then check the invariants.
 
     .venv/bin/python benchmarks/soak.py [--jobs 100000] [--kill-every 8] [--seed 1]
+    .venv/bin/python benchmarks/soak.py --brokers 3 --kill-broker alternate [--broker-down 20] [--broker-kill-every 60]
 
 Three workers and two processors run as subprocesses (the app is `tests/support/fault_app.py`);
 every few seconds (`--kill-every`, jittered) a random one of them is SIGKILLed and started again
@@ -25,7 +26,17 @@ with SIGTERM, and the run is checked against the event log, the source of truth:
 
 It prints those with the job and event counts, the kills, the wall time and the command, and
 exits 1 if an invariant fails. The broker is KAFKA_BOOTSTRAP_SERVERS, or a local one started for
-the run (`eventjobs.dev.broker.LocalKafka`, its data in the run directory). Results: docs/reliability.md.
+the run (`eventjobs.dev.broker.LocalKafka`, its data in the run directory).
+
+With `--brokers 3` the run starts its own three-broker cluster (`eventjobs.dev.cluster.LocalCluster`,
+as `eventjobs dev up --brokers 3` does; KAFKA_BOOTSTRAP_SERVERS must be unset) and, with
+`--kill-broker leader | controller | alternate`, SIGKILLs a broker every `--broker-kill-every`
+seconds: the one leading most partitions of the event log (not the active controller), the
+active controller, or the two in turn. The broker stays down `--broker-down` seconds (20), is
+started again on its ports and data, and the run waits until it is back in the ISR of every
+partition it replicates before the next broker kill; each kill is printed with those times.
+`--kill-every 0` leaves the services alone, so that broker kills are the only fault.
+Results: docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
+import logging
 import os
 import random
 import shlex
@@ -55,6 +67,7 @@ from eventjobs.core.events import DERIVED_TYPES, JobEvent  # noqa: E402
 from eventjobs.core.fold import apply  # noqa: E402
 from eventjobs.core.state import JobState, JobStatus  # noqa: E402
 from eventjobs.dev.broker import LocalKafka, free_port  # noqa: E402
+from eventjobs.dev.cluster import LocalCluster, free_ports  # noqa: E402
 from eventjobs.kafka.admin import apply_topics  # noqa: E402
 from eventjobs.kafka.clients import consumer, partitions_of, read_to_end  # noqa: E402
 from eventjobs.kafka.topics import TopicNames, load_specs  # noqa: E402
@@ -62,6 +75,7 @@ from eventjobs.readside.migrations import apply_migrations, default_projections_
 from eventjobs.readside.projector import Projector, ProjectorOptions  # noqa: E402
 from eventjobs.runtime.state_check import compare_state  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
+from tests.support.cluster import INTERNAL_TOPICS, busiest_leader, wait_in_sync  # noqa: E402
 from tests.support.fault_app import EXECUTIONS_ENV, build_app, read_executions  # noqa: E402
 
 APP = "tests.support.fault_app:app"
@@ -152,6 +166,49 @@ class Fleet:
             if code != 0:
                 unclean.append(f"{service.name}: {code}")
         return unclean
+
+
+@dataclass
+class BrokerKill:
+    node: int
+    role: str  # "leader" (of the most event-log partitions) or "controller" (the active one)
+    down_s: float
+    answered_s: float  # from its restart until it answered a metadata request
+    in_sync_s: float  # from its restart until it was in the ISR of every partition it replicates
+
+
+class BrokerKiller:
+    """SIGKILLs a broker of the run's own cluster now and then, keeps it down, starts it again and
+    waits until it caught up (back in the ISR of every partition it replicates)."""
+
+    def __init__(self, cluster: LocalCluster, settings: Settings, mode: str, down_s: float) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.mode = mode
+        self.down_s = down_s
+        self.kills: list[BrokerKill] = []
+
+    async def kill_one(self) -> BrokerKill:
+        role = self.mode if self.mode != "alternate" else ("leader", "controller")[len(self.kills) % 2]
+        names = TopicNames(self.settings.namespace, load_specs(self.settings.topics_dir))
+        controller = await asyncio.to_thread(self.cluster.active_controller, 300)  # a JVM tool: slow on a busy machine
+        node = controller if role == "controller" else (await busiest_leader(self.settings, names.events,
+                                                                             besides=controller))[0]
+        await asyncio.to_thread(self.cluster.kill, node)
+        killed = time.monotonic()
+        say(f"SIGKILL broker {node} ({'the active controller' if role == 'controller' else 'leader of event-log partitions'}); "
+            f"down for {self.down_s:g} s")
+        await asyncio.sleep(self.down_s)
+        restarted = time.monotonic()
+        await asyncio.to_thread(self.cluster.restart, node)
+        answered = time.monotonic() - restarted
+        topics = [name for name, _ in names.planned(["default"])] + list(INTERNAL_TOPICS)
+        in_sync = answered + await wait_in_sync(self.settings, node, topics, timeout_s=300)
+        kill = BrokerKill(node, role, restarted - killed, answered, in_sync)
+        self.kills.append(kill)
+        say(f"broker {node} is back: answered {answered:.1f} s after its restart, in the ISR of every partition it "
+            f"replicates after {in_sync:.1f} s")
+        return kill
 
 
 # -- the load --------------------------------------------------------------------------------------
@@ -324,7 +381,7 @@ def projection_differences(backend: ChdbBackend, facts: LogFacts) -> list[str]:
 # -- the run ---------------------------------------------------------------------------------------
 
 
-async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> int:
+async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, cluster: LocalCluster | None = None) -> int:
     started = time.monotonic()
     rng = random.Random(options.seed)
     settings = Settings(kafka_bootstrap=bootstrap, namespace=f"soak{uuid.uuid4().hex[:8]}")
@@ -339,7 +396,22 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
     enqueued = 0
     stop_killing = asyncio.Event()
 
+    broker_killer = (BrokerKiller(cluster, settings, options.kill_broker, options.broker_down)
+                     if cluster is not None and options.kill_broker else None)
+
+    async def kill_brokers() -> None:
+        assert broker_killer is not None
+        while True:
+            try:
+                await asyncio.wait_for(stop_killing.wait(), options.broker_kill_every)
+                return
+            except TimeoutError:
+                pass
+            await broker_killer.kill_one()  # finished (broker back in sync) even when the jobs ended meanwhile
+
     async def killer() -> None:
+        if options.kill_every <= 0:
+            return
         await asyncio.sleep(options.kill_every)
         while not stop_killing.is_set():
             service = fleet.kill_one()
@@ -353,8 +425,12 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
     async def watchdog() -> None:
         while not stop_killing.is_set():
             fleet.restart_exited()
+            if broker_killing is not None and broker_killing.done():  # it ends only when told to, or failing
+                say(f"the broker killer failed: {broker_killing.exception()!r}")
+                broker_killing.result()
             await asyncio.sleep(1)
 
+    broker_killing = asyncio.create_task(kill_brokers()) if broker_killer is not None else None
     killing = asyncio.create_task(killer())
     watching = asyncio.create_task(watchdog())
     deadline = started + options.deadline
@@ -366,12 +442,16 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
                 if time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.2)
+                if watching.done():  # the broker killer failed: the run stops with its error
+                    watching.result()
             await app.append(plan.events[start:start + chunk])  # raises if not acknowledged: the run stops
             enqueued = min(len(plan.events), start + chunk)
         say(f"all {len(plan.events):,} enqueue events acknowledged ({len(plan.expected):,} jobs)")
         last_report = time.monotonic()
         while len(finished.terminal & expected_ids) < len(expected_ids) and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
+            if watching.done():
+                watching.result()
             if time.monotonic() - last_report > 15:
                 last_report = time.monotonic()
                 say(f"{len(finished.terminal & expected_ids):,} of {len(expected_ids):,} jobs ended")
@@ -379,6 +459,8 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
     finally:
         stop_killing.set()
         await asyncio.gather(killing, watching, return_exceptions=True)
+        if broker_killing is not None:
+            await asyncio.gather(broker_killing, return_exceptions=True)  # a kill under way ends with the broker in sync
         say("stopping the services (SIGTERM)")
         unclean = await asyncio.to_thread(fleet.stop_all)
         follower.cancel()
@@ -441,6 +523,14 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
     print(f"kills:        {kills} SIGKILLs ({fleet.kills['processor']} processor, {fleet.kills['worker']} worker), "
           f"every {options.kill_every:g} s +-50 %; services that exited by themselves: {len(fleet.unexpected_exits)}; "
           f"unclean stops at the end: {unclean or 'none'}")
+    if broker_killer is not None:
+        kills_ = broker_killer.kills
+        print(f"brokers:      a cluster of {len(cluster.nodes)} (replication factor 3, min ISR 2); "  # type: ignore[union-attr]
+              f"{len(kills_)} broker SIGKILLs ({sum(k.role == 'leader' for k in kills_)} event-log leader, "
+              f"{sum(k.role == 'controller' for k in kills_)} active controller), each down {options.broker_down:g} s, "
+              f"every {options.broker_kill_every:g} s; back in the ISR of every partition after "
+              f"{', '.join(f'{k.in_sync_s:.1f}' for k in kills_) or '-'} s (answering after "
+              f"{', '.join(f'{k.answered_s:.1f}' for k in kills_) or '-'} s)")
     print(f"executions:   {executions:,} handler runs for {attempts_started:,} started attempts: "
           f"{executions - attempts_started:,} extra executions (at least once), "
           f"{repeated_attempts:,} attempts run more than once; {more_attempts:,} jobs needed an attempt more "
@@ -468,6 +558,7 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path) -> in
 
 
 def main() -> int:
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # reconnects while a broker is down; the run reports
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs to run (default 100,000)")
     parser.add_argument("--kill-every", type=float, default=8.0,
@@ -478,18 +569,35 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds until the run gives up waiting for the jobs (default: 600 + 0.05 s per job)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--brokers", type=int, choices=(1, 3), default=1,
+                        help="1: KAFKA_BOOTSTRAP_SERVERS or a local broker; 3: a local three-broker cluster of the run's own")
+    parser.add_argument("--kill-broker", choices=("leader", "controller", "alternate"), default=None,
+                        help="with --brokers 3: SIGKILL the event log's busiest leader, the active controller, or each in turn")
+    parser.add_argument("--broker-down", type=float, default=20.0, help="seconds a killed broker stays down (default 20)")
+    parser.add_argument("--broker-kill-every", type=float, default=60.0,
+                        help="seconds between the end of one broker kill (broker back in sync) and the next (default 60)")
     options = parser.parse_args()
+    if options.kill_broker and options.brokers < 3:
+        parser.error("--kill-broker needs --brokers 3 (a single broker killed is the broker restart test's fault)")
     if options.deadline is None:
         options.deadline = 600 + 0.05 * options.jobs
     run_dir = Path(tempfile.mkdtemp(prefix="eventjobs-soak-"))
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    broker = None
-    if not bootstrap:
-        broker = LocalKafka(home=run_dir / "kafka", port=free_port(), controller_port=free_port(), heap="1g")
-        bootstrap = broker.up().bootstrap
+    broker: LocalKafka | LocalCluster | None = None
+    cluster = None
+    if options.brokers > 1:
+        if bootstrap:
+            parser.error("--brokers 3 starts and kills brokers of its own cluster: unset KAFKA_BOOTSTRAP_SERVERS")
+        broker = cluster = LocalCluster(run_dir / "kafka", free_ports(options.brokers), heap="512m")
+        cluster.up()
+        bootstrap = cluster.bootstrap
+    elif not bootstrap:
+        single = LocalKafka(home=run_dir / "kafka", port=free_port(), controller_port=free_port(), heap="1g")
+        broker = single
+        bootstrap = single.up().bootstrap
     say(f"broker {bootstrap}; logs and side channel in {run_dir}")
     try:
-        return asyncio.run(soak(options, bootstrap, run_dir))
+        return asyncio.run(soak(options, bootstrap, run_dir, cluster))
     finally:
         if broker is not None:
             broker.down()

@@ -17,7 +17,7 @@ from eventjobs.app import (
     InvalidJobArguments, NotInDeadLetters, PayloadTooLarge, ScheduleNotFound, UnknownDependency, UnknownQueue,
 )
 from eventjobs.cli import config, dashboard, deadletters, dev, jobs, projections, replay, services, topics
-from eventjobs.cli import queues, schedules, workers
+from eventjobs.cli import partitions, queues, schedules, workers
 from eventjobs.cli.options import AppLoadError
 from eventjobs.cli.output import err
 from eventjobs.clickhouse.errors import ClickHouseError
@@ -28,6 +28,7 @@ from eventjobs.kafka.admin import KafkaUnavailable, TopicLayoutError
 from eventjobs.kafka.topics import TopicSpecError
 from eventjobs.readside.projector import ProjectorError
 from eventjobs.registry import UnknownJob
+from eventjobs.runtime.grow import GrowRefused
 from eventjobs.runtime.processor import ProcessorFenced
 from eventjobs.runtime.state_check import ProcessorRunning
 
@@ -54,12 +55,13 @@ app.add_typer(config.config_app, name="config")
 app.add_typer(schedules.schedules_app, name="schedules")
 app.command("workers")(workers.workers)
 app.add_typer(queues.queues_app, name="queues")
+app.add_typer(partitions.partitions_app, name="partitions")
 
 # Errors the user can act on: printed as one clear message, no traceback, exit code 1.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DevStackError, KafkaUnavailable, TopicSpecError, TopicLayoutError, ValidationError, AppLoadError, UnknownJob,
     InvalidJobOptions, InvalidJobArguments, PayloadTooLarge, NotInDeadLetters, ProcessorFenced, ProcessorRunning,
-    ClickHouseError, ProjectorError, UnknownQueue, InvalidSchedule, UnknownDependency, ScheduleNotFound,
+    ClickHouseError, ProjectorError, UnknownQueue, InvalidSchedule, UnknownDependency, ScheduleNotFound, GrowRefused,
 )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from eventjobs.core.events import JobEvent
-from eventjobs.core.fold import Decision
+from eventjobs.core.fold import Decision, apply
 from eventjobs.core.state import ACTIVE_STATUSES, JobState, JobStatus
 from eventjobs.core.records import DeadLetterRecord, ReadyRecord, TimerKind, TimerRecord, timer_key
 
@@ -163,6 +163,47 @@ def collect(
         effects.dead_letters[after.job_id] = dead_letter_record(after)
     elif was is JobStatus.DEAD_LETTERED and status is not JobStatus.DEAD_LETTERED:
         effects.dead_letters[after.job_id] = None
+
+
+def installed(state: JobState, now: datetime, partition: int, *, ready: bool = True) -> Effects:
+    """What a job's state needs beside itself when it is written into a new layout (a namespace
+    with more partitions, `eventjobs partitions grow`), derived from the state alone as `collect`
+    derived it when the job got there: the changelog record, the ready record of a pending job
+    (ready at `now`; not with `ready=False`, see `ready_survives`), the timers its status waits for
+    (run_at, retry, lease; ttl while it has never started), and the dead-letter entry of a
+    dead-lettered job. The processor's own re-publish and retention timers follow from the state
+    when a lane restores it, as always."""
+    effects = Effects()
+    effects.states[state.job_id] = state
+    status = state.status
+    if status is JobStatus.PENDING:
+        if ready:
+            effects.ready.append(ready_record(state, now, partition))
+    elif status is JobStatus.SCHEDULED and state.next_due_at is not None:
+        _arm(effects, state.job_id, "run_at", state.attempt, state.next_due_at)
+    elif status is JobStatus.RETRYING and state.next_due_at is not None:
+        _arm(effects, state.job_id, "retry", state.attempt, state.next_due_at)
+    elif status in ACTIVE_STATUSES and state.lease_deadline is not None:
+        _arm(effects, state.job_id, "lease", state.attempt, state.lease_deadline)
+    elif status is JobStatus.DEAD_LETTERED:
+        effects.dead_letters[state.job_id] = dead_letter_record(state)
+    if state.expires_at is not None and status in (JobStatus.WAITING, JobStatus.SCHEDULED, JobStatus.PENDING):
+        _arm(effects, state.job_id, "ttl", state.attempt, state.expires_at)  # cleared at the first claim
+    return effects
+
+
+def ready_survives(state: JobState, event: JobEvent) -> JobState | None:
+    """The state of a pending job after `event`, if a ready record published for the job before it
+    still offers what the job waits for (it stays pending on that attempt and re-publish count);
+    None if not, for example after a cancel: a worker given that record would run a job that no
+    longer waits (its claim refused, its handler run all the same). `collect` publishes a new
+    record when the job is pending again. The grow asks this of the events its new processor
+    will fold first, before it publishes a carried-over pending job's ready record."""
+    after = apply(state, event).state
+    if (after is not None and after.status is JobStatus.PENDING and after.attempt == state.attempt
+            and after.ready_republishes == state.ready_republishes):
+        return after
+    return None
 
 
 def _heal_stale_lease(effects: Effects, state: JobState, event: JobEvent, decision: Decision) -> None:

@@ -1,9 +1,11 @@
-"""A real single-node Apache Kafka broker (KRaft) started from the Maven Central jars.
+"""A real Apache Kafka node (KRaft, broker and controller in one process) started from the Maven
+Central jars.
 
 Development machines and CI have Java and Maven but no Docker engine, so `eventjobs dev up`
 resolves the pinned broker with Maven (cached in ~/.m2), formats KRaft storage once, and runs
 `kafka.Kafka` in the background with its data and logs under `.eventjobs/`. Tests use the same
-class, so the broker the tests talk to is the broker a user runs.
+class, so the broker the tests talk to is the broker a user runs. A node alone is a single-node
+cluster; `eventjobs.dev.cluster.LocalCluster` runs several of them as one replicated cluster.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _new_cluster_id() -> str:
+def new_cluster_id() -> str:
     """Kafka's Uuid.toString(): URL-safe base64 of 16 random bytes without padding.
 
     Like Kafka's own generator, never one that starts with '-': `kafka-storage format -t -...`
@@ -86,7 +88,13 @@ def _new_cluster_id() -> str:
 
 
 class LocalKafka:
-    """Owns one broker process: its config, storage, pid file and log under `home`."""
+    """Owns one broker process: its config, storage, pid file and log under `home`.
+
+    Alone (the defaults) it is a single-node cluster: node 1, the only controller voter, internal
+    topics with one replica. As one node of a `LocalCluster` it gets its `node_id`, the quorum's
+    `voters` (`id@host:controller_port,...`), the cluster's shared `cluster_id` (its storage is
+    formatted with it) and the replication the cluster's internal topics use.
+    """
 
     def __init__(
         self,
@@ -95,12 +103,23 @@ class LocalKafka:
         controller_port: int | None = None,
         heap: str = "512m",
         host: str = "127.0.0.1",
+        *,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        replication_factor: int = 1,
+        min_insync_replicas: int = 1,
     ) -> None:
         self.home = Path(home).resolve()
         self.port = port
         self.controller_port = controller_port if controller_port is not None else port + 1
         self.heap = heap
         self.host = host
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@{host}:{self.controller_port}"
+        self.cluster_id = cluster_id
+        self.replication_factor = replication_factor
+        self.min_insync_replicas = min_insync_replicas
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -183,10 +202,17 @@ class LocalKafka:
             *args,
         ]
 
+    def run_tool(self, main: str, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run one of Kafka's command-line tools (a main class of the same jars) with a small heap."""
+        command = self._java_command(self.classpath(), main, *args, heap="128m")
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+
     def _write_config(self) -> None:
         template = SERVER_TEMPLATE.read_text()
         config = template.format(
-            port=self.port, controller_port=self.controller_port, data_dir=self.data_dir
+            port=self.port, controller_port=self.controller_port, data_dir=self.data_dir, node_id=self.node_id,
+            voters=self.voters, replication_factor=self.replication_factor,
+            min_insync_replicas=self.min_insync_replicas,
         )
         self._config_file.write_text(config)
 
@@ -194,7 +220,7 @@ class LocalKafka:
         if (self.data_dir / "meta.properties").exists():
             return
         command = self._java_command(
-            classpath, STORAGE_TOOL, "format", "-t", _new_cluster_id(), "-c", str(self._config_file),
+            classpath, STORAGE_TOOL, "format", "-t", self.cluster_id or new_cluster_id(), "-c", str(self._config_file),
             heap="256m",
         )
         proc = subprocess.run(command, capture_output=True, text=True)
@@ -206,9 +232,19 @@ class LocalKafka:
 
     def up(self, timeout_s: float = 90.0) -> BrokerStatus:
         """Start the broker (idempotent: a running broker is left alone) and wait until it answers."""
-        current = self.status()
-        if current.running:
-            return current
+        proc = self.start()
+        if proc is not None:
+            self.wait_ready(proc, timeout_s)
+        return self.status()
+
+    def start(self) -> subprocess.Popen[bytes] | None:
+        """Start the broker process without waiting for it (None: it runs already).
+
+        A node of a cluster answers only once a majority of the controller voters run, so a
+        cluster starts every node first and then waits for each (`wait_ready`).
+        """
+        if self.status().running:
+            return None
         for port, role in ((self.port, "broker"), (self.controller_port, "controller")):
             if _port_in_use(self.host, port):
                 raise DevStackError(
@@ -233,10 +269,10 @@ class LocalKafka:
         self._pid_file.write_text(
             json.dumps({"pid": proc.pid, "port": self.port, "controller_port": self.controller_port})
         )
-        self._wait_ready(proc, timeout_s)
-        return self.status()
+        return proc
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float = 90.0) -> None:
+        """Wait until the started broker answers a metadata request; stop it if it does not."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -13,6 +14,8 @@ from eventjobs.kafka.clients import admin_client
 from eventjobs.settings import Settings
 from eventjobs.core.options import DEFAULT_QUEUE
 from eventjobs.kafka.topics import PRIORITIES, TopicNames, TopicSpec, load_specs
+
+log = logging.getLogger("eventjobs.kafka.admin")
 
 # Configs whose broker value may legitimately differ from the spec on a small cluster.
 _CAPPED_TO_REPLICATION = "min.insync.replicas"
@@ -109,9 +112,20 @@ async def wait_for_topics(admin: AIOKafkaAdminClient, names: list[str], timeout_
         await asyncio.sleep(0.1)
 
 
-def drift(spec: TopicSpec, live: LiveTopic, replication_factor: int) -> list[str]:
+def replication_drift(spec: TopicSpec, live: LiveTopic, brokers: int) -> list[str]:
+    """Fewer replicas than the spec asks for and the cluster could hold (`min(spec, brokers)`): a
+    topic created on a smaller cluster keeps its replication factor when brokers are added."""
+    wanted = min(spec.replication_factor, brokers)
+    if live.replication_factor >= wanted:
+        return []
+    return [f"has {live.replication_factor} replica(s), spec wants {spec.replication_factor} and the cluster has "
+            f"{brokers} broker(s): losing a broker can lose acknowledged writes (not changed automatically: "
+            f"reassign its partitions with kafka-reassign-partitions, docs/operations.md#a-replicated-cluster)"]
+
+
+def drift(spec: TopicSpec, live: LiveTopic, replication_factor: int, brokers: int | None = None) -> list[str]:
     """What differs between the spec and the live topic, in words an operator can act on."""
-    notes: list[str] = []
+    notes: list[str] = replication_drift(spec, live, brokers) if brokers is not None else []
     if live.partitions < spec.partitions:
         notes.append(
             f"has {live.partitions} partitions, spec wants {spec.partitions} "
@@ -137,14 +151,15 @@ async def apply_topics(settings: Settings, queues: list[str] | None = None) -> l
         reports: list[TopicReport] = []
         to_create: list[NewTopic] = []
         for name, spec in planned:
-            replication = min(spec.replication_factor, brokers)
+            # a topic to create logs its cap (the report below carries it too)
+            replication = min(spec.replication_factor, brokers) if name in live else capped_replication(name, spec, brokers)
             capped = (
                 [f"replication factor capped to {replication} (spec {spec.replication_factor}, cluster has {brokers} broker(s))"]
                 if replication < spec.replication_factor
                 else []
             )
             if name in live:
-                notes = drift(spec, live[name], replication)
+                notes = drift(spec, live[name], replication, brokers)
                 reports.append(
                     TopicReport(name, "drift" if notes else "unchanged", live[name].partitions,
                                 live[name].replication_factor, notes)
@@ -187,6 +202,8 @@ async def check_layout(settings: Settings) -> int:
 
     The processor writes a job's state and timers to the partition number of the job's events;
     with different counts a job's records would land on different owners. Returns the count.
+    Those three topics replicated less than their specs ask for on this cluster (or acknowledged
+    by one replica) are logged as warnings: the processor runs, but a broker loss could lose jobs.
     """
     names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
     wanted = [names.events, names.job_state, names.timers, names.dead_letters, names.quarantine]
@@ -198,15 +215,32 @@ async def check_layout(settings: Settings) -> int:
             raise TopicLayoutError(
                 f"topics {missing} do not exist; create them with `eventjobs topics apply --namespace {settings.namespace}`"
             )
-        counts = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(wanted[:3])}
+        durable = await describe(admin, wanted[:3])
+        brokers = await _broker_count(admin)
     finally:
         await admin.close()
+    counts = {name: topic.partitions for name, topic in durable.items()}
+    specs = {names.events: names.specs["events"].spec, names.job_state: names.specs["job-state"].spec,
+             names.timers: names.specs["timers"].spec}
+    for name, topic in durable.items():  # replicated as the spec asks? (a warning: the processor still runs)
+        for note in replication_drift(specs[name], topic, brokers) + min_insync_drift(topic):
+            log.warning("topic %s %s", name, note)
     if len(set(counts.values())) != 1:
         raise TopicLayoutError(
             f"{names.events}, {names.job_state} and {names.timers} must have the same number of partitions, "
             f"found {counts}"
         )
     return counts[names.events]
+
+
+def min_insync_drift(live: LiveTopic) -> list[str]:
+    """A replicated topic whose writes are acknowledged by a single replica (`acks=all` then waits
+    for the leader alone, and a lost leader can lose acknowledged writes)."""
+    value = live.configs.get(_CAPPED_TO_REPLICATION)
+    if live.replication_factor > 1 and value is not None and value.isdigit() and int(value) < 2:
+        return [f"has min.insync.replicas {value} with {live.replication_factor} replicas: an acknowledged write "
+                f"may live on one broker only (set it to 2, as topics/*.yaml do)"]
+    return []
 
 
 async def ensure_ready_topics(settings: Settings, routes: list[str]) -> list[str]:
@@ -235,6 +269,15 @@ async def ensure_single_topics(settings: Settings, keys: list[str]) -> list[str]
         await admin.close()
 
 
+async def create_missing_topics(settings: Settings, specs: dict[str, TopicSpec]) -> None:
+    """Create the topics of `specs` (name -> spec, e.g. a spec with another partition count) that do not exist."""
+    admin = await _connect(settings)
+    try:
+        await _create_missing(admin, specs)
+    finally:
+        await admin.close()
+
+
 async def _create_missing(admin: AIOKafkaAdminClient, specs: dict[str, TopicSpec]) -> None:
     """Create the topics of `specs` (name -> spec) that do not exist, replication capped at the brokers."""
     existing = set(await admin.list_topics())
@@ -244,9 +287,22 @@ async def _create_missing(admin: AIOKafkaAdminClient, specs: dict[str, TopicSpec
         topics = []
         for name in missing:
             spec = specs[name]
-            replication = min(spec.replication_factor, brokers)
+            replication = capped_replication(name, spec, brokers)
             topics.append(NewTopic(name, spec.partitions, replication, topic_configs=effective_configs(spec, replication)))
         await _create(admin, topics)
+
+
+def capped_replication(name: str, spec: TopicSpec, brokers: int) -> int:
+    """The spec's replication factor, at most the cluster's brokers; a cap is logged (a warning
+    unless the cluster is a single development broker, where one replica is all there can be)."""
+    replication = min(spec.replication_factor, brokers)
+    if replication < spec.replication_factor:
+        log.log(logging.INFO if brokers == 1 else logging.WARNING,
+                "creating %s with replication factor %d and min.insync.replicas %s: the spec asks for %d, the "
+                "cluster has %d broker(s)", name, replication,
+                effective_configs(spec, replication).get(_CAPPED_TO_REPLICATION, "(broker default)"),
+                spec.replication_factor, brokers)
+    return replication
 
 
 async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
 from aiokafka.helpers import create_ssl_context
 
 # the job partition rule (pure, in the core), for the services that write and read the log
@@ -44,12 +46,38 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+class AdminClient(AIOKafkaAdminClient):
+    """aiokafka's admin client, but a request any broker may answer goes to another broker when
+    the one it picked does not answer.
+
+    aiokafka sends such a request (metadata: list and describe topics, describe the cluster,
+    topic configs) to one broker picked at random from the cluster metadata and raises if that
+    broker is unreachable. On a cluster that lost a broker, the metadata names the lost one until
+    the controller fences it (`broker.session.timeout.ms`, 9 s by default), so about one such
+    request in three failed, and a processor or worker starting then, or a processor creating
+    the ready topics of a new queue, stopped with `NodeNotReadyError`. Here the request is tried
+    on every other known broker before the error is raised. A request for one broker in
+    particular (a group coordinator, the controller) is sent as aiokafka sends it.
+    """
+
+    async def _send_request(self, request: Any, node_id: int | None = None) -> Any:
+        if node_id is not None:
+            return await super()._send_request(request, node_id)
+        brokers = [broker.nodeId for broker in self._client.cluster.brokers()]
+        random.shuffle(brokers)  # spread the load as aiokafka does
+        for tried, broker in enumerate(brokers, start=1):
+            try:
+                return await super()._send_request(request, broker)
+            except (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError):
+                if tried == len(brokers):
+                    raise
+        return await super()._send_request(request)  # no metadata yet: as aiokafka does
+
+
 def admin_client(settings: Settings) -> AIOKafkaAdminClient:
     options = connection_options(settings)
     options.pop("request_timeout_ms")
-    return AIOKafkaAdminClient(
-        **options, request_timeout_ms=int(settings.kafka_request_timeout_s * 1000)
-    )
+    return AdminClient(**options, request_timeout_ms=int(settings.kafka_request_timeout_s * 1000))
 
 
 def _retry_coordinator_lookups_across_lost_connections() -> None:

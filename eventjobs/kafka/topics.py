@@ -220,6 +220,11 @@ class TopicNames:
         return f"{self.namespace}.processor.{partition}"
 
     @property
+    def grow_transactional_id(self) -> str:
+        """The transactional id `eventjobs partitions grow` writes this (new) namespace with."""
+        return f"{self.namespace}.grow"
+
+    @property
     def timers_group(self) -> str:
         """The timer services' consumer group on the timer topic."""
         return f"{self.namespace}.timers"

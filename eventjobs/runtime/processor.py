@@ -65,6 +65,8 @@ MOVED_FROM_HEADER = "eventjobs.moved-from"
 #: The longest the processor waits between two looks at its lanes' housekeeping timers.
 HOUSEKEEPING_WAIT_S = 0.5
 MOVED_PRODUCERS_LOGGED = 1000  # producers whose first moved event is logged (and counted by name); bounded
+#: The longest a partition's take waits for the group coordinator to say where the partition starts.
+COMMITTED_OFFSET_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -368,17 +370,40 @@ class LifecycleProcessor:
             await txn.start()  # init_transactions: fences the previous owner of this partition
             try:
                 table = await self._restore(tp.partition, txn)
+                start = await self._committed(tp)
             except BaseException:
                 await txn.stop()
                 raise
             housekeeping = Housekeeping(self.retention, self.republish)
             housekeeping.track_all(table)
-            lane = _Lane(tp, txn, table, housekeeping, last_commit=asyncio.get_running_loop().time())
+            lane = _Lane(tp, txn, table, housekeeping, last_commit=asyncio.get_running_loop().time(), next_offset=start)
             lane.task = self._supervised(self._run_lane(lane), f"the fold of partition {tp.partition}")
             lane.committer = self._supervised(self._commit_loop(lane), f"the committer of partition {tp.partition}")
             self.lanes[tp.partition] = lane
             log.info("processor %s owns partition %d (%d jobs restored)", self.instance, tp.partition, len(lane.table))
         self.started.set()
+
+    async def _committed(self, tp: TopicPartition) -> int:
+        """Where the partition's lane starts: the offset committed for it, asked again now (-1: none).
+
+        aiokafka fetched the committed offset when the partition was assigned, before this take
+        initialised its transactional id. The previous owner's last transaction may have been
+        committing then (slow while the cluster replaces a lost broker): the consumer got the
+        offset from before it, while the changelog just restored includes it. Folding from there
+        would fold those events again, and a duplicate enqueue among them would derive its
+        `duplicate_rejected` a second time. Asked now, after `init_transactions` completed or
+        aborted that transaction, the offset matches the restored table; the lane ignores what
+        the consumer fetches below it. (The consumer is not moved there: records it fetched
+        before this take and hands over after it would then come a second time.)
+        """
+        assert self._source is not None
+        try:  # aiokafka retries this until the group coordinator answers: bounded, the take then fails loudly
+            async with asyncio.timeout(COMMITTED_OFFSET_TIMEOUT_S):
+                committed = await self._source.committed(tp)
+        except TimeoutError:
+            raise RuntimeError(f"the committed offset of partition {tp.partition} was not answered within "
+                               f"{COMMITTED_OFFSET_TIMEOUT_S:.0f} s") from None
+        return -1 if committed is None else committed
 
     def _fail(self, error: BaseException) -> None:
         """Stop the processor with `error` (the first failure is the one reported)."""

@@ -127,8 +127,8 @@ def test_broker_that_does_not_come_up_shows_its_log(tmp_path: Path) -> None:
 
 def test_a_new_cluster_id_never_starts_with_a_dash() -> None:
     # `kafka-storage format -t <id>` reads an id starting with '-' as an option (1 new id in 64)
-    from eventjobs.dev.broker import _new_cluster_id
+    from eventjobs.dev.broker import new_cluster_id
 
-    ids = [_new_cluster_id() for _ in range(5000)]
+    ids = [new_cluster_id() for _ in range(5000)]
     assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
     assert all(len(cluster_id) == 22 for cluster_id in ids)

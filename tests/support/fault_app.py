@@ -68,6 +68,12 @@ def build_app(namespace: str, **settings: Any) -> App:
         return {"i": args.get("i"), "attempt": ctx.attempt, "pid": os.getpid(),
                 "worker": os.environ.get("FAULT_WORKER_NAME", "")}
 
+    @app.job(queue="default", max_attempts=3, backoff=ConstantBackoff(delay_s=0.2), timeout=60)
+    async def merge(args: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        """Runs after its depends_on: returns the results of its dependencies as it saw them."""
+        record_execution(ctx.job_id, ctx.attempt)
+        return {"i": args.get("i"), "seen": ctx.dependency_results}
+
     return app
 
 

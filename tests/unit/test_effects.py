@@ -1293,3 +1293,92 @@ def test_written_records_always_match_the_state(data: Any, max_attempts: int, de
         if job.s.lease_deadline is not None:
             deadlines.append((job.s.attempt, job.s.lease_deadline))
         topics.check(job.s)
+
+
+# -- installed: a state written into a new layout (`eventjobs partitions grow`) ------------------
+
+
+def _fired_key(event: JobEvent) -> bytes | None:
+    """The timer the timer service tombstones once it fired `event` (None: no timer fired it)."""
+    if event.type == "due" and event.timer in ("run_at", "retry"):  # type: ignore[attr-defined]
+        return timer_key(event.job_id, event.timer, event.attempt)  # type: ignore[attr-defined]
+    if event.type == "lease_expired":
+        return timer_key(event.job_id, "lease")
+    if event.type == "expired":
+        return timer_key(event.job_id, "ttl")
+    return None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32))
+def test_installed_records_are_what_the_history_left_live(seed: int) -> None:
+    """At every point of a simulated job's life, `installed(state)` writes exactly the timers and
+    the dead-letter entry that processing its history left live (armed by `collect`, not
+    cancelled, not yet fired and tombstoned by the timer service), and a ready record exactly
+    while the job is pending: a job moved into a new layout waits for the same things."""
+    import random
+
+    from eventjobs.core.effects import installed
+    from eventjobs.core.simulation import SimulationProfile, job_lifecycle
+
+    profile = SimulationProfile(scheduled=0.3, lease_loss=0.1, cancel=0.05)
+    state: JobState | None = None
+    timers: dict[bytes, TimerRecord] = {}
+    dead_letters: dict[str, DeadLetterRecord] = {}
+    checked = 0
+    for event in job_lifecycle(random.Random(seed), profile=profile):
+        decision = apply(state, event)
+        effects = Effects()
+        collect(effects, state, decision, event, partition=3)
+        for timer_key_, timer in effects.timers.items():
+            if timer is None:
+                timers.pop(timer_key_, None)
+            else:
+                timers[timer_key_] = timer
+        fired = _fired_key(event) if decision.accepted else None
+        if fired is not None:
+            timers.pop(fired, None)
+        for job_id, entry in effects.dead_letters.items():
+            if entry is None:
+                dead_letters.pop(job_id, None)
+            else:
+                dead_letters[job_id] = entry
+        state = decision.state
+        if state is None:
+            continue
+        moved = installed(state, T0, partition=5)
+        assert moved.states == {state.job_id: state}
+        assert moved.timers == timers, (event.type, state.status)
+        assert moved.dead_letters == dead_letters, (event.type, state.status)
+        assert [(r.job_id, r.attempt, r.partition) for r in moved.ready] == (
+            [(state.job_id, state.attempt, 5)] if state.status is S.PENDING else [])
+        checked += 1
+    assert checked > 0
+
+
+def test_a_ready_record_survives_only_events_that_leave_the_job_pending_on_its_attempt() -> None:
+    """`ready_survives`: a pending job carried into a new layout gets its ready record only if the
+    events still to fold leave it waiting for the same attempt: a worker given a record of a job
+    cancelled meanwhile would run it (its claim refused, its handler run all the same)."""
+    from eventjobs.core.effects import installed, ready_survives
+
+    job = Job()
+    job.enqueue()
+    pending = job.s
+    assert [r.attempt for r in installed(pending, T0, 2).ready] == [0]
+    assert installed(pending, T0, 2, ready=False).ready == [] and installed(pending, T0, 2, ready=False).states
+    # the same enqueue again (a producer's retry) and an enqueue with its idempotency key: still waiting
+    assert ready_survives(pending, job.events[0]) is not None
+    again = commands.enqueue("send_email", {"to": "b@example.com"}, JobOptions(max_attempts=3), now=T0,
+                             actor="producer:t:2", job_id=job.job_id, event_id="another-enqueue")
+    assert ready_survives(pending, again) is not None
+    # a cancel, a claim, an expiry: the record offers something the job no longer waits for
+    for taken in (commands.cancel_request(pending, "no", now=T0, actor="operator:ann", event_id="c"),
+                  commands.claim(pending, worker_id="w9", now=T0, actor="worker:w9", lease_s=30, event_id="k")):
+        assert ready_survives(pending, taken) is None, taken.type
+    expiring = Job("job-2")
+    expiring.enqueue(ttl=5)
+    assert ready_survives(expiring.s, commands.expire(expiring.s, now=T0, actor="timer:0", event_id="x")) is None
+    # not pending at all: nothing to keep
+    job.run()
+    assert ready_survives(job.s, commands.heartbeat(job.s, now=T0, actor="worker:w1", lease_s=60, event_id="h")) is None

@@ -115,3 +115,32 @@ def test_every_topic_accepts_the_largest_record_the_code_may_write() -> None:
         assert limits[key] >= DEFAULT_MAX_EVENT_BYTES + ENVELOPE_HEADROOM, (key, limits[key])
     others = max(size for key, size in limits.items() if key != "quarantine")
     assert limits["quarantine"] >= others + ENVELOPE_HEADROOM
+
+
+def test_every_topic_spec_asks_for_a_replicated_cluster() -> None:
+    """What a production cluster should use: three replicas and writes acknowledged by two, so a
+    lost broker loses no acknowledged write (a smaller cluster gets min(spec, brokers))."""
+    for key, spec_file in load_specs(ROOT / "topics").items():
+        assert spec_file.spec.replication_factor == 3, key
+        assert spec_file.spec.configs.get("min.insync.replicas") == 2, key
+
+
+def test_replication_below_the_spec_and_the_cluster_is_drift() -> None:
+    from eventjobs.kafka.admin import LiveTopic, drift, effective_configs, min_insync_drift, replication_drift
+
+    spec = load_specs(ROOT / "topics")["events"].spec
+    made_on_one_broker = LiveTopic("shop.events", spec.partitions, 1, effective_configs(spec, 1))
+    assert replication_drift(spec, made_on_one_broker, brokers=1) == []  # all one broker can hold
+    [note] = replication_drift(spec, made_on_one_broker, brokers=3)  # the cluster grew, the topic did not
+    assert note.startswith("has 1 replica(s), spec wants 3 and the cluster has 3 broker(s)")
+    assert "kafka-reassign-partitions" in note
+    assert replication_drift(spec, made_on_one_broker, brokers=2)  # min(3, 2) = 2 replicas possible
+    notes = drift(spec, made_on_one_broker, 3, brokers=3)
+    assert notes[0] == note and "min.insync.replicas is '1' on the broker, spec says '2'" in notes
+    replicated = LiveTopic("shop.events", spec.partitions, 3, effective_configs(spec, 3))
+    assert drift(spec, replicated, 3, brokers=3) == [] and min_insync_drift(replicated) == []
+    acked_by_one = LiveTopic("shop.events", spec.partitions, 3, {**effective_configs(spec, 3), "min.insync.replicas": "1"})
+    assert min_insync_drift(acked_by_one) == [
+        "has min.insync.replicas 1 with 3 replicas: an acknowledged write may live on one broker only "
+        "(set it to 2, as topics/*.yaml do)"]
+    assert min_insync_drift(made_on_one_broker) == []  # one replica: nothing else to wait for
