@@ -138,6 +138,10 @@ class JobEventRecord(faust.Record, serializer="json", include_metadata=False):
     dependent_id: Optional[str] = None
     dependency_id: Optional[str] = None
     outcome: Optional[str] = None
+    # a dependency cycle probe: the waits it followed
+    path: Optional[List[str]] = None
+    origin: Optional[str] = None
+    via: Optional[str] = None
     # attempts, leases, progress
     attempt: Optional[int] = None
     timer: Optional[str] = None

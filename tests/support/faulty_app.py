@@ -37,16 +37,16 @@ async def _failing_take(self: TimerService, assigned: list[Any]) -> None:
     raise RuntimeError(f"{MESSAGE}: the timer partitions cannot be taken")
 
 
-_real_due = Housekeeping.due
+_real_due_timers = Housekeeping.due_timers
 _first_look: list[float] = []  # when the processor first looked at its housekeeping timers
 
 
-def _failing_due(self: Housekeeping, table: Any, now: Any, **options: Any) -> Any:
+def _failing_due_timers(self: Housekeeping, table: Any, now: Any, **options: Any) -> Any:
     if not _first_look:
         _first_look.append(now.timestamp())
     if now.timestamp() - _first_look[0] >= 1:
         raise RuntimeError(f"{MESSAGE}: the housekeeping timers cannot be read")
-    return _real_due(self, table, now, **options)
+    return _real_due_timers(self, table, now, **options)
 
 
 if FAULT == "cancel-watcher":
@@ -56,7 +56,7 @@ elif FAULT == "committer-returns":
 elif FAULT == "timer-take":
     TimerService._take = _failing_take  # type: ignore[method-assign]
 elif FAULT == "housekeeping":
-    Housekeeping.due = _failing_due  # type: ignore[method-assign]
+    Housekeeping.due_timers = _failing_due_timers  # type: ignore[method-assign]
 elif FAULT:
     raise ValueError(f"unknown EVENTJOBS_TEST_FAULT {FAULT!r}")
 

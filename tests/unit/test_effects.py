@@ -1319,7 +1319,7 @@ def test_installed_records_are_what_the_history_left_live(seed: int) -> None:
     import random
 
     from eventjobs.core.effects import installed
-    from eventjobs.core.simulation import SimulationProfile, job_lifecycle
+    from eventjobs.testing.simulation import SimulationProfile, job_lifecycle
 
     profile = SimulationProfile(scheduled=0.3, lease_loss=0.1, cancel=0.05)
     state: JobState | None = None
