@@ -501,14 +501,13 @@ class LifecycleProcessor:
             heartbeat_interval_ms=2_000,
             max_poll_interval_ms=120_000,
             # Only processors write to the event log transactionally, and all they write there
-            # are derived events, which `apply` never lets change a state (a duplicate or a
-            # rejection; a property test holds it to that). The exception, dependency requests
-            # and answers (`LINKED_TYPES`, for another job), carry ids derived from their cause:
-            # a processor whose transaction aborted stops and derives them again with the same
-            # ids, which the other lane takes as duplicates (docs/architecture.md, "Dependencies").
-            # Reading uncommitted is therefore safe, and it spares every new event the wait for
-            # the partition's open transaction to commit (read_committed stops at the first open
-            # transaction's offset).
+            # are derived events of the lane's own jobs, which `apply` never lets change a state
+            # (a duplicate or a rejection; a property test holds it to that). Events for another
+            # job (`LINKED_TYPES`), which do change its state, are written plainly and
+            # acknowledged before the transaction commits (`_send_linked`): an aborted
+            # transaction takes none of them back. Reading uncommitted is therefore safe, and it
+            # spares every new event the wait for the partition's open transaction to commit
+            # (read_committed stops at the first open transaction's offset).
             isolation_level="read_uncommitted",
         )
         self._source = source
@@ -768,6 +767,29 @@ class LifecycleProcessor:
                                                headers=revocation_headers(revoked)))
         for moved in result.moved:
             acks.append(await self._move(moved))
+        acks += await self._send_linked(result)
+        return acks
+
+    async def _send_linked(self, result: BatchResult) -> list[asyncio.Future[Any]]:
+        """Write the batch's events about other jobs (`LINKED_TYPES`: dependency requests,
+        answers, reopens, probes) to those jobs' partitions, plainly, not in the lane's transaction.
+
+        Their lanes read the log uncommitted and act on them at once (a waiting job runs on its
+        answer). Were they in the transaction and it aborted, the committed log would hold only
+        the copy a restarted lane derives again, after everything the other job did meanwhile,
+        and its fold (the projector, `replay --state`) would reject that history where the
+        changelog accepted it. Written plainly (idempotent producer, acks=all, in fold order),
+        each is acknowledged before the transaction that derived it commits (the commit waits for
+        every hint): a crash in between derives it again with the same id, a duplicate that
+        `apply` leaves without effect. Cost: none beyond their own writes.
+        """
+        assert self._hints is not None
+        acks, event_bytes, max_bytes = [], result.event_bytes, self.settings.max_event_bytes
+        for event in result.effects.events:
+            if event.type in LINKED_TYPES:
+                data = event_bytes.get(event.event_id) or encode(event, max_bytes=max_bytes)
+                acks.append(await self._hints.send(self.names.events, data, key=event.job_id.encode(),
+                                                   partition=job_partition(event.job_id, self.partition_count)))
         return acks
 
     async def _move(self, moved: Moved) -> asyncio.Future[Any]:
@@ -816,10 +838,10 @@ class LifecycleProcessor:
                 value = cached[1] if cached is not None and cached[0] is state else encode_state(state)
             acks.append(await txn.send(names.job_state, value, key=job_id.encode(), partition=partition))
         for event in effects.events:
+            if event.type in LINKED_TYPES:
+                continue  # about another job: written plainly to its partition (`_send_linked`)
             data = event_bytes.get(event.event_id) or encode(event, max_bytes=max_bytes)
-            # a dependency request or answer is about another job: to that job's partition, whose lane folds it
-            home = partition if event.type not in LINKED_TYPES else job_partition(event.job_id, self.partition_count)
-            acks.append(await txn.send(names.events, data, key=event.job_id.encode(), partition=home))
+            acks.append(await txn.send(names.events, data, key=event.job_id.encode(), partition=partition))
         for key, timer in effects.timers.items():
             acks.append(await txn.send(names.timers, timer.encode() if timer else None, key=key, partition=partition))
         for job_id, entry in effects.dead_letters.items():

@@ -6,16 +6,22 @@ service class in that process only:
 - `cancel-watcher`: the worker's cancel watcher fails one second after it started;
 - `committer-returns`: the worker's offset committer returns at once, as if its loop had ended;
 - `timer-take`: the timer service cannot take its partitions (the processor process runs it);
-- `housekeeping`: the processor's re-publish and retention timers fail one second after start.
+- `housekeeping`: the processor's re-publish and retention timers fail one second after start;
+- `dependency-abort`: the first transaction of the processor that carries a `dependency_resolved`
+  is held open for DEPENDENCY_ABORT_HOLD_S seconds after its writes reached the broker (the other
+  lane, reading uncommitted, applies the answer meanwhile and the job runs), then aborted; the
+  file named by EVENTJOBS_TEST_FAULT_ONCE marks it done, so a restarted processor runs plainly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 from eventjobs.core.housekeeping import Housekeeping
+from eventjobs.runtime.processor import LifecycleProcessor
 from eventjobs.runtime.timers import TimerService
 from eventjobs.runtime.worker import Worker
 from tests.support.jobs_app import build_app
@@ -49,12 +55,29 @@ def _failing_due_timers(self: Housekeeping, table: Any, now: Any, **options: Any
     return _real_due_timers(self, table, now, **options)
 
 
+DEPENDENCY_ABORT_HOLD_S = 6.0
+_real_send = LifecycleProcessor._send
+
+
+async def _aborting_send(self: LifecycleProcessor, txn: Any, partition: int, result: Any) -> Any:
+    acks = await _real_send(self, txn, partition, result)
+    once = Path(os.environ["EVENTJOBS_TEST_FAULT_ONCE"])
+    if once.exists() or not any(event.type == "dependency_resolved" for event in result.effects.events):
+        return acks
+    once.touch()
+    await txn.flush()  # this transaction's writes are on the broker: readers of uncommitted data see them
+    await asyncio.sleep(DEPENDENCY_ABORT_HOLD_S)
+    raise RuntimeError(f"{MESSAGE}: the transaction answering a dependency aborts")
+
+
 if FAULT == "cancel-watcher":
     Worker._watch_cancels = _failing_cancel_watcher  # type: ignore[method-assign]
 elif FAULT == "committer-returns":
     Worker._commit_loop = _returning_committer  # type: ignore[method-assign]
 elif FAULT == "timer-take":
     TimerService._take = _failing_take  # type: ignore[method-assign]
+elif FAULT == "dependency-abort":
+    LifecycleProcessor._send = _aborting_send  # type: ignore[method-assign]
 elif FAULT == "housekeeping":
     Housekeeping.due_timers = _failing_due_timers  # type: ignore[method-assign]
 elif FAULT:
