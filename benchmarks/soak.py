@@ -8,13 +8,21 @@ every few seconds (`--kill-every`, jittered) a random one of them is SIGKILLed a
 at once. Meanwhile `--jobs` jobs are enqueued (at most `--in-flight` unfinished at a time):
 10 % fail once and are retried, 1 % always fail (dead-lettered after 3 attempts), 5 % are delayed
 by 1-20 s, 5 % sleep 0.2-2 s (so kills land mid-job), and 2 % are enqueued a second time with the
-same idempotency key. Every handler run is appended to a side-channel file (one line per run).
+same idempotency key. Beside them, `--dependents` of the jobs (4 %) are `merge` jobs that depend on
+one to three earlier jobs (half of them run whatever became of those, `on_dependency_failure="run"`;
+half are cancelled by a failed one), and `--schedules` schedules (4) fire a job every
+`--schedule-every` seconds (2) with `catch_up="all"` for as long as the load runs. Every handler
+run is appended to a side-channel file (one line per run).
 
 When every job has ended (or `--deadline` passed), the killing stops, the services are stopped
 with SIGTERM, and the run is checked against the event log, the source of truth:
 
-  lost jobs                   acknowledged jobs that did not end (completed / dead-lettered) (must be 0)
-  jobs in a wrong state       jobs that ended otherwise than planned, or after fewer attempts (must be 0)
+  lost jobs                   acknowledged jobs that did not end (completed / dead-lettered / cancelled by a
+                              dependency) (must be 0)
+  jobs in a wrong state       jobs that ended otherwise than planned, or after fewer attempts (must be 0); a
+                              dependent cancelled because a dependency ended dead-lettered by kills is not wrong
+  schedule ticks              every tick of every schedule, from its first fired to its last, enqueued exactly
+                              one job, and each of those jobs completed (gaps and unended jobs must be 0)
   duplicated transitions      a derived event (retry_scheduled, completed, dead_lettered, ...) committed
                               twice for the same job and attempt (must be 0)
   changelog = fold of log     the processors' job-state changelog equals the fold of the log
@@ -56,6 +64,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +85,14 @@ from eventjobs.readside.projector import Projector, ProjectorOptions  # noqa: E4
 from eventjobs.runtime.state_check import compare_state  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
 from tests.support.cluster import INTERNAL_TOPICS, busiest_leader, wait_in_sync  # noqa: E402
+from eventjobs.app import App  # noqa: E402
 from tests.support.fault_app import EXECUTIONS_ENV, build_app, read_executions  # noqa: E402
 
 APP = "tests.support.fault_app:app"
-TERMINAL = (b'"status":"completed"', b'"status":"dead_lettered"')
+TERMINAL = (b'"status":"completed"', b'"status":"dead_lettered"', b'"status":"cancelled"')
+CHUNK = 500  # enqueue events appended (and acknowledged) together
+SCHEDULE_PREFIX = "soak-tick-"  # the soak's schedules: soak-tick-0, soak-tick-1, ...
+SCHEDULED_MARK = f'"idempotency_key":"{SCHEDULE_PREFIX}'.encode()  # in the changelog state of their jobs
 # metric columns of job_metrics_1m and the event type each counts (accepted events, plus the first
 # echo of each derived event), as tests/readside/test_projector.py checks them
 METRICS = {"enqueued": "enqueued", "attempt_started": "started", "completed": "completed", "failed": "failed",
@@ -222,14 +235,22 @@ class Plan:
     expected: dict[str, tuple[JobStatus, int]] = field(default_factory=dict)  # job id -> (status, attempt)
     duplicates: int = 0
     delayed: int = 0
+    dependents: dict[str, tuple[list[str], str]] = field(default_factory=dict)  # job id -> (dependencies, mode)
 
 
-def plan_jobs(jobs: int, namespace: str, seed: int) -> Plan:
+def plan_jobs(jobs: int, namespace: str, seed: int, dependents: float = 0.0) -> Plan:
     app = build_app(namespace)
     rng = random.Random(seed)
     plan = Plan()
     later: list[tuple[int, int, JobEvent]] = []  # a heap of duplicates, enqueued a little later
+    placed: list[tuple[int, str]] = []  # (position in plan.events, job id) of the jobs planned so far
     for i in range(jobs):
+        # a dependent names only jobs appended (and acknowledged) in an earlier chunk: each exists then
+        earlier = [job_id for position, job_id in placed[-3 * CHUNK:] if position < len(plan.events) // CHUNK * CHUNK]
+        if earlier and rng.random() < dependents:
+            _plan_dependent(app, plan, rng, i, rng.sample(earlier, min(len(earlier), rng.randint(1, 3))))
+            placed.append((len(plan.events) - 1, plan.events[-1].job_id))
+            continue
         args: dict[str, object] = {"i": i}
         options: dict[str, object] = {}
         status, attempt = JobStatus.COMPLETED, 0
@@ -250,6 +271,7 @@ def plan_jobs(jobs: int, namespace: str, seed: int) -> Plan:
             options["idempotency_key"] = f"soak-{seed}-{i}"
         event = app.build_enqueue("work", args, **options)
         plan.events.append(event)
+        placed.append((len(plan.events) - 1, event.job_id))
         plan.expected[event.job_id] = (status, attempt)
         if duplicate:
             again = app.build_enqueue("work", {**args, "again": True}, **options)
@@ -261,12 +283,24 @@ def plan_jobs(jobs: int, namespace: str, seed: int) -> Plan:
     return plan
 
 
+def _plan_dependent(app: App, plan: Plan, rng: random.Random, i: int, dependencies: list[str]) -> None:
+    """A `merge` job waiting for `dependencies`: it completes, unless it is cancelled by one that
+    does not complete (half of them; the other half runs whatever became of them)."""
+    mode = "run" if rng.random() < 0.5 else "cancel"
+    event = app.build_enqueue("merge", {"i": i}, depends_on=dependencies, on_dependency_failure=mode)
+    plan.events.append(event)
+    failing = any(plan.expected[d][0] is not JobStatus.COMPLETED for d in dependencies)
+    plan.expected[event.job_id] = (JobStatus.CANCELLED if mode == "cancel" and failing else JobStatus.COMPLETED, 0)
+    plan.dependents[event.job_id] = (dependencies, mode)
+
+
 class Finished:
     """Follows the job-state changelog: which jobs are in a terminal state now."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.terminal: set[bytes] = set()
+        self.scheduled: set[bytes] = set()  # jobs of the soak's schedules
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -281,6 +315,8 @@ class Finished:
                     for record in records:
                         if record.key is None:
                             continue
+                        if record.value is not None and SCHEDULED_MARK in record.value:
+                            self.scheduled.add(record.key)
                         if record.value is not None and any(t in record.value for t in TERMINAL):
                             self.terminal.add(record.key)
                         else:
@@ -302,6 +338,7 @@ class LogFacts:
     metric_counts: Counter[str] = field(default_factory=Counter)
     types: Counter[str] = field(default_factory=Counter)
     leases_lost: Counter[str] = field(default_factory=Counter)  # job id -> accepted lease_expired events
+    ticks: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (schedule, tick) -> jobs it created
 
 
 async def read_log(settings: Settings) -> LogFacts:
@@ -324,6 +361,10 @@ async def read_log(settings: Settings) -> LogFacts:
         decision = apply(facts.states.get(event.job_id), event)
         if decision.accepted and event.type == "lease_expired":
             facts.leases_lost[event.job_id] += 1
+        key = getattr(event, "idempotency_key", None)
+        if decision.accepted and event.type == "enqueued" and key and key.startswith(SCHEDULE_PREFIX):
+            schedule_id, _, tick = key.partition("@")
+            facts.ticks.setdefault((schedule_id, tick), []).append(event.job_id)
         if decision.state is not None:
             facts.states[event.job_id] = decision.state
         elif decision.rejected is None:
@@ -378,6 +419,40 @@ def projection_differences(backend: ChdbBackend, facts: LogFacts) -> list[str]:
     return problems
 
 
+async def wait_for_ticks(settings: Settings, finished: Finished, deadline: float) -> None:
+    """After the schedules were deleted: wait until every job their ticks made has ended (a tick
+    fired just before the deletion may still be on its way: a quiet spell of 10 s ends the wait)."""
+    quiet_since, seen = time.monotonic(), -1
+    while time.monotonic() < deadline:
+        if len(finished.scheduled) != seen:
+            quiet_since, seen = time.monotonic(), len(finished.scheduled)
+        if finished.scheduled <= finished.terminal and time.monotonic() - quiet_since > 10:
+            return
+        await asyncio.sleep(0.5)
+    say(f"{len(finished.scheduled - finished.terminal)} scheduled job(s) did not end before the deadline")
+
+
+def schedule_problems(facts: LogFacts, every_s: float) -> tuple[int, list[str]]:
+    """(ticks fired, problems): per schedule, every tick from its first fired to its last must
+    have made exactly one job, and each of those jobs must have completed."""
+    problems: list[str] = []
+    by_schedule: dict[str, list[tuple[datetime, list[str]]]] = {}
+    for (schedule_id, tick), jobs in facts.ticks.items():
+        by_schedule.setdefault(schedule_id, []).append((datetime.fromisoformat(tick.replace("Z", "+00:00")), jobs))
+    for schedule_id, ticks in sorted(by_schedule.items()):
+        ticks.sort()
+        span = (ticks[-1][0] - ticks[0][0]).total_seconds()
+        missing = round(span / every_s) + 1 - len(ticks)
+        if missing:
+            problems.append(f"{schedule_id}: {missing} tick(s) missing between {ticks[0][0]} and {ticks[-1][0]}")
+        for tick, jobs in ticks:
+            if len(jobs) != 1:
+                problems.append(f"{schedule_id}@{tick}: {len(jobs)} jobs")
+            problems += [f"{schedule_id}@{tick}: job {j} is {facts.states[j].status.value if j in facts.states else 'gone'}"
+                         for j in jobs if j not in facts.states or facts.states[j].status is not JobStatus.COMPLETED]
+    return len(facts.ticks), problems
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -387,10 +462,12 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, clust
     settings = Settings(kafka_bootstrap=bootstrap, namespace=f"soak{uuid.uuid4().hex[:8]}")
     await apply_topics(settings, ["default"])
     say(f"namespace {settings.namespace}; planning {options.jobs:,} jobs")
-    plan = plan_jobs(options.jobs, settings.namespace, options.seed)
+    plan = plan_jobs(options.jobs, settings.namespace, options.seed, options.dependents)
     app = build_app(settings.namespace, kafka_bootstrap=bootstrap)
     fleet = Fleet(settings, run_dir, options.workers, options.processors, rng)
     fleet.start_all()
+    schedule_ids = [await app.schedule("work", {"tick_of": k}, every=f"{options.schedule_every:g}s", catch_up="all",
+                                       schedule_id=f"{SCHEDULE_PREFIX}{k}") for k in range(options.schedules)]
     finished = Finished(settings)
     follower = asyncio.create_task(finished.run())
     enqueued = 0
@@ -436,7 +513,7 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, clust
     deadline = started + options.deadline
     expected_ids = {job_id.encode() for job_id in plan.expected}
     try:
-        chunk = 500
+        chunk = CHUNK
         for start in range(0, len(plan.events), chunk):
             while enqueued - len(finished.terminal & expected_ids) > options.in_flight:
                 if time.monotonic() > deadline:
@@ -455,6 +532,10 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, clust
             if time.monotonic() - last_report > 15:
                 last_report = time.monotonic()
                 say(f"{len(finished.terminal & expected_ids):,} of {len(expected_ids):,} jobs ended")
+        for schedule_id in schedule_ids:  # no tick after this; the jobs of the ticks fired still run
+            await app.unschedule(schedule_id, "the soak's load has ended")
+        if schedule_ids:
+            await wait_for_ticks(settings, finished, deadline)
         ended_s = time.monotonic() - started
     finally:
         stop_killing.set()
@@ -469,6 +550,7 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, clust
 
     say("checking: fold of the log, changelog, executions, projections")
     facts = await read_log(settings)
+    ticks_fired, tick_problems = schedule_problems(facts, options.schedule_every)
     comparison = await compare_state(settings)
     runs = read_executions(fleet.executions)
     backend = await project_into_chdb(settings, run_dir / "chdb")
@@ -479,8 +561,9 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, clust
 
     # lost: not ended (or unknown to the log); wrong: ended otherwise than planned (a job may need
     # more attempts than planned, when a worker killed mid-job lets its lease expire, never fewer)
+    ended = (JobStatus.COMPLETED, JobStatus.DEAD_LETTERED, JobStatus.CANCELLED)
     lost = {j: facts.states[j].status.value if j in facts.states else None for j in plan.expected
-            if j not in facts.states or facts.states[j].status not in (JobStatus.COMPLETED, JobStatus.DEAD_LETTERED)}
+            if j not in facts.states or facts.states[j].status not in ended}
     # A job planned to complete may end dead-lettered when worker kills cost it attempts (each
     # expired lease is a failed attempt): then every attempt of its budget failed, and at least
     # one of them by a lost lease.
@@ -488,18 +571,25 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, clust
                           if j in facts.states and status is JobStatus.COMPLETED
                           and facts.states[j].status is JobStatus.DEAD_LETTERED and facts.leases_lost[j] > 0
                           and facts.states[j].attempts_started >= facts.states[j].max_attempts}
+    # a dependent cancelled by a dependency: as planned, or because kills used up a dependency's attempts
+    cancelled_by_kills = {j for j, (dependencies, mode) in plan.dependents.items()
+                          if mode == "cancel" and plan.expected[j][0] is JobStatus.COMPLETED and j in facts.states and facts.states[j].status is JobStatus.CANCELLED
+                          and any(d in facts.states and facts.states[d].status is not JobStatus.COMPLETED
+                                  for d in dependencies)}
     wrong = {j: (facts.states[j].status.value, facts.states[j].attempt) for j, (status, attempt) in plan.expected.items()
-             if j in facts.states and j not in lost and j not in exhausted_by_kills
+             if j in facts.states and j not in lost and j not in exhausted_by_kills | cancelled_by_kills
              and (facts.states[j].status is not status or facts.states[j].attempt < attempt)}
     more_attempts = sum(1 for j, (_, attempt) in plan.expected.items()
                         if j in facts.states and facts.states[j].attempt > attempt)
     duplicated = [key for key, n in facts.transitions.items() if n > 1]
     duplicated += [f"event {event_id}" for event_id, n in facts.derived_ids.items() if n > 1]
-    attempts_started = sum(facts.states[j].attempts_started for j in plan.expected if j in facts.states)
+    tick_jobs = {j for jobs in facts.ticks.values() for j in jobs}  # their handler runs are in `runs` too
+    attempts_started = sum(facts.states[j].attempts_started for j in plan.expected.keys() | tick_jobs if j in facts.states)
     executions = sum(runs.values())
     repeated_attempts = sum(1 for n in runs.values() if n > 1)
     ran = {job_id for job_id, _ in runs}
-    never_ran = sum(1 for j in plan.expected if j in facts.states and j not in lost and j not in ran)
+    never_ran = sum(1 for j in plan.expected if j in facts.states and j not in lost and j not in ran
+                    and facts.states[j].status is not JobStatus.CANCELLED)
     started_not_run = sum(1 for j in plan.expected if j in facts.states
                           for a in range(facts.states[j].attempts_started) if runs[(j, a)] == 0)
     kills = sum(fleet.kills.values())
@@ -510,6 +600,7 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, clust
         "changelog differences from the fold of the log": len(comparison.differences),
         "projection differences from the fold of the log": len(projection_problems),
         "ended jobs whose handler never ran": never_ran,
+        "schedule tick problems (gaps, repeats, jobs not completed)": len(tick_problems),
         "undecodable records in the log": facts.undecodable,
     }
     wall = time.monotonic() - started
@@ -518,6 +609,10 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, clust
     print(f"jobs:         {len(plan.expected):,} ({plan.duplicates:,} enqueued twice with one idempotency key, "
           f"{plan.delayed:,} delayed); completed {sum(s == JobStatus.COMPLETED for s, _ in plan.expected.values()):,}"
           f", dead-lettered {sum(s == JobStatus.DEAD_LETTERED for s, _ in plan.expected.values()):,} expected")
+    dependents = Counter((mode, plan.expected[j][0].value) for j, (_, mode) in plan.dependents.items())
+    print(f"workflows:    {len(plan.dependents):,} dependents ({', '.join(f'{m} -> {s} {n:,}' for (m, s), n in sorted(dependents.items()))}"
+          f"; {len(cancelled_by_kills):,} cancelled because kills dead-lettered a dependency); {len(schedule_ids)} "
+          f"schedules every {options.schedule_every:g} s: {ticks_fired:,} ticks fired")
     print(f"events:       {facts.records:,} records in the log "
           f"({', '.join(f'{t} {n:,}' for t, n in facts.types.most_common(6))}, ...)")
     print(f"kills:        {kills} SIGKILLs ({fleet.kills['processor']} processor, {fleet.kills['worker']} worker), "
@@ -553,6 +648,8 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, clust
         print(f"  changelog: {difference.job_id} {difference.kind} {difference.fields}")
     for problem in projection_problems:
         print(f"  projection: {problem}")
+    for problem in tick_problems[:5]:
+        print(f"  schedule: {problem}")
     print("RESULT:", "all invariants hold" if not failures else f"FAILED: {', '.join(failures)}")
     return 1 if failures else 0
 
@@ -569,6 +666,10 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds until the run gives up waiting for the jobs (default: 600 + 0.05 s per job)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--dependents", type=float, default=0.04,
+                        help="share of the jobs that are dependents of one to three earlier jobs (default 0.04)")
+    parser.add_argument("--schedules", type=int, default=4, help="schedules firing while the load runs (default 4)")
+    parser.add_argument("--schedule-every", type=float, default=2.0, help="their period in seconds (default 2)")
     parser.add_argument("--brokers", type=int, choices=(1, 3), default=1,
                         help="1: KAFKA_BOOTSTRAP_SERVERS or a local broker; 3: a local three-broker cluster of the run's own")
     parser.add_argument("--kill-broker", choices=("leader", "controller", "alternate"), default=None,
