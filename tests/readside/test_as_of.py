@@ -10,6 +10,7 @@ or a time, the as-of answers must equal folding each job's log prefix with the c
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from collections.abc import Iterator
@@ -242,3 +243,61 @@ def test_as_of_equals_the_fold_of_the_log_prefix(chdb_tables: Backend, seed: int
                 state.result, state.last_error.error_type if state.last_error else "",
                 state.last_error.message if state.last_error else "", state.reason or "", state.worker_id or "",
                 state.finished_at, state.next_due_at, state.workflow.snoozes if state.workflow else 0)
+
+
+def test_a_moment_is_a_time_an_age_or_a_position() -> None:
+    assert parse_as_of("2026-05-17T12:00:00Z", NOW) == AsOf(at=datetime(2026, 5, 17, 12, tzinfo=timezone.utc))
+    assert parse_as_of("2026-05-17T14:00:00+02:00", NOW).at == datetime(2026, 5, 17, 12, tzinfo=timezone.utc)
+    assert parse_as_of("2026-05-17 12:00", NOW).at == datetime(2026, 5, 17, 12, tzinfo=timezone.utc)  # UTC
+    assert parse_as_of("2h", NOW).at == NOW - timedelta(hours=2)
+    assert parse_as_of("offset:2:5000", NOW) == AsOf(offsets={2: 5000})
+    assert parse_as_of("offset:0:120, 1:98", NOW) == AsOf(offsets={0: 120, 1: 98})
+    assert parse_as_of(NOW.isoformat(), NOW).at == NOW
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("yesterday", "is not a moment: give an ISO-8601 time"),
+    ("2026-13-01", "is not a moment"),
+    ("2026-06-01T12:00:01Z", "is in the future (2026-06-01 12:00:01 UTC; now is 2026-06-01 12:00:00 UTC)"),
+    ("offset:1", "'1' is not PARTITION:OFFSET"),
+    ("offset:0:5,0:6", "names partition 0 twice"),
+    ("offset:0:-1", "is not PARTITION:OFFSET"),
+    ("offset:70000:1", "out of range"),
+])
+def test_a_moment_that_cannot_be_used_is_refused_saying_what_is_allowed(text: str, message: str) -> None:
+    with pytest.raises(AsOfError, match=re.escape(message)):
+        parse_as_of(text, NOW)
+
+
+def test_as_of_the_end_equals_the_live_projection_and_bad_moments_are_clear_errors(tables: Backend) -> None:
+    # Given a random log projected (on each backend)
+    rng = random.Random(5)
+    written = write_log(tables, random_log(5), rng)
+    end = max(written.stored_at.values())
+    highest = {p: o for p, o in tables.query("SELECT log_partition, max(log_offset) FROM job_events "
+                                             "GROUP BY log_partition").rows}
+    # Then as of the end of the log, jobs, one job and the stats read as the live tables do
+    for as_of in (AsOf(at=end), AsOf(offsets=highest)):
+        assert list_jobs_as_of(tables, as_of, limit=10_000) == queries.list_jobs(tables, limit=10_000)
+        job_id = queries.list_jobs(tables, limit=1)[0].job_id
+        assert show_job_as_of(tables, job_id, as_of) == queries.show_job(tables, job_id)
+        for by in ("name", "queue"):
+            assert stats_as_of(tables, as_of, by=by) == queries.job_stats(tables, by=by)
+        live = Counter(job.status for job in queries.list_jobs(tables, limit=10_000))
+        assert sum((Counter(c.by_status) for c in status_counts_as_of(tables, as_of)), Counter()) == live
+    # And a job that did not exist yet, or a position not projected, is a clear error
+    earliest = min(written.events, key=lambda placed: written.stored_at[placed[:2]])
+    first = earliest[2]
+    before = AsOf(at=written.stored_at[earliest[:2]] - timedelta(milliseconds=1))
+    with pytest.raises(queries.JobNotFound, match=f"job '{first.job_id}' did not exist as of .* UTC: it first "
+                                                  r"appears at .* UTC \(partition \d offset \d+\)"):
+        show_job_as_of(tables, first.job_id, before)
+    with pytest.raises(queries.JobNotFound, match="no job 'nope' in the read side"):
+        show_job_as_of(tables, "nope", AsOf(at=end))
+    partition, offset = sorted(highest.items())[0]
+    with pytest.raises(AsOfError, match=f"partition {partition} offset {offset + 1} is past the newest projected "
+                                        f"offset {offset}"):
+        list_jobs_as_of(tables, AsOf(offsets={partition: offset + 1}))
+    with pytest.raises(AsOfError, match=r"partition 9 has no projected events \(partitions with events: 0, 1, 2\)"):
+        status_counts_as_of(tables, AsOf(offsets={9: 0}))
+    assert list_jobs_as_of(tables, before) == []
