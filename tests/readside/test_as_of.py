@@ -16,12 +16,16 @@ from dataclasses import dataclass
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, given, settings, strategies as st
+from starlette.testclient import TestClient
 
-from eventjobs.clickhouse import Backend, quote_identifier
+from eventjobs import App
+from eventjobs.clickhouse import Backend, ServerBackend, quote_identifier
+from eventjobs.clickhouse.http_api import ReadApi
 from eventjobs.core.codec import encode
 from eventjobs.core.events import HeartbeatEvent, JobEvent, RetentionPassedEvent
 from eventjobs.core.fold import apply
@@ -40,6 +44,9 @@ from eventjobs.readside.as_of import (
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir
 from eventjobs.readside.projector import BatchFolder, JobCache
 from eventjobs.readside.store import ProjectionStore
+from eventjobs.settings import Settings
+from eventjobs.web.app import create_app
+from eventjobs.web.reads import ReadSide
 from eventjobs.testing.simulation import generate_log, sim_id, workflow_log
 from tests.readside.conftest import open_test_backend
 
@@ -301,3 +308,55 @@ def test_as_of_the_end_equals_the_live_projection_and_bad_moments_are_clear_erro
     with pytest.raises(AsOfError, match=r"partition 9 has no projected events \(partitions with events: 0, 1, 2\)"):
         status_counts_as_of(tables, AsOf(offsets={9: 0}))
     assert list_jobs_as_of(tables, before) == []
+
+
+class _Kept:
+    """A backend the dashboard's `ReadSide` may close after each page without closing the test's."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_dashboard_and_the_read_api_answer_as_of_a_moment(tables: Backend, chdb_path: Path) -> None:
+    # Given a random log projected (on each backend)
+    rng = random.Random(11)
+    written = write_log(tables, random_log(11), rng)
+    partition, offset = max(((p, o) for p, o, _ in written.events), key=lambda po: (po[1], po[0]))
+    as_of = AsOf(offsets={partition: offset // 2})
+    expected = expected_jobs(written, as_of)
+    job_id, (state, _) = sorted(expected.items())[0]
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", namespace=tables.database)  # Kafka never reached
+    reads = ReadSide(settings, opener=lambda _: _Kept(tables))  # type: ignore[arg-type,return-value]
+    with TestClient(create_app(settings, App(tables.database, settings=settings), reads=reads),
+                    base_url="http://127.0.0.1") as client:
+        # When the jobs page and a job page are asked as of a position
+        listed = client.get(f"/jobs?as_of=offset:{partition}:{offset // 2}&status={state.status.value}")
+        shown = client.get(f"/jobs/{job_id}?as_of=offset:{partition}:{offset // 2}")
+        beyond = client.get(f"/jobs?as_of=offset:{partition}:{offset + 1}")
+    # Then they show the jobs of that partition in the state each had then
+    assert listed.status_code == 200 and f"as of log position partition {partition} offset {offset // 2}" in listed.text
+    wanted = sorted(j for j, (s, _) in expected.items() if s.status is state.status)
+    assert sorted(re.findall(r'<td class="id"><a href="/jobs/([^"?]+)\?as_of=', listed.text)) == wanted[:50]
+    assert shown.status_code == 200 and f'id="job-status">{state.status.value}<' in shown.text
+    assert 'action="/actions/' not in shown.text  # no action on a past state
+    assert beyond.status_code == 400 and "is past the newest projected offset" in beyond.text
+    # And through the projector's read API (every query on a readonly connection) the answers are the same
+    if tables.kind == "chdb":
+        api = ReadApi(tables, token="as-of-token")  # type: ignore[arg-type]
+        api.start()
+        reader = ServerBackend(api.url, tables.database, access_token="as-of-token")
+        try:
+            for moment in (as_of, AsOf(at=max(written.stored_at.values()) - timedelta(seconds=5))):
+                assert list_jobs_as_of(reader, moment, limit=10_000) == list_jobs_as_of(tables, moment, limit=10_000)
+                assert status_counts_as_of(reader, moment) == status_counts_as_of(tables, moment)
+                assert stats_as_of(reader, moment) == stats_as_of(tables, moment)
+            assert show_job_as_of(reader, job_id, as_of) == show_job_as_of(tables, job_id, as_of)
+        finally:
+            reader.close()
+            api.stop()
