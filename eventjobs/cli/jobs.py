@@ -12,6 +12,7 @@ from rich.table import Table
 
 from eventjobs.cli.options import (
     AppOption,
+    AsOfOption,
     JsonOption,
     NamespaceOption,
     OptionalAppOption,
@@ -19,6 +20,7 @@ from eventjobs.cli.options import (
     YesOption,
     app_or_namespace,
     load_app,
+    parse_as_of_option,
     parse_seconds,
     parse_since,
     run_with_app,
@@ -37,7 +39,8 @@ from eventjobs.cli.output import (
     usage_error,
 )
 from eventjobs.app import App
-from eventjobs.clickhouse import open_backend
+from eventjobs.clickhouse import Backend, open_backend
+from eventjobs.readside import as_of as history_at
 from eventjobs.readside import queries as query
 
 jobs_app = typer.Typer(help="Jobs as the read side (ClickHouse) sees them; cancel them in bulk.",
@@ -113,11 +116,13 @@ def jobs_list(
     name: Annotated[Optional[str], typer.Option(help="Only this job name.")] = None,
     since: SinceOption = None,
     limit: Annotated[int, typer.Option(help="Most jobs to show.")] = 50,
+    as_of: AsOfOption = None,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Jobs, newest first."""
+    """Jobs, newest first (with --as-of: the jobs that existed then, in the state they had)."""
     started_after = parse_since(since)
+    moment = parse_as_of_option(as_of)
 
     def render(jobs: list[query.JobSummary]) -> None:
         table = Table("job id", "queue", "name", "state", "attempts", "enqueued (UTC)", "updated (UTC)")
@@ -126,14 +131,27 @@ def jobs_list(
                           format_time(job.enqueued_at), format_time(job.updated_at))
         out.print(table)
 
-    show_read_side(namespace, lambda backend: query.list_jobs(
-        backend, queue=queue, status=state, name=name, since=started_after, limit=limit), as_json, "jobs", render)
+    def ask(backend: Backend) -> list[query.JobSummary]:
+        if moment is not None:
+            return history_at.list_jobs_as_of(backend, moment, queue=queue, status=state, name=name,
+                                              since=started_after, limit=limit)
+        return query.list_jobs(backend, queue=queue, status=state, name=name, since=started_after, limit=limit)
+
+    show_read_side(namespace, ask, as_json, "jobs", render, as_of=moment)
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: str, namespace: NamespaceOption = None, as_json: JsonOption = False) -> None:
-    """One job: state, attempts, and its result or last error with the traceback."""
-    show_read_side(namespace, lambda backend: query.show_job(backend, job_id), as_json, "job", _print_job)
+def jobs_show(job_id: str, as_of: AsOfOption = None, namespace: NamespaceOption = None,
+              as_json: JsonOption = False) -> None:
+    """One job: state, attempts, and its result or last error with the traceback (with --as-of: as it stood then)."""
+    moment = parse_as_of_option(as_of)
+
+    def ask(backend: Backend) -> query.JobDetail:
+        if moment is not None:
+            return history_at.show_job_as_of(backend, job_id, moment)
+        return query.show_job(backend, job_id)
+
+    show_read_side(namespace, ask, as_json, "job", _print_job, as_of=moment)
 
 
 def _print_links(depends_on: list[str], waiting_for: list[str], dependents: list[str], parent: str,
@@ -195,11 +213,15 @@ def stats(
     queue: Annotated[Optional[str], typer.Option(help="Only this queue.")] = None,
     since: SinceOption = None,
     by: Annotated[str, typer.Option(help="Group by job name or queue.")] = "name",
+    as_of: AsOfOption = None,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Throughput, failure rate, p50/p95/p99 run duration and wait, per job name or queue."""
+    """Throughput, failure rate, p50/p95/p99 run duration and wait, per job name or queue.
+
+    With --as-of: the same up to that moment, and how many jobs were in each state then."""
     started_after = parse_since(since)
+    moment = parse_as_of_option(as_of)
 
     def render(rows: list[query.StatsRow]) -> None:
         table = Table(by, "enqueued", "completed", "dead-lettered", "retried", "jobs/min", "attempt failure rate",
@@ -212,8 +234,25 @@ def stats(
                           " / ".join(format_seconds(v) for v in (r.wait_p50_s, r.wait_p95_s, r.wait_p99_s)))
         out.print(table)
 
-    show_read_side(namespace, lambda backend: query.job_stats(
-        backend, queue=queue, since=started_after, by=by), as_json, "stats", render)  # type: ignore[arg-type]
+    if moment is None:
+        show_read_side(namespace, lambda backend: query.job_stats(
+            backend, queue=queue, since=started_after, by=by), as_json, "stats", render)  # type: ignore[arg-type]
+        return
+    settings = settings_of(namespace)
+    with closing(open_backend(settings)) as backend:
+        rows = history_at.stats_as_of(backend, moment, queue=queue, since=started_after, by=by)  # type: ignore[arg-type]
+        counts = history_at.status_counts_as_of(backend, moment, queue=queue, by=by)  # type: ignore[arg-type]
+        fresh = freshness(settings, backend)
+    if as_json:
+        print_json({"stats": rows, "states": counts, "as_of": moment.as_json(), "freshness": fresh.as_json()})
+        return
+    out.print(moment.describe(), style="bold", highlight=False)
+    render(rows)
+    table = Table(by, "jobs", *query.STATUSES)
+    for count in counts:
+        table.add_row(count.group, str(count.total), *(str(count.by_status[s]) for s in query.STATUSES))
+    out.print(table)
+    err.print(fresh.describe(), style="dim")
 
 
 

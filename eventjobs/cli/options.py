@@ -15,6 +15,7 @@ import typer
 from eventjobs.app import App
 from eventjobs.cli.output import kafka_failure_in_one_line
 from eventjobs.core.durations import parse_duration
+from eventjobs.readside.as_of import AsOf, AsOfError, parse_as_of
 from eventjobs.readside.queries import utc
 from eventjobs.settings import Settings, load_settings
 
@@ -28,6 +29,9 @@ BootstrapOption = Annotated[Optional[str], typer.Option(help="Kafka bootstrap se
 QueueOption = Annotated[Optional[list[str]], typer.Option("--queue", "-q", help="Queue to create ready topics for (repeatable).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 SinceOption = Annotated[Optional[str], typer.Option(help="Only since TIME: ISO-8601 (UTC if no zone) or ago, e.g. 15m, 2h, 1d.")]
+AsOfOption = Annotated[Optional[str], typer.Option(
+    "--as-of", help="As the read side stood at a past moment: ISO-8601 time (UTC if no zone), an age (15m, 2h, 1d "
+                    "ago) or a log position offset:PARTITION:OFFSET[,PARTITION:OFFSET...] (only those partitions).")]
 
 
 class AppLoadError(ValueError):
@@ -64,6 +68,16 @@ def parse_since(text: str | None) -> datetime | None:
     except ValueError:
         raise typer.BadParameter(f"{text!r} is neither a time (2024-05-17T12:00:00Z) nor an age (15m, 2h, 1d)",
                                  param_hint="--since") from None
+
+
+def parse_as_of_option(text: str | None) -> AsOf | None:
+    """`--as-of`: a past time or a log position (`readside.as_of.parse_as_of`); a bad one is a usage error."""
+    if text is None:
+        return None
+    try:
+        return parse_as_of(text, datetime.now(timezone.utc))
+    except AsOfError as error:
+        raise typer.BadParameter(str(error)) from None  # the message names --as-of and what it got
 
 
 def load_app(spec: str) -> App:

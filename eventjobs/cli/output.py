@@ -16,6 +16,7 @@ from rich.console import Console
 from eventjobs.clickhouse import Backend, open_backend
 from eventjobs.kafka.offsets import end_offsets
 from eventjobs.readside import queries as query
+from eventjobs.readside.as_of import AsOf
 from eventjobs.readside.projector import events_topic
 from eventjobs.settings import Settings, load_settings
 
@@ -44,17 +45,21 @@ def freshness(settings: Settings, backend: Backend) -> query.Freshness:
 
 
 def show_read_side(
-    namespace: str | None, ask: Callable[[Backend], T], as_json: bool, key: str, render: Callable[[T], None]
+    namespace: str | None, ask: Callable[[Backend], T], as_json: bool, key: str, render: Callable[[T], None],
+    as_of: AsOf | None = None,
 ) -> None:
     """One read-side command: ask ClickHouse, then print the answer as JSON (`{key: answer,
-    "freshness": ...}`) or through `render`, followed by how fresh the read side is."""
+    "freshness": ...}`, and `"as_of"` when the answer is as of a past moment) or through `render`
+    (after a line naming that moment), followed by how fresh the read side is."""
     settings = load_settings(namespace=namespace)
     with closing(open_backend(settings)) as backend:
         answer = ask(backend)
         fresh = freshness(settings, backend)
     if as_json:
-        print_json({key: answer, "freshness": fresh.as_json()})
+        print_json({key: answer, "freshness": fresh.as_json(), **({"as_of": as_of.as_json()} if as_of else {})})
         return
+    if as_of is not None:
+        out.print(as_of.describe(), style="bold", highlight=False)
     render(answer)
     err.print(fresh.describe(), style="dim")
 

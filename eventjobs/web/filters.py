@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from urllib.parse import urlencode, urlsplit
 
 from eventjobs.core.durations import parse_duration
+from eventjobs.readside.as_of import AsOf, AsOfError, parse_as_of
 from eventjobs.readside.queries import STATUSES, utc
 
 PAGE_SIZE = 50
@@ -25,7 +26,8 @@ class BadFilter(ValueError):
 
 @dataclass(frozen=True)
 class JobFilter:
-    """The jobs page's filters: state, name, queue, enqueue time range, args text, page number."""
+    """The jobs page's filters: state, name, queue, enqueue time range, args text, page number,
+    and the moment the jobs are shown as of (None: now)."""
 
     status: str | None = None
     name: str | None = None
@@ -34,6 +36,7 @@ class JobFilter:
     until: datetime | None = None
     args: str | None = None
     page: int = 1
+    as_of: AsOf | None = None
     raw: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -67,6 +70,17 @@ def parse_time(value: str, key: str, now: datetime) -> datetime:
                         f"nor an age (15m, 2h, 1d)") from None
 
 
+def moment(params: Mapping[str, str], now: datetime) -> AsOf | None:
+    """`?as_of=`: a past time, an age or a log position, as `--as-of` takes it (None when absent)."""
+    text = _text(params, "as_of")
+    if text is None:
+        return None
+    try:
+        return parse_as_of(text, now)
+    except AsOfError as error:
+        raise BadFilter(f"as_of: {error}") from None
+
+
 def job_filter(params: Mapping[str, str], now: datetime) -> JobFilter:
     """The jobs page's filters from its query string (ages count back from `now`); `BadFilter`
     for a value it cannot use."""
@@ -82,9 +96,15 @@ def job_filter(params: Mapping[str, str], now: datetime) -> JobFilter:
     page_text = params.get("page", "1").strip() or "1"
     if not page_text.isdigit() or int(page_text) < 1 or int(page_text) > 100_000:
         raise BadFilter(f"page: a whole number from 1 to 100000, got {page_text!r}")
-    raw = tuple((k, v) for k, v in params.items() if k in ("status", "name", "queue", "since", "until", "args") and v)
+    as_of = moment(params, now)
+    args = _text(params, "args")
+    if as_of is not None and args is not None:
+        raise BadFilter("args: cannot be combined with as_of (the jobs as of a moment are filtered by state, name, "
+                        "queue and enqueue time)")
+    raw = tuple((k, v) for k, v in params.items()
+                if k in ("status", "name", "queue", "since", "until", "args", "as_of") and v)
     return JobFilter(status=status, name=_text(params, "name"), queue=_text(params, "queue"), since=since_at,
-                     until=until_at, args=_text(params, "args"), page=int(page_text), raw=raw)
+                     until=until_at, args=args, page=int(page_text), as_of=as_of, raw=raw)
 
 
 def window(params: Mapping[str, str]) -> tuple[str, timedelta]:

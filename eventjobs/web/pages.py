@@ -11,7 +11,8 @@ from starlette.responses import JSONResponse, Response
 
 from eventjobs.clickhouse.backend import Backend
 from eventjobs.readside import queries
-from eventjobs.web.filters import PAGE_SIZE, WINDOWS, BadFilter, job_filter, job_id, window
+from eventjobs.readside.as_of import AsOfError, list_jobs_as_of, show_job_as_of
+from eventjobs.web.filters import PAGE_SIZE, WINDOWS, BadFilter, job_filter, job_id, moment, window
 from eventjobs.web.views import problem, render
 
 
@@ -74,9 +75,19 @@ async def jobs(request: Request) -> Response:
         chosen = job_filter(request.query_params, _now(request))
     except BadFilter as error:
         return problem(request, 400, f"bad filter: {error}")
-    rows, fresh = await request.app.state.reads.page(lambda backend: queries.list_jobs(
-        backend, queue=chosen.queue, status=chosen.status, name=chosen.name, since=chosen.since, until=chosen.until,
-        args_contain=chosen.args, limit=PAGE_SIZE + 1, offset=chosen.offset))
+
+    def ask(backend: Backend) -> list[queries.JobSummary]:
+        if chosen.as_of is not None:
+            return list_jobs_as_of(backend, chosen.as_of, queue=chosen.queue, status=chosen.status, name=chosen.name,
+                                   since=chosen.since, until=chosen.until, limit=PAGE_SIZE + 1, offset=chosen.offset)
+        return queries.list_jobs(backend, queue=chosen.queue, status=chosen.status, name=chosen.name,
+                                 since=chosen.since, until=chosen.until, args_contain=chosen.args,
+                                 limit=PAGE_SIZE + 1, offset=chosen.offset)
+
+    try:
+        rows, fresh = await request.app.state.reads.page(ask)
+    except AsOfError as error:  # a position the read side has not projected
+        return problem(request, 400, f"bad filter: as_of: {error}")
     return render(request, "jobs.html", {
         "jobs": rows[:PAGE_SIZE], "has_next": len(rows) > PAGE_SIZE, "filter": chosen,
         "statuses": queries.STATUSES, "params": request.query_params, "freshness": fresh})
@@ -85,18 +96,23 @@ async def jobs(request: Request) -> Response:
 async def job(request: Request) -> Response:
     try:
         wanted = job_id(request.path_params["job_id"])
+        as_of = moment(request.query_params, _now(request))
     except BadFilter as error:
         return problem(request, 400, str(error))
 
     def ask(backend: Backend) -> tuple[queries.JobDetail, list[queries.HistoryEntry]]:
-        return queries.show_job(backend, wanted), queries.job_history(backend, wanted)
+        detail = queries.show_job(backend, wanted) if as_of is None else show_job_as_of(backend, wanted, as_of)
+        return detail, queries.job_history(backend, wanted)
 
     try:
         (detail, history), fresh = await request.app.state.reads.page(ask)
     except queries.JobNotFound as error:
         return problem(request, 404, str(error))
-    return render(request, "job.html", {"job": detail, "history": history, "freshness": fresh,
-                                        "dead_lettered": detail.status == "dead_lettered"})
+    except AsOfError as error:
+        return problem(request, 400, f"as_of: {error}")
+    # a job as of a past moment is history: no action on it (they act on the job as it is now)
+    return render(request, "job.html", {"job": detail, "history": history, "freshness": fresh, "as_of": as_of,
+                                        "dead_lettered": as_of is None and detail.status == "dead_lettered"})
 
 
 async def dead_letters(request: Request) -> Response:

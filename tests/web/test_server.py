@@ -81,11 +81,21 @@ def test_gets_never_change_anything_writes_are_posts_only(client: TestClient) ->
     ("page=0", "page: a whole number from 1 to 100000, got '0'"),
     ("since=1h&until=2h", "since (1h) must be before until (2h)"),
     ("name=" + "n" * 201, "name: at most 200 characters, got 201"),
+    ("as_of=yesterday", "as_of: --as-of 'yesterday' is not a moment: give an ISO-8601 time"),
+    ("as_of=2999-01-01", "as_of: --as-of '2999-01-01' is in the future"),
+    ("as_of=offset:0:1,0:2", "names partition 0 twice"),
+    ("as_of=1h&args=x", "args: cannot be combined with as_of"),
 ])
 def test_a_bad_filter_is_a_400_that_says_what_is_allowed(client: TestClient, query: str, message: str) -> None:
     answer = client.get(f"/jobs?{query}")
     assert answer.status_code == 400
     assert message.replace("'", "&#39;") in answer.text
+
+
+def test_a_bad_moment_on_a_job_page_is_a_400(client: TestClient) -> None:
+    answer = client.get("/jobs/some-job?as_of=soon")
+    assert answer.status_code == 400
+    assert "as_of: --as-of &#39;soon&#39; is not a moment" in answer.text
 
 
 def test_a_bad_window_is_a_400(client: TestClient) -> None:
