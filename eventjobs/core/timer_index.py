@@ -316,9 +316,13 @@ class TimerIndex:
         return size
 
     def _rehash(self) -> None:
-        """A table sized for the live slots, without the tombstones of dead ones."""
+        """A table without the tombstones of dead slots: twice as large while the live slots fill
+        more than a third of it (so that loading n timers rehashes about 2n keys, not 4n)."""
         attempt, key_end, keys = self._attempt, self._key_end, self._keys
-        table = self._table = array("i", [_EMPTY]) * self._table_size()
+        size = self._table_size()
+        if 3 * self._live > len(self._table):
+            size = max(size, 2 * len(self._table))
+        table = self._table = array("i", [_EMPTY]) * size
         mask, start = len(table) - 1, 0
         for slot in range(len(attempt)):
             end = key_end[slot]
