@@ -7,9 +7,9 @@ processor writes them, due over N ms an hour ahead) are set into the packed `Tim
 into the heap-and-dict index it replaced (`timer_index_heap.py`), and the child reports the
 growth of its resident memory (/proc/self/statm) and the load time; medians over the runs, side
 by side. Then (unless --index-only) the service: N timer records are written to a fresh
-namespace's compacted timer topic, the timer service is started in a child process per run, and
-once it has rebuilt its index from the topic the child's resident memory (VmRSS) and load time
-are reported, medians over the runs. The broker is KAFKA_BOOTSTRAP_SERVERS, or a local one
+namespace's compacted timer topic, the timer service is started in a child process per run (over
+each of the two indexes, interleaved), and once it has rebuilt its index from the topic the
+child's resident memory (VmRSS) and load time are reported, medians over the runs. The broker is KAFKA_BOOTSTRAP_SERVERS, or a local one
 started for the run.
 """
 
@@ -66,8 +66,14 @@ async def fill(settings: Settings, count: int) -> float:
     return time.perf_counter() - started
 
 
-async def child(bootstrap: str, namespace: str) -> None:
+async def child(bootstrap: str, namespace: str, which: str) -> None:
+    from eventjobs.runtime import timers
     from eventjobs.runtime.timers import TimerService
+
+    if which == "heap":  # the same service over the index it had before
+        from benchmarks.timer_index_heap import HeapTimerIndex
+
+        timers.TimerIndex = HeapTimerIndex  # type: ignore[misc, assignment]
 
     settings = Settings(kafka_bootstrap=bootstrap, namespace=namespace)
     service = TimerService(settings)
@@ -133,7 +139,7 @@ async def main() -> None:
     parser.add_argument("--timers", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per measurement (medians)")
     parser.add_argument("--index-only", action="store_true", help="only the index alone, no broker")
-    parser.add_argument("--child", nargs=2, metavar=("BOOTSTRAP", "NAMESPACE"))
+    parser.add_argument("--child", nargs=3, metavar=("BOOTSTRAP", "NAMESPACE", "INDEX"))
     parser.add_argument("--index-child", nargs=2, metavar=("INDEX", "COUNT"))
     options = parser.parse_args()
     if options.child:
@@ -156,18 +162,22 @@ async def main() -> None:
         await apply_topics(settings)
         fill_s = await fill(settings, options.timers)
         print(f"wrote {options.timers:,} timers in {fill_s:.1f} s")
-        results = []
+        results: dict[str, list[dict[str, float]]] = {which: [] for which in INDEXES}
         for _ in range(options.runs):
-            out = subprocess.run([sys.executable, __file__, "--child", bootstrap, settings.namespace],
-                                 capture_output=True, text=True, cwd=ROOT, timeout=1800, check=True)
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        rss = statistics.median(r["rss_mb"] for r in results)
-        baseline = statistics.median(r["baseline_mb"] for r in results)
-        load = statistics.median(r["load_s"] for r in results)
-        runs_text = " / ".join(f"{r['rss_mb']:.0f}" for r in results)
-        print(f"timer service, median of {options.runs} fresh processes: {results[0]['pending']:,} pending timers "
-              f"loaded in {load:.1f} s; RSS {rss:.0f} MB (process baseline before loading {baseline:.0f} MB; "
-              f"runs {runs_text} MB)")
+            for which in INDEXES:  # interleaved, so that both see the same machine
+                out = subprocess.run([sys.executable, __file__, "--child", bootstrap, settings.namespace, which],
+                                     capture_output=True, text=True, cwd=ROOT, timeout=1800, check=True)
+                results[which].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"timer service, {options.timers:,} pending timers rebuilt from the topic, median of {options.runs} "
+              "fresh processes:")
+        for which, label in INDEXES.items():
+            runs = results[which]
+            rss = statistics.median(r["rss_mb"] for r in runs)
+            baseline = statistics.median(r["baseline_mb"] for r in runs)
+            load = statistics.median(r["load_s"] for r in runs)
+            runs_text = " / ".join(f"{r['rss_mb']:.0f}" for r in runs)
+            print(f"  {label:24} RSS {rss:4.0f} MB (runs {runs_text} MB; {baseline:.0f} MB before loading), "
+                  f"loaded in {load:.1f} s ({runs[0]['pending']:,} pending)")
     finally:
         if broker is not None:
             broker.down()

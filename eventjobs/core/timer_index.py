@@ -1,7 +1,7 @@
 """The in-memory index of pending timers: what is due next, and each key's timer by key.
 
 The compacted timer topic is the durable truth; this index is rebuilt from it on start, so one
-million pending timers must fit in little memory (about 45 bytes each, docs/benchmarks.md). There
+million pending timers must fit in little memory (about 55 bytes each, docs/benchmarks.md). There
 is no Python object per timer: each one is a slot in packed columns (`array`s of due ms, attempt,
 and the end of its key in one `bytearray` of keys, a job id's 36 characters kept as its 16 bytes).
 A key finds its slot through an open-addressing table of slot numbers; due order comes from
