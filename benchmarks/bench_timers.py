@@ -1,11 +1,16 @@
 """Memory and load time of the timer service with many pending timers.
 
-    .venv/bin/python benchmarks/bench_timers.py [--timers 1000000]
+    .venv/bin/python benchmarks/bench_timers.py [--timers 1000000] [--runs 3] [--index-only]
 
-Writes N timer records (due in an hour, so none fires) to a fresh namespace's compacted timer
-topic, then starts the timer service in a child process, waits until it has rebuilt its index
-from the topic, and reports the child's resident memory (VmRSS) and the load time. The broker is
-KAFKA_BOOTSTRAP_SERVERS, or a local one started for the run.
+First the index alone: in a fresh child process per run, N timers (keyed `job_id:kind` as the
+processor writes them, due over N ms an hour ahead) are set into the packed `TimerIndex` and
+into the heap-and-dict index it replaced (`timer_index_heap.py`), and the child reports the
+growth of its resident memory (/proc/self/statm) and the load time; medians over the runs, side
+by side. Then (unless --index-only) the service: N timer records are written to a fresh
+namespace's compacted timer topic, the timer service is started in a child process per run (over
+each of the two indexes, interleaved), and once it has rebuilt its index from the topic the
+child's resident memory (VmRSS) and load time are reported, medians over the runs. The broker is KAFKA_BOOTSTRAP_SERVERS, or a local one
+started for the run.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,8 +66,14 @@ async def fill(settings: Settings, count: int) -> float:
     return time.perf_counter() - started
 
 
-async def child(bootstrap: str, namespace: str) -> None:
+async def child(bootstrap: str, namespace: str, which: str) -> None:
+    from eventjobs.runtime import timers
     from eventjobs.runtime.timers import TimerService
+
+    if which == "heap":  # the same service over the index it had before
+        from benchmarks.timer_index_heap import HeapTimerIndex
+
+        timers.TimerIndex = HeapTimerIndex  # type: ignore[misc, assignment]
 
     settings = Settings(kafka_bootstrap=bootstrap, namespace=namespace)
     service = TimerService(settings)
@@ -78,15 +90,68 @@ async def child(bootstrap: str, namespace: str) -> None:
     await task
 
 
+INDEXES = {"heap": "heap and dict (before)", "packed": "packed (now)"}
+
+
+def index_child(which: str, count: int) -> None:
+    """Set `count` timers into one index and print the growth of this process's RSS."""
+    if which == "heap":
+        from benchmarks.timer_index_heap import HeapTimerIndex as Index
+    else:
+        from eventjobs.core.timer_index import TimerIndex as Index
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * page
+
+    kinds = ("lease", "ttl", "run_at")
+    due = int(time.time() * 1000) + 3_600_000
+    index = Index()
+    before = rss()
+    started = time.perf_counter()
+    for i in range(count):  # keys as the processor writes them: job id, kind (a retry's attempt)
+        key = f"{new_job_id()}:retry:{i % 5}" if i % 4 == 3 else f"{new_job_id()}:{kinds[i % 4]}"
+        index.set(key.encode(), due + i, i % 5)
+    load_s = time.perf_counter() - started
+    first = index.next_due_ms()  # the packed index sorts its earliest bucket here
+    print(json.dumps({"pending": len(index), "rss_delta_mb": (rss() - before) / 2**20, "load_s": load_s,
+                      "first_due_ok": first == due}), flush=True)
+
+
+def compare_indexes(count: int, runs: int) -> None:
+    results: dict[str, list[dict[str, float]]] = {which: [] for which in INDEXES}
+    for _ in range(runs):
+        for which in INDEXES:  # interleaved, so that both see the same machine
+            out = subprocess.run([sys.executable, __file__, "--index-child", which, str(count)],
+                                 capture_output=True, text=True, cwd=ROOT, timeout=1800, check=True)
+            results[which].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"index alone, {count:,} pending timers, median of {runs} fresh processes:")
+    for which, label in INDEXES.items():
+        rss = statistics.median(r["rss_delta_mb"] for r in results[which])
+        load = statistics.median(r["load_s"] for r in results[which])
+        runs_text = " / ".join(f"{r['rss_delta_mb']:.0f}" for r in results[which])
+        print(f"  {label:24} RSS +{rss:6.1f} MB ({rss * 2**20 / count:.0f} B per timer; runs {runs_text} MB), "
+              f"set all in {load:.1f} s ({load / count * 1e6:.1f} us per timer)")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--timers", type=int, default=1_000_000)
-    parser.add_argument("--child", nargs=2, metavar=("BOOTSTRAP", "NAMESPACE"))
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per measurement (medians)")
+    parser.add_argument("--index-only", action="store_true", help="only the index alone, no broker")
+    parser.add_argument("--child", nargs=3, metavar=("BOOTSTRAP", "NAMESPACE", "INDEX"))
+    parser.add_argument("--index-child", nargs=2, metavar=("INDEX", "COUNT"))
     options = parser.parse_args()
     if options.child:
         await child(*options.child)
         return
+    if options.index_child:
+        index_child(options.index_child[0], int(options.index_child[1]))
+        return
     print(f"machine: {machine_info()}")
+    compare_indexes(options.timers, options.runs)
+    if options.index_only:
+        return
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
     if not bootstrap:
@@ -97,11 +162,22 @@ async def main() -> None:
         await apply_topics(settings)
         fill_s = await fill(settings, options.timers)
         print(f"wrote {options.timers:,} timers in {fill_s:.1f} s")
-        out = subprocess.run([sys.executable, __file__, "--child", bootstrap, settings.namespace],
-                             capture_output=True, text=True, cwd=ROOT, timeout=1800)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"timer service: {result['pending']:,} pending timers loaded in {result['load_s']:.1f} s; "
-              f"RSS {result['rss_mb']:.0f} MB (process baseline before loading {result['baseline_mb']:.0f} MB)")
+        results: dict[str, list[dict[str, float]]] = {which: [] for which in INDEXES}
+        for _ in range(options.runs):
+            for which in INDEXES:  # interleaved, so that both see the same machine
+                out = subprocess.run([sys.executable, __file__, "--child", bootstrap, settings.namespace, which],
+                                     capture_output=True, text=True, cwd=ROOT, timeout=1800, check=True)
+                results[which].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"timer service, {options.timers:,} pending timers rebuilt from the topic, median of {options.runs} "
+              "fresh processes:")
+        for which, label in INDEXES.items():
+            runs = results[which]
+            rss = statistics.median(r["rss_mb"] for r in runs)
+            baseline = statistics.median(r["baseline_mb"] for r in runs)
+            load = statistics.median(r["load_s"] for r in runs)
+            runs_text = " / ".join(f"{r['rss_mb']:.0f}" for r in runs)
+            print(f"  {label:24} RSS {rss:4.0f} MB (runs {runs_text} MB; {baseline:.0f} MB before loading), "
+                  f"loaded in {load:.1f} s ({runs[0]['pending']:,} pending)")
     finally:
         if broker is not None:
             broker.down()

@@ -49,6 +49,10 @@ from eventjobs.settings import Settings
 log = logging.getLogger("eventjobs.runtime.timers")
 
 FIRE_BATCH = 2000
+# timer records taken from the consumer at a time: each is a Python object with its key and value
+# until indexed, so a larger batch raises the peak memory of a rebuild (and, as the allocator
+# keeps freed memory, the RSS after it) more than it speeds the rebuild up
+READ_BATCH = 5_000
 MAX_WAIT_MS = 100
 RETRY_FIRST_MS = 100  # backoff after a failed send of a partition's timers: 100 ms, doubling ...
 RETRY_MAX_MS = 10_000  # ... up to 10 s
@@ -174,7 +178,7 @@ class TimerService:
             self.settings,
             group_id=self.group_id,
             fetch_max_wait_ms=500,
-            max_poll_records=50_000,
+            max_poll_records=READ_BATCH,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
         )
@@ -186,7 +190,7 @@ class TimerService:
             await source.start()
             source.subscribe([self.names.timers], listener=OwnershipListener(self._take, self._release, self._fail))
             while not stop.is_set() and self.failure is None:
-                batch = await source.getmany(timeout_ms=self.wait_ms(self.clock.now()), max_records=50_000)
+                batch = await source.getmany(timeout_ms=self.wait_ms(self.clock.now()), max_records=READ_BATCH)
                 async with self.lock:
                     for tp, records in batch.items():
                         self.index_timers(tp.partition, ((r.key, r.value, r.offset) for r in records))

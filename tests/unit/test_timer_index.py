@@ -1,49 +1,75 @@
-"""TimerIndex and pack/unpack: the in-memory index of pending timers behaves like a plain dict.
+"""TimerIndex: the packed in-memory index of pending timers behaves like a plain dict.
 
-The reference model is `dict[key, (due_ms, attempt)]`: `set` replaces, `delete` removes, and
-`pop_due(now, limit)` removes and returns the live timers due at or before `now`, earliest
-first, at most `limit` of them. Lazy deletion and compaction must never be observable.
+The reference model is `dict[key, (due_ms, attempt, order set)]`: `set` replaces (setting the
+same value again changes nothing), `delete` removes, and `pop_due(now, limit)` removes and returns
+the live timers due at or before `now`, earliest first (equal due times in the order they were
+set), at most `limit` of them: what a sorted scan of the dict gives. Dead slots, buckets, the late
+heap and rebuilds must never be observable.
 """
 
 from __future__ import annotations
 
 import random
+import uuid
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from eventjobs.core.timer_index import TimerIndex, pack, unpack
+from eventjobs.core.timer_index import BUCKET_MS, COMPACT_SLACK, MAX_DUE_MS, TimerIndex, check_timer, pack_key, unpack_key
 
 MAX_ATTEMPT = (1 << 20) - 1
 
-# -- pack / unpack ------------------------------------------------------------------------------
+# -- packed keys --------------------------------------------------------------------------------
+
+JOB_ID = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
 
 
-@given(st.integers(min_value=-(2**50), max_value=2**50), st.integers(min_value=0, max_value=MAX_ATTEMPT))
-def test_unpack_inverts_pack(due_ms: int, attempt: int) -> None:
-    assert unpack(pack(due_ms, attempt)) == (due_ms, attempt)
+@pytest.mark.parametrize("key, size", [
+    (f"{JOB_ID}:lease".encode(), 17),  # a job id and a usual kind: 16 bytes and a tag
+    (f"{JOB_ID}:run_at".encode(), 17),
+    (f"{JOB_ID}:retry:3".encode(), 17 + len(":retry:3")),
+    (f"{JOB_ID}:republish:2:7".encode(), 17 + len(":republish:2:7")),
+    (JOB_ID.encode(), 17),  # the processor's housekeeping keys: a bare job id
+    (JOB_ID.upper().encode() + b":ttl", 1 + 40),  # not the canonical (lowercase) form: kept as it is
+    (b"nightly-report", 15),  # a schedule id
+    (b"", 1),
+])
+def test_pack_key_shrinks_job_ids_and_keeps_every_key(key: bytes, size: int) -> None:
+    assert len(pack_key(key)) == size
+    assert unpack_key(pack_key(key)) == key
 
 
-@given(
-    st.tuples(st.integers(-(2**45), 2**45), st.integers(0, MAX_ATTEMPT)),
-    st.tuples(st.integers(-(2**45), 2**45), st.integers(0, MAX_ATTEMPT)),
-)
-def test_pack_orders_by_due_then_attempt(a: tuple[int, int], b: tuple[int, int]) -> None:
-    assert (pack(*a) < pack(*b)) == (a < b)
-    assert (pack(*a) == pack(*b)) == (a == b)
+@given(st.one_of(
+    st.binary(max_size=60),
+    st.builds(lambda u, rest: str(u).encode() + rest, st.uuids(), st.binary(max_size=12)),
+    st.builds(lambda text, rest: text.encode() + rest,
+              st.text(alphabet="0123456789abcdefABCDEF- g", min_size=36, max_size=36), st.binary(max_size=4)),
+))
+def test_unpack_key_inverts_pack_key_and_packing_is_one_to_one(key: bytes) -> None:
+    assert unpack_key(pack_key(key)) == key
+    assert unpack_key(bytearray(pack_key(key))) == key
 
 
-@pytest.mark.parametrize("attempt", [-1, MAX_ATTEMPT + 1, 2**40])
-def test_pack_rejects_attempt_out_of_range(attempt: int) -> None:
-    with pytest.raises(ValueError, match=rf"attempt {attempt} is outside 0\.\.{MAX_ATTEMPT}"):
-        pack(1_000, attempt)
+@pytest.mark.parametrize("due_ms, attempt, message", [
+    (0, -1, rf"attempt -1 is outside 0\.\.{MAX_ATTEMPT}"),
+    (0, MAX_ATTEMPT + 1, rf"attempt {MAX_ATTEMPT + 1} is outside 0\.\.{MAX_ATTEMPT}"),
+    (0, 2**40, r"attempt 1099511627776 is outside"),
+    (MAX_DUE_MS + 1, 0, rf"due time {MAX_DUE_MS + 1} ms is outside"),
+    (-MAX_DUE_MS - 1, 0, r"due time -\d+ ms is outside"),
+])
+def test_check_timer_names_what_the_index_cannot_hold(due_ms: int, attempt: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_timer(due_ms, attempt)
+    with pytest.raises(ValueError, match=message):
+        TimerIndex().set(b"j:lease", due_ms, attempt)
 
 
-def test_pack_accepts_the_largest_attempt_an_event_may_carry() -> None:
-    # events allow attempt numbers up to 1_000_000; the index must hold every one of them
-    assert unpack(pack(1_700_000_000_000, 1_000_000)) == (1_700_000_000_000, 1_000_000)
+def test_the_index_holds_every_attempt_an_event_may_carry_and_year_9999() -> None:
+    index = TimerIndex()
+    index.set(b"j:retry", 253_402_300_799_999, 1_000_000)  # events allow attempts up to 1,000,000
+    assert index.get(b"j:retry") == (253_402_300_799_999, 1_000_000)
 
 
 # -- examples -----------------------------------------------------------------------------------
@@ -158,7 +184,7 @@ def test_compaction_keeps_exactly_the_live_timers() -> None:
     index.delete(b"gone:ttl")
     for i in range(5_000):  # many replacements of one key: the heap must be compacted
         index.set(b"hot:lease", 10_000 + i, i % 3)
-    assert len(index._heap) <= 2 * len(index) + 1024 + 1  # compaction really ran
+    assert len(index._due) <= 2 * len(index) + COMPACT_SLACK + 1  # the rebuild really ran
     assert len(index) == 2
     assert index.get(b"hot:lease") == (14_999, 4_999 % 3)
     assert index.next_due_ms() == 14_999
@@ -177,69 +203,109 @@ def test_set_rejects_attempt_out_of_range_without_changing_the_index() -> None:
 
 # -- the reference model ------------------------------------------------------------------------
 
-KEYS = [f"job-{i}:{kind}".encode() for i in range(4) for kind in ("run_at", "retry", "lease", "ttl")]
+# job-id keys (packed to 16 bytes and a tag) and other keys (kept as they are), several kinds each
+KEYS = ([f"job-{i}:{kind}".encode() for i in range(3) for kind in ("run_at", "retry", "lease", "ttl")]
+        + [f"{uuid.UUID(int=i * 7919)}:{kind}".encode() for i in range(3) for kind in ("lease", "retry:2", "")])
 keys = st.sampled_from(KEYS)
-dues = st.integers(min_value=0, max_value=200)
+# due times close together (many equal ones) and spread over several buckets, negative ones included
+dues = st.one_of(st.integers(min_value=0, max_value=200), st.integers(min_value=-2 * BUCKET_MS, max_value=5 * BUCKET_MS))
 attempts = st.integers(min_value=0, max_value=3)
 
 
 class TimerIndexMatchesDict(RuleBasedStateMachine):
+    """The index against a dict scanned in sorted order: every answer must be the same."""
+
     def __init__(self) -> None:
         super().__init__()
         self.index = TimerIndex()
-        self.model: dict[bytes, tuple[int, int]] = {}
+        self.model: dict[bytes, tuple[int, int, int]] = {}  # key -> (due, attempt, when it was set)
+        self.sets = 0
+
+    def due_in_model(self, now: int) -> list[tuple[bytes, int, int]]:
+        ordered = sorted((due, order, key, attempt) for key, (due, attempt, order) in self.model.items() if due <= now)
+        return [(key, due, attempt) for due, _, key, attempt in ordered]
 
     @rule(key=keys, due=dues, attempt=attempts)
     def set(self, key: bytes, due: int, attempt: int) -> None:
         self.index.set(key, due, attempt)
-        self.model[key] = (due, attempt)
+        if self.model.get(key, (None, None))[:2] != (due, attempt):  # the same value again changes nothing
+            self.sets += 1
+            self.model[key] = (due, attempt, self.sets)
 
     @rule(key=keys)
     def delete(self, key: bytes) -> None:
         self.model.pop(key, None)
         self.index.delete(key)
 
-    @rule(now=st.integers(min_value=-5, max_value=220), limit=st.integers(min_value=0, max_value=20))
+    @rule(now=st.one_of(dues, st.integers(min_value=-5, max_value=220)), limit=st.integers(min_value=0, max_value=20))
     def pop_due(self, now: int, limit: int) -> None:
-        popped = self.index.pop_due(now, limit=limit)
-        due_in_model = sorted(((d, a, k) for k, (d, a) in self.model.items() if d <= now))
-        expected_count = min(limit, len(due_in_model))
-        assert len(popped) == expected_count
-        assert [d for _, d, _ in popped] == sorted(d for _, d, _ in popped), "not in due order"
-        # the earliest ones: the due times returned are the `limit` smallest due times
-        assert [d for _, d, _ in popped] == [d for d, _, _ in due_in_model[:expected_count]]
-        seen = set()
-        for key, due, attempt in popped:
-            assert key not in seen, f"{key!r} fired twice in one pop"
-            seen.add(key)
-            # a replaced or deleted value never fires: only the live one does
-            assert self.model.get(key) == (due, attempt), f"{key!r} fired with a value that is not live"
+        expected = self.due_in_model(now)[:limit]
+        assert self.index.pop_due(now, limit=limit) == expected
+        for key, _, _ in expected:
             del self.model[key]
 
     @rule(key=keys)
     def get(self, key: bytes) -> None:
-        assert self.index.get(key) == self.model.get(key)
+        held = self.model.get(key)
+        assert self.index.get(key) == (None if held is None else held[:2])
 
     @invariant()
     def same_size_and_items(self) -> None:
         assert len(self.index) == len(self.model)
-        assert sorted(self.index.items()) == sorted((k, d, a) for k, (d, a) in self.model.items())
+        assert sorted(self.index.items()) == sorted((k, d, a) for k, (d, a, _) in self.model.items())
 
     @invariant()
     def next_due_is_earliest_live(self) -> None:
-        expected = min((d for d, _ in self.model.values()), default=None)
+        expected = min((d for d, _, _ in self.model.values()), default=None)
         assert self.index.next_due_ms() == expected
+
+    @invariant()
+    def size_stays_bounded(self) -> None:
+        assert len(self.index._due) <= 2 * len(self.model) + COMPACT_SLACK + 1
 
     @precondition(lambda self: len(self.model) > 0)
     @rule()
     def drain_everything(self) -> None:
-        popped = self.index.pop_due(10**6, limit=10**6)
-        assert sorted(popped) == sorted((k, d, a) for k, (d, a) in self.model.items())
+        assert self.index.pop_due(MAX_DUE_MS, limit=10**6) == self.due_in_model(MAX_DUE_MS)
         self.model.clear()
 
 
-TimerIndexMatchesDict.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TimerIndexMatchesDict.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 test_timer_index_matches_reference_model = TimerIndexMatchesDict.TestCase
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32))
+def test_thousands_of_timers_over_many_buckets_come_out_like_a_sorted_scan(seed: int) -> None:
+    """Enough keys to grow the table several times and rebuild it, due times over many buckets,
+    pops in between: the index still answers as a sorted scan of a dict does."""
+    rng = random.Random(seed)
+    index, model, sets, now = TimerIndex(), {}, 0, 0
+    pool = [str(uuid.UUID(int=rng.getrandbits(128))).encode() + b":lease" for _ in range(1_500)] + [
+        f"schedule-{i}".encode() for i in range(500)]
+    for step in range(6_000):
+        key, roll = rng.choice(pool), rng.random()
+        if roll < 0.1:
+            index.delete(key)
+            model.pop(key, None)
+        elif roll < 0.15:
+            now += rng.randint(0, 3 * BUCKET_MS)
+            limit = rng.randint(0, 300)
+            ordered = sorted((d, o, k, a) for k, (d, a, o) in model.items() if d <= now)[:limit]
+            assert index.pop_due(now, limit=limit) == [(k, d, a) for d, _, k, a in ordered]
+            for _, _, k, _ in ordered:
+                del model[k]
+        else:
+            due, attempt = now + rng.randint(-1_000, 20 * BUCKET_MS), rng.randint(0, 2)
+            index.set(key, due, attempt)
+            if model.get(key, (None, None))[:2] != (due, attempt):
+                sets += 1
+                model[key] = (due, attempt, sets)
+    assert len(index) == len(model)
+    assert index.next_due_ms() == min((d for d, _, _ in model.values()), default=None)
+    ordered = sorted((d, o, k, a) for k, (d, a, o) in model.items())
+    assert index.pop_due(MAX_DUE_MS, limit=10**6) == [(k, d, a) for d, _, k, a in ordered]
+    assert len(index) == 0
 
 
 @settings(max_examples=40, deadline=None)
@@ -258,7 +324,7 @@ def test_many_replacements_compaction_is_invisible(seed: int, count: int) -> Non
         due, attempt = rng.randint(0, 1_000), rng.randint(0, 2)
         index.set(key, due, attempt)
         model[key] = (due, attempt)
-    assert len(index._heap) <= 2 * len(model) + 1024 + 1
+    assert len(index._due) <= 2 * len(model) + COMPACT_SLACK + 1
     assert index.next_due_ms() == min((d for d, _ in model.values()), default=None)
     fired = index.pop_due(1_000)
     assert sorted(fired) == sorted((k, d, a) for k, (d, a) in model.items())
