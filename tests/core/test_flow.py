@@ -248,3 +248,15 @@ def test_a_cancelled_debounced_job_takes_no_new_args() -> None:
     assert state.status is S.CANCELLED
     decision = apply(state, _enqueue("user-7", add_seconds(WINDOW_START, 2), {"n": 2}, debounce="30s"))
     assert decision.rejected is not None and decision.state is state
+
+
+def test_the_window_id_is_the_formula_docs_events_md_gives_other_producers() -> None:
+    import uuid
+
+    from eventjobs.core.clock import epoch_ms
+    from eventjobs.core.ids import EVENTJOBS_NAMESPACE
+
+    at = add_seconds(WINDOW_START, 42.5)
+    number = epoch_ms(at) // 600_000
+    expected = uuid.uuid5(EVENTJOBS_NAMESPACE, f"send_report\x1fuser-7\x1fwindow:600000:{number}")
+    assert _enqueue("user-7", at, unique_for="10m").job_id == str(expected)
