@@ -3,7 +3,7 @@
     from eventjobs import App, JobContext, Retry, Cancel, Snooze
 """
 
-from eventjobs.app import App, Batch, BatchIncomplete, InvalidJobArguments, NotInDeadLetters, PayloadTooLarge, UnknownDependency
+from eventjobs.app import App, Batch, BatchIncomplete, EnqueueRefused, InvalidJobArguments, NotInDeadLetters, PayloadTooLarge, UnknownDependency
 from eventjobs.context import JobContext, JobsNotCompleted
 from eventjobs.core.options import InvalidJobOptions
 from eventjobs.core.outcome import Cancel, Retry, Snooze
@@ -14,6 +14,7 @@ __all__ = [
     "Batch",
     "BatchIncomplete",
     "Cancel",
+    "EnqueueRefused",
     "InvalidJobArguments",
     "InvalidJobOptions",
     "JobContext",

@@ -23,11 +23,12 @@ from pydantic import ValidationError
 
 from eventjobs.core.clock import Clock, SystemClock
 from eventjobs.core.codec import encode
-from eventjobs.core.ids import batch_member_ids, new_batch_id
+from eventjobs.core.ids import batch_member_ids, derived_event_id, new_batch_id
 from eventjobs.core.limits import MAX_BATCH_ID_CHARS, MAX_DEPENDENCIES, RECENT_ENQUEUES_KEPT, size_limits
 from eventjobs.core.commands import cancel_requested_event, dead_letter_retried_event, discarded_event
 from eventjobs.core.commands import enqueue as enqueued_event
 from eventjobs.core.events import EnqueuedEvent, JobEvent
+from eventjobs.core.flow import Verdict, enqueue_verdict, window_end
 from eventjobs.core.options import InvalidJobOptions, JobOptions
 from eventjobs.core.state import JobState, StateDecodeError, decode_state
 from eventjobs.core.control import (
@@ -85,6 +86,29 @@ class NotInDeadLetters(LookupError):
 
 class UnknownDependency(LookupError):
     """`depends_on` named a job that this app did not enqueue recently and the changelog does not hold."""
+
+
+class EnqueueRefused(RuntimeError):
+    """`App.enqueue_unique`: another enqueue won the window of this idempotency key (`unique_for`),
+    or the debounced job of the window had already started (`debounce`). Nothing new will run.
+
+    `winner_id` is the job that holds the window, `winner_enqueued_at` when it was enqueued,
+    `window_ends_at` when the next window begins (an enqueue from then on makes a new job).
+    """
+
+    def __init__(self, state: JobState, event: EnqueuedEvent) -> None:
+        self.winner_id = state.job_id
+        self.winner_enqueued_at = state.enqueued_at
+        self.window_ends_at = window_end(state)
+        self.event_id = event.event_id
+        ends = self.window_ends_at.isoformat(timespec="milliseconds") if self.window_ends_at else "?"
+        why = (f"its debounced job started ({state.status.value}) before this enqueue came"
+               if state.options.debounce_s is not None else "another enqueue won it")
+        super().__init__(
+            f"enqueue of job {state.name!r} with idempotency key {event.idempotency_key!r} refused: {why}. The "
+            f"window's job is {self.winner_id} (enqueued {state.enqueued_at.isoformat(timespec='milliseconds')}); "
+            f"the window ends at {ends}, an enqueue after that makes a new job"
+        )
 
 
 class Batch(NamedTuple):
@@ -325,15 +349,42 @@ class App:
         """Validate, append the `enqueued` event, return the job id once the broker acknowledged it.
 
         Options override the job's registered ones: queue, max_attempts, backoff, retry_on,
-        timeout, priority, ttl, idempotency_key, run_at, delay, capabilities, plus parent_job_id.
-        With an idempotency key the job id is derived from it: a duplicate returns the same id
-        and the processor refuses to run the job again.
+        timeout, priority, ttl, idempotency_key, run_at, delay, capabilities, unique_for, debounce,
+        plus parent_job_id. With an idempotency key the job id is derived from it (and from the
+        window, with unique_for or debounce): a duplicate returns the same id and the processor
+        refuses to run the job again. `enqueue_unique` also says whether this enqueue won.
         """
         event = self.build_enqueue(name, args, **options)
         if event.depends_on:
             await self.check_dependencies(event.depends_on)
         await self.append([event])
         self._acknowledge(event.job_id)
+        return event.job_id
+
+    async def enqueue_unique(
+        self, name: str, args: dict[str, Any] | None = None, *, timeout: float = 30.0, **options: Any
+    ) -> str:
+        """`enqueue` a job with `unique_for` or `debounce`, and wait for the processor's decision.
+
+        Returns the job id when this enqueue made the window's job (or, debounce, gave the waiting
+        job its args); raises `EnqueueRefused` naming the winner's id when another enqueue holds the
+        window. The decision is read from the job-state changelog (`timeout`: `TimeoutError` if no
+        processor decides in time). Plain `enqueue` returns the same id without waiting: the
+        window's job id is derived from the key and the window (docs/flow-control.md).
+        """
+        event = self.build_enqueue(name, args, **options)
+        if event.options.unique_for_s is None and event.options.debounce_s is None:
+            raise InvalidJobArguments(
+                f"enqueue_unique of job {name!r} needs unique_for or debounce (given or registered); nothing was sent"
+            )
+        await self.append([event])
+        self._acknowledge(event.job_id)
+        replaced_id = derived_event_id(event.event_id, "debounced", 0)
+        state = await self._state_watcher().wait_for(
+            event.job_id, lambda s: enqueue_verdict(s, event.event_id, replaced_id) is not None, timeout
+        )
+        if enqueue_verdict(state, event.event_id, replaced_id) is Verdict.REFUSED:
+            raise EnqueueRefused(state, event)
         return event.job_id
 
     def _acknowledge(self, job_id: str) -> None:

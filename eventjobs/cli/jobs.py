@@ -56,6 +56,11 @@ def enqueue(
     idempotency_key: Annotated[Optional[str], typer.Option(help="Enqueue at most once per key.")] = None,
     priority: Annotated[Optional[str], typer.Option(help="critical, high, normal or low.")] = None,
     queue: Annotated[Optional[str], typer.Option(help="Override the job's queue.")] = None,
+    unique_for: Annotated[Optional[str], typer.Option(
+        "--unique-for", help="One job per idempotency key per window of this length, e.g. 10m (docs/flow-control.md).")] = None,
+    debounce: Annotated[Optional[str], typer.Option(
+        help="One job per idempotency key per window of this length, run this long after its last enqueue with "
+             "the last args, e.g. 30s.")] = None,
     depends_on: Annotated[Optional[str], typer.Option(
         "--depends-on", help="Comma-separated job ids that must end first (the job waits until then).")] = None,
     as_json: JsonOption = False,
@@ -80,6 +85,10 @@ def enqueue(
         options["priority"] = priority
     if queue is not None:
         options["queue"] = queue
+    if unique_for is not None:
+        options["unique_for"] = unique_for
+    if debounce is not None:
+        options["debounce"] = debounce
     if depends_on:
         options["depends_on"] = [job_id.strip() for job_id in depends_on.split(",") if job_id.strip()]
     target = load_app(app)

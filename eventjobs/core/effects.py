@@ -136,7 +136,9 @@ def collect(
         if event.type != "claimed":
             # cancelled or expired while its ready record waits for a worker: tell the workers
             effects.revoked.append(ready_record(before, now, partition))
-    if status is JobStatus.SCHEDULED and was is not JobStatus.SCHEDULED and after.next_due_at is not None:
+    if status is JobStatus.SCHEDULED and after.next_due_at is not None and (
+        was is not JobStatus.SCHEDULED or (before is not None and before.next_due_at != after.next_due_at)  # debounced
+    ):
         _arm(effects, after.job_id, "run_at", after.attempt, after.next_due_at)
     if status is JobStatus.RETRYING and was is not JobStatus.RETRYING and after.next_due_at is not None:
         _arm(effects, after.job_id, "retry", after.attempt, after.next_due_at)
@@ -207,7 +209,8 @@ def ready_survives(state: JobState, event: JobEvent) -> JobState | None:
 
 
 def _heal_stale_lease(effects: Effects, state: JobState, event: JobEvent, decision: Decision) -> None:
-    """A lease timer that fired after a heartbeat extended the lease: arm the current deadline again.
+    """A lease timer that fired after a heartbeat extended the lease: arm the current deadline again
+    (and a run_at timer that fired before a debounce's later start: arm that start again).
 
     The timer service tombstones what it fires, which may have removed the extended lease timer
     written just before; re-arming here keeps a lease timer for every running attempt.
@@ -219,3 +222,12 @@ def _heal_stale_lease(effects: Effects, state: JobState, event: JobEvent, decisi
         and state.lease_deadline is not None
     ):
         _arm(effects, state.job_id, "lease", state.attempt, state.lease_deadline)
+    elif (
+        event.type == "due"
+        and decision.rejected is not None
+        and state.status is JobStatus.SCHEDULED
+        and state.next_due_at is not None
+        and state.next_due_at > event.occurred_at
+    ):
+        # likewise a run_at timer that fired before a debounce put the start back
+        _arm(effects, state.job_id, "run_at", state.attempt, state.next_due_at)

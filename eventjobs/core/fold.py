@@ -7,7 +7,7 @@ never raises (an event that does not fit is rejected with a reason), and returns
 * ``state``: the new state (or the unchanged one);
 * ``derived``: events the processor must append because of this one (``retry_scheduled``,
   ``completed``, ``failed`` + ``dead_lettered``, ``cancelled``, ``scheduled``,
-  ``duplicate_rejected``). Their ids come from ``derived_event_id`` (so deriving twice gives the
+  ``duplicate_rejected``, ``debounced``). Their ids come from ``derived_event_id`` (so deriving twice gives the
   same ids), ``occurred_at`` is the trigger's, ``causation_id`` the trigger's id;
 * ``rejected``: why the event was refused (illegal, stale), or None;
 * ``duplicate``: the event was already applied (a redelivery, or the echo of a derived event).
@@ -63,6 +63,7 @@ from eventjobs.core.events import (
     DependencyReopenedEvent,
     DependencyRequestedEvent,
     DependencyResolvedEvent,
+    DebouncedEvent,
     DuplicateRejectedEvent,
     EnqueuedEvent,
     Event,
@@ -72,6 +73,7 @@ from eventjobs.core.events import (
     RetryScheduledEvent,
     ScheduledEvent,
 )
+from eventjobs.core.flow import debounce_open, window_end
 from eventjobs.core.ids import derived_event_id
 from eventjobs.core.limits import (
     MAX_DEPENDENCY_RESULTS_BYTES,
@@ -359,6 +361,8 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
 def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
     if event.event_id == state.enqueued_event_id:
         return _duplicate(state)
+    if event.options.debounce_s is not None and state.options.debounce_s is not None and debounce_open(state):
+        return _debounce(state, event, actor)
     notice = _derive(
         DuplicateRejectedEvent,
         event,
@@ -368,7 +372,30 @@ def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
     )
     key = f" (idempotency key {event.idempotency_key!r})" if event.idempotency_key else ""
     reason = f"job {state.job_id} already exists{key}, enqueued by event {state.enqueued_event_id}; duplicate refused"
+    end = window_end(state)
+    if end is not None:
+        why = "it has started" if state.options.debounce_s is not None else "one job per key and window"
+        reason = (f"job {state.job_id} won the window of idempotency key {event.idempotency_key!r} until "
+                  f"{format_utc_ms(end)} ({why}); enqueue {event.event_id} refused")
     return _tuple_new(Decision, (state, (notice,), reason, False))
+
+
+def _debounce(state: JobState, event: Any, actor: str) -> Decision:
+    """Another enqueue of a debounced job's window, before the job started: it takes the new args
+    and starts ``debounce`` after this enqueue (never earlier than it was to start)."""
+    run_at = add_seconds(event.occurred_at, state.options.debounce_s)  # type: ignore[arg-type]
+    if state.run_at is not None and state.run_at > run_at:
+        run_at = state.run_at
+    data = state.__dict__.copy()
+    data["args"] = event.args
+    data["run_at"] = run_at
+    data["status"] = SCHEDULED
+    data["next_due_at"] = run_at
+    if state.options.ttl_s is not None:
+        data["expires_at"] = add_seconds(run_at, state.options.ttl_s)
+    if state.ready_republishes:
+        data["ready_republishes"] = 0
+    return _accept(state, event, data, (_derive(DebouncedEvent, event, 0, actor, {"run_at": run_at}),))
 
 
 def _on_due(state: JobState, event: Any, actor: str) -> Decision:
@@ -380,6 +407,10 @@ def _on_due(state: JobState, event: Any, actor: str) -> Decision:
     expected = "run_at" if status is SCHEDULED else "retry" if status is RETRYING else "republish"
     if event.timer != expected:
         return _reject(state, f"a '{event.timer}' timer does not apply to a {status.value} job (expects '{expected}')")
+    if status is SCHEDULED and state.options.debounce_s is not None and state.next_due_at is not None \
+            and event.occurred_at < state.next_due_at:
+        return _reject(state, f"run_at timer fired at {format_utc_ms(event.occurred_at)}, before the job's start at "
+                              f"{format_utc_ms(state.next_due_at)} (a debounce put it back): stale, no effect")
     data = state.__dict__.copy()
     if status is PENDING:  # the ready record waited long enough: effects publish it again
         if event.sequence != state.ready_republishes:

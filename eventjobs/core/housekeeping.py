@@ -38,6 +38,7 @@ from datetime import datetime
 from eventjobs.core.clock import add_seconds, epoch_ms, from_epoch_ms
 from eventjobs.core.commands import timer_fired_event
 from eventjobs.core.events import JobEvent
+from eventjobs.core.flow import window_end
 from eventjobs.core.records import TimerKind, timer_key
 from eventjobs.core.state import TERMINAL_STATUSES, JobState, JobStatus
 from eventjobs.core.timer_index import TimerIndex
@@ -183,7 +184,8 @@ def housekeeping_timer(
     which is its ``updated_at`` unless a change that published nothing (a new dependent, say)
     came later: `Housekeeping` then keeps the earlier due time it already had, so such changes
     never put the re-publish off (after a restart, the wait counts from the latest change). A
-    finished job's retention runs from ``finished_at``, at least 1 ms (``apply`` refuses a
+    finished job's retention runs from ``finished_at``, at least 1 ms, and at least until its window
+    ends for a windowed job (``flow.window_end``: else its id could be taken again inside the window) (``apply`` refuses a
     retention due at, not after, ``finished_at`` as armed for an earlier finish).
     """
     status = state.status
@@ -200,6 +202,9 @@ def housekeeping_timer(
             due_at = add_seconds(finished_at, max(keep_s, 0.001))
             return HousekeepingTimer(state.job_id, "dead_letter", due_at, state.attempt)
         due_at = add_seconds(finished_at, max(retention.finished_s, 0.001))
+        window_ends = window_end(state)
+        if window_ends is not None and window_ends > due_at:  # its id holds its key's window till the end
+            due_at = window_ends
         return HousekeepingTimer(state.job_id, "retain", due_at, state.attempt)
     except OverflowError:  # due after the year 9999 (or never, inf): the job is kept
         return None

@@ -58,6 +58,8 @@ __all__ = [
     "RECENT_ENQUEUES_KEPT",
     "MAX_REASON_BYTES",
     "MAX_BATCH_ID_CHARS",
+    "MAX_WINDOW_S",
+    "MIN_WINDOW_S",
     "MAX_CATCH_UP_TICKS",
     "MAX_CRON_CANDIDATES",
     "MIN_MAX_EVENT_BYTES",
@@ -118,6 +120,11 @@ MAX_DEPENDENCY_RESULTS_BYTES = 32_768
 #: Ids of its own acknowledged enqueues an ``App`` remembers, so that ``depends_on`` on a job it
 #: just enqueued needs no changelog lookup (about 100 bytes each).
 RECENT_ENQUEUES_KEPT = 10_000
+#: Bounds of a flow-control window (``unique_for``, ``debounce``), in seconds: at least 1 ms (windows
+#: are counted in whole milliseconds of event time), at most 30 days (a windowed job is kept at least
+#: until its window ends, so a longer window would hold its state that much longer).
+MIN_WINDOW_S = 0.001
+MAX_WINDOW_S = 30 * 86_400
 #: A batch id given to ``App.enqueue_batch`` (it appears in error messages; the ids derived from it have a fixed size).
 MAX_BATCH_ID_CHARS = 200
 #: Shortest period of an ``every`` schedule: a shorter one would flood the log with jobs.

@@ -135,6 +135,8 @@ def _classify(job: ProjectedJob | None, event: JobEvent, decision: Decision) -> 
         return ("unknown_job" if decision.state is None else "rejected"), False, pending
     if decision.state is None:
         return "forgotten", False, pending
+    if event.type == "enqueued" and job is not None and not job.forgotten:
+        return "applied", False, pending  # a debounce's replacement of the args: no new job, not counted
     return "applied", True, pending
 
 

@@ -184,7 +184,8 @@ def _fold(
         collect(result.effects, before, decision, event, partition,
                 answer_refusal=event.type == "claimed" and awaits_verdict(record.headers))
         # a derived event read back from the log is never accepted again, so nothing counts twice
-        if event.type in COUNTED_EVENTS and decision.accepted:
+        # an accepted enqueue of a known job is a debounce's replacement: no new job, not counted
+        if event.type in COUNTED_EVENTS and decision.accepted and not (event.type == "enqueued" and before is not None):
             result.counted.append((event.type, decision.state or before))  # type: ignore[arg-type]
         for derived in decision.derived:
             if derived.type in COUNTED_EVENTS:
