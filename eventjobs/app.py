@@ -586,7 +586,7 @@ class App:
         if not self._schedules_topic_checked:
             loop = asyncio.get_running_loop()
             check = self._schedules_topic_checks.get(loop)
-            if check is None or check.done() and (check.cancelled() or check.exception() is not None):
+            if check is None or (check.done() and (check.cancelled() or check.exception() is not None)):
                 check = self._schedules_topic_checks[loop] = loop.create_task(
                     ensure_single_topics(self.settings, ["schedules"]))
             await asyncio.shield(check)

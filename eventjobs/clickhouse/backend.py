@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timezone, UTC
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
@@ -123,7 +123,7 @@ def parameter_values(parameters: Parameters | None) -> dict[str, Any]:
 
 def _datetime_text(value: datetime) -> str:
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     return value.isoformat(sep=" ", timespec="milliseconds")
 
 
@@ -172,12 +172,12 @@ def converter_for(type_name: str) -> Any:
 def _zone_of(type_name: str) -> timezone | ZoneInfo:
     match = re.search(r"'([^']+)'", type_name)
     if not match or match.group(1) in ("UTC", "Etc/UTC"):
-        return timezone.utc
+        return UTC
     return ZoneInfo(match.group(1))
 
 
-def _parse_datetime(value: str | int | float, zone: timezone | ZoneInfo) -> datetime:
+def _parse_datetime(value: str | float, zone: timezone | ZoneInfo) -> datetime:
     if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, tz=timezone.utc)
+        return datetime.fromtimestamp(value, tz=UTC)
     parsed = datetime.fromisoformat(value)
-    return parsed.replace(tzinfo=zone).astimezone(timezone.utc)
+    return parsed.replace(tzinfo=zone).astimezone(UTC)

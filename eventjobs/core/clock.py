@@ -12,12 +12,11 @@ format can carry (``2024-01-31T12:00:00.123Z``), so a value survives encode/deco
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import orjson
 
-UTC = timezone.utc
 _ZERO = timedelta(0)
 
 

@@ -1096,7 +1096,7 @@ _HANDLERS: dict[str, _Handler] = {
     "dependency_reopened": _on_dependency_reopened,
     "dependency_probe": _on_dependency_probe,
     "attempt_snoozed": _on_attempt_snoozed,
-    **{type_: _on_derived for type_ in DERIVED_TYPES},
+    **dict.fromkeys(DERIVED_TYPES, _on_derived),
 }
 
 

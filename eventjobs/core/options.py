@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -202,10 +202,10 @@ class CallableBackoff(_Backoff):
 
 
 BackoffSpec = Annotated[
-    Union[ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff, CallableBackoff],
+    ExponentialBackoff | LinearBackoff | ConstantBackoff | NoBackoff | CallableBackoff,
     Field(discriminator="kind"),
 ]
-BackoffPolicy = Union[ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff, CallableBackoff]
+BackoffPolicy = ExponentialBackoff | LinearBackoff | ConstantBackoff | NoBackoff | CallableBackoff
 
 
 def backoff_delay_s(spec: BackoffPolicy, attempt: int, job_id: str) -> float:

@@ -250,7 +250,7 @@ async def ensure_ready_topics(settings: Settings, routes: list[str]) -> list[str
     admin = await _connect(settings)
     try:
         wanted = [name for name, _ in names.planned(routes) if name.startswith(f"{settings.namespace}.ready.")]
-        await _create_missing(admin, {name: spec for name in wanted})
+        await _create_missing(admin, dict.fromkeys(wanted, spec))
         return wanted
     finally:
         await admin.close()

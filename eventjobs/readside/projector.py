@@ -353,7 +353,7 @@ class Projector:
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                     return False, None
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
 
     # ---- heartbeat and the replay handshake ------------------------------------------------

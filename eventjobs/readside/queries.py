@@ -7,7 +7,7 @@ returned values are the same) and returns plain dataclasses the CLI prints or du
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any, Literal
 
 import orjson
@@ -379,7 +379,7 @@ def dead_letter_count(backend: Backend) -> int:
 
 def utc(value: datetime) -> datetime:
     """An aware UTC datetime (naive input is taken as UTC)."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # ---- the dashboard's overview: time series and queue depth -------------------------------------

@@ -42,7 +42,7 @@ async def open_with_backoff(settings: Settings, stop: asyncio.Event, role: str =
             log.warning("%s; retrying in %.1f s", error, delay)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     return None
 
@@ -89,7 +89,7 @@ async def _watch_servers(servers: list[ReadApi | OwnerApi], stop: asyncio.Event)
                 raise ClickHouseError(f"the {server.name} of the projector stopped; see the log above")
         try:
             await asyncio.wait_for(stop.wait(), API_CHECK_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

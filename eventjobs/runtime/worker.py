@@ -359,7 +359,7 @@ class Worker:
             await asyncio.gather(*fetchers, return_exceptions=True)
             try:
                 await self._drain()
-            except Exception as error:  # noqa: BLE001 - stopping for a failure: the sender may be what failed
+            except Exception as error:  # stopping for a failure: the sender may be what failed
                 if self.failure is None:
                     raise
                 log.error("handing back the running jobs failed (%r); their leases will expire", error)
@@ -679,7 +679,7 @@ class Worker:
             if ready.job_id not in self.cancel_seen or self._draining:
                 raise
             happened = CancelledWhileRunning()
-        except Exception as error:  # noqa: BLE001 - running it failed outside the handler: record why, don't vanish
+        except Exception as error:  # running it failed outside the handler: record why, don't vanish
             log.exception("outcome of job %s could not be built", ready.job_id)
             happened = NotRecordable(error)
         finally:
@@ -855,7 +855,7 @@ class Worker:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(self._commit_soon.wait(), 0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             await asyncio.sleep(0.01)
             self._commit_soon.clear()

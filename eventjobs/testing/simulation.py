@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any
 
 from eventjobs.testing import commands
@@ -34,7 +34,7 @@ from eventjobs.core.state import JobState, JobStatus
 
 __all__ = ["SimulationProfile", "generate_log", "job_lifecycle", "sim_id", "workflow_log"]
 
-EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 OPERATOR = "operator:sim"
 
 
