@@ -131,7 +131,7 @@ def dev_status(home: HomeOption = None, port: PortOption = SINGLE_PORT) -> None:
             running = sum(status.running for status in statuses)
             out.print(f"Kafka cluster in {cluster.home}: {running} of {len(statuses)} brokers running; "
                       f"bootstrap {cluster.bootstrap}")
-            for node_id, status in zip(cluster.nodes, statuses):
+            for node_id, status in zip(cluster.nodes, statuses, strict=True):
                 out.print(f"  node {node_id}: " + status.describe())
             found.append(running == len(statuses))
         elif home is not None or (where / "broker.json").exists():
@@ -158,7 +158,7 @@ def dev_logs(
     brokers = [LocalKafka(home=where)] if cluster is None else [
         broker for node_id, broker in cluster.nodes.items() if node is None or node_id == node]
     if follow:
-        subprocess.run(["tail", "-n", str(lines), "-F", *(str(broker.log_file) for broker in brokers)])
+        subprocess.run(["tail", "-n", str(lines), "-F", *(str(broker.log_file) for broker in brokers)], check=False)
         return
     if cluster is None:
         out.print(brokers[0].tail_logs(lines), markup=False, highlight=False)

@@ -60,7 +60,7 @@ def parse_since(text: str | None) -> datetime | None:
     except ValueError:
         pass
     try:
-        return utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+        return utc(datetime.fromisoformat(text))
     except ValueError:
         raise typer.BadParameter(f"{text!r} is neither a time (2024-05-17T12:00:00Z) nor an age (15m, 2h, 1d)",
                                  param_hint="--since") from None

@@ -42,7 +42,7 @@ class Result:
 
     def dicts(self) -> list[dict[str, Any]]:
         """Rows as dicts keyed by column name."""
-        return [dict(zip(self.columns, row)) for row in self.rows]
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
     def scalar(self) -> Any:
         """The first column of the first row (None when there are no rows)."""
@@ -140,7 +140,7 @@ def decode_json_compact(body: bytes) -> Result:
     types = tuple(column["type"] for column in meta)
     converters = [converter_for(type_name) for type_name in types]
     rows = [
-        tuple(convert(value) if convert is not None else value for convert, value in zip(converters, row))
+        tuple(convert(value) if convert is not None else value for convert, value in zip(converters, row, strict=True))
         for row in payload.get("data", [])
     ]
     return Result(names, types, rows)

@@ -99,7 +99,7 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX
         raise _explain(exc, data) from None
     except RecursionError:
         raise EventDecodeError("event is nested too deeply") from None
-    except Exception as exc:  # defensive: nothing but EventDecodeError may escape
+    except Exception as exc:  # noqa: BLE001 - defensive: nothing but EventDecodeError may escape
         raise EventDecodeError(f"undecodable event: {type(exc).__name__}: {exc}") from None
 
 

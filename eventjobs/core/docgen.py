@@ -315,8 +315,8 @@ def render_events_md() -> str:
         if status is JobStatus.DEAD_LETTERED:
             terminal = "until retried or discarded"
         out.append(f"| `{status.value}` | {terminal} | {status.description} |")
-    out += ["", "## State diagram", "", "`dependency_requested` is accepted in every status without moving the job (see the table), "
-            "so the diagram leaves it out.", "", *_mermaid(), "", "## Transitions", ""]
+    out += ["", "## State diagram", "", ("`dependency_requested` is accepted in every status without moving the job (see the table), "
+            "so the diagram leaves it out."), "", *_mermaid(), "", "## Transitions", ""]
     out += ["| from | event | to | when | derives |", "|---|---|---|---|---|"]
     for row in TRANSITIONS:
         source = f"`{row.source.value}`" if row.source is not None else "(new job)"

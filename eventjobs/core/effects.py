@@ -132,10 +132,9 @@ def collect(
         effects.ready.append(ready_record(after, now, partition))
         if after.ready_republishes:
             effects.republished.add(after.job_id)
-    if was is JobStatus.PENDING and status is not JobStatus.PENDING and before is not None:
-        if event.type != "claimed":
-            # cancelled or expired while its ready record waits for a worker: tell the workers
-            effects.revoked.append(ready_record(before, now, partition))
+    if was is JobStatus.PENDING and status is not JobStatus.PENDING and before is not None and event.type != "claimed":
+        # cancelled or expired while its ready record waits for a worker: tell the workers
+        effects.revoked.append(ready_record(before, now, partition))
     if status is JobStatus.SCHEDULED and was is not JobStatus.SCHEDULED and after.next_due_at is not None:
         _arm(effects, after.job_id, "run_at", after.attempt, after.next_due_at)
     if status is JobStatus.RETRYING and was is not JobStatus.RETRYING and after.next_due_at is not None:

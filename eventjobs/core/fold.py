@@ -202,7 +202,7 @@ def _accept(state: JobState, event: Event, data: dict[str, Any], derived: tuple[
     if derived:
         data["recent_event_ids"] = (*ids, event.event_id, *[d.event_id for d in derived])[-RECENT_EVENT_IDS:]
     else:
-        data["recent_event_ids"] = ids[1 - RECENT_EVENT_IDS :] + (event.event_id,)
+        data["recent_event_ids"] = (*ids[1 - RECENT_EVENT_IDS :], event.event_id)
     data["version"] = state.version + 1
     data["updated_at"] = event.occurred_at
     new = _new(JobState)
@@ -1132,7 +1132,7 @@ def apply(state: JobState | None, event: JobEvent, actor: str = "processor") -> 
                     and new.status in TERMINAL_STATUSES:
                 return _answer_dependents(decision, event, actor)
         return decision
-    except Exception as exc:  # a bug must not stop a processor: reject, keep the state, say why
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop a processor: reject, keep the state, say why
         return _reject(state, f"internal error applying {getattr(event, 'type', '?')!r}: {exc!r}")
 
 

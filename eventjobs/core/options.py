@@ -233,10 +233,7 @@ def matches_retry_on(exc_type: type[BaseException], retry_on: Sequence[str]) -> 
     (``Transient``), so the default ``("Exception",)`` retries every ordinary exception.
     """
     names = set(retry_on)
-    for klass in exc_type.__mro__:
-        if klass.__qualname__ in names or exception_type_name(klass) in names:
-            return True
-    return False
+    return any(klass.__qualname__ in names or exception_type_name(klass) in names for klass in exc_type.__mro__)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ async def broker_count_async(bootstrap: str, timeout_s: float = 3.0) -> int:
     finally:
         try:
             await admin.close()
-        except Exception:  # noqa: BLE001 - closing a client that never connected
+        except Exception:  # noqa: BLE001, S110 - closing a client that never connected
             pass
 
 

@@ -242,4 +242,4 @@ def columns_of(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows -> one list per column (the shape `Backend.insert` takes)."""
     if not rows:
         return [[] for _ in range(width)]
-    return [list(column) for column in zip(*rows)]
+    return [list(column) for column in zip(*rows, strict=True)]

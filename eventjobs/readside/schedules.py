@@ -115,7 +115,7 @@ class SchedulesProjection:
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
         if rows:
-            self.backend.insert("schedules", COLUMNS, [list(column) for column in zip(*rows)], database=self.database)
+            self.backend.insert("schedules", COLUMNS, [list(column) for column in zip(*rows, strict=True)], database=self.database)
 
     async def run(self, stop: asyncio.Event) -> None:
         partitions = await self._partitions(stop)

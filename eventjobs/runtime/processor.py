@@ -715,7 +715,7 @@ class LifecycleProcessor:
         for lane in list(self.lanes.values()):
             try:
                 end = source.highwater(lane.partition)
-            except Exception:  # noqa: BLE001 - revoked meanwhile
+            except Exception:  # noqa: BLE001, S112 - revoked meanwhile
                 continue
             if end is not None and lane.next_offset >= 0:
                 lag += max(0, end - lane.next_offset)

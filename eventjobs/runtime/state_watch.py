@@ -322,7 +322,7 @@ class StateWatcher:
         except asyncio.CancelledError:  # by stop()
             lookup.found.set_exception(RuntimeError(f"stopped reading {self.topic} (the app was closed)"))
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - handed to the waiting lookup, which raises it
             lookup.found.set_exception(error)
         finally:
             if self._pending_lookups.get(partition) is lookup:

@@ -322,7 +322,7 @@ class TimerService:
         results = await asyncio.gather(*(self._fire(firing) for firing in firings), return_exceptions=True)
         fired: list[JobEvent] = []
         now_ms = _ms(now)
-        for firing, result in zip(firings, results):
+        for firing, result in zip(firings, results, strict=True):
             partition = firing.partition
             if isinstance(result, BaseException):
                 self._send_failed(partition, result, now_ms)

@@ -153,7 +153,7 @@ async def wait_for_results(app: App, job_ids: list[str], timeout: float) -> dict
     ends = await asyncio.gather(*(app.wait(job_id, timeout) for job_id in job_ids), return_exceptions=True)
     results: dict[str, Any] = {}
     problems: dict[str, str] = {}
-    for job_id, end in zip(job_ids, ends):
+    for job_id, end in zip(job_ids, ends, strict=True):
         if isinstance(end, TimeoutError):
             problems[job_id] = f"did not end within {timeout:g} s ({end})"
         elif isinstance(end, BaseException):
