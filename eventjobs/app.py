@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Self, TypeVar
@@ -256,7 +256,7 @@ class App:
         sender = await self._producer()
         await self._send(sender, await topic_partition_count(sender, self.names.events), payloads)
 
-    def _encoded(self, events: list[JobEvent]) -> list[tuple[JobEvent, bytes]]:
+    def _encoded(self, events: Sequence[JobEvent]) -> list[tuple[JobEvent, bytes]]:
         """Each event with its bytes; `PayloadTooLarge` (nothing sent) for one over its limit."""
         payloads = [(event, encode(event, max_bytes=None)) for event in events]
         limits = size_limits(self.settings.max_event_bytes)

@@ -52,7 +52,7 @@ def _timer(job_id: str, kind: TimerKind, attempt: int, due_at: datetime) -> Time
     _set(record, "__pydantic_fields_set__", _TIMER_FIELDS)
     _set(record, "__pydantic_extra__", None)
     _set(record, "__pydantic_private__", None)
-    return record  # type: ignore[no-any-return]
+    return record
 
 
 def _arm(effects: Effects, job_id: str, kind: TimerKind, attempt: int, due_at: datetime) -> None:

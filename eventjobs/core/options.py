@@ -449,7 +449,7 @@ class JobOptions(BaseModel):
     def _check_on_dependency_failure(cls, value: Any) -> str:
         if value not in DEPENDENCY_FAILURE_CHOICES:
             raise ValueError(f"on_dependency_failure must be 'cancel' or 'run', got {value!r}")
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]  # one of DEPENDENCY_FAILURE_CHOICES, checked above
 
     @model_validator(mode="after")
     def _check_schedule(self) -> JobOptions:

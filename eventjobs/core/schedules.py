@@ -245,7 +245,7 @@ def define_schedule(
         definition = ScheduleDefinition(
             schedule_id=schedule_id, job=job, args=args, queue=options.queue, priority=options.priority,
             options=options.to_spec(), every_ms=every_ms, cron=cron, timezone=timezone,
-            catch_up=catch_up, declared=declared, since=utc_ms(now),  # type: ignore[arg-type]
+            catch_up=catch_up, declared=declared, since=utc_ms(now),  # type: ignore[arg-type]  # catch_up is checked against CATCH_UP_VALUES above
         )
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg']}"
@@ -559,7 +559,7 @@ def _cron_tick_in(cron: str, timezone: str, instant: datetime, forward: bool) ->
     wall = local.replace(tzinfo=None)
     if not forward:
         if local.fold:  # the second pass of a repeated hour: its wall-clock times until now+repeat fired in the first
-            wall += local.replace(fold=0).utcoffset() - local.utcoffset()  # type: ignore[operator]
+            wall += local.replace(fold=0).utcoffset() - local.utcoffset()  # type: ignore[operator]  # an aware time in a ZoneInfo has an offset
         wall += _MS  # croniter's get_prev is strictly before its start: include the instant itself
     parsed = _parsed_cron(cron)
     for _ in range(MAX_CRON_CANDIDATES):

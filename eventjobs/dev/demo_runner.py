@@ -258,7 +258,7 @@ def serve_dashboard(settings: Settings, port: int, services: list[subprocess.Pop
         while not stop.wait(0.5):
             exited = [process for process in (*services, dashboard) if process.poll() is not None]
             if exited and not stop.wait(1.0):  # Ctrl-C in a terminal reaches the children too
-                raise DemoServeError(f"the {exited[0].args[3]} exited with code {exited[0].returncode}; see its "
+                raise DemoServeError(f"the {exited[0].args[3]} exited with code {exited[0].returncode}; see its "  # type: ignore[index, str-bytes-safe]  # _spawn's list: args[3] names the service
                                      f"log in {logs}")
     except BaseException:
         dashboard.terminate()

@@ -201,7 +201,7 @@ class JobEventRecord(faust.Record, serializer="json", include_metadata=False):
 
     def to_representation(self) -> Mapping[str, Any]:
         """The event's wire form (what ``encode`` writes), so ``dumps()`` matches the log."""
-        return orjson.loads(encode(self.to_event(), max_bytes=None))  # type: ignore[no-any-return]
+        return orjson.loads(encode(self.to_event(), max_bytes=None))  # type: ignore[no-any-return]  # orjson.loads of an encoded event: a mapping
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ class JobEventCodec(Codec):
         return data
 
 
-class JobEventSchema(faust.Schema):
+class JobEventSchema(faust.Schema[str, JobEventRecord]):
     """Keys are job ids (str); values are ``JobEventRecord`` via ``JobEventCodec``.
 
     Adds the processor's other check: the record key must be the event's job id (otherwise the
@@ -351,7 +351,7 @@ class FaustEnqueuer:
             self.actor = ej_app.actor
         else:
             self.actor = f"faust:{faust_app.conf.id}:{socket.gethostname()}:{os.getpid()}"[:_ACTOR_MAX]
-            faust_app.on_before_shutdown.connect(self._on_shutdown, weak=False)
+            faust_app.on_before_shutdown.connect(self._on_shutdown, weak=False)  # type: ignore[arg-type]  # faust awaits a coroutine receiver
 
     def build(self, name: str, args: dict[str, Any] | None = None, **options: Any) -> EnqueuedEvent:
         """The validated ``enqueued`` event (nothing sent); raises like ``App.build_enqueue``."""

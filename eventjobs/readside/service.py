@@ -101,7 +101,7 @@ async def _side_by_side(*runs: Any) -> None:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             if task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+                raise task.exception()
         await asyncio.gather(*pending)
     finally:
         for task in tasks:

@@ -158,10 +158,11 @@ class StateWatcher:
 
     def _job_id(self, record: ConsumerRecord[bytes, bytes]) -> str | None:
         """The job a changelog record is about, or None for a record to skip (no key, or not UTF-8)."""
-        if record.key is None:
+        key: bytes | None = record.key
+        if key is None:
             return None
         try:
-            return record.key.decode()
+            return key.decode()
         except UnicodeDecodeError as error:
             self.bad.report("key not UTF-8", f"{origin(record)} ({describe_key(record.key)})", str(error))
             return None

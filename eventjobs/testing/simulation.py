@@ -392,9 +392,9 @@ def workflow_log(
             write(attempt_snoozed_event(state.job_id, state.attempt, rng.choice([0.0, 1.0, 30.0]), occurred_at=tick(),
                                         actor=worker, event_id=new_id(), claim_id=state.claim_id))
             continue
-        event = _next_event(rng, state, profile, new_id, tick, worker, False)
-        if event is not None:
-            write(event)
+        step = _next_event(rng, state, profile, new_id, tick, worker, False)
+        if step is not None:
+            write(step)
     while channels:  # whatever is still on its way arrives
         deliver()
     return log
