@@ -12,10 +12,10 @@ import os
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -280,7 +280,7 @@ class App:
         sender = await self._producer()
         await self._send(sender, await topic_partition_count(sender, self.names.events), payloads)
 
-    def _encoded(self, events: list[JobEvent]) -> list[tuple[JobEvent, bytes]]:
+    def _encoded(self, events: Sequence[JobEvent]) -> list[tuple[JobEvent, bytes]]:
         """Each event with its bytes; `PayloadTooLarge` (nothing sent) for one over its limit."""
         payloads = [(event, encode(event, max_bytes=None)) for event in events]
         limits = size_limits(self.settings.max_event_bytes)
@@ -637,7 +637,7 @@ class App:
         if not self._schedules_topic_checked:
             loop = asyncio.get_running_loop()
             check = self._schedules_topic_checks.get(loop)
-            if check is None or check.done() and (check.cancelled() or check.exception() is not None):
+            if check is None or (check.done() and (check.cancelled() or check.exception() is not None)):
                 check = self._schedules_topic_checks[loop] = loop.create_task(
                     ensure_single_topics(self.settings, ["schedules"]))
             await asyncio.shield(check)
@@ -841,7 +841,7 @@ class App:
         if sync_loop is not None:
             sync_loop.call_soon_threadsafe(sync_loop.stop)
 
-    async def __aenter__(self) -> App:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

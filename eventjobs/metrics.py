@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from functools import cached_property
 from typing import Any
 
@@ -68,15 +68,15 @@ COUNTED_EVENTS: dict[str, str] = {
 
 def _base(name: str) -> str:
     """prometheus_client adds `_total` to a counter's name itself."""
-    return name[: -len("_total")] if name.endswith("_total") else name
+    return name.removesuffix("_total")
 
 
 def seconds_between(earlier: datetime, later: datetime) -> float:
     """`later - earlier` in seconds, at least 0 (a naive time is UTC)."""
     if earlier.tzinfo is None:
-        earlier = earlier.replace(tzinfo=timezone.utc)
+        earlier = earlier.replace(tzinfo=UTC)
     if later.tzinfo is None:
-        later = later.replace(tzinfo=timezone.utc)
+        later = later.replace(tzinfo=UTC)
     return max(0.0, (later - earlier).total_seconds())
 
 

@@ -298,7 +298,8 @@ def timer_fired_event(
     due_at = from_epoch_ms(due_ms)
     cause = f"{job_id}:{kind}:{attempt}:{due_ms}"
     if kind == "run_at" or kind == "retry":
-        return due_event(job_id, attempt, kind, now=now, actor=actor, event_id=derived_event_id(cause, "due", 0))
+        return due_event(job_id, attempt, kind, now=now, actor=actor,  # type: ignore[arg-type]  # one of the two
+                         event_id=derived_event_id(cause, "due", 0))
     if kind == "republish":  # the key names which re-publish of the attempt's ready record this is
         return due_event(job_id, attempt, "republish", now=now, actor=actor, sequence=number,
                          event_id=derived_event_id(f"{cause}:{number}", "due", 0))

@@ -100,7 +100,7 @@ def _field_rows(model: type[BaseModel], names: tuple[str, ...] | None = None) ->
         if names is None and name in _ENVELOPE and model is not Event:
             continue
         prop = props.get(name, {})
-        value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]  # no factory here takes the validated data
         default = "" if name in required else f" (default `{_default(value)}`)"
         need = "yes" if name in required else "no"
         rows.append(f"| `{name}` | {_type_of(prop, defs)} | {need} | {_md(field.description or '')}{default} |")
@@ -321,8 +321,8 @@ def render_events_md() -> str:
         if status is JobStatus.DEAD_LETTERED:
             terminal = "until retried or discarded"
         out.append(f"| `{status.value}` | {terminal} | {status.description} |")
-    out += ["", "## State diagram", "", "`dependency_requested` is accepted in every status without moving the job (see the table), "
-            "so the diagram leaves it out.", "", *_mermaid(), "", "## Transitions", ""]
+    out += ["", "## State diagram", "", ("`dependency_requested` is accepted in every status without moving the job (see the table), "
+            "so the diagram leaves it out."), "", *_mermaid(), "", "## Transitions", ""]
     out += ["| from | event | to | when | derives |", "|---|---|---|---|---|"]
     for row in TRANSITIONS:
         source = f"`{row.source.value}`" if row.source is not None else "(new job)"

@@ -52,7 +52,7 @@ def _timer(job_id: str, kind: TimerKind, attempt: int, due_at: datetime) -> Time
     _set(record, "__pydantic_fields_set__", _TIMER_FIELDS)
     _set(record, "__pydantic_extra__", None)
     _set(record, "__pydantic_private__", None)
-    return record  # type: ignore[no-any-return]
+    return record
 
 
 def _arm(effects: Effects, job_id: str, kind: TimerKind, attempt: int, due_at: datetime) -> None:
@@ -132,10 +132,9 @@ def collect(
         effects.ready.append(ready_record(after, now, partition))
         if after.ready_republishes:
             effects.republished.add(after.job_id)
-    if was is JobStatus.PENDING and status is not JobStatus.PENDING and before is not None:
-        if event.type != "claimed":
-            # cancelled or expired while its ready record waits for a worker: tell the workers
-            effects.revoked.append(ready_record(before, now, partition))
+    if was is JobStatus.PENDING and status is not JobStatus.PENDING and before is not None and event.type != "claimed":
+        # cancelled or expired while its ready record waits for a worker: tell the workers
+        effects.revoked.append(ready_record(before, now, partition))
     if status is JobStatus.SCHEDULED and after.next_due_at is not None and (
         was is not JobStatus.SCHEDULED or (before is not None and before.next_due_at != after.next_due_at)  # debounced
     ):

@@ -41,7 +41,7 @@ __all__ = ["Verdict", "Window", "enqueue_verdict", "window_end", "window_of", "w
 class Window(NamedTuple):
     """One fixed window of event time: number ``index`` of size ``size_ms``, ``[start, end)``."""
 
-    index: int
+    number: int
     size_ms: int
     start: datetime
     end: datetime
@@ -60,7 +60,7 @@ def windowed_job_id(namespace: str, key: str, window_s: float, at: datetime) -> 
     The window size is part of the id, so two sizes for one key never name the same job.
     """
     window = window_of(at, window_s)
-    return job_id_for_key(namespace, f"{key}\x1fwindow:{window.size_ms}:{window.index}")
+    return job_id_for_key(namespace, f"{key}\x1fwindow:{window.size_ms}:{window.number}")
 
 
 def window_end(state: JobState) -> datetime | None:

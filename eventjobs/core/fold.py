@@ -204,7 +204,7 @@ def _accept(state: JobState, event: Event, data: dict[str, Any], derived: tuple[
     if derived:
         data["recent_event_ids"] = (*ids, event.event_id, *[d.event_id for d in derived])[-RECENT_EVENT_IDS:]
     else:
-        data["recent_event_ids"] = ids[1 - RECENT_EVENT_IDS :] + (event.event_id,)
+        data["recent_event_ids"] = (*ids[1 - RECENT_EVENT_IDS :], event.event_id)
     data["version"] = state.version + 1
     data["updated_at"] = event.occurred_at
     new = _new(JobState)
@@ -298,7 +298,7 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
     scheduled = run_at is not None and run_at > occurred_at
     expires_at = None
     if options.ttl_s is not None:
-        expires_at = add_seconds(run_at if scheduled else occurred_at, options.ttl_s)  # type: ignore[arg-type]
+        expires_at = add_seconds(run_at if scheduled else occurred_at, options.ttl_s)  # type: ignore[arg-type]  # scheduled implies a run_at
     derived: tuple[Any, ...] = ()
     workflow = None
     status = SCHEDULED if scheduled else PENDING
@@ -513,7 +513,7 @@ _ERROR_FIELDS = frozenset(ErrorInfo.model_fields)
 
 def _error(error_type: str, message: str, traceback: str) -> ErrorInfo:
     data = {"error_type": error_type, "message": message, "traceback": traceback}
-    return _build(ErrorInfo, data, _ERROR_FIELDS)  # type: ignore[no-any-return]
+    return _build(ErrorInfo, data, _ERROR_FIELDS)  # type: ignore[no-any-return]  # _build returns the model it is given
 
 
 def _failure_error(state: JobState, event: Any) -> tuple[ErrorInfo, bool, float | None]:
@@ -756,11 +756,11 @@ def _workflow(state: JobState, **changes: Any) -> Workflow:
     """The state's workflow (or an empty one) with ``changes``."""
     current = state.workflow
     data = {**(_NO_WORKFLOW if current is None else current.__dict__), **changes}
-    return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
+    return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]  # _build returns the model it is given
 
 
 def _changed(workflow: Workflow, **changes: Any) -> Workflow:
-    return _build(Workflow, {**workflow.__dict__, **changes}, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
+    return _build(Workflow, {**workflow.__dict__, **changes}, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]  # _build returns the model it is given
 
 
 def _slim(workflow: Workflow) -> Workflow | None:
@@ -776,7 +776,7 @@ def _without_dependency_results(workflow: Workflow) -> Workflow:
         for job_id, o in workflow.dependencies.items()
     }
     data["probes"] = {}  # it will not wait again
-    return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
+    return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]  # _build returns the model it is given
 
 
 def _request_id(enqueued_event_id: str, workflow: Workflow, dependency_id: str) -> str:
@@ -797,7 +797,7 @@ def _awaited_answer(enqueued_event_id: str, workflow: Workflow, dependency_id: s
 def _owed_answer(workflow: Workflow | None, dependent_id: str) -> str | None:
     """The answer a job owes ``dependent_id``, which it holds as waiting for it (None: it holds no such wait)."""
     request = workflow.dependents.get(dependent_id) if workflow is not None else None
-    return None if request is None else _answer_id(request, workflow.dependent_rounds.get(dependent_id, 0))  # type: ignore[union-attr]
+    return None if request is None else _answer_id(request, workflow.dependent_rounds.get(dependent_id, 0))  # type: ignore[union-attr]  # a request implies a workflow
 
 
 def _revivable(status: JobStatus, workflow: Workflow | None) -> bool:
@@ -902,7 +902,7 @@ def _on_dependency_requested(state: JobState, event: Any, actor: str) -> Decisio
 def _answer_dependents(decision: Decision, trigger: Event, actor: str) -> Decision:
     """The job just ended: answer every job waiting for it, and forget them (but for a job that may run again:
     it remembers those it answered, to reopen their answer then)."""
-    state: JobState = decision.state  # type: ignore[assignment]
+    state: JobState = decision.state  # type: ignore[assignment]  # called for a job that just ended: it has a state
     workflow = state.workflow
     assert workflow is not None
     status = state.status
@@ -1127,7 +1127,7 @@ _HANDLERS: dict[str, _Handler] = {
     "dependency_reopened": _on_dependency_reopened,
     "dependency_probe": _on_dependency_probe,
     "attempt_snoozed": _on_attempt_snoozed,
-    **{type_: _on_derived for type_ in DERIVED_TYPES},
+    **dict.fromkeys(DERIVED_TYPES, _on_derived),
 }
 
 
@@ -1163,7 +1163,7 @@ def apply(state: JobState | None, event: JobEvent, actor: str = "processor") -> 
                     and new.status in TERMINAL_STATUSES:
                 return _answer_dependents(decision, event, actor)
         return decision
-    except Exception as exc:  # a bug must not stop a processor: reject, keep the state, say why
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop a processor: reject, keep the state, say why
         return _reject(state, f"internal error applying {getattr(event, 'type', '?')!r}: {exc!r}")
 
 

@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -204,10 +204,10 @@ class CallableBackoff(_Backoff):
 
 
 BackoffSpec = Annotated[
-    Union[ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff, CallableBackoff],
+    ExponentialBackoff | LinearBackoff | ConstantBackoff | NoBackoff | CallableBackoff,
     Field(discriminator="kind"),
 ]
-BackoffPolicy = Union[ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff, CallableBackoff]
+BackoffPolicy = ExponentialBackoff | LinearBackoff | ConstantBackoff | NoBackoff | CallableBackoff
 
 
 def backoff_delay_s(spec: BackoffPolicy, attempt: int, job_id: str) -> float:
@@ -235,10 +235,7 @@ def matches_retry_on(exc_type: type[BaseException], retry_on: Sequence[str]) -> 
     (``Transient``), so the default ``("Exception",)`` retries every ordinary exception.
     """
     names = set(retry_on)
-    for klass in exc_type.__mro__:
-        if klass.__qualname__ in names or exception_type_name(klass) in names:
-            return True
-    return False
+    return any(klass.__qualname__ in names or exception_type_name(klass) in names for klass in exc_type.__mro__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,7 +461,7 @@ class JobOptions(BaseModel):
     def _check_on_dependency_failure(cls, value: Any) -> str:
         if value not in DEPENDENCY_FAILURE_CHOICES:
             raise ValueError(f"on_dependency_failure must be 'cancel' or 'run', got {value!r}")
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]  # one of DEPENDENCY_FAILURE_CHOICES, checked above
 
     @field_validator("unique_for", "debounce", mode="before")
     @classmethod

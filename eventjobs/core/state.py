@@ -170,8 +170,8 @@ TRANSITIONS: tuple[Transition, ...] = (
         Transition(s, "dependency_requested", s, f"the job has ended: answered at once{also}", ("dependency_resolved",))
         for s, also in (
             (_S.COMPLETED, ""),
-            (_S.CANCELLED, " (cancelled by a dependency, it also remembers the dependent, to reopen its answer if "
-                           "it waits again)"),
+            (_S.CANCELLED, (" (cancelled by a dependency, it also remembers the dependent, to reopen its answer if "
+                            "it waits again)")),
             (_S.DEAD_LETTERED, " (it also remembers the dependent, to reopen its answer if it is retried)"),
             (_S.DISCARDED, ""),
         )

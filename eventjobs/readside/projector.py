@@ -119,7 +119,7 @@ class BatchFolder:
         dead: set[str] = set()
         rows: list[tuple[Any, ...]] = []
         last: dict[int, int] = {}
-        for record, event in zip(records, decoded):
+        for record, event in zip(records, decoded, strict=True):
             partition, offset = record.partition, record.offset
             last[partition] = offset
             if isinstance(event, str):
@@ -353,7 +353,7 @@ class Projector:
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                     return False, None
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
 
     # ---- heartbeat and the replay handshake ------------------------------------------------

@@ -7,7 +7,7 @@ returned values are the same) and returns plain dataclasses the CLI prints or du
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any, Literal
 
 import orjson
@@ -204,7 +204,8 @@ def list_jobs(backend: Backend, *, queue: str | None = None, status: str | None 
         raise QueryArgumentError(f"limit must be at least 1, got {limit}")
     if offset < 0:
         raise QueryArgumentError(f"offset must be 0 or more, got {offset}")
-    where, params = ["1"], {"limit": limit, "offset": offset}
+    where: list[str] = ["1"]
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
     for column, value in (("queue", queue), ("status", status), ("name", name)):
         if value is not None:
             where.append(f"{column} = {{{column}:String}}")
@@ -312,7 +313,8 @@ def job_stats(backend: Backend, *, queue: str | None = None, since: datetime | N
     """Throughput, failure rate, run duration and wait quantiles per job name or queue."""
     if by not in ("name", "queue"):
         raise QueryArgumentError(f"--by must be 'name' or 'queue', got {by!r}")
-    where, params = ["1"], {}
+    where: list[str] = ["1"]
+    params: dict[str, Any] = {}
     if queue is not None:
         where.append("queue = {queue:String}")
         params["queue"] = queue
@@ -359,7 +361,8 @@ def _stats_row(row: dict[str, Any]) -> StatsRow:
 def dead_letters(backend: Backend, *, queue: str | None = None, name: str | None = None,
                  limit: int = 100) -> list[DeadLetter]:
     """What is in the dead-letter queue now, newest first."""
-    where, params = ["1"], {"limit": limit}
+    where: list[str] = ["1"]
+    params: dict[str, Any] = {"limit": limit}
     for column, value in (("queue", queue), ("name", name)):
         if value is not None:
             where.append(f"{column} = {{{column}:String}}")
@@ -379,7 +382,7 @@ def dead_letter_count(backend: Backend) -> int:
 
 def utc(value: datetime) -> datetime:
     """An aware UTC datetime (naive input is taken as UTC)."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # ---- the dashboard's overview: time series and queue depth -------------------------------------
@@ -432,7 +435,8 @@ class QueueDepth:
 def minute_series(backend: Backend, *, since: datetime, queue: str | None = None) -> list[MinutePoint]:
     """Per-minute throughput and attempt outcomes since `since`, oldest first; minutes without
     any counted event are absent (the caller draws them as zero or as a gap)."""
-    where, params = ["minute >= toStartOfMinute({since:DateTime64(3, 'UTC')})"], {"since": since}
+    where: list[str] = ["minute >= toStartOfMinute({since:DateTime64(3, 'UTC')})"]
+    params: dict[str, Any] = {"since": since}
     if queue is not None:
         where.append("queue = {queue:String}")
         params["queue"] = queue

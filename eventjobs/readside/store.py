@@ -112,12 +112,12 @@ class ProjectionStore:
 
     def write(self, batch: Batch) -> None:
         """Write a batch: event rows (the commit point) first, then the idempotent state rows."""
-        if batch.event_rows and not batch.events_written:
-            # only after a failed try can the rows already be there (a timeout after the commit)
-            if not (batch.event_attempts and self.committed(batch.event_positions())):
-                batch.event_attempts += 1
-                self.backend.insert("job_events", JOB_EVENT_COLUMNS,
-                                    columns_of(batch.event_rows, len(JOB_EVENT_COLUMNS)), database=self.database)
+        # only after a failed try can the rows already be there (a timeout after the commit)
+        if (batch.event_rows and not batch.events_written
+                and not (batch.event_attempts and self.committed(batch.event_positions()))):
+            batch.event_attempts += 1
+            self.backend.insert("job_events", JOB_EVENT_COLUMNS,
+                                columns_of(batch.event_rows, len(JOB_EVENT_COLUMNS)), database=self.database)
         batch.events_written = True
         if not batch.states_written:
             self._write_states(batch)

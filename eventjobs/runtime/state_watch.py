@@ -165,10 +165,11 @@ class StateWatcher:
 
     def _job_id(self, record: ConsumerRecord[bytes, bytes]) -> str | None:
         """The job a changelog record is about, or None for a record to skip (no key, or not UTF-8)."""
-        if record.key is None:
+        key: bytes | None = record.key
+        if key is None:
             return None
         try:
-            return record.key.decode()
+            return key.decode()
         except UnicodeDecodeError as error:
             self.bad.report("key not UTF-8", f"{origin(record)} ({describe_key(record.key)})", str(error))
             return None
@@ -373,7 +374,7 @@ class StateWatcher:
         except asyncio.CancelledError:  # by stop()
             lookup.found.set_exception(RuntimeError(f"stopped reading {self.topic} (the app was closed)"))
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - handed to the waiting lookup, which raises it
             lookup.found.set_exception(error)
         finally:
             if self._pending_lookups.get(partition) is lookup:

@@ -153,7 +153,7 @@ async def wait_for_results(app: App, job_ids: list[str], timeout: float) -> dict
     ends = await asyncio.gather(*(app.wait(job_id, timeout) for job_id in job_ids), return_exceptions=True)
     results: dict[str, Any] = {}
     problems: dict[str, str] = {}
-    for job_id, end in zip(job_ids, ends):
+    for job_id, end in zip(job_ids, ends, strict=True):
         if isinstance(end, TimeoutError):
             problems[job_id] = f"did not end within {timeout:g} s ({end})"
         elif isinstance(end, BaseException):
@@ -359,7 +359,7 @@ class Worker:
             await asyncio.gather(*fetchers, return_exceptions=True)
             try:
                 await self._drain()
-            except Exception as error:  # noqa: BLE001 - stopping for a failure: the sender may be what failed
+            except Exception as error:  # stopping for a failure: the sender may be what failed
                 if self.failure is None:
                     raise
                 log.error("handing back the running jobs failed (%r); their leases will expire", error)
@@ -636,9 +636,10 @@ class Worker:
         assert self._sender is not None
         topic = self.app.names.events
         count = self._event_partitions or await topic_partition_count(self._sender, topic)
-        return await self._sender.send(topic, encode(event, max_bytes=self.app.settings.max_event_bytes),
-                                       key=event.job_id.encode(), partition=_home_partition(event.job_id, count),
-                                       headers=headers)
+        sent: asyncio.Future[Any] = await self._sender.send(
+            topic, encode(event, max_bytes=self.app.settings.max_event_bytes), key=event.job_id.encode(),
+            partition=_home_partition(event.job_id, count), headers=headers)
+        return sent
 
     def _end(self, ready: ReadyRecord, happened: Happened, claim_id: str | None = None) -> JobEvent:
         """The event that ends the attempt after what happened to it (`core.attempt_end`, the one rule)."""
@@ -679,7 +680,7 @@ class Worker:
             if ready.job_id not in self.cancel_seen or self._draining:
                 raise
             happened = CancelledWhileRunning()
-        except Exception as error:  # noqa: BLE001 - running it failed outside the handler: record why, don't vanish
+        except Exception as error:  # running it failed outside the handler: record why, don't vanish
             log.exception("outcome of job %s could not be built", ready.job_id)
             happened = NotRecordable(error)
         finally:
@@ -687,7 +688,7 @@ class Worker:
             if self.metrics is not None:
                 self.metrics.job_duration.observe(ready.name, ready.queue, asyncio.get_running_loop().time() - begun)
         ack = await self._send(self._end(ready, happened, claim_id))  # encodable within the limit, by attempt_end
-        ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.error(
+        ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.error(  # type: ignore[func-returns-value]  # logs a failed write only
             "outcome of job %s was not written (%s); its lease will expire and it will run again",
             ready.job_id, done.exception()))
         self.completed += 1
@@ -781,7 +782,7 @@ class Worker:
                 self._heartbeat_failed(ready, error)
                 continue
             ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None
-                                  or self._heartbeat_failed(ready, done.exception()))
+                                  or self._heartbeat_failed(ready, done.exception()))  # type: ignore[func-returns-value]  # on a failed write only
 
     def _heartbeat_failed(self, ready: ReadyRecord, error: BaseException | None) -> None:
         """Log a heartbeat that was not written: the first, then every power of ten (no flood)."""
@@ -855,7 +856,7 @@ class Worker:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(self._commit_soon.wait(), 0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             await asyncio.sleep(0.01)
             self._commit_soon.clear()

@@ -133,7 +133,7 @@ def test_at_most_one_winner_per_key_and_window_and_replay_decides_the_same(enque
     decided = [(e.event_id, d.rejected, tuple(x.event_id for x in d.derived)) for e, d in replay(events)]
     states = fold(events)
     # Then each (key, window) has exactly one job, made by its first enqueue in the log
-    windows = {(key, window_of(WINDOW_START + timedelta(milliseconds=ms), 600).index) for key, ms in enqueues}
+    windows = {(key, window_of(WINDOW_START + timedelta(milliseconds=ms), 600).number) for key, ms in enqueues}
     assert len(states) == len(windows)
     for event, (_, rejected, derived) in zip(events, decided):
         winner = next(e for e in events if e.job_id == event.job_id)
