@@ -4,7 +4,7 @@ Every metric name is defined here, once. Each service gets its own `Metrics` (it
 `CollectorRegistry`, so several services or tests in one process do not collide); a metric
 family is registered on first use, so a service exposes only what it measures.
 
-Labels are bounded: job names and queues only, never job ids, and at most `MAX_LABEL_VALUES`
+Labels are bounded: job names, queues and the event log's partition numbers only, never job ids, and at most `MAX_LABEL_VALUES`
 distinct values per label (later ones are counted under `OTHER`). Hot paths use the labelled
 children cached by `(name, queue)`: one dict lookup and one `inc` per event.
 """
@@ -45,6 +45,7 @@ HOUSEKEEPING_TIMERS = "eventjobs_processor_housekeeping_timers"
 TIMER_LATENESS = "eventjobs_timer_lateness_seconds"
 QUARANTINED = "eventjobs_quarantined_total"
 PROJECTOR_LAG = "eventjobs_projector_lag_seconds"
+PROJECTOR_RECORDS_BEHIND = "eventjobs_projector_records_behind"
 SCHEDULES_SET_ASIDE = "eventjobs_schedules_set_aside"
 
 JOB_LABELS = ("name", "queue")
@@ -242,11 +243,20 @@ class Metrics:
 
     @cached_property
     def projector_lag(self) -> Gauge:
-        return Gauge(PROJECTOR_LAG, "Now minus the log time of the newest event written to ClickHouse "
-                     "(0 when a fetch finds nothing new).", registry=self.registry)
+        return Gauge(PROJECTOR_LAG, "Per event-log partition: 0 when the projector has written every record "
+                     "of it to ClickHouse, else now minus the log time of the last record it wrote "
+                     "(readside/lag.py; NaN until Kafka answered its end offset).", ("partition",),
+                     registry=self.registry)
+
+    @cached_property
+    def projector_records_behind(self) -> Gauge:
+        return Gauge(PROJECTOR_RECORDS_BEHIND, "Per event-log partition: the log's end offset (asked every few "
+                     "seconds) minus the next offset the projector writes to ClickHouse (NaN until Kafka "
+                     "answered).", ("partition",), registry=self.registry)
 
     def gauge_from(self, gauge: Gauge, read: Callable[[], float]) -> None:
-        """Read `gauge` at scrape time; a failing read reports 0 rather than failing the scrape."""
+        """Read `gauge` (a family without labels, or one labelled child) at scrape time; a failing
+        read reports 0 rather than failing the scrape."""
 
         def safe() -> float:
             try:

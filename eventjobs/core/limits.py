@@ -64,6 +64,7 @@ __all__ = [
     "MAX_CRON_CANDIDATES",
     "MIN_MAX_EVENT_BYTES",
     "MIN_SCHEDULE_EVERY_S",
+    "PROJECTOR_END_OFFSETS_EVERY_S",
     "SCHEDULE_HORIZON_DAYS",
     "SCHEDULE_LATE_AFTER_S",
     "RESERVE_BYTES",
@@ -127,6 +128,10 @@ MIN_WINDOW_S = 0.001
 MAX_WINDOW_S = 30 * 86_400
 #: A batch id given to ``App.enqueue_batch`` (it appears in error messages; the ids derived from it have a fixed size).
 MAX_BATCH_ID_CHARS = 200
+#: How often the projector asks Kafka for the event log's end offsets (to report how far each
+#: partition is behind: ``eventjobs_projector_records_behind``, the dashboard's lag table), in
+#: seconds: one small request per period, whatever the load.
+PROJECTOR_END_OFFSETS_EVERY_S = 5.0
 #: Shortest period of an ``every`` schedule: a shorter one would flood the log with jobs.
 MIN_SCHEDULE_EVERY_S = 1
 #: A schedule's tick not fired this long after its time counts as missed (the service was down),
