@@ -46,6 +46,7 @@ TIMER_LATENESS = "eventjobs_timer_lateness_seconds"
 QUARANTINED = "eventjobs_quarantined_total"
 PROJECTOR_LAG = "eventjobs_projector_lag_seconds"
 SCHEDULES_SET_ASIDE = "eventjobs_schedules_set_aside"
+HOOK_FAILURES = "eventjobs_hook_failures_total"
 
 JOB_LABELS = ("name", "queue")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -133,6 +134,7 @@ class Metrics:
         self.names = LabelCap(max_label_values)
         self.queues = LabelCap(max_label_values)
         self._depth_children: dict[tuple[str, str], Any] = {}
+        self.hook_names = LabelCap(max_label_values)
 
     def _jobs_counter(self, name: str, doc: str) -> JobFamily:
         return JobFamily(Counter(_base(name), doc, JOB_LABELS, registry=self.registry), self.names, self.queues)
@@ -244,6 +246,16 @@ class Metrics:
     def projector_lag(self) -> Gauge:
         return Gauge(PROJECTOR_LAG, "Now minus the log time of the newest event written to ClickHouse "
                      "(0 when a fetch finds nothing new).", registry=self.registry)
+
+    # -- hooks (eventjobs.hooks) ------------------------------------------------------------------
+    @cached_property
+    def hook_failures_family(self) -> Counter:
+        return Counter(_base(HOOK_FAILURES), "Exceptions raised by hooks, by hook name and hook point (logged, "
+                       "then ignored: the work went on).", ("hook", "method"), registry=self.registry)
+
+    def hook_failures(self, hook: str, method: str) -> Any:
+        """The counter of `hook`'s failures in `method` (a hook point: a fixed few)."""
+        return self.hook_failures_family.labels(self.hook_names(hook), method)
 
     def gauge_from(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Read `gauge` at scrape time; a failing read reports 0 rather than failing the scrape."""
