@@ -144,3 +144,32 @@ async def test_a_hook_sees_each_attempt_and_a_raising_hook_changes_nothing(app: 
     assert starts == 4
     assert sum(v for (name, _), v in samples.items() if name == JOBS_STARTED) == starts
     assert sum(v for (name, _), v in samples.items() if name == JOB_DURATION + "_count") == starts
+
+
+async def test_an_attempt_handed_back_at_shutdown_is_ended_once_for_the_hooks(app: App) -> None:
+    """The worker stops while a job runs: `_drain` writes `WorkerShutdown`, and `after_attempt`
+    sees that end, once, with the handler's run time so far (the metrics' duration count too)."""
+    calls: list[tuple[str, str, Any]] = []
+    app.add_hook(Seen(calls))
+    metrics = Metrics()
+    runtime = Runtime(app)
+    runtime.start_processor()
+    try:
+        await runtime.start_worker(queues=["default"], concurrency=2, grace_s=0.5, metrics=metrics)
+        job_id = await app.enqueue("sleepy", {"seconds": 30})
+        deadline = asyncio.get_running_loop().time() + 30
+        while not any(point == "before_attempt" for _, point, _ in calls):
+            assert asyncio.get_running_loop().time() < deadline, "the job never started"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    finally:
+        await runtime.close()
+    ended = [value for who, point, value in calls if point == "after_attempt"]
+    assert len(ended) == 1
+    attempt, outcome = ended[0]
+    assert attempt.job_id == job_id and outcome.kind == "failed" and outcome.error is None
+    assert outcome.event.error_type == "WorkerShutdown" and 0.5 <= outcome.duration_s < 30  # type: ignore[attr-defined]
+    failed = [e for e in await job_events(app.settings, job_id) if e.type == "attempt_failed"]
+    assert failed == [outcome.event]
+    samples = _samples(metrics)
+    assert sum(v for (name, _), v in samples.items() if name == JOB_DURATION + "_count") == 1
