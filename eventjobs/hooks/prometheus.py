@@ -19,13 +19,13 @@ class MetricsHook(Hook):
 
     name = "metrics"
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, worker: WorkerInfo) -> None:
+        # the worker's slots are exported as it is made, not at `on_worker_start`: its /metrics
+        # serves before `run` begins, and a scrape then already shows them (as before the hook)
         self.metrics = metrics
-
-    def on_worker_start(self, worker: WorkerInfo) -> None:
-        self.metrics.worker_slots.set(worker.concurrency)
-        self.metrics.gauge_from(self.metrics.worker_busy_slots, worker.busy)
-        self.metrics.quarantined.inc(0)  # exported from 0 on
+        metrics.worker_slots.set(worker.concurrency)
+        metrics.gauge_from(metrics.worker_busy_slots, worker.busy)
+        metrics.quarantined.inc(0)  # exported from 0 on
 
     def before_attempt(self, attempt: AttemptInfo) -> None:
         self.metrics.jobs_started.inc(attempt.name, attempt.queue)

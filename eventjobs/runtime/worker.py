@@ -253,14 +253,14 @@ class Worker:
         self._halt = asyncio.Event()
         self.heartbeat_failures = 0
         self.metrics = metrics  # Prometheus metrics (eventjobs.metrics), or None: counted by a `MetricsHook`
-        # the app's hooks, after the metrics' (whose `after_attempt` so runs last); see docs/hooks.md
-        self.hooks = Hooks([*([MetricsHook(metrics)] if metrics is not None else []), *app.hooks.hooks],
-                           metrics=metrics)
-        self._watch_attempts = self.hooks.wants("before_attempt") or self.hooks.wants("after_attempt")
-        self._depth_due = 0.0  # event-loop time of the next queue depth measurement
         self.info = WorkerInfo(worker_id=self.worker_id, queues=tuple(self.queues),
                                capabilities=tuple(self.capabilities), concurrency=concurrency, threads=threads,
                                busy=lambda: len(self.running))
+        # the app's hooks, after the metrics' (whose `after_attempt` so runs last); see docs/hooks.md
+        self.hooks = Hooks([*([MetricsHook(metrics, self.info)] if metrics is not None else []), *app.hooks.hooks],
+                           metrics=metrics)
+        self._watch_attempts = self.hooks.wants("before_attempt") or self.hooks.wants("after_attempt")
+        self._depth_due = 0.0  # event-loop time of the next queue depth measurement
 
     @property
     def quarantined(self) -> int:
