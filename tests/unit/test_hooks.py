@@ -5,7 +5,6 @@ at registration with an error that names the fix."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from datetime import datetime, timezone
 from typing import Any
@@ -178,7 +177,7 @@ async def test_the_metrics_hook_counts_what_the_worker_counted_inline() -> None:
     the duration, quarantines, depth; and the slots as the hook is made (as the worker was). The e2e metrics tests compare these with the log."""
     metrics = Metrics()
     hooks = Hooks([MetricsHook(metrics, WORKER)], metrics=metrics)  # the slots: exported at once
-    later = dataclasses.replace(ATTEMPT, started_at=NOW.replace(second=2))  # two seconds after it was ready
+    later = ATTEMPT._replace(started_at=NOW.replace(second=2))  # two seconds after it was ready
     await hooks.before_attempt(later)
     await hooks.after_attempt(later, OUTCOME)
     await hooks.on_quarantined(Quarantined("t", 0, 1, "kind", "reason"))
