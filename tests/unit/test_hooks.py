@@ -174,7 +174,8 @@ def test_the_outcome_kind_is_the_ending_event_without_its_prefix() -> None:
 
 async def test_the_metrics_hook_counts_what_the_worker_counted_inline() -> None:
     """What the worker did under `if self.metrics`, now from the hook points: started and its wait,
-    the duration, quarantines, depth; and the slots as the hook is made (as the worker was). The e2e metrics tests compare these with the log."""
+    the duration, quarantines, depth; and the slots as the hook is made (as the worker was). The
+    e2e metrics tests compare these with the log."""
     metrics = Metrics()
     hooks = Hooks([MetricsHook(metrics, WORKER)], metrics=metrics)  # the slots: exported at once
     later = ATTEMPT._replace(started_at=NOW.replace(second=2))  # two seconds after it was ready
