@@ -63,6 +63,7 @@ from eventjobs.core.schedules import (
 )
 from eventjobs.kafka.clients import job_partition, partitions_of, producer, read_to_end, topic_partition_count
 from eventjobs.core.records import DeadLetterRecord, RefusedDeadLetter, admit_dead_letter
+from eventjobs.hooks import Hook, Hooks
 from eventjobs.registry import Handler, JobDefinition, UnknownJob, define
 from eventjobs.settings import Settings, load_settings
 from eventjobs.runtime.state_watch import StateWatcher
@@ -180,7 +181,8 @@ class App:
     """One application: its jobs and its topics (the namespace is the app name)."""
 
     def __init__(
-        self, name: str, settings: Settings | None = None, *, clock: Clock | None = None, **overrides: Any
+        self, name: str, settings: Settings | None = None, *, clock: Clock | None = None,
+        hooks: list[Hook] | None = None, **overrides: Any
     ) -> None:
         self.settings = settings or load_settings(namespace=name, **overrides)
         if self.settings.namespace != name and settings is None:
@@ -198,6 +200,9 @@ class App:
         self._schedules_topic_checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Any]] = \
             weakref.WeakKeyDictionary()
         self._acknowledged: dict[str, None] = {}  # ids of recent acknowledged enqueues (depends_on checks them)
+        #: the app's hooks, in order (`add_hook`): its enqueues call `before_enqueue`, a worker of
+        #: the app calls the rest (docs/hooks.md)
+        self.hooks = Hooks(hooks or ())
 
     @property
     def names(self) -> TopicNames:
@@ -229,6 +234,11 @@ class App:
             return handler
 
         return register
+
+    def add_hook(self, hook: Hook) -> None:
+        """Add a hook after those given so far (`InvalidHook` if it is not one). A worker takes the
+        app's hooks when it is made: add them before."""
+        self.hooks.add(hook)
 
     def definition(self, name: str) -> JobDefinition:
         try:
@@ -357,6 +367,7 @@ class App:
         event = self.build_enqueue(name, args, **options)
         if event.depends_on:
             await self.check_dependencies(event.depends_on)
+        await self.hooks.before_enqueue(event)
         await self.append([event])
         self._acknowledge(event.job_id)
         return event.job_id
@@ -461,6 +472,8 @@ class App:
         for event in events:
             if event.depends_on:
                 await self.check_dependencies(event.depends_on)
+        for event in [*events, *([callback] if callback is not None else [])]:
+            await self.hooks.before_enqueue(event)
         sender = await self._producer()  # raises KafkaUnavailable before anything is sent
         partitions = await topic_partition_count(sender, self.names.events)
         batch = Batch([e.job_id for e in events], callback.job_id if callback is not None else None, batch_id)

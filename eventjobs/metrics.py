@@ -47,6 +47,7 @@ QUARANTINED = "eventjobs_quarantined_total"
 PROJECTOR_LAG = "eventjobs_projector_lag_seconds"
 PROJECTOR_RECORDS_BEHIND = "eventjobs_projector_records_behind"
 SCHEDULES_SET_ASIDE = "eventjobs_schedules_set_aside"
+HOOK_FAILURES = "eventjobs_hook_failures_total"
 
 JOB_LABELS = ("name", "queue")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -134,6 +135,7 @@ class Metrics:
         self.names = LabelCap(max_label_values)
         self.queues = LabelCap(max_label_values)
         self._depth_children: dict[tuple[str, str], Any] = {}
+        self.hook_names = LabelCap(max_label_values)
 
     def _jobs_counter(self, name: str, doc: str) -> JobFamily:
         return JobFamily(Counter(_base(name), doc, JOB_LABELS, registry=self.registry), self.names, self.queues)
@@ -253,6 +255,16 @@ class Metrics:
         return Gauge(PROJECTOR_RECORDS_BEHIND, "Per event-log partition: the log's end offset (asked every few "
                      "seconds) minus the next offset the projector writes to ClickHouse (NaN until Kafka "
                      "answered).", ("partition",), registry=self.registry)
+
+    # -- hooks (eventjobs.hooks) ------------------------------------------------------------------
+    @cached_property
+    def hook_failures_family(self) -> Counter:
+        return Counter(_base(HOOK_FAILURES), "Exceptions raised by hooks, by hook name and hook point (logged, "
+                       "then ignored: the work went on).", ("hook", "method"), registry=self.registry)
+
+    def hook_failures(self, hook: str, method: str) -> Any:
+        """The counter of `hook`'s failures in `method` (a hook point: a fixed few)."""
+        return self.hook_failures_family.labels(self.hook_names(hook), method)
 
     def gauge_from(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Read `gauge` (a family without labels, or one labelled child) at scrape time; a failing

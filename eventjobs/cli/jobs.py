@@ -97,6 +97,7 @@ def enqueue(
     async def send(a: App) -> None:
         if event.depends_on:  # each must exist (UnknownDependency: exit code 1, nothing sent)
             await a.check_dependencies(event.depends_on)
+        await a.hooks.before_enqueue(event)  # the app's hooks see it, as with App.enqueue
         await a.append([event])
 
     run_with_app(send, target)
