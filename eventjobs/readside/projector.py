@@ -298,6 +298,10 @@ class Projector:
     async def _seek(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition], stop: asyncio.Event) -> None:
         """Read positions from ClickHouse (retrying while it is unreachable) and seek every partition."""
         _, self.positions = await self._retrying(self.store.positions, stop)
+        _, repaired = await self._retrying(functools.partial(self.store.repair_views, self.positions), stop)
+        if repaired:
+            log.warning("the last batch written before this start may have missed the metric views: the view rows of "
+                        "%d minute(s) from %s were rebuilt from job_events", len(repaired), repaired[0])
         _, has_jobs = await self._retrying(self.store.has_jobs, stop)
         last_projected: dict[int, Any] = {}
         if self.control is not None:  # a live projector: its last report, for the lag after a restart

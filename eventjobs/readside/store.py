@@ -12,6 +12,13 @@ Exactly-once in effect, without transactions across tables:
   the commit point and these rows, the projector reads the log again from that older position,
   folds the events once more (the core's `apply` makes an already-applied event a no-op) and
   rewrites the state rows, skipping the event rows that are already committed: no gap.
+* The metric views are fed by the `job_events` INSERT, but ClickHouse writes the table's part
+  and the views' parts one after the other: a process killed in between (or a server that died
+  while the INSERT was unanswered) leaves that batch out of the metrics. Such a batch is the one
+  whose event rows are past `projector_progress` (nothing after it has been written), so before
+  folding on, the projector rebuilds the metric rows of the minutes those rows fall in from
+  `job_events` (`repair_views`): deleted, then aggregated again by the view's own SELECT. No
+  double count, and no batch left out.
 """
 
 from __future__ import annotations
@@ -34,6 +41,13 @@ from eventjobs.readside.rows import (
     job_from_row,
     job_row,
 )
+
+#: The materialized views fed by `job_events` (projections/), and the table each writes to. A
+#: view left out here would not be repaired after a torn INSERT: `test_migrations` checks that
+#: every view of the projections is listed.
+VIEWS_OF_JOB_EVENTS = {"job_metrics_1m_mv": "job_metrics_1m"}
+#: The condition every such view puts on the rows it aggregates, where the repair adds its minutes.
+_VIEW_FILTER = "WHERE counted = 1"
 
 LAG_COLUMNS = ["log_partition", "next_offset", "end_offset", "records_behind", "last_projected_at", "lag_s",
                "updated_at"]
@@ -93,6 +107,36 @@ class ProjectionStore:
         ).rows
         return Positions({int(p): int(o) for p, o in events}, {int(p): int(o) for p, o in states})
 
+    def repair_views(self, positions: Positions) -> list[datetime]:
+        """Rebuild the view rows of the minutes of the event rows past `projector_progress` (a
+        batch whose INSERT may have been torn between `job_events` and its views); returns those
+        minutes (none: nothing to repair). Safe to repeat: killed midway, it is done again on the
+        next start, since the progress is only written after it."""
+        past = {p: positions.state_done.get(p, -1) for p, done in positions.events_done.items()
+                if done > positions.state_done.get(p, -1)}
+        if not past:
+            return []
+        where = " OR ".join(f"(log_partition = {int(p)} AND log_offset > {int(o)})" for p, o in sorted(past.items()))
+        minutes = [row[0] for row in self.backend.query(
+            f"SELECT DISTINCT toString(toStartOfMinute(occurred_at)) FROM job_events WHERE counted = 1 AND ({where}) "
+            "ORDER BY 1", database=self.database).rows]
+        if not minutes:
+            return []
+        for view, table in VIEWS_OF_JOB_EVENTS.items():
+            select = self.backend.query(
+                "SELECT as_select FROM system.tables WHERE database = {db:String} AND name = {view:String}",
+                {"db": self.database, "view": view}, database=self.database).scalar()
+            if not select or _VIEW_FILTER not in select:
+                raise RuntimeError(f"the view {view} of {self.database} does not filter its rows by "
+                                   f"{_VIEW_FILTER!r}: its rows cannot be rebuilt (projections/ and "
+                                   f"readside/store.py VIEWS_OF_JOB_EVENTS disagree)")
+            chosen = "toStartOfMinute(occurred_at) IN {minutes:Array(DateTime('UTC'))}"
+            self.backend.command(f"ALTER TABLE {table} DELETE WHERE minute IN {{minutes:Array(DateTime('UTC'))}} "
+                                 "SETTINGS mutations_sync = 2", {"minutes": minutes}, database=self.database)
+            self.backend.command(f"INSERT INTO {table} " + select.replace(_VIEW_FILTER, f"{_VIEW_FILTER} AND {chosen}", 1),
+                                 {"minutes": minutes}, database=self.database)
+        return [datetime.fromisoformat(minute) for minute in minutes]
+
     def last_projected(self) -> dict[int, datetime]:
         """Per partition, the log time of the last projected record as the projector last reported
         it (`projector_lag`), so that a restarted projector's lag counts from there."""
@@ -138,11 +182,13 @@ class ProjectionStore:
     def write(self, batch: Batch) -> None:
         """Write a batch: event rows (the commit point) first, then the idempotent state rows."""
         # only after a failed try can the rows already be there (a timeout after the commit)
-        if (batch.event_rows and not batch.events_written
-                and not (batch.event_attempts and self.committed(batch.event_positions()))):
-            batch.event_attempts += 1
-            self.backend.insert("job_events", JOB_EVENT_COLUMNS,
-                                columns_of(batch.event_rows, len(JOB_EVENT_COLUMNS)), database=self.database)
+        if batch.event_rows and not batch.events_written:
+            if batch.event_attempts and self.committed(batch.event_positions()):
+                self.repair_views(self.positions())  # the unanswered INSERT may have stopped before its views
+            else:
+                batch.event_attempts += 1
+                self.backend.insert("job_events", JOB_EVENT_COLUMNS,
+                                    columns_of(batch.event_rows, len(JOB_EVENT_COLUMNS)), database=self.database)
         batch.events_written = True
         if not batch.states_written:
             self._write_states(batch)
