@@ -40,6 +40,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,7 @@ from benchmarks.bench_throughput import fresh, pct  # noqa: E402
 SETUP = ("apt-get install -y redis-server (Debian's Redis) and .venv/bin/pip install -e '.[bench]' "
          "(taskiq, taskiq-redis)")
 BIN = Path(sys.executable).parent
+TASKIQ_WORKER_PROCESSES = 2  # `taskiq worker`'s default --workers
 
 
 def missing_setup() -> list[str]:
@@ -98,12 +100,17 @@ def machine_info(bootstrap_external: bool) -> list[str]:
 
 
 class Services:
-    """Child processes of one phase, each logging to its own file; stopped with SIGTERM."""
+    """Child processes of one phase, each logging to its own file and leading its own process group.
+
+    Stopped with SIGTERM; a group still running 30 s later is killed whole (`taskiq worker`'s
+    forked worker processes included).
+    """
 
     def __init__(self, logs: Path, env: dict[str, str], commands: dict[str, list[str]]) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
         self.procs = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=open(logs / f"{name}.log", "ab"),
-                                       stderr=subprocess.STDOUT) for name, command in commands.items()]
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+                      for name, command in commands.items()]
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -112,7 +119,7 @@ class Services:
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
 
@@ -260,6 +267,7 @@ class TaskiqSide:
             await broker.startup()
             await taskiq_app.noop.kiq()
             await self._wait_done(client, broker.queue_name, broker.consumer_group_name, 1, timeout_s=120)
+            await self._wait_listeners(client, timeout_s=60)
         except BaseException:
             services.stop()
             await broker.shutdown()
@@ -278,6 +286,15 @@ class TaskiqSide:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"taskiq: not all of {total} tasks acknowledged in {timeout_s} s")
             await asyncio.sleep(0.01)
+
+    @staticmethod
+    async def _wait_listeners(client: Any, timeout_s: float) -> None:
+        """Until every worker process waits on the stream (one connection blocked in XREADGROUP each)."""
+        deadline = time.monotonic() + timeout_s
+        while sum(1 for c in await client.client_list() if c.get("cmd") == "xreadgroup") < TASKIQ_WORKER_PROCESSES:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"taskiq: fewer than {TASKIQ_WORKER_PROCESSES} worker processes listen after {timeout_s} s")
+            await asyncio.sleep(0.05)
 
     async def _close(self, client: Any, taskiq_app: Any, services: Services) -> None:
         services.stop()
