@@ -99,6 +99,57 @@ def machine_info(bootstrap_external: bool) -> list[str]:
     ]
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of one process so far (0 if it is gone)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def group_cpu(leaders: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of every live process in the process groups led by `leaders`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and int(fields[2]) in leaders:  # fields[2]: the process group
+                seconds[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return seconds
+
+
+class CpuMeter:
+    """CPU seconds spent between `start()` and `stop()` by the services, the broker and this process.
+
+    The services are whole process groups (taskiq's forked workers included); the broker is the
+    Kafka or Redis process when the script started it (None otherwise).
+    """
+
+    def __init__(self, leaders: list[int], broker_pid: int | None) -> None:
+        self.leaders = leaders
+        self.broker_pid = broker_pid
+
+    def _broker(self) -> float:
+        return process_cpu(self.broker_pid) if self.broker_pid is not None else 0.0
+
+    def start(self) -> None:
+        self.services0 = group_cpu(self.leaders)
+        self.broker0 = self._broker()
+        self.client0 = time.process_time()
+
+    def stop(self) -> dict[str, float | None]:
+        services = group_cpu(self.leaders)
+        spent = sum(cpu - self.services0.get(pid, 0.0) for pid, cpu in services.items())
+        return {"services": spent, "broker": self._broker() - self.broker0 if self.broker_pid else None,
+                "client": time.process_time() - self.client0}
+
+
 class Services:
     """Child processes of one phase, each logging to its own file and leading its own process group.
 
@@ -111,6 +162,10 @@ class Services:
         self.procs = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=open(logs / f"{name}.log", "ab"),
                                        stderr=subprocess.STDOUT, start_new_session=True)
                       for name, command in commands.items()]
+
+    @property
+    def leaders(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -189,9 +244,10 @@ async def wait_for_stamps(path: Path, total: int, timeout_s: float) -> list[floa
 class EventjobsSide:
     name = "eventjobs"
 
-    def __init__(self, bootstrap: str, logs: Path) -> None:
+    def __init__(self, bootstrap: str, logs: Path, kafka_pid: int | None) -> None:
         self.bootstrap = bootstrap
         self.logs = logs
+        self.broker_pid = kafka_pid
 
     async def _start(self, stamp_file: Path | None) -> tuple[Any, Services]:
         settings = await fresh(self.bootstrap)
@@ -212,7 +268,7 @@ class EventjobsSide:
             raise
         return app, services
 
-    async def throughput(self, jobs: int, window: int) -> float:
+    async def throughput(self, jobs: int, window: int) -> tuple[float, dict[str, float | None]]:
         app, services = await self._start(None)
         try:
             waits: list[asyncio.Task[Any]] = []
@@ -221,10 +277,12 @@ class EventjobsSide:
                 job_id = await app.enqueue("noop", {"i": i})
                 waits.append(asyncio.ensure_future(app.wait(job_id, timeout=600)))
 
+            meter = CpuMeter(services.leaders, self.broker_pid)
+            meter.start()
             started = time.perf_counter()
             await enqueue_windows(jobs, window, enqueue)
             await asyncio.gather(*waits)
-            return jobs / (time.perf_counter() - started)
+            return jobs / (time.perf_counter() - started), meter.stop()
         finally:
             await app.close()
             services.stop()
@@ -301,14 +359,16 @@ class TaskiqSide:
         await taskiq_app.broker.shutdown()
         await client.aclose()
 
-    async def throughput(self, jobs: int, window: int) -> float:
+    async def throughput(self, jobs: int, window: int) -> tuple[float, dict[str, float | None]]:
         client, taskiq_app, services = await self._start(None)
         try:
             broker = taskiq_app.broker
+            meter = CpuMeter(services.leaders, self.redis.proc.pid)
+            meter.start()
             started = time.perf_counter()
             await enqueue_windows(jobs, window, lambda i: taskiq_app.noop.kiq())
             await self._wait_done(client, broker.queue_name, broker.consumer_group_name, jobs + 1, timeout_s=600)
-            return jobs / (time.perf_counter() - started)
+            return jobs / (time.perf_counter() - started), meter.stop()
         finally:
             await self._close(client, taskiq_app, services)
 
@@ -327,17 +387,21 @@ def fmt(values: list[float], digits: int = 0) -> str:
     return " / ".join(f"{v:,.{digits}f}" for v in values)
 
 
-async def run(options: argparse.Namespace, bootstrap: str, redis: Redis, logs: Path) -> int:
-    sides = [EventjobsSide(bootstrap, logs), TaskiqSide(redis, logs)]
+async def run(options: argparse.Namespace, bootstrap: str, kafka_pid: int | None, redis: Redis, logs: Path) -> int:
+    sides = [EventjobsSide(bootstrap, logs, kafka_pid), TaskiqSide(redis, logs)]
+    cpu: dict[str, list[dict[str, float | None]]] = {side.name: [] for side in sides}
     tput: dict[str, list[float]] = {side.name: [] for side in sides}
     p50: dict[str, list[float]] = {side.name: [] for side in sides}
     p99: dict[str, list[float]] = {side.name: [] for side in sides}
     for r in range(options.rounds):
         order = sides if r % 2 == 0 else sides[::-1]
         for side in order:
-            jobs_per_s = await side.throughput(options.jobs, options.window)
+            jobs_per_s, spent = await side.throughput(options.jobs, options.window)
             tput[side.name].append(jobs_per_s)
-            print(f"round {r + 1}: {side.name:<9} throughput {jobs_per_s:,.0f} jobs/s", flush=True)
+            cpu[side.name].append(spent)
+            print(f"round {r + 1}: {side.name:<9} throughput {jobs_per_s:,.0f} jobs/s; CPU seconds per 1,000 jobs: "
+                  + ", ".join(f"{part} {'?' if v is None else f'{v * 1000 / options.jobs:.2f}'}"
+                              for part, v in spent.items()), flush=True)
         for side in order:
             waits = await side.latency(options.rate, options.seconds, logs / f"stamps-{side.name}-{r + 1}.txt")
             p50[side.name].append(pct(waits, 50))
@@ -359,6 +423,12 @@ async def run(options: argparse.Namespace, bootstrap: str, redis: Redis, logs: P
               f"{fmt(values['taskiq'], 1)} |")
         print(f"| enqueue → start {name}, median | **{statistics.median(values['eventjobs']):.1f} ms** | "
               f"**{statistics.median(values['taskiq']):.1f} ms** |")
+    for part, what in (("services", "processor + worker / taskiq worker (2 processes)"),
+                       ("broker", "broker: Kafka / Redis"), ("client", "the enqueuing and awaiting client")):
+        values = {name: [c[part] for c in runs] for name, runs in cpu.items()}
+        cells = ["?" if any(v is None for v in vs) else f"{statistics.median(vs) * 1000 / options.jobs:.2f}"
+                 for vs in values.values()]
+        print(f"| CPU seconds per 1,000 jobs (throughput runs, median), {what} | {cells[0]} | {cells[1]} |")
     print()
     print(f"ratio of the throughput medians, eventjobs / taskiq: {ratio:.2f} (aim >= 2): "
           f"{'reached' if ratio >= 2 else 'not reached'}")
@@ -385,18 +455,21 @@ def main() -> int:
         print("bench_vs_taskiq needs " + SETUP + ":\n  " + "\n  ".join(missing), file=sys.stderr)
         return 2
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    print("command: " + shlex.join([Path(sys.executable).name, *sys.argv]))
+    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
+    print("command: " + shlex.join([python, *sys.argv]))
     for line in machine_info(bootstrap is not None):
         print(line)
     logs = Path(tempfile.mkdtemp(prefix="eventjobs-vs-taskiq-"))
     broker = None
     redis = Redis(logs / "redis")
     try:
+        kafka_pid = None
         if not bootstrap:
             broker = LocalKafka(home=logs / "kafka", port=free_port(), controller_port=free_port())
-            bootstrap = broker.up().bootstrap
+            status = broker.up()
+            bootstrap, kafka_pid = status.bootstrap, status.pid
         print(f"Kafka at {bootstrap}, Redis at {redis.url}; logs in {logs}", flush=True)
-        return asyncio.run(run(options, bootstrap, redis, logs))
+        return asyncio.run(run(options, bootstrap, kafka_pid, redis, logs))
     finally:
         redis.stop()
         if broker is not None:
