@@ -287,11 +287,14 @@ class EventjobsSide:
             await app.close()
             services.stop()
 
-    async def latency(self, rate: int, seconds: float, stamp_file: Path) -> list[float]:
+    async def latency(self, rate: int, seconds: float, stamp_file: Path) -> tuple[list[float], dict[str, float | None]]:
         app, services = await self._start(stamp_file)
         try:
+            meter = CpuMeter(services.leaders, self.broker_pid)
+            meter.start()
             total = await steady(rate, seconds, lambda t: app.enqueue("stamp", {"t": t}))
-            return await wait_for_stamps(stamp_file, total, timeout_s=300)
+            spent = meter.stop()
+            return await wait_for_stamps(stamp_file, total, timeout_s=300), spent
         finally:
             await app.close()
             services.stop()
@@ -372,11 +375,14 @@ class TaskiqSide:
         finally:
             await self._close(client, taskiq_app, services)
 
-    async def latency(self, rate: int, seconds: float, stamp_file: Path) -> list[float]:
+    async def latency(self, rate: int, seconds: float, stamp_file: Path) -> tuple[list[float], dict[str, float | None]]:
         client, taskiq_app, services = await self._start(stamp_file)
         try:
+            meter = CpuMeter(services.leaders, self.redis.proc.pid)
+            meter.start()
             total = await steady(rate, seconds, taskiq_app.stamp.kiq)
-            return await wait_for_stamps(stamp_file, total, timeout_s=300)
+            spent = meter.stop()
+            return await wait_for_stamps(stamp_file, total, timeout_s=300), spent
         finally:
             await self._close(client, taskiq_app, services)
 
@@ -390,6 +396,7 @@ def fmt(values: list[float], digits: int = 0) -> str:
 async def run(options: argparse.Namespace, bootstrap: str, kafka_pid: int | None, redis: Redis, logs: Path) -> int:
     sides = [EventjobsSide(bootstrap, logs, kafka_pid), TaskiqSide(redis, logs)]
     cpu: dict[str, list[dict[str, float | None]]] = {side.name: [] for side in sides}
+    steady_cpu: dict[str, list[dict[str, float | None]]] = {side.name: [] for side in sides}
     tput: dict[str, list[float]] = {side.name: [] for side in sides}
     p50: dict[str, list[float]] = {side.name: [] for side in sides}
     p99: dict[str, list[float]] = {side.name: [] for side in sides}
@@ -403,11 +410,14 @@ async def run(options: argparse.Namespace, bootstrap: str, kafka_pid: int | None
                   + ", ".join(f"{part} {'?' if v is None else f'{v * 1000 / options.jobs:.2f}'}"
                               for part, v in spent.items()), flush=True)
         for side in order:
-            waits = await side.latency(options.rate, options.seconds, logs / f"stamps-{side.name}-{r + 1}.txt")
+            waits, spent = await side.latency(options.rate, options.seconds, logs / f"stamps-{side.name}-{r + 1}.txt")
+            steady_cpu[side.name].append(spent)
             p50[side.name].append(pct(waits, 50))
             p99[side.name].append(pct(waits, 99))
             print(f"round {r + 1}: {side.name:<9} enqueue->start at {options.rate}/s: p50 {pct(waits, 50):.1f} ms, "
-                  f"p99 {pct(waits, 99):.1f} ms, max {max(waits):.1f} ms", flush=True)
+                  f"p99 {pct(waits, 99):.1f} ms, max {max(waits):.1f} ms; CPU over the steady {options.seconds:g} s, "
+                  f"cores: " + ", ".join(f"{part} {'?' if v is None else f'{v / options.seconds:.2f}'}"
+                                         for part, v in spent.items()), flush=True)
     print(f"load average at the end (1 / 5 / 15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
     med = {name: statistics.median(values) for name, values in tput.items()}
     ratio = med["eventjobs"] / med["taskiq"]
@@ -429,6 +439,11 @@ async def run(options: argparse.Namespace, bootstrap: str, kafka_pid: int | None
         cells = ["?" if any(v is None for v in vs) else f"{statistics.median(vs) * 1000 / options.jobs:.2f}"
                  for vs in values.values()]
         print(f"| CPU seconds per 1,000 jobs (throughput runs, median), {what} | {cells[0]} | {cells[1]} |")
+    for part, what in (("services", "services"), ("broker", "broker"), ("client", "client")):
+        values = {name: [c[part] for c in runs] for name, runs in steady_cpu.items()}
+        cells = ["?" if any(v is None for v in vs) else f"{statistics.median(vs) / options.seconds:.2f}"
+                 for vs in values.values()]
+        print(f"| cores busy at {options.rate} jobs/s (latency runs, median), {what} | {cells[0]} | {cells[1]} |")
     print()
     print(f"ratio of the throughput medians, eventjobs / taskiq: {ratio:.2f} (aim >= 2): "
           f"{'reached' if ratio >= 2 else 'not reached'}")
