@@ -1,4 +1,4 @@
-"""eventjobs beside taskiq on this machine, both at their defaults, in one session.
+"""eventjobs beside taskiq on this machine, both at their defaults, in one run.
 
     .venv/bin/python benchmarks/bench_vs_taskiq.py [--rounds 3] [--jobs 10000] [--rate 500] [--seconds 10]
 
@@ -24,6 +24,10 @@ broker acknowledges each message after the task ran, so the script polls the con
 (`XINFO GROUPS`, every 10 ms) until every message was read and none is pending. That adds no
 work to taskiq's worker and counts a task done the moment its worker says so.
 
+CPU: user + system seconds from /proc over each throughput run and each steady window, for the
+services (process groups, so taskiq's forked workers count), the broker process when the script
+started it, and this client.
+
 Kafka is KAFKA_BOOTSTRAP_SERVERS, or a local broker started for the run (eventjobs.dev.broker
 defaults). Redis is started by the script with its defaults, only the port, the directory and
 the bind address (127.0.0.1) given. Medians over rounds; the aims: eventjobs throughput at least
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
+import logging
 import os
 import platform
 import re
@@ -465,6 +470,8 @@ def main() -> int:
             parser.error(f"--{name} must be at least 1, got {getattr(options, name)}")
     if options.seconds <= 0:
         parser.error(f"--seconds must be positive, got {options.seconds}")
+    # leadership moves on the fresh topics of each namespace make aiokafka warn and retry
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     missing = missing_setup()
     if missing:
         print("bench_vs_taskiq needs " + SETUP + ":\n  " + "\n  ".join(missing), file=sys.stderr)
