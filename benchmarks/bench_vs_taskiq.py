@@ -496,6 +496,7 @@ def main() -> int:
         redis.stop()
         if broker is not None:
             broker.down()
+            shutil.rmtree(broker.data_dir, ignore_errors=True)  # its logs stay with the services' logs
 
 
 if __name__ == "__main__":
