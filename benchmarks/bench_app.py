@@ -1,9 +1,13 @@
-"""The app the benchmarks run: one no-op job. Namespace from EVENTJOBS_NAMESPACE."""
+"""The app the benchmarks run: a no-op job, and one that stamps its start (bench_vs_taskiq).
+
+Namespace from EVENTJOBS_NAMESPACE."""
 
 import os
 from typing import Any
 
 from eventjobs import App
+
+from benchmarks.stamps import record
 
 
 def build_app(namespace: str, **settings: Any) -> App:
@@ -12,6 +16,10 @@ def build_app(namespace: str, **settings: Any) -> App:
     @app.job(queue="default")
     async def noop(args: dict[str, Any]) -> None:
         return None
+
+    @app.job(queue="default")
+    async def stamp(args: dict[str, Any]) -> None:
+        record(args["t"])
 
     return app
 
