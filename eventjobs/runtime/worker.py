@@ -85,6 +85,7 @@ from eventjobs.runtime.claim_verdicts import ClaimVerdicts
 from eventjobs.core.timer_index import brief
 from eventjobs.kafka.admin import TopicLayoutError, ensure_ready_topics, ensure_single_topics
 from eventjobs.runtime.queue_pauses import QueuePauses
+from eventjobs.runtime.supervisor import Supervised
 from eventjobs.runtime.worker_registry import WorkerRegistry
 from eventjobs.kafka.topics import PRIORITIES
 
@@ -177,7 +178,7 @@ async def wait_for_results(app: App, job_ids: list[str], timeout: float) -> dict
     return results
 
 
-class Worker:
+class Worker(Supervised):
     """Runs jobs of `queues` with at most `concurrency` at once."""
 
     def __init__(
@@ -248,9 +249,9 @@ class Worker:
         self.bad_changelog = BadRecords(log, "worker (cancel watcher)")
         self._quarantining: set[asyncio.Task[None]] = set()
         self._event_partitions = 0  # partitions of the event log (a ready record names one)
-        # supervision: the first failure of a background task, which stops the worker (run raises it)
-        self.failure: BaseException | None = None
-        self._halt = asyncio.Event()
+        # supervision: the first failure of a background task sets `halt`, which stops the worker (run raises it)
+        self.halt = asyncio.Event()
+        self._supervise_as(f"worker {self.worker_id}", log, self.halt)
         self.heartbeat_failures = 0
         self.metrics = metrics  # Prometheus metrics (eventjobs.metrics), or None: counted by a `MetricsHook`
         self.info = WorkerInfo(worker_id=self.worker_id, queues=tuple(self.queues),
@@ -358,7 +359,7 @@ class Worker:
                 await self._sender.stop()
             self._executor.shutdown(wait=False, cancel_futures=True)
             raise
-        halt = self._halt  # set by `stop`, or by the first failure of a background task
+        halt = self.halt  # set by `stop`, or by the first failure of a background task
         stopping = asyncio.create_task(stop.wait())
         stopping.add_done_callback(lambda _: halt.set())
         fetchers = [self._supervised(self._fetch(source, halt), f"the fetcher of {', '.join(sorted(source.subscription()))}")
@@ -400,30 +401,6 @@ class Worker:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self.failure is not None:
             raise WorkerStopped(f"worker {self.worker_id} stopped: {self.failure}") from self.failure
-
-    def _fail(self, error: BaseException) -> None:
-        """Stop the worker because of `error` (the first failure is the one reported)."""
-        if self.failure is None:
-            log.error("worker %s stops: %s", self.worker_id, error)
-            self.failure = error
-        self._halt.set()
-
-    def _supervised(self, work: Any, what: str) -> asyncio.Task[None]:
-        """A background task whose failure, or end before the worker stops, stops the worker
-        (instead of leaving it alive and silently doing nothing)."""
-        task: asyncio.Task[None] = asyncio.create_task(work, name=what)
-
-        def ended(task: asyncio.Task[None]) -> None:
-            if task.cancelled():
-                return
-            error = task.exception()
-            if error is not None:
-                self._fail(RuntimeError(f"{what} failed: {error!r}"))
-            elif not self._halt.is_set():
-                self._fail(RuntimeError(f"{what} ended unexpectedly"))
-
-        task.add_done_callback(ended)
-        return task
 
     async def _fetch(self, source: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """Fetch only priorities whose buffer has room; the fetcher keeps the rest prefetched.
