@@ -40,7 +40,7 @@ from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, 
 from eventjobs.core.records import ReadyRecord, awaits_verdict, capability_route, republished_headers, revocation_headers
 from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
 from eventjobs.runtime.ready_checks import Candidate, ReadyChecks
-from eventjobs.runtime.supervisor import run_services
+from eventjobs.runtime.supervisor import Supervised, run_services
 from eventjobs.metrics import COUNTED_EVENTS, Metrics
 from eventjobs.settings import Settings
 from eventjobs.kafka.admin import check_layout, ensure_ready_topics
@@ -271,6 +271,16 @@ def update_table(table: dict[str, JobState], states: dict[str, JobState | None])
             table[job_id] = state
 
 
+@dataclass(frozen=True)
+class _Folded:
+    """One batch a lane folded and has not committed yet."""
+
+    result: BatchResult
+    next_offset: int  # the offset to commit once it is: just past the batch's last record
+    count: int  # records in the batch
+    hints: list[asyncio.Future[Any]]  # acks of its published ready records
+
+
 @dataclass
 class _Lane:
     """One owned partition: its producer, its state table and housekeeping timers, and the work waiting for it.
@@ -288,8 +298,7 @@ class _Lane:
     housekeeping: Housekeeping  # the table's re-publish and retention timers (in memory, rebuilt from it)
     pending: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    # (result, next offset, record count, acks of its published ready records)
-    folded: list[tuple[BatchResult, int, int, list[asyncio.Future[Any]]]] = field(default_factory=list)
+    folded: list[_Folded] = field(default_factory=list)
     commit_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     committed: asyncio.Event = field(default_factory=asyncio.Event)
     flush: asyncio.Event = field(default_factory=asyncio.Event)  # set: commit now, do not wait for the interval
@@ -301,11 +310,16 @@ class _Lane:
 
     @property
     def backlog(self) -> int:
-        return sum(entry[2] for entry in self.folded)
+        return sum(entry.count for entry in self.folded)
 
 
-class LifecycleProcessor:
-    """Consumes `<ns>.events` in the group `<ns>.processor`; run several for more throughput."""
+class LifecycleProcessor(Supervised):
+    """Consumes `<ns>.events` in the group `<ns>.processor`; run several for more throughput.
+
+    Its lane tasks and housekeeping are `_supervised`: any end of one but a cancel stops the
+    processor instead of leaving a partition unserved."""
+
+    _ended_by_error = "ended"
 
     def __init__(self, settings: Settings, *, max_batch: int = 2000, commit_interval_s: float = 0.1,
                  instance: str | None = None, republish: ReadyRepublish | None = None,
@@ -326,7 +340,7 @@ class LifecycleProcessor:
         self.ready_topics: set[str] = set()
         self.processed = 0
         self.started = asyncio.Event()
-        self.failure: BaseException | None = None
+        self._supervise_as(f"processor {self.instance}", log)
         self._source: AIOKafkaConsumer | None = None
         self._taking = asyncio.Lock()
         self._closing = False
@@ -406,25 +420,6 @@ class LifecycleProcessor:
             raise RuntimeError(f"the committed offset of partition {tp.partition} was not answered within "
                                f"{COMMITTED_OFFSET_TIMEOUT_S:.0f} s") from None
         return -1 if committed is None else committed
-
-    def _fail(self, error: BaseException) -> None:
-        """Stop the processor with `error` (the first failure is the one reported)."""
-        if self.failure is None:
-            log.error("processor %s stops: %s", self.instance, error)
-            self.failure = error
-
-    def _supervised(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
-        """A lane task whose unexpected end stops the processor instead of leaving its partition unserved."""
-        task = asyncio.create_task(work)
-
-        def ended(task: asyncio.Task[None]) -> None:
-            if task.cancelled():
-                return
-            error = task.exception()
-            self._fail(RuntimeError(f"{what} ended: {error!r}" if error else f"{what} ended unexpectedly"))
-
-        task.add_done_callback(ended)
-        return task
 
     async def _restore(self, partition: int, txn: AIOKafkaProducer) -> dict[str, JobState]:
         """The partition's committed job states, from its changelog partition (compacted: one record per job).
@@ -574,7 +569,7 @@ class LifecycleProcessor:
                 lane.next_offset = records[-1].offset + 1
                 await self._ensure_ready_topics(result.effects)
                 hints = await self._publish_hints(result, lane)
-                lane.folded.append((result, records[-1].offset + 1, len(records), hints))
+                lane.folded.append(_Folded(result, records[-1].offset + 1, len(records), hints))
                 lane.commit_wakeup.set()
 
     async def _commit_loop(self, lane: _Lane) -> None:
@@ -603,19 +598,19 @@ class LifecycleProcessor:
                     acks: list[asyncio.Future[Any]] = []
                     try:
                         async with lane.producer.transaction():
-                            for _, _, _, hints in batch:
-                                acks += hints
-                            acks += await self._send(lane.producer, tp.partition, merged([entry[0] for entry in batch]))
+                            for entry in batch:
+                                acks += entry.hints
+                            acks += await self._send(lane.producer, tp.partition, merged([entry.result for entry in batch]))
                             # every write must be acknowledged before the offsets commit: a lost
                             # changelog or ready record would otherwise go unnoticed
                             await asyncio.gather(*acks)
-                            await lane.producer.send_offsets_to_transaction({tp: batch[-1][1]}, self.group_id)
+                            await lane.producer.send_offsets_to_transaction({tp: batch[-1].next_offset}, self.group_id)
                     except asyncio.CancelledError:
                         raise
                     except Exception as error:  # noqa: BLE001 - memory is ahead of the changelog now
                         await self._fail_commit(tp.partition, error, acks)
                         return
-                self.processed += sum(entry[2] for entry in batch)
+                self.processed += sum(entry.count for entry in batch)
                 if self.metrics is not None:
                     self._count(batch)
                 lane.committed.set()
@@ -696,12 +691,12 @@ class LifecycleProcessor:
             return HOUSEKEEPING_WAIT_S
         return min(HOUSEKEEPING_WAIT_S, max(0.001, (min(due) - epoch_ms(now)) / 1000))
 
-    def _count(self, batch: list[tuple[BatchResult, int, int, list[asyncio.Future[Any]]]]) -> None:
+    def _count(self, batch: list[_Folded]) -> None:
         """Count a committed batch's events in the metrics (what the log now holds)."""
         counters, quarantined = self._counters, 0
-        for result, _, _, _ in batch:
-            quarantined += len(result.quarantined)
-            for event_type, state in result.counted:
+        for entry in batch:
+            quarantined += len(entry.result.quarantined)
+            for event_type, state in entry.result.counted:
                 if state is not None:
                     counters[event_type].inc(state.name, state.queue)
         if quarantined:

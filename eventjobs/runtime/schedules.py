@@ -73,6 +73,7 @@ from eventjobs.kafka.clients import OwnershipListener, consumer, partitions_of, 
 from eventjobs.kafka.topics import TopicNames, load_specs
 from eventjobs.metrics import Metrics
 from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+from eventjobs.runtime.supervisor import Supervised
 from eventjobs.runtime.timers import transient
 from eventjobs.settings import Settings
 
@@ -135,7 +136,7 @@ def declared_definitions(app: App, now: datetime) -> dict[str, ScheduleDefinitio
     return found
 
 
-class ScheduleService:
+class ScheduleService(Supervised):
     """Owns schedule partitions (group `<ns>.schedules`) and fires their due ticks.
 
     `run_once(now)` fires what is due at `now`, so tests drive it with chosen times.
@@ -152,7 +153,7 @@ class ScheduleService:
         self.loading: dict[int, int] = {}  # partition -> end offset to reach before firing
         self.due: dict[int, TimerIndex] = {}  # partition -> when to look at each schedule next (ms)
         self.lock = asyncio.Lock()
-        self.failure: BaseException | None = None
+        self._supervise_as("schedule service", log)
         self.bad = BadRecords(log, "schedule service")
         self.fired = 0  # ticks fired (enqueued and recorded) by this instance
         self._unsettled: deque[tuple[int, Iterator[str]]] = deque()  # schedules whose next look is to be computed
@@ -196,11 +197,6 @@ class ScheduleService:
                     self._set_aside.pop(schedule_id, None)
                 self.due.pop(tp.partition, None)
                 self.loading.pop(tp.partition, None)
-
-    def _fail(self, error: BaseException) -> None:
-        if self.failure is None:
-            log.error("schedule service stops: %s", error)
-            self.failure = error
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:

@@ -44,6 +44,7 @@ from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, 
 from eventjobs.kafka.topics import TopicNames, load_specs
 from eventjobs.metrics import Metrics
 from eventjobs.runtime.bad_records import BadRecords, describe_key
+from eventjobs.runtime.supervisor import Supervised
 from eventjobs.settings import Settings
 
 log = logging.getLogger("eventjobs.runtime.timers")
@@ -110,7 +111,7 @@ def retry_delay_ms(failures: int) -> int:
     return min(RETRY_MAX_MS, RETRY_FIRST_MS << min(failures - 1, 20))
 
 
-class TimerService:
+class TimerService(Supervised):
     """Owns timer partitions (group `<ns>.timers`) and fires their due timers.
 
     Time is read only from `clock`, once per pass: `run_once(now)` fires what is due at `now`, so
@@ -132,7 +133,7 @@ class TimerService:
         self._source: AIOKafkaConsumer | None = None
         self._sender: AIOKafkaProducer | None = None
         self.loaded = asyncio.Event()  # set once every assigned partition was read to its end
-        self.failure: BaseException | None = None
+        self._supervise_as("timer service", log)
         self.bad = BadRecords(log, "timer service", action="skipped and tombstoned")
         # partition -> key -> (why, where) of bad records that are the newest of their key, to tombstone
         self._bad_keys: dict[int, dict[bytes, tuple[RefusedTimer, str]]] = {}
@@ -167,12 +168,6 @@ class TimerService:
                 self.loading.pop(tp.partition, None)
                 self._bad_keys.pop(tp.partition, None)
                 self._retry.pop(tp.partition, None)
-
-    def _fail(self, error: BaseException) -> None:
-        """Stop the service with `error`: a partition whose take failed would otherwise never fire."""
-        if self.failure is None:
-            log.error("timer service stops: %s", error)
-            self.failure = error
 
     async def run(self, stop: asyncio.Event) -> None:
         self._source = consumer(

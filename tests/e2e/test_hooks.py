@@ -147,7 +147,7 @@ async def test_a_hook_sees_each_attempt_and_a_raising_hook_changes_nothing(app: 
 
 
 async def test_an_attempt_handed_back_at_shutdown_is_ended_once_for_the_hooks(app: App) -> None:
-    """The worker stops while a job runs: `_drain` writes `WorkerShutdown`, and `after_attempt`
+    """The worker stops while a job runs: `drain` writes `WorkerShutdown`, and `after_attempt`
     sees that end, once, with the handler's run time so far (the metrics' duration count too)."""
     calls: list[tuple[str, str, Any]] = []
     app.add_hook(Seen(calls))

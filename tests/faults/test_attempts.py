@@ -39,7 +39,8 @@ from eventjobs.core.state import JobStatus
 from eventjobs.kafka.clients import consumer, key_partition, partitions_of, producer
 from eventjobs.kafka.topics import PRIORITIES
 from eventjobs.runtime.processor import run_processor
-from eventjobs.runtime.worker import Worker, _Item, _Offsets
+from eventjobs.runtime.intake import Item as _Item, Offsets as _Offsets
+from eventjobs.runtime.worker import Worker
 from tests.e2e.conftest import Runtime, job_events, wait_for_status
 from tests.support.jobs_app import EXECUTIONS
 
@@ -74,7 +75,7 @@ async def until(check: Any, what: str, timeout: float = 30.0) -> Any:
 
 
 def assignment(worker: Worker) -> set[TopicPartition]:
-    return {tp for source in worker._consumers for tp in source.assignment()}
+    return {tp for source in worker.intake.consumers for tp in source.assignment()}
 
 
 async def ready_record_bytes(app: App, topic: str, partition: int, job_id: str) -> bytes:
@@ -318,7 +319,7 @@ def kafka_record(topic: str, partition: int, offset: int, key: str, value: bytes
 
 def offline_worker(namespace: str, *sources: FakeSource) -> Worker:
     worker = Worker(App(namespace), queues=["default"])
-    worker._consumers = list(sources)  # type: ignore[list-item]
+    worker.intake.consumers = list(sources)  # type: ignore[list-item]
     return worker
 
 
@@ -336,22 +337,22 @@ async def test_a_revoked_partitions_buffered_records_are_dropped_and_never_commi
             state.outstanding.add(offset)
             state.next_offset = offset + 1
             worker.buffers["normal"].append(_Item(source, record))  # type: ignore[arg-type]
-    worker._settled(worker.buffers["normal"][2])  # offset 10: its claim was acknowledged
+    worker.intake.settled(worker.buffers["normal"][2])  # offset 10: its claim was acknowledged
     worker.buffers["normal"].remove(worker.buffers["normal"][2])
     # When the lost partition is revoked in a rebalance
     source.owned.discard(lost)
-    await worker._release(source, [lost])  # type: ignore[arg-type]
+    await worker.intake._release(source, [lost])  # type: ignore[arg-type]
     # Then its buffered records are dropped (the new owner gets them), what was settled before them
     # is committed while it is still owned, and nothing of it is committed afterwards
     assert [i.record.offset for i in worker.buffers["normal"]] == [5, 6]
     assert source.commits == [{lost: 11}]
     assert (0, lost) not in worker.offsets
-    worker._settled(_Item(source, kafka_record(topic, 1, 11, "late", b"")))  # type: ignore[arg-type]
-    await worker._commit()
+    worker.intake.settled(_Item(source, kafka_record(topic, 1, 11, "late", b"")))  # type: ignore[arg-type]
+    await worker.intake.commit()
     assert source.commits[-1] == {mine: 5}
     # And when it is assigned again, its offsets start afresh from what the group committed
     worker.offsets[(0, lost)] = _Offsets(outstanding={11}, next_offset=13)
-    await worker._take(source, [lost])  # type: ignore[arg-type]
+    await worker.intake._take(source, [lost])  # type: ignore[arg-type]
     assert (0, lost) not in worker.offsets
 
 
@@ -367,7 +368,7 @@ async def test_a_revocation_names_the_attempt_it_revokes(namespace: str) -> None
             topic, 0, offset, "job-1", ready_bytes("job-1", attempt, enqueued_at))))
     # When the processor revokes attempt 0 of the current incarnation
     revoked = ReadyRecord.decode(ready_bytes("job-1", 0))
-    worker._revoke(kafka_record(topic, 0, 3, "job-1", None, revocation_headers(revoked)), "normal")
+    worker.intake._revoke(kafka_record(topic, 0, 3, "job-1", None, revocation_headers(revoked)), "normal")
     # Then only that record is dropped, and only that attempt is remembered as revoked
     left = [ReadyRecord.decode(i.record.value) for i in worker.buffers["normal"]]
     assert [(r.attempt, r.enqueued_at) for r in left] == [(0, older), (1, T0)]
@@ -375,5 +376,5 @@ async def test_a_revocation_names_the_attempt_it_revokes(namespace: str) -> None
     assert ready_attempt(ReadyRecord.decode(ready_bytes("job-1", 1))) not in worker.revoked
     # And a tombstone without the attempt (an older processor's) drops the job's buffered records
     # as it always did, and is not remembered
-    worker._revoke(kafka_record(topic, 0, 4, "job-1", None), "normal")
+    worker.intake._revoke(kafka_record(topic, 0, 4, "job-1", None), "normal")
     assert list(worker.buffers["normal"]) == [] and len(worker.revoked) == 1

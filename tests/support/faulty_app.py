@@ -1,7 +1,7 @@
 """The end-to-end jobs app, with one fault injected into a service, chosen by EVENTJOBS_TEST_FAULT.
 
 Service subprocesses load it with `--app tests.support.faulty_app:app`; importing it patches the
-service class in that process only:
+service class in that process only (the worker's parts: `CancelWatcher`, `Intake`):
 
 - `cancel-watcher`: the worker's cancel watcher fails one second after it started;
 - `committer-returns`: the worker's offset committer returns at once, as if its loop had ended;
@@ -21,21 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from eventjobs.core.housekeeping import Housekeeping
+from eventjobs.runtime.cancels import CancelWatcher
+from eventjobs.runtime.intake import Intake
 from eventjobs.runtime.processor import LifecycleProcessor
 from eventjobs.runtime.timers import TimerService
-from eventjobs.runtime.worker import Worker
 from tests.support.jobs_app import build_app
 
 FAULT = os.environ.get("EVENTJOBS_TEST_FAULT", "")
 MESSAGE = f"injected fault {FAULT!r}"
 
 
-async def _failing_cancel_watcher(self: Worker, stop: asyncio.Event) -> None:
+async def _failing_cancel_watcher(self: CancelWatcher, stop: asyncio.Event) -> None:
     await asyncio.sleep(1)
     raise RuntimeError(f"{MESSAGE}: the changelog cannot be read")
 
 
-async def _returning_committer(self: Worker, stop: asyncio.Event) -> None:
+async def _returning_committer(self: Intake, stop: asyncio.Event) -> None:
     return None
 
 
@@ -71,9 +72,9 @@ async def _aborting_send(self: LifecycleProcessor, txn: Any, partition: int, res
 
 
 if FAULT == "cancel-watcher":
-    Worker._watch_cancels = _failing_cancel_watcher  # type: ignore[method-assign]
+    CancelWatcher.watch = _failing_cancel_watcher  # type: ignore[method-assign]
 elif FAULT == "committer-returns":
-    Worker._commit_loop = _returning_committer  # type: ignore[method-assign]
+    Intake.commit_loop = _returning_committer  # type: ignore[method-assign]
 elif FAULT == "timer-take":
     TimerService._take = _failing_take  # type: ignore[method-assign]
 elif FAULT == "dependency-abort":
