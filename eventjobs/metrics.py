@@ -221,8 +221,9 @@ class Metrics:
 
     @cached_property
     def housekeeping_timers(self) -> Gauge:
-        return Gauge(HOUSEKEEPING_TIMERS, "The processor's own re-publish and retention timers on its owned "
-                     "partitions: one per pending or retained (finished, not yet forgotten) job.",
+        return Gauge(HOUSEKEEPING_TIMERS, "The processor's own lease, re-publish and retention timers on its "
+                     "owned partitions: one per claimed or running, pending, or retained (finished, not yet "
+                     "forgotten) job.",
                      registry=self.registry)
 
     @cached_property
