@@ -53,7 +53,7 @@ WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
 
 #: Event types the processor counts (applied input events and derived events), by counter name.
-#: Failed attempts are the worker's failure outcomes and the timer service's lease expiries.
+#: Failed attempts are the worker's failure outcomes and the lease expiries (the processor's own lease timers).
 COUNTED_EVENTS: dict[str, str] = {
     "enqueued": JOBS_ENQUEUED,
     "completed": JOBS_COMPLETED,
