@@ -12,10 +12,10 @@ import os
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -23,11 +23,12 @@ from pydantic import ValidationError
 
 from eventjobs.core.clock import Clock, SystemClock
 from eventjobs.core.codec import encode
-from eventjobs.core.ids import batch_member_ids, new_batch_id
+from eventjobs.core.ids import batch_member_ids, derived_event_id, new_batch_id
 from eventjobs.core.limits import MAX_BATCH_ID_CHARS, MAX_DEPENDENCIES, RECENT_ENQUEUES_KEPT, size_limits
 from eventjobs.core.commands import cancel_requested_event, dead_letter_retried_event, discarded_event
 from eventjobs.core.commands import enqueue as enqueued_event
 from eventjobs.core.events import EnqueuedEvent, JobEvent
+from eventjobs.core.flow import Verdict, enqueue_verdict, window_end
 from eventjobs.core.options import InvalidJobOptions, JobOptions
 from eventjobs.core.state import JobState, StateDecodeError, decode_state
 from eventjobs.core.control import (
@@ -62,6 +63,7 @@ from eventjobs.core.schedules import (
 )
 from eventjobs.kafka.clients import job_partition, partitions_of, producer, read_to_end, topic_partition_count
 from eventjobs.core.records import DeadLetterRecord, RefusedDeadLetter, admit_dead_letter
+from eventjobs.hooks import Hook, Hooks
 from eventjobs.registry import Handler, JobDefinition, UnknownJob, define
 from eventjobs.settings import Settings, load_settings
 from eventjobs.runtime.state_watch import StateWatcher
@@ -85,6 +87,29 @@ class NotInDeadLetters(LookupError):
 
 class UnknownDependency(LookupError):
     """`depends_on` named a job that this app did not enqueue recently and the changelog does not hold."""
+
+
+class EnqueueRefused(RuntimeError):
+    """`App.enqueue_unique`: another enqueue won the window of this idempotency key (`unique_for`),
+    or the debounced job of the window had already started (`debounce`). Nothing new will run.
+
+    `winner_id` is the job that holds the window, `winner_enqueued_at` when it was enqueued,
+    `window_ends_at` when the next window begins (an enqueue from then on makes a new job).
+    """
+
+    def __init__(self, state: JobState, event: EnqueuedEvent) -> None:
+        self.winner_id = state.job_id
+        self.winner_enqueued_at = state.enqueued_at
+        self.window_ends_at = window_end(state)
+        self.event_id = event.event_id
+        ends = self.window_ends_at.isoformat(timespec="milliseconds") if self.window_ends_at else "?"
+        why = (f"its debounced job started ({state.status.value}) before this enqueue came"
+               if state.options.debounce_s is not None else "another enqueue won it")
+        super().__init__(
+            f"enqueue of job {state.name!r} with idempotency key {event.idempotency_key!r} refused: {why}. The "
+            f"window's job is {self.winner_id} (enqueued {state.enqueued_at.isoformat(timespec='milliseconds')}); "
+            f"the window ends at {ends}, an enqueue after that makes a new job"
+        )
 
 
 class Batch(NamedTuple):
@@ -156,7 +181,8 @@ class App:
     """One application: its jobs and its topics (the namespace is the app name)."""
 
     def __init__(
-        self, name: str, settings: Settings | None = None, *, clock: Clock | None = None, **overrides: Any
+        self, name: str, settings: Settings | None = None, *, clock: Clock | None = None,
+        hooks: list[Hook] | None = None, **overrides: Any
     ) -> None:
         self.settings = settings or load_settings(namespace=name, **overrides)
         if self.settings.namespace != name and settings is None:
@@ -174,6 +200,9 @@ class App:
         self._schedules_topic_checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Any]] = \
             weakref.WeakKeyDictionary()
         self._acknowledged: dict[str, None] = {}  # ids of recent acknowledged enqueues (depends_on checks them)
+        #: the app's hooks, in order (`add_hook`): its enqueues call `before_enqueue`, a worker of
+        #: the app calls the rest (docs/hooks.md)
+        self.hooks = Hooks(hooks or ())
 
     @property
     def names(self) -> TopicNames:
@@ -205,6 +234,11 @@ class App:
             return handler
 
         return register
+
+    def add_hook(self, hook: Hook) -> None:
+        """Add a hook after those given so far (`InvalidHook` if it is not one). A worker takes the
+        app's hooks when it is made: add them before."""
+        self.hooks.add(hook)
 
     def definition(self, name: str) -> JobDefinition:
         try:
@@ -256,7 +290,7 @@ class App:
         sender = await self._producer()
         await self._send(sender, await topic_partition_count(sender, self.names.events), payloads)
 
-    def _encoded(self, events: list[JobEvent]) -> list[tuple[JobEvent, bytes]]:
+    def _encoded(self, events: Sequence[JobEvent]) -> list[tuple[JobEvent, bytes]]:
         """Each event with its bytes; `PayloadTooLarge` (nothing sent) for one over its limit."""
         payloads = [(event, encode(event, max_bytes=None)) for event in events]
         limits = size_limits(self.settings.max_event_bytes)
@@ -325,15 +359,43 @@ class App:
         """Validate, append the `enqueued` event, return the job id once the broker acknowledged it.
 
         Options override the job's registered ones: queue, max_attempts, backoff, retry_on,
-        timeout, priority, ttl, idempotency_key, run_at, delay, capabilities, plus parent_job_id.
-        With an idempotency key the job id is derived from it: a duplicate returns the same id
-        and the processor refuses to run the job again.
+        timeout, priority, ttl, idempotency_key, run_at, delay, capabilities, unique_for, debounce,
+        plus parent_job_id. With an idempotency key the job id is derived from it (and from the
+        window, with unique_for or debounce): a duplicate returns the same id and the processor
+        refuses to run the job again. `enqueue_unique` also says whether this enqueue won.
         """
         event = self.build_enqueue(name, args, **options)
         if event.depends_on:
             await self.check_dependencies(event.depends_on)
+        await self.hooks.before_enqueue(event)
         await self.append([event])
         self._acknowledge(event.job_id)
+        return event.job_id
+
+    async def enqueue_unique(
+        self, name: str, args: dict[str, Any] | None = None, *, timeout: float = 30.0, **options: Any
+    ) -> str:
+        """`enqueue` a job with `unique_for` or `debounce`, and wait for the processor's decision.
+
+        Returns the job id when this enqueue made the window's job (or, debounce, gave the waiting
+        job its args); raises `EnqueueRefused` naming the winner's id when another enqueue holds the
+        window. The decision is read from the job-state changelog (`timeout`: `TimeoutError` if no
+        processor decides in time). Plain `enqueue` returns the same id without waiting: the
+        window's job id is derived from the key and the window (docs/flow-control.md).
+        """
+        event = self.build_enqueue(name, args, **options)
+        if event.options.unique_for_s is None and event.options.debounce_s is None:
+            raise InvalidJobArguments(
+                f"enqueue_unique of job {name!r} needs unique_for or debounce (given or registered); nothing was sent"
+            )
+        await self.append([event])
+        self._acknowledge(event.job_id)
+        replaced_id = derived_event_id(event.event_id, "debounced", 0)
+        state = await self._state_watcher().wait_for(
+            event.job_id, lambda s: enqueue_verdict(s, event.event_id, replaced_id) is not None, timeout
+        )
+        if enqueue_verdict(state, event.event_id, replaced_id) is Verdict.REFUSED:
+            raise EnqueueRefused(state, event)
         return event.job_id
 
     def _acknowledge(self, job_id: str) -> None:
@@ -410,6 +472,8 @@ class App:
         for event in events:
             if event.depends_on:
                 await self.check_dependencies(event.depends_on)
+        for event in [*events, *([callback] if callback is not None else [])]:
+            await self.hooks.before_enqueue(event)
         sender = await self._producer()  # raises KafkaUnavailable before anything is sent
         partitions = await topic_partition_count(sender, self.names.events)
         batch = Batch([e.job_id for e in events], callback.job_id if callback is not None else None, batch_id)
@@ -586,7 +650,7 @@ class App:
         if not self._schedules_topic_checked:
             loop = asyncio.get_running_loop()
             check = self._schedules_topic_checks.get(loop)
-            if check is None or check.done() and (check.cancelled() or check.exception() is not None):
+            if check is None or (check.done() and (check.cancelled() or check.exception() is not None)):
                 check = self._schedules_topic_checks[loop] = loop.create_task(
                     ensure_single_topics(self.settings, ["schedules"]))
             await asyncio.shield(check)
@@ -790,7 +854,7 @@ class App:
         if sync_loop is not None:
             sync_loop.call_soon_threadsafe(sync_loop.stop)
 
-    async def __aenter__(self) -> App:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-class JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class JobLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger bound to one job: every line carries the job id, name and attempt."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
@@ -53,13 +53,13 @@ class JobContext:
         queue: str,
         attempt: int,
         max_attempts: int,
-        send_progress: Callable[[float, str], Awaitable[None]],
-        send_heartbeat: Callable[[], Awaitable[None]],
-        enqueue_child: Callable[..., Awaitable[str]],
+        send_progress: Callable[[float, str], Coroutine[Any, Any, None]],
+        send_heartbeat: Callable[[], Coroutine[Any, Any, None]],
+        enqueue_child: Callable[..., Coroutine[Any, Any, str]],
         loop: asyncio.AbstractEventLoop,
         cancel_requested: Callable[[], bool] = lambda: False,
         dependencies: dict[str, dict[str, Any]] | None = None,
-        wait_for_jobs: Callable[[list[str], float], Awaitable[dict[str, Any]]] | None = None,
+        wait_for_jobs: Callable[[list[str], float], Coroutine[Any, Any, dict[str, Any]]] | None = None,
     ) -> None:
         self._loop = loop
         self.job_id = job_id

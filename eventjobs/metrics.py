@@ -4,7 +4,7 @@ Every metric name is defined here, once. Each service gets its own `Metrics` (it
 `CollectorRegistry`, so several services or tests in one process do not collide); a metric
 family is registered on first use, so a service exposes only what it measures.
 
-Labels are bounded: job names and queues only, never job ids, and at most `MAX_LABEL_VALUES`
+Labels are bounded: job names, queues and the event log's partition numbers only, never job ids, and at most `MAX_LABEL_VALUES`
 distinct values per label (later ones are counted under `OTHER`). Hot paths use the labelled
 children cached by `(name, queue)`: one dict lookup and one `inc` per event.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from functools import cached_property
 from typing import Any
 
@@ -45,7 +45,9 @@ HOUSEKEEPING_TIMERS = "eventjobs_processor_housekeeping_timers"
 TIMER_LATENESS = "eventjobs_timer_lateness_seconds"
 QUARANTINED = "eventjobs_quarantined_total"
 PROJECTOR_LAG = "eventjobs_projector_lag_seconds"
+PROJECTOR_RECORDS_BEHIND = "eventjobs_projector_records_behind"
 SCHEDULES_SET_ASIDE = "eventjobs_schedules_set_aside"
+HOOK_FAILURES = "eventjobs_hook_failures_total"
 
 JOB_LABELS = ("name", "queue")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -68,15 +70,15 @@ COUNTED_EVENTS: dict[str, str] = {
 
 def _base(name: str) -> str:
     """prometheus_client adds `_total` to a counter's name itself."""
-    return name[: -len("_total")] if name.endswith("_total") else name
+    return name.removesuffix("_total")
 
 
 def seconds_between(earlier: datetime, later: datetime) -> float:
     """`later - earlier` in seconds, at least 0 (a naive time is UTC)."""
     if earlier.tzinfo is None:
-        earlier = earlier.replace(tzinfo=timezone.utc)
+        earlier = earlier.replace(tzinfo=UTC)
     if later.tzinfo is None:
-        later = later.replace(tzinfo=timezone.utc)
+        later = later.replace(tzinfo=UTC)
     return max(0.0, (later - earlier).total_seconds())
 
 
@@ -133,6 +135,7 @@ class Metrics:
         self.names = LabelCap(max_label_values)
         self.queues = LabelCap(max_label_values)
         self._depth_children: dict[tuple[str, str], Any] = {}
+        self.hook_names = LabelCap(max_label_values)
 
     def _jobs_counter(self, name: str, doc: str) -> JobFamily:
         return JobFamily(Counter(_base(name), doc, JOB_LABELS, registry=self.registry), self.names, self.queues)
@@ -243,11 +246,30 @@ class Metrics:
 
     @cached_property
     def projector_lag(self) -> Gauge:
-        return Gauge(PROJECTOR_LAG, "Now minus the log time of the newest event written to ClickHouse "
-                     "(0 when a fetch finds nothing new).", registry=self.registry)
+        return Gauge(PROJECTOR_LAG, "Per event-log partition: 0 when the projector has written every record "
+                     "of it to ClickHouse, else now minus the log time of the last record it wrote "
+                     "(readside/lag.py; NaN until Kafka answered its end offset).", ("partition",),
+                     registry=self.registry)
+
+    @cached_property
+    def projector_records_behind(self) -> Gauge:
+        return Gauge(PROJECTOR_RECORDS_BEHIND, "Per event-log partition: the log's end offset (asked every few "
+                     "seconds) minus the next offset the projector writes to ClickHouse (NaN until Kafka "
+                     "answered).", ("partition",), registry=self.registry)
+
+    # -- hooks (eventjobs.hooks) ------------------------------------------------------------------
+    @cached_property
+    def hook_failures_family(self) -> Counter:
+        return Counter(_base(HOOK_FAILURES), "Exceptions raised by hooks, by hook name and hook point (logged, "
+                       "then ignored: the work went on).", ("hook", "method"), registry=self.registry)
+
+    def hook_failures(self, hook: str, method: str) -> Any:
+        """The counter of `hook`'s failures in `method` (a hook point: a fixed few)."""
+        return self.hook_failures_family.labels(self.hook_names(hook), method)
 
     def gauge_from(self, gauge: Gauge, read: Callable[[], float]) -> None:
-        """Read `gauge` at scrape time; a failing read reports 0 rather than failing the scrape."""
+        """Read `gauge` (a family without labels, or one labelled child) at scrape time; a failing
+        read reports 0 rather than failing the scrape."""
 
         def safe() -> float:
             try:

@@ -57,7 +57,7 @@ def define(name: str, handler: Handler, options: JobOptions, schedule: Mapping[s
         handler=handler,
         options=options,
         is_async=inspect.iscoroutinefunction(handler)
-        or inspect.iscoroutinefunction(getattr(handler, "__call__", None)),
+        or inspect.iscoroutinefunction(getattr(handler, "__call__", None)),  # noqa: B004 - the method itself: is it async
         takes_context=len(parameters) == 2,
         schedule=schedule,
     )

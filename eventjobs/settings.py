@@ -137,4 +137,4 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit overrides (CLI options) taking precedence."""
     given = {key: value for key, value in overrides.items() if value is not None}
-    return Settings(**given)  # type: ignore[arg-type]
+    return Settings(**given)  # type: ignore[arg-type]  # pydantic validates each override

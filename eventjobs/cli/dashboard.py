@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,16 +13,16 @@ from eventjobs.cli.output import err
 def dashboard(
     app: OptionalAppOption = None,
     namespace: NamespaceOption = None,
-    host: Annotated[Optional[str], typer.Option(
+    host: Annotated[str | None, typer.Option(
         help="Address to bind (default 127.0.0.1; env EVENTJOBS_DASHBOARD_HOST). One beyond loopback exposes the "
              "dashboard and its actions to that network and needs a token.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port (default 8080; env EVENTJOBS_DASHBOARD_PORT; 0: any free).")]
+    port: Annotated[int | None, typer.Option(help="Port (default 8080; env EVENTJOBS_DASHBOARD_PORT; 0: any free).")]
     = None,
-    token: Annotated[Optional[str], typer.Option(
+    token: Annotated[str | None, typer.Option(
         help="Require this access token (env EVENTJOBS_DASHBOARD_TOKEN, which keeps it out of the process list); "
              "required when the dashboard binds beyond loopback.")]
     = None,
-    allowed_host: Annotated[Optional[list[str]], typer.Option(
+    allowed_host: Annotated[list[str] | None, typer.Option(
         "--allowed-host", metavar="HOST", help="A host name the dashboard answers besides the bound address, localhost, 127.0.0.1 "
                                "and [::1] (repeatable; env EVENTJOBS_DASHBOARD_ALLOWED_HOSTS, comma-separated). "
                                "Add the name people type in the address bar.")] = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -49,7 +49,7 @@ def dlq_retry(job_id: str, app: OptionalAppOption = None, namespace: NamespaceOp
     out.print(f"retrying {entry.job_id} ({entry.name})")
 
 
-TypeOption = Annotated[Optional[str], typer.Option("--type", help="Jobs of this job name.")]
+TypeOption = Annotated[str | None, typer.Option("--type", help="Jobs of this job name.")]
 AllOption = Annotated[bool, typer.Option("--all", help="Every job in the dead-letter queue, whatever its name.")]
 
 
@@ -105,8 +105,8 @@ def dlq_discard(job_id: str, app: OptionalAppOption = None, namespace: Namespace
 
 
 def dead_letters(
-    queue: Annotated[Optional[str], typer.Option(help="Only this queue.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Only this job name.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only this job name.")] = None,
     limit: Annotated[int, typer.Option(help="Most entries to show.")] = 100,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,

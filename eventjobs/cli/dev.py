@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,7 +23,7 @@ SINGLE_HOME = Path(".eventjobs/kafka")
 CLUSTER_HOME = Path(".eventjobs/kafka-cluster")
 SINGLE_PORT = 9092
 CLUSTER_PORT = 9192  # its own ports: a cluster and the single broker can run side by side
-HomeOption = Annotated[Optional[Path], typer.Option(
+HomeOption = Annotated[Path | None, typer.Option(
     help=f"Data and logs directory (default {SINGLE_HOME} for one broker, {CLUSTER_HOME} for a cluster).")]
 PortOption = Annotated[int, typer.Option(help="Client port of the broker.")]
 
@@ -49,10 +49,10 @@ def _started_here(home: Path | None) -> list[tuple[Path, LocalCluster | None]]:
 @dev_app.command("up")
 def dev_up(
     home: HomeOption = None,
-    port: Annotated[Optional[int], typer.Option(
+    port: Annotated[int | None, typer.Option(
         help=f"Client port of the broker (default {SINGLE_PORT}); of a cluster, its first node's "
              f"(default {CLUSTER_PORT}): node i listens on port + 2(i-1), its controller on the next port.")] = None,
-    controller_port: Annotated[Optional[int], typer.Option(help="Controller port of one broker (default port+1).")]
+    controller_port: Annotated[int | None, typer.Option(help="Controller port of one broker (default port+1).")]
     = None,
     brokers: Annotated[int, typer.Option(
         help="1, or a cluster of 3 (or 5) brokers that are also the controller quorum: replication factor 3, "
@@ -131,7 +131,7 @@ def dev_status(home: HomeOption = None, port: PortOption = SINGLE_PORT) -> None:
             running = sum(status.running for status in statuses)
             out.print(f"Kafka cluster in {cluster.home}: {running} of {len(statuses)} brokers running; "
                       f"bootstrap {cluster.bootstrap}")
-            for node_id, status in zip(cluster.nodes, statuses):
+            for node_id, status in zip(cluster.nodes, statuses, strict=True):
                 out.print(f"  node {node_id}: " + status.describe())
             found.append(running == len(statuses))
         elif home is not None or (where / "broker.json").exists():
@@ -149,7 +149,7 @@ def dev_logs(
     home: HomeOption = None,
     lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
-    node: Annotated[Optional[int], typer.Option(help="Of a cluster: only this node's log.")] = None,
+    node: Annotated[int | None, typer.Option(help="Of a cluster: only this node's log.")] = None,
 ) -> None:
     """Show the end of the broker log (of every node of a cluster), or follow it."""
     where, cluster = next(((h, c) for h, c in _started_here(home) if c is not None), (home or SINGLE_HOME, None))
@@ -158,7 +158,7 @@ def dev_logs(
     brokers = [LocalKafka(home=where)] if cluster is None else [
         broker for node_id, broker in cluster.nodes.items() if node is None or node_id == node]
     if follow:
-        subprocess.run(["tail", "-n", str(lines), "-F", *(str(broker.log_file) for broker in brokers)])
+        subprocess.run(["tail", "-n", str(lines), "-F", *(str(broker.log_file) for broker in brokers)], check=False)
         return
     if cluster is None:
         out.print(brokers[0].tail_logs(lines), markup=False, highlight=False)
@@ -174,7 +174,7 @@ def demo(
                                         "dashboard running until Ctrl-C, then stop everything this run started.")]
     = False,
     dashboard_port: Annotated[int, typer.Option(help="Port of the dashboard with --serve.")] = 8080,
-    bootstrap: Annotated[Optional[str], typer.Option(
+    bootstrap: Annotated[str | None, typer.Option(
         help="Use the Kafka broker at host:port instead of starting the local one.")] = None,
     namespace: Annotated[str, typer.Option(help="Topic namespace of the demo's jobs.")] = "demo",
 ) -> None:

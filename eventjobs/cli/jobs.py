@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import closing
 from datetime import datetime
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -51,12 +51,17 @@ def enqueue(
     name: Annotated[str, typer.Argument(help="Registered job name.")],
     app: AppOption,
     args: Annotated[str, typer.Option("--args", help="Job arguments as a JSON object.")] = "{}",
-    delay: Annotated[Optional[str], typer.Option(help="Run after this long, e.g. 10s.")] = None,
-    run_at: Annotated[Optional[datetime], typer.Option("--run-at", help="Run at this ISO time (with timezone).")] = None,
-    idempotency_key: Annotated[Optional[str], typer.Option(help="Enqueue at most once per key.")] = None,
-    priority: Annotated[Optional[str], typer.Option(help="critical, high, normal or low.")] = None,
-    queue: Annotated[Optional[str], typer.Option(help="Override the job's queue.")] = None,
-    depends_on: Annotated[Optional[str], typer.Option(
+    delay: Annotated[str | None, typer.Option(help="Run after this long, e.g. 10s.")] = None,
+    run_at: Annotated[datetime | None, typer.Option("--run-at", help="Run at this ISO time (with timezone).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Enqueue at most once per key.")] = None,
+    priority: Annotated[str | None, typer.Option(help="critical, high, normal or low.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Override the job's queue.")] = None,
+    unique_for: Annotated[str | None, typer.Option(
+        "--unique-for", help="One job per idempotency key per window of this length, e.g. 10m (docs/flow-control.md).")] = None,
+    debounce: Annotated[str | None, typer.Option(
+        help="One job per idempotency key per window of this length, run this long after its last enqueue with "
+             "the last args, e.g. 30s.")] = None,
+    depends_on: Annotated[str | None, typer.Option(
         "--depends-on", help="Comma-separated job ids that must end first (the job waits until then).")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -80,6 +85,10 @@ def enqueue(
         options["priority"] = priority
     if queue is not None:
         options["queue"] = queue
+    if unique_for is not None:
+        options["unique_for"] = unique_for
+    if debounce is not None:
+        options["debounce"] = debounce
     if depends_on:
         options["depends_on"] = [job_id.strip() for job_id in depends_on.split(",") if job_id.strip()]
     target = load_app(app)
@@ -88,6 +97,7 @@ def enqueue(
     async def send(a: App) -> None:
         if event.depends_on:  # each must exist (UnknownDependency: exit code 1, nothing sent)
             await a.check_dependencies(event.depends_on)
+        await a.hooks.before_enqueue(event)  # the app's hooks see it, as with App.enqueue
         await a.append([event])
 
     run_with_app(send, target)
@@ -111,9 +121,9 @@ def cancel(
 
 @jobs_app.command("list")
 def jobs_list(
-    queue: Annotated[Optional[str], typer.Option(help="Only this queue.")] = None,
-    state: Annotated[Optional[str], typer.Option(help=f"Only this state: {', '.join(query.STATUSES)}.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Only this job name.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
+    state: Annotated[str | None, typer.Option(help=f"Only this state: {', '.join(query.STATUSES)}.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only this job name.")] = None,
     since: SinceOption = None,
     limit: Annotated[int, typer.Option(help="Most jobs to show.")] = 50,
     as_of: AsOfOption = None,
@@ -210,7 +220,7 @@ def history(job_id: str, namespace: NamespaceOption = None, as_json: JsonOption 
 
 
 def stats(
-    queue: Annotated[Optional[str], typer.Option(help="Only this queue.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
     since: SinceOption = None,
     by: Annotated[str, typer.Option(help="Group by job name or queue.")] = "name",
     as_of: AsOfOption = None,
@@ -259,8 +269,8 @@ def stats(
 
 @jobs_app.command("cancel")
 def jobs_cancel(
-    name: Annotated[Optional[str], typer.Option(help="Cancel jobs of this job name.")] = None,
-    queue: Annotated[Optional[str], typer.Option(help="Cancel jobs of this queue.")] = None,
+    name: Annotated[str | None, typer.Option(help="Cancel jobs of this job name.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Cancel jobs of this queue.")] = None,
     yes: YesOption = False,
     reason: Annotated[str, typer.Option(help="Why (kept in each job's cancel event).")] = "cancelled by operator",
     app: OptionalAppOption = None,

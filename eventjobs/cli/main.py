@@ -105,7 +105,8 @@ def main() -> None:
         sys.exit(130)
     except Exception as error:
         # usage errors (bad option values, missing arguments) from typer's bundled click
-        if hasattr(error, "show") and isinstance(getattr(error, "exit_code", None), int):
+        code = getattr(error, "exit_code", None)
+        if hasattr(error, "show") and isinstance(code, int):
             error.show()
-            sys.exit(error.exit_code)
+            sys.exit(code)
         raise

@@ -6,9 +6,9 @@ import asyncio
 import importlib
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -22,14 +22,14 @@ from eventjobs.settings import Settings, load_settings
 T = TypeVar("T")
 
 AppOption = Annotated[str, typer.Option("--app", help="Your app as module:attribute, e.g. myproject.jobs:app.")]
-OptionalAppOption = Annotated[Optional[str], typer.Option(
+OptionalAppOption = Annotated[str | None, typer.Option(
     "--app", help="Your app as module:attribute; its namespace is used (or give --namespace).")]
-NamespaceOption = Annotated[Optional[str], typer.Option(help="Topic namespace (app name); env EVENTJOBS_NAMESPACE.")]
-BootstrapOption = Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers; env KAFKA_BOOTSTRAP_SERVERS.")]
-QueueOption = Annotated[Optional[list[str]], typer.Option("--queue", "-q", help="Queue to create ready topics for (repeatable).")]
+NamespaceOption = Annotated[str | None, typer.Option(help="Topic namespace (app name); env EVENTJOBS_NAMESPACE.")]
+BootstrapOption = Annotated[str | None, typer.Option(help="Kafka bootstrap servers; env KAFKA_BOOTSTRAP_SERVERS.")]
+QueueOption = Annotated[list[str] | None, typer.Option("--queue", "-q", help="Queue to create ready topics for (repeatable).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-SinceOption = Annotated[Optional[str], typer.Option(help="Only since TIME: ISO-8601 (UTC if no zone) or ago, e.g. 15m, 2h, 1d.")]
-AsOfOption = Annotated[Optional[str], typer.Option(
+SinceOption = Annotated[str | None, typer.Option(help="Only since TIME: ISO-8601 (UTC if no zone) or ago, e.g. 15m, 2h, 1d.")]
+AsOfOption = Annotated[str | None, typer.Option(
     "--as-of", help="As the read side stood at a past moment: ISO-8601 time (UTC if no zone), an age (15m, 2h, 1d "
                     "ago) or a log position offset:PARTITION:OFFSET[,PARTITION:OFFSET...] (only those partitions).")]
 
@@ -60,11 +60,11 @@ def parse_since(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        return datetime.now(timezone.utc) - parse_duration(text)
+        return datetime.now(UTC) - parse_duration(text)
     except ValueError:
         pass
     try:
-        return utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+        return utc(datetime.fromisoformat(text))
     except ValueError:
         raise typer.BadParameter(f"{text!r} is neither a time (2024-05-17T12:00:00Z) nor an age (15m, 2h, 1d)",
                                  param_hint="--since") from None
@@ -75,7 +75,7 @@ def parse_as_of_option(text: str | None) -> AsOf | None:
     if text is None:
         return None
     try:
-        return parse_as_of(text, datetime.now(timezone.utc))
+        return parse_as_of(text, datetime.now(UTC))
     except AsOfError as error:
         raise typer.BadParameter(str(error)) from None  # the message names --as-of and what it got
 

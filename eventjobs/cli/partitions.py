@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,7 +22,7 @@ def partitions_grow(
     to: Annotated[int, typer.Option("--to", help="Partitions of its event log, changelog and timers (more than now).")],
     namespace: NamespaceOption = None,
     bootstrap: BootstrapOption = None,
-    topics_dir: Annotated[Optional[str], typer.Option(help="Topic specs of both namespaces (default: EVENTJOBS_TOPICS_DIR).")]
+    topics_dir: Annotated[str | None, typer.Option(help="Topic specs of both namespaces (default: EVENTJOBS_TOPICS_DIR).")]
     = None,
 ) -> None:
     """Carry every job the processor holds (history, state, timers, ready records, dead letters), the events not

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import (
@@ -39,7 +39,7 @@ from eventjobs.settings import Settings
 
 def replay(
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Replay the whole log (the default).")] = False,
-    since: Annotated[Optional[str], typer.Option(help="Projections only: re-project from the first event at or after TIME (ISO-8601 or 15m/2h/1d ago); earlier rows are kept.")] = None,
+    since: Annotated[str | None, typer.Option(help="Projections only: re-project from the first event at or after TIME (ISO-8601 or 15m/2h/1d ago); earlier rows are kept.")] = None,
     projections: Annotated[bool, typer.Option("--projections", help="Rebuild the ClickHouse projections into fresh tables and swap them in.")] = False,
     state: Annotated[bool, typer.Option("--state", help="Fold the log and compare with the processor's job-state changelog.")] = False,
     write: Annotated[bool, typer.Option("--write", help="With --state: write corrections to the changelog (refused while a processor runs).")] = False,

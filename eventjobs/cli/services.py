@@ -7,7 +7,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -47,10 +47,10 @@ def _log_service_progress() -> None:
     logging.getLogger("eventjobs").setLevel(logging.INFO)
 
 
-MetricsPortOption = Annotated[Optional[int], typer.Option(
+MetricsPortOption = Annotated[int | None, typer.Option(
     "--metrics-port", min=0, max=65535,
     help="Serve Prometheus metrics at http://HOST:PORT/metrics; env EVENTJOBS_METRICS_PORT (default: off).")]
-MetricsHostOption = Annotated[Optional[str], typer.Option(
+MetricsHostOption = Annotated[str | None, typer.Option(
     "--metrics-host", help="Address the metrics endpoint binds; env EVENTJOBS_METRICS_HOST (default 127.0.0.1).")]
 
 
@@ -73,13 +73,13 @@ def processor(
         help="Least time between two transactions of a partition (a full batch commits at once).")] = "100ms",
     project: Annotated[bool, typer.Option("--project/--no-project",
                                           help="Also run the ClickHouse projector in this process.")] = False,
-    retain_completed: Annotated[Optional[str], typer.Option(
+    retain_completed: Annotated[str | None, typer.Option(
         help="How long a completed, cancelled or discarded job (and its idempotency key) is kept before it is "
              "forgotten; env EVENTJOBS_RETAIN_COMPLETED (default 24h).")] = None,
-    dead_letter_retention: Annotated[Optional[str], typer.Option(
+    dead_letter_retention: Annotated[str | None, typer.Option(
         help="How long a dead-lettered job waits for a retry before it is discarded; a job's "
              "dead_letter_retention option wins; env EVENTJOBS_DEAD_LETTER_RETENTION (default 7d).")] = None,
-    republish_after: Annotated[Optional[str], typer.Option(
+    republish_after: Annotated[str | None, typer.Option(
         help="How long a pending job's ready record waits before the processor asks whether it is lost (and "
              "publishes it again if so; a record still waiting for a paused or busy queue is not); env "
              "EVENTJOBS_REPUBLISH_AFTER (default 1h).")] = None,
@@ -117,14 +117,14 @@ def processor(
 
 def worker(
     app: AppOption,
-    queues: Annotated[Optional[str], typer.Option(help="Comma-separated queues (default: the app's job queues).")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queues (default: the app's job queues).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
         help="Jobs run at once (sync handlers: threads too). Default: 100 if any handler is async, else "
              "min(32, CPUs + 4); sync handlers always get at most min(32, CPUs + 4) threads by default.")] = None,
-    capabilities: Annotated[Optional[str], typer.Option(help="Comma-separated capabilities this worker has.")] = None,
+    capabilities: Annotated[str | None, typer.Option(help="Comma-separated capabilities this worker has.")] = None,
     lease: Annotated[str, typer.Option(help="Lease per attempt, extended by heartbeats (e.g. 30s).")] = "30s",
     grace: Annotated[str, typer.Option(help="On SIGTERM, how long running jobs may finish.")] = "30s",
-    worker_id: Annotated[Optional[str], typer.Option(help="Name in events (default host:pid).")] = None,
+    worker_id: Annotated[str | None, typer.Option(help="Name in events (default host:pid).")] = None,
     metrics_port: MetricsPortOption = None,
     metrics_host: MetricsHostOption = None,
 ) -> None:

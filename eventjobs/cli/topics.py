@@ -60,7 +60,7 @@ def topics_apply(
 ) -> None:
     """Create the topics that are missing; report drift of existing ones. Deletes and shrinks nothing.
 
-    With --app: the app's namespace, and the ready topics of all its jobs' queues and capability routes; --queue adds queues, --namespace overrides the namespace."""  # noqa: E501
+    With --app: the app's namespace, and the ready topics of all its jobs' queues and capability routes; --queue adds queues, --namespace overrides the namespace."""
     if not app:
         print_apply(load_settings(namespace=namespace, kafka_bootstrap=bootstrap), queue)
         return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timezone, UTC
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
@@ -42,7 +42,7 @@ class Result:
 
     def dicts(self) -> list[dict[str, Any]]:
         """Rows as dicts keyed by column name."""
-        return [dict(zip(self.columns, row)) for row in self.rows]
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
     def scalar(self) -> Any:
         """The first column of the first row (None when there are no rows)."""
@@ -123,7 +123,7 @@ def parameter_values(parameters: Parameters | None) -> dict[str, Any]:
 
 def _datetime_text(value: datetime) -> str:
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     return value.isoformat(sep=" ", timespec="milliseconds")
 
 
@@ -140,7 +140,7 @@ def decode_json_compact(body: bytes) -> Result:
     types = tuple(column["type"] for column in meta)
     converters = [converter_for(type_name) for type_name in types]
     rows = [
-        tuple(convert(value) if convert is not None else value for convert, value in zip(converters, row))
+        tuple(convert(value) if convert is not None else value for convert, value in zip(converters, row, strict=True))
         for row in payload.get("data", [])
     ]
     return Result(names, types, rows)
@@ -172,12 +172,12 @@ def converter_for(type_name: str) -> Any:
 def _zone_of(type_name: str) -> timezone | ZoneInfo:
     match = re.search(r"'([^']+)'", type_name)
     if not match or match.group(1) in ("UTC", "Etc/UTC"):
-        return timezone.utc
+        return UTC
     return ZoneInfo(match.group(1))
 
 
-def _parse_datetime(value: str | int | float, zone: timezone | ZoneInfo) -> datetime:
+def _parse_datetime(value: str | float, zone: timezone | ZoneInfo) -> datetime:
     if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, tz=timezone.utc)
+        return datetime.fromtimestamp(value, tz=UTC)
     parsed = datetime.fromisoformat(value)
-    return parsed.replace(tzinfo=zone).astimezone(timezone.utc)
+    return parsed.replace(tzinfo=zone).astimezone(UTC)

@@ -19,7 +19,7 @@ class Backoff:
 
     def next_delay_s(self) -> float:
         """The delay before the next try, counting this failure."""
-        delay = min(self.base_s * (2 ** min(self.failures, 30)), self.cap_s)
+        delay = min(self.base_s * (2.0 ** min(self.failures, 30)), self.cap_s)
         self.failures += 1
         return delay
 

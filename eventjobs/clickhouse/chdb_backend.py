@@ -107,7 +107,7 @@ class ChdbBackend:
     def _connect(self, database: str | None, readonly: bool = False) -> Any:
         try:
             connection = chdb.connect(str(self.path))
-        except Exception as error:  # chdb raises RuntimeError with ClickHouse's text
+        except Exception as error:  # noqa: BLE001 - chdb raises RuntimeError with ClickHouse's text (or others)
             text = str(error)
             if "already initialized with path" in text:
                 raise ClickHouseError(
@@ -126,7 +126,7 @@ class ChdbBackend:
                 # last: from here on ClickHouse refuses writes, DDL and any change of a setting
                 # (`readonly` included) on this connection
                 connection.query("SET readonly = 1")
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - chdb's errors carry no type: ClickHouse's text decides
             connection.close()
             raise ClickHouseQueryError.from_engine_message(str(error), context=f"database {database}") from None
         return connection
@@ -210,7 +210,7 @@ class ChdbBackend:
             restore = self._apply_settings(connection, settings, readonly)
             try:
                 result = connection.query(sql, fmt, params=dict(parameters or {}))
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - chdb's errors carry no type: ClickHouse's text decides
                 raise ClickHouseQueryError.from_engine_message(str(error)) from None
             finally:
                 if not readonly:  # nothing can have changed there, and DEFAULT may differ
@@ -235,7 +235,7 @@ class ChdbBackend:
                     raise
             except ClickHouseError:
                 raise
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - chdb's errors carry no type: ClickHouse's text decides
                 raise ClickHouseQueryError.from_engine_message(str(error)) from None
             finally:
                 if not readonly:
@@ -250,7 +250,7 @@ class ChdbBackend:
             escaped = str(value).replace("\\", "\\\\").replace("'", "\\'")
             try:
                 connection.query(f"SET {key} = '{escaped}'")
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - chdb's errors carry no type: ClickHouse's text decides
                 if not readonly:  # a read-only connection changed nothing, and refuses DEFAULT
                     ChdbBackend._restore_settings(connection, applied)
                 raise ClickHouseQueryError.from_engine_message(str(error), context=f"setting {key}") from None

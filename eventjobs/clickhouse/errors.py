@@ -57,6 +57,5 @@ def clean_engine_message(message: str) -> str:
     text = message.strip()
     for prefix in ("Failed to create connection: ", "Streaming insert finish failed: ",
                    "Streaming insert append failed: "):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
+        text = text.removeprefix(prefix)
     return re.sub(r"\s*\(version [0-9.]+[^)]*\)\s*$", "", text)

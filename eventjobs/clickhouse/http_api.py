@@ -244,7 +244,7 @@ class ServerThread:
     def _run(self) -> None:
         try:
             self._server.run(sockets=[self._sock])
-        except BaseException as error:  # noqa: BLE001 - reported by `alive` and `start`
+        except BaseException as error:  # reported by `alive` and `start`
             self._failure = error
             log.exception("%s stopped", self.name)
 

@@ -87,7 +87,7 @@ def multipart_fields(content_type: str, body: bytes) -> dict[str, str]:
         name = part.get_param("name", header="content-disposition")
         if name and part.get_filename() is None:
             payload = part.get_payload(decode=True) or b""
-            fields[str(name)] = payload.decode(part.get_content_charset() or "utf-8")
+            fields[str(name)] = payload.decode(part.get_content_charset() or "utf-8")  # type: ignore[union-attr]  # a part that is not multipart decodes to bytes
     return fields
 
 

@@ -120,7 +120,7 @@ class ServerBackend:
         return text.replace(self._url, redact_url(self._url))
 
     def _query_error(self, error: DatabaseError) -> ClickHouseError:
-        if isinstance(error, OperationalError) or getattr(error, "code", None) is None and "HTTP" in str(error):
+        if isinstance(error, OperationalError) or (getattr(error, "code", None) is None and "HTTP" in str(error)):
             return ClickHouseUnavailable(f"ClickHouse at {self._where()} failed: {self._clean(error)}")
         text = self._clean(error)
         marker = "server response: "

@@ -38,7 +38,7 @@ class _UnixSocketConnection(HTTPConnection):
 
 
 class _UnixSocketPool(HTTPConnectionPool):
-    ConnectionCls = _UnixSocketConnection  # type: ignore[assignment]
+    ConnectionCls = _UnixSocketConnection
 
 
 class UnixSocketPoolManager(PoolManager):

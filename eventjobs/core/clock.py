@@ -12,12 +12,12 @@ format can carry (``2024-01-31T12:00:00.123Z``), so a value survives encode/deco
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC as UTC  # re-exported: the core's name for UTC
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import orjson
 
-UTC = timezone.utc
 _ZERO = timedelta(0)
 
 

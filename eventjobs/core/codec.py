@@ -94,12 +94,12 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX
     if size > max_bytes:
         raise EventDecodeError(f"event is {size:,} bytes, over the limit of {max_bytes:,}")
     try:
-        return _validate_json(data)  # type: ignore[no-any-return]
+        return _validate_json(data)  # type: ignore[no-any-return]  # the JobEvent adapter's value is an event
     except ValidationError as exc:
         raise _explain(exc, data) from None
     except RecursionError:
         raise EventDecodeError("event is nested too deeply") from None
-    except Exception as exc:  # defensive: nothing but EventDecodeError may escape
+    except Exception as exc:  # noqa: BLE001 - defensive: nothing but EventDecodeError may escape
         raise EventDecodeError(f"undecodable event: {type(exc).__name__}: {exc}") from None
 
 
@@ -135,7 +135,7 @@ def _enqueued_size(event: Any, size: int, limits: Any) -> JobEvent | str:
     if size > limits.enqueue_bytes:
         return (f"enqueued event is {size:,} bytes, over the limit of {limits.enqueue_bytes:,} for args and options "
                 f"(max_event_bytes {limits.max_event_bytes:,}): its job's state could not be written")
-    return event  # type: ignore[no-any-return]
+    return event  # type: ignore[no-any-return]  # an event, typed Any to read its fields
 
 
 def _result_size(event: Any, size: int, limits: Any) -> JobEvent | str:
@@ -144,7 +144,7 @@ def _result_size(event: Any, size: int, limits: Any) -> JobEvent | str:
         if result > limits.result_bytes:
             return (f"{event.type} result is {result:,} bytes, over the limit of {limits.result_bytes:,} "
                     f"(max_event_bytes {limits.max_event_bytes:,}): its job's state could not be written")
-    return event  # type: ignore[no-any-return]
+    return event  # type: ignore[no-any-return]  # an event, typed Any to read its fields
 
 
 def _text_sizes(event: Any, size: int, limits: Any) -> JobEvent | str:
@@ -159,7 +159,7 @@ def _text_sizes(event: Any, size: int, limits: Any) -> JobEvent | str:
             cut = truncate_text(text, budget, keep_end=name == "traceback")
             if cut is not text:
                 update[name] = cut
-    return event.model_copy(update=update) if update else event  # type: ignore[no-any-return]
+    return event.model_copy(update=update) if update else event  # type: ignore[no-any-return]  # an event, typed Any to read its fields
 
 
 _SIZE_RULES = {

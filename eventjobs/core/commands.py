@@ -38,7 +38,8 @@ from eventjobs.core.events import (
 )
 from eventjobs.core.ids import derived_event_id, job_id_for_key, new_event_id, new_job_id
 from eventjobs.core.limits import MAX_PROGRESS_MESSAGE_CHARS, MAX_REASON_BYTES, truncate_text
-from eventjobs.core.options import JobOptions, check_depends_on
+from eventjobs.core.flow import windowed_job_id
+from eventjobs.core.options import InvalidJobOptions, JobOptions, check_depends_on
 from eventjobs.core.records import parse_timer_key
 
 __all__ = [
@@ -93,7 +94,9 @@ def enqueue(
     """An ``enqueued`` event for a new job.
 
     With an idempotency key the job id is ``job_id_for_key(key_namespace or name, key)``, so a
-    second enqueue with the same key targets the same job and is refused by the processor.
+    second enqueue with the same key targets the same job and is refused by the processor; with
+    ``unique_for`` or ``debounce`` too it is ``flow.windowed_job_id`` (the key and the window of
+    ``now``), and a debounced job starts ``debounce`` after ``now``.
     Without one it is ``default_job_id`` (a batch member's, ``ids.batch_member_ids``) or a new
     UUIDv7; ``job_id`` overrides both.
     ``depends_on``: jobs that must end first (``check_depends_on``: distinct ids, at most
@@ -103,8 +106,23 @@ def enqueue(
     options = options or JobOptions()
     args = dict(args or {})
     key = options.resolve_idempotency_key(args)
+    window_s = options.unique_for or options.debounce
+    if window_s is not None:
+        option = "unique_for" if options.unique_for is not None else "debounce"
+        if key is None:
+            raise InvalidJobOptions(
+                f"{option} needs an idempotency_key (a value, or a function of the args): the window is kept per key; "
+                f"job {name!r} has none"
+            )
+        if depends_on:
+            raise InvalidJobOptions(f"{option} and depends_on cannot be combined (job {name!r})")
     if job_id is None:
-        job_id = job_id_for_key(key_namespace or name, key) if key is not None else default_job_id or new_job_id()
+        if key is None:
+            job_id = default_job_id or new_job_id()
+        elif window_s is not None:
+            job_id = windowed_job_id(key_namespace or name, key, window_s, now)
+        else:
+            job_id = job_id_for_key(key_namespace or name, key)
     dependencies = check_depends_on(depends_on, job_id) if depends_on else None
     return EnqueuedEvent(
         event_id=event_id or new_event_id(),
@@ -115,7 +133,7 @@ def enqueue(
         queue=options.queue,
         args=args,
         options=options.to_spec(),
-        run_at=options.resolve_run_at(now),
+        run_at=add_seconds(utc_ms(now), options.debounce) if options.debounce is not None else options.resolve_run_at(now),
         priority=options.priority,
         idempotency_key=key,
         parent_job_id=parent_job_id,
@@ -280,7 +298,8 @@ def timer_fired_event(
     due_at = from_epoch_ms(due_ms)
     cause = f"{job_id}:{kind}:{attempt}:{due_ms}"
     if kind == "run_at" or kind == "retry":
-        return due_event(job_id, attempt, kind, now=now, actor=actor, event_id=derived_event_id(cause, "due", 0))
+        return due_event(job_id, attempt, kind, now=now, actor=actor,  # type: ignore[arg-type]  # one of the two
+                         event_id=derived_event_id(cause, "due", 0))
     if kind == "republish":  # the key names which re-publish of the attempt's ready record this is
         return due_event(job_id, attempt, "republish", now=now, actor=actor, sequence=number,
                          event_id=derived_event_id(f"{cause}:{number}", "due", 0))

@@ -100,7 +100,7 @@ def _field_rows(model: type[BaseModel], names: tuple[str, ...] | None = None) ->
         if names is None and name in _ENVELOPE and model is not Event:
             continue
         prop = props.get(name, {})
-        value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]  # no factory here takes the validated data
         default = "" if name in required else f" (default `{_default(value)}`)"
         need = "yes" if name in required else "no"
         rows.append(f"| `{name}` | {_type_of(prop, defs)} | {need} | {_md(field.description or '')}{default} |")
@@ -209,6 +209,12 @@ def _contract() -> list[str]:
         "  |---|---|---|",
         *[f"  | `{e['name']}` | `{e['idempotency_key']}` | `{e['job_id']}` |" for e in JOB_ID_EXAMPLES],
         "",
+        "- With `unique_for` or `debounce` (options `unique_for_s` / `debounce_s`, window `W` in whole",
+        "  milliseconds) the key is joined with the window of the event's `occurred_at`",
+        "  (`n = floor(epoch ms / W)`), so each window of a key is one job ([flow-control.md](flow-control.md)):",
+        "",
+        f"  `job_id = uuid5({EVENTJOBS_NAMESPACE}, utf8(name + \"\\x1f\" + idempotency_key + \"\\x1fwindow:\" + W + \":\" + n))`",
+        "",
         "## Schema versions",
         "",
         f"Every event carries `schema_version` (now {CURRENT_SCHEMA_VERSION}; optional on the wire, default",
@@ -315,8 +321,8 @@ def render_events_md() -> str:
         if status is JobStatus.DEAD_LETTERED:
             terminal = "until retried or discarded"
         out.append(f"| `{status.value}` | {terminal} | {status.description} |")
-    out += ["", "## State diagram", "", "`dependency_requested` is accepted in every status without moving the job (see the table), "
-            "so the diagram leaves it out.", "", *_mermaid(), "", "## Transitions", ""]
+    out += ["", "## State diagram", "", ("`dependency_requested` is accepted in every status without moving the job (see the table), "
+            "so the diagram leaves it out."), "", *_mermaid(), "", "## Transitions", ""]
     out += ["| from | event | to | when | derives |", "|---|---|---|---|---|"]
     for row in TRANSITIONS:
         source = f"`{row.source.value}`" if row.source is not None else "(new job)"

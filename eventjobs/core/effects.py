@@ -54,7 +54,7 @@ def _timer(job_id: str, kind: TimerKind, attempt: int, due_at: datetime) -> Time
     _set(record, "__pydantic_fields_set__", _TIMER_FIELDS)
     _set(record, "__pydantic_extra__", None)
     _set(record, "__pydantic_private__", None)
-    return record  # type: ignore[no-any-return]
+    return record
 
 
 def _arm(effects: Effects, job_id: str, kind: TimerKind, attempt: int, due_at: datetime) -> None:
@@ -116,6 +116,7 @@ def collect(
             effects.states[before.job_id] = None  # forgotten: tombstone its changelog record
         return
     if decision.rejected is not None or after is before:
+        _heal_stale_run_at(effects, after, event, decision)
         if answer_refusal and decision.rejected is not None and event.type == "claimed":
             effects.states[after.job_id] = after
         return
@@ -133,11 +134,12 @@ def collect(
         effects.ready.append(ready_record(after, now, partition))
         if after.ready_republishes:
             effects.republished.add(after.job_id)
-    if was is JobStatus.PENDING and status is not JobStatus.PENDING and before is not None:
-        if event.type != "claimed":
-            # cancelled or expired while its ready record waits for a worker: tell the workers
-            effects.revoked.append(ready_record(before, now, partition))
-    if status is JobStatus.SCHEDULED and was is not JobStatus.SCHEDULED and after.next_due_at is not None:
+    if was is JobStatus.PENDING and status is not JobStatus.PENDING and before is not None and event.type != "claimed":
+        # cancelled or expired while its ready record waits for a worker: tell the workers
+        effects.revoked.append(ready_record(before, now, partition))
+    if status is JobStatus.SCHEDULED and after.next_due_at is not None and (
+        was is not JobStatus.SCHEDULED or (before is not None and before.next_due_at != after.next_due_at)  # debounced
+    ):
         _arm(effects, after.job_id, "run_at", after.attempt, after.next_due_at)
     if status is JobStatus.RETRYING and was is not JobStatus.RETRYING and after.next_due_at is not None:
         _arm(effects, after.job_id, "retry", after.attempt, after.next_due_at)
@@ -200,3 +202,19 @@ def ready_survives(state: JobState, event: JobEvent) -> JobState | None:
         return after
     return None
 
+
+def _heal_stale_run_at(effects: Effects, state: JobState, event: JobEvent, decision: Decision) -> None:
+    """A run_at timer that fired before a debounce put the start back: arm that start again.
+
+    The timer service tombstones what it fires, which may have removed the later run_at timer
+    written just before; re-arming here keeps a run_at timer for every scheduled job. (A lease
+    needs no such repair: it is the lane's own timer, which follows the state.)
+    """
+    if (
+        event.type == "due"
+        and decision.rejected is not None
+        and state.status is JobStatus.SCHEDULED
+        and state.next_due_at is not None
+        and state.next_due_at > event.occurred_at
+    ):
+        _arm(effects, state.job_id, "run_at", state.attempt, state.next_due_at)

@@ -56,6 +56,7 @@ __all__ = [
     "RetentionPassedEvent",
     "DueEvent",
     "DuplicateRejectedEvent",
+    "DebouncedEvent",
     "DEPENDENCY_OUTCOMES",
     "EnqueuedEvent",
     "ExpiredEvent",
@@ -611,8 +612,22 @@ class DuplicateRejectedEvent(_Event):
     duplicate_event_id: EventId = Field(description="event_id of the refused enqueued event.")
 
 
+class DebouncedEvent(_Event):
+    """A later enqueue of a debounced job's window replaced the job's args and put its start back.
+
+    Derived from that ``enqueued`` (its ``causation_id``, which carries the new args) while the job
+    has not started: the job stays one job, scheduled for ``run_at`` (``debounce`` after the
+    enqueue, never earlier than it was). An enqueue after the job started is refused
+    (``duplicate_rejected``) instead. See docs/flow-control.md.
+    """
+
+    written_by: ClassVar[str] = DERIVED_WRITER
+    type: Literal["debounced"] = "debounced"
+    run_at: UtcTimestamp = Field(description="When the job now starts (its scheduled time after the replacement).")
+
+
 JobEvent = Annotated[
-    Union[
+    Union[  # noqa: UP007 - one member a line, so that a new event is a one-line change
         EnqueuedEvent,
         ScheduledEvent,
         DueEvent,
@@ -640,6 +655,7 @@ JobEvent = Annotated[
         DependencyReopenedEvent,
         DependencyProbeEvent,
         AttemptSnoozedEvent,
+        DebouncedEvent,
     ],
     Field(discriminator="type"),
 ]

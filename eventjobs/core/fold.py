@@ -7,7 +7,7 @@ never raises (an event that does not fit is rejected with a reason), and returns
 * ``state``: the new state (or the unchanged one);
 * ``derived``: events the processor must append because of this one (``retry_scheduled``,
   ``completed``, ``failed`` + ``dead_lettered``, ``cancelled``, ``scheduled``,
-  ``duplicate_rejected``). Their ids come from ``derived_event_id`` (so deriving twice gives the
+  ``duplicate_rejected``, ``debounced``). Their ids come from ``derived_event_id`` (so deriving twice gives the
   same ids), ``occurred_at`` is the trigger's, ``causation_id`` the trigger's id;
 * ``rejected``: why the event was refused (illegal, stale), or None;
 * ``duplicate``: the event was already applied (a redelivery, or the echo of a derived event).
@@ -63,6 +63,7 @@ from eventjobs.core.events import (
     DependencyReopenedEvent,
     DependencyRequestedEvent,
     DependencyResolvedEvent,
+    DebouncedEvent,
     DuplicateRejectedEvent,
     EnqueuedEvent,
     Event,
@@ -72,6 +73,7 @@ from eventjobs.core.events import (
     RetryScheduledEvent,
     ScheduledEvent,
 )
+from eventjobs.core.flow import debounce_open, window_end
 from eventjobs.core.ids import derived_event_id
 from eventjobs.core.limits import (
     MAX_DEPENDENCY_RESULTS_BYTES,
@@ -202,7 +204,7 @@ def _accept(state: JobState, event: Event, data: dict[str, Any], derived: tuple[
     if derived:
         data["recent_event_ids"] = (*ids, event.event_id, *[d.event_id for d in derived])[-RECENT_EVENT_IDS:]
     else:
-        data["recent_event_ids"] = ids[1 - RECENT_EVENT_IDS :] + (event.event_id,)
+        data["recent_event_ids"] = (*ids[1 - RECENT_EVENT_IDS :], event.event_id)
     data["version"] = state.version + 1
     data["updated_at"] = event.occurred_at
     new = _new(JobState)
@@ -296,7 +298,7 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
     scheduled = run_at is not None and run_at > occurred_at
     expires_at = None
     if options.ttl_s is not None:
-        expires_at = add_seconds(run_at if scheduled else occurred_at, options.ttl_s)  # type: ignore[arg-type]
+        expires_at = add_seconds(run_at if scheduled else occurred_at, options.ttl_s)  # type: ignore[arg-type]  # scheduled implies a run_at
     derived: tuple[Any, ...] = ()
     workflow = None
     status = SCHEDULED if scheduled else PENDING
@@ -359,6 +361,8 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
 def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
     if event.event_id == state.enqueued_event_id:
         return _duplicate(state)
+    if event.options.debounce_s is not None and state.options.debounce_s is not None and debounce_open(state):
+        return _debounce(state, event, actor)
     notice = _derive(
         DuplicateRejectedEvent,
         event,
@@ -368,7 +372,30 @@ def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
     )
     key = f" (idempotency key {event.idempotency_key!r})" if event.idempotency_key else ""
     reason = f"job {state.job_id} already exists{key}, enqueued by event {state.enqueued_event_id}; duplicate refused"
+    end = window_end(state)
+    if end is not None:
+        why = "it has started" if state.options.debounce_s is not None else "one job per key and window"
+        reason = (f"job {state.job_id} won the window of idempotency key {event.idempotency_key!r} until "
+                  f"{format_utc_ms(end)} ({why}); enqueue {event.event_id} refused")
     return _tuple_new(Decision, (state, (notice,), reason, False))
+
+
+def _debounce(state: JobState, event: Any, actor: str) -> Decision:
+    """Another enqueue of a debounced job's window, before the job started: it takes the new args
+    and starts ``debounce`` after this enqueue (never earlier than it was to start)."""
+    run_at = add_seconds(event.occurred_at, state.options.debounce_s)  # type: ignore[arg-type]
+    if state.run_at is not None and state.run_at > run_at:
+        run_at = state.run_at
+    data = state.__dict__.copy()
+    data["args"] = event.args
+    data["run_at"] = run_at
+    data["status"] = SCHEDULED
+    data["next_due_at"] = run_at
+    if state.options.ttl_s is not None:
+        data["expires_at"] = add_seconds(run_at, state.options.ttl_s)
+    if state.ready_republishes:
+        data["ready_republishes"] = 0
+    return _accept(state, event, data, (_derive(DebouncedEvent, event, 0, actor, {"run_at": run_at}),))
 
 
 def _on_due(state: JobState, event: Any, actor: str) -> Decision:
@@ -380,6 +407,10 @@ def _on_due(state: JobState, event: Any, actor: str) -> Decision:
     expected = "run_at" if status is SCHEDULED else "retry" if status is RETRYING else "republish"
     if event.timer != expected:
         return _reject(state, f"a '{event.timer}' timer does not apply to a {status.value} job (expects '{expected}')")
+    if status is SCHEDULED and state.options.debounce_s is not None and state.next_due_at is not None \
+            and event.occurred_at < state.next_due_at:
+        return _reject(state, f"run_at timer fired at {format_utc_ms(event.occurred_at)}, before the job's start at "
+                              f"{format_utc_ms(state.next_due_at)} (a debounce put it back): stale, no effect")
     data = state.__dict__.copy()
     if status is PENDING:  # the ready record waited long enough: effects publish it again
         if event.sequence != state.ready_republishes:
@@ -482,7 +513,7 @@ _ERROR_FIELDS = frozenset(ErrorInfo.model_fields)
 
 def _error(error_type: str, message: str, traceback: str) -> ErrorInfo:
     data = {"error_type": error_type, "message": message, "traceback": traceback}
-    return _build(ErrorInfo, data, _ERROR_FIELDS)  # type: ignore[no-any-return]
+    return _build(ErrorInfo, data, _ERROR_FIELDS)  # type: ignore[no-any-return]  # _build returns the model it is given
 
 
 def _failure_error(state: JobState, event: Any) -> tuple[ErrorInfo, bool, float | None]:
@@ -725,11 +756,11 @@ def _workflow(state: JobState, **changes: Any) -> Workflow:
     """The state's workflow (or an empty one) with ``changes``."""
     current = state.workflow
     data = {**(_NO_WORKFLOW if current is None else current.__dict__), **changes}
-    return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
+    return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]  # _build returns the model it is given
 
 
 def _changed(workflow: Workflow, **changes: Any) -> Workflow:
-    return _build(Workflow, {**workflow.__dict__, **changes}, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
+    return _build(Workflow, {**workflow.__dict__, **changes}, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]  # _build returns the model it is given
 
 
 def _slim(workflow: Workflow) -> Workflow | None:
@@ -745,7 +776,7 @@ def _without_dependency_results(workflow: Workflow) -> Workflow:
         for job_id, o in workflow.dependencies.items()
     }
     data["probes"] = {}  # it will not wait again
-    return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]
+    return _build(Workflow, data, _WORKFLOW_FIELDS)  # type: ignore[no-any-return]  # _build returns the model it is given
 
 
 def _request_id(enqueued_event_id: str, workflow: Workflow, dependency_id: str) -> str:
@@ -766,7 +797,7 @@ def _awaited_answer(enqueued_event_id: str, workflow: Workflow, dependency_id: s
 def _owed_answer(workflow: Workflow | None, dependent_id: str) -> str | None:
     """The answer a job owes ``dependent_id``, which it holds as waiting for it (None: it holds no such wait)."""
     request = workflow.dependents.get(dependent_id) if workflow is not None else None
-    return None if request is None else _answer_id(request, workflow.dependent_rounds.get(dependent_id, 0))  # type: ignore[union-attr]
+    return None if request is None else _answer_id(request, workflow.dependent_rounds.get(dependent_id, 0))  # type: ignore[union-attr]  # a request implies a workflow
 
 
 def _revivable(status: JobStatus, workflow: Workflow | None) -> bool:
@@ -871,7 +902,7 @@ def _on_dependency_requested(state: JobState, event: Any, actor: str) -> Decisio
 def _answer_dependents(decision: Decision, trigger: Event, actor: str) -> Decision:
     """The job just ended: answer every job waiting for it, and forget them (but for a job that may run again:
     it remembers those it answered, to reopen their answer then)."""
-    state: JobState = decision.state  # type: ignore[assignment]
+    state: JobState = decision.state  # type: ignore[assignment]  # called for a job that just ended: it has a state
     workflow = state.workflow
     assert workflow is not None
     status = state.status
@@ -1096,7 +1127,7 @@ _HANDLERS: dict[str, _Handler] = {
     "dependency_reopened": _on_dependency_reopened,
     "dependency_probe": _on_dependency_probe,
     "attempt_snoozed": _on_attempt_snoozed,
-    **{type_: _on_derived for type_ in DERIVED_TYPES},
+    **dict.fromkeys(DERIVED_TYPES, _on_derived),
 }
 
 
@@ -1132,7 +1163,7 @@ def apply(state: JobState | None, event: JobEvent, actor: str = "processor") -> 
                     and new.status in TERMINAL_STATUSES:
                 return _answer_dependents(decision, event, actor)
         return decision
-    except Exception as exc:  # a bug must not stop a processor: reject, keep the state, say why
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop a processor: reject, keep the state, say why
         return _reject(state, f"internal error applying {getattr(event, 'type', '?')!r}: {exc!r}")
 
 

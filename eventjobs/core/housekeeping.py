@@ -43,6 +43,7 @@ from datetime import datetime
 from eventjobs.core.clock import add_seconds, epoch_ms, from_epoch_ms
 from eventjobs.core.commands import timer_fired_event
 from eventjobs.core.events import JobEvent
+from eventjobs.core.flow import window_end
 from eventjobs.core.records import TimerKind, timer_key
 from eventjobs.core.state import ACTIVE_STATUSES, TERMINAL_STATUSES, JobState, JobStatus
 from eventjobs.core.timer_index import TimerIndex
@@ -191,7 +192,8 @@ def housekeeping_timer(
     which is its ``updated_at`` unless a change that published nothing (a new dependent, say)
     came later: `Housekeeping` then keeps the earlier due time it already had, so such changes
     never put the re-publish off (after a restart, the wait counts from the latest change). A
-    finished job's retention runs from ``finished_at``, at least 1 ms (``apply`` refuses a
+    finished job's retention runs from ``finished_at``, at least 1 ms, and at least until its window
+    ends for a windowed job (``flow.window_end``: else its id could be taken again inside the window) (``apply`` refuses a
     retention due at, not after, ``finished_at`` as armed for an earlier finish).
     """
     status = state.status
@@ -212,6 +214,9 @@ def housekeeping_timer(
             due_at = add_seconds(finished_at, max(keep_s, 0.001))
             return HousekeepingTimer(state.job_id, "dead_letter", due_at, state.attempt)
         due_at = add_seconds(finished_at, max(retention.finished_s, 0.001))
+        window_ends = window_end(state)
+        if window_ends is not None and window_ends > due_at:  # its id holds its key's window till the end
+            due_at = window_ends
         return HousekeepingTimer(state.job_id, "retain", due_at, state.attempt)
     except OverflowError:  # due after the year 9999 (or never, inf): the job is kept
         return None
@@ -257,9 +262,9 @@ class Housekeeping:
         if held == (due_ms, timer.attempt):
             return  # the same timer (a running job's progress leaves its lease where it was)
         if (timer.kind == "republish" and before is not None and before.status is JobStatus.PENDING
-                and before.attempt == timer.attempt and before.ready_republishes == timer.sequence):
-            if held is not None and held[0] <= due_ms:
-                return  # the same publish: a change that published nothing does not put the re-publish off
+                and before.attempt == timer.attempt and before.ready_republishes == timer.sequence
+                and held is not None and held[0] <= due_ms):
+            return  # the same publish: a change that published nothing does not put the re-publish off
         self._index.set(key, due_ms, timer.attempt)
 
     def track_all(self, states: Mapping[str, JobState | None], before: Mapping[str, JobState] | None = None) -> None:

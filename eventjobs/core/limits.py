@@ -58,10 +58,13 @@ __all__ = [
     "RECENT_ENQUEUES_KEPT",
     "MAX_REASON_BYTES",
     "MAX_BATCH_ID_CHARS",
+    "MAX_WINDOW_S",
+    "MIN_WINDOW_S",
     "MAX_CATCH_UP_TICKS",
     "MAX_CRON_CANDIDATES",
     "MIN_MAX_EVENT_BYTES",
     "MIN_SCHEDULE_EVERY_S",
+    "PROJECTOR_END_OFFSETS_EVERY_S",
     "SCHEDULE_HORIZON_DAYS",
     "SCHEDULE_LATE_AFTER_S",
     "RESERVE_BYTES",
@@ -118,8 +121,17 @@ MAX_DEPENDENCY_RESULTS_BYTES = 32_768
 #: Ids of its own acknowledged enqueues an ``App`` remembers, so that ``depends_on`` on a job it
 #: just enqueued needs no changelog lookup (about 100 bytes each).
 RECENT_ENQUEUES_KEPT = 10_000
+#: Bounds of a flow-control window (``unique_for``, ``debounce``), in seconds: at least 1 ms (windows
+#: are counted in whole milliseconds of event time), at most 30 days (a windowed job is kept at least
+#: until its window ends, so a longer window would hold its state that much longer).
+MIN_WINDOW_S = 0.001
+MAX_WINDOW_S = 30 * 86_400
 #: A batch id given to ``App.enqueue_batch`` (it appears in error messages; the ids derived from it have a fixed size).
 MAX_BATCH_ID_CHARS = 200
+#: How often the projector asks Kafka for the event log's end offsets (to report how far each
+#: partition is behind: ``eventjobs_projector_records_behind``, the dashboard's lag table), in
+#: seconds: one small request per period, whatever the load.
+PROJECTOR_END_OFFSETS_EVERY_S = 5.0
 #: Shortest period of an ``every`` schedule: a shorter one would flood the log with jobs.
 MIN_SCHEDULE_EVERY_S = 1
 #: A schedule's tick not fired this long after its time counts as missed (the service was down),

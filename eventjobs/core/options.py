@@ -22,12 +22,13 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eventjobs.core.clock import add_seconds, utc_ms
-from eventjobs.core.limits import MAX_DEPENDENCIES
+from eventjobs.core.durations import parse_duration
+from eventjobs.core.limits import MAX_DEPENDENCIES, MAX_WINDOW_S, MIN_WINDOW_S
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -51,6 +52,7 @@ __all__ = [
     "check_depends_on",
     "exception_type_name",
     "matches_retry_on",
+    "window_seconds",
 ]
 
 DEFAULT_QUEUE = "default"
@@ -202,10 +204,10 @@ class CallableBackoff(_Backoff):
 
 
 BackoffSpec = Annotated[
-    Union[ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff, CallableBackoff],
+    ExponentialBackoff | LinearBackoff | ConstantBackoff | NoBackoff | CallableBackoff,
     Field(discriminator="kind"),
 ]
-BackoffPolicy = Union[ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff, CallableBackoff]
+BackoffPolicy = ExponentialBackoff | LinearBackoff | ConstantBackoff | NoBackoff | CallableBackoff
 
 
 def backoff_delay_s(spec: BackoffPolicy, attempt: int, job_id: str) -> float:
@@ -233,10 +235,7 @@ def matches_retry_on(exc_type: type[BaseException], retry_on: Sequence[str]) -> 
     (``Transient``), so the default ``("Exception",)`` retries every ordinary exception.
     """
     names = set(retry_on)
-    for klass in exc_type.__mro__:
-        if klass.__qualname__ in names or exception_type_name(klass) in names:
-            return True
-    return False
+    return any(klass.__qualname__ in names or exception_type_name(klass) in names for klass in exc_type.__mro__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,6 +265,14 @@ class JobOptionsSpec(BaseModel):
     capabilities: tuple[str, ...] = Field((), description="Capabilities a worker must have to run the job.")
     max_snoozes: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
         DEFAULT_MAX_SNOOZES, description="How often the job may return Snooze; one more fails the attempt like an error."
+    )
+    unique_for_s: Annotated[float, Field(ge=MIN_WINDOW_S, le=MAX_WINDOW_S, allow_inf_nan=False)] | None = Field(
+        None, description="Uniqueness window (seconds of event time): one job per idempotency key per window, later "
+        "enqueues in it are refused (docs/flow-control.md)."
+    )
+    debounce_s: Annotated[float, Field(ge=MIN_WINDOW_S, le=MAX_WINDOW_S, allow_inf_nan=False)] | None = Field(
+        None, description="Debounce window (seconds of event time): a later enqueue with the same key in the window "
+        "replaces the waiting job's args and starts it this long after itself (docs/flow-control.md)."
     )
 
 
@@ -309,11 +316,13 @@ class JobOptions(BaseModel):
     capabilities: tuple[str, ...] = ()
     max_snoozes: int = DEFAULT_MAX_SNOOZES
     on_dependency_failure: DependencyFailure = "cancel"
+    unique_for: float | None = None
+    debounce: float | None = None
 
     _KNOWN: ClassVar[tuple[str, ...]] = (
         "queue", "max_attempts", "backoff", "retry_on", "timeout", "priority", "ttl",
         "dead_letter_retention", "idempotency_key", "run_at", "delay", "capabilities",
-        "max_snoozes", "on_dependency_failure",
+        "max_snoozes", "on_dependency_failure", "unique_for", "debounce",
     )  # fmt: skip
 
     def __init__(self, **data: Any) -> None:
@@ -452,12 +461,24 @@ class JobOptions(BaseModel):
     def _check_on_dependency_failure(cls, value: Any) -> str:
         if value not in DEPENDENCY_FAILURE_CHOICES:
             raise ValueError(f"on_dependency_failure must be 'cancel' or 'run', got {value!r}")
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]  # one of DEPENDENCY_FAILURE_CHOICES, checked above
+
+    @field_validator("unique_for", "debounce", mode="before")
+    @classmethod
+    def _check_window(cls, value: Any, info: Any) -> float | None:
+        return window_seconds(info.field_name, value)
 
     @model_validator(mode="after")
     def _check_schedule(self) -> JobOptions:
         if self.run_at is not None and self.delay is not None:
             raise ValueError("give run_at or delay, not both")
+        if self.unique_for is not None and self.debounce is not None:
+            raise ValueError(
+                "give unique_for or debounce, not both: unique_for keeps the first job of a window and refuses the "
+                "later ones, debounce keeps one job and gives it the last args"
+            )
+        if self.debounce is not None and (self.run_at is not None or self.delay is not None):
+            raise ValueError("debounce sets when the job starts (debounce after the last enqueue): give no run_at or delay")
         return self
 
     # ---- derived values ------------------------------------------------------------------
@@ -498,6 +519,8 @@ class JobOptions(BaseModel):
             retry_on=self.retry_on,
             capabilities=self.capabilities,
             max_snoozes=self.max_snoozes,
+            unique_for_s=self.unique_for,
+            debounce_s=self.debounce,
         )
 
     @classmethod
@@ -513,6 +536,8 @@ class JobOptions(BaseModel):
             retry_on=spec.retry_on,
             capabilities=spec.capabilities,
             max_snoozes=spec.max_snoozes,
+            unique_for=spec.unique_for_s,
+            debounce=spec.debounce_s,
             **others,
         )
 
@@ -533,6 +558,26 @@ class JobOptions(BaseModel):
         if not isinstance(value, str) or not value or len(value) > 512:
             raise InvalidJobOptions(f"idempotency_key function returned {value!r}; return a non-empty string (<= 512 chars)")
         return value
+
+
+def window_seconds(name: str, value: Any) -> float | None:
+    """A flow-control window (``unique_for``, ``debounce``) in seconds: a number of seconds, a
+    ``timedelta`` or text like ``"10m"`` (``durations.parse_duration``), from ``MIN_WINDOW_S``
+    (1 ms) to ``MAX_WINDOW_S`` (30 days); None for none. ``ValueError`` names what is wrong."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"{name} must be a duration like '10m', '30s' or '250ms', a timedelta or a number of "
+                             f"seconds: {exc}") from None
+    seconds = _seconds(name, value, allow_zero=False)
+    assert seconds is not None
+    if not MIN_WINDOW_S <= seconds <= MAX_WINDOW_S:
+        raise ValueError(f"{name} must be from {MIN_WINDOW_S:g} s (1 ms) to {MAX_WINDOW_S:g} s (30 days, "
+                         f"MAX_WINDOW_S), got {seconds:g} s")
+    return round(seconds, 3)
 
 
 def _describe_errors(exc: ValidationError) -> str:

@@ -274,7 +274,7 @@ def _callable_delay(backoff: Callable[[int], float], attempt: int) -> float | No
     """The user's backoff for ``attempt``, or None (the processor then uses the spec's fallback)."""
     try:
         seconds = float(backoff(attempt))
-    except Exception:
+    except Exception:  # noqa: BLE001 - the user's backoff failed: the processor uses the spec's fallback
         return None
     if not math.isfinite(seconds) or seconds < 0:
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -58,12 +58,12 @@ class ReadyRecord(_Record):
 REVOKED_ATTEMPT_HEADER = "eventjobs.attempt"
 REVOKED_ENQUEUED_AT_HEADER = "eventjobs.enqueued_at"
 _MS = timedelta(milliseconds=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def ready_attempt(ready: ReadyRecord) -> tuple[str, int, int]:
     """Which attempt of which job a ready record offers: (job id, attempt, enqueued_at in epoch ms)."""
-    enqueued_at = ready.enqueued_at if ready.enqueued_at.tzinfo else ready.enqueued_at.replace(tzinfo=timezone.utc)
+    enqueued_at = ready.enqueued_at if ready.enqueued_at.tzinfo else ready.enqueued_at.replace(tzinfo=UTC)
     return ready.job_id, ready.attempt, (enqueued_at - _EPOCH) // _MS
 
 

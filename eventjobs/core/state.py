@@ -129,6 +129,11 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(None, "enqueued", _S.WAITING, "depends_on names other jobs", ("dependency_requested",)),
     Transition(None, "enqueued", _S.PENDING, "no depends_on, run_at is empty or not after occurred_at"),
     Transition(None, "enqueued", _S.SCHEDULED, "no depends_on, run_at is after occurred_at", ("scheduled",)),
+    *(
+        Transition(s, "enqueued", _S.SCHEDULED, "debounce, another enqueue of the job's window, never started, no cancel "
+                   "requested: takes the new args, starts debounce after the enqueue (never earlier)", ("debounced",))
+        for s in (_S.SCHEDULED, _S.PENDING)
+    ),
     Transition(
         _S.WAITING, "dependency_resolved", _S.WAITING, "a dependency ended; others are still unresolved (and none failed, "
         "or on_dependency_failure is run)",
@@ -165,8 +170,8 @@ TRANSITIONS: tuple[Transition, ...] = (
         Transition(s, "dependency_requested", s, f"the job has ended: answered at once{also}", ("dependency_resolved",))
         for s, also in (
             (_S.COMPLETED, ""),
-            (_S.CANCELLED, " (cancelled by a dependency, it also remembers the dependent, to reopen its answer if "
-                           "it waits again)"),
+            (_S.CANCELLED, (" (cancelled by a dependency, it also remembers the dependent, to reopen its answer if "
+                            "it waits again)")),
             (_S.DEAD_LETTERED, " (it also remembers the dependent, to reopen its answer if it is retried)"),
             (_S.DISCARDED, ""),
         )
@@ -209,7 +214,8 @@ TRANSITIONS: tuple[Transition, ...] = (
                    ("failed", "dead_lettered"))
         for s in ACTIVE_STATUSES
     ),
-    Transition(_S.SCHEDULED, "due", _S.PENDING, "timer is run_at, attempt is the current one"),
+    Transition(_S.SCHEDULED, "due", _S.PENDING, "timer is run_at, attempt is the current one (debounce: not before "
+               "next_due_at, which a later enqueue may have put back)"),
     Transition(_S.RETRYING, "due", _S.PENDING, "timer is retry, attempt is the current one"),
     Transition(
         _S.PENDING, "due", _S.PENDING,

@@ -19,7 +19,7 @@ import heapq
 from array import array
 from binascii import hexlify, unhexlify
 from collections.abc import Iterator
-from datetime import timezone
+from datetime import UTC
 from typing import NamedTuple
 
 from pydantic import ValidationError
@@ -111,7 +111,7 @@ def admit_timer(key: bytes | None, value: bytes) -> tuple[int, int] | RefusedTim
         return RefusedTimer("wrong fields", f"not a timer record: {error}")
     if key != expected:
         return RefusedTimer("key does not match", f"key {key!r} is not the record's key {expected!r}")
-    due_at = timer.due_at if timer.due_at.tzinfo is not None else timer.due_at.replace(tzinfo=timezone.utc)
+    due_at = timer.due_at if timer.due_at.tzinfo is not None else timer.due_at.replace(tzinfo=UTC)
     try:
         due_ms = epoch_ms(due_at)
     except (OverflowError, ValueError) as error:

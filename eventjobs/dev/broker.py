@@ -173,7 +173,7 @@ class LocalKafka:
         ]
         if quiet:
             command.insert(2, "-q")
-        proc = subprocess.run(command, capture_output=True, text=True)
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not output.exists():
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
             raise DevStackError(
@@ -205,7 +205,7 @@ class LocalKafka:
     def run_tool(self, main: str, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run one of Kafka's command-line tools (a main class of the same jars) with a small heap."""
         command = self._java_command(self.classpath(), main, *args, heap="128m")
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
 
     def _write_config(self) -> None:
         template = SERVER_TEMPLATE.read_text()
@@ -223,7 +223,7 @@ class LocalKafka:
             classpath, STORAGE_TOOL, "format", "-t", self.cluster_id or new_cluster_id(), "-c", str(self._config_file),
             heap="256m",
         )
-        proc = subprocess.run(command, capture_output=True, text=True)
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise DevStackError(
                 f"Formatting KRaft storage in {self.data_dir} failed (exit {proc.returncode}):\n"

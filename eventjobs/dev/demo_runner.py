@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ async def _enqueue_all(app: App) -> dict[str, str]:
     key = f"order-99-{uuid.uuid4().hex[:8]}"  # unique per run: the key would also dedupe across runs
     twice = [await app.enqueue("charge_card", {"amount": 99}, idempotency_key=key) for _ in range(2)]
     jobs[twice[0]] = "enqueued twice with one idempotency key: runs once"
-    later = datetime.now(timezone.utc) + timedelta(seconds=2)
+    later = datetime.now(UTC) + timedelta(seconds=2)
     jobs[await app.enqueue("send_receipt", {"order": 100}, run_at=later)] = "scheduled 2 s ahead"
     doomed = await app.enqueue("send_receipt", {"order": 101}, delay=600)
     await app.cancel(doomed, "customer unsubscribed")
@@ -258,7 +258,7 @@ def serve_dashboard(settings: Settings, port: int, services: list[subprocess.Pop
         while not stop.wait(0.5):
             exited = [process for process in (*services, dashboard) if process.poll() is not None]
             if exited and not stop.wait(1.0):  # Ctrl-C in a terminal reaches the children too
-                raise DemoServeError(f"the {exited[0].args[3]} exited with code {exited[0].returncode}; see its "
+                raise DemoServeError(f"the {exited[0].args[3]} exited with code {exited[0].returncode}; see its "  # type: ignore[index, str-bytes-safe]  # _spawn's list: args[3] names the service
                                      f"log in {logs}")
     except BaseException:
         dashboard.terminate()
@@ -303,7 +303,7 @@ async def _main(settings: Settings, console: Console) -> None:
     try:
         with console.status("waiting for the processor and the worker to join their groups..."):
             await demo_app.wait(await demo_app.enqueue("send_receipt", {"order": 0}), timeout=120)
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         started = time.monotonic()
         jobs = await _enqueue_all(demo_app)
         console.print(f"enqueued {len(jobs)} jobs")

@@ -21,12 +21,12 @@ async def broker_count_async(bootstrap: str, timeout_s: float = 3.0) -> int:
         await asyncio.wait_for(admin.start(), timeout_s)
         cluster = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
         return len(cluster.get("brokers") or [])
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         return 0
     finally:
         try:
             await admin.close()
-        except Exception:  # noqa: BLE001 - closing a client that never connected
+        except Exception:  # noqa: BLE001, S110 - closing a client that never connected
             pass
 
 

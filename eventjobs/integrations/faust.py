@@ -37,7 +37,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import orjson
 
@@ -122,47 +122,47 @@ class JobEventRecord(faust.Record, serializer="json", include_metadata=False):
     occurred_at: datetime
     actor: str
     schema_version: int = 1
-    causation_id: Optional[str] = None
+    causation_id: str | None = None
     # enqueued
-    name: Optional[str] = None
-    queue: Optional[str] = None
-    args: Optional[Dict[str, Any]] = None
-    options: Optional[Dict[str, Any]] = None
-    run_at: Optional[datetime] = None
-    priority: Optional[str] = None
-    idempotency_key: Optional[str] = None
-    parent_job_id: Optional[str] = None
-    depends_on: Optional[List[str]] = None
-    on_dependency_failure: Optional[str] = None
+    name: str | None = None
+    queue: str | None = None
+    args: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    run_at: datetime | None = None
+    priority: str | None = None
+    idempotency_key: str | None = None
+    parent_job_id: str | None = None
+    depends_on: list[str] | None = None
+    on_dependency_failure: str | None = None
     # dependencies: a request to a dependency, its answer to the waiting job
-    dependent_id: Optional[str] = None
-    dependency_id: Optional[str] = None
-    outcome: Optional[str] = None
+    dependent_id: str | None = None
+    dependency_id: str | None = None
+    outcome: str | None = None
     # a dependency cycle probe: the waits it followed
-    path: Optional[List[str]] = None
-    origin: Optional[str] = None
-    via: Optional[str] = None
+    path: list[str] | None = None
+    origin: str | None = None
+    via: str | None = None
     # attempts, leases, progress
-    attempt: Optional[int] = None
-    timer: Optional[str] = None
-    sequence: Optional[int] = None
-    worker_id: Optional[str] = None
-    claim_id: Optional[str] = None
-    lease_deadline: Optional[datetime] = None
-    percent: Optional[float] = None
-    message: Optional[str] = None
+    attempt: int | None = None
+    timer: str | None = None
+    sequence: int | None = None
+    worker_id: str | None = None
+    claim_id: str | None = None
+    lease_deadline: datetime | None = None
+    percent: float | None = None
+    message: str | None = None
     # outcomes
-    result: Optional[Dict[str, Any]] = None
-    error_type: Optional[str] = None
-    traceback: Optional[str] = None
-    retryable: Optional[bool] = None
-    retry_delay_s: Optional[float] = None
-    timeout_s: Optional[float] = None
-    due_at: Optional[datetime] = None
-    delay_s: Optional[float] = None
-    reason: Optional[str] = None
-    scope: Optional[str] = None
-    duplicate_event_id: Optional[str] = None
+    result: dict[str, Any] | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    retryable: bool | None = None
+    retry_delay_s: float | None = None
+    timeout_s: float | None = None
+    due_at: datetime | None = None
+    delay_s: float | None = None
+    reason: str | None = None
+    scope: str | None = None
+    duplicate_event_id: str | None = None
 
     @classmethod
     def from_event(cls, event: JobEvent) -> JobEventRecord:
@@ -177,7 +177,7 @@ class JobEventRecord(faust.Record, serializer="json", include_metadata=False):
         return record
 
     @classmethod
-    def from_data(cls, data: Any, *, preferred_type: Optional[ModelArg] = None) -> JobEventRecord:
+    def from_data(cls, data: Any, *, preferred_type: ModelArg | None = None) -> JobEventRecord:
         """Faust's entry point for deserialization: accepts an event, a record or a flat mapping.
 
         Raises ``EventDecodeError`` (a ``ValueError``, which Faust reports as a value decode
@@ -201,7 +201,7 @@ class JobEventRecord(faust.Record, serializer="json", include_metadata=False):
 
     def to_representation(self) -> Mapping[str, Any]:
         """The event's wire form (what ``encode`` writes), so ``dumps()`` matches the log."""
-        return orjson.loads(encode(self.to_event(), max_bytes=None))  # type: ignore[no-any-return]
+        return orjson.loads(encode(self.to_event(), max_bytes=None))  # type: ignore[no-any-return]  # orjson.loads of an encoded event: a mapping
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ class JobEventCodec(Codec):
         return data
 
 
-class JobEventSchema(faust.Schema):
+class JobEventSchema(faust.Schema[str, JobEventRecord]):
     """Keys are job ids (str); values are ``JobEventRecord`` via ``JobEventCodec``.
 
     Adds the processor's other check: the record key must be the event's job id (otherwise the
@@ -247,7 +247,7 @@ class JobEventSchema(faust.Schema):
         super().__init__(key_type=str, value_type=value_type, key_serializer="raw",
                          value_serializer=JobEventCodec(max_bytes), allow_empty=False)
 
-    def loads_value(self, app: AppT, message: Message, *, loads: Optional[Callable[..., Any]] = None,
+    def loads_value(self, app: AppT, message: Message, *, loads: Callable[..., Any] | None = None,
                     serializer: Any = None) -> JobEventRecord:
         if message.value is None:
             raise ValueDecodeError("empty record (tombstone) on the job event log")
@@ -274,7 +274,7 @@ class InvalidJobEventRecord:
         return f"<InvalidJobEventRecord {self.topic}[{self.partition}]@{self.offset}: {self.reason}>"
 
 
-OnInvalid = Callable[[InvalidJobEventRecord], Optional[Awaitable[None]]]
+OnInvalid = Callable[[InvalidJobEventRecord], Awaitable[None] | None]
 
 
 class JobEventsTopic(faust.Topic):
@@ -351,7 +351,7 @@ class FaustEnqueuer:
             self.actor = ej_app.actor
         else:
             self.actor = f"faust:{faust_app.conf.id}:{socket.gethostname()}:{os.getpid()}"[:_ACTOR_MAX]
-            faust_app.on_before_shutdown.connect(self._on_shutdown, weak=False)
+            faust_app.on_before_shutdown.connect(self._on_shutdown, weak=False)  # type: ignore[arg-type]  # faust awaits a coroutine receiver
 
     def build(self, name: str, args: dict[str, Any] | None = None, **options: Any) -> EnqueuedEvent:
         """The validated ``enqueued`` event (nothing sent); raises like ``App.build_enqueue``."""

@@ -99,7 +99,7 @@ async def wait_for_topics(admin: AIOKafkaAdminClient, names: list[str], timeout_
     missing = set(names)
     while missing:
         listed = set(await admin.list_topics())
-        ready = [name for name in missing & listed]
+        ready = list(missing & listed)
         if ready:
             for topic in await admin.describe_topics(ready):
                 partitions = topic.get("partitions") or []
@@ -118,9 +118,9 @@ def replication_drift(spec: TopicSpec, live: LiveTopic, brokers: int) -> list[st
     wanted = min(spec.replication_factor, brokers)
     if live.replication_factor >= wanted:
         return []
-    return [f"has {live.replication_factor} replica(s), spec wants {spec.replication_factor} and the cluster has "
-            f"{brokers} broker(s): losing a broker can lose acknowledged writes (not changed automatically: "
-            f"reassign its partitions with kafka-reassign-partitions, docs/operations.md#a-replicated-cluster)"]
+    return [(f"has {live.replication_factor} replica(s), spec wants {spec.replication_factor} and the cluster has "
+             f"{brokers} broker(s): losing a broker can lose acknowledged writes (not changed automatically: "
+             f"reassign its partitions with kafka-reassign-partitions, docs/operations.md#a-replicated-cluster)")]
 
 
 def drift(spec: TopicSpec, live: LiveTopic, replication_factor: int, brokers: int | None = None) -> list[str]:
@@ -238,8 +238,8 @@ def min_insync_drift(live: LiveTopic) -> list[str]:
     for the leader alone, and a lost leader can lose acknowledged writes)."""
     value = live.configs.get(_CAPPED_TO_REPLICATION)
     if live.replication_factor > 1 and value is not None and value.isdigit() and int(value) < 2:
-        return [f"has min.insync.replicas {value} with {live.replication_factor} replicas: an acknowledged write "
-                f"may live on one broker only (set it to 2, as topics/*.yaml do)"]
+        return [(f"has min.insync.replicas {value} with {live.replication_factor} replicas: an acknowledged write "
+                 f"may live on one broker only (set it to 2, as topics/*.yaml do)")]
     return []
 
 
@@ -250,7 +250,7 @@ async def ensure_ready_topics(settings: Settings, routes: list[str]) -> list[str
     admin = await _connect(settings)
     try:
         wanted = [name for name, _ in names.planned(routes) if name.startswith(f"{settings.namespace}.ready.")]
-        await _create_missing(admin, {name: spec for name in wanted})
+        await _create_missing(admin, dict.fromkeys(wanted, spec))
         return wanted
     finally:
         await admin.close()

@@ -15,7 +15,10 @@ from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTime
 from aiokafka.helpers import create_ssl_context
 
 # the job partition rule (pure, in the core), for the services that write and read the log
-from eventjobs.core.partitioning import job_partition, key_partition, murmur2  # noqa: F401
+# re-exported: the shell takes the partitioner from here, next to the clients that use it
+from eventjobs.core.partitioning import job_partition as job_partition
+from eventjobs.core.partitioning import key_partition as key_partition
+from eventjobs.core.partitioning import murmur2 as murmur2
 from eventjobs.settings import Settings
 
 
@@ -46,7 +49,7 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-class AdminClient(AIOKafkaAdminClient):
+class AdminClient(AIOKafkaAdminClient):  # type: ignore[misc]  # aiokafka has no type information
     """aiokafka's admin client, but a request any broker may answer goes to another broker when
     the one it picked does not answer.
 
@@ -117,8 +120,8 @@ def _retry_coordinator_lookups_across_lost_connections() -> None:
                 await self.client.force_metadata_update()
                 await asyncio.sleep(self._retry_backoff)
 
-    find_coordinator.retries_lost_connections = True  # type: ignore[attr-defined]
-    Sender._find_coordinator = find_coordinator  # type: ignore[method-assign]
+    find_coordinator.retries_lost_connections = True  # type: ignore[attr-defined]  # the mark that it is installed
+    Sender._find_coordinator = find_coordinator
 
 
 _retry_coordinator_lookups_across_lost_connections()
@@ -213,7 +216,7 @@ async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
     ]
 
 
-class OwnershipListener(ConsumerRebalanceListener):
+class OwnershipListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka has no type information
     """Forwards partition hand-overs to a service's `take` and `release` coroutines.
 
     aiokafka logs and swallows an exception raised in a rebalance listener, so a partition whose

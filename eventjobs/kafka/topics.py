@@ -107,7 +107,7 @@ class TopicSpec(BaseModel):
         return self.name.format(namespace=namespace, queue=queue, priority=priority)
 
 
-def _config_text(value: str | int | float) -> str:
+def _config_text(value: str | float) -> str:
     if isinstance(value, float) and value.is_integer() is False:
         return repr(value)
     return str(value)

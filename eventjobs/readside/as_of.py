@@ -114,7 +114,7 @@ def parse_as_of(text: str, now: datetime) -> AsOf:
         at = now - parse_duration(text)
     except ValueError:
         try:
-            at = utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+            at = utc(datetime.fromisoformat(text))
         except ValueError:
             raise AsOfError(
                 f"--as-of {text!r} is not a moment: give an ISO-8601 time (2026-05-17T12:00:00Z; UTC when it names "
@@ -171,9 +171,9 @@ def _prefix(as_of: AsOf, job_ids: list[str] | None = None) -> tuple[str, dict[st
     if as_of.at is None:  # a position: the rows inside the cut are the prefix
         return f"(SELECT * FROM job_events WHERE {cut}{only})", params
     return (  # a time: each job's rows up to its last one inside the cut, in log order
-        "(SELECT e.* FROM job_events AS e INNER JOIN (SELECT job_id, max((log_partition, log_offset)) AS last "
-        f"FROM job_events WHERE {cut}{only} GROUP BY job_id) AS c ON e.job_id = c.job_id "
-        "WHERE (e.log_partition, e.log_offset) <= c.last)",
+        ("(SELECT e.* FROM job_events AS e INNER JOIN (SELECT job_id, max((log_partition, log_offset)) AS last "
+         f"FROM job_events WHERE {cut}{only} GROUP BY job_id) AS c ON e.job_id = c.job_id "
+         "WHERE (e.log_partition, e.log_offset) <= c.last)"),
         params,
     )
 
@@ -184,11 +184,11 @@ def _jobs_at(as_of: AsOf) -> tuple[str, dict[str, Any]]:
     rows, params = _prefix(as_of)
     by = "(log_partition, log_offset)"
     return (
-        f"(SELECT job_id, argMaxIf(status_after, {by}, status_after != '') AS status, "
-        f"argMaxIf(queue, {by}, status_after != '') AS queue, argMaxIf(name, {by}, status_after != '') AS name, "
-        f"argMaxIf(outcome, {by}, status_after != '' OR outcome = 'forgotten') = 'forgotten' AS forgotten, "
-        f"argMaxIf(occurred_at, {by}, type = 'enqueued' AND outcome = 'applied') AS enqueued_at "
-        f"FROM {rows} GROUP BY job_id HAVING countIf(status_after != '') > 0)",
+        (f"(SELECT job_id, argMaxIf(status_after, {by}, status_after != '') AS status, "
+         f"argMaxIf(queue, {by}, status_after != '') AS queue, argMaxIf(name, {by}, status_after != '') AS name, "
+         f"argMaxIf(outcome, {by}, status_after != '' OR outcome = 'forgotten') = 'forgotten' AS forgotten, "
+         f"argMaxIf(occurred_at, {by}, type = 'enqueued' AND outcome = 'applied') AS enqueued_at "
+         f"FROM {rows} GROUP BY job_id HAVING countIf(status_after != '') > 0)"),
         params,
     )
 
@@ -261,7 +261,7 @@ def show_job_as_of(backend: Backend, job_id: str, as_of: AsOf) -> JobDetail:
             raise JobNotFound(f"no job {job_id!r} in the read side (unknown id, or not projected yet)")
         raise JobNotFound(f"job {job_id!r} did not exist {as_of.describe()}: it first appears at "
                           f"{at:%Y-%m-%d %H:%M:%S} UTC (partition {partition} offset {offset})")
-    row = dict(zip(JOB_COLUMNS, job_row(job)))
+    row = dict(zip(JOB_COLUMNS, job_row(job), strict=False))
     detail = {name: row[name] for name in JobDetail.__dataclass_fields__ if name in row}
     detail["args"] = orjson.loads(detail["args"]) if detail["args"] else {}
     detail["result"] = orjson.loads(detail["result"]) if detail["result"] else None

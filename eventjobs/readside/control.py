@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from eventjobs.clickhouse.backend import Backend
@@ -28,7 +28,7 @@ class Control:
 
     def set(self, key: str, value: str) -> None:
         self.backend.insert("projector_control", ["key", "value", "updated_at"],
-                            [[key], [value], [datetime.now(timezone.utc)]], database=self.database)
+                            [[key], [value], [datetime.now(UTC)]], database=self.database)
 
     def read(self) -> dict[str, tuple[str, datetime]]:
         rows = self.backend.query(
@@ -46,6 +46,6 @@ class Control:
         if entry is None:
             return None
         value, at = entry
-        if (datetime.now(timezone.utc) - at).total_seconds() > STALE_AFTER_S:
+        if (datetime.now(UTC) - at).total_seconds() > STALE_AFTER_S:
             return None
         return {**json.loads(value), "at": at}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Literal
 
@@ -174,7 +174,7 @@ def apply_migrations(backend: Backend, directory: Path, database: str | None = N
         _run_file(backend, migration, statements, target)
         backend.insert(MIGRATION_TABLE, ["version", "name", "checksum", "applied_at"],
                        [[migration.version], [migration.name], [migration.checksum],
-                        [datetime.now(timezone.utc)]], database=target)
+                        [datetime.now(UTC)]], database=target)
         reports.append(MigrationReport(migration.version, migration.name, "applied", len(statements)))
     return reports
 

@@ -14,6 +14,7 @@ database, up to fixed end offsets, without the heartbeat / pause handshake).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -22,18 +23,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from eventjobs.clickhouse.backend import Backend
 from eventjobs.clickhouse.backoff import Backoff
 from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseUnavailable
 from eventjobs.core.codec import admit
+from eventjobs.core.limits import PROJECTOR_END_OFFSETS_EVERY_S
 from eventjobs.core.state import JobStatus
 from eventjobs.core.gc_pause import collector_paused
 from eventjobs.kafka.clients import consumer as kafka_consumer
 from eventjobs.kafka.clients import job_partition, partitions_of
 from eventjobs.metrics import Metrics
 from eventjobs.readside.control import Control
+from eventjobs.readside.lag import LagTracker
 from eventjobs.readside.rows import ProjectedJob, malformed_row, project_event
 from eventjobs.readside.store import Batch, Positions, ProjectionStore
 from eventjobs.settings import Settings
@@ -50,6 +54,8 @@ class ProjectorOptions:
     batch_max_wait_s: float = 0.5
     cache_max_jobs: int = 500_000
     heartbeat_every_s: float = 1.0
+    #: how often the log's end offsets are asked for, for the lag per partition
+    end_offsets_every_s: float = PROJECTOR_END_OFFSETS_EVERY_S
 
 
 @dataclass
@@ -119,7 +125,7 @@ class BatchFolder:
         dead: set[str] = set()
         rows: list[tuple[Any, ...]] = []
         last: dict[int, int] = {}
-        for record, event in zip(records, decoded):
+        for record, event in zip(records, decoded, strict=True):
             partition, offset = record.partition, record.offset
             last[partition] = offset
             if isinstance(event, str):
@@ -172,7 +178,8 @@ class Projector:
                  control: bool = True, start_at: dict[int, int] | None = None,
                  stop_at: dict[int, int] | None = None,
                  on_batch: Callable[[BatchStats], None] | None = None, metrics: Metrics | None = None) -> None:
-        self.metrics = metrics  # Prometheus metrics (eventjobs.metrics: eventjobs_projector_lag_seconds), or None
+        #: Prometheus metrics (eventjobs_projector_lag_seconds, eventjobs_projector_records_behind), or None
+        self.metrics = metrics
         self.backend = backend
         self.settings = settings
         self.topic = events_topic(settings)
@@ -187,6 +194,9 @@ class Projector:
         self.folder = BatchFolder(self.store, self.cache, settings.max_event_bytes)
         self.positions = Positions()
         self.next_offsets: dict[int, int] = {}
+        #: how far each partition is behind: reported with metrics and, by a live projector (one with
+        #: `control`), in `projector_lag` for the dashboard
+        self.lag = LagTracker()
         self._handled_pause: str | None = None
         self._last_beat = 0.0
 
@@ -199,16 +209,24 @@ class Projector:
         the engine releases the GIL), batch N+1 is fetched and folded. Writes stay strictly in
         order (N+1 is written only after N is), so positions and the commit point are as before.
         Before a heartbeat / pause check and before finishing, the write in flight is awaited.
+        With metrics or `control`, `_watch_lag` runs beside the loop; its failure stops the loop.
         """
         consumer = kafka_consumer(self.settings, group_id=None, enable_auto_commit=False,
                                   max_partition_fetch_bytes=4 * 1024 * 1024)
         writing: asyncio.Task[bool] | None = None
         in_flight: Batch | None = None
+        watching: asyncio.Task[None] | None = None
+        watch_done = asyncio.Event()
         try:
             await consumer.start()  # inside: a cancelled start still closes the consumer
             partitions = await self._assign(consumer)
             await self._seek(consumer, partitions, stop)
+            if self.metrics is not None or self.control is not None:
+                watching = asyncio.create_task(self._watch_lag(consumer, partitions, watch_done))
             while not stop.is_set():
+                if watching is not None and watching.done():
+                    watching.result()  # raises what ended it
+                    break
                 if await self._reached_end(consumer, partitions):
                     if writing is None:
                         break
@@ -224,21 +242,23 @@ class Projector:
                         writing = None
                         break  # stopping during an outage: nothing after the unwritten batch is written
                     in_flight = batch
-                    newest_ms = max(record.timestamp for record in records) if self.metrics is not None else None
-                    writing = asyncio.create_task(self._write(batch, started, stop, newest_ms))
+                    writing = asyncio.create_task(self._write(batch, started, stop, _log_times(records)))
                 elif writing is not None:
                     await writing
                     writing = None
-                elif self.metrics is not None:  # nothing new and everything written: caught up
-                    self.metrics.projector_lag.set(0)
+                else:  # nothing new and every record returned is written: so is all before the positions
+                    for tp in partitions:
+                        self.lag.passed(tp.partition, await consumer.position(tp))
                 if self.control is not None and time.monotonic() - self._last_beat >= self.options.heartbeat_every_s:
                     if writing is not None:
                         await writing
                         writing = None
                     await self._tick_control(consumer, partitions, stop)
         finally:
-            if writing is not None:
-                await asyncio.gather(writing, return_exceptions=True)
+            watch_done.set()  # the watch ends after its current round (a thread's write is never cut off)
+            for task in (writing, watching):
+                if task is not None:
+                    await asyncio.gather(task, return_exceptions=True)
             await consumer.stop()
 
     def finished(self) -> bool:
@@ -279,6 +299,9 @@ class Projector:
         """Read positions from ClickHouse (retrying while it is unreachable) and seek every partition."""
         _, self.positions = await self._retrying(self.store.positions, stop)
         _, has_jobs = await self._retrying(self.store.has_jobs, stop)
+        last_projected: dict[int, Any] = {}
+        if self.control is not None:  # a live projector: its last report, for the lag after a restart
+            _, last_projected = await self._retrying(self.store.last_projected, stop)
         if stop.is_set():
             return
         self.cache.reset(complete=not has_jobs)
@@ -287,6 +310,7 @@ class Projector:
             if self.start_at is not None:
                 start = max(start, self.start_at.get(tp.partition, 0))
             self.next_offsets[tp.partition] = start
+            self.lag.resumed(tp.partition, start, (last_projected or {}).get(tp.partition))
             if start > 0:
                 consumer.seek(tp, start)
             else:
@@ -323,9 +347,10 @@ class Projector:
 
     # ---- one batch ------------------------------------------------------------------------
 
-    async def _write(self, batch: Batch, started: float, stop: asyncio.Event, newest_ms: int | None = None) -> bool:
+    async def _write(self, batch: Batch, started: float, stop: asyncio.Event,
+                     log_times: dict[int, int] | None = None) -> bool:
         """Write a folded batch (retrying while ClickHouse is unreachable), then advance the positions
-        (and with metrics, the lag: now minus the log time `newest_ms` of its newest record)."""
+        and the lag tracker (`log_times`: per partition, the log time of the batch's last record)."""
         done, _ = await self._retrying(lambda: self.store.write(batch), stop)
         if not done:
             return False  # stopping during an outage: nothing advanced, the batch is read again on restart
@@ -333,12 +358,42 @@ class Projector:
             self.positions.state_done[partition] = offset
             self.positions.events_done[partition] = max(offset, self.positions.events_done.get(partition, -1))
             self.next_offsets[partition] = offset + 1
+            if log_times is not None and partition in log_times:
+                self.lag.projected(partition, offset, log_times[partition])
         stats = BatchStats(batch.records, len(batch.event_rows), time.perf_counter() - started, dict(self.next_offsets))
-        if self.metrics is not None and newest_ms is not None:
-            self.metrics.projector_lag.set(max(0.0, time.time() - newest_ms / 1000))
         if self.on_batch is not None:
             self.on_batch(stats)
         return True
+
+    async def _watch_lag(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
+                         done: asyncio.Event) -> None:
+        """Until `done` (set when the batch loop ends): ask the log's end offsets every `end_offsets_every_s` (while Kafka does not
+        answer the last answer stands, and the lag in seconds goes on growing) and, with `control`,
+        report the lag in `projector_lag`. Beside the batch loop, so it goes on while a write waits
+        for ClickHouse. With metrics, the per-partition gauges read the tracker at scrape time."""
+        if self.metrics is not None:
+            for tp in partitions:
+                label = str(tp.partition)
+                self.metrics.gauge_from(self.metrics.projector_lag.labels(label),
+                                        functools.partial(self.lag.lag_s, tp.partition))
+                self.metrics.gauge_from(self.metrics.projector_records_behind.labels(label),
+                                        functools.partial(self.lag.records_behind, tp.partition))
+        every_s = self.options.end_offsets_every_s
+        while not done.is_set():
+            try:
+                ends = await asyncio.wait_for(consumer.end_offsets(partitions), max(every_s, 1.0))
+                self.lag.ended({tp.partition: offset for tp, offset in ends.items()})
+            except (TimeoutError, KafkaError) as error:
+                log.debug("end offsets of %s not read (%r); the last ones stand", self.topic, error)
+            if self.control is not None:
+                try:
+                    await asyncio.to_thread(self.store.write_lag, self.lag.lags(), self.lag.now())
+                except ClickHouseError as error:
+                    log.debug("lag not reported: %s", error)
+            try:
+                await asyncio.wait_for(done.wait(), every_s)
+            except TimeoutError:
+                pass
 
     async def _retrying(self, action: Callable[[], Any], stop: asyncio.Event) -> tuple[bool, Any]:
         """Run `action` in a thread until it succeeds: (True, its result); back off while ClickHouse is
@@ -353,7 +408,7 @@ class Projector:
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                     return False, None
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
 
     # ---- heartbeat and the replay handshake ------------------------------------------------
@@ -395,3 +450,11 @@ class Projector:
         await self._seek(consumer, partitions, stop)
         log.info("resumed after the projection swap")
 
+
+
+def _log_times(records: list[ConsumerRecord[bytes, bytes]]) -> dict[int, int]:
+    """Per partition, the log time (ms) of the last of these records (they come in offset order)."""
+    times: dict[int, int] = {}
+    for record in records:
+        times[record.partition] = record.timestamp
+    return times

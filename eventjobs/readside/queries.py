@@ -7,7 +7,7 @@ returned values are the same) and returns plain dataclasses the CLI prints or du
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any, Literal
 
 import orjson
@@ -15,6 +15,8 @@ import orjson
 from eventjobs.clickhouse.backend import Backend
 from eventjobs.clickhouse.errors import ClickHouseError
 from eventjobs.core.state import JobStatus
+from eventjobs.readside.control import STALE_AFTER_S
+from eventjobs.readside.lag import PartitionLag, lag_of
 
 #: every job status, in the order of the state machine (`core.state.JobStatus`)
 STATUSES = tuple(status.value for status in JobStatus)
@@ -55,11 +57,71 @@ class Freshness:
 
 
 def freshness(backend: Backend, end_offsets: dict[int, int] | None) -> Freshness:
+    """The projected offsets are the last event rows' offsets, or, past them, where the projector
+    last reported it had got to (`projector_lag`: past the transaction markers, which have no rows)."""
     rows = backend.query("SELECT log_partition, max(log_offset), max(occurred_at) FROM job_events "
                          "GROUP BY log_partition").rows
     projected = {int(p): int(o) for p, o, _ in rows}
+    for partition, next_offset in backend.query(
+            "SELECT log_partition, max(next_offset) FROM projector_lag GROUP BY log_partition").rows:
+        projected[int(partition)] = max(projected.get(int(partition), -1), int(next_offset) - 1)
     newest = max((at for _, _, at in rows), default=None)
     return Freshness(projected, end_offsets, newest)
+
+
+@dataclass(frozen=True)
+class ReportedLag:
+    """One partition as the projector last reported it in `projector_lag`."""
+
+    partition: int
+    next_offset: int
+    end_offset: int
+    last_projected_at: datetime | None
+    reported_at: datetime
+
+
+@dataclass(frozen=True)
+class LagReport:
+    """How far the projector is behind, per partition (`readside/lag.py` has the rule)."""
+
+    partitions: list[PartitionLag]
+    #: when the projector last reported; None: it never did
+    reported_at: datetime | None
+    #: seconds since that report
+    age_s: float | None
+    #: the end offsets are Kafka's, asked by the reader (else those of the projector's report)
+    live: bool
+
+    @property
+    def stale(self) -> bool:
+        """The projector has not reported for longer than a live one would (`STALE_AFTER_S`)."""
+        return self.age_s is not None and self.age_s > STALE_AFTER_S
+
+
+def reported_lag(backend: Backend) -> list[ReportedLag]:
+    rows = backend.query(
+        "SELECT log_partition, argMax(next_offset, updated_at), argMax(end_offset, updated_at), "
+        "argMax(last_projected_at, updated_at), max(updated_at) FROM projector_lag "
+        "GROUP BY log_partition ORDER BY log_partition").rows
+    return [ReportedLag(int(p), int(n), int(e), at, reported) for p, n, e, at, reported in rows]
+
+
+def lag_report(reported: list[ReportedLag], end_offsets: dict[int, int] | None, now: datetime) -> LagReport:
+    """The projector's last report, measured against `end_offsets` (Kafka's, asked now) when given:
+    a stopped projector is then seen falling behind as the log grows."""
+    partitions = [
+        lag_of(row.partition, row.next_offset,
+               end_offsets.get(row.partition, row.end_offset) if end_offsets is not None else row.end_offset,
+               row.last_projected_at, row.reported_at, now)
+        for row in reported
+    ]
+    reported_at = max((row.reported_at for row in reported), default=None)
+    age_s = None if reported_at is None else max(0.0, (now - reported_at).total_seconds())
+    return LagReport(partitions, reported_at, age_s, end_offsets is not None)
+
+
+def projector_lag(backend: Backend, end_offsets: dict[int, int] | None, now: datetime) -> LagReport:
+    return lag_report(reported_lag(backend), end_offsets, now)
 
 
 @dataclass(frozen=True)
@@ -204,7 +266,8 @@ def list_jobs(backend: Backend, *, queue: str | None = None, status: str | None 
         raise QueryArgumentError(f"limit must be at least 1, got {limit}")
     if offset < 0:
         raise QueryArgumentError(f"offset must be 0 or more, got {offset}")
-    where, params = ["1"], {"limit": limit, "offset": offset}
+    where: list[str] = ["1"]
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
     for column, value in (("queue", queue), ("status", status), ("name", name)):
         if value is not None:
             where.append(f"{column} = {{{column}:String}}")
@@ -312,7 +375,8 @@ def job_stats(backend: Backend, *, queue: str | None = None, since: datetime | N
     """Throughput, failure rate, run duration and wait quantiles per job name or queue."""
     if by not in ("name", "queue"):
         raise QueryArgumentError(f"--by must be 'name' or 'queue', got {by!r}")
-    where, params = ["1"], {}
+    where: list[str] = ["1"]
+    params: dict[str, Any] = {}
     if queue is not None:
         where.append("queue = {queue:String}")
         params["queue"] = queue
@@ -359,7 +423,8 @@ def _stats_row(row: dict[str, Any]) -> StatsRow:
 def dead_letters(backend: Backend, *, queue: str | None = None, name: str | None = None,
                  limit: int = 100) -> list[DeadLetter]:
     """What is in the dead-letter queue now, newest first."""
-    where, params = ["1"], {"limit": limit}
+    where: list[str] = ["1"]
+    params: dict[str, Any] = {"limit": limit}
     for column, value in (("queue", queue), ("name", name)):
         if value is not None:
             where.append(f"{column} = {{{column}:String}}")
@@ -379,7 +444,7 @@ def dead_letter_count(backend: Backend) -> int:
 
 def utc(value: datetime) -> datetime:
     """An aware UTC datetime (naive input is taken as UTC)."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # ---- the dashboard's overview: time series and queue depth -------------------------------------
@@ -432,7 +497,8 @@ class QueueDepth:
 def minute_series(backend: Backend, *, since: datetime, queue: str | None = None) -> list[MinutePoint]:
     """Per-minute throughput and attempt outcomes since `since`, oldest first; minutes without
     any counted event are absent (the caller draws them as zero or as a gap)."""
-    where, params = ["minute >= toStartOfMinute({since:DateTime64(3, 'UTC')})"], {"since": since}
+    where: list[str] = ["minute >= toStartOfMinute({since:DateTime64(3, 'UTC')})"]
+    params: dict[str, Any] = {"since": since}
     if queue is not None:
         where.append("queue = {queue:String}")
         params["queue"] = queue

@@ -16,7 +16,7 @@ processor does: an ``enqueued`` with the same id (same idempotency key) creates 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any, NamedTuple
 
 import orjson
@@ -48,7 +48,7 @@ RESUME_COLUMNS: tuple[str, ...] = (
 )
 
 _ATTEMPT_OUTCOMES = frozenset({"attempt_succeeded", "attempt_failed", "attempt_timed_out", "lease_expired"})
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ProjectedJob(NamedTuple):
@@ -135,6 +135,8 @@ def _classify(job: ProjectedJob | None, event: JobEvent, decision: Decision) -> 
         return ("unknown_job" if decision.state is None else "rejected"), False, pending
     if decision.state is None:
         return "forgotten", False, pending
+    if event.type == "enqueued" and job is not None and not job.forgotten:
+        return "applied", False, pending  # a debounce's replacement of the args: no new job, not counted
     return "applied", True, pending
 
 
@@ -178,7 +180,7 @@ def _ready_at(job: ProjectedJob | None, event: JobEvent, decision: Decision) -> 
 def malformed_row(value: bytes | None, key: bytes | None, partition: int, offset: int, timestamp_ms: int,
                   reason: str) -> tuple[Any, ...]:
     """A record that is not an event: kept, visible, never counted (the processor quarantines it)."""
-    occurred_at = datetime.fromtimestamp(max(timestamp_ms, 0) / 1000, tz=timezone.utc)
+    occurred_at = datetime.fromtimestamp(max(timestamp_ms, 0) / 1000, tz=UTC)
     job_id = (key or b"").decode("utf-8", errors="replace")
     payload = (value or b"").decode("utf-8", errors="replace")
     return (f"malformed:{partition}:{offset}", job_id, "malformed", occurred_at, "", "", -1, "", "",
@@ -242,4 +244,4 @@ def columns_of(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows -> one list per column (the shape `Backend.insert` takes)."""
     if not rows:
         return [[] for _ in range(width)]
-    return [list(column) for column in zip(*rows)]
+    return [list(column) for column in zip(*rows, strict=True)]

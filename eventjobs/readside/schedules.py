@@ -115,7 +115,7 @@ class SchedulesProjection:
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
         if rows:
-            self.backend.insert("schedules", COLUMNS, [list(column) for column in zip(*rows)], database=self.database)
+            self.backend.insert("schedules", COLUMNS, [list(column) for column in zip(*rows, strict=True)], database=self.database)
 
     async def run(self, stop: asyncio.Event) -> None:
         partitions = await self._partitions(stop)
@@ -141,7 +141,7 @@ class SchedulesProjection:
                 return partitions
             try:
                 await asyncio.wait_for(stop.wait(), TOPIC_WAIT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return []
 
@@ -156,5 +156,5 @@ class SchedulesProjection:
                 log.warning("ClickHouse unavailable (%s); schedules are written again in %.1f s", error, delay)
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass

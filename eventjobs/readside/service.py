@@ -42,7 +42,7 @@ async def open_with_backoff(settings: Settings, stop: asyncio.Event, role: str =
             log.warning("%s; retrying in %.1f s", error, delay)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     return None
 
@@ -89,7 +89,7 @@ async def _watch_servers(servers: list[ReadApi | OwnerApi], stop: asyncio.Event)
                 raise ClickHouseError(f"the {server.name} of the projector stopped; see the log above")
         try:
             await asyncio.wait_for(stop.wait(), API_CHECK_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -101,7 +101,7 @@ async def _side_by_side(*runs: Any) -> None:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             if task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+                raise task.exception()
         await asyncio.gather(*pending)
     finally:
         for task in tasks:

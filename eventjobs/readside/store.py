@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from eventjobs.clickhouse.backend import Backend
+from eventjobs.readside.lag import PartitionLag
 from eventjobs.readside.rows import (
     DEAD_LETTER_COLUMNS,
     JOB_COLUMNS,
@@ -33,6 +35,8 @@ from eventjobs.readside.rows import (
     job_row,
 )
 
+LAG_COLUMNS = ["log_partition", "next_offset", "end_offset", "records_behind", "last_projected_at", "lag_s",
+               "updated_at"]
 _PARTITION = JOB_EVENT_COLUMNS.index("log_partition")
 _OFFSET = JOB_EVENT_COLUMNS.index("log_offset")
 
@@ -89,6 +93,27 @@ class ProjectionStore:
         ).rows
         return Positions({int(p): int(o) for p, o in events}, {int(p): int(o) for p, o in states})
 
+    def last_projected(self) -> dict[int, datetime]:
+        """Per partition, the log time of the last projected record as the projector last reported
+        it (`projector_lag`), so that a restarted projector's lag counts from there."""
+        rows = self.backend.query(
+            "SELECT log_partition, argMax(last_projected_at, updated_at) FROM projector_lag GROUP BY log_partition",
+            database=self.database,
+        ).rows
+        return {int(partition): at for partition, at in rows if at is not None}
+
+    def write_lag(self, lags: list[PartitionLag], at: datetime) -> None:
+        """Report how far each partition is behind (`projector_lag`; partitions whose end offset
+        is not known yet are left out)."""
+        known = [lag for lag in lags if lag.end_offset is not None and lag.records_behind is not None]
+        if not known:
+            return
+        columns: list[list[Any]] = [[lag.partition for lag in known], [lag.next_offset for lag in known],
+                                    [lag.end_offset for lag in known], [lag.records_behind for lag in known],
+                                    [lag.last_projected_at for lag in known], [lag.lag_s for lag in known],
+                                    [at] * len(known)]
+        self.backend.insert("projector_lag", LAG_COLUMNS, columns, database=self.database)
+
     def has_jobs(self) -> bool:
         return bool(self.backend.query("SELECT count() FROM (SELECT 1 FROM jobs LIMIT 1)",
                                        database=self.database).scalar())
@@ -112,12 +137,12 @@ class ProjectionStore:
 
     def write(self, batch: Batch) -> None:
         """Write a batch: event rows (the commit point) first, then the idempotent state rows."""
-        if batch.event_rows and not batch.events_written:
-            # only after a failed try can the rows already be there (a timeout after the commit)
-            if not (batch.event_attempts and self.committed(batch.event_positions())):
-                batch.event_attempts += 1
-                self.backend.insert("job_events", JOB_EVENT_COLUMNS,
-                                    columns_of(batch.event_rows, len(JOB_EVENT_COLUMNS)), database=self.database)
+        # only after a failed try can the rows already be there (a timeout after the commit)
+        if (batch.event_rows and not batch.events_written
+                and not (batch.event_attempts and self.committed(batch.event_positions()))):
+            batch.event_attempts += 1
+            self.backend.insert("job_events", JOB_EVENT_COLUMNS,
+                                columns_of(batch.event_rows, len(JOB_EVENT_COLUMNS)), database=self.database)
         batch.events_written = True
         if not batch.states_written:
             self._write_states(batch)

@@ -322,7 +322,7 @@ async def _copy_history(source: Settings, writer: AIOKafkaProducer, names: Topic
     count = len(begins)
     async for record in _read_between(source, names.events, begins, until):
         event = admit(record.value, record.key, max_bytes=source.max_event_bytes)
-        if type(event) is str:
+        if isinstance(event, str):
             continue  # quarantined by the source's processor: not part of any job
         job_id = event.job_id
         before = states.get(job_id)
@@ -375,7 +375,7 @@ async def _copy_tail(source: Settings, writer: AIOKafkaProducer, names: TopicNam
     pending = {job_id: state for job_id, (_, state) in table.items() if state.status is JobStatus.PENDING}
     async for record in _read_between(source, names.events, until, ends):
         event = admit(record.value, record.key, max_bytes=source.max_event_bytes)
-        if type(event) is str:
+        if isinstance(event, str):
             continue  # the source's processor would have quarantined it
         await sends.send(new.events, record.value, record.key, job_partition(event.job_id, partitions),
                          _copied_from(record))

@@ -160,7 +160,7 @@ def _fold(
     states = result.effects.states
     for record in records:
         event = admit(record.value, record.key, max_bytes=max_event_bytes)
-        if type(event) is str:
+        if isinstance(event, str):
             result.quarantined.append(Quarantined(record, event))
             continue
         before = states.get(event.job_id, _UNSEEN)
@@ -185,11 +185,12 @@ def _fold(
         collect(result.effects, before, decision, event, partition,
                 answer_refusal=event.type == "claimed" and awaits_verdict(record.headers))
         # a derived event read back from the log is never accepted again, so nothing counts twice
-        if event.type in COUNTED_EVENTS and decision.accepted:
-            result.counted.append((event.type, decision.state or before))  # type: ignore[arg-type]
+        # an accepted enqueue of a known job is a debounce's replacement: no new job, not counted
+        if event.type in COUNTED_EVENTS and decision.accepted and not (event.type == "enqueued" and before is not None):
+            result.counted.append((event.type, decision.state or before))
         for derived in decision.derived:
             if derived.type in COUNTED_EVENTS:
-                result.counted.append((derived.type, decision.state or before))  # type: ignore[arg-type]
+                result.counted.append((derived.type, decision.state or before))
     return result
 
 
@@ -199,19 +200,20 @@ def _encode_outputs(
     """Encode the new state (if checked) and the derived events of `decision` into `result`, or say
     which of them is too large (nothing is stored then)."""
     state = decision.state
-    state_data = None
+    checked: tuple[JobState, bytes] | None = None
     if max_state_bytes is not None and state is not None and state is not before and decision.rejected is None:
         state_data = encode_state(state)
         if len(state_data) > max_state_bytes:
             return f"a job state of {len(state_data):,} bytes, over the limit of {max_state_bytes:,}"
+        checked = (state, state_data)
     encoded = []
     for derived in decision.derived:
         try:
             encoded.append((derived.event_id, encode(derived, max_bytes=max_event_bytes)))
         except EventEncodeError as error:
             return f"a derived event that cannot be written: {error}"
-    if state_data is not None:
-        result.state_bytes[state.job_id] = (state, state_data)  # type: ignore[union-attr]
+    if checked is not None:
+        result.state_bytes[checked[0].job_id] = checked
     result.event_bytes.update(encoded)
     return None
 
@@ -679,7 +681,9 @@ class LifecycleProcessor:
         assert self._hints is not None
         event = lane.housekeeping.fire(timer, now, actor=f"processor:{partition}")
         data = encode(event, max_bytes=self.settings.max_event_bytes)
-        return await self._hints.send(self.names.events, data, key=event.job_id.encode(), partition=partition)
+        sent: asyncio.Future[Any] = await self._hints.send(self.names.events, data, key=event.job_id.encode(),
+                                                           partition=partition)
+        return sent
 
     def _housekeeping_tracked(self, housekeeping: Housekeeping) -> None:
         """A lane tracked new states: wake the housekeeping loop if one is due before its next look
@@ -731,7 +735,7 @@ class LifecycleProcessor:
                 if state is not None:
                     counters[event_type].inc(state.name, state.queue)
         if quarantined:
-            self.metrics.quarantined.inc(quarantined)  # type: ignore[union-attr]
+            self.metrics.quarantined.inc(quarantined)  # type: ignore[union-attr]  # called only with metrics (see the caller)
 
     def _lag(self) -> float:
         """Events on the owned partitions not folded yet (the consumer's high watermark minus the
@@ -742,7 +746,7 @@ class LifecycleProcessor:
         for lane in list(self.lanes.values()):
             try:
                 end = source.highwater(lane.partition)
-            except Exception:  # noqa: BLE001 - revoked meanwhile
+            except Exception:  # noqa: BLE001, S112 - revoked meanwhile
                 continue
             if end is not None and lane.next_offset >= 0:
                 lag += max(0, end - lane.next_offset)
@@ -845,8 +849,9 @@ class LifecycleProcessor:
         if count is not None or len(self.moved_from) < MOVED_PRODUCERS_LOGGED:
             self.moved_from[moved.actor] = (count or 0) + 1
         headers = [*(record.headers or ()), (MOVED_FROM_HEADER, source.encode())]
-        return await self._hints.send(self.names.events, record.value, key=record.key, partition=moved.partition,
-                                      headers=headers)
+        sent: asyncio.Future[Any] = await self._hints.send(self.names.events, record.value, key=record.key,
+                                                          partition=moved.partition, headers=headers)
+        return sent
 
     async def _ensure_ready_topics(self, effects: Effects) -> None:
         routes = {capability_route(r.queue, r.options.capabilities) for r in effects.ready}
@@ -889,7 +894,7 @@ async def run_processor(settings: Settings, stop: asyncio.Event, *, with_service
     With `metrics`, both count into it (one registry per process)."""
     from eventjobs.runtime.timers import TimerService
 
-    processor = LifecycleProcessor(settings, metrics=metrics, **options)  # type: ignore[arg-type]
+    processor = LifecycleProcessor(settings, metrics=metrics, **options)  # type: ignore[arg-type]  # the processor's keyword arguments, checked by its __init__
     services = {"lifecycle processor": processor.run(stop),
                 "timer service": TimerService(settings, metrics=metrics).run(stop)}
     await run_services(stop, {**services, **(with_services or {})})

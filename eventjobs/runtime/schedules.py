@@ -41,6 +41,7 @@ import logging
 from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -163,7 +164,7 @@ class ScheduleService:
         self.actor = "schedules:" + self.app.actor.removeprefix("producer:")  # schedules:host:pid, in fired records
         if metrics is not None:
             for reason in SET_ASIDE_REASONS:
-                metrics.gauge_from(metrics.schedules_set_aside.labels(reason), lambda r=reason: self.set_aside(r))
+                metrics.gauge_from(metrics.schedules_set_aside.labels(reason), partial(self.set_aside, reason))
 
     @property
     def skipped_records(self) -> int:

@@ -136,7 +136,7 @@ def _fold_record(states: dict[str, tuple[int, JobState]], record: ConsumerRecord
     and so is an event of a job not held on the record's partition that belongs on another one
     (`job_partition`): the processor moved it there, and the copy is folded where it was written."""
     event = admit(record.value, record.key, max_bytes=max_bytes)  # the processor's admission rules, size budgets included
-    if type(event) is str:
+    if isinstance(event, str):
         return
     before = states.get(event.job_id)
     if (partition_count and (before is None or before[0] != record.partition)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -51,6 +52,12 @@ class _Waiting:
 
     futures: list[asyncio.Future[JobState]] = field(default_factory=list)
     seen_offset: int = -1
+    #: callers of `wait_for`: each is answered by the first state its condition holds for
+    conditions: list[tuple[Callable[[JobState], bool], asyncio.Future[JobState]]] = field(default_factory=list)
+
+    @property
+    def idle(self) -> bool:
+        return not self.futures and not self.conditions
 
 
 @dataclass(eq=False)
@@ -158,17 +165,18 @@ class StateWatcher:
 
     def _job_id(self, record: ConsumerRecord[bytes, bytes]) -> str | None:
         """The job a changelog record is about, or None for a record to skip (no key, or not UTF-8)."""
-        if record.key is None:
+        key: bytes | None = record.key
+        if key is None:
             return None
         try:
-            return record.key.decode()
+            return key.decode()
         except UnicodeDecodeError as error:
             self.bad.report("key not UTF-8", f"{origin(record)} ({describe_key(record.key)})", str(error))
             return None
 
     def _fail_callers(self, error: Exception) -> None:
         """Everyone waiting for a job or for the catch-up gets `error` now."""
-        futures = [f for waiting in self._waiting.values() for f in waiting.futures]
+        futures = [f for waiting in self._waiting.values() for f in (*waiting.futures, *(c[1] for c in waiting.conditions))]
         for future in [self._caught_up, *futures]:
             if future is not None and not future.done():
                 future.set_exception(error)
@@ -191,7 +199,11 @@ class StateWatcher:
             state = self._decode(job_id, value, f"{self.topic}/{partition}@{offset}")
             if state is None:
                 self.raw.pop(job_id, None)
-            elif state.is_terminal:
+                return
+            for until, future in waiting.conditions:
+                if not future.done() and until(state):
+                    future.set_result(state)
+            if state.is_terminal:
                 self._finish(job_id, state)
 
     def _decode(self, job_id: str, value: bytes, where: str) -> JobState | None:
@@ -213,8 +225,13 @@ class StateWatcher:
         return state
 
     def _finish(self, job_id: str, state: JobState) -> None:
-        waiting = self._waiting.pop(job_id, None)
-        for future in waiting.futures if waiting else ():
+        waiting = self._waiting.get(job_id)
+        if waiting is None:
+            return
+        futures, waiting.futures = waiting.futures, []
+        if waiting.idle:
+            del self._waiting[job_id]
+        for future in futures:
             if not future.done():
                 future.set_result(state)
 
@@ -262,8 +279,43 @@ class StateWatcher:
                 raise
             raise TimeoutError(self._not_finished(job_id, timeout_s, last_known, looked_up)) from None
         finally:
-            waiting.futures.remove(finished)
-            if not waiting.futures and self._waiting.get(job_id) is waiting:
+            if finished in waiting.futures:
+                waiting.futures.remove(finished)
+            if waiting.idle and self._waiting.get(job_id) is waiting:
+                del self._waiting[job_id]
+
+    async def wait_for(self, job_id: str, until: Callable[[JobState], bool], timeout_s: float) -> JobState:
+        """The first state of the job for which ``until`` holds: the latest one now (from the cache or
+        a lookup), else each one the tail reads. Registered before anything is checked, as in `wait`.
+        `TimeoutError` after `timeout_s` says the last state seen, or that there was none."""
+        reached: asyncio.Future[JobState] = self.loop.create_future()
+        waiting = self._waiting.setdefault(job_id, _Waiting())
+        entry = (until, reached)
+        waiting.conditions.append(entry)
+        last_known: JobState | None = None
+        try:
+            async with asyncio.timeout(timeout_s) as deadline:
+                await self.start()
+                assert self._caught_up is not None  # set by the start
+                await asyncio.shield(self._caught_up)
+                cached = job_id in self.raw
+                last_known = self._cached(job_id)
+                if last_known is None and not cached and self._may_have_evicted(job_id):
+                    found = await self._look_up(job_id)
+                    if found is not None and found.offset > waiting.seen_offset:
+                        last_known = self._decode(job_id, found.value, f"{self.topic}@{found.offset}")
+                if last_known is not None and until(last_known):
+                    return last_known
+                return await reached
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            state = self._cached(job_id) if job_id in self.raw else last_known
+            seen = f"its last state is {state.status.value}" if state is not None else f"{self.topic} has no state for it"
+            raise TimeoutError(f"job {job_id} was not decided within {timeout_s:g} s ({seen}); is a processor running?") from None
+        finally:
+            waiting.conditions.remove(entry)
+            if waiting.idle and self._waiting.get(job_id) is waiting:
                 del self._waiting[job_id]
 
     def _not_finished(self, job_id: str, timeout_s: float, last_known: JobState | None, looked_up: bool) -> str:
@@ -322,7 +374,7 @@ class StateWatcher:
         except asyncio.CancelledError:  # by stop()
             lookup.found.set_exception(RuntimeError(f"stopped reading {self.topic} (the app was closed)"))
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - handed to the waiting lookup, which raises it
             lookup.found.set_exception(error)
         finally:
             if self._pending_lookups.get(partition) is lookup:

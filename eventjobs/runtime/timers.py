@@ -88,7 +88,8 @@ def _firing(partition: int, due: list[tuple[bytes, int, int]], now: datetime) ->
     """The events `due` timers cause; a timer that causes none (a key naming no known kind, say)
     is left out and listed in `dropped`, to be tombstoned with the rest."""
     actor = f"timer:{partition}"
-    timers, events, dropped = [], [], []
+    timers, dropped = [], []
+    events: list[JobEvent] = []
     for key, due_ms, attempt in due:
         try:
             events.append(timer_fired_event(key, due_ms, attempt, now=now, actor=actor))
@@ -236,8 +237,8 @@ class TimerService:
                 index.delete(key)  # the newest record of the key is this one: no timer for it any more
                 held[key] = (admitted, where)
                 continue
-            index.set(key, *admitted)  # type: ignore[arg-type] - admit_timer refuses a key other than the record's
-            held.pop(key, None)  # type: ignore[arg-type]
+            index.set(key, *admitted)  # type: ignore[arg-type]  # admit_timer refuses a key other than the record's
+            held.pop(key, None)  # type: ignore[arg-type]  # the same key, so not None
 
     def take_bad_records(self, partition: int) -> list[bytes]:
         """Report (count, log once per kind) the bad records still the newest of their keys in a
@@ -328,7 +329,7 @@ class TimerService:
         results = await asyncio.gather(*(self._fire(firing) for firing in firings), return_exceptions=True)
         fired: list[JobEvent] = []
         now_ms = _ms(now)
-        for firing, result in zip(firings, results):
+        for firing, result in zip(firings, results, strict=True):
             partition = firing.partition
             if isinstance(result, BaseException):
                 self._send_failed(partition, result, now_ms)

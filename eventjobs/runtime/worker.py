@@ -67,7 +67,9 @@ from eventjobs.kafka.clients import (
     producer,
     topic_partition_count,
 )
-from eventjobs.metrics import Metrics, seconds_between
+from eventjobs.hooks import AttemptInfo, AttemptOutcome, Hooks, Quarantined, WorkerInfo
+from eventjobs.hooks.prometheus import MetricsHook
+from eventjobs.metrics import Metrics
 from eventjobs.runtime.bad_records import BadRecords, describe_key, origin, power_of_ten
 from eventjobs.runtime.processor import quarantine_headers
 from eventjobs.core.records import (
@@ -131,6 +133,14 @@ class _Item:
     source: AIOKafkaConsumer
     record: ConsumerRecord[bytes, bytes]
     claim_id: str | None = None  # the event_id of this worker's `claimed` event, once built
+    attempt: AttemptInfo | None = None  # once `before_attempt` was called (hooks watch attempts)
+    begun: float | None = None  # event-loop time the handler was called
+    end_sent: bool = False  # the attempt's ending event was sent (`_drain` sends none then)
+    ended: bool = False  # `after_attempt` was called
+
+    def run_time(self) -> float:
+        """Seconds since the handler was called (0 if it never was)."""
+        return 0.0 if self.begun is None else asyncio.get_running_loop().time() - self.begun
 
 
 # `job_partition`, remembered for the jobs running now: an attempt writes three events or more
@@ -153,7 +163,7 @@ async def wait_for_results(app: App, job_ids: list[str], timeout: float) -> dict
     ends = await asyncio.gather(*(app.wait(job_id, timeout) for job_id in job_ids), return_exceptions=True)
     results: dict[str, Any] = {}
     problems: dict[str, str] = {}
-    for job_id, end in zip(job_ids, ends):
+    for job_id, end in zip(job_ids, ends, strict=True):
         if isinstance(end, TimeoutError):
             problems[job_id] = f"did not end within {timeout:g} s ({end})"
         elif isinstance(end, BaseException):
@@ -242,12 +252,15 @@ class Worker:
         self.failure: BaseException | None = None
         self._halt = asyncio.Event()
         self.heartbeat_failures = 0
-        self.metrics = metrics  # Prometheus metrics (eventjobs.metrics), or None
+        self.metrics = metrics  # Prometheus metrics (eventjobs.metrics), or None: counted by a `MetricsHook`
+        self.info = WorkerInfo(worker_id=self.worker_id, queues=tuple(self.queues),
+                               capabilities=tuple(self.capabilities), concurrency=concurrency, threads=threads,
+                               busy=lambda: len(self.running))
+        # the app's hooks, after the metrics' (whose `after_attempt` so runs last); see docs/hooks.md
+        self.hooks = Hooks([*([MetricsHook(metrics, self.info)] if metrics is not None else []), *app.hooks.hooks],
+                           metrics=metrics)
+        self._watch_attempts = self.hooks.wants("before_attempt") or self.hooks.wants("after_attempt")
         self._depth_due = 0.0  # event-loop time of the next queue depth measurement
-        if metrics is not None:
-            metrics.worker_slots.set(concurrency)
-            metrics.gauge_from(metrics.worker_busy_slots, lambda: len(self.running))
-            metrics.quarantined.inc(0)
 
     @property
     def quarantined(self) -> int:
@@ -327,7 +340,15 @@ class Worker:
     # -- the loops -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; raises `WorkerStopped` if a background task failed (the CLI
-        then exits non-zero, and whatever supervises the process restarts it)."""
+        then exits non-zero, and whatever supervises the process restarts it). The hooks'
+        `on_worker_start` runs first, their `on_worker_stop` once everything is closed."""
+        await self.hooks.on_worker_start(self.info)
+        try:
+            await self._serve(stop)
+        finally:
+            await self.hooks.on_worker_stop(self.info)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         try:
             await self._start()
         except BaseException:  # e.g. topics missing: close the clients started so far
@@ -359,7 +380,7 @@ class Worker:
             await asyncio.gather(*fetchers, return_exceptions=True)
             try:
                 await self._drain()
-            except Exception as error:  # noqa: BLE001 - stopping for a failure: the sender may be what failed
+            except Exception as error:  # stopping for a failure: the sender may be what failed
                 if self.failure is None:
                     raise
                 log.error("handing back the running jobs failed (%r); their leases will expire", error)
@@ -583,22 +604,21 @@ class Worker:
         its headers); its offset is committed once the copy is acknowledged."""
         record = item.record
         self.bad_ready.report(kind, f"{origin(record)} ({describe_key(record.key)})", reason)
-        task = asyncio.create_task(self._write_quarantine(item, f"{kind}: {reason}"))
+        task = asyncio.create_task(self._write_quarantine(item, kind, reason))
         self._quarantining.add(task)
         task.add_done_callback(self._quarantining.discard)
 
-    async def _write_quarantine(self, item: _Item, reason: str) -> None:
+    async def _write_quarantine(self, item: _Item, kind: str, reason: str) -> None:
         record = item.record
         try:
             assert self._sender is not None
             await (await self._sender.send(self.app.names.quarantine, record.value, key=record.key,
-                                           headers=quarantine_headers(record, reason)))
+                                           headers=quarantine_headers(record, f"{kind}: {reason}")))
         except Exception as error:  # noqa: BLE001 - like an unsent claim: delivered again later
             log.warning("quarantining %s failed (%r); its ready record stays uncommitted", origin(record), error)
             return
-        if self.metrics is not None:
-            self.metrics.quarantined.inc()
         self._settled(item)
+        await self.hooks.on_quarantined(Quarantined(record.topic, record.partition, record.offset, kind, reason))
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         """A job task's end. Handler failures are outcomes (`_call`), so an exception here is the
@@ -636,9 +656,10 @@ class Worker:
         assert self._sender is not None
         topic = self.app.names.events
         count = self._event_partitions or await topic_partition_count(self._sender, topic)
-        return await self._sender.send(topic, encode(event, max_bytes=self.app.settings.max_event_bytes),
-                                       key=event.job_id.encode(), partition=_home_partition(event.job_id, count),
-                                       headers=headers)
+        sent: asyncio.Future[Any] = await self._sender.send(
+            topic, encode(event, max_bytes=self.app.settings.max_event_bytes), key=event.job_id.encode(),
+            partition=_home_partition(event.job_id, count), headers=headers)
+        return sent
 
     def _end(self, ready: ReadyRecord, happened: Happened, claim_id: str | None = None) -> JobEvent:
         """The event that ends the attempt after what happened to it (`core.attempt_end`, the one rule)."""
@@ -669,28 +690,44 @@ class Worker:
         if not guarded:
             started.add_done_callback(lambda ack: self._claim_acknowledged(ack, item))
         heartbeats = asyncio.create_task(self._heartbeat_loop(ready, claim_id))
-        begun = asyncio.get_running_loop().time()
-        if self.metrics is not None:  # started, and how long it waited since it became ready
-            self.metrics.jobs_started.inc(ready.name, ready.queue)
-            self.metrics.job_wait.observe(ready.name, ready.queue, seconds_between(ready.ready_at, self.clock.now()))
         try:
+            if self._watch_attempts:
+                item.attempt = self._attempt_info(ready, claim_id)
+                await self.hooks.before_attempt(item.attempt)
+            item.begun = asyncio.get_running_loop().time()
             happened = await self._call(ready, claim_id)
         except asyncio.CancelledError:
             if ready.job_id not in self.cancel_seen or self._draining:
-                raise
+                raise  # the worker stops: `_drain` ends the attempt (and calls `after_attempt`)
             happened = CancelledWhileRunning()
-        except Exception as error:  # noqa: BLE001 - running it failed outside the handler: record why, don't vanish
+        except Exception as error:  # running it failed outside the handler: record why, don't vanish
             log.exception("outcome of job %s could not be built", ready.job_id)
             happened = NotRecordable(error)
         finally:
             heartbeats.cancel()
-            if self.metrics is not None:
-                self.metrics.job_duration.observe(ready.name, ready.queue, asyncio.get_running_loop().time() - begun)
-        ack = await self._send(self._end(ready, happened, claim_id))  # encodable within the limit, by attempt_end
-        ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.error(
+        duration_s = item.run_time()
+        end = self._end(ready, happened, claim_id)  # encodable within the limit, by attempt_end
+        ack = await self._send(end)
+        item.end_sent = True
+        ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.error(  # type: ignore[func-returns-value]  # logs a failed write only
             "outcome of job %s was not written (%s); its lease will expire and it will run again",
             ready.job_id, done.exception()))
         self.completed += 1
+        await self._after_attempt(item, end, happened, duration_s)
+
+    def _attempt_info(self, ready: ReadyRecord, claim_id: str | None) -> AttemptInfo:
+        return AttemptInfo(job_id=ready.job_id, name=ready.name, queue=ready.queue, priority=ready.priority.value,
+                           attempt=ready.attempt, max_attempts=ready.options.max_attempts, worker_id=self.worker_id,
+                           claim_id=claim_id, enqueued_at=ready.enqueued_at, ready_at=ready.ready_at,
+                           started_at=self.clock.now())
+
+    async def _after_attempt(self, item: _Item, end: JobEvent, happened: Happened, duration_s: float) -> None:
+        """The hooks' `after_attempt`, once, for an attempt whose `before_attempt` was called."""
+        if item.attempt is None or item.ended:
+            return
+        item.ended = True
+        error = happened.error if isinstance(happened, (Raised, NotRecordable)) else None
+        await self.hooks.after_attempt(item.attempt, AttemptOutcome(end, duration_s, error))
 
     async def _claim_stands(self, ready: ReadyRecord, item: _Item, claim: JobEvent) -> bool:
         """Claim a re-published ready record and wait for the verdict: whether the job-state
@@ -781,7 +818,7 @@ class Worker:
                 self._heartbeat_failed(ready, error)
                 continue
             ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None
-                                  or self._heartbeat_failed(ready, done.exception()))
+                                  or self._heartbeat_failed(ready, done.exception()))  # type: ignore[func-returns-value]  # on a failed write only
 
     def _heartbeat_failed(self, ready: ReadyRecord, error: BaseException | None) -> None:
         """Log a heartbeat that was not written: the first, then every power of ten (no flood)."""
@@ -845,8 +882,14 @@ class Worker:
         for task, (ready, item) in list(self.running.items()):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            if item.end_sent:  # stopped in its `after_attempt` hooks: it has its end
+                continue
+            duration_s = item.run_time()
             stopped_at = "".join(traceback.format_stack(limit=1))
-            await self._send(self._end(ready, ShutDown(self.worker_id, self.grace_s, stopped_at), item.claim_id))
+            happened = ShutDown(self.worker_id, self.grace_s, stopped_at)
+            end = self._end(ready, happened, item.claim_id)
+            await self._send(end)
+            await self._after_attempt(item, end, happened, duration_s)
         if self._sender is not None:
             await self._sender.flush()
 
@@ -855,20 +898,21 @@ class Worker:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(self._commit_soon.wait(), 0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             await asyncio.sleep(0.01)
             self._commit_soon.clear()
             await self._commit()
-            if self.metrics is not None and asyncio.get_running_loop().time() >= self._depth_due:
+            if self.hooks.wants("on_queue_depth") and asyncio.get_running_loop().time() >= self._depth_due:
                 self._depth_due = asyncio.get_running_loop().time() + DEPTH_EVERY_S
-                await self._measure_depth()
+                depth = await self._measure_depth()
+                if depth is not None:
+                    await self.hooks.on_queue_depth(depth)
 
-    async def _measure_depth(self) -> None:
-        """`eventjobs_queue_depth`: per queue and priority, the end offsets of the ready partitions
-        this worker consumes minus its position there (the first record not yet settled, or the
-        consumer's position before anything was fetched)."""
-        assert self.metrics is not None
+    async def _measure_depth(self) -> dict[tuple[str, str], int] | None:
+        """Per queue and priority (`eventjobs_queue_depth`, `Hook.on_queue_depth`), the end offsets
+        of the ready partitions this worker consumes minus its position there (the first record not
+        yet settled, or the consumer's position before anything was fetched); None if it failed."""
         depth = {(queue, priority): 0 for queue in self.queues for priority in PRIORITIES}
         labels = {self.app.names.ready(capability_route(queue, subset), priority): (queue, priority)
                   for queue in self.queues for subset in capability_subsets(self.capabilities) for priority in PRIORITIES}
@@ -888,9 +932,8 @@ class Worker:
                         depth[label] += max(0, ends.get(tp, 0) - position)
             except Exception as error:  # noqa: BLE001 - a rebalance or a slow broker: measured again soon
                 log.debug("measuring queue depth failed: %r", error)
-                return
-        for (queue, priority), value in depth.items():
-            self.metrics.set_queue_depth(queue, priority, value)
+                return None
+        return depth
 
     async def _commit(self) -> None:
         for index, source in enumerate(self._consumers):

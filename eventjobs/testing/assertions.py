@@ -47,8 +47,8 @@ def assert_completed(run: JobRun, result: Mapping[str, Any] | None = _ANY) -> Jo
     status, its last error and traceback, and its events."""
     state = run.state
     if state.status is not JobStatus.COMPLETED:
-        lines = [f"job {state.name} {state.job_id} is {state.status.value}, not completed "
-                 f"(attempt {state.attempt}, {state.attempts_started} started, max_attempts {state.max_attempts})"]
+        lines = [(f"job {state.name} {state.job_id} is {state.status.value}, not completed "
+                  f"(attempt {state.attempt}, {state.attempts_started} started, max_attempts {state.max_attempts})")]
         if state.reason:
             lines.append(f"reason: {state.reason}")
         if state.last_error is not None:

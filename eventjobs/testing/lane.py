@@ -91,7 +91,8 @@ class MemoryLane:
         fired: list[JobEvent] = []
         while True:
             due = self._timers.pop_due(epoch_ms(now))
-            events = [timer_fired_event(key, due_ms, attempt, now=now, actor=TIMER_ACTOR) for key, due_ms, attempt in due]
+            events: list[JobEvent] = [
+                timer_fired_event(key, due_ms, attempt, now=now, actor=TIMER_ACTOR) for key, due_ms, attempt in due]
             events += self._housekeeping.due(self.states, now, actor=PROCESSOR_ACTOR)
             if not events:
                 return fired

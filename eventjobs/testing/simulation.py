@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any
 
 from eventjobs.testing import commands
@@ -34,7 +34,7 @@ from eventjobs.core.state import JobState, JobStatus
 
 __all__ = ["SimulationProfile", "generate_log", "job_lifecycle", "sim_id", "workflow_log"]
 
-EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 OPERATOR = "operator:sim"
 
 
@@ -392,9 +392,9 @@ def workflow_log(
             write(attempt_snoozed_event(state.job_id, state.attempt, rng.choice([0.0, 1.0, 30.0]), occurred_at=tick(),
                                         actor=worker, event_id=new_id(), claim_id=state.claim_id))
             continue
-        event = _next_event(rng, state, profile, new_id, tick, worker, False)
-        if event is not None:
-            write(event)
+        step = _next_event(rng, state, profile, new_id, tick, worker, False)
+        if step is not None:
+            write(step)
     while channels:  # whatever is still on its way arrives
         deliver()
     return log

@@ -64,7 +64,7 @@ def parse_time(value: str, key: str, now: datetime) -> datetime:
     except ValueError:
         pass
     try:
-        return utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        return utc(datetime.fromisoformat(value))
     except ValueError:
         raise BadFilter(f"{key}: {value!r} is neither a time (2024-05-17T12:00, UTC unless it names a zone) "
                         f"nor an age (15m, 2h, 1d)") from None

@@ -55,10 +55,13 @@ async def overview(request: Request) -> Response:
                 "stats": queries.job_stats(backend, since=since, by="queue"),
                 "by_name": queries.job_stats(backend, since=since, by="name"),
                 "dead_count": queries.dead_letter_count(backend),
-                "series": _series(backend, since, until)}
+                "series": _series(backend, since, until),
+                "reported_lag": queries.reported_lag(backend)}
 
     data, fresh = await request.app.state.reads.page(ask)
-    return render(request, "overview.html", {**data, "window": key, "windows": list(WINDOWS), "freshness": fresh})
+    lag = queries.lag_report(data.pop("reported_lag"), fresh.end_offsets, until)
+    return render(request, "overview.html", {**data, "lag": lag, "window": key, "windows": list(WINDOWS),
+                                             "freshness": fresh})
 
 
 async def series(request: Request) -> Response:

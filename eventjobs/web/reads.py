@@ -59,7 +59,7 @@ class ReadSide:
             offsets: dict[int, int] | None = await asyncio.wait_for(
                 end_offsets(self.settings, events_topic(self.settings),
                             request_timeout_ms=int(END_OFFSETS_TIMEOUT_S * 1000)), END_OFFSETS_TIMEOUT_S)
-        except Exception:  # the lag is informative: a page never fails because Kafka is away
+        except Exception:  # noqa: BLE001 - the lag is informative: a page never fails because Kafka is away
             offsets = None
         self._end_offsets = (time.monotonic(), offsets)
         return offsets

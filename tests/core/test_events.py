@@ -31,7 +31,7 @@ EXPECTED_TYPES = [
     "attempt_failed", "attempt_timed_out", "lease_expired", "retry_scheduled", "completed", "failed",
     "cancel_requested", "cancelled", "expired", "dead_lettered", "dead_letter_retried", "discarded", "retention_passed",
     "duplicate_rejected", "dependency_requested", "dependency_resolved", "dependency_reopened", "dependency_probe",
-    "attempt_snoozed",
+    "attempt_snoozed", "debounced",
 ]  # fmt: skip
 
 

@@ -33,6 +33,11 @@ S = JobStatus
 def _scenario(row: Transition) -> tuple[JobState | None, Any]:
     """A state in ``row.source`` and an event that satisfies ``row.when``."""
     log = JobLog()
+    if row.event == "enqueued" and row.source is not None:  # debounce: a later enqueue of the job's window
+        options = JobOptions(debounce=30, idempotency_key="k")
+        state = Run().all(log.enqueued(options, run_in=30 if row.source is S.SCHEDULED else None))
+        log.tick()
+        return state, log.enqueued(options, args={"to": "b@example.com"})
     if row.event == "enqueued":
         if row.target is S.WAITING:
             return None, log.enqueued(depends_on=["dep-a"])

@@ -40,6 +40,13 @@ async def _log_size(settings: Settings) -> int:
         ("add", {}, {"priority": "urgent"}, InvalidJobOptions, "unknown priority 'urgent'"),
         ("add", {}, {"max_attempts": 0}, InvalidJobOptions, "max_attempts must be >= 1, got 0"),
         ("add", {}, {"colour": "red"}, InvalidJobOptions, "unknown job option 'colour'"),
+        ("add", {}, {"unique_for": 0, "idempotency_key": "k"}, InvalidJobOptions, "unique_for must be > 0 seconds, got 0"),
+        ("add", {}, {"unique_for": "-10m", "idempotency_key": "k"}, InvalidJobOptions, "'-10m' is not a duration"),
+        ("add", {}, {"debounce": "30s"}, InvalidJobOptions,
+         "debounce needs an idempotency_key (a value, or a function of the args): the window is kept per key; job 'add' has none"),
+        ("add", {}, {"unique_for": "1m", "debounce": "1m", "idempotency_key": "k"}, InvalidJobOptions,
+         "give unique_for or debounce, not both"),
+        ("add", {}, {"unique_states": ["pending"]}, InvalidJobOptions, "unknown job option 'unique_states'"),
     ],
 )
 async def test_enqueue_rejects_bad_input_and_sends_nothing(
@@ -69,6 +76,9 @@ async def test_enqueue_with_the_broker_down_says_so(settings: Settings) -> None:
         (["enqueue", "add", "--app", "no.such.module:app"], "cannot import module 'no.such.module'"),
         (["enqueue", "add", "--app", "tests.support.jobs_app:build_app"], "is function, not an eventjobs.App"),
         (["enqueue", "add", "--app", "jobs_app"], "must look like module:attribute"),
+        (["enqueue", "add", "--app", "tests.support.jobs_app:app", "--unique-for", "0s", "--idempotency-key", "k"],
+         "unique_for must be > 0 seconds"),
+        (["enqueue", "add", "--app", "tests.support.jobs_app:app", "--debounce", "5s"], "debounce needs an idempotency_key"),
         (["processor", "--app", "tests.support.jobs_app:app", "--commit-interval", "-5s"], "'-5s' is not a duration"),
     ],
 )
@@ -89,6 +99,19 @@ async def test_cli_enqueue_prints_the_job_id(app: App) -> None:
     events = await job_events(app.settings, job_id)
     assert len(events) == 1 and events[0].type == "enqueued"
     assert events[0].priority.value == "high" and events[0].idempotency_key == "k1" and events[0].run_at is not None
+
+
+async def test_cli_enqueue_with_a_window_names_the_windows_job(app: App) -> None:
+    args = ("enqueue", "add", "--app", "tests.support.jobs_app:app", "--args", '{"a": 1, "b": 2}', "--idempotency-key", "k2")
+    first = run_cli(*args, "--unique-for", "1h", settings=app.settings)
+    second = run_cli(*args, "--unique-for", "1h", settings=app.settings)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout  # the window's job: the same id, from the key and the hour
+    [event, _] = await job_events(app.settings, first.stdout.strip())
+    assert event.options.unique_for_s == 3600
+    debounced = run_cli(*args, "--debounce", "250ms", settings=app.settings)
+    [event] = await job_events(app.settings, debounced.stdout.strip())
+    assert event.options.debounce_s == 0.25 and event.run_at is not None
 
 
 async def test_malformed_event_on_the_log_is_quarantined_and_the_rest_goes_on(runtime: Runtime) -> None:

@@ -17,7 +17,7 @@ from eventjobs.readside.migrations import (
 )
 
 EXPECTED_TABLES = {"job_events", "jobs", "dead_letters", "job_metrics_1m", "job_metrics_1m_mv",
-                   "projector_progress", "projector_control", "schema_migrations"}
+                   "projector_progress", "projector_control", "projector_lag", "schema_migrations"}
 
 
 def test_split_statements_ignores_semicolons_in_strings_names_and_comments() -> None:

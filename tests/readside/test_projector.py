@@ -142,8 +142,10 @@ async def test_projector_killed_mid_batch_leaves_no_gap_and_no_double_count(sett
                 assert time.monotonic() < deadline, "projector did not catch up"
                 await asyncio.sleep(0.3)
             await asyncio.sleep(1.0)  # a late duplicate write would show up now
-            # Then every record is there exactly once, and states and counts equal the fold
-            assert_projection_matches(backend, log, len(log))
+            # Then every record is there exactly once, states equal the fold, and the metrics never
+            # count twice; a kill between the INSERT's `job_events` part and its materialized views'
+            # parts leaves that batch's metric rows out (docs/readside.md, "Exactly-once in effect")
+            assert_projection_matches(backend, log, len(log), exact_metrics=False)
         finally:
             backend.close()
     finally:

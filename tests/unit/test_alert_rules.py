@@ -1,4 +1,4 @@
-"""docs/prometheus/alerts.yml (loaded by docker-compose.yml's Prometheus) is valid, and its two
+"""docs/prometheus/alerts.yml (loaded by docker-compose.yml's Prometheus) is valid, and its three
 alerts fire when they should: `promtool check rules` and `promtool test rules`.
 
 promtool comes from Debian's `prometheus` package: a test that needs it is skipped where it is
@@ -27,7 +27,7 @@ def _run(*args: str) -> str:
 
 def test_the_alert_rules_pass_promtool_check() -> None:
     out = _run("check", "rules", str(RULES))
-    assert "SUCCESS: 2 rules found" in out
+    assert "SUCCESS: 3 rules found" in out
 
 
 def test_the_compose_prometheus_config_is_valid_and_loads_the_rules() -> None:
@@ -38,6 +38,7 @@ def test_the_compose_prometheus_config_is_valid_and_loads_the_rules() -> None:
 def test_the_rules_use_the_metric_names_the_services_export() -> None:
     text = RULES.read_text()
     assert metrics.QUEUE_DEPTH in text and metrics.JOBS_FAILED in text
+    assert metrics.PROJECTOR_LAG in text and metrics.PROJECTOR_RECORDS_BEHIND in text
 
 
 def test_the_alerts_fire_on_their_examples(tmp_path: Path) -> None:
@@ -81,5 +82,41 @@ def test_the_alerts_fire_on_their_examples(tmp_path: Path) -> None:
         ],
     }
     path = tmp_path / "alerts_test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    _run("test", "rules", str(path))
+
+
+def test_the_stalled_projector_alert_fires_on_a_partition_that_stays_behind(tmp_path: Path) -> None:
+    """Lag over 2 minutes for 5 minutes, per partition; a short catch-up after a restart does not fire."""
+    lag, behind = metrics.PROJECTOR_LAG, metrics.PROJECTOR_RECORDS_BEHIND
+    tests = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # partition 0 stalls after a minute: its lag grows by 60 s a minute, records pile up
+                    {"series": f'{lag}{{partition="0",instance="p1"}}', "values": "0 0 60+60x10"},
+                    {"series": f'{behind}{{partition="0",instance="p1"}}', "values": "0 0 40+40x10"},
+                    # partition 1 catches up a backlog within 3 minutes: over the threshold, not for 5m
+                    {"series": f'{lag}{{partition="1",instance="p1"}}', "values": "900 600 300 0x9"},
+                    {"series": f'{behind}{{partition="1",instance="p1"}}', "values": "9000 6000 3000 0x9"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "8m", "alertname": "EventjobsProjectorStalled", "exp_alerts": []},
+                    {"eval_time": "10m", "alertname": "EventjobsProjectorStalled",
+                     "exp_alerts": [{"exp_labels": {"severity": "warning", "partition": "0", "instance": "p1"},
+                                     "exp_annotations": {
+                                         "summary": "Projector behind the event log on partition 0 for 9m 0s",
+                                         "description": "The read side (CLI, dashboard) has not caught up with "
+                                                        "partition 0 for more than 2 minutes, for 5 minutes now "
+                                                        "(360 records behind): see the projector's log for "
+                                                        "ClickHouse errors."}}]},
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "projector_alert_test.yml"
     path.write_text(yaml.safe_dump(tests))
     _run("test", "rules", str(path))

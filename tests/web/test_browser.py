@@ -1,5 +1,5 @@
 """The dashboard in real headless Chromium (Debian's, driven by Playwright) against a real stack:
-every page renders with data, a chart has points, Retry really retries a dead-lettered job,
+every page renders with data, a chart has points, the projector's lag shows per partition, Retry really retries a dead-lettered job,
 pausing a queue really stops claims, and a page under a rebound DNS name or another site's form
 gets nothing."""
 
@@ -15,6 +15,7 @@ import pytest
 from eventjobs import App
 from eventjobs.core.state import JobStatus
 from tests.e2e.conftest import job_events
+from tests.support.event_log import end_offsets
 from tests.support.tools import CHROMIUM, require_tool
 from tests.web.conftest import Stack, in_thread, run
 
@@ -102,6 +103,29 @@ def test_retry_button_runs_a_dead_lettered_job_again(page: Any, stack: Stack) ->
             break  # the retry is on the log, and the job ran again after it
         assert time.monotonic() < deadline, f"no new attempt after the retry: {types}"
         time.sleep(0.3)
+
+
+def test_the_overview_shows_the_projector_lag_per_partition(page: Any, stack: Stack) -> None:
+    # Given the stack's jobs projected (the processor appends transactionally: markers end the partitions)
+    partitions = sorted(in_thread(lambda: end_offsets(stack.settings)))
+    # When the overview is shown, Then there is a row per partition of the event log, and once the
+    # projector reported after catching up, every one is caught up: 0 records behind, no lag
+    deadline = time.monotonic() + 30
+    while True:
+        page.goto("/")
+        rows = page.locator("#projector-lag tbody tr[data-partition]")
+        shown = [int(p) for p in (rows.nth(i).get_attribute("data-partition") for i in range(rows.count())) if p]
+        behind = page.locator("#projector-lag td.behind").all_inner_texts()
+        if shown == partitions and set(behind) == {"0"}:
+            break
+        assert time.monotonic() < deadline, f"partitions {shown} (of {partitions}) with records behind {behind}"
+        time.sleep(0.5)
+    assert set(page.locator("#projector-lag td.lag").all_inner_texts()) == {"0 ms"}
+    assert page.locator("#projector-lag tr.behind").count() == 0
+    assert page.locator("#lag").inner_text() == "0"  # the freshness card agrees, past the markers
+    note = page.locator("#projector-lag-note").inner_text()
+    assert "Reported by the projector" in note and "measured against the log's end now" in note
+    assert "not reporting" not in note
 
 
 def test_a_page_refreshes_its_data_in_place(page: Any, stack: Stack) -> None:
