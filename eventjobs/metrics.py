@@ -55,7 +55,7 @@ WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
 
 #: Event types the processor counts (applied input events and derived events), by counter name.
-#: Failed attempts are the worker's failure outcomes and the timer service's lease expiries.
+#: Failed attempts are the worker's failure outcomes and the lease expiries (the processor's own lease timers).
 COUNTED_EVENTS: dict[str, str] = {
     "enqueued": JOBS_ENQUEUED,
     "completed": JOBS_COMPLETED,
@@ -224,8 +224,9 @@ class Metrics:
 
     @cached_property
     def housekeeping_timers(self) -> Gauge:
-        return Gauge(HOUSEKEEPING_TIMERS, "The processor's own re-publish and retention timers on its owned "
-                     "partitions: one per pending or retained (finished, not yet forgotten) job.",
+        return Gauge(HOUSEKEEPING_TIMERS, "The processor's own lease, re-publish and retention timers on its "
+                     "owned partitions: one per claimed or running, pending, or retained (finished, not yet "
+                     "forgotten) job.",
                      registry=self.registry)
 
     @cached_property

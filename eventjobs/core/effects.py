@@ -5,9 +5,11 @@ other topics: the changelog write, a ready record when an attempt may run, timer
 cancel, and the dead-letter entry. Keeping it pure (no Kafka here) means the processor loop only
 moves bytes, and the rules can be tested without a broker.
 
-Ready records are hints and may be lost; re-publishing a pending job's ready record, and letting
-a finished job go after its retention, are the lane's own timers (``eventjobs.core.housekeeping``),
-kept in memory from the states this module's caller applies: they write nothing here.
+A running attempt's lease, re-publishing a pending job's ready record (ready records are hints
+and may be lost), and letting a finished job go after its retention are the lane's own timers
+(``eventjobs.core.housekeeping``), kept in memory from the states this module's caller applies:
+they write nothing here. The timer records written here are run_at, retry and ttl, which the
+timer service fires.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def collect(
             effects.states[before.job_id] = None  # forgotten: tombstone its changelog record
         return
     if decision.rejected is not None or after is before:
-        _heal_stale_lease(effects, after, event, decision)
+        _heal_stale_run_at(effects, after, event, decision)
         if answer_refusal and decision.rejected is not None and event.type == "claimed":
             effects.states[after.job_id] = after
         return
@@ -144,13 +146,9 @@ def collect(
     if after.expires_at is not None and (before is None or before.expires_at != after.expires_at):
         _arm(effects, after.job_id, "ttl", after.attempt, after.expires_at)
 
-    if status in ACTIVE_STATUSES:
-        if after.lease_deadline is not None and (before is None or before.lease_deadline != after.lease_deadline):
-            _arm(effects, after.job_id, "lease", after.attempt, after.lease_deadline)
-        if was not in ACTIVE_STATUSES and before is not None and before.expires_at is not None:
-            _cancel(effects, after.job_id, "ttl")  # started in time: the TTL no longer applies
-    elif was in ACTIVE_STATUSES:
-        _cancel(effects, after.job_id, "lease")
+    started = status in ACTIVE_STATUSES and was not in ACTIVE_STATUSES
+    if started and before is not None and before.expires_at is not None:
+        _cancel(effects, after.job_id, "ttl")  # started in time: the TTL no longer applies
 
     if after.is_terminal and was is not None and was is not status:
         if was is JobStatus.SCHEDULED:
@@ -171,9 +169,9 @@ def installed(state: JobState, now: datetime, partition: int, *, ready: bool = T
     with more partitions, `eventjobs partitions grow`), derived from the state alone as `collect`
     derived it when the job got there: the changelog record, the ready record of a pending job
     (ready at `now`; not with `ready=False`, see `ready_survives`), the timers its status waits for
-    (run_at, retry, lease; ttl while it has never started), and the dead-letter entry of a
-    dead-lettered job. The processor's own re-publish and retention timers follow from the state
-    when a lane restores it, as always."""
+    (run_at, retry; ttl while it has never started), and the dead-letter entry of a
+    dead-lettered job. The processor's own lease, re-publish and retention timers follow from
+    the state when a lane restores it, as always."""
     effects = Effects()
     effects.states[state.job_id] = state
     status = state.status
@@ -184,8 +182,6 @@ def installed(state: JobState, now: datetime, partition: int, *, ready: bool = T
         _arm(effects, state.job_id, "run_at", state.attempt, state.next_due_at)
     elif status is JobStatus.RETRYING and state.next_due_at is not None:
         _arm(effects, state.job_id, "retry", state.attempt, state.next_due_at)
-    elif status in ACTIVE_STATUSES and state.lease_deadline is not None:
-        _arm(effects, state.job_id, "lease", state.attempt, state.lease_deadline)
     elif status is JobStatus.DEAD_LETTERED:
         effects.dead_letters[state.job_id] = dead_letter_record(state)
     if state.expires_at is not None and status in (JobStatus.WAITING, JobStatus.SCHEDULED, JobStatus.PENDING):
@@ -207,26 +203,18 @@ def ready_survives(state: JobState, event: JobEvent) -> JobState | None:
     return None
 
 
-def _heal_stale_lease(effects: Effects, state: JobState, event: JobEvent, decision: Decision) -> None:
-    """A lease timer that fired after a heartbeat extended the lease: arm the current deadline again
-    (and a run_at timer that fired before a debounce's later start: arm that start again).
+def _heal_stale_run_at(effects: Effects, state: JobState, event: JobEvent, decision: Decision) -> None:
+    """A run_at timer that fired before a debounce put the start back: arm that start again.
 
-    The timer service tombstones what it fires, which may have removed the extended lease timer
-    written just before; re-arming here keeps a lease timer for every running attempt.
+    The timer service tombstones what it fires, which may have removed the later run_at timer
+    written just before; re-arming here keeps a run_at timer for every scheduled job. (A lease
+    needs no such repair: it is the lane's own timer, which follows the state.)
     """
     if (
-        event.type == "lease_expired"
-        and decision.rejected is not None
-        and state.status in ACTIVE_STATUSES
-        and state.lease_deadline is not None
-    ):
-        _arm(effects, state.job_id, "lease", state.attempt, state.lease_deadline)
-    elif (
         event.type == "due"
         and decision.rejected is not None
         and state.status is JobStatus.SCHEDULED
         and state.next_due_at is not None
         and state.next_due_at > event.occurred_at
     ):
-        # likewise a run_at timer that fired before a debounce put the start back
         _arm(effects, state.job_id, "run_at", state.attempt, state.next_due_at)

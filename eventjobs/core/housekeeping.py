@@ -1,7 +1,10 @@
-"""The processor's own timers: re-publishing a lost ready record, and letting a finished job go.
+"""The processor's own timers: lease expiry, re-publishing a lost ready record, and letting a finished job go.
 
-Two timers follow from a job's state alone, and only the lane that holds that state acts on them:
+Three timers follow from a job's state alone, and only the lane that holds that state acts on them:
 
+- **lease**: a claimed or running attempt's lease ends at its ``lease_deadline`` (set by the
+  claim, moved later by each heartbeat); if no heartbeat moved it by then, ``lease_expired``
+  ends the attempt (the worker is gone: the job runs again);
 - **republish**: ready records are hints and may be lost (a ready topic's retention, a record
   a worker's group committed past without a claim that stands). While a job stays pending, its
   ready record is looked at ``ReadyRepublish.delay_s(ready_republishes)`` after the last
@@ -13,12 +16,14 @@ Two timers follow from a job's state alone, and only the lane that holds that st
 
 Since the lane's table (restored from the changelog) already holds everything these timers need,
 the lane keeps them in memory (`Housekeeping`) and rebuilds them from the table when it takes a
-partition, instead of writing timer records: that would be three records per job on the timer
-topic (armed at the enqueue, tombstoned at the claim, armed at the finish), each read back by the
-timer service. Firing is the timer service's: the event is built by `timer_fired_event` from the
-equivalent timer key (`timer_key(job, "republish", attempt, sequence)`, `job:retain`,
-`job:dead_letter`), so its id depends only on the timer, and a repeat (a restart, or a timer
-record an older processor wrote) is a duplicate that `apply` ignores.
+partition, instead of writing timer records: that would be four records per job on the timer
+topic (a lease armed at the claim and tombstoned at the attempt's end, a re-publish armed at the
+enqueue and tombstoned at the claim, a retention armed at the finish), each read back by the
+timer service. The events are the timer service's: each is built by `timer_fired_event` from the
+equivalent timer key (`job:lease`, `timer_key(job, "republish", attempt, sequence)`, `job:retain`,
+`job:dead_letter`), so its id depends only on the timer (a lease's on its attempt and deadline),
+and a repeat (a restart, or a timer record an older processor wrote, which the timer service
+still fires) is a duplicate or a stale fire that `apply` ignores.
 
 Whether a ready record still waits is the shell's question to the broker (the worker group's
 committed offset on the record's partition, the partition's log start and end); the answer's
@@ -40,7 +45,7 @@ from eventjobs.core.commands import timer_fired_event
 from eventjobs.core.events import JobEvent
 from eventjobs.core.flow import window_end
 from eventjobs.core.records import TimerKind, timer_key
-from eventjobs.core.state import TERMINAL_STATUSES, JobState, JobStatus
+from eventjobs.core.state import ACTIVE_STATUSES, TERMINAL_STATUSES, JobState, JobStatus
 from eventjobs.core.timer_index import TimerIndex
 
 DEFAULT_RETAIN_COMPLETED_S = 24 * 3600.0
@@ -163,7 +168,7 @@ class HousekeepingTimer:
     """The one housekeeping timer a job's state calls for: what it fires, when, and its timer key."""
 
     job_id: str
-    kind: TimerKind  # "republish", "retain" or "dead_letter"
+    kind: TimerKind  # "lease", "republish", "retain" or "dead_letter"
     due_at: datetime
     attempt: int
     sequence: int | None = None  # republish: which re-publish of the attempt's ready record
@@ -177,8 +182,11 @@ class HousekeepingTimer:
 def housekeeping_timer(
     state: JobState, retention: Retention = Retention(), republish: ReadyRepublish = ReadyRepublish()
 ) -> HousekeepingTimer | None:
-    """The housekeeping timer `state` calls for, or None (not pending and not finished, or due
-    after the year 9999: never).
+    """The housekeeping timer `state` calls for, or None (neither under way with a lease, nor
+    pending, nor finished; or due after the year 9999: never).
+
+    A claimed or running attempt's lease is due at its ``lease_deadline``: the timer follows the
+    state, so a heartbeat that moves the deadline moves it, and the attempt's end drops it.
 
     A pending job's ready record was last published when it became pending or was re-published,
     which is its ``updated_at`` unless a change that published nothing (a new dependent, say)
@@ -190,6 +198,10 @@ def housekeeping_timer(
     """
     status = state.status
     try:
+        if status in ACTIVE_STATUSES:
+            if state.lease_deadline is None:
+                return None
+            return HousekeepingTimer(state.job_id, "lease", state.lease_deadline, state.attempt)
         if status is JobStatus.PENDING:
             sequence = state.ready_republishes
             due_at = add_seconds(state.updated_at, republish.delay_s(sequence))
@@ -211,7 +223,7 @@ def housekeeping_timer(
 
 
 class Housekeeping:
-    """A lane's housekeeping timers: one per job of its table that is pending or finished.
+    """A lane's housekeeping timers: one per job of its table that holds a lease, is pending or finished.
 
     `track` is told every new state of the lane (None: forgotten); `due_timers` pops what is due
     (`due`: and fires all of it). An entry is only a reminder: when it comes due, the job's
@@ -246,11 +258,13 @@ class Housekeeping:
             self._index.delete(key)
             return
         due_ms = epoch_ms(timer.due_at)
+        held = self._index.get(key)
+        if held == (due_ms, timer.attempt):
+            return  # the same timer (a running job's progress leaves its lease where it was)
         if (timer.kind == "republish" and before is not None and before.status is JobStatus.PENDING
-                and before.attempt == timer.attempt and before.ready_republishes == timer.sequence):
-            held = self._index.get(key)
-            if held is not None and held[0] <= due_ms:
-                return  # the same publish: a change that published nothing does not put the re-publish off
+                and before.attempt == timer.attempt and before.ready_republishes == timer.sequence
+                and held is not None and held[0] <= due_ms):
+            return  # the same publish: a change that published nothing does not put the re-publish off
         self._index.set(key, due_ms, timer.attempt)
 
     def track_all(self, states: Mapping[str, JobState | None], before: Mapping[str, JobState] | None = None) -> None:

@@ -62,7 +62,8 @@ class Quarantined:
 #: Header of an event the processor moved to its job's partition: `topic/partition/offset` of the
 #: record as its producer wrote it (on another partition than `job_partition` of its job).
 MOVED_FROM_HEADER = "eventjobs.moved-from"
-#: The longest the processor waits between two looks at its lanes' housekeeping timers.
+#: The longest the processor waits between two looks at its lanes' housekeeping timers (a timer
+#: tracked meanwhile that is due sooner than the next look wakes it at once).
 HOUSEKEEPING_WAIT_S = 0.5
 MOVED_PRODUCERS_LOGGED = 1000  # producers whose first moved event is logged (and counted by name); bounded
 #: The longest a partition's take waits for the group coordinator to say where the partition starts.
@@ -295,7 +296,7 @@ class _Lane:
     partition: TopicPartition
     producer: AIOKafkaProducer
     table: dict[str, JobState]
-    housekeeping: Housekeeping  # the table's re-publish and retention timers (in memory, rebuilt from it)
+    housekeeping: Housekeeping  # the table's lease, re-publish and retention timers (in memory, rebuilt from it)
     pending: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     folded: list[_Folded] = field(default_factory=list)
@@ -345,6 +346,9 @@ class LifecycleProcessor(Supervised):
         self._taking = asyncio.Lock()
         self._closing = False
         self._hints: AIOKafkaProducer | None = None
+        # the housekeeping loop's next look (epoch ms), and what wakes it sooner (`_housekeeping_tracked`)
+        self._housekeeping_look_ms = 0
+        self._housekeeping_wakeup = asyncio.Event()
         self.bad_records = BadRecords(log, f"processor {self.instance}", action="quarantined")
         # events that arrived on another partition than their job's (another partitioner wrote
         # them) and were moved there: counted, and logged once per producer (`actor`)
@@ -392,6 +396,7 @@ class LifecycleProcessor(Supervised):
                 raise
             housekeeping = Housekeeping(self.retention, self.republish)
             housekeeping.track_all(table)
+            self._housekeeping_tracked(housekeeping)
             lane = _Lane(tp, txn, table, housekeeping, last_commit=asyncio.get_running_loop().time(), next_offset=start)
             lane.task = self._supervised(self._run_lane(lane), f"the fold of partition {tp.partition}")
             lane.committer = self._supervised(self._commit_loop(lane), f"the committer of partition {tp.partition}")
@@ -512,7 +517,7 @@ class LifecycleProcessor(Supervised):
         housekeeper: asyncio.Task[None] | None = None
         try:  # started inside: a failed or cancelled start still closes both clients
             await self._hints.start()
-            housekeeper = self._supervised(self._keep_house(), "the housekeeping timers (re-publish, retention)")
+            housekeeper = self._supervised(self._keep_house(), "the housekeeping timers (lease, re-publish, retention)")
             await source.start()
             source.subscribe([self.names.events], listener=OwnershipListener(self._take, self._release, self._fail))
             while not stop.is_set() and self.failure is None:
@@ -563,6 +568,7 @@ class LifecycleProcessor(Supervised):
                                     max_event_bytes=self.settings.max_event_bytes, partition=tp.partition,
                                     max_state_bytes=self.settings.max_event_bytes, partition_count=self.partition_count)
                 lane.housekeeping.track_all(result.effects.states, before=lane.table)
+                self._housekeeping_tracked(lane.housekeeping)
                 update_table(lane.table, result.effects.states)
                 for ready in result.effects.ready:  # published below: waiting (in flight) until acknowledged
                     _placing(lane, ready)
@@ -616,13 +622,14 @@ class LifecycleProcessor(Supervised):
                 lane.committed.set()
 
     async def _keep_house(self) -> None:
-        """Fire the lanes' housekeeping timers (`core.housekeeping`: re-publishing a pending job's
-        ready record, retention) when they come due.
+        """Fire the lanes' housekeeping timers (`core.housekeeping`: a running attempt's lease,
+        re-publishing a pending job's ready record, retention) when they come due.
 
-        The due re-publishes of a pass are first looked at together (`runtime.ready_checks`: a
-        few offset requests for all of them): a job whose ready record still waits for its
-        worker group (a paused queue, a backlog) is not published again, its timer is armed
-        again; only a record that is gone, or may be, is.
+        Leases and retentions are fired first, as the timer service fires its timers; then the
+        due re-publishes of the pass are looked at together (`runtime.ready_checks`: a few offset
+        requests for all of them): a job whose ready record still waits for its worker group (a
+        paused queue, a backlog) is not published again, its timer is armed again; only a
+        record that is gone, or may be, is. So a slow look never holds a lease expiry back.
 
         Each event goes plainly (idempotent producer, acks=all) to the lane's partition, as the
         timer service writes its events, and the lane folds it when it arrives. A crash before it
@@ -637,25 +644,48 @@ class LifecycleProcessor(Supervised):
                 now = self.clock.now()
                 due = [(partition, lane, lane.housekeeping.due_timers(lane.table, now))
                        for partition, lane in list(self.lanes.items())]
+                acks = [await self._fire(partition, lane, timer, now)
+                        for partition, lane, timers in due for timer in timers
+                        if timer.kind != "republish" and self.lanes.get(partition) is lane]
                 candidates, in_flight = self._ready_candidates(due)
                 waiting = in_flight | await checks.waiting(candidates, epoch_ms(now))
-                acks = []
                 for partition, lane, timers in due:
                     if self.lanes.get(partition) is not lane:
                         continue  # released meanwhile: its next owner rebuilt the timers from the table
                     for timer in timers:
+                        if timer.kind != "republish":
+                            continue
                         if timer.job_id in waiting:
                             lane.housekeeping.defer(timer, lane.table, now)
                             continue
-                        event = lane.housekeeping.fire(timer, now, actor=f"processor:{partition}")
-                        data = encode(event, max_bytes=self.settings.max_event_bytes)
-                        acks.append(await self._hints.send(self.names.events, data, key=event.job_id.encode(),
-                                                           partition=partition))
+                        acks.append(await self._fire(partition, lane, timer, now))
                 if acks:
                     await asyncio.gather(*acks)
-                await asyncio.sleep(self._housekeeping_wait_s(now))
+                wait_s = self._housekeeping_wait_s(now)
+                self._housekeeping_look_ms = epoch_ms(now) + int(wait_s * 1000)
+                self._housekeeping_wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._housekeeping_wakeup.wait(), wait_s)
+                except TimeoutError:
+                    pass
         finally:
             await checks.close()
+
+    async def _fire(self, partition: int, lane: _Lane, timer: HousekeepingTimer, now: datetime) -> asyncio.Future[Any]:
+        """Write the event of a due housekeeping timer to its lane's partition; returns its ack."""
+        assert self._hints is not None
+        event = lane.housekeeping.fire(timer, now, actor=f"processor:{partition}")
+        data = encode(event, max_bytes=self.settings.max_event_bytes)
+        sent: asyncio.Future[Any] = await self._hints.send(self.names.events, data, key=event.job_id.encode(),
+                                                           partition=partition)
+        return sent
+
+    def _housekeeping_tracked(self, housekeeping: Housekeeping) -> None:
+        """A lane tracked new states: wake the housekeeping loop if one is due before its next look
+        (a lease shorter than HOUSEKEEPING_WAIT_S then expires on time)."""
+        due_ms = housekeeping.next_due_ms()
+        if due_ms is not None and due_ms < self._housekeeping_look_ms:
+            self._housekeeping_wakeup.set()
 
     def _ready_candidates(self, due: list[tuple[int, _Lane, list[HousekeepingTimer]]]
                           ) -> tuple[list[Candidate], set[str]]:
@@ -684,8 +714,8 @@ class LifecycleProcessor(Supervised):
         return None if retention < 0 else retention
 
     def _housekeeping_wait_s(self, now: datetime) -> float:
-        """Until the next housekeeping timer is due, within HOUSEKEEPING_WAIT_S (timers tracked
-        meanwhile are never due sooner than their delays, which are far longer in practice)."""
+        """Until the next housekeeping timer (a lease's included) is due, within HOUSEKEEPING_WAIT_S
+        (one tracked meanwhile that is due sooner wakes the loop: `_housekeeping_tracked`)."""
         due = [ms for lane in list(self.lanes.values()) if (ms := lane.housekeeping.next_due_ms()) is not None]
         if not due:
             return HOUSEKEEPING_WAIT_S

@@ -1,18 +1,20 @@
-"""The timer service: fires scheduled runs, retry backoffs, lease expiries and TTLs on time.
+"""The timer service: fires scheduled runs, retry backoffs and TTLs on time.
 
-(Re-publishing a pending job's ready record and retention are the processor's own timers,
-`core/housekeeping.py`; records of those kinds that an older processor wrote are still fired.)
+(A running attempt's lease, re-publishing a pending job's ready record and retention are the
+processor's own timers, `core/housekeeping.py`; records of those kinds that an older processor
+wrote are still fired, `lease_expired` among them.)
 
 Design (docs/architecture.md, "Timers"): the compacted topic `<ns>.timers` is the durable truth,
 one record per pending timer keyed `job_id:kind`, co-partitioned with the event log. This service
 owns timer partitions through a consumer group, rebuilds an in-memory `TimerIndex` of each
 assigned partition by reading it from the beginning, then keeps reading new timers. When timers
-are due it appends the events they cause (`due`, `lease_expired`, `expired`) and, once those are
-acknowledged, a tombstone for each fired timer. A crash before the events are acknowledged fires
-nothing (the timers are still in the topic); a crash between events and tombstones fires the
-same timers again after the restart, with the same event ids, and the fold ignores a stale or
-repeated fire, so firing is exactly-once in effect. No transaction is needed for that, and its
-commit round trips would sit between a due time and the job's start.
+are due it appends the events they cause (`due`, `expired`; `lease_expired`, `retention_passed`
+for an older processor's records) and, once those are acknowledged, a tombstone for each fired
+timer. A crash before the events are acknowledged fires nothing (the timers are still in the
+topic); a crash between events and tombstones fires the same timers again after the restart, with
+the same event ids, and the fold ignores a stale or repeated fire, so firing is exactly-once in
+effect. No transaction is needed for that, and its commit round trips would sit between a due time
+and the job's start.
 
 Bad input (docs/architecture.md, "Bad input"): a timer record nobody can use (not JSON, wrong
 fields, an attempt out of range, a key that is not the record's key) is skipped, counted in

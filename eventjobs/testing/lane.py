@@ -5,8 +5,8 @@ handlers cause, without a broker. ``MemoryLane`` does what the lifecycle process
 service do for one partition, with the same core functions and nothing of its own: every event
 written is folded by ``apply``, ``effects.collect`` says what the new state calls for (a ready
 attempt, timers to arm or cancel, a dead-letter entry), timers fire through
-``timer_fired_event`` (the timer service's builder) and the lane's ``Housekeeping`` (re-publish
-and retention). Events the processor derives for another job (``LINKED_TYPES``: dependency
+``timer_fired_event`` (the timer service's builder) and the lane's ``Housekeeping`` (lease,
+re-publish and retention). Events the processor derives for another job (``LINKED_TYPES``: dependency
 requests and answers) are applied to that job at once; the other derived events follow their
 cause in the log (the processor applied them already, so folding them again changes nothing).
 
@@ -42,8 +42,8 @@ class MemoryLane:
         self.last_states: dict[str, JobState] = {}  # every job's latest state, forgotten ones too
         self.dead_letters: dict[str, DeadLetterRecord] = {}  # the dead-letter topic, by job id
         self._ready: list[ReadyRecord] = []  # ready records not yet taken, in publish order
-        self._timers = TimerIndex()  # the timer topic: run_at, retry, ttl and lease timers
-        self._housekeeping = Housekeeping(retention)  # the lane's re-publish and retention timers
+        self._timers = TimerIndex()  # the timer topic: run_at, retry and ttl timers
+        self._housekeeping = Housekeeping(retention)  # the lane's lease, re-publish and retention timers
 
     def write(self, event: JobEvent) -> None:
         """Append ``event`` to the log and fold it (and what it makes the processor derive)."""
@@ -101,8 +101,8 @@ class MemoryLane:
             fired += events
 
     def next_due_ms(self, *, housekeeping: bool = True) -> int | None:
-        """When the next timer is due (epoch ms; the lane's re-publish and retention timers only
-        if ``housekeeping``), or None."""
+        """When the next timer is due (epoch ms; the lane's lease, re-publish and retention timers
+        only if ``housekeeping``), or None."""
         times = [self._timers.next_due_ms()]
         if housekeeping:
             times.append(self._housekeeping.next_due_ms())

@@ -20,7 +20,7 @@ from tests.e2e.conftest import job_events, spawn
 APP = "tests.support.jobs_app:app"
 
 # counter -> the event types of the log it counts (failed attempts: the worker's failure outcomes
-# and the timer service's lease expiries)
+# and the lease expiries)
 PROCESSOR_COUNTS = {
     metrics.JOBS_ENQUEUED: ("enqueued",),
     metrics.JOBS_COMPLETED: ("completed",),

@@ -29,7 +29,8 @@ RECORDS_PER_JOB = {
     # enqueue's commit began (its ready record goes out before that commit)
     "job-state": (1, 2),
     "ready": (1, 1),  # the ready record the worker takes
-    "timers": (1, 1),  # the lease's tombstone: armed at the claim, removed at the outcome, one commit
+    # none: the lease is the processor's housekeeping timer (in memory, rebuilt from job-state)
+    "timers": (0, 0),
 }
 NOT_PER_JOB = {"workers"}  # the worker registry: announcements per worker, keyed by worker id
 JOBS = 4

@@ -3,7 +3,7 @@
 A failure that cannot be recovered in place stops the service, which says why in its log and
 exits non-zero (its supervisor restarts it): a worker whose cancel watcher fails or whose offset
 committer ends, a processor whose timer service cannot take its partitions or whose own
-re-publish and retention timers fail. A failure that may
+lease, re-publish and retention timers fail. A failure that may
 pass (a send that fails transiently) is retried with backoff and logged, not in a tight loop.
 
 The fault is injected into a real service subprocess by `tests/support/faulty_app.py`, chosen
@@ -131,7 +131,7 @@ async def test_a_worker_whose_background_task_fails_exits_non_zero_with_the_reas
     ("fault", "reason"),
     [
         ("timer-take", "timer service stops: injected fault 'timer-take': the timer partitions cannot be taken"),
-        ("housekeeping", "stops: the housekeeping timers (re-publish, retention) ended: RuntimeError(\"injected fault "
+        ("housekeeping", "stops: the housekeeping timers (lease, re-publish, retention) ended: RuntimeError(\"injected fault "
                          "'housekeeping': the housekeeping timers cannot be read"),
     ],
 )

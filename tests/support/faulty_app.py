@@ -6,7 +6,7 @@ service class in that process only (the worker's parts: `CancelWatcher`, `Intake
 - `cancel-watcher`: the worker's cancel watcher fails one second after it started;
 - `committer-returns`: the worker's offset committer returns at once, as if its loop had ended;
 - `timer-take`: the timer service cannot take its partitions (the processor process runs it);
-- `housekeeping`: the processor's re-publish and retention timers fail one second after start;
+- `housekeeping`: the processor's lease, re-publish and retention timers fail one second after start;
 - `dependency-abort`: the first transaction of the processor that carries a `dependency_resolved`
   is held open for DEPENDENCY_ABORT_HOLD_S seconds after its writes reached the broker (the other
   lane, reading uncommitted, applies the answer meanwhile and the job runs), then aborted; the

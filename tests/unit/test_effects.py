@@ -4,9 +4,10 @@ States are never written by hand: every step folds a real event (built by the sa
 functions the producers, workers, timer service and operators use) with `core.fold.apply`, then
 asks `collect` what the processor must write for it.
 
-Re-publishing a pending job's ready record and retention are no timer records: they are the
-lane's housekeeping timers (`core.housekeeping`), which follow from the state alone. Where a
-transition starts or ends one, the tests check what the new state calls for (`Job.housekeeping`).
+A running attempt's lease, re-publishing a pending job's ready record and retention are no timer
+records: they are the lane's housekeeping timers (`core.housekeeping`), which follow from the
+state alone. Where a transition starts or ends one, the tests check what the new state calls for
+(`Job.housekeeping`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from eventjobs.core.housekeeping import (
     DEFAULT_RETAIN_COMPLETED_S,
     READY_REPUBLISH_CAP_S,
     READY_REPUBLISH_FIRST_S,
+    Housekeeping,
     HousekeepingTimer,
     ReadyRepublish,
     Retention,
@@ -65,6 +67,12 @@ def republish_timer(
     """The `republish` housekeeping timer of a job whose ready record of `attempt` was published at
     `at` (for the `sequence`-th time after the first): it is published again `republish.delay_s(sequence)` later."""
     return HousekeepingTimer(job_id, "republish", add_seconds(at, republish.delay_s(sequence)), attempt, sequence)
+
+
+def lease_timer(deadline: datetime | None, attempt: int = 0, job_id: str = "job-1") -> HousekeepingTimer:
+    """The `lease` housekeeping timer of a claimed or running attempt whose lease ends at `deadline`."""
+    assert deadline is not None
+    return HousekeepingTimer(job_id, "lease", deadline, attempt)
 
 
 def retain(
@@ -127,7 +135,7 @@ class Job:
 
     @property
     def housekeeping(self) -> HousekeepingTimer | None:
-        """The housekeeping timer (republish, retain or dead_letter) the current state calls for;
+        """The housekeeping timer (lease, republish, retain or dead_letter) the current state calls for;
         None when it calls for none, or the job is forgotten."""
         return None if self.state is None else housekeeping_timer(self.state, self.retention, self.republish)
 
@@ -214,8 +222,8 @@ def armed(effects: Effects) -> dict[bytes, TimerRecord]:
 
 
 def no_housekeeping_records(effects: Effects) -> None:
-    """Nothing written under a republish, retain or dead_letter timer key (armed or tombstone)."""
-    assert not any(k.split(b":")[1] in (b"republish", b"retain", b"dead_letter") for k in effects.timers)
+    """Nothing written under a lease, republish, retain or dead_letter timer key (armed or tombstone)."""
+    assert not any(k.split(b":")[1] in (b"lease", b"republish", b"retain", b"dead_letter") for k in effects.timers)
 
 
 def nothing_but_state(effects: Effects, job: Job) -> None:
@@ -299,11 +307,8 @@ def test_ttl_is_armed_on_enqueue_and_tombstoned_when_claimed() -> None:
     assert len(effects.ready) == 1
 
     effects = job.claim(lease_s=45)
-    assert effects.timers == {
-        key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=0, due_at=add_seconds(job.now, 45)),
-        key("ttl"): None,
-    }
-    assert job.housekeeping is None  # claimed: no re-publish
+    assert effects.timers == {key("ttl"): None}
+    assert job.housekeeping == lease_timer(add_seconds(job.now, 45))  # claimed: its lease, no re-publish
     assert effects.ready == [] and effects.revoked == []  # a claim consumes the ready record, it is not revoked
 
 
@@ -323,8 +328,8 @@ def test_claim_without_ttl_writes_no_ttl_tombstone() -> None:
     job = Job()
     job.enqueue()
     effects = job.claim()
-    assert set(effects.timers) == {key("lease")}
-    assert job.housekeeping is None
+    assert effects.timers == {}
+    assert job.housekeeping == lease_timer(job.s.lease_deadline)
 
 
 def test_expired_pending_job_is_revoked_and_dead_lettered() -> None:
@@ -373,26 +378,26 @@ def test_expired_after_the_job_started_is_rejected_and_writes_nothing() -> None:
 # -- leases ----------------------------------------------------------------------------------
 
 
-def test_claim_arms_the_lease_and_start_writes_only_the_state() -> None:
+def test_claim_calls_for_the_lease_timer_and_writes_only_the_state() -> None:
     job = Job()
     job.enqueue()
     effects = job.claim(lease_s=90)
-    assert effects.timers == {key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=0,
-                                                        due_at=add_seconds(job.now, 90))}
-    assert job.housekeeping is None  # claimed: no re-publish
-    assert effects.states == {"job-1": job.s} and effects.ready == [] and effects.events == []
+    nothing_but_state(effects, job)  # no timer record: the lease is the lane's housekeeping timer
+    assert job.housekeeping == lease_timer(add_seconds(job.now, 90))  # claimed: its lease, no re-publish
+    assert job.housekeeping.key == b"job-1:lease"
     nothing_but_state(job.start(), job)
     nothing_but_state(job.progress(), job)
+    assert job.housekeeping == lease_timer(add_seconds(job.now, 90 - 2))  # neither moves the lease
 
 
-def test_heartbeat_rearms_the_lease_at_the_new_deadline() -> None:
+def test_heartbeat_moves_the_lease_timer_to_the_new_deadline() -> None:
     job = Job()
     job.enqueue()
     job.run(lease_s=60)
     effects = job.heartbeat(lease_s=300)
-    assert effects.timers == {key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=0,
-                                                        due_at=add_seconds(job.now, 300))}
+    nothing_but_state(effects, job)
     assert job.s.lease_deadline == add_seconds(job.now, 300)
+    assert job.housekeeping == lease_timer(add_seconds(job.now, 300))
 
 
 def test_heartbeat_that_does_not_extend_the_lease_writes_nothing() -> None:
@@ -404,25 +409,25 @@ def test_heartbeat_that_does_not_extend_the_lease_writes_nothing() -> None:
     nothing_at_all(effects)
 
 
-def test_success_tombstones_the_lease_and_completes() -> None:
+def test_success_ends_the_lease_and_completes() -> None:
     job = Job()
     job.enqueue()
     job.run()
     effects = job.succeed({"sent": True})
     assert job.s.status is S.COMPLETED
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {}
     assert job.housekeeping == retain(job.now)
     assert [type(e) for e in effects.events] == [CompletedEvent]
     assert effects.events[0].result == {"sent": True}  # type: ignore[union-attr]
     assert effects.ready == [] and effects.revoked == [] and effects.dead_letters == {}
 
 
-def test_success_straight_from_claimed_also_tombstones_the_lease() -> None:
+def test_success_straight_from_claimed_also_ends_the_lease() -> None:
     job = Job()
     job.enqueue()
     job.claim()
     effects = job.succeed()
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {}
     assert job.housekeeping == retain(job.now)
 
 
@@ -430,14 +435,13 @@ def test_success_straight_from_claimed_also_tombstones_the_lease() -> None:
 
 
 @pytest.mark.parametrize("how", ["fail", "timed_out", "lease_expired"])
-def test_retryable_end_of_attempt_arms_the_retry_and_tombstones_the_lease(how: str) -> None:
+def test_retryable_end_of_attempt_arms_the_retry_and_ends_the_lease(how: str) -> None:
     job = Job()
     job.enqueue()
     job.run()
     effects = {"fail": job.fail, "timed_out": job.timed_out, "lease_expired": job.lease_expired}[how]()
     assert job.s.status is S.RETRYING and job.s.attempt == 1
     assert effects.timers == {
-        key("lease"): None,
         key("retry", attempt=1): TimerRecord(job_id="job-1", kind="retry", attempt=1, due_at=add_seconds(job.now, 10)),
     }
     (scheduled,) = effects.events
@@ -457,9 +461,8 @@ def test_retry_due_gives_a_ready_record_for_the_next_attempt_whose_claim_arms_it
     assert effects.timers == {}
     assert job.housekeeping == republish_timer(job.now, attempt=1)
     effects = job.claim(lease_s=30)
-    assert effects.timers == {key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=1,
-                                                        due_at=add_seconds(job.now, 30))}
-    assert job.housekeeping is None
+    assert effects.timers == {}
+    assert job.housekeeping == lease_timer(add_seconds(job.now, 30), attempt=1)
 
 
 # -- dead letters ---------------------------------------------------------------------------
@@ -486,7 +489,7 @@ def test_exhausted_attempts_write_the_dead_letter_entry() -> None:
     assert "ConnectionError: reset" in entry.traceback
     assert entry.dead_letter_event_id == dead.event_id == job.s.dead_letter_event_id
     assert entry.dead_lettered_at == job.now
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {}
     assert job.housekeeping == dead_letter_timer(job.now)
     assert effects.ready == [] and effects.revoked == []
 
@@ -597,7 +600,7 @@ def test_cancel_while_running_is_only_a_flag_until_the_attempt_ends() -> None:
     assert job.s.cancel_requested and job.s.status is S.RUNNING
     effects = job.fail()  # retryable, attempts left, but a cancel was requested
     assert job.s.status is S.CANCELLED
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {}
     assert job.housekeeping == retain(job.now)
     assert [type(e) for e in effects.events] == [CancelledEvent]
     assert effects.dead_letters == {} and effects.ready == []
@@ -652,7 +655,7 @@ def test_retain_timer_names_the_attempt_that_finished() -> None:
     job.run()
     effects = job.succeed()
     assert job.s.attempt == 1
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {}
     assert job.housekeeping == retain(job.now, attempt=1)
     assert job.housekeeping.key == b"job-1:retain"  # type: ignore[union-attr]  # one key per job, whatever the attempt
 
@@ -661,7 +664,7 @@ def test_a_dead_lettered_job_calls_for_its_dead_letter_timer_at_the_processors_r
     job = Job(retention=Retention(finished_s=HOUR, dead_letter_s=2 * DAY))
     effects = _dead_lettered(job)
     assert job.s.status is S.DEAD_LETTERED and job.s.finished_at == job.now
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {}
     assert job.housekeeping == dead_letter_timer(job.now, after_s=2 * DAY)
 
 
@@ -670,7 +673,7 @@ def test_a_jobs_dead_letter_retention_option_overrides_the_processors(option: An
     job = Job(retention=Retention(dead_letter_s=2 * DAY))
     effects = _dead_lettered(job, dead_letter_retention=option)
     assert job.s.options.dead_letter_retention_s == 90.0
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {}
     assert job.housekeeping == dead_letter_timer(job.now, after_s=90)
 
 
@@ -699,7 +702,7 @@ def test_the_dead_letter_timer_of_a_later_attempt_names_it() -> None:
     job.run()
     effects = job.fail()  # max_attempts=1: dead-lettered again, on attempt 1
     assert job.s.status is S.DEAD_LETTERED and job.s.attempt == 1
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {}
     assert job.housekeeping == dead_letter_timer(job.now, attempt=1)
 
 
@@ -810,33 +813,32 @@ def test_dead_letter_retention_beyond_the_calendar_calls_for_no_timer() -> None:
     job = Job()
     effects = _dead_lettered(job, dead_letter_retention=1e12)
     assert job.s.status is S.DEAD_LETTERED
-    assert effects.timers == {key("lease"): None}
+    assert effects.timers == {}
     assert effects.dead_letters == {"job-1": dead_letter_record(job.s)}
     assert job.housekeeping is None
     # likewise a processor retention of inf: the finished job is kept
     job = Job(retention=Retention(finished_s=float("inf")))
     job.enqueue()
     job.run()
-    assert job.succeed().timers == {key("lease"): None}
+    assert job.succeed().timers == {}
     assert job.s.status is S.COMPLETED and job.housekeeping is None
 
 
 # -- stale lease timers ------------------------------------------------------------------------
 
 
-def test_stale_lease_expired_while_running_rearms_the_current_lease() -> None:
+def test_stale_lease_expired_while_running_writes_nothing_and_the_current_lease_stays() -> None:
     job = Job()
     job.enqueue()
     job.run(lease_s=60)
     first_deadline = job.s.lease_deadline
     job.heartbeat(lease_s=300)
     running = job.s
-    effects = job.lease_expired(deadline=first_deadline)  # the old timer fired after the heartbeat
+    effects = job.lease_expired(deadline=first_deadline)  # an old timer (an older processor's record) fired late
     assert job.decision.rejected == "lease was extended since this timer was set: the worker is still alive"  # type: ignore[union-attr]
     assert job.s is running
-    assert effects.timers == {key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=0,
-                                                        due_at=running.lease_deadline)}
-    assert effects.states == {} and effects.events == [] and effects.ready == [] and effects.dead_letters == {}
+    nothing_at_all(effects)  # nothing to re-arm: the lease timer follows the state, which did not change
+    assert job.housekeeping == lease_timer(running.lease_deadline)
 
 
 def test_stale_lease_expired_after_the_job_finished_writes_nothing() -> None:
@@ -848,19 +850,19 @@ def test_stale_lease_expired_after_the_job_finished_writes_nothing() -> None:
     nothing_at_all(job.lease_expired(deadline=deadline, attempt=0))
 
 
-def test_stale_lease_expired_of_an_earlier_attempt_rearms_the_running_attempts_lease() -> None:
+def test_stale_lease_expired_of_an_earlier_attempt_leaves_the_running_attempts_lease() -> None:
     job = Job()
     job.enqueue(max_attempts=1)
     job.run()
     old_deadline = job.s.lease_deadline
-    job.fail(retryable=False)  # dead-lettered, lease tombstoned ...
+    job.fail(retryable=False)  # dead-lettered, its lease over ...
     job.dlq_retry()
-    job.run(lease_s=60)  # ... attempt 1 runs with a new lease timer under the same key
+    job.run(lease_s=60)  # ... attempt 1 runs with a new lease
     running = job.s
     effects = job.lease_expired(deadline=old_deadline, attempt=0)  # attempt 0's timer fired late
     assert job.decision.rejected is not None  # type: ignore[union-attr]
-    assert effects.timers == {key("lease"): TimerRecord(job_id="job-1", kind="lease", attempt=1,
-                                                        due_at=running.lease_deadline)}
+    nothing_at_all(effects)
+    assert job.housekeeping == lease_timer(running.lease_deadline, attempt=1)
 
 
 # -- rejected and duplicate events --------------------------------------------------------------
@@ -985,7 +987,7 @@ def test_collect_accumulates_into_one_effects_of_a_batch() -> None:
         write()
         collect(batch, before, job.decision, job.events[-1])  # type: ignore[arg-type]
     assert batch.states == {"job-1": job.s} and job.s.status is S.COMPLETED
-    assert batch.timers == {key("ttl"): None, key("lease"): None}
+    assert batch.timers == {key("ttl"): None}
     assert job.housekeeping == retain(job.now)
     assert len(batch.ready) == 1 and batch.revoked == []
     assert [type(e) for e in batch.events] == [CompletedEvent]
@@ -1037,7 +1039,7 @@ def test_a_republish_timer_fired_again_writes_nothing() -> None:
     assert job.decision.rejected is not None  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(("leave", "then"), [("claim", None), ("cancel", "retain"), ("expire", "dead_letter")])
+@pytest.mark.parametrize(("leave", "then"), [("claim", "lease"), ("cancel", "retain"), ("expire", "dead_letter")])
 def test_leaving_pending_ends_the_republish_timer(leave: str, then: str | None) -> None:
     job = Job()
     job.enqueue(ttl=3600)
@@ -1050,16 +1052,17 @@ def test_leaving_pending_ends_the_republish_timer(leave: str, then: str | None) 
     assert (job.housekeeping.kind if job.housekeeping else None) == then
 
 
-def test_a_batch_of_enqueue_claim_start_writes_only_the_lease_timer() -> None:
-    """No republish timer is armed at the enqueue, so none is tombstoned at the claim either."""
+def test_a_batch_of_enqueue_claim_start_writes_no_timer() -> None:
+    """No republish timer is armed at the enqueue, so none is tombstoned at the claim either; the
+    claim's lease is the lane's housekeeping timer too."""
     job = Job()
     batch = Effects()
     for write in (job.enqueue, job.claim, job.start):
         before = job.state
         write()
         collect(batch, before, job.decision, job.events[-1])  # type: ignore[arg-type]
-    assert not any(b":republish:" in k for k in batch.timers)
-    assert set(batch.timers) == {key("lease")}
+    assert batch.timers == {}
+    assert job.housekeeping == lease_timer(job.s.lease_deadline)
 
 
 def test_the_processors_republish_delays_decide_the_republish_timer_not_the_records() -> None:
@@ -1099,10 +1102,42 @@ def test_the_timer_service_still_fires_an_old_republish_timer_record_as_the_due_
 
 def test_timer_records_built_without_validation_equal_and_encode_like_validated_ones() -> None:
     job = Job()
+    ttl = armed(job.enqueue(ttl=60))[key("ttl")]
+    assert TimerRecord.decode(ttl.encode()) == ttl == TimerRecord.model_validate(ttl.model_dump())
+    assert b"sequence" not in ttl.encode()
+
+
+def test_the_timer_service_still_fires_an_old_lease_record_as_the_housekeeping_lease_expired() -> None:
+    """A lease timer record an older processor wrote fires the very event the lane's housekeeping
+    fires for the same lease (same key, attempt and deadline: the same id), so whichever comes
+    second is a duplicate; one for a deadline a heartbeat moved since is refused, and writes nothing."""
+    job = Job()
     job.enqueue()
-    lease = armed(job.claim())[key("lease")]
-    assert TimerRecord.decode(lease.encode()) == lease == TimerRecord.model_validate(lease.model_dump())
-    assert b"sequence" not in lease.encode()
+    job.run(lease_s=30)
+    timer = job.housekeeping
+    assert timer is not None and timer.kind == "lease"
+    old = TimerRecord(job_id="job-1", kind="lease", attempt=0, due_at=timer.due_at)
+    assert old.key == timer.key == b"job-1:lease"
+    due_ms, attempt = admit_timer(old.key, old.encode())  # type: ignore[misc]
+    late = add_seconds(timer.due_at, 0.25)
+    from_record = commands.timer_fired_event(old.key, due_ms, attempt, now=late, actor="timer:0")
+    from_lane = Housekeeping.fire(timer, timer.due_at, actor="processor:0")
+    assert from_record.event_id == from_lane.event_id and from_record.type == from_lane.type == "lease_expired"
+    assert from_record.lease_deadline == from_lane.lease_deadline == job.s.lease_deadline  # type: ignore[union-attr]
+    job.step(from_lane)
+    assert job.decision.accepted and job.s.status is S.RETRYING  # type: ignore[union-attr]
+    nothing_at_all(job.step(from_record))
+    assert job.decision.duplicate  # type: ignore[union-attr]
+    # a record of a lease a heartbeat extended since: refused, nothing re-armed
+    other = Job("job-2")
+    other.enqueue()
+    other.run(lease_s=30)
+    stale = TimerRecord(job_id="job-2", kind="lease", attempt=0, due_at=other.s.lease_deadline)
+    other.heartbeat(lease_s=60)
+    fired = commands.timer_fired_event(stale.key, *admit_timer(stale.key, stale.encode()), now=other.tick(),  # type: ignore[misc]
+                                       actor="timer:0")
+    nothing_at_all(other.step(fired))
+    assert other.decision.rejected is not None and other.housekeeping == lease_timer(other.s.lease_deadline, job_id="job-2")  # type: ignore[union-attr]
 
 
 # -- property: the records written always describe the state ------------------------------------
@@ -1146,15 +1181,16 @@ class Topics:
 
         assert timer("run_at") == ((state.next_due_at, state.attempt) if status is S.SCHEDULED else None)
         assert timer("retry") == ((state.next_due_at, state.attempt) if status is S.RETRYING else None)
-        assert timer("lease") == ((state.lease_deadline, state.attempt) if status in ACTIVE else None)
         waiting_for_first_start = status in (S.PENDING, S.SCHEDULED) and state.attempts_started == 0
         expected_ttl = (state.expires_at, state.attempt) if waiting_for_first_start and state.expires_at else None
         assert timer("ttl") == expected_ttl
-        # no republish, retain or dead_letter timer record, ever: housekeeping keeps them
-        assert not any(t.kind in ("republish", "retain", "dead_letter") for t in self.timers.values())
+        # no lease, republish, retain or dead_letter timer record, ever: housekeeping keeps them
+        assert not any(t.kind in ("lease", "republish", "retain", "dead_letter") for t in self.timers.values())
         finished_at = state.finished_at
         housekeeping = housekeeping_timer(state)
-        if status is S.DEAD_LETTERED:
+        if status in ACTIVE:  # a lease per attempt under way, at its current deadline
+            assert housekeeping == lease_timer(state.lease_deadline, state.attempt)
+        elif status is S.DEAD_LETTERED:
             assert finished_at is not None
             assert housekeeping == dead_letter_timer(finished_at, state.attempt)
         elif status in FINISHED:
@@ -1204,11 +1240,12 @@ LIKELY = {  # what the writers would plausibly do next in each status (the rest 
 )
 def test_written_records_always_match_the_state(data: Any, max_attempts: int, delay: int | None, ttl: int | None) -> None:
     """Random lifecycles: after every event, the compacted timers, dead letters and ready records
-    are exactly what the state needs (a timer per waiting status, a lease per active attempt...),
-    and the state calls for the housekeeping timer it needs (republish, retain or dead_letter).
+    are exactly what the state needs (a timer per waiting status), and the state calls for the
+    housekeeping timer it needs (a lease per active attempt, republish, retain or dead_letter).
 
-    Timer-fired events tombstone their timer first, as the timer service does, so a stale lease
-    fire removes the current lease timer and `collect` must re-arm it.
+    Timer-fired events tombstone their timer first, as the timer service does. A stale lease
+    fire (an older processor's record, fired late) changes nothing, and the state still calls
+    for its current lease.
     """
     job = Job()
     topics = Topics()
@@ -1249,12 +1286,10 @@ def test_written_records_always_match_the_state(data: Any, max_attempts: int, de
             elif action == "timed_out":
                 effects = job.timed_out()
             elif action == "lease_expired" and s.lease_deadline is not None:
-                topics.timers.pop(key("lease"), None)
                 effects = job.lease_expired()
             elif action == "stale_lease":
                 older = [d for a, d in deadlines if a == s.attempt and d != s.lease_deadline]
-                if older:  # an old timer of this attempt fires late, and its tombstone removes the current one
-                    topics.timers.pop(key("lease"), None)
+                if older:  # an old timer of this attempt fires late
                     effects = job.lease_expired(deadline=data.draw(st.sampled_from(older)), attempt=s.attempt)
             elif action == "cancel":
                 effects = job.cancel()
@@ -1302,8 +1337,6 @@ def _fired_key(event: JobEvent) -> bytes | None:
     """The timer the timer service tombstones once it fired `event` (None: no timer fired it)."""
     if event.type == "due" and event.timer in ("run_at", "retry"):  # type: ignore[attr-defined]
         return timer_key(event.job_id, event.timer, event.attempt)  # type: ignore[attr-defined]
-    if event.type == "lease_expired":
-        return timer_key(event.job_id, "lease")
     if event.type == "expired":
         return timer_key(event.job_id, "ttl")
     return None

@@ -251,10 +251,10 @@ def test_several_events_of_one_job_chain_within_a_batch() -> None:
     assert final == fold(log)["job-1"]
     assert final.status is S.COMPLETED and final.result == {"ok": 1} and final.progress_percent == 40
     assert final.version == 6  # one per applied event: the echo of the derived completed is a duplicate
-    # effects of the whole chain: the ready record from the enqueue, the lease armed then tombstoned;
-    # re-publishing and the retention of the finished job are housekeeping timers, not records
+    # effects of the whole chain: the ready record from the enqueue; the lease, re-publishing and
+    # the retention of the finished job are housekeeping timers, not records
     assert [(r.job_id, r.attempt) for r in result.effects.ready] == [("job-1", 0)]
-    assert result.effects.timers == {timer_key("job-1", "lease"): None}
+    assert result.effects.timers == {}
     assert housekeeping_timer(final) == HousekeepingTimer(
         "job-1", "retain", add_seconds(log[-1].occurred_at, DEFAULT_RETAIN_COMPLETED_S), 0
     )
@@ -271,8 +271,8 @@ def test_batch_continues_from_the_table_state() -> None:
     result = run(table, records_of(w.log))
     state = result.effects.states["job-1"]
     assert state == w.s and state.status is S.DEAD_LETTERED and state.version == table["job-1"].version + 3
-    # no republish tombstone for the enqueue of an earlier batch, and no dead_letter timer record
-    assert result.effects.timers == {timer_key("job-1", "ttl"): None, timer_key("job-1", "lease"): None}
+    # no republish tombstone for the enqueue of an earlier batch, no lease and no dead_letter timer record
+    assert result.effects.timers == {timer_key("job-1", "ttl"): None}
     # pending in the table: a republish an hour after the enqueue ...
     assert housekeeping_timer(table["job-1"]) == HousekeepingTimer("job-1", "republish", add_seconds(T0, 3600), 0, 0)
     assert housekeeping_timer(state) == HousekeepingTimer(  # ... then, dead-lettered, its retention
@@ -346,9 +346,10 @@ def test_interleaved_jobs_each_chain_correctly() -> None:
     assert result.effects.states == {k: v for k, v in fold(mixed).items()}
     assert result.effects.states["job-a"].status is S.COMPLETED
     assert result.effects.states["job-b"].status is S.RUNNING
-    # job-b's stale lease fire was rejected and its current lease re-armed
-    lease = result.effects.timers[timer_key("job-b", "lease")]
-    assert lease is not None and lease.due_at == result.effects.states["job-b"].lease_deadline
+    # job-b's stale lease fire was rejected: no timer record, its state calls for its current lease
+    assert not any(key.startswith(b"job-b:") for key in result.effects.timers)
+    running = result.effects.states["job-b"]
+    assert housekeeping_timer(running) == HousekeepingTimer("job-b", "lease", running.lease_deadline, running.attempt)
 
 
 def test_rejected_and_duplicate_events_are_counted_and_change_nothing() -> None:
@@ -441,9 +442,9 @@ def test_each_scenario_ends_where_the_writer_says(kind: str) -> None:
 
 
 def test_batches_committed_together_write_each_compacted_key_once_and_every_event() -> None:
-    # Given a job enqueued, claimed, started and completed over three folded batches
+    # Given a job with a TTL enqueued, claimed, started and completed over three folded batches
     w = Writer("job-1")
-    w.enqueue(), w.claim(), w.start(), w.outcome({"ok": True})
+    w.enqueue(ttl=60), w.claim(), w.start(), w.outcome({"ok": True})
     table: dict[str, JobState] = {}
     results = []
     for chunk in (w.log[:1], w.log[1:3], w.log[3:4]):
@@ -458,7 +459,7 @@ def test_batches_committed_together_write_each_compacted_key_once_and_every_even
     last: dict[bytes, Any] = {}
     for result in results:
         last.update(result.effects.timers)
-    assert total.effects.timers == last == {timer_key("job-1", "lease"): None}  # armed, then tombstoned
+    assert total.effects.timers == last == {timer_key("job-1", "ttl"): None}  # armed, then tombstoned
     assert sum(len(r.effects.timers) for r in results) > len(total.effects.timers)  # arms superseded
     assert [e.event_id for e in total.effects.events] == [e.event_id for r in results for e in r.effects.events]
     assert merged([results[0]]) is results[0]

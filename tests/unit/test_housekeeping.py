@@ -1,5 +1,6 @@
-"""core.housekeeping: the processor lane's own timers (re-publish a pending job's ready record,
-forget a finished job, discard a dead-lettered one), kept in memory from the lane's states.
+"""core.housekeeping: the processor lane's own timers (expire a running attempt's lease, re-publish
+a pending job's ready record, forget a finished job, discard a dead-lettered one), kept in memory
+from the lane's states.
 
 States are never written by hand: every job is driven through real events (the command
 functions the producers, workers, timer service and operators use) folded with `core.fold.apply`
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from eventjobs.testing import commands
 from eventjobs.core.clock import UTC, add_seconds, epoch_ms, from_epoch_ms, utc_ms
-from eventjobs.core.events import DueEvent, JobEvent, RetentionPassedEvent
+from eventjobs.core.events import DueEvent, JobEvent, LeaseExpiredEvent, RetentionPassedEvent
 from eventjobs.core.fold import apply
 from eventjobs.core.housekeeping import (
     FIRE_BATCH,
@@ -37,7 +38,7 @@ from eventjobs.core.options import JobOptions
 from eventjobs.core.records import TimerRecord, timer_key
 from eventjobs.core.state import JobState, JobStatus
 from eventjobs.core.timer_index import admit_timer
-from tests.unit.test_effects import T0, Job, dead_letter_timer, republish_timer, retain
+from tests.unit.test_effects import T0, Job, dead_letter_timer, lease_timer, republish_timer, retain
 
 S = JobStatus
 HOUR = 3600
@@ -208,11 +209,9 @@ def _waiting(job: Job) -> None:
 @pytest.mark.parametrize(("status", "drive"), [
     (S.SCHEDULED, lambda job: job.enqueue(delay=60)),
     (S.WAITING, _waiting),
-    (S.CLAIMED, lambda job: (job.enqueue(), job.claim())),
-    (S.RUNNING, lambda job: (job.enqueue(), job.run())),
     (S.RETRYING, lambda job: (job.enqueue(), job.run(), job.fail())),
 ])
-def test_a_job_neither_pending_nor_finished_calls_for_no_timer(status: JobStatus, drive: Any) -> None:
+def test_a_job_waiting_for_a_timer_record_or_another_job_calls_for_no_timer(status: JobStatus, drive: Any) -> None:
     job = Job()
     drive(job)
     assert job.s.status is status
@@ -343,10 +342,11 @@ def test_an_entry_whose_job_was_claimed_meanwhile_fires_nothing() -> None:
     job.enqueue()
     housekeeping, table = tracked(job)
     due_at = housekeeping_timer(job.s).due_at  # type: ignore[union-attr]
-    job.claim()
+    job.claim(lease_s=2 * HOUR)
     table["job-1"] = job.s  # the table moved on; the entry is only a reminder
     assert housekeeping.due(table, due_at, actor=ACTOR) == []
-    assert len(housekeeping) == 0  # the claimed job calls for no timer: not tracked again
+    # the claimed job calls for its lease, later: that is tracked instead
+    assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(job.s.lease_deadline)  # type: ignore[arg-type]
 
 
 def test_an_entry_whose_job_was_forgotten_fires_nothing() -> None:
@@ -433,8 +433,9 @@ def test_tracking_a_new_state_replaces_the_entry_and_none_removes_it() -> None:
 def test_tracking_a_state_that_calls_for_no_timer_removes_the_entry() -> None:
     job = Job()
     job.enqueue()
+    job.run()
     housekeeping, table = tracked(job)
-    job.claim()
+    job.fail()  # retrying: its retry is a timer record, the lane keeps nothing
     housekeeping.track_all({"job-1": job.s}, before=table)
     assert len(housekeeping) == 0
     assert housekeeping.due(table, add_seconds(T0, 30 * DAY), actor=ACTOR) == []
@@ -465,6 +466,134 @@ def test_what_is_not_due_stays_behind_what_is() -> None:
     (event,) = housekeeping.due(table, add_seconds(T0, HOUR), actor=ACTOR)
     assert event.job_id == "job-early"
     assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(add_seconds(late.now, DAY))
+
+
+# -- the lease: a claimed or running attempt's timer ---------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "drive"), [
+    (S.CLAIMED, lambda job: (job.enqueue(), job.claim(lease_s=45))),
+    (S.RUNNING, lambda job: (job.enqueue(), job.claim(lease_s=45), job.start())),
+])
+def test_an_attempt_under_way_calls_for_its_lease_at_the_deadline(status: JobStatus, drive: Any) -> None:
+    job = Job()
+    drive(job)
+    assert job.s.status is status
+    assert housekeeping_timer(job.s) == lease_timer(job.s.lease_deadline) == HousekeepingTimer(
+        "job-1", "lease", add_seconds(T0, 1 + 45), 0)
+    assert housekeeping_timer(job.s).key == timer_key("job-1", "lease") == b"job-1:lease"  # type: ignore[union-attr]
+    # the processor's retention and re-publish settings have nothing to do with it
+    assert housekeeping_timer(job.s, Retention(0.001, 0.001), ReadyRepublish(0.001, 0.001)) == lease_timer(
+        job.s.lease_deadline)
+
+
+def test_the_claim_arms_the_lease_and_a_heartbeat_moves_it_while_progress_leaves_it() -> None:
+    # Given a pending job tracked by its lane
+    job = Job()
+    job.enqueue()
+    housekeeping, table = tracked(job)
+    # When a worker claims it, the re-publish gives way to the lease
+    before = job.s
+    job.claim(lease_s=30)
+    housekeeping.track_all({"job-1": job.s}, before={"job-1": before})
+    first = job.s.lease_deadline
+    assert first is not None and len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(first)
+    # progress changes the state, not the deadline: the entry stays as it was
+    job.start()
+    job.progress()
+    housekeeping.track("job-1", job.s)
+    assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(first)
+    # a heartbeat moves the deadline, and the lease with it
+    job.heartbeat(lease_s=120)
+    housekeeping.track("job-1", job.s)
+    table["job-1"] = job.s
+    assert job.s.lease_deadline == add_seconds(job.now, 120)
+    assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(job.s.lease_deadline)  # type: ignore[arg-type]
+    assert housekeeping.due(table, first, actor=ACTOR) == []  # the old deadline is nothing any more
+
+
+def test_an_entry_at_an_old_deadline_fires_nothing_and_tracks_the_new_one() -> None:
+    """An entry is only a reminder: popped at a deadline a heartbeat has moved since (told to a
+    lane's table, not to its housekeeping), it fires nothing and is armed at the new one."""
+    job = Job()
+    job.enqueue()
+    job.run(lease_s=30)
+    housekeeping, table = tracked(job)
+    first = job.s.lease_deadline
+    job.heartbeat(lease_s=300)
+    table["job-1"] = job.s
+    assert housekeeping.due(table, first, actor=ACTOR) == []  # type: ignore[arg-type]
+    assert housekeeping.next_due_ms() == epoch_ms(job.s.lease_deadline)  # type: ignore[arg-type]
+
+
+def test_a_lease_that_runs_out_fires_lease_expired_with_the_timer_services_id() -> None:
+    # Given a running attempt whose worker sends no more heartbeats
+    job = Job()
+    job.enqueue()
+    job.run(lease_s=30)
+    housekeeping, table = tracked(job)
+    deadline = job.s.lease_deadline
+    assert deadline is not None
+    # Then nothing fires before the deadline, and lease_expired at it
+    assert housekeeping.due(table, deadline - MS, actor=ACTOR) == []
+    now = deadline + 3 * MS
+    (event,) = housekeeping.due(table, now, actor=ACTOR)
+    assert isinstance(event, LeaseExpiredEvent)
+    assert (event.attempt, event.lease_deadline, event.occurred_at, event.actor) == (0, deadline, now, ACTOR)
+    # the event the timer service fires for an older processor's lease record: the same id
+    timer = lease_timer(deadline)
+    assert event.event_id == fired_by_the_timer_service(timer, now, actor="timer:0").event_id
+    assert event == commands.timer_fired_event(b"job-1:lease", epoch_ms(deadline), 0, now=now, actor=ACTOR)
+    # and the fold ends the attempt with it (the job is retried)
+    job.now = now
+    effects = job.step(event)
+    assert job.decision.accepted and job.s.status is S.RETRYING and job.s.lease_deadline is None  # type: ignore[union-attr]
+    housekeeping.track_all(effects.states)
+    assert len(housekeeping) == 0  # retrying: its retry is a timer record
+    job.step(fired_by_the_timer_service(timer, add_seconds(now, 1), actor="timer:0"))  # a repeat: a duplicate
+    assert job.decision.duplicate  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("end", ["succeed", "fail", "fail_fatal", "timed_out", "cancel"])
+def test_the_attempts_end_drops_the_lease(end: str) -> None:
+    job = Job()
+    job.enqueue(max_attempts=2)
+    job.run(lease_s=30)
+    housekeeping, table = tracked(job)
+    deadline = job.s.lease_deadline
+    before = job.s
+    effects = {"succeed": job.succeed, "fail": job.fail, "fail_fatal": lambda: job.fail(retryable=False),
+               "timed_out": job.timed_out, "cancel": lambda: (job.cancel(), job.fail())[1]}[end]()
+    if end == "cancel":
+        assert job.s.status is S.CANCELLED
+    housekeeping.track_all(effects.states, before={"job-1": before})
+    table.update(effects.states)  # type: ignore[arg-type]
+    assert job.s.lease_deadline is None
+    # whatever it calls for now (retention, or nothing while a retry waits), no lease expires
+    assert housekeeping.due(table, add_seconds(deadline, 1), actor=ACTOR) == []  # type: ignore[arg-type]
+    kind = housekeeping_timer(job.s).kind if housekeeping_timer(job.s) else None  # type: ignore[union-attr]
+    assert kind in (None, "retain", "dead_letter") and len(housekeeping) == (kind is not None)
+
+
+def test_the_leases_are_rebuilt_from_the_table_and_an_overdue_one_fires_at_once() -> None:
+    """A lane that takes a partition (after a restart, or from another processor) tracks the
+    restored table: every attempt under way has its lease again, at its deadline; one that ran
+    out while nobody watched fires at the first look."""
+    overdue, running, pending = Job("job-a"), Job("job-b"), Job("job-c")
+    for job in (overdue, running):
+        job.enqueue()
+    overdue.run(lease_s=10)
+    running.run(lease_s=600)
+    pending.enqueue()
+    housekeeping, table = tracked(overdue, running, pending)  # a new lane, from the restored table
+    assert len(housekeeping) == 3
+    now = add_seconds(T0, 60)  # the lane takes over a minute later: job-a's lease ran out meanwhile
+    (event,) = housekeeping.due(table, now, actor=ACTOR)
+    assert (event.type, event.job_id, event.lease_deadline) == ("lease_expired", "job-a", overdue.s.lease_deadline)  # type: ignore[union-attr]
+    assert housekeeping.next_due_ms() == epoch_ms(running.s.lease_deadline)  # type: ignore[arg-type]
+    # a restored lane that fires it again (the first one's event already written): the same event
+    again, _ = tracked(overdue)
+    assert again.due({"job-a": overdue.s}, add_seconds(now, 5), actor=ACTOR)[0].event_id == event.event_id
 
 
 # -- a due re-publish whose ready record still waits is not published again ------------------------
@@ -625,8 +754,8 @@ def test_republish_delays_from_the_first_one_alone_are_capped_at_a_day_or_at_the
 
 # -- property: one timer per job whose state calls for one ----------------------------------------
 
-ACTIONS = ["claim", "start", "succeed", "fail", "fail_fatal", "cancel", "expire", "due", "dlq_retry", "discard",
-           "housekeeping"]
+ACTIONS = ["claim", "start", "heartbeat", "progress", "succeed", "fail", "fail_fatal", "cancel", "expire", "due",
+           "dlq_retry", "discard", "housekeeping"]
 
 
 def drive(job: Job, action: str, housekeeping: Housekeeping, table: dict[str, JobState]) -> None:
@@ -635,7 +764,8 @@ def drive(job: Job, action: str, housekeeping: Housekeeping, table: dict[str, Jo
         effects = job.enqueue(max_attempts=2, ttl=600)
     else:
         write = {
-            "claim": job.claim, "start": job.start, "succeed": job.succeed, "fail": job.fail,
+            "claim": job.claim, "start": job.start, "heartbeat": job.heartbeat, "progress": job.progress,
+            "succeed": job.succeed, "fail": job.fail,
             "fail_fatal": lambda: job.fail(retryable=False), "cancel": job.cancel, "expire": job.expire,
             "due": job.due, "dlq_retry": job.dlq_retry, "discard": job.discard,
         }
