@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -755,8 +755,9 @@ class LifecycleProcessor(Supervised):
         producer is in a fatal state and the next send fails with "not in transaction". So the
         writes of the batch are checked for the fencing too (which also retrieves their errors).
         """
-        done, _ = await asyncio.wait(acks, timeout=5) if acks else (set(), set())
+        done, pending = await asyncio.wait(acks, timeout=5) if acks else (set(), set())
         causes = [error, *(ack.exception() for ack in done if not ack.cancelled())]
+        retrieve_errors(pending)  # they fail later, with the same cause: not an unretrieved error each
         fenced = next((cause for cause in causes if isinstance(cause, ProducerFenced)), None)
         if self.failure is not None:  # the first failure is the cause; later ones follow from it
             return
@@ -855,10 +856,21 @@ class LifecycleProcessor(Supervised):
             self.ready_topics.update(await ensure_ready_topics(self.settings, missing))
 
     async def _send(self, txn: AIOKafkaProducer, partition: int, result: BatchResult) -> list[asyncio.Future[Any]]:
-        """Queue the batch's durable writes in the open transaction; returns their acknowledgements."""
+        """Queue the batch's durable writes in the open transaction; returns their acknowledgements.
+        A send that fails midway (a fenced producer) leaves those queued before it to fail too:
+        their errors are retrieved (the commit's failure reports the cause)."""
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            await self._queue_writes(txn, partition, result, acks)
+        except BaseException:
+            retrieve_errors(acks)
+            raise
+        return acks
+
+    async def _queue_writes(self, txn: AIOKafkaProducer, partition: int, result: BatchResult,
+                            acks: list[asyncio.Future[Any]]) -> None:
         names, effects = self.names, result.effects
         state_bytes, event_bytes, max_bytes = result.state_bytes, result.event_bytes, self.settings.max_event_bytes
-        acks: list[asyncio.Future[Any]] = []
         for job_id, state in effects.states.items():
             value = None  # None: forgotten, a tombstone
             if state is not None:
@@ -879,7 +891,18 @@ class LifecycleProcessor(Supervised):
             headers = quarantine_headers(record, bad.reason)
             acks.append(await txn.send(names.quarantine, record.value, key=record.key, headers=headers))
             self.bad_records.report(_quarantine_kind(bad.reason), origin(record), bad.reason)
-        return acks
+
+
+def retrieve_errors(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """Mark the errors of `futures` (now or when they end) as seen: the failure they share is
+    reported once, by whoever caused it, not as asyncio's "exception was never retrieved" each."""
+    for future in futures:
+        future.add_done_callback(_seen)
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def run_processor(settings: Settings, stop: asyncio.Event, *, with_services: dict[str, Coroutine[Any, Any, None]]

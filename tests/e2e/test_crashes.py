@@ -124,6 +124,7 @@ async def test_paused_processor_is_fenced_when_it_wakes_up(app: App, tmp_path: P
     if zombie.poll() is not None:
         assert zombie.returncode == 1, zombie_log[-3000:]
         assert "is owned by another processor" in zombie_log, zombie_log[-3000:]
+        assert "exception was never retrieved" not in zombie_log, zombie_log[-3000:]  # reported once, as the cause
     else:
         zombie.send_signal(signal.SIGTERM)  # a member again, it stops cleanly like any other
         assert zombie.wait(timeout=60) == 0, log_path.read_text()[-3000:]
