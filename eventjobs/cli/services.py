@@ -107,7 +107,8 @@ def processor(
     with _metrics(settings, metrics_port, metrics_host) as metrics:
         async def services(stop: asyncio.Event) -> None:
             projector = {"projector": run_projector(settings, stop, metrics=metrics)} if project else {}
-            schedules = {"schedule service": ScheduleService(settings, app=target if app else None,
+            schedules = {"schedule service": ScheduleService(settings, jobs=target.jobs if app else None,
+                                                             writer=target.writer if app else None,
                                                              metrics=metrics).run(stop)}
             await run_processor(settings, stop, with_services={**schedules, **projector}, max_batch=max_batch,
                                 commit_interval_s=interval_s, metrics=metrics)

@@ -38,7 +38,7 @@ from eventjobs.core.effects import Effects, collect
 from eventjobs.core.housekeeping import Housekeeping, HousekeepingTimer, ReadyRepublish, Retention, earliest_publish
 from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, producer, read_to_end
 from eventjobs.core.records import ReadyRecord, awaits_verdict, capability_route, republished_headers, revocation_headers
-from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+from eventjobs.log.bad_records import BadRecords, describe_key, origin
 from eventjobs.runtime.ready_checks import Candidate, ReadyChecks
 from eventjobs.runtime.supervisor import run_services
 from eventjobs.metrics import COUNTED_EVENTS, Metrics

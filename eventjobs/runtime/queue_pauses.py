@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from eventjobs.core.control import QueueControl, RefusedControlRecord, admit_queue_control
 from eventjobs.kafka.clients import consumer, partitions_of
-from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+from eventjobs.log.bad_records import BadRecords, describe_key, origin
 from eventjobs.settings import Settings
 
 log = logging.getLogger("eventjobs.runtime.queue_pauses")

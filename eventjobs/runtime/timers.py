@@ -43,7 +43,7 @@ from eventjobs.core.timer_index import RefusedTimer, TimerIndex, admit_timer, br
 from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, partitions_of, producer
 from eventjobs.kafka.topics import TopicNames, load_specs
 from eventjobs.metrics import Metrics
-from eventjobs.runtime.bad_records import BadRecords, describe_key
+from eventjobs.log.bad_records import BadRecords, describe_key
 from eventjobs.settings import Settings
 
 log = logging.getLogger("eventjobs.runtime.timers")

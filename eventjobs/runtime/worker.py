@@ -70,7 +70,7 @@ from eventjobs.kafka.clients import (
 from eventjobs.hooks import AttemptInfo, AttemptOutcome, Hooks, Quarantined, WorkerInfo
 from eventjobs.hooks.prometheus import MetricsHook
 from eventjobs.metrics import Metrics
-from eventjobs.runtime.bad_records import BadRecords, describe_key, origin, power_of_ten
+from eventjobs.log.bad_records import BadRecords, describe_key, origin, power_of_ten
 from eventjobs.runtime.processor import quarantine_headers
 from eventjobs.core.records import (
     AWAITS_VERDICT,

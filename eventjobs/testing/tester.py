@@ -184,7 +184,7 @@ class JobTester:
         """Enqueue as `App.enqueue` does (same validation, options and errors), into this tester;
         returns the job id. Nothing runs yet."""
         event = self.app.build_enqueue(name, args, now=self.clock.now(), **options)
-        self.app._encoded([event])  # App.enqueue's size check (PayloadTooLarge), nothing is sent
+        self.app.writer.encoded([event])  # App.enqueue's size check (PayloadTooLarge), nothing is sent
         for dependency in event.depends_on or ():
             if dependency not in self.lane.last_states:
                 raise UnknownDependency(

@@ -80,18 +80,18 @@ async def test_producers_are_stopped_with_their_event_loop(app: App) -> None:
     def enqueue_on_a_loop_of_its_own() -> AIOKafkaProducer:
         async def enqueue() -> AIOKafkaProducer:
             await app.enqueue("add", {"a": 1, "b": 1})
-            return app._producers[asyncio.get_running_loop()].started.result()
+            return app.writer._producers[asyncio.get_running_loop()].started.result()
 
         return asyncio.run(enqueue())
 
     senders = [await asyncio.to_thread(enqueue_on_a_loop_of_its_own) for _ in range(3)]
     assert all(sender._closed for sender in senders)  # asyncio.run's shutdown stopped each
-    assert not app._producers
+    assert not app.writer._producers
 
     await asyncio.gather(*[app.enqueue("add", {"a": n, "b": 1}) for n in range(50)])  # concurrent first sends
     app.run_sync(app.enqueue("add", {"a": 2, "b": 2}))
-    assert len(app._producers) == 2  # this loop's and the private loop's of run_sync
-    live = [held.started.result() for held in app._producers.values()]
+    assert len(app.writer._producers) == 2  # this loop's and the private loop's of run_sync
+    live = [held.started.result() for held in app.writer._producers.values()]
 
     await app.close()
-    assert all(sender._closed for sender in live) and not app._producers
+    assert all(sender._closed for sender in live) and not app.writer._producers

@@ -30,7 +30,7 @@ from eventjobs.core.records import TimerRecord
 from eventjobs.core.state import JobStatus
 from eventjobs.core.timer_index import MAX_ATTEMPT, RefusedTimer, admit_timer
 from eventjobs.kafka.clients import partitions_of, producer, read_to_end
-from eventjobs.runtime.bad_records import BadRecords
+from eventjobs.log.bad_records import BadRecords
 from tests.e2e.conftest import job_events, spawn
 from tests.unit.test_timer_service import T0, service_owning, timer
 
