@@ -38,7 +38,6 @@ from eventjobs.core.schedules import (
     SCHEDULE_OPTIONS,
     InvalidSchedule,
     ScheduleDefinition,
-    ScheduleEvent,
     ScheduleState,
     ScheduleStatus,
     declared_schedule_id,
@@ -223,11 +222,7 @@ class App:
         return definition_of(self.jobs, name)
 
     # -- producing -------------------------------------------------------------------------
-    async def append(self, events: list[JobEvent]) -> None:
-        """Append events to the log and wait until the broker acknowledged every one."""
-        await self.writer.append(events)
-
-    def build_enqueue(
+    def _build_enqueue(
         self, name: str, args: dict[str, Any] | None = None, *, parent_job_id: str | None = None,
         depends_on: list[str] | None = None, now: datetime | None = None, **options: Any
     ) -> EnqueuedEvent:
@@ -242,7 +237,7 @@ class App:
         self, name: str, args: dict[str, Any] | None, options: dict[str, Any], *, parent_job_id: str | None = None,
         depends_on: list[str] | None = None, ids: tuple[str, str] | None = None, now: datetime | None = None,
     ) -> EnqueuedEvent:
-        """`build_enqueue`, with the (default job id, event id) of a batch member when `ids` is given."""
+        """`_build_enqueue`, with the (default job id, event id) of a batch member when `ids` is given."""
         return build_enqueued(self.definition(name), args, options, now=now or self.clock.now(), actor=self.actor,
                               parent_job_id=parent_job_id, depends_on=depends_on, ids=ids)
 
@@ -255,11 +250,11 @@ class App:
         window, with unique_for or debounce): a duplicate returns the same id and the processor
         refuses to run the job again. `enqueue_unique` also says whether this enqueue won.
         """
-        event = self.build_enqueue(name, args, **options)
+        event = self._build_enqueue(name, args, **options)
         if event.depends_on:
-            await self.check_dependencies(event.depends_on)
+            await self._check_dependencies(event.depends_on)
         await self.hooks.before_enqueue(event)
-        await self.append([event])
+        await self.writer.append([event])
         self._acknowledge(event.job_id)
         return event.job_id
 
@@ -274,12 +269,12 @@ class App:
         processor decides in time). Plain `enqueue` returns the same id without waiting: the
         window's job id is derived from the key and the window (docs/flow-control.md).
         """
-        event = self.build_enqueue(name, args, **options)
+        event = self._build_enqueue(name, args, **options)
         if event.options.unique_for_s is None and event.options.debounce_s is None:
             raise InvalidJobArguments(
                 f"enqueue_unique of job {name!r} needs unique_for or debounce (given or registered); nothing was sent"
             )
-        await self.append([event])
+        await self.writer.append([event])
         self._acknowledge(event.job_id)
         replaced_id = derived_event_id(event.event_id, "debounced", 0)
         state = await self._state_watcher().wait_for(
@@ -296,7 +291,7 @@ class App:
         if len(acknowledged) > RECENT_ENQUEUES_KEPT:
             del acknowledged[next(iter(acknowledged))]
 
-    async def check_dependencies(self, job_ids: list[str]) -> None:
+    async def _check_dependencies(self, job_ids: list[str]) -> None:
         """Refuse `depends_on` naming a job that does not exist: one this app enqueued recently,
         or one whose state the changelog holds (a job another process enqueued a moment ago may
         not be there yet). The processor answers `missing` for any that slips through."""
@@ -362,7 +357,7 @@ class App:
         last = self.writer.encoded([callback]) if callback is not None else []
         for event in events:
             if event.depends_on:
-                await self.check_dependencies(event.depends_on)
+                await self._check_dependencies(event.depends_on)
         for event in [*events, *([callback] if callback is not None else [])]:
             await self.hooks.before_enqueue(event)
         await self.writer.producer()  # raises KafkaUnavailable before anything is sent
@@ -391,9 +386,9 @@ class App:
 
     def enqueue_sync(self, name: str, args: dict[str, Any] | None = None, **options: Any) -> str:
         """`enqueue` for scripts and sync web handlers (runs on a private event loop thread)."""
-        return self.run_sync(self.enqueue(name, args, **options))
+        return self._run_sync(self.enqueue(name, args, **options))
 
-    def run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def _run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run one of the app's coroutines from sync code."""
         with self._sync_lock:
             if self._sync_loop is None:
@@ -436,10 +431,10 @@ class App:
 
     async def cancel(self, job_id: str, reason: str = "cancelled by request") -> None:
         """Ask to cancel: pending, scheduled and retrying jobs stop at once; a running one at its end."""
-        await self.append([cancel_requested_event(job_id, reason, now=self.clock.now(), actor=self.actor)])
+        await self.writer.append([cancel_requested_event(job_id, reason, now=self.clock.now(), actor=self.actor)])
 
     # -- periodic schedules ----------------------------------------------------------------
-    def build_schedule(self, name: str, args: dict[str, Any] | None = None, *, every: Any = None,
+    def _build_schedule(self, name: str, args: dict[str, Any] | None = None, *, every: Any = None,
                        cron: str | None = None, timezone: str = "UTC", catch_up: str = "one",
                        schedule_id: str | None = None, declared: bool = False, now: datetime | None = None,
                        **job_options: Any) -> ScheduleDefinition:
@@ -460,25 +455,25 @@ class App:
         `<name>:<digest of args and rule>`, so scheduling the same thing again changes nothing.
         Updating a paused schedule keeps it paused.
         """
-        definition = self.build_schedule(name, args, every=every, cron=cron, timezone=timezone, catch_up=catch_up,
+        definition = self._build_schedule(name, args, every=every, cron=cron, timezone=timezone, catch_up=catch_up,
                                          schedule_id=schedule_id, **job_options)
         current = await self._schedule_state(definition.schedule_id)
         change = definition_change(definition, current, now=self.clock.now(), actor=self.actor)
         if change is not None:
-            await self.append_schedule_records([change])
+            await self.writer.append_schedule_records([change])
         return definition.schedule_id
 
     async def unschedule(self, schedule_id: str, reason: str = "deleted by request") -> None:
         """Delete a schedule: no tick fires after this (a job already enqueued still runs)."""
         current = await self._live_schedule(schedule_id)
-        await self.append_schedule_records([schedule_deleted_event(current, reason, now=self.clock.now(), actor=self.actor)])
+        await self.writer.append_schedule_records([schedule_deleted_event(current, reason, now=self.clock.now(), actor=self.actor)])
 
     async def pause_schedule(self, schedule_id: str) -> bool:
         """Pause a schedule (False: it was paused already). Ticks while paused never fire."""
         current = await self._live_schedule(schedule_id)
         if current.definition is not None and current.definition.paused:
             return False
-        await self.append_schedule_records([schedule_paused_event(current, now=self.clock.now(), actor=self.actor)])
+        await self.writer.append_schedule_records([schedule_paused_event(current, now=self.clock.now(), actor=self.actor)])
         return True
 
     async def resume_schedule(self, schedule_id: str) -> bool:
@@ -486,7 +481,7 @@ class App:
         current = await self._live_schedule(schedule_id)
         if current.definition is not None and not current.definition.paused:
             return False
-        await self.append_schedule_records([schedule_resumed_event(current, now=self.clock.now(), actor=self.actor)])
+        await self.writer.append_schedule_records([schedule_resumed_event(current, now=self.clock.now(), actor=self.actor)])
         return True
 
     async def trigger_schedule(self, schedule_id: str) -> str:
@@ -495,8 +490,8 @@ class App:
         assert current.definition is not None
         now = self.clock.now()
         job = tick_job(current.definition, now, now=now, manual=True)
-        await self.append([job])
-        await self.append_schedule_records([schedule_triggered_event(schedule_id, now, job.job_id, now=now,
+        await self.writer.append([job])
+        await self.writer.append_schedule_records([schedule_triggered_event(schedule_id, now, job.job_id, now=now,
                                                                      actor=self.actor)])
         return job.job_id
 
@@ -523,11 +518,6 @@ class App:
                                    f"(see `eventjobs schedules list`)")
         return state
 
-    async def append_schedule_records(self, events: list[ScheduleEvent]) -> None:
-        """Append schedule events (built by `eventjobs.core.schedules`) to the schedules topic, each under
-        its record key on its schedule's partition; returns once the broker acknowledged every one."""
-        await self.writer.append_schedule_records(events)
-
     skipped_dead_letters = 0  # entries the last `dead_letters()` call skipped because they could not be used
 
     async def dead_letters(self, name: str | None = None) -> list[DeadLetterRecord]:
@@ -549,17 +539,17 @@ class App:
 
     async def retry_dead_letter(self, job_id: str, reason: str = "retried by operator") -> DeadLetterRecord:
         entry = await self._dead_letter(job_id)
-        await self.append([self._operator_action(dead_letter_retried_event, entry, reason)])
+        await self.writer.append([self._operator_action(dead_letter_retried_event, entry, reason)])
         return entry
 
     async def retry_all_dead_letters(self, name: str | None = None, reason: str = "retried by operator") -> list[str]:
         entries = await self.dead_letters(name)
-        await self.append([self._operator_action(dead_letter_retried_event, e, reason) for e in entries])
+        await self.writer.append([self._operator_action(dead_letter_retried_event, e, reason) for e in entries])
         return [e.job_id for e in entries]
 
     async def discard_dead_letter(self, job_id: str, reason: str = "discarded by operator") -> DeadLetterRecord:
         entry = await self._dead_letter(job_id)
-        await self.append([self._operator_action(discarded_event, entry, reason)])
+        await self.writer.append([self._operator_action(discarded_event, entry, reason)])
         return entry
 
     # -- operators: workers, queues, bulk actions ------------------------------------------
@@ -633,13 +623,13 @@ class App:
     async def cancel_jobs(self, job_ids: list[str], reason: str = "cancelled by operator") -> int:
         """Ask to cancel each job (as `cancel` does); returns how many cancel requests were written."""
         now = self.clock.now()
-        await self.append([cancel_requested_event(job_id, reason, now=now, actor=self.actor) for job_id in job_ids])
+        await self.writer.append([cancel_requested_event(job_id, reason, now=now, actor=self.actor) for job_id in job_ids])
         return len(job_ids)
 
     async def discard_all_dead_letters(self, name: str | None = None, reason: str = "discarded by operator") -> list[str]:
         """Discard every dead-lettered job (of job name `name`); returns their ids."""
         entries = await self.dead_letters(name)
-        await self.append([self._operator_action(discarded_event, e, reason) for e in entries])
+        await self.writer.append([self._operator_action(discarded_event, e, reason) for e in entries])
         return [e.job_id for e in entries]
 
     async def _dead_letter(self, job_id: str) -> DeadLetterRecord:

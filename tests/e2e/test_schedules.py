@@ -229,7 +229,7 @@ async def test_the_schedules_projection_shows_next_and_last_tick(app: App, click
     settings = app.settings
     await app.schedule("add", {"a": 1, "b": 1}, every="1h", schedule_id="hourly")
     tick = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
-    await app.append_schedule_records([schedule_fired_event("hourly", tick, "job-12h", now=tick, actor="test")])
+    await app.writer.append_schedule_records([schedule_fired_event("hourly", tick, "job-12h", now=tick, actor="test")])
     await app.schedule("add", {"a": 2, "b": 2}, cron="0 3 * * *", schedule_id="nightly")
     await app.pause_schedule("nightly")
     await app.schedule("add", {}, every="1m", schedule_id="gone")
@@ -343,7 +343,7 @@ async def test_a_tick_enqueued_but_not_recorded_fires_again_and_is_refused(runti
     state = await app._schedule_state("crashy")
     assert state is not None and state.definition is not None
     first = tick_job(state.definition, tick, now=clock.now())
-    await app.append([first])  # a service enqueued the tick's job and died before its `fired` record
+    await app.writer.append([first])  # a service enqueued the tick's job and died before its `fired` record
 
     service = ScheduleService(settings, clock=clock)
     runtime.tasks.append(asyncio.create_task(service.run(runtime.stop)))
@@ -482,7 +482,7 @@ async def test_concurrent_first_writes_to_the_schedules_topic_check_it_once(app:
     fresh = App(app.settings.namespace, settings=app.settings)
     now = fresh.clock.now()
     try:
-        await asyncio.gather(*(fresh.append_schedule_records([schedule_fired_event(f"s{n}", now, f"job-{n}", now=now,
+        await asyncio.gather(*(fresh.writer.append_schedule_records([schedule_fired_event(f"s{n}", now, f"job-{n}", now=now,
                                                                                     actor="test")])
                                for n in range(50)))
     finally:
