@@ -172,7 +172,7 @@ async def main() -> None:
 
 
 async def child(bootstrap: str, namespace: str, *, seconds: float, with_processor: bool) -> None:
-    from eventjobs.core.gc_pause import tune_for_service
+    from eventjobs.runtime.gc_pause import tune_for_service
     from eventjobs.runtime.processor import run_processor
     from eventjobs.runtime.schedules import ScheduleService
 

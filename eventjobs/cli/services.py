@@ -22,7 +22,7 @@ from eventjobs.cli.options import (
     settings_of,
 )
 from eventjobs.cli.output import err, kafka_failure_in_one_line
-from eventjobs.core.gc_pause import tune_for_service
+from eventjobs.runtime.gc_pause import tune_for_service
 from eventjobs.metrics import Metrics
 from eventjobs.readside.projector import ProjectorOptions, events_topic
 from eventjobs.settings import Settings
@@ -30,7 +30,7 @@ from eventjobs.settings import Settings
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run a long-lived service until SIGTERM or SIGINT, then let it shut down cleanly (with the
-    garbage collector tuned for a service: `core.gc_pause.tune_for_service`)."""
+    garbage collector tuned for a service: `runtime.gc_pause.tune_for_service`)."""
     tune_for_service()
 
     async def runner() -> None:

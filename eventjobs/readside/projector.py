@@ -32,7 +32,7 @@ from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseUnavailable
 from eventjobs.core.codec import admit
 from eventjobs.core.limits import PROJECTOR_END_OFFSETS_EVERY_S
 from eventjobs.core.state import JobStatus
-from eventjobs.core.gc_pause import collector_paused
+from eventjobs.runtime.gc_pause import collector_paused
 from eventjobs.kafka.clients import consumer as kafka_consumer
 from eventjobs.kafka.clients import job_partition, partitions_of
 from eventjobs.metrics import Metrics

@@ -31,7 +31,7 @@ from aiokafka.errors import ProducerFenced
 from eventjobs.core.codec import EventEncodeError, admit, encode
 from eventjobs.core.events import LINKED_TYPES
 from eventjobs.core.fold import Decision, apply
-from eventjobs.core.gc_pause import collector_paused
+from eventjobs.runtime.gc_pause import collector_paused
 from eventjobs.core.state import JobState, JobStatus, StateDecodeError, decode_state, encode_state
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
 from eventjobs.core.effects import Effects, collect

@@ -22,7 +22,7 @@ tick is computed when its records change (or its partition finished loading, or 
 put on a queue; passes work through that queue, and through the records they fold, in slices
 of `SLICE_S` that yield to the loop in between. From a partition's take until every owned
 partition is loaded and computed the cyclic collector is paused, and what the load made is then
-frozen (`core.gc_pause.LoadPause`): its scans of the growing heap were the longest stalls left.
+frozen (`runtime.gc_pause.LoadPause`): its scans of the growing heap were the longest stalls left.
 
 Bad input: a record nobody can use is skipped, counted (`skipped_records`) and logged once per
 kind. A schedule is set aside, reported the same way and counted in the metric
@@ -49,7 +49,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
-from eventjobs.core.gc_pause import LoadPause
+from eventjobs.runtime.gc_pause import LoadPause
 from eventjobs.core.options import InvalidJobOptions
 from eventjobs.core.schedules import (
     RefusedScheduleRecord,
