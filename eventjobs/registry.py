@@ -19,6 +19,7 @@ from eventjobs.core.commands import enqueue as enqueued_event
 from eventjobs.core.events import EnqueuedEvent
 from eventjobs.core.options import InvalidJobOptions, JobOptions
 from eventjobs.core.schedules import ScheduleDefinition, declared_schedule_id, define_schedule
+from eventjobs.core.validation import worded
 
 Handler = Callable[..., Any]
 
@@ -101,11 +102,7 @@ def build_enqueued(
     except InvalidJobOptions:
         raise
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg'].removeprefix('Value error, ')}"
-            for issue in error.errors(include_url=False)
-        )
-        raise InvalidJobArguments(f"cannot enqueue job {name!r}: {problems}") from None
+        raise InvalidJobArguments(f"cannot enqueue job {name!r}: {worded(error)}") from None
 
 
 def build_schedule(

@@ -20,6 +20,7 @@ from eventjobs.core.limits import MAX_REASON_BYTES, truncate_text
 from eventjobs.core.options import QUEUE_NAME_RE
 from eventjobs.core.records import queue_of_route  # re-exported: the route format lives with `capability_route`
 from eventjobs.core.state import JobStatus
+from eventjobs.core.validation import issues, worded
 
 __all__ = [
     "CANCELLABLE_STATUSES",
@@ -162,8 +163,7 @@ def queue_control(queue: str, *, paused: bool, reason: str, now: datetime, actor
         return QueueControl(queue=queue, paused=paused, reason=truncate_text(reason, MAX_REASON_BYTES),
                             changed_at=now, changed_by=actor[:_MAX_ID_CHARS])
     except ValidationError as error:
-        raise ValueError("; ".join(issue["msg"].removeprefix("Value error, ")
-                                   for issue in error.errors(include_url=False))) from None
+        raise ValueError("; ".join(issue.message for issue in issues(error))) from None
 
 
 # -- admission: a bad record is a reason, never an exception -----------------------------------
@@ -186,7 +186,7 @@ def admit_worker(key: bytes | None, value: bytes | None) -> tuple[str, WorkerAnn
     try:
         announcement = WorkerAnnouncement.model_validate_json(value)
     except ValidationError as error:
-        return RefusedControlRecord("not a worker announcement", _brief(error))
+        return RefusedControlRecord("not a worker announcement", worded(error, root="(root)")[:500])
     if announcement.worker_id != worker_id:
         return RefusedControlRecord("key does not match", f"the announcement is about worker {announcement.worker_id!r}")
     return worker_id, announcement
@@ -202,15 +202,10 @@ def admit_queue_control(key: bytes | None, value: bytes | None) -> tuple[str, Qu
     try:
         control = QueueControl.model_validate_json(value)
     except ValidationError as error:
-        return RefusedControlRecord("not a queue control record", _brief(error))
+        return RefusedControlRecord("not a queue control record", worded(error, root="(root)")[:500])
     if control.queue != queue:
         return RefusedControlRecord("key does not match", f"the record is about queue {control.queue!r}")
     return queue, control
-
-
-def _brief(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in issue['loc']) or '(root)'}: {issue['msg']}"
-                     for issue in error.errors(include_url=False))[:500]
 
 
 # -- what the records mean ---------------------------------------------------------------------

@@ -52,6 +52,7 @@ from eventjobs.core.limits import MAX_CATCH_UP_TICKS, MAX_CRON_CANDIDATES, MAX_R
 from eventjobs.core.limits import SCHEDULE_HORIZON_DAYS, SCHEDULE_LATE_AFTER_S
 from eventjobs.core.limits import truncate_text
 from eventjobs.core.options import JobOptions, JobOptionsSpec, Priority
+from eventjobs.core.validation import worded
 
 CatchUp = Literal["none", "one", "all"]
 CATCH_UP_VALUES: tuple[str, ...] = ("none", "one", "all")
@@ -248,9 +249,7 @@ def define_schedule(
             catch_up=catch_up, declared=declared, since=utc_ms(now),  # type: ignore[arg-type]  # catch_up is checked against CATCH_UP_VALUES above
         )
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg']}"
-                             for issue in error.errors(include_url=False))
-        raise InvalidSchedule(f"schedule {schedule_id!r} of job {job!r}: {problems}") from None
+        raise InvalidSchedule(f"schedule {schedule_id!r} of job {job!r}: {worded(error)}") from None
     check_horizon(definition, now)
     return definition
 
@@ -364,10 +363,7 @@ def admit_schedule_record(key: bytes | None, value: bytes | None) -> Any:
     try:
         event = SCHEDULE_EVENT_ADAPTER.validate_json(value)
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return RefusedScheduleRecord(kind="not a schedule event",
-                                     reason=(f"{where}: {first['msg']}" if where else first["msg"])[:300])
+        return RefusedScheduleRecord(kind="not a schedule event", reason=worded(error, limit=1)[:300])
     expected = record_key(event)
     if key is None or key != expected.encode():
         shown = key.decode(errors="replace")[:200] if key is not None else "none"

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from eventjobs.core.clock import epoch_ms
 from eventjobs.core.records import TimerRecord
+from eventjobs.core.validation import worded
 
 MAX_ATTEMPT = (1 << 20) - 1  # the largest attempt a timer can carry (events allow up to 1,000,000)
 MAX_DUE_MS = (1 << 62) - 1  # due times are held as signed 64-bit ms (year 9999 is about 2**48)
@@ -120,13 +121,8 @@ def admit_timer(key: bytes | None, value: bytes) -> tuple[int, int] | RefusedTim
 
 
 def brief(error: ValidationError, limit: int = 5) -> str:
-    """A validation error on one line: `field: message; ...` (pydantic's own text spans many lines)."""
-    parts = []
-    for problem in error.errors(include_url=False)[:limit]:
-        where = ".".join(str(part) for part in problem["loc"])
-        parts.append(f"{where}: {problem['msg']}" if where else problem["msg"])
-    more = error.error_count() - limit
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    """A validation error on one line, its first `limit` problems (`core.validation.worded`)."""
+    return worded(error, limit=limit)
 
 
 class TimerIndex:
