@@ -43,6 +43,7 @@ import orjson
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from eventjobs.core.refused import Refused
 from eventjobs.core.clock import UTC, epoch_ms, format_utc_ms, from_epoch_ms, utc_ms
 from eventjobs.core.commands import enqueue
 from eventjobs.core.durations import parse_duration
@@ -349,28 +350,21 @@ def encode_schedule_event(event: _ScheduleEvent) -> bytes:
     return event.model_dump_json().encode()
 
 
-class RefusedScheduleRecord(BaseModel):
-    """A record of the schedules topic nobody can use, and why (`kind` groups them for the log)."""
-
-    kind: str
-    reason: str
-
-
 def admit_schedule_record(key: bytes | None, value: bytes | None) -> Any:
-    """The schedule event of a record, `None` for a tombstone, or `RefusedScheduleRecord`."""
+    """The schedule event of a record, `None` for a tombstone, or `Refused`."""
     if value is None:
         return None
     try:
         event = SCHEDULE_EVENT_ADAPTER.validate_json(value)
     except ValidationError as error:
-        return RefusedScheduleRecord(kind="not a schedule event", reason=worded(error, limit=1)[:300])
+        return Refused(kind="not a schedule event", reason=worded(error, limit=1)[:300])
     expected = record_key(event)
     if key is None or key != expected.encode():
         shown = key.decode(errors="replace")[:200] if key is not None else "none"
-        return RefusedScheduleRecord(kind="key is not the record's", reason=f"key {shown!r}, expected {expected!r}")
+        return Refused(kind="key is not the record's", reason=f"key {shown!r}, expected {expected!r}")
     if event.type in ("created", "updated", "paused", "resumed", "deleted") \
             and event.definition.schedule_id != event.schedule_id:
-        return RefusedScheduleRecord(kind="definition of another schedule",
+        return Refused(kind="definition of another schedule",
                                      reason=f"event of {event.schedule_id!r} defines {event.definition.schedule_id!r}")
     return event
 

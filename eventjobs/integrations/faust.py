@@ -55,6 +55,7 @@ except ImportError as error:  # pragma: no cover - the extra is part of the test
 from eventjobs.app import App
 from eventjobs.core.clock import format_utc_ms
 from eventjobs.core.codec import DEFAULT_MAX_EVENT_BYTES, EventDecodeError, EventEncodeError, admit, decode, encode
+from eventjobs.core.refused import Refused
 from eventjobs.core.events import EVENT_TYPES, EnqueuedEvent, JobEvent
 
 __all__ = [
@@ -231,8 +232,8 @@ class JobEventCodec(Codec):
         data = encode(s, max_bytes=self.max_bytes)
         if len(data) > 8_000 and s.type in ("enqueued", "attempt_succeeded"):  # args, results: budgets of the limit
             verdict = admit(data, None, max_bytes=self.max_bytes)
-            if isinstance(verdict, str):
-                raise EventEncodeError(f"{verdict}; nothing was sent")
+            if isinstance(verdict, Refused):
+                raise EventEncodeError(f"{verdict.reason}; nothing was sent")
         return data
 
 

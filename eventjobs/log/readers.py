@@ -14,10 +14,10 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from eventjobs.core.control import RefusedControlRecord
+from eventjobs.core.refused import Refused
 from eventjobs.core.partitioning import job_partition
-from eventjobs.core.records import DeadLetterRecord, RefusedDeadLetter, admit_dead_letter
-from eventjobs.core.schedules import RefusedScheduleRecord, ScheduleState, admit_schedule_record, apply_schedule
+from eventjobs.core.records import DeadLetterRecord, admit_dead_letter
+from eventjobs.core.schedules import ScheduleState, admit_schedule_record, apply_schedule
 from eventjobs.core.state import JobState, StateDecodeError, decode_state
 from eventjobs.kafka.clients import partitions_of, read_to_end
 from eventjobs.kafka.topics import TopicNames
@@ -51,7 +51,7 @@ async def read_schedule_states(settings: Settings, names: TopicNames, bad: BadRe
     slices = Slices()
     async for record in read_to_end(settings, partitions):
         admitted = admit_schedule_record(record.key, record.value)
-        if isinstance(admitted, RefusedScheduleRecord):
+        if isinstance(admitted, Refused):
             bad.report(admitted.kind, f"{origin(record)} ({describe_key(record.key)})", admitted.reason)
         elif admitted is not None:
             states[admitted.schedule_id] = apply_schedule(states.get(admitted.schedule_id), admitted)
@@ -69,9 +69,8 @@ async def read_dead_letters(settings: Settings, partitions: list[TopicPartition]
         if record.key is None:
             continue
         admitted = admit_dead_letter(record.key, record.value)
-        if isinstance(admitted, RefusedDeadLetter):
-            if admitted.job_id is not None:
-                entries.pop(admitted.job_id, None)
+        if isinstance(admitted, Refused):
+            entries.pop(record.key.decode(errors="replace"), None)  # a key not UTF-8 names no entry listed
             bad.report(admitted.kind, f"{origin(record)} ({describe_key(record.key)})", admitted.reason)
             continue
         job_id, entry = admitted
@@ -85,7 +84,7 @@ async def read_control(settings: Settings, partitions: list[TopicPartition],
     latest: dict[str, Any] = {}
     async for record in read_to_end(settings, partitions):
         admitted = admit(record.key, record.value)
-        if isinstance(admitted, RefusedControlRecord):
+        if isinstance(admitted, Refused):
             bad.report(admitted.kind, f"{origin(record)} ({describe_key(record.key)})", admitted.reason)
             continue
         key, value = admitted

@@ -48,11 +48,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
+from eventjobs.core.refused import Refused
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
 from eventjobs.runtime.gc_pause import LoadPause
 from eventjobs.core.options import InvalidJobOptions
 from eventjobs.core.schedules import (
-    RefusedScheduleRecord,
     ScheduleDefinition,
     ScheduleNotComputable,
     ScheduleState,
@@ -228,7 +228,7 @@ class ScheduleService:
         for record in records:
             await slices.pause()
             admitted = admit_schedule_record(record.key, record.value)
-            if isinstance(admitted, RefusedScheduleRecord):
+            if isinstance(admitted, Refused):
                 if (partition, record.offset) not in self._reported:  # read again after a rebalance: counted once
                     if len(self._reported) >= MAX_REPORTED:
                         self._reported.clear()
