@@ -6,7 +6,7 @@ Run:  .venv/bin/python benchmarks/bench_dependencies.py            (5 repetition
 What is measured: a few workflow shapes (a chain, a fan-in, a layered graph, a ring) are enqueued
 in one go, in two orders: dependencies first, as ``App.enqueue`` makes them (every dependency
 exists before its dependent), and dependents first, as a producer that skips
-``App.check_dependencies`` may write them (a ring has no first job: "dependencies first" there
+``App.enqueue``'s dependency check may write them (a ring has no first job: "dependencies first" there
 means each job after the one it waits for but one, "dependents first" each before it but one). Then every event the lanes derive for another job
 (requests, answers, cycle probes) is delivered in the order written, through the pure fold
 (``apply``), until none is left; the jobs never run, so every probe meets waiting jobs. Reported:

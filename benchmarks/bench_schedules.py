@@ -172,7 +172,7 @@ async def main() -> None:
 
 
 async def child(bootstrap: str, namespace: str, *, seconds: float, with_processor: bool) -> None:
-    from eventjobs.core.gc_pause import tune_for_service
+    from eventjobs.runtime.gc_pause import tune_for_service
     from eventjobs.runtime.processor import run_processor
     from eventjobs.runtime.schedules import ScheduleService
 
@@ -180,14 +180,14 @@ async def child(bootstrap: str, namespace: str, *, seconds: float, with_processo
     settings = Settings(kafka_bootstrap=bootstrap, namespace=namespace)
     service = ScheduleService(settings)
     lateness: list[float] = []
-    record_fired = service.app.append_schedule_records
+    record_fired = service.writer.append_schedule_records
 
     async def recording(events: list[object]) -> None:
         await record_fired(events)
         now = datetime.now(timezone.utc)
         lateness.extend((now - event.tick).total_seconds() * 1000 for event in events)  # type: ignore[attr-defined]
 
-    service.app.append_schedule_records = recording  # type: ignore[method-assign]
+    service.writer.append_schedule_records = recording  # type: ignore[method-assign]
     samples: list[tuple[float, float]] = []  # (overshoot ms, loop CPU ms) of each probe sleep
     stop = asyncio.Event()
 

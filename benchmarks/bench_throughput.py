@@ -127,11 +127,11 @@ async def throughput(bootstrap: str, jobs: int, logs: Path, concurrency: int) ->
     stack = await start_stack(settings, logs, concurrency)
     try:
         app = build_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap)
-        events = [app.build_enqueue("noop", {"i": i}) for i in range(jobs)]
+        events = [app._build_enqueue("noop", {"i": i}) for i in range(jobs)]
         watcher = asyncio.create_task(count_completed(settings, jobs + 1, timeout_s=600))
         started = time.perf_counter()
         for chunk in range(0, jobs, 1000):
-            await app.append(events[chunk:chunk + 1000])
+            await app.writer.append(events[chunk:chunk + 1000])
         enqueued = time.perf_counter()
         finished = await watcher
         await app.close()
@@ -178,8 +178,8 @@ async def latency(bootstrap: str, rate: int, seconds: float, logs: Path, concurr
             delay = target - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            ids.append(app.build_enqueue("noop", {"i": i}))
-            await app.append([ids[-1]])
+            ids.append(app._build_enqueue("noop", {"i": i}))
+            await app.writer.append([ids[-1]])
         await count_completed(settings, total + 1, timeout_s=300)
         await app.close()
         times = await job_timings(settings)
@@ -203,10 +203,10 @@ async def timers(bootstrap: str, count: int, window_s: float, logs: Path, concur
     try:
         app = build_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap)
         base = datetime.now(timezone.utc) + timedelta(seconds=3)
-        events = [app.build_enqueue("noop", {"i": i}, run_at=base + timedelta(seconds=window_s * i / count))
+        events = [app._build_enqueue("noop", {"i": i}, run_at=base + timedelta(seconds=window_s * i / count))
                   for i in range(count)]
         for chunk in range(0, count, 500):
-            await app.append(events[chunk:chunk + 500])
+            await app.writer.append(events[chunk:chunk + 500])
         await count_completed(settings, count + 1, timeout_s=window_s + 300)
         await app.close()
         times = await job_timings(settings)

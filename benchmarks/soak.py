@@ -269,12 +269,12 @@ def plan_jobs(jobs: int, namespace: str, seed: int, dependents: float = 0.0) -> 
         duplicate = rng.random() < 0.02
         if duplicate:
             options["idempotency_key"] = f"soak-{seed}-{i}"
-        event = app.build_enqueue("work", args, **options)
+        event = app._build_enqueue("work", args, **options)
         plan.events.append(event)
         placed.append((len(plan.events) - 1, event.job_id))
         plan.expected[event.job_id] = (status, attempt)
         if duplicate:
-            again = app.build_enqueue("work", {**args, "again": True}, **options)
+            again = app._build_enqueue("work", {**args, "again": True}, **options)
             heapq.heappush(later, (i + rng.randint(50, 2000), i, again))
             plan.duplicates += 1
         while later and later[0][0] <= i:
@@ -287,7 +287,7 @@ def _plan_dependent(app: App, plan: Plan, rng: random.Random, i: int, dependenci
     """A `merge` job waiting for `dependencies`: it completes, unless it is cancelled by one that
     does not complete (half of them; the other half runs whatever became of them)."""
     mode = "run" if rng.random() < 0.5 else "cancel"
-    event = app.build_enqueue("merge", {"i": i}, depends_on=dependencies, on_dependency_failure=mode)
+    event = app._build_enqueue("merge", {"i": i}, depends_on=dependencies, on_dependency_failure=mode)
     plan.events.append(event)
     failing = any(plan.expected[d][0] is not JobStatus.COMPLETED for d in dependencies)
     plan.expected[event.job_id] = (JobStatus.CANCELLED if mode == "cancel" and failing else JobStatus.COMPLETED, 0)
@@ -521,7 +521,7 @@ async def soak(options: argparse.Namespace, bootstrap: str, run_dir: Path, clust
                 await asyncio.sleep(0.2)
                 if watching.done():  # the broker killer failed: the run stops with its error
                     watching.result()
-            await app.append(plan.events[start:start + chunk])  # raises if not acknowledged: the run stops
+            await app.writer.append(plan.events[start:start + chunk])  # raises if not acknowledged: the run stops
             enqueued = min(len(plan.events), start + chunk)
         say(f"all {len(plan.events):,} enqueue events acknowledged ({len(plan.expected):,} jobs)")
         last_report = time.monotonic()

@@ -8,33 +8,24 @@ is never lost.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import threading
-import weakref
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, NamedTuple, Self, TypeVar
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
-from pydantic import ValidationError
+from aiokafka import TopicPartition
 
 from eventjobs.core.clock import Clock, SystemClock
-from eventjobs.core.codec import encode
 from eventjobs.core.ids import batch_member_ids, derived_event_id, new_batch_id
-from eventjobs.core.limits import MAX_BATCH_ID_CHARS, MAX_DEPENDENCIES, RECENT_ENQUEUES_KEPT, size_limits
+from eventjobs.core.limits import MAX_BATCH_ID_CHARS, MAX_DEPENDENCIES, RECENT_ENQUEUES_KEPT
 from eventjobs.core.commands import cancel_requested_event, dead_letter_retried_event, discarded_event
-from eventjobs.core.commands import enqueue as enqueued_event
 from eventjobs.core.events import EnqueuedEvent, JobEvent
 from eventjobs.core.flow import Verdict, enqueue_verdict, window_end
-from eventjobs.core.options import InvalidJobOptions, JobOptions
-from eventjobs.core.state import JobState, StateDecodeError, decode_state
+from eventjobs.core.options import JobOptions
+from eventjobs.core.state import JobState
 from eventjobs.core.control import (
     CANCELLABLE_STATUSES,
     QueueStatus,
-    RefusedControlRecord,
     WorkerStatus,
     admit_queue_control,
     admit_worker,
@@ -52,8 +43,6 @@ from eventjobs.core.schedules import (
     declared_schedule_id,
     define_schedule,
     definition_change,
-    encode_schedule_event,
-    record_key,
     schedule_deleted_event,
     schedule_paused_event,
     schedule_resumed_event,
@@ -61,24 +50,30 @@ from eventjobs.core.schedules import (
     status_of,
     tick_job,
 )
-from eventjobs.kafka.clients import job_partition, partitions_of, producer, read_to_end, topic_partition_count
-from eventjobs.core.records import DeadLetterRecord, RefusedDeadLetter, admit_dead_letter
+from eventjobs.kafka.clients import partitions_of
+from eventjobs.core.records import DeadLetterRecord
 from eventjobs.hooks import Hook, Hooks
-from eventjobs.registry import Handler, JobDefinition, UnknownJob, define
+from eventjobs.log.bad_records import BadRecords
+from eventjobs.log.readers import read_control, read_dead_letters, read_job_states, read_schedule_states
+from eventjobs.log.state_watch import StateWatcher
+from eventjobs.log.writer import LogWriter, PayloadTooLarge, producer_actor, run_on
+from eventjobs.registry import (
+    Handler,
+    InvalidJobArguments,
+    JobDefinition,
+    build_enqueued,
+    build_schedule,
+    define,
+    definition_of,
+)
 from eventjobs.settings import Settings, load_settings
-from eventjobs.runtime.state_watch import StateWatcher
-from eventjobs.kafka.admin import KafkaUnavailable, TopicLayoutError, ensure_single_topics, ready_routes
+from eventjobs.kafka.admin import TopicLayoutError, ready_routes
 from eventjobs.kafka.topics import TopicNames, load_specs
 
 T = TypeVar("T")
 
 
-class InvalidJobArguments(ValueError):
-    """The args of an enqueue are not a JSON object."""
-
-
-class PayloadTooLarge(ValueError):
-    """An event would exceed the configured size limit (an enqueue: its args budget, `eventjobs.core.limits`)."""
+__all__ = ["InvalidJobArguments", "PayloadTooLarge"]  # defined with the validator and the writer, raised here
 
 
 class NotInDeadLetters(LookupError):
@@ -156,27 +151,6 @@ class UnknownQueue(LookupError):
     """A queue action named a queue the app does not know; the message lists the known ones."""
 
 
-@dataclass(eq=False)
-class _LoopProducer:
-    """The producer of one event loop, started and later stopped by its `owner` task on that loop."""
-
-    started: asyncio.Future[AIOKafkaProducer]
-    owner: asyncio.Task[None] = field(init=False)
-
-
-async def _run_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run `coroutine` on `loop` (the running one, or one running in another thread) and wait for it."""
-    if loop is asyncio.get_running_loop():
-        await coroutine
-    else:
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
-
-
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
 class App:
     """One application: its jobs and its topics (the namespace is the app name)."""
 
@@ -190,15 +164,12 @@ class App:
         self.name = name
         self.jobs: dict[str, JobDefinition] = {}
         self._names: TopicNames | None = None
-        self.actor = f"producer:{socket.gethostname()}:{os.getpid()}"
+        self.actor = producer_actor()
         self.clock = clock or SystemClock()  # the time written into the events this app appends
-        self._producers: dict[asyncio.AbstractEventLoop, _LoopProducer] = {}
+        self._writer: LogWriter | None = None
         self._watcher: StateWatcher | None = None
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
-        #: the running check that the schedules topic exists, per event loop (`_schedules_topic`)
-        self._schedules_topic_checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Any]] = \
-            weakref.WeakKeyDictionary()
         self._acknowledged: dict[str, None] = {}  # ids of recent acknowledged enqueues (depends_on checks them)
         #: the app's hooks, in order (`add_hook`): its enqueues call `before_enqueue`, a worker of
         #: the app calls the rest (docs/hooks.md)
@@ -209,6 +180,13 @@ class App:
         if self._names is None:
             self._names = TopicNames(self.settings.namespace, load_specs(self.settings.topics_dir))
         return self._names
+
+    @property
+    def writer(self) -> LogWriter:
+        """The app's writer to the log: one producer per event loop, stopped by `close()`."""
+        if self._writer is None:
+            self._writer = LogWriter(self.settings, self.names, owner=f"app {self.name!r}")
+        return self._writer
 
     # -- registration ----------------------------------------------------------------------
     def job(self, name: str | None = None, **options: Any) -> Callable[[Handler], Handler]:
@@ -241,86 +219,10 @@ class App:
         self.hooks.add(hook)
 
     def definition(self, name: str) -> JobDefinition:
-        try:
-            return self.jobs[name]
-        except KeyError:
-            raise UnknownJob(name, list(self.jobs)) from None
+        return definition_of(self.jobs, name)
 
     # -- producing -------------------------------------------------------------------------
-    async def _producer(self) -> AIOKafkaProducer:
-        """The running event loop's producer, started once per loop (concurrent first callers share
-        the start). It is stopped when the app closes or when `asyncio.run` shuts its loop down;
-        entries of loops closed without that are dropped here, so the map follows live loops."""
-        for loop in [loop for loop in list(self._producers) if loop.is_closed()]:
-            self._producers.pop(loop, None)
-        loop = asyncio.get_running_loop()
-        held = self._producers.get(loop)
-        if held is None:
-            held = self._producers[loop] = _LoopProducer(loop.create_future())
-            held.owner = loop.create_task(self._hold_producer(loop, held))
-        return await asyncio.shield(held.started)
-
-    async def _hold_producer(self, loop: asyncio.AbstractEventLoop, held: _LoopProducer) -> None:
-        """Start the producer, hand it out and keep it until cancelled (by `close()`, or by
-        `asyncio.run` cancelling the tasks left on a loop it shuts down), then stop it."""
-        sender = producer(self.settings)
-        try:
-            try:
-                await sender.start()
-            except (KafkaError, OSError) as error:
-                unavailable = KafkaUnavailable(
-                    f"cannot reach Kafka at {self.settings.kafka_bootstrap} ({error}); nothing was sent. "
-                    f"Start it with `eventjobs dev up` or set KAFKA_BOOTSTRAP_SERVERS"
-                )
-                unavailable.__cause__ = error
-                held.started.set_exception(unavailable)
-                return
-            held.started.set_result(sender)
-            await loop.create_future()  # never done: the producer is kept until this task is cancelled
-        finally:
-            if self._producers.get(loop) is held:
-                del self._producers[loop]
-            if not held.started.done():
-                held.started.set_exception(RuntimeError(f"app {self.name!r} was closed; nothing was sent"))
-            await sender.stop()
-
-    async def append(self, events: list[JobEvent]) -> None:
-        """Append events to the log and wait until the broker acknowledged every one."""
-        payloads = self._encoded(events)
-        sender = await self._producer()
-        await self._send(sender, await topic_partition_count(sender, self.names.events), payloads)
-
-    def _encoded(self, events: Sequence[JobEvent]) -> list[tuple[JobEvent, bytes]]:
-        """Each event with its bytes; `PayloadTooLarge` (nothing sent) for one over its limit."""
-        payloads = [(event, encode(event, max_bytes=None)) for event in events]
-        limits = size_limits(self.settings.max_event_bytes)
-        for event, payload in payloads:
-            if type(event) is EnqueuedEvent and len(payload) > limits.enqueue_bytes:
-                raise PayloadTooLarge(
-                    f"args of job {event.name!r} are too large: its enqueued event is {len(payload):,} bytes, over "
-                    f"the limit of {limits.enqueue_bytes:,} for args and options (3/8 of what "
-                    f"EVENTJOBS_MAX_EVENT_BYTES={limits.max_event_bytes:,} leaves after its reserve, so that the "
-                    f"job's state, which also holds its result and last error, always fits); nothing was sent. "
-                    f"Store large data elsewhere and pass a reference in args"
-                )
-            if len(payload) > self.settings.max_event_bytes:
-                raise PayloadTooLarge(
-                    f"{event.type} event of job {event.job_id} is {len(payload):,} bytes, over the limit of "
-                    f"{self.settings.max_event_bytes:,} (EVENTJOBS_MAX_EVENT_BYTES); nothing was sent. Store large "
-                    f"data elsewhere and pass a reference in args"
-                )
-        return payloads
-
-    async def _send(self, sender: AIOKafkaProducer, partitions: int, payloads: list[tuple[JobEvent, bytes]]) -> None:
-        """Send encoded events, each to its job's partition of the log, and wait for every acknowledgement."""
-        pending = [
-            await sender.send(self.names.events, payload, key=event.job_id.encode(),
-                              partition=job_partition(event.job_id, partitions))
-            for event, payload in payloads
-        ]
-        await asyncio.gather(*pending)
-
-    def build_enqueue(
+    def _build_enqueue(
         self, name: str, args: dict[str, Any] | None = None, *, parent_job_id: str | None = None,
         depends_on: list[str] | None = None, now: datetime | None = None, **options: Any
     ) -> EnqueuedEvent:
@@ -335,25 +237,9 @@ class App:
         self, name: str, args: dict[str, Any] | None, options: dict[str, Any], *, parent_job_id: str | None = None,
         depends_on: list[str] | None = None, ids: tuple[str, str] | None = None, now: datetime | None = None,
     ) -> EnqueuedEvent:
-        """`build_enqueue`, with the (default job id, event id) of a batch member when `ids` is given."""
-        definition = self.definition(name)
-        if args is not None and not isinstance(args, dict):
-            raise InvalidJobArguments(f"args of job {name!r} must be a dict (JSON object), got {type(args).__name__}")
-        merged = definition.options.merged(**options) if options else definition.options
-        default_job_id, event_id = ids if ids is not None else (None, None)
-        try:
-            return enqueued_event(
-                name, args or {}, merged, now=now or self.clock.now(), actor=self.actor, parent_job_id=parent_job_id,
-                depends_on=depends_on, default_job_id=default_job_id, event_id=event_id,
-            )
-        except InvalidJobOptions:
-            raise
-        except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg'].removeprefix('Value error, ')}"
-                for issue in error.errors(include_url=False)
-            )
-            raise InvalidJobArguments(f"cannot enqueue job {name!r}: {problems}") from None
+        """`_build_enqueue`, with the (default job id, event id) of a batch member when `ids` is given."""
+        return build_enqueued(self.definition(name), args, options, now=now or self.clock.now(), actor=self.actor,
+                              parent_job_id=parent_job_id, depends_on=depends_on, ids=ids)
 
     async def enqueue(self, name: str, args: dict[str, Any] | None = None, **options: Any) -> str:
         """Validate, append the `enqueued` event, return the job id once the broker acknowledged it.
@@ -364,11 +250,11 @@ class App:
         window, with unique_for or debounce): a duplicate returns the same id and the processor
         refuses to run the job again. `enqueue_unique` also says whether this enqueue won.
         """
-        event = self.build_enqueue(name, args, **options)
+        event = self._build_enqueue(name, args, **options)
         if event.depends_on:
-            await self.check_dependencies(event.depends_on)
+            await self._check_dependencies(event.depends_on)
         await self.hooks.before_enqueue(event)
-        await self.append([event])
+        await self.writer.append([event])
         self._acknowledge(event.job_id)
         return event.job_id
 
@@ -383,12 +269,12 @@ class App:
         processor decides in time). Plain `enqueue` returns the same id without waiting: the
         window's job id is derived from the key and the window (docs/flow-control.md).
         """
-        event = self.build_enqueue(name, args, **options)
+        event = self._build_enqueue(name, args, **options)
         if event.options.unique_for_s is None and event.options.debounce_s is None:
             raise InvalidJobArguments(
                 f"enqueue_unique of job {name!r} needs unique_for or debounce (given or registered); nothing was sent"
             )
-        await self.append([event])
+        await self.writer.append([event])
         self._acknowledge(event.job_id)
         replaced_id = derived_event_id(event.event_id, "debounced", 0)
         state = await self._state_watcher().wait_for(
@@ -405,7 +291,7 @@ class App:
         if len(acknowledged) > RECENT_ENQUEUES_KEPT:
             del acknowledged[next(iter(acknowledged))]
 
-    async def check_dependencies(self, job_ids: list[str]) -> None:
+    async def _check_dependencies(self, job_ids: list[str]) -> None:
         """Refuse `depends_on` naming a job that does not exist: one this app enqueued recently,
         or one whose state the changelog holds (a job another process enqueued a moment ago may
         not be there yet). The processor answers `missing` for any that slips through."""
@@ -467,24 +353,23 @@ class App:
                 raise InvalidJobArguments("then: the callback depends on the batch; it takes no depends_on option")
             callback = self._enqueued(name, args, {**options, "on_dependency_failure": "run"},
                                       depends_on=[e.job_id for e in events], ids=batch_member_ids(batch_id, None))
-        jobs = self._encoded(events)
-        last = self._encoded([callback]) if callback is not None else []
+        jobs = self.writer.encoded(events)
+        last = self.writer.encoded([callback]) if callback is not None else []
         for event in events:
             if event.depends_on:
-                await self.check_dependencies(event.depends_on)
+                await self._check_dependencies(event.depends_on)
         for event in [*events, *([callback] if callback is not None else [])]:
             await self.hooks.before_enqueue(event)
-        sender = await self._producer()  # raises KafkaUnavailable before anything is sent
-        partitions = await topic_partition_count(sender, self.names.events)
+        await self.writer.producer()  # raises KafkaUnavailable before anything is sent
         batch = Batch([e.job_id for e in events], callback.job_id if callback is not None else None, batch_id)
         acknowledged = False
         try:
-            await self._send(sender, partitions, jobs)
+            await self.writer.send(jobs)
             acknowledged = True
             for event in events:
                 self._acknowledge(event.job_id)
             if callback is not None:
-                await self._send(sender, partitions, last)
+                await self.writer.send(last)
                 self._acknowledge(callback.job_id)
         except Exception as error:
             raise BatchIncomplete(batch, acknowledged, error) from error
@@ -501,9 +386,9 @@ class App:
 
     def enqueue_sync(self, name: str, args: dict[str, Any] | None = None, **options: Any) -> str:
         """`enqueue` for scripts and sync web handlers (runs on a private event loop thread)."""
-        return self.run_sync(self.enqueue(name, args, **options))
+        return self._run_sync(self.enqueue(name, args, **options))
 
-    def run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def _run_sync(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run one of the app's coroutines from sync code."""
         with self._sync_lock:
             if self._sync_loop is None:
@@ -546,24 +431,17 @@ class App:
 
     async def cancel(self, job_id: str, reason: str = "cancelled by request") -> None:
         """Ask to cancel: pending, scheduled and retrying jobs stop at once; a running one at its end."""
-        await self.append([cancel_requested_event(job_id, reason, now=self.clock.now(), actor=self.actor)])
+        await self.writer.append([cancel_requested_event(job_id, reason, now=self.clock.now(), actor=self.actor)])
 
     # -- periodic schedules ----------------------------------------------------------------
-    def build_schedule(self, name: str, args: dict[str, Any] | None = None, *, every: Any = None,
+    def _build_schedule(self, name: str, args: dict[str, Any] | None = None, *, every: Any = None,
                        cron: str | None = None, timezone: str = "UTC", catch_up: str = "one",
                        schedule_id: str | None = None, declared: bool = False, now: datetime | None = None,
                        **job_options: Any) -> ScheduleDefinition:
         """The validated definition of a schedule of the registered job `name` (nothing is sent)."""
-        definition = self.definition(name)
-        if args is not None and not isinstance(args, dict):
-            raise InvalidJobArguments(f"args of job {name!r} must be a dict (JSON object), got {type(args).__name__}")
-        options = definition.options.merged(**job_options) if job_options else definition.options
-        if declared:
-            schedule_id = declared_schedule_id(name)
-        schedule = define_schedule(name, args, options, every=every, cron=cron, timezone=timezone, catch_up=catch_up,
-                                   schedule_id=schedule_id, declared=declared, now=now or self.clock.now())
-        self.build_enqueue(name, schedule.args, **job_options)  # the same checks as an enqueue of its job
-        return schedule
+        return build_schedule(self.definition(name), args, every=every, cron=cron, timezone=timezone,
+                              catch_up=catch_up, schedule_id=schedule_id, declared=declared,
+                              now=now or self.clock.now(), actor=self.actor, **job_options)
 
     async def schedule(self, name: str, args: dict[str, Any] | None = None, *, every: Any = None,
                        cron: str | None = None, timezone: str = "UTC", schedule_id: str | None = None,
@@ -577,25 +455,25 @@ class App:
         `<name>:<digest of args and rule>`, so scheduling the same thing again changes nothing.
         Updating a paused schedule keeps it paused.
         """
-        definition = self.build_schedule(name, args, every=every, cron=cron, timezone=timezone, catch_up=catch_up,
+        definition = self._build_schedule(name, args, every=every, cron=cron, timezone=timezone, catch_up=catch_up,
                                          schedule_id=schedule_id, **job_options)
         current = await self._schedule_state(definition.schedule_id)
         change = definition_change(definition, current, now=self.clock.now(), actor=self.actor)
         if change is not None:
-            await self.append_schedule_records([change])
+            await self.writer.append_schedule_records([change])
         return definition.schedule_id
 
     async def unschedule(self, schedule_id: str, reason: str = "deleted by request") -> None:
         """Delete a schedule: no tick fires after this (a job already enqueued still runs)."""
         current = await self._live_schedule(schedule_id)
-        await self.append_schedule_records([schedule_deleted_event(current, reason, now=self.clock.now(), actor=self.actor)])
+        await self.writer.append_schedule_records([schedule_deleted_event(current, reason, now=self.clock.now(), actor=self.actor)])
 
     async def pause_schedule(self, schedule_id: str) -> bool:
         """Pause a schedule (False: it was paused already). Ticks while paused never fire."""
         current = await self._live_schedule(schedule_id)
         if current.definition is not None and current.definition.paused:
             return False
-        await self.append_schedule_records([schedule_paused_event(current, now=self.clock.now(), actor=self.actor)])
+        await self.writer.append_schedule_records([schedule_paused_event(current, now=self.clock.now(), actor=self.actor)])
         return True
 
     async def resume_schedule(self, schedule_id: str) -> bool:
@@ -603,7 +481,7 @@ class App:
         current = await self._live_schedule(schedule_id)
         if current.definition is not None and not current.definition.paused:
             return False
-        await self.append_schedule_records([schedule_resumed_event(current, now=self.clock.now(), actor=self.actor)])
+        await self.writer.append_schedule_records([schedule_resumed_event(current, now=self.clock.now(), actor=self.actor)])
         return True
 
     async def trigger_schedule(self, schedule_id: str) -> str:
@@ -612,16 +490,15 @@ class App:
         assert current.definition is not None
         now = self.clock.now()
         job = tick_job(current.definition, now, now=now, manual=True)
-        await self.append([job])
-        await self.append_schedule_records([schedule_triggered_event(schedule_id, now, job.job_id, now=now,
+        await self.writer.append([job])
+        await self.writer.append_schedule_records([schedule_triggered_event(schedule_id, now, job.job_id, now=now,
                                                                      actor=self.actor)])
         return job.job_id
 
     async def schedules(self) -> list[ScheduleStatus]:
         """Every schedule that is not deleted, with its last and next tick, by id."""
-        from eventjobs.runtime.schedules import read_schedule_states
-
-        states, bad = await read_schedule_states(self.settings, self.names)
+        bad = BadRecords("eventjobs.app", f"schedules of namespace {self.settings.namespace!r}")
+        states = await read_schedule_states(self.settings, self.names, bad)
         self.skipped_schedule_records = bad.total
         now = self.clock.now()
         shown = [status_of(state, now) for state in states.values()]
@@ -630,9 +507,8 @@ class App:
     skipped_schedule_records = 0  # records the last `schedules()` call skipped because they could not be used
 
     async def _schedule_state(self, schedule_id: str) -> ScheduleState | None:
-        from eventjobs.runtime.schedules import read_schedule_states
-
-        states, _ = await read_schedule_states(self.settings, self.names, schedule_id=schedule_id)
+        bad = BadRecords("eventjobs.app", f"schedules of namespace {self.settings.namespace!r}")
+        states = await read_schedule_states(self.settings, self.names, bad, schedule_id=schedule_id)
         return states.get(schedule_id)
 
     async def _live_schedule(self, schedule_id: str) -> ScheduleState:
@@ -641,33 +517,6 @@ class App:
             raise ScheduleNotFound(f"no schedule {schedule_id!r} in namespace {self.settings.namespace!r} "
                                    f"(see `eventjobs schedules list`)")
         return state
-
-    async def _schedules_topic(self) -> str:
-        """The schedules topic, created if this namespace's topics were applied before it existed.
-
-        Checked once: concurrent first callers on a loop share one check (the schedule service
-        fires up to 200 ticks at once, and each check opens an admin connection)."""
-        if not self._schedules_topic_checked:
-            loop = asyncio.get_running_loop()
-            check = self._schedules_topic_checks.get(loop)
-            if check is None or (check.done() and (check.cancelled() or check.exception() is not None)):
-                check = self._schedules_topic_checks[loop] = loop.create_task(
-                    ensure_single_topics(self.settings, ["schedules"]))
-            await asyncio.shield(check)
-            self._schedules_topic_checked = True
-        return self.names.schedules
-
-    _schedules_topic_checked = False
-
-    async def append_schedule_records(self, events: list[Any]) -> None:
-        """Append schedule events (built by `eventjobs.core.schedules`) to the schedules topic, each under
-        its record key on its schedule's partition; returns once the broker acknowledged every one."""
-        topic = await self._schedules_topic()
-        sender = await self._producer()
-        count = await topic_partition_count(sender, topic)
-        pending = [await sender.send(topic, encode_schedule_event(event), key=record_key(event).encode(),
-                                     partition=job_partition(event.schedule_id, count)) for event in events]
-        await asyncio.gather(*pending)
 
     skipped_dead_letters = 0  # entries the last `dead_letters()` call skipped because they could not be used
 
@@ -679,25 +528,10 @@ class App:
         record, or one about another job than its key) is skipped, counted in
         `skipped_dead_letters` and logged once per kind; the good entries are listed.
         """
-        from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
-
         bad = BadRecords("eventjobs.app", f"app {self.name!r} (dead letters)")
-        entries: dict[str, DeadLetterRecord | None] = {}
-        partitions = await self._operator_partitions(self.names.dead_letters)
-        async for record in read_to_end(self.settings, partitions):
-            if record.key is None:
-                continue
-            admitted = admit_dead_letter(record.key, record.value)
-            if isinstance(admitted, RefusedDeadLetter):
-                if admitted.job_id is not None:
-                    entries.pop(admitted.job_id, None)  # the newest fact of this key is unusable: no entry
-                bad.report(admitted.kind, f"{origin(record)} ({describe_key(record.key)})", admitted.reason)
-                continue
-            job_id, entry = admitted
-            entries[job_id] = entry
+        entries = await read_dead_letters(self.settings, await self._operator_partitions(self.names.dead_letters), bad)
         self.skipped_dead_letters = bad.total
-        return sorted((e for e in entries.values() if e is not None and (name is None or e.name == name)),
-                      key=lambda e: e.dead_lettered_at)
+        return sorted((e for e in entries.values() if name is None or e.name == name), key=lambda e: e.dead_lettered_at)
 
     def _operator_action(self, build: Callable[..., JobEvent], entry: DeadLetterRecord, reason: str) -> JobEvent:
         """A dead-letter action refers to the dead_lettered event it acts on, which makes it idempotent."""
@@ -705,17 +539,17 @@ class App:
 
     async def retry_dead_letter(self, job_id: str, reason: str = "retried by operator") -> DeadLetterRecord:
         entry = await self._dead_letter(job_id)
-        await self.append([self._operator_action(dead_letter_retried_event, entry, reason)])
+        await self.writer.append([self._operator_action(dead_letter_retried_event, entry, reason)])
         return entry
 
     async def retry_all_dead_letters(self, name: str | None = None, reason: str = "retried by operator") -> list[str]:
         entries = await self.dead_letters(name)
-        await self.append([self._operator_action(dead_letter_retried_event, e, reason) for e in entries])
+        await self.writer.append([self._operator_action(dead_letter_retried_event, e, reason) for e in entries])
         return [e.job_id for e in entries]
 
     async def discard_dead_letter(self, job_id: str, reason: str = "discarded by operator") -> DeadLetterRecord:
         entry = await self._dead_letter(job_id)
-        await self.append([self._operator_action(discarded_event, entry, reason)])
+        await self.writer.append([self._operator_action(discarded_event, entry, reason)])
         return entry
 
     # -- operators: workers, queues, bulk actions ------------------------------------------
@@ -723,21 +557,8 @@ class App:
 
     async def _read_control(self, topic: str, admit: Callable[[bytes | None, bytes | None], Any]) -> dict[str, Any]:
         """The latest usable record per key of a compacted control topic (empty if it does not exist)."""
-        from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
-
         bad = BadRecords("eventjobs.app", f"app {self.name!r} ({topic})")
-        latest: dict[str, Any] = {}
-        partitions = await self._operator_partitions(topic)
-        async for record in read_to_end(self.settings, partitions):
-            admitted = admit(record.key, record.value)
-            if isinstance(admitted, RefusedControlRecord):
-                bad.report(admitted.kind, f"{origin(record)} ({describe_key(record.key)})", admitted.reason)
-                continue
-            key, value = admitted
-            if value is None:
-                latest.pop(key, None)
-            else:
-                latest[key] = value
+        latest = await read_control(self.settings, await self._operator_partitions(topic), admit, bad)
         self.skipped_control_records = bad.total
         return latest
 
@@ -785,49 +606,30 @@ class App:
                 f"{', '.join(known) or 'none'} (the app's job queues, queues with ready topics, queues paused before)"
             )
         record = queue_control(queue, paused=paused, reason=reason, now=self.clock.now(), actor=self.actor)
-        await ensure_single_topics(self.settings, ["queue-control"])
-        sender = await self._producer()
-        await (await sender.send(self.names.queue_control, record.encode(), key=queue.encode()))
+        await self.writer.put_queue_control(queue, record.encode())
 
     async def find_jobs(
         self, *, name: str | None = None, queue: str | None = None, statuses: frozenset[str] | None = None,
     ) -> list[JobState]:
         """Jobs whose current state (the job-state changelog, read to its end) matches every filter
         given; `statuses` defaults to the ones a cancel stops at once (`core.control.CANCELLABLE_STATUSES`)."""
-        from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
-
         wanted = CANCELLABLE_STATUSES if statuses is None else statuses
         bad = BadRecords("eventjobs.app", f"app {self.name!r} (job states)")
-        found: dict[bytes, JobState] = {}
-        partitions = await self._operator_partitions(self.names.job_state)
-        async for record in read_to_end(self.settings, partitions):
-            if record.key is None:
-                continue
-            if record.value is None:
-                found.pop(record.key, None)
-                continue
-            try:
-                state = decode_state(record.value)
-            except StateDecodeError as error:
-                found.pop(record.key, None)
-                bad.report("undecodable state", f"{origin(record)} ({describe_key(record.key)})", str(error))
-                continue
-            if state.status.value in wanted and name in (None, state.name) and queue in (None, state.queue):
-                found[record.key] = state
-            else:
-                found.pop(record.key, None)
-        return sorted(found.values(), key=lambda s: (s.enqueued_at, s.job_id))
+        return await read_job_states(
+            self.settings, await self._operator_partitions(self.names.job_state), bad,
+            lambda state: state.status.value in wanted and name in (None, state.name) and queue in (None, state.queue),
+        )
 
     async def cancel_jobs(self, job_ids: list[str], reason: str = "cancelled by operator") -> int:
         """Ask to cancel each job (as `cancel` does); returns how many cancel requests were written."""
         now = self.clock.now()
-        await self.append([cancel_requested_event(job_id, reason, now=now, actor=self.actor) for job_id in job_ids])
+        await self.writer.append([cancel_requested_event(job_id, reason, now=now, actor=self.actor) for job_id in job_ids])
         return len(job_ids)
 
     async def discard_all_dead_letters(self, name: str | None = None, reason: str = "discarded by operator") -> list[str]:
         """Discard every dead-lettered job (of job name `name`); returns their ids."""
         entries = await self.dead_letters(name)
-        await self.append([self._operator_action(discarded_event, e, reason) for e in entries])
+        await self.writer.append([self._operator_action(discarded_event, e, reason) for e in entries])
         return [e.job_id for e in entries]
 
     async def _dead_letter(self, job_id: str) -> DeadLetterRecord:
@@ -844,12 +646,9 @@ class App:
         """
         watcher, self._watcher = self._watcher, None
         if watcher is not None and watcher.loop.is_running():
-            await _run_on(watcher.loop, watcher.stop())
-        for loop, held in list(self._producers.items()):
-            if loop.is_running():
-                await _run_on(loop, _cancel_and_wait(held.owner))
-            elif loop.is_closed():
-                self._producers.pop(loop, None)
+            await run_on(watcher.loop, watcher.stop())
+        if self._writer is not None:
+            await self._writer.close()
         sync_loop, self._sync_loop = self._sync_loop, None
         if sync_loop is not None:
             sync_loop.call_soon_threadsafe(sync_loop.stop)

@@ -10,11 +10,22 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from eventjobs.core.options import JobOptions
+from pydantic import ValidationError
+
+from eventjobs.core.commands import enqueue as enqueued_event
+from eventjobs.core.events import EnqueuedEvent
+from eventjobs.core.options import InvalidJobOptions, JobOptions
+from eventjobs.core.schedules import ScheduleDefinition, declared_schedule_id, define_schedule
+from eventjobs.core.validation import worded
 
 Handler = Callable[..., Any]
+
+
+class InvalidJobArguments(ValueError):
+    """The args of an enqueue are not a JSON object."""
 
 
 class UnknownJob(LookupError):
@@ -61,3 +72,53 @@ def define(name: str, handler: Handler, options: JobOptions, schedule: Mapping[s
         takes_context=len(parameters) == 2,
         schedule=schedule,
     )
+
+
+def definition_of(jobs: Mapping[str, JobDefinition], name: str) -> JobDefinition:
+    """The registered job `name`; `UnknownJob` (listing the registered ones) if there is none."""
+    try:
+        return jobs[name]
+    except KeyError:
+        raise UnknownJob(name, list(jobs)) from None
+
+
+def build_enqueued(
+    definition: JobDefinition, args: dict[str, Any] | None, options: Mapping[str, Any], *, now: datetime, actor: str,
+    parent_job_id: str | None = None, depends_on: list[str] | None = None, ids: tuple[str, str] | None = None,
+) -> EnqueuedEvent:
+    """The validated `enqueued` event of a registered job, its options over the registered ones
+    (nothing is sent); with `ids`, the (default job id, event id) of a batch member. Raises on any
+    bad input."""
+    name = definition.name
+    if args is not None and not isinstance(args, dict):
+        raise InvalidJobArguments(f"args of job {name!r} must be a dict (JSON object), got {type(args).__name__}")
+    merged = definition.options.merged(**options) if options else definition.options
+    default_job_id, event_id = ids if ids is not None else (None, None)
+    try:
+        return enqueued_event(
+            name, args or {}, merged, now=now, actor=actor, parent_job_id=parent_job_id,
+            depends_on=depends_on, default_job_id=default_job_id, event_id=event_id,
+        )
+    except InvalidJobOptions:
+        raise
+    except ValidationError as error:
+        raise InvalidJobArguments(f"cannot enqueue job {name!r}: {worded(error)}") from None
+
+
+def build_schedule(
+    definition: JobDefinition, args: dict[str, Any] | None, *, every: Any = None, cron: str | None = None,
+    timezone: str = "UTC", catch_up: str = "one", schedule_id: str | None = None, declared: bool = False,
+    now: datetime, actor: str, **job_options: Any,
+) -> ScheduleDefinition:
+    """The validated definition of a schedule of a registered job (nothing is sent); its job is
+    checked as an enqueue of it would be."""
+    name = definition.name
+    if args is not None and not isinstance(args, dict):
+        raise InvalidJobArguments(f"args of job {name!r} must be a dict (JSON object), got {type(args).__name__}")
+    options = definition.options.merged(**job_options) if job_options else definition.options
+    if declared:
+        schedule_id = declared_schedule_id(name)
+    schedule = define_schedule(name, args, options, every=every, cron=cron, timezone=timezone, catch_up=catch_up,
+                               schedule_id=schedule_id, declared=declared, now=now)
+    build_enqueued(definition, schedule.args, job_options, now=now, actor=actor)  # the same checks as an enqueue
+    return schedule

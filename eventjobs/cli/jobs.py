@@ -92,13 +92,13 @@ def enqueue(
     if depends_on:
         options["depends_on"] = [job_id.strip() for job_id in depends_on.split(",") if job_id.strip()]
     target = load_app(app)
-    event = target.build_enqueue(name, parsed, **options)  # validates before anything is sent
+    event = target._build_enqueue(name, parsed, **options)  # validates before anything is sent
 
     async def send(a: App) -> None:
         if event.depends_on:  # each must exist (UnknownDependency: exit code 1, nothing sent)
-            await a.check_dependencies(event.depends_on)
+            await a._check_dependencies(event.depends_on)
         await a.hooks.before_enqueue(event)  # the app's hooks see it, as with App.enqueue
-        await a.append([event])
+        await a.writer.append([event])
 
     run_with_app(send, target)
     if as_json:

@@ -23,6 +23,7 @@ from eventjobs.cli.output import err
 from eventjobs.clickhouse.errors import ClickHouseError
 from eventjobs.core.options import InvalidJobOptions
 from eventjobs.core.schedules import InvalidSchedule
+from eventjobs.core.validation import issues
 from eventjobs.dev.broker import DevStackError
 from eventjobs.kafka.admin import KafkaUnavailable, TopicLayoutError
 from eventjobs.kafka.topics import TopicSpecError
@@ -82,10 +83,10 @@ def _one_line(error: BaseException) -> str:
     if not isinstance(error, ValidationError):
         return str(error)
     problems = []
-    for issue in error.errors(include_url=False):
-        where = ".".join(str(p) for p in issue["loc"]) or "(root)"
+    for issue in issues(error):
+        where = issue.where or "(root)"
         secret = any(word in where.lower() for word in _SECRET_FIELDS)
-        problems.append(f"{where}: {issue['msg']}" + ("" if secret else f" (got {issue['input']!r})"))
+        problems.append(f"{where}: {issue.message}" + ("" if secret else f" (got {issue.given!r})"))
     return f"invalid {error.title}: " + "; ".join(problems)
 
 

@@ -22,7 +22,7 @@ from eventjobs.cli.options import (
     settings_of,
 )
 from eventjobs.cli.output import err, kafka_failure_in_one_line
-from eventjobs.core.gc_pause import tune_for_service
+from eventjobs.runtime.gc_pause import tune_for_service
 from eventjobs.metrics import Metrics
 from eventjobs.readside.projector import ProjectorOptions, events_topic
 from eventjobs.settings import Settings
@@ -30,7 +30,7 @@ from eventjobs.settings import Settings
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run a long-lived service until SIGTERM or SIGINT, then let it shut down cleanly (with the
-    garbage collector tuned for a service: `core.gc_pause.tune_for_service`)."""
+    garbage collector tuned for a service: `runtime.gc_pause.tune_for_service`)."""
     tune_for_service()
 
     async def runner() -> None:
@@ -107,7 +107,8 @@ def processor(
     with _metrics(settings, metrics_port, metrics_host) as metrics:
         async def services(stop: asyncio.Event) -> None:
             projector = {"projector": run_projector(settings, stop, metrics=metrics)} if project else {}
-            schedules = {"schedule service": ScheduleService(settings, app=target if app else None,
+            schedules = {"schedule service": ScheduleService(settings, jobs=target.jobs if app else None,
+                                                             writer=target.writer if app else None,
                                                              metrics=metrics).run(stop)}
             await run_processor(settings, stop, with_services={**schedules, **projector}, max_batch=max_batch,
                                 commit_interval_s=interval_s, metrics=metrics)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from eventjobs.core.clock import format_utc_ms
 from eventjobs.core.events import EVENT_ADAPTER, EVENT_TYPES, TIMESTAMP_PATTERN, Event, JobEvent
 from eventjobs.core.limits import DEFAULT_MAX_EVENT_BYTES, MIN_MAX_EVENT_BYTES, size_limits, truncate_text
+from eventjobs.core.refused import Refused
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "EventDecodeError", "EventEncodeError", "admit", "decode", "encode"]
 
@@ -103,8 +104,9 @@ def decode(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX
         raise EventDecodeError(f"undecodable event: {type(exc).__name__}: {exc}") from None
 
 
-def admit(value: bytes | None, key: bytes | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> JobEvent | str:
-    """The event an event-log record carries, or why it is not admitted (the quarantine reason).
+def admit(value: bytes | None, key: bytes | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> JobEvent | Refused:
+    """The event an event-log record carries, or why it is not admitted (`Refused`: the quarantine
+    kind and reason).
 
     Why one function: the processor, the projector and the state check must agree on which
     records are events, or the projections and the rebuilt states would fold records the
@@ -115,39 +117,42 @@ def admit(value: bytes | None, key: bytes | None, *, max_bytes: int = DEFAULT_MA
     and reason texts over theirs are truncated (the writers' rule, for producers that skip it).
     """
     if value is None:
-        return "empty record (tombstone) on the event log"
+        return Refused("tombstone", "empty record (tombstone) on the event log")
     try:
         event = decode(value, max_bytes=max_bytes)
     except EventDecodeError as error:
-        return str(error)
+        return Refused(UNDECODABLE, str(error))
     if key is not None and key != event.job_id.encode():
-        return f"record key {key!r} is not the event's job_id {event.job_id!r}"
+        return Refused("mis-keyed event", f"record key {key!r} is not the event's job_id {event.job_id!r}")
     if len(value) > _ADMIT_ANY_SIZE and event.type in _SIZE_RULES and max_bytes >= MIN_MAX_EVENT_BYTES:
         return _SIZE_RULES[event.type](event, len(value), size_limits(max_bytes))
     return event
 
 
+#: The kind of a record that does not decode, or breaks a size budget (counted with them).
+UNDECODABLE = "undecodable event"
+
 #: Below this, no event can break a size budget (the smallest budget is the error message's).
 _ADMIT_ANY_SIZE = 8_000
 
 
-def _enqueued_size(event: Any, size: int, limits: Any) -> JobEvent | str:
+def _enqueued_size(event: Any, size: int, limits: Any) -> JobEvent | Refused:
     if size > limits.enqueue_bytes:
-        return (f"enqueued event is {size:,} bytes, over the limit of {limits.enqueue_bytes:,} for args and options "
+        return Refused(UNDECODABLE, f"enqueued event is {size:,} bytes, over the limit of {limits.enqueue_bytes:,} for args and options "
                 f"(max_event_bytes {limits.max_event_bytes:,}): its job's state could not be written")
     return event  # type: ignore[no-any-return]  # an event, typed Any to read its fields
 
 
-def _result_size(event: Any, size: int, limits: Any) -> JobEvent | str:
+def _result_size(event: Any, size: int, limits: Any) -> JobEvent | Refused:
     if event.result is not None and size > limits.result_bytes:
         result = len(orjson.dumps(event.result))
         if result > limits.result_bytes:
-            return (f"{event.type} result is {result:,} bytes, over the limit of {limits.result_bytes:,} "
+            return Refused(UNDECODABLE, f"{event.type} result is {result:,} bytes, over the limit of {limits.result_bytes:,} "
                     f"(max_event_bytes {limits.max_event_bytes:,}): its job's state could not be written")
     return event  # type: ignore[no-any-return]  # an event, typed Any to read its fields
 
 
-def _text_sizes(event: Any, size: int, limits: Any) -> JobEvent | str:
+def _text_sizes(event: Any, size: int, limits: Any) -> JobEvent | Refused:
     """Error and reason texts over their budgets (from a producer that does not truncate them) are
     truncated here, by the same rule as the writers apply, so every reader admits the same event."""
     budgets = {"message": limits.error_message_bytes, "traceback": limits.traceback_bytes,

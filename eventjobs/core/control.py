@@ -11,15 +11,17 @@ the CLI, the dashboard), so their shape, how a bad record is refused, and what a
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from eventjobs.core.refused import Refused
 from eventjobs.core.clock import utc_ms
 from eventjobs.core.limits import MAX_REASON_BYTES, truncate_text
 from eventjobs.core.options import QUEUE_NAME_RE
 from eventjobs.core.records import queue_of_route  # re-exported: the route format lives with `capability_route`
 from eventjobs.core.state import JobStatus
+from eventjobs.core.validation import issues, worded
 
 __all__ = [
     "CANCELLABLE_STATUSES",
@@ -28,7 +30,7 @@ __all__ = [
     "Presence",
     "QueueControl",
     "QueueStatus",
-    "RefusedControlRecord",
+    "Refused",
     "WorkerAnnouncement",
     "WorkerStatus",
     "admit_queue_control",
@@ -135,13 +137,6 @@ class QueueStatus(BaseModel):
     changed_by: str | None = None
 
 
-class RefusedControlRecord(NamedTuple):
-    """Why a record of a control topic cannot be used: `kind` (logged once per kind) and `reason`."""
-
-    kind: str
-    reason: str
-
-
 # -- builders ---------------------------------------------------------------------------------
 def worker_announcement(
     *, worker_id: str, host: str, pid: int, queues: list[str] | tuple[str, ...],
@@ -162,55 +157,49 @@ def queue_control(queue: str, *, paused: bool, reason: str, now: datetime, actor
         return QueueControl(queue=queue, paused=paused, reason=truncate_text(reason, MAX_REASON_BYTES),
                             changed_at=now, changed_by=actor[:_MAX_ID_CHARS])
     except ValidationError as error:
-        raise ValueError("; ".join(issue["msg"].removeprefix("Value error, ")
-                                   for issue in error.errors(include_url=False))) from None
+        raise ValueError("; ".join(issue.message for issue in issues(error))) from None
 
 
 # -- admission: a bad record is a reason, never an exception -----------------------------------
-def _key_text(key: bytes | None) -> str | RefusedControlRecord:
+def _key_text(key: bytes | None) -> str | Refused:
     if not key:
-        return RefusedControlRecord("no key", "the record has no key")
+        return Refused("no key", "the record has no key")
     try:
         return key.decode()
     except UnicodeDecodeError as error:
-        return RefusedControlRecord("key not UTF-8", str(error))
+        return Refused("key not UTF-8", str(error))
 
 
-def admit_worker(key: bytes | None, value: bytes | None) -> tuple[str, WorkerAnnouncement | None] | RefusedControlRecord:
+def admit_worker(key: bytes | None, value: bytes | None) -> tuple[str, WorkerAnnouncement | None] | Refused:
     """(worker id, its announcement; None for a tombstone) of a `<ns>.workers` record, or why not."""
     worker_id = _key_text(key)
-    if isinstance(worker_id, RefusedControlRecord):
+    if isinstance(worker_id, Refused):
         return worker_id
     if not value:
         return worker_id, None
     try:
         announcement = WorkerAnnouncement.model_validate_json(value)
     except ValidationError as error:
-        return RefusedControlRecord("not a worker announcement", _brief(error))
+        return Refused("not a worker announcement", worded(error, root="(root)")[:500])
     if announcement.worker_id != worker_id:
-        return RefusedControlRecord("key does not match", f"the announcement is about worker {announcement.worker_id!r}")
+        return Refused("key does not match", f"the announcement is about worker {announcement.worker_id!r}")
     return worker_id, announcement
 
 
-def admit_queue_control(key: bytes | None, value: bytes | None) -> tuple[str, QueueControl | None] | RefusedControlRecord:
+def admit_queue_control(key: bytes | None, value: bytes | None) -> tuple[str, QueueControl | None] | Refused:
     """(queue, its control record; None for a tombstone) of a `<ns>.queue-control` record, or why not."""
     queue = _key_text(key)
-    if isinstance(queue, RefusedControlRecord):
+    if isinstance(queue, Refused):
         return queue
     if not value:
         return queue, None
     try:
         control = QueueControl.model_validate_json(value)
     except ValidationError as error:
-        return RefusedControlRecord("not a queue control record", _brief(error))
+        return Refused("not a queue control record", worded(error, root="(root)")[:500])
     if control.queue != queue:
-        return RefusedControlRecord("key does not match", f"the record is about queue {control.queue!r}")
+        return Refused("key does not match", f"the record is about queue {control.queue!r}")
     return queue, control
-
-
-def _brief(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in issue['loc']) or '(root)'}: {issue['msg']}"
-                     for issue in error.errors(include_url=False))[:500]
 
 
 # -- what the records mean ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ processor. Timestamps are aware UTC with millisecond precision; on the wire they
 ``2024-01-31T12:00:00.123Z`` (see ``UtcTimestamp``). ``args`` and ``result`` must be JSON objects
 (finite floats, 64-bit integers), so any event survives encode/decode unchanged.
 
-``docs/events.md`` is generated from these models (``python -m eventjobs.core.docgen``): the
+``docs/events.md`` is generated from these models (``python -m eventjobs.contract.docgen``): the
 field descriptions and the ``written_by`` notes below are the documentation.
 """
 

@@ -6,7 +6,7 @@ what several events carried. The processor's job state holds the job's args and 
 result, its last error (message and traceback), a reason and the progress message all at once;
 the derived ``failed`` and ``dead_lettered`` events and the dead-letter record copy the error
 and add a reason. So each part gets a budget, and the budgets add up to less than the limit.
-Writers enforce them where the data enters (``App.append`` for args, ``outcome_event`` for
+Writers enforce them where the data enters (``LogWriter.append`` for args, ``outcome_event`` for
 results and errors, the command builders for reasons), and ``codec.admit`` refuses records of
 other producers that exceed them, so a record over the limit cannot arise in the processor.
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from eventjobs.core.clock import add_seconds, utc_ms
 from eventjobs.core.durations import parse_duration
 from eventjobs.core.limits import MAX_DEPENDENCIES, MAX_WINDOW_S, MIN_WINDOW_S
+from eventjobs.core.validation import issues
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -582,15 +583,8 @@ def window_seconds(name: str, value: Any) -> float | None:
 
 def _describe_errors(exc: ValidationError) -> str:
     """One line per problem, phrased as the validator phrased it (no pydantic boilerplate)."""
-    lines: list[str] = []
-    for error in exc.errors(include_url=False):
-        ctx = error.get("ctx") or {}
-        if error["type"] == "value_error" and "error" in ctx:
-            lines.append(str(ctx["error"]))
-        else:
-            where = ".".join(str(part) for part in error["loc"]) or "options"
-            lines.append(f"{where}: {error['msg']}")
-    return "; ".join(lines)
+    return "; ".join(issue.message if issue.kind == "value_error" else f"{issue.where or 'options'}: {issue.message}"
+                     for issue in issues(exc))
 
 
 def check_depends_on(depends_on: Any, job_id: str | None = None) -> tuple[str, ...]:

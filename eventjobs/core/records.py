@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timedelta, UTC
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from eventjobs.core.refused import Refused
 from eventjobs.core.options import JobOptionsSpec, Priority
 from eventjobs.core.state import DependencyOutcome, JobState, JobStatus
 
@@ -212,16 +213,7 @@ class DeadLetterRecord(_Record):
         return cls.model_validate_json(data)
 
 
-class RefusedDeadLetter(NamedTuple):
-    """Why a record of the dead-letter topic cannot be listed: `kind` (logged once per kind), `reason`,
-    and the job its key names (None when the key is not UTF-8)."""
-
-    kind: str
-    reason: str
-    job_id: str | None = None
-
-
-def admit_dead_letter(key: bytes, value: bytes | None) -> tuple[str, DeadLetterRecord | None] | RefusedDeadLetter:
+def admit_dead_letter(key: bytes, value: bytes | None) -> tuple[str, DeadLetterRecord | None] | Refused:
     """(job id, its entry; None for a tombstone) of a dead-letter topic record, or why it is refused.
 
     The topic is compacted and keyed by job id, so a record whose key is not UTF-8, whose value
@@ -231,15 +223,15 @@ def admit_dead_letter(key: bytes, value: bytes | None) -> tuple[str, DeadLetterR
     try:
         job_id = key.decode()
     except UnicodeDecodeError as error:
-        return RefusedDeadLetter("key not UTF-8", str(error))
+        return Refused("key not UTF-8", str(error))
     if not value:
         return job_id, None
     try:
         entry = DeadLetterRecord.decode(value)
     except ValidationError as error:
-        return RefusedDeadLetter("not a dead-letter record", str(error), job_id)
+        return Refused("not a dead-letter record", str(error))
     if entry.job_id != job_id:
-        return RefusedDeadLetter("key does not match", f"the entry is about job {entry.job_id!r}", job_id)
+        return Refused("key does not match", f"the entry is about job {entry.job_id!r}")
     return job_id, entry
 
 

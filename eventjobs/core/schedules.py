@@ -43,6 +43,7 @@ import orjson
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from eventjobs.core.refused import Refused
 from eventjobs.core.clock import UTC, epoch_ms, format_utc_ms, from_epoch_ms, utc_ms
 from eventjobs.core.commands import enqueue
 from eventjobs.core.durations import parse_duration
@@ -52,6 +53,7 @@ from eventjobs.core.limits import MAX_CATCH_UP_TICKS, MAX_CRON_CANDIDATES, MAX_R
 from eventjobs.core.limits import SCHEDULE_HORIZON_DAYS, SCHEDULE_LATE_AFTER_S
 from eventjobs.core.limits import truncate_text
 from eventjobs.core.options import JobOptions, JobOptionsSpec, Priority
+from eventjobs.core.validation import worded
 
 CatchUp = Literal["none", "one", "all"]
 CATCH_UP_VALUES: tuple[str, ...] = ("none", "one", "all")
@@ -248,9 +250,7 @@ def define_schedule(
             catch_up=catch_up, declared=declared, since=utc_ms(now),  # type: ignore[arg-type]  # catch_up is checked against CATCH_UP_VALUES above
         )
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg']}"
-                             for issue in error.errors(include_url=False))
-        raise InvalidSchedule(f"schedule {schedule_id!r} of job {job!r}: {problems}") from None
+        raise InvalidSchedule(f"schedule {schedule_id!r} of job {job!r}: {worded(error)}") from None
     check_horizon(definition, now)
     return definition
 
@@ -350,31 +350,21 @@ def encode_schedule_event(event: _ScheduleEvent) -> bytes:
     return event.model_dump_json().encode()
 
 
-class RefusedScheduleRecord(BaseModel):
-    """A record of the schedules topic nobody can use, and why (`kind` groups them for the log)."""
-
-    kind: str
-    reason: str
-
-
 def admit_schedule_record(key: bytes | None, value: bytes | None) -> Any:
-    """The schedule event of a record, `None` for a tombstone, or `RefusedScheduleRecord`."""
+    """The schedule event of a record, `None` for a tombstone, or `Refused`."""
     if value is None:
         return None
     try:
         event = SCHEDULE_EVENT_ADAPTER.validate_json(value)
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return RefusedScheduleRecord(kind="not a schedule event",
-                                     reason=(f"{where}: {first['msg']}" if where else first["msg"])[:300])
+        return Refused(kind="not a schedule event", reason=worded(error, limit=1)[:300])
     expected = record_key(event)
     if key is None or key != expected.encode():
         shown = key.decode(errors="replace")[:200] if key is not None else "none"
-        return RefusedScheduleRecord(kind="key is not the record's", reason=f"key {shown!r}, expected {expected!r}")
+        return Refused(kind="key is not the record's", reason=f"key {shown!r}, expected {expected!r}")
     if event.type in ("created", "updated", "paused", "resumed", "deleted") \
             and event.definition.schedule_id != event.schedule_id:
-        return RefusedScheduleRecord(kind="definition of another schedule",
+        return Refused(kind="definition of another schedule",
                                      reason=f"event of {event.schedule_id!r} defines {event.definition.schedule_id!r}")
     return event
 

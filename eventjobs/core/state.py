@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eventjobs.core.options import JobOptionsSpec, Priority
+from eventjobs.core.validation import worded
 
 __all__ = [
     "ACCEPTING_STATUSES",
@@ -438,6 +439,4 @@ def decode_state(data: bytes) -> JobState:
     try:
         return JobState.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "state"
-        raise StateDecodeError(f"invalid job state: {where}: {first['msg']}") from None
+        raise StateDecodeError(f"invalid job state: {worded(exc, limit=1, root='state')}") from None

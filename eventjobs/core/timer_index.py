@@ -20,12 +20,13 @@ from array import array
 from binascii import hexlify, unhexlify
 from collections.abc import Iterator
 from datetime import UTC
-from typing import NamedTuple
 
 from pydantic import ValidationError
 
+from eventjobs.core.refused import Refused
 from eventjobs.core.clock import epoch_ms
 from eventjobs.core.records import TimerRecord
+from eventjobs.core.validation import worded
 
 MAX_ATTEMPT = (1 << 20) - 1  # the largest attempt a timer can carry (events allow up to 1,000,000)
 MAX_DUE_MS = (1 << 62) - 1  # due times are held as signed 64-bit ms (year 9999 is about 2**48)
@@ -78,15 +79,7 @@ def check_timer(due_ms: int, attempt: int) -> None:
         raise ValueError(f"due time {due_ms} ms is outside -{MAX_DUE_MS}..{MAX_DUE_MS}")
 
 
-class RefusedTimer(NamedTuple):
-    """Why a timer record cannot be indexed: `kind` names the class of fault (logged once per
-    kind), `reason` the details of this record."""
-
-    kind: str
-    reason: str
-
-
-def admit_timer(key: bytes | None, value: bytes) -> tuple[int, int] | RefusedTimer:
+def admit_timer(key: bytes | None, value: bytes) -> tuple[int, int] | Refused:
     """(due ms, attempt) of a timer record read from the timer topic, or why it is refused.
 
     The timer topic is compacted and read from its beginning on every start, so a record nobody
@@ -100,33 +93,28 @@ def admit_timer(key: bytes | None, value: bytes) -> tuple[int, int] | RefusedTim
     except ValidationError as error:
         problems = error.errors()
         kind = "not JSON" if problems and problems[0]["type"] == "json_invalid" else "wrong fields"
-        return RefusedTimer(kind, f"not a timer record: {brief(error)}")
+        return Refused(kind, f"not a timer record: {brief(error)}")
     except ValueError as error:  # e.g. bytes that are not UTF-8
-        return RefusedTimer("not JSON", f"not a timer record: {error}")
+        return Refused("not JSON", f"not a timer record: {error}")
     if not 0 <= timer.attempt <= MAX_ATTEMPT:
-        return RefusedTimer("attempt out of range", f"attempt {timer.attempt} is outside 0..{MAX_ATTEMPT}")
+        return Refused("attempt out of range", f"attempt {timer.attempt} is outside 0..{MAX_ATTEMPT}")
     try:
         expected = timer.key
     except ValueError as error:  # e.g. a republish timer without its sequence
-        return RefusedTimer("wrong fields", f"not a timer record: {error}")
+        return Refused("wrong fields", f"not a timer record: {error}")
     if key != expected:
-        return RefusedTimer("key does not match", f"key {key!r} is not the record's key {expected!r}")
+        return Refused("key does not match", f"key {key!r} is not the record's key {expected!r}")
     due_at = timer.due_at if timer.due_at.tzinfo is not None else timer.due_at.replace(tzinfo=UTC)
     try:
         due_ms = epoch_ms(due_at)
     except (OverflowError, ValueError) as error:
-        return RefusedTimer("due time out of range", f"due_at {timer.due_at!r}: {error}")
+        return Refused("due time out of range", f"due_at {timer.due_at!r}: {error}")
     return due_ms, timer.attempt
 
 
 def brief(error: ValidationError, limit: int = 5) -> str:
-    """A validation error on one line: `field: message; ...` (pydantic's own text spans many lines)."""
-    parts = []
-    for problem in error.errors(include_url=False)[:limit]:
-        where = ".".join(str(part) for part in problem["loc"])
-        parts.append(f"{where}: {problem['msg']}" if where else problem["msg"])
-    more = error.error_count() - limit
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    """A validation error on one line, its first `limit` problems (`core.validation.worded`)."""
+    return worded(error, limit=limit)
 
 
 class TimerIndex:

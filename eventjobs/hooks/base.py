@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from eventjobs.core.events import EnqueuedEvent, JobEvent
-from eventjobs.runtime.bad_records import power_of_ten
+from eventjobs.log.bad_records import power_of_ten
 
 if TYPE_CHECKING:
     from eventjobs.metrics import Metrics

@@ -4,15 +4,15 @@ Why this module exists: teams that already run faust-streaming want to start job
 agents and react to what happens to those jobs (a completion, a dead letter) without learning a
 second consumer API, and without a second, laxer idea of what a valid job or event is. So:
 
-* Enqueueing goes through ``App.build_enqueue`` (the same validation: ``UnknownJob``,
+* Enqueueing goes through the app's ``App._build_enqueue`` (the same validation: ``UnknownJob``,
   ``InvalidJobArguments``, ``InvalidJobOptions``; nothing is sent on bad input) and the same
   idempotency rule (``idempotency_key`` -> the job id, hence the Kafka key and partition, so the
-  processor refuses a duplicate). ``App.append`` names the job's partition explicitly
+  processor refuses a duplicate). The app's writer (``eventjobs.log.writer.LogWriter.append``) names the job's partition explicitly
   (``job_partition``), whatever partitioner the Faust app's own producer is configured with.
 * Reading goes through the strict codec (``eventjobs.core.codec.decode``) and the same key check
   as the processor, so an agent never sees an event the processor would not have applied.
 
-Sending path, and why it is ``App.append`` and not Faust's producer: ``App.append`` uses the
+Sending path, and why it is the app's writer and not Faust's producer: ``LogWriter.append`` uses the
 project's producer (acks=all, idempotent) whatever the Faust app's ``producer_acks`` says, checks
 the payload size with the project's ``PayloadTooLarge`` error, and returns only once the broker
 acknowledged the event. An agent that awaits ``enqueue`` therefore does not move on -- and Faust
@@ -55,6 +55,7 @@ except ImportError as error:  # pragma: no cover - the extra is part of the test
 from eventjobs.app import App
 from eventjobs.core.clock import format_utc_ms
 from eventjobs.core.codec import DEFAULT_MAX_EVENT_BYTES, EventDecodeError, EventEncodeError, admit, decode, encode
+from eventjobs.core.refused import Refused
 from eventjobs.core.events import EVENT_TYPES, EnqueuedEvent, JobEvent
 
 __all__ = [
@@ -231,8 +232,8 @@ class JobEventCodec(Codec):
         data = encode(s, max_bytes=self.max_bytes)
         if len(data) > 8_000 and s.type in ("enqueued", "attempt_succeeded"):  # args, results: budgets of the limit
             verdict = admit(data, None, max_bytes=self.max_bytes)
-            if isinstance(verdict, str):
-                raise EventEncodeError(f"{verdict}; nothing was sent")
+            if isinstance(verdict, Refused):
+                raise EventEncodeError(f"{verdict.reason}; nothing was sent")
         return data
 
 
@@ -339,7 +340,7 @@ def job_events_topic(faust_app: faust.App, ej_app: App, *, on_invalid: OnInvalid
 class FaustEnqueuer:
     """Enqueue jobs of ``ej_app`` from Faust agents.
 
-    Same validation and idempotency as ``App.enqueue`` (it is ``build_enqueue`` + ``append``);
+    Same validation and idempotency as ``App.enqueue`` (it is ``App._build_enqueue`` + ``App.writer.append``);
     the event's ``actor`` names the Faust app (``faust:<app id>:<host>:<pid>``) so the log shows
     where a job came from. Given the Faust app, the eventjobs producer is closed when the Faust
     worker shuts down.
@@ -354,8 +355,8 @@ class FaustEnqueuer:
             faust_app.on_before_shutdown.connect(self._on_shutdown, weak=False)  # type: ignore[arg-type]  # faust awaits a coroutine receiver
 
     def build(self, name: str, args: dict[str, Any] | None = None, **options: Any) -> EnqueuedEvent:
-        """The validated ``enqueued`` event (nothing sent); raises like ``App.build_enqueue``."""
-        event = self.app.build_enqueue(name, args, **options)
+        """The validated ``enqueued`` event (nothing sent); raises like ``App.enqueue``."""
+        event = self.app._build_enqueue(name, args, **options)
         if event.actor != self.actor:
             event = event.model_copy(update={"actor": self.actor})
         return event
@@ -369,7 +370,7 @@ class FaustEnqueuer:
         job id, and the processor refuses the duplicate.
         """
         event = self.build(name, args, **options)
-        await self.app.append([event])
+        await self.app.writer.append([event])
         return event.job_id
 
     async def _on_shutdown(self, sender: Any, **kwargs: Any) -> None:

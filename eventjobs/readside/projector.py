@@ -30,9 +30,10 @@ from eventjobs.clickhouse.backend import Backend
 from eventjobs.clickhouse.backoff import Backoff
 from eventjobs.clickhouse.errors import ClickHouseError, ClickHouseUnavailable
 from eventjobs.core.codec import admit
+from eventjobs.core.refused import Refused
 from eventjobs.core.limits import PROJECTOR_END_OFFSETS_EVERY_S
 from eventjobs.core.state import JobStatus
-from eventjobs.core.gc_pause import collector_paused
+from eventjobs.runtime.gc_pause import collector_paused
 from eventjobs.kafka.clients import consumer as kafka_consumer
 from eventjobs.kafka.clients import job_partition, partitions_of
 from eventjobs.metrics import Metrics
@@ -119,7 +120,7 @@ class BatchFolder:
 
     def _fold(self, records: list[ConsumerRecord[bytes, bytes]], events_done: dict[int, int]) -> Batch:
         decoded = [self._decode(record) for record in records]
-        self._load_missing({event.job_id for event in decoded if not isinstance(event, str)})
+        self._load_missing({event.job_id for event in decoded if not isinstance(event, Refused)})
         jobs = self.cache.jobs
         touched: dict[str, ProjectedJob] = {}
         dead: set[str] = set()
@@ -128,8 +129,8 @@ class BatchFolder:
         for record, event in zip(records, decoded, strict=True):
             partition, offset = record.partition, record.offset
             last[partition] = offset
-            if isinstance(event, str):
-                row = malformed_row(record.value, record.key, partition, offset, record.timestamp, event)
+            if isinstance(event, Refused):
+                row = malformed_row(record.value, record.key, partition, offset, record.timestamp, event.reason)
             else:
                 before = jobs.get(event.job_id)
                 if self._moved(before, event.job_id, partition):

@@ -22,11 +22,11 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from eventjobs.core.refused import Refused
 from eventjobs.clickhouse.backend import Backend
 from eventjobs.clickhouse.backoff import Backoff
 from eventjobs.clickhouse.errors import ClickHouseUnavailable
 from eventjobs.core.schedules import (
-    RefusedScheduleRecord,
     ScheduleNotComputable,
     ScheduleState,
     admit_schedule_record,
@@ -82,7 +82,7 @@ class SchedulesProjection:
         changed: dict[str, ScheduleState] = {}
         for record in records:
             admitted = admit_schedule_record(record.key, record.value)
-            if isinstance(admitted, RefusedScheduleRecord):
+            if isinstance(admitted, Refused):
                 self.skipped[admitted.kind] += 1
                 if self.skipped[admitted.kind] == 1:
                     log.error("schedules projection skipped a bad record (%s) at %s/%d@%d: %s; further records of "

@@ -49,7 +49,7 @@ from eventjobs.core.records import AWAITS_VERDICT, ReadyRecord
 from eventjobs.core.state import JobStatus
 from eventjobs.hooks import AttemptInfo, AttemptOutcome, Hooks
 from eventjobs.kafka.clients import job_partition, topic_partition_count
-from eventjobs.runtime.bad_records import power_of_ten
+from eventjobs.log.bad_records import power_of_ten
 from eventjobs.runtime.cancels import CancelWatcher
 from eventjobs.runtime.claim_verdicts import ClaimVerdicts
 from eventjobs.runtime.intake import Item

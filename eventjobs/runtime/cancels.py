@@ -17,7 +17,7 @@ from collections.abc import Callable
 from eventjobs.app import App
 from eventjobs.core.state import StateDecodeError, decode_state
 from eventjobs.kafka.clients import consumer, partitions_of
-from eventjobs.runtime.bad_records import BadRecords, origin
+from eventjobs.log.bad_records import BadRecords, origin
 from eventjobs.runtime.claim_verdicts import ClaimVerdicts
 
 log = logging.getLogger("eventjobs.runtime.worker")  # the worker's parts log as the worker (docs/operations.md)

@@ -49,11 +49,12 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from eventjobs.core.clock import Clock, SystemClock
 from eventjobs.core.codec import admit
+from eventjobs.core.refused import Refused
 from eventjobs.core.control import admit_queue_control, queue_control
 from eventjobs.core.effects import Effects, installed, ready_survives
 from eventjobs.core.fold import apply
 from eventjobs.core.records import capability_route, queue_of_route
-from eventjobs.core.schedules import RefusedScheduleRecord, admit_schedule_record
+from eventjobs.core.schedules import admit_schedule_record
 from eventjobs.core.state import JobState, JobStatus, encode_state
 from eventjobs.kafka.admin import apply_topics, create_missing_topics, ready_routes
 from eventjobs.kafka.clients import admin_client, consumer, job_partition, partitions_of, producer, read_to_end
@@ -322,7 +323,7 @@ async def _copy_history(source: Settings, writer: AIOKafkaProducer, names: Topic
     count = len(begins)
     async for record in _read_between(source, names.events, begins, until):
         event = admit(record.value, record.key, max_bytes=source.max_event_bytes)
-        if isinstance(event, str):
+        if isinstance(event, Refused):
             continue  # quarantined by the source's processor: not part of any job
         job_id = event.job_id
         before = states.get(job_id)
@@ -375,7 +376,7 @@ async def _copy_tail(source: Settings, writer: AIOKafkaProducer, names: TopicNam
     pending = {job_id: state for job_id, (_, state) in table.items() if state.status is JobStatus.PENDING}
     async for record in _read_between(source, names.events, until, ends):
         event = admit(record.value, record.key, max_bytes=source.max_event_bytes)
-        if isinstance(event, str):
+        if isinstance(event, Refused):
             continue  # the source's processor would have quarantined it
         await sends.send(new.events, record.value, record.key, job_partition(event.job_id, partitions),
                          _copied_from(record))
@@ -410,7 +411,7 @@ async def _copy_schedules(source: Settings, target: Settings, writer: AIOKafkaPr
     sends = _Sends(writer)
     for key, record in (await _latest(source, names.schedules)).items():
         event = admit_schedule_record(key, record.value)
-        if event is None or isinstance(event, RefusedScheduleRecord):
+        if event is None or isinstance(event, Refused):
             continue  # skipped by every reader of the source as well
         await sends.send(new.schedules, record.value, key, job_partition(event.schedule_id, count))
         report.schedule_records += 1

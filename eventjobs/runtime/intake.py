@@ -37,7 +37,7 @@ from eventjobs.core.records import ReadyRecord, capability_route, queue_of_route
 from eventjobs.hooks import AttemptInfo, Hooks, Quarantined
 from eventjobs.kafka.clients import OwnershipListener, consumer
 from eventjobs.kafka.topics import PRIORITIES
-from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+from eventjobs.log.bad_records import BadRecords, describe_key, origin
 from eventjobs.runtime.processor import quarantine_headers
 from eventjobs.runtime.queue_pauses import QueuePauses
 

@@ -29,16 +29,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import ProducerFenced
 
 from eventjobs.core.codec import EventEncodeError, admit, encode
+from eventjobs.core.refused import Refused
 from eventjobs.core.events import LINKED_TYPES
 from eventjobs.core.fold import Decision, apply
-from eventjobs.core.gc_pause import collector_paused
+from eventjobs.runtime.gc_pause import collector_paused
 from eventjobs.core.state import JobState, JobStatus, StateDecodeError, decode_state, encode_state
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
 from eventjobs.core.effects import Effects, collect
 from eventjobs.core.housekeeping import Housekeeping, HousekeepingTimer, ReadyRepublish, Retention, earliest_publish
 from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, producer, read_to_end
 from eventjobs.core.records import ReadyRecord, awaits_verdict, capability_route, republished_headers, revocation_headers
-from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+from eventjobs.log.bad_records import BadRecords, describe_key, origin
 from eventjobs.runtime.ready_checks import Candidate, ReadyChecks
 from eventjobs.runtime.supervisor import Supervised, run_services
 from eventjobs.metrics import COUNTED_EVENTS, Metrics
@@ -57,6 +58,7 @@ class ProcessorFenced(RuntimeError):
 class Quarantined:
     record: ConsumerRecord[bytes, bytes]
     reason: str
+    kind: str  # what the bad-record counts group it by (`Refused.kind`)
 
 
 #: Header of an event the processor moved to its job's partition: `topic/partition/offset` of the
@@ -160,8 +162,8 @@ def _fold(
     states = result.effects.states
     for record in records:
         event = admit(record.value, record.key, max_bytes=max_event_bytes)
-        if isinstance(event, str):
-            result.quarantined.append(Quarantined(record, event))
+        if isinstance(event, Refused):
+            result.quarantined.append(Quarantined(record, event.reason, event.kind))
             continue
         before = states.get(event.job_id, _UNSEEN)
         if before is _UNSEEN:
@@ -175,7 +177,7 @@ def _fold(
         oversized = _encode_outputs(result, before, decision, max_event_bytes, max_state_bytes)
         if oversized is not None:
             reason = f"applying this {event.type} event of job {event.job_id} would write {oversized}"
-            result.quarantined.append(Quarantined(record, reason))
+            result.quarantined.append(Quarantined(record, reason, "output over the size limit"))
             continue
         if decision.rejected is not None:
             result.rejected += 1
@@ -216,17 +218,6 @@ def _encode_outputs(
         result.state_bytes[checked[0].job_id] = checked
     result.event_bytes.update(encoded)
     return None
-
-
-def _quarantine_kind(reason: str) -> str:
-    """The kind of a quarantined event record, for counting (the reason itself is logged once)."""
-    if reason.startswith("empty record"):
-        return "tombstone"
-    if reason.startswith("record key"):
-        return "mis-keyed event"
-    if reason.startswith("applying this"):
-        return "output over the size limit"
-    return "undecodable event"
 
 
 def quarantine_headers(record: ConsumerRecord[bytes, bytes], reason: str) -> list[tuple[str, bytes]]:
@@ -890,7 +881,7 @@ class LifecycleProcessor(Supervised):
             record = bad.record
             headers = quarantine_headers(record, bad.reason)
             acks.append(await txn.send(names.quarantine, record.value, key=record.key, headers=headers))
-            self.bad_records.report(_quarantine_kind(bad.reason), origin(record), bad.reason)
+            self.bad_records.report(bad.kind, origin(record), bad.reason)
 
 
 def retrieve_errors(futures: Iterable[asyncio.Future[Any]]) -> None:

@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from eventjobs.core.control import QueueControl, RefusedControlRecord, admit_queue_control
+from eventjobs.core.refused import Refused
+from eventjobs.core.control import QueueControl, admit_queue_control
 from eventjobs.kafka.clients import consumer, partitions_of
-from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+from eventjobs.log.bad_records import BadRecords, describe_key, origin
 from eventjobs.settings import Settings
 
 log = logging.getLogger("eventjobs.runtime.queue_pauses")
@@ -77,7 +78,7 @@ class QueuePauses:
     def _take(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Apply one record; whether a queue's paused state changed."""
         admitted = admit_queue_control(record.key, record.value)
-        if isinstance(admitted, RefusedControlRecord):
+        if isinstance(admitted, Refused):
             self.bad.report(admitted.kind, f"{origin(record)} ({describe_key(record.key)})", admitted.reason)
             return False
         queue, control = admitted

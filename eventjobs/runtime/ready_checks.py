@@ -29,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from eventjobs.core.housekeeping import ReadyPartition, ready_record_waits, records_since_wait
 from eventjobs.kafka.clients import admin_client, consumer
-from eventjobs.runtime.bad_records import power_of_ten
+from eventjobs.log.bad_records import power_of_ten
 from eventjobs.settings import Settings
 
 log = logging.getLogger("eventjobs.runtime.ready_checks")

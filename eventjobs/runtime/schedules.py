@@ -5,13 +5,13 @@ Design (docs/architecture.md, "Schedules"): the compacted topic `<ns>.schedules`
 through the consumer group `<ns>.schedules`; each rebuilds the schedules of the partitions it
 is given by reading them from the beginning, then follows new records. For every tick due
 (`core.schedules.ticks_due`, time from the injected clock) it appends the tick's `enqueued`
-event through `App.append` and, once that is acknowledged, a `fired` record. A crash between
+event through its `LogWriter` and, once that is acknowledged, a `fired` record. A crash between
 the two fires the tick again after the restart: the job id follows from the tick
 (`<schedule id>@<tick>` is the idempotency key), so the processor refuses the second enqueue
 as a duplicate (while the first is retained, `retain_completed`: far longer than a restart), and
 exactly one job runs per tick.
 
-At start, given the app (`eventjobs processor --app`), it writes the schedules declared on
+At start, given the app's jobs (`eventjobs processor --app`), it writes the schedules declared on
 `@app.job(every=/cron=)` (`core.schedules.declared_changes`): creates or updates them, and
 deletes with a logged reason those the code no longer declares.
 
@@ -22,7 +22,7 @@ tick is computed when its records change (or its partition finished loading, or 
 put on a queue; passes work through that queue, and through the records they fold, in slices
 of `SLICE_S` that yield to the loop in between. From a partition's take until every owned
 partition is loaded and computed the cyclic collector is paused, and what the load made is then
-frozen (`core.gc_pause.LoadPause`): its scans of the growing heap were the longest stalls left.
+frozen (`runtime.gc_pause.LoadPause`): its scans of the growing heap were the longest stalls left.
 
 Bad input: a record nobody can use is skipped, counted (`skipped_records`) and logged once per
 kind. A schedule is set aside, reported the same way and counted in the metric
@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from functools import partial
 from time import perf_counter
@@ -48,13 +48,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from eventjobs.app import App, PayloadTooLarge
+from eventjobs.core.refused import Refused
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
-from eventjobs.core.gc_pause import LoadPause
+from eventjobs.runtime.gc_pause import LoadPause
 from eventjobs.core.options import InvalidJobOptions
-from eventjobs.core.partitioning import job_partition
 from eventjobs.core.schedules import (
-    RefusedScheduleRecord,
     ScheduleDefinition,
     ScheduleNotComputable,
     ScheduleState,
@@ -69,11 +67,14 @@ from eventjobs.core.schedules import (
 )
 from eventjobs.core.timer_index import TimerIndex
 from eventjobs.kafka.admin import ensure_single_topics
-from eventjobs.kafka.clients import OwnershipListener, consumer, partitions_of, read_to_end
+from eventjobs.kafka.clients import OwnershipListener, consumer
 from eventjobs.kafka.topics import TopicNames, load_specs
+from eventjobs.log.bad_records import BadRecords, describe_key, origin
+from eventjobs.log.readers import SLICE_S, Slices, read_schedule_states
+from eventjobs.log.writer import LogWriter, PayloadTooLarge, producer_actor
 from eventjobs.metrics import Metrics
-from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
 from eventjobs.runtime.supervisor import Supervised
+from eventjobs.registry import JobDefinition, build_schedule
 from eventjobs.runtime.timers import transient
 from eventjobs.settings import Settings
 
@@ -81,7 +82,6 @@ log = logging.getLogger("eventjobs.runtime.schedules")
 
 MAX_WAIT_MS = 200  # longest sleep between two passes (new records wake the loop sooner)
 FIRE_CONCURRENCY = 200  # schedules fired at once in one pass
-SLICE_S = 0.005  # longest stretch of folding records or computing ticks before the loop gets a turn
 PASS_SETTLE_S = 0.25  # most time a pass spends computing next ticks before it fires what is due
 RETRY_FIRST_S = 1.0  # backoff after a failed send of a schedule's tick: 1 s, doubling ...
 RETRY_MAX_S = 30.0  # ... up to 30 s
@@ -93,45 +93,13 @@ SET_ASIDE_UNBUILDABLE = "job cannot be built"
 SET_ASIDE_REASONS = (SET_ASIDE_UNCOMPUTABLE, SET_ASIDE_UNBUILDABLE)
 
 
-class Slices:
-    """Gives the event loop a turn whenever `slice_s` of work has gone by since the last one:
-    call `pause()` after each unit of work."""
-
-    def __init__(self, slice_s: float = SLICE_S) -> None:
-        self.slice_s = slice_s
-        self.since = perf_counter()
-
-    async def pause(self) -> None:
-        if perf_counter() - self.since >= self.slice_s:
-            await asyncio.sleep(0)
-            self.since = perf_counter()
-
-
-async def read_schedule_states(settings: Settings, names: TopicNames, *,
-                               schedule_id: str | None = None) -> tuple[dict[str, ScheduleState], BadRecords]:
-    """Every schedule's state from the schedules topic (only the partition of `schedule_id` if given)."""
-    bad = BadRecords(log, f"schedules of namespace {settings.namespace!r}")
-    partitions = await partitions_of(settings, names.schedules)
-    if schedule_id is not None and partitions:
-        partitions = [partitions[job_partition(schedule_id, len(partitions))]]
-    states: dict[str, ScheduleState] = {}
-    slices = Slices()
-    async for record in read_to_end(settings, partitions):
-        admitted = admit_schedule_record(record.key, record.value)
-        if isinstance(admitted, RefusedScheduleRecord):
-            bad.report(admitted.kind, f"{origin(record)} ({describe_key(record.key)})", admitted.reason)
-        elif admitted is not None:
-            states[admitted.schedule_id] = apply_schedule(states.get(admitted.schedule_id), admitted)
-        await slices.pause()
-    return states, bad
-
-
-def declared_definitions(app: App, now: datetime) -> dict[str, ScheduleDefinition]:
+def declared_definitions(jobs: Mapping[str, JobDefinition], now: datetime,
+                         actor: str) -> dict[str, ScheduleDefinition]:
     """The schedules declared on `@app.job(every=/cron=)`, by schedule id."""
     found = {}
-    for name, definition in app.jobs.items():
+    for definition in jobs.values():
         if definition.schedule is not None:
-            schedule = app.build_schedule(name, declared=True, now=now, **definition.schedule)
+            schedule = build_schedule(definition, None, declared=True, now=now, actor=actor, **definition.schedule)
             found[schedule.schedule_id] = schedule
     return found
 
@@ -142,13 +110,14 @@ class ScheduleService(Supervised):
     `run_once(now)` fires what is due at `now`, so tests drive it with chosen times.
     """
 
-    def __init__(self, settings: Settings, *, app: App | None = None, clock: Clock | None = None,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, *, jobs: Mapping[str, JobDefinition] | None = None,
+                 writer: LogWriter | None = None, clock: Clock | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
         self.clock = clock or SystemClock()
-        self.declaring_app = app  # the app whose declared schedules are written at start (None: none)
-        self.app = app or App(settings.namespace, settings=settings, clock=self.clock)
+        self.declared_jobs = jobs  # the app's jobs, whose declared schedules are written at start (None: none)
+        self.own_writer = writer is None  # a writer of its own is closed when the service stops
+        self.writer = writer or LogWriter(settings, self.names, owner="schedule service")
         self.states: dict[int, dict[str, ScheduleState]] = {}  # partition -> schedule id -> state
         self.loading: dict[int, int] = {}  # partition -> end offset to reach before firing
         self.due: dict[int, TimerIndex] = {}  # partition -> when to look at each schedule next (ms)
@@ -162,7 +131,7 @@ class ScheduleService(Supervised):
         self._reported: set[tuple[int, int]] = set()  # (partition, offset) of bad records counted already
         self._source: AIOKafkaConsumer | None = None
         self._load_pause = LoadPause()  # the collector, off from a take until it is loaded and computed
-        self.actor = "schedules:" + self.app.actor.removeprefix("producer:")  # schedules:host:pid, in fired records
+        self.actor = "schedules:" + producer_actor().removeprefix("producer:")  # schedules:host:pid, in fired records
         if metrics is not None:
             for reason in SET_ASIDE_REASONS:
                 metrics.gauge_from(metrics.schedules_set_aside.labels(reason), partial(self.set_aside, reason))
@@ -206,7 +175,7 @@ class ScheduleService(Supervised):
         )
         try:
             await ensure_single_topics(self.settings, ["schedules"])
-            if self.declaring_app is not None:
+            if self.declared_jobs is not None:
                 await self.write_declared()
             await source.start()
             source.subscribe([self.names.schedules], listener=OwnershipListener(self._take, self._release, self._fail))
@@ -222,22 +191,23 @@ class ScheduleService(Supervised):
         finally:
             self._load_pause.end()
             await source.stop()
-            if self.declaring_app is None:
-                await self.app.close()
+            if self.own_writer:
+                await self.writer.close()
 
     async def write_declared(self) -> None:
         """Make the log hold the app's declared schedules (create, update, delete the orphans)."""
-        assert self.declaring_app is not None
+        assert self.declared_jobs is not None
         now = self.clock.now()
-        current, _ = await read_schedule_states(self.settings, self.names)
-        changes = declared_changes(declared_definitions(self.declaring_app, now), current, now=now,
+        current = await read_schedule_states(self.settings, self.names,
+                                              BadRecords(log, f"schedules of namespace {self.settings.namespace!r}"))
+        changes = declared_changes(declared_definitions(self.declared_jobs, now, self.actor), current, now=now,
                                    actor=self.actor)
         for event in changes:
             if event.type == "deleted":
                 log.warning("schedule %r is deleted: %s", event.schedule_id, event.reason)
             else:
                 log.info("schedule %r declared on job %r is %s", event.schedule_id, event.definition.job, event.type)
-        await self.app.append_schedule_records(changes)
+        await self.writer.append_schedule_records(changes)
 
     async def apply_records(self, partition: int, records: list[Any]) -> None:
         """Fold records read from `partition` into its schedules; skip (and count) what cannot be used.
@@ -254,7 +224,7 @@ class ScheduleService(Supervised):
         for record in records:
             await slices.pause()
             admitted = admit_schedule_record(record.key, record.value)
-            if isinstance(admitted, RefusedScheduleRecord):
+            if isinstance(admitted, Refused):
                 if (partition, record.offset) not in self._reported:  # read again after a rebalance: counted once
                     if len(self._reported) >= MAX_REPORTED:
                         self._reported.clear()
@@ -391,7 +361,7 @@ class ScheduleService(Supervised):
         for tick in ticks:
             try:
                 job = tick_job(definition, tick, now=self.clock.now())
-                await self.app.append([job])
+                await self.writer.append([job])
             except (PayloadTooLarge, InvalidJobOptions, ValidationError) as error:  # retrying cannot help
                 self._put_aside(schedule_id, self.states.get(partition, {}).get(schedule_id), SET_ASIDE_UNBUILDABLE,
                                 str(error))
@@ -402,7 +372,7 @@ class ScheduleService(Supervised):
             record = schedule_fired_event(schedule_id, tick, job.job_id, now=self.clock.now(),
                                           actor=self.actor)
             try:
-                await self.app.append_schedule_records([record])
+                await self.writer.append_schedule_records([record])
             except Exception as error:  # noqa: BLE001 - as above; the tick fires again, refused as a duplicate
                 self._send_failed(partition, schedule_id, error)
                 return fired

@@ -22,6 +22,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from eventjobs.core.codec import admit
+from eventjobs.core.refused import Refused
 from eventjobs.core.fold import apply
 from eventjobs.core.state import JobState, decode_state, encode_state
 from eventjobs.kafka.clients import admin_client, consumer, job_partition, partitions_of, producer, read_to_end
@@ -136,7 +137,7 @@ def _fold_record(states: dict[str, tuple[int, JobState]], record: ConsumerRecord
     and so is an event of a job not held on the record's partition that belongs on another one
     (`job_partition`): the processor moved it there, and the copy is folded where it was written."""
     event = admit(record.value, record.key, max_bytes=max_bytes)  # the processor's admission rules, size budgets included
-    if isinstance(event, str):
+    if isinstance(event, Refused):
         return
     before = states.get(event.job_id)
     if (partition_count and (before is None or before[0] != record.partition)

@@ -37,15 +37,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
 
+from eventjobs.core.refused import Refused
 from eventjobs.core.clock import Clock, SystemClock
 from eventjobs.core.codec import encode
 from eventjobs.core.commands import timer_fired_event
 from eventjobs.core.events import JobEvent
-from eventjobs.core.timer_index import RefusedTimer, TimerIndex, admit_timer, brief
+from eventjobs.core.timer_index import TimerIndex, admit_timer, brief
 from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, partitions_of, producer
 from eventjobs.kafka.topics import TopicNames, load_specs
 from eventjobs.metrics import Metrics
-from eventjobs.runtime.bad_records import BadRecords, describe_key
+from eventjobs.log.bad_records import BadRecords, describe_key
 from eventjobs.runtime.supervisor import Supervised
 from eventjobs.settings import Settings
 
@@ -138,7 +139,7 @@ class TimerService(Supervised):
         self._supervise_as("timer service", log)
         self.bad = BadRecords(log, "timer service", action="skipped and tombstoned")
         # partition -> key -> (why, where) of bad records that are the newest of their key, to tombstone
-        self._bad_keys: dict[int, dict[bytes, tuple[RefusedTimer, str]]] = {}
+        self._bad_keys: dict[int, dict[bytes, tuple[Refused, str]]] = {}
         self._retry: dict[int, _Retry] = {}  # partitions whose last send failed
         self._tombstoning: set[asyncio.Future[Any]] = set()
         self.event_partitions = 0  # partitions of the event log (read at start): fired events go to job_partition
@@ -224,7 +225,7 @@ class TimerService(Supervised):
                     held.pop(key, None)
                 continue
             admitted = admit_timer(key, value)
-            if isinstance(admitted, RefusedTimer):
+            if isinstance(admitted, Refused):
                 where = f"{self.names.timers}/{partition}@{offset[0] if offset else '?'} ({describe_key(key)})"
                 if key is None:  # cannot be on a compacted topic, nor tombstoned: report it now
                     self.bad.report(admitted.kind, where, admitted.reason)

@@ -44,7 +44,7 @@ from eventjobs.kafka.admin import TopicLayoutError, ensure_ready_topics, ensure_
 from eventjobs.kafka.clients import partitions_of, producer
 from eventjobs.metrics import Metrics
 from eventjobs.runtime.attempts import AttemptRunner, wait_for_results
-from eventjobs.runtime.bad_records import BadRecords, describe_key
+from eventjobs.log.bad_records import BadRecords, describe_key
 from eventjobs.runtime.cancels import CancelWatcher
 from eventjobs.runtime.claim_verdicts import ClaimVerdicts
 from eventjobs.runtime.intake import Intake, Item, Offsets, capability_subsets

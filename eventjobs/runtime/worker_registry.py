@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from eventjobs.core.clock import Clock
 from eventjobs.core.control import WorkerAnnouncement, worker_announcement
-from eventjobs.runtime.bad_records import power_of_ten
+from eventjobs.log.bad_records import power_of_ten
 
 log = logging.getLogger("eventjobs.runtime.worker_registry")
 

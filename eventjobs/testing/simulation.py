@@ -277,7 +277,7 @@ def workflow_log(
 ) -> list[JobEvent]:
     """The events of a small workflow: ``jobs`` jobs, each depending on some enqueued before it (now
     and then on a job that does not exist; with ``cycles`` > 0 also on jobs enqueued after it, the
-    way a producer that skips ``App.check_dependencies`` can close a cycle), some snoozing, some
+    way a producer that skips ``App.enqueue``'s dependency check can close a cycle), some snoozing, some
     expiring while they wait, dead-lettered jobs retried from the dead-letter queue (each at most
     ``dlq_retries`` times) or discarded, in one log.
 

@@ -2,7 +2,7 @@
 
 Why this module exists: users test their handlers in their own suites (River's ``rivertest``,
 Dramatiq's ``StubBroker``, ``Oban.Testing``). A test here runs what production runs, in one
-process: the job is enqueued with ``App.build_enqueue`` (the job type's options and the
+process: the job is enqueued with ``App._build_enqueue`` (the job type's options and the
 enqueue's overrides), its attempt is claimed and started with the worker's builders, the
 registered handler gets a real ``JobContext``, ``core.attempt_end`` turns what happened into the
 attempt's event (the worker's rule), and ``MemoryLane`` folds every event with ``apply`` and
@@ -183,8 +183,8 @@ class JobTester:
     def enqueue(self, name: str, args: dict[str, Any] | None = None, **options: Any) -> str:
         """Enqueue as `App.enqueue` does (same validation, options and errors), into this tester;
         returns the job id. Nothing runs yet."""
-        event = self.app.build_enqueue(name, args, now=self.clock.now(), **options)
-        self.app._encoded([event])  # App.enqueue's size check (PayloadTooLarge), nothing is sent
+        event = self.app._build_enqueue(name, args, now=self.clock.now(), **options)
+        self.app.writer.encoded([event])  # App.enqueue's size check (PayloadTooLarge), nothing is sent
         for dependency in event.depends_on or ():
             if dependency not in self.lane.last_states:
                 raise UnknownDependency(

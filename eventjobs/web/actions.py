@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from eventjobs.app import NotInDeadLetters, UnknownQueue
+from eventjobs.core.validation import issues
 from eventjobs.web.filters import MAX_TEXT, BadFilter, job_id, local_path
 from eventjobs.web.views import problem
 
@@ -38,7 +39,7 @@ async def _act(request: Request, default_back: str, act: Callable[[Any, Any], Aw
     except (NotInDeadLetters, UnknownQueue) as error:
         return _redirect(back, error=str(error))
     except ValidationError as error:  # a queue name the control record refuses
-        return _redirect(back, error="; ".join(e["msg"] for e in error.errors()))
+        return _redirect(back, error="; ".join(issue.message for issue in issues(error)))
     return _redirect(back, notice=notice)
 
 

@@ -1,6 +1,6 @@
 """The machine-readable contract (docs/schema/v1/) is generated from the models and describes the wire.
 
-Stale files fail here (regenerate with `python -m eventjobs.core.schemagen`); every event the core
+Stale files fail here (regenerate with `python -m eventjobs.contract.schemagen`); every event the core
 can encode, and every record the processor writes, is valid under its schema; what the strict
 decoder refuses for the usual reasons the schema refuses too; and the rules beside the schemas
 (partition, job id) hold their test vectors.
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
 from pydantic import Field, create_model
 
-from eventjobs.core import schemagen
+from eventjobs.contract import schemagen
 from eventjobs.core.codec import decode, encode
 from eventjobs.core.commands import enqueue
 from eventjobs.core.events import CURRENT_SCHEMA_VERSION, EVENT_TYPES, EnqueuedEvent
@@ -67,7 +67,7 @@ def problems(check: Draft202012Validator, value: Any) -> list[str]:
 
 def test_the_committed_schema_is_what_the_models_generate() -> None:
     assert stale_files(FOLDER) == [], (
-        "docs/schema is stale: run `python -m eventjobs.core.schemagen` and commit docs/schema/"
+        "docs/schema is stale: run `python -m eventjobs.contract.schemagen` and commit docs/schema/"
     )
 
 
@@ -84,7 +84,7 @@ def test_the_generator_runs_as_a_module_and_writes_the_current_version(tmp_path:
     (tmp_path / "v1" / "events" / "gone.json").write_text("{}")  # a type that no longer exists
     (tmp_path / "v0").mkdir()
     (tmp_path / "v0" / "event.json").write_text("{}")  # an earlier version stays as it is
-    subprocess.run([sys.executable, "-m", "eventjobs.core.schemagen", str(tmp_path)], check=True, cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "eventjobs.contract.schemagen", str(tmp_path)], check=True, cwd=ROOT,
                    capture_output=True)
     assert stale_files(tmp_path / schemagen.version_folder()) == []
     assert (tmp_path / "v0" / "event.json").read_text() == "{}"

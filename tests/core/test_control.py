@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eventjobs.core.refused import Refused
 from eventjobs.core.control import (
     CANCELLABLE_STATUSES,
     GONE_AFTER_HEARTBEATS,
     QueueControl,
     QueueStatus,
-    RefusedControlRecord,
     WorkerAnnouncement,
     admit_queue_control,
     admit_worker,
@@ -78,7 +78,7 @@ def test_presence_is_alive_exactly_while_the_silence_is_within_three_heartbeats(
 )
 def test_a_bad_worker_record_is_refused_with_its_kind(key: bytes | None, value: bytes, kind: str) -> None:
     refused = admit_worker(key, value)
-    assert isinstance(refused, RefusedControlRecord) and refused.kind == kind and refused.reason
+    assert isinstance(refused, Refused) and refused.kind == kind and refused.reason
 
 
 def test_a_tombstone_removes_a_worker_or_a_queue_record() -> None:
@@ -90,7 +90,7 @@ def test_a_tombstone_removes_a_worker_or_a_queue_record() -> None:
 def test_admission_never_raises_whatever_the_bytes(key: bytes | None, value: bytes | None) -> None:
     for admit in (admit_worker, admit_queue_control):
         result = admit(key, value)
-        assert isinstance(result, (RefusedControlRecord, tuple))
+        assert isinstance(result, (Refused, tuple))
 
 
 @given(queue=queue_names, paused=st.booleans(), reason=st.text(max_size=50))

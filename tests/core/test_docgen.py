@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from eventjobs.core.docgen import render_events_md
+from eventjobs.contract.docgen import render_events_md
 from eventjobs.core.events import EVENT_TYPES
 from eventjobs.core.state import TRANSITIONS, JobStatus
 
@@ -16,11 +16,11 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 
 def test_docs_events_md_is_up_to_date() -> None:
     expected = render_events_md()
-    assert DOC.read_text() == expected, "docs/events.md is stale: run `python -m eventjobs.core.docgen > docs/events.md`"
+    assert DOC.read_text() == expected, "docs/events.md is stale: run `python -m eventjobs.contract.docgen > docs/events.md`"
 
 
 def test_the_generator_runs_as_a_module() -> None:
-    out = subprocess.run([sys.executable, "-m", "eventjobs.core.docgen"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "eventjobs.contract.docgen"], capture_output=True, text=True, check=True).stdout
     assert out == render_events_md()
 
 

@@ -392,7 +392,7 @@ def copy_positions_end(log: list[JobEvent], i: int) -> int:
     """The last position (exclusive bound + 1) a copy of ``log[i]`` may be delivered again at.
 
     Anywhere later, but for one case: a request that reached its job before that job was enqueued
-    (a producer that skips ``App.check_dependencies`` named a job it enqueues later) was answered
+    (a producer that skips ``App.enqueue``'s dependency check named a job it enqueues later) was answered
     ``missing`` there, and the lane keeps no state for a job it does not hold; a copy arriving
     after the enqueue would be recorded as a new dependent (and answered once more with the same
     id, which the dependent takes as a duplicate). So such a copy stays before that enqueue.

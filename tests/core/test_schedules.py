@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import eventjobs
+from eventjobs.core.refused import Refused
 from eventjobs.core.clock import from_epoch_ms
 from eventjobs.core.ids import job_id_for_key
 from eventjobs.core.limits import MAX_CATCH_UP_TICKS, SCHEDULE_HORIZON_DAYS, SCHEDULE_LATE_AFTER_S
@@ -22,7 +23,6 @@ from eventjobs.core.schedules import (
     ORPHAN_REASON,
     SCHEDULE_EVENT_TYPES,
     InvalidSchedule,
-    RefusedScheduleRecord,
     ScheduleDefinition,
     ScheduleNotComputable,
     ScheduleState,
@@ -113,7 +113,7 @@ def test_a_stored_rule_that_cannot_be_computed_raises_one_error_and_is_shown_set
     and its ticks raise `ScheduleNotComputable`, never croniter's or datetime's own error."""
     key, value = stored_definition(name, T0, **UNCOMPUTABLE_RULES[name])  # type: ignore[arg-type]
     event = admit_schedule_record(key, value)
-    assert not isinstance(event, RefusedScheduleRecord), event
+    assert not isinstance(event, Refused), event
     state = apply_schedule(None, event)
     definition = state.definition
     assert definition is not None
@@ -299,7 +299,7 @@ def test_unusable_records_are_refused_with_a_kind() -> None:
         admit_schedule_record(None, encode_schedule_event(created)),
         admit_schedule_record(b"s1", encode_schedule_event(created).replace(b'"every_ms":60000', b'"every_ms":5')),
     ]
-    assert all(isinstance(r, RefusedScheduleRecord) for r in refused), refused
+    assert all(isinstance(r, Refused) for r in refused), refused
     assert [r.kind for r in refused] == ["not a schedule event", "not a schedule event", "key is not the record's",
                                          "key is not the record's", "not a schedule event"]
     assert admit_schedule_record(b"s1", None) is None

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from eventjobs.core.refused import Refused
 from eventjobs.core.codec import admit, encode
 from eventjobs.core.commands import (
     attempt_started_event,
@@ -296,18 +297,18 @@ def test_progress_message_is_truncated_to_the_event_schema() -> None:
 def test_admit_refuses_an_enqueued_event_over_the_args_budget() -> None:
     event = enqueue("big", {"blob": "x" * 500_000}, now=T0, actor="other-producer")
     value = encode(event)
-    reason = admit(value, event.job_id.encode())
-    assert isinstance(reason, str)
-    assert reason.startswith(f"enqueued event is {len(value):,} bytes, over the limit of 344,064 for args")
+    refused = admit(value, event.job_id.encode())
+    assert isinstance(refused, Refused)
+    assert refused.reason.startswith(f"enqueued event is {len(value):,} bytes, over the limit of 344,064 for args")
     small = encode(enqueue("small", {"blob": "x" * 300_000}, now=T0, actor="other-producer"))
-    assert not isinstance(admit(small, None), str)
+    assert not isinstance(admit(small, None), Refused)
 
 
 def test_admit_refuses_a_result_over_its_budget() -> None:
     event = outcome_event({"blob": "r" * 500_000}, job_id="job-1", attempt=0, retry_on=(), occurred_at=T0,
                           actor="w", max_event_bytes=4 * DEFAULT_MAX_EVENT_BYTES)  # a worker configured larger
-    reason = admit(encode(event), b"job-1")
-    assert isinstance(reason, str) and "result is 500,011 bytes, over the limit of 344,064" in reason
+    refused = admit(encode(event), b"job-1")
+    assert isinstance(refused, Refused) and "result is 500,011 bytes, over the limit of 344,064" in refused.reason
 
 
 def test_admit_truncates_error_texts_another_writer_did_not() -> None:

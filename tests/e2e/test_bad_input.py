@@ -121,7 +121,7 @@ async def test_malformed_event_on_the_log_is_quarantined_and_the_rest_goes_on(ru
     await sender.start()
     try:
         await sender.send_and_wait(f"{settings.namespace}.events", b'{"type": "enqueued", "job_id": 42', key=b"junk")
-        good = runtime.app.build_enqueue("add", {"a": 20, "b": 22})
+        good = runtime.app._build_enqueue("add", {"a": 20, "b": 22})
         await sender.send_and_wait(f"{settings.namespace}.events", encode(good), key=good.job_id.encode())
     finally:
         await sender.stop()

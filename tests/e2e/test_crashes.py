@@ -67,11 +67,11 @@ async def test_processor_killed_under_load_resumes_to_the_same_state(app: App, t
     processes.append(first)
     worker = spawn(["worker", "--app", APP, "--concurrency", "20"], settings, tmp_path / "w.log")
     processes.append(worker)
-    events = [app.build_enqueue("add", {"a": i, "b": 1}) for i in range(1500)]
-    events += [app.build_enqueue("flaky", {"fail_times": 1}, backoff=ConstantBackoff(delay_s=0.2)) for _ in range(100)]
+    events = [app._build_enqueue("add", {"a": i, "b": 1}) for i in range(1500)]
+    events += [app._build_enqueue("flaky", {"fail_times": 1}, backoff=ConstantBackoff(delay_s=0.2)) for _ in range(100)]
     job_ids = [e.job_id for e in events]
     for start in range(0, len(events), 100):
-        await app.append(events[start:start + 100])
+        await app.writer.append(events[start:start + 100])
         if start == 800:
             await asyncio.sleep(0.5)
             os.kill(first.pid, signal.SIGKILL)  # mid-stream, with transactions in flight
@@ -96,16 +96,16 @@ async def test_paused_processor_is_fenced_when_it_wakes_up(app: App, tmp_path: P
     await app.wait(warm, timeout=60)
 
     os.kill(zombie.pid, signal.SIGSTOP)  # stalls with its partitions
-    batch = [app.build_enqueue("add", {"a": i, "b": 2}) for i in range(200)]
-    await app.append(batch)
+    batch = [app._build_enqueue("add", {"a": i, "b": 2}) for i in range(200)]
+    await app.writer.append(batch)
     successor = spawn(["processor", "--app", APP], settings, tmp_path / "successor.log")
     processes.append(successor)
     for event in batch:  # the successor takes over after the zombie's session times out (10 s)
         assert (await app.wait(event.job_id, timeout=90)).status is JobStatus.COMPLETED
 
     os.kill(zombie.pid, signal.SIGCONT)  # wakes up believing it still owns its partitions
-    more = [app.build_enqueue("add", {"a": i, "b": 3}) for i in range(100)]
-    await app.append(more)
+    more = [app._build_enqueue("add", {"a": i, "b": 3}) for i in range(100)]
+    await app.writer.append(more)
     for event in more:
         assert (await app.wait(event.job_id, timeout=90)).status is JobStatus.COMPLETED
     await asyncio.sleep(3)
@@ -147,9 +147,9 @@ async def test_timers_survive_a_processor_kill_and_fire_once_in_effect(app: App,
     processes.append(first)
     processes.append(spawn(["worker", "--app", APP, "--concurrency", "20"], settings, tmp_path / "w.log"))
     base = datetime.now(timezone.utc) + timedelta(seconds=2)
-    events = [app.build_enqueue("add", {"a": i, "b": 0}, run_at=base + timedelta(milliseconds=20 * i))
+    events = [app._build_enqueue("add", {"a": i, "b": 0}, run_at=base + timedelta(milliseconds=20 * i))
               for i in range(200)]
-    await app.append(events)
+    await app.writer.append(events)
     await asyncio.sleep(3.5)  # about half of the timers have fired
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=10)

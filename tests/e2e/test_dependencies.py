@@ -235,8 +235,8 @@ async def test_an_unknown_dependency_is_refused_at_enqueue(wf_runtime: Runtime) 
 async def test_a_missing_dependency_that_slips_through_cancels_the_dependent(wf_runtime: Runtime) -> None:
     # A producer that skips the check (here: the event built and appended directly)
     app = wf_runtime.app
-    event = app.build_enqueue("step", {"name": "orphan"}, depends_on=["never-enqueued"])
-    await app.append([event])
+    event = app._build_enqueue("step", {"name": "orphan"}, depends_on=["never-enqueued"])
+    await app.writer.append([event])
     state = await app.wait(event.job_id, timeout=30)
     assert state.status is JobStatus.CANCELLED
     assert state.reason is not None and state.reason.startswith("dependency never-enqueued does not exist")

@@ -29,7 +29,7 @@ async def test_readme_example(settings: Settings) -> None:
     await runtime.start_worker(queues=["emails"])
     try:
         await namespace["main"]()  # enqueues with a 10 s delay and waits for the result
-        job_id = app.build_enqueue("send_receipt", {"order": 42}, idempotency_key="order-42").job_id
+        job_id = app._build_enqueue("send_receipt", {"order": 42}, idempotency_key="order-42").job_id
         state = await app.wait(job_id, timeout=5)
         assert state.status is JobStatus.COMPLETED and state.result == {"sent": True}
     finally:

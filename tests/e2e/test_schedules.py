@@ -60,7 +60,7 @@ async def wait_until(predicate: Any, timeout: float, what: str) -> None:
 
 
 def start_service(runtime: Runtime, app: App | None = None) -> ScheduleService:
-    service = ScheduleService(runtime.app.settings, app=app)
+    service = ScheduleService(runtime.app.settings, jobs=app.jobs if app else None, writer=app.writer if app else None)
     runtime.tasks.append(asyncio.create_task(service.run(runtime.stop)))
     return service
 
@@ -176,7 +176,7 @@ async def test_bad_records_are_skipped_and_declared_schedules_are_synced(runtime
         return None
 
     try:
-        await ScheduleService(settings, app=later).write_declared()  # what the next start does first
+        await ScheduleService(settings, jobs=later.jobs, writer=later.writer).write_declared()  # what the next start does first
     finally:
         await later.close()
     assert {s.schedule_id for s in await app.schedules()} == {"job:tick"}
@@ -229,7 +229,7 @@ async def test_the_schedules_projection_shows_next_and_last_tick(app: App, click
     settings = app.settings
     await app.schedule("add", {"a": 1, "b": 1}, every="1h", schedule_id="hourly")
     tick = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
-    await app.append_schedule_records([schedule_fired_event("hourly", tick, "job-12h", now=tick, actor="test")])
+    await app.writer.append_schedule_records([schedule_fired_event("hourly", tick, "job-12h", now=tick, actor="test")])
     await app.schedule("add", {"a": 2, "b": 2}, cron="0 3 * * *", schedule_id="nightly")
     await app.pause_schedule("nightly")
     await app.schedule("add", {}, every="1m", schedule_id="gone")
@@ -343,7 +343,7 @@ async def test_a_tick_enqueued_but_not_recorded_fires_again_and_is_refused(runti
     state = await app._schedule_state("crashy")
     assert state is not None and state.definition is not None
     first = tick_job(state.definition, tick, now=clock.now())
-    await app.append([first])  # a service enqueued the tick's job and died before its `fired` record
+    await app.writer.append([first])  # a service enqueued the tick's job and died before its `fired` record
 
     service = ScheduleService(settings, clock=clock)
     runtime.tasks.append(asyncio.create_task(service.run(runtime.stop)))
@@ -467,22 +467,22 @@ async def test_concurrent_first_writes_to_the_schedules_topic_check_it_once(app:
     """The schedule service fires up to 200 ticks at once; each first write checked that the topic
     exists with its own admin connection, all on the loop at once (the longest stall left after a
     load of 100,000 schedules)."""
-    import eventjobs.app as app_module
+    import eventjobs.log.writer as writer_module
     from eventjobs.core.schedules import schedule_fired_event
 
     checks = 0
-    check_topics = app_module.ensure_single_topics
+    check_topics = writer_module.ensure_single_topics
 
     async def counted(settings: Settings, keys: list[str]) -> list[str]:
         nonlocal checks
         checks += 1
         return await check_topics(settings, keys)
 
-    monkeypatch.setattr(app_module, "ensure_single_topics", counted)
+    monkeypatch.setattr(writer_module, "ensure_single_topics", counted)
     fresh = App(app.settings.namespace, settings=app.settings)
     now = fresh.clock.now()
     try:
-        await asyncio.gather(*(fresh.append_schedule_records([schedule_fired_event(f"s{n}", now, f"job-{n}", now=now,
+        await asyncio.gather(*(fresh.writer.append_schedule_records([schedule_fired_event(f"s{n}", now, f"job-{n}", now=now,
                                                                                     actor="test")])
                                for n in range(50)))
     finally:

@@ -29,7 +29,7 @@ async def test_the_schedules_example(settings: Settings) -> None:
     app: App = namespace["app"]
     runtime = Runtime(app)
     runtime.start_processor()
-    service = ScheduleService(settings, app=app)  # as `eventjobs processor --app` runs it
+    service = ScheduleService(settings, jobs=app.jobs, writer=app.writer)  # as `eventjobs processor --app` runs it
     runtime.tasks.append(asyncio.create_task(service.run(runtime.stop)))
     try:
         schedule_id, job_id = await namespace["main"]()

@@ -86,9 +86,9 @@ async def test_cancel_running_job_stops_at_its_next_heartbeat(runtime: Runtime) 
 async def test_priority_order_under_a_backlog_of_low_jobs(runtime: Runtime) -> None:
     app = runtime.app
     STARTED.clear()
-    low = [app.build_enqueue("mark_start", {"tag": "low"}, priority="low") for _ in range(10_000)]
+    low = [app._build_enqueue("mark_start", {"tag": "low"}, priority="low") for _ in range(10_000)]
     for chunk in range(0, len(low), 2000):
-        await app.append(low[chunk:chunk + 2000])
+        await app.writer.append(low[chunk:chunk + 2000])
     await asyncio.sleep(3)  # the processor publishes the backlog to the low ready topic
     critical = [await app.enqueue("mark_start", {"tag": "critical"}, priority="critical") for _ in range(5)]
     await asyncio.sleep(1)

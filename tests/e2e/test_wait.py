@@ -23,8 +23,8 @@ TINY_CACHE_JOBS = 3
 async def test_many_concurrent_first_waits_all_return(runtime: Runtime) -> None:
     app = runtime.app
     await runtime.start_worker(concurrency=50)
-    events = [app.build_enqueue("add", {"a": n, "b": 1}) for n in range(CONCURRENT_WAITS)]
-    await app.append(events)
+    events = [app._build_enqueue("add", {"a": n, "b": 1}) for n in range(CONCURRENT_WAITS)]
+    await app.writer.append(events)
     assert app._watcher is None  # the gather below is the first use of App.wait
 
     states = await asyncio.wait_for(asyncio.gather(*[app.wait(e.job_id, timeout=45) for e in events]), 50)
@@ -45,8 +45,8 @@ async def test_wait_answers_a_job_whose_state_left_the_cache(settings: Settings)
     try:
         first = await app.enqueue("add", {"a": 1, "b": 2})
         assert (await app.wait(first, timeout=30)).result == {"sum": 3}
-        later = [app.build_enqueue("add", {"a": n, "b": 0}) for n in range(30)]
-        await app.append(later)
+        later = [app._build_enqueue("add", {"a": n, "b": 0}) for n in range(30)]
+        await app.writer.append(later)
         await asyncio.gather(*[app.wait(e.job_id, timeout=30) for e in later])
         assert first not in app._watcher.raw and len(app._watcher.raw) <= TINY_CACHE_JOBS  # type: ignore[union-attr]
 
@@ -80,18 +80,18 @@ async def test_producers_are_stopped_with_their_event_loop(app: App) -> None:
     def enqueue_on_a_loop_of_its_own() -> AIOKafkaProducer:
         async def enqueue() -> AIOKafkaProducer:
             await app.enqueue("add", {"a": 1, "b": 1})
-            return app._producers[asyncio.get_running_loop()].started.result()
+            return app.writer._producers[asyncio.get_running_loop()].started.result()
 
         return asyncio.run(enqueue())
 
     senders = [await asyncio.to_thread(enqueue_on_a_loop_of_its_own) for _ in range(3)]
     assert all(sender._closed for sender in senders)  # asyncio.run's shutdown stopped each
-    assert not app._producers
+    assert not app.writer._producers
 
     await asyncio.gather(*[app.enqueue("add", {"a": n, "b": 1}) for n in range(50)])  # concurrent first sends
-    app.run_sync(app.enqueue("add", {"a": 2, "b": 2}))
-    assert len(app._producers) == 2  # this loop's and the private loop's of run_sync
-    live = [held.started.result() for held in app._producers.values()]
+    app._run_sync(app.enqueue("add", {"a": 2, "b": 2}))
+    assert len(app.writer._producers) == 2  # this loop's and the private loop's of _run_sync
+    live = [held.started.result() for held in app.writer._producers.values()]
 
     await app.close()
-    assert all(sender._closed for sender in live) and not app._producers
+    assert all(sender._closed for sender in live) and not app.writer._producers

@@ -16,7 +16,7 @@ producer looked up its coordinator killed that producer for good, the commit fai
 processor exited with "commit of partition N failed". `eventjobs/kafka/clients.py` retries that
 lookup; `test_a_connection_lost_while_looking_up_a_coordinator_is_retried` pins the fix.
 
-An enqueue is acknowledged when `App.append` returns; one that times out during the outage is
+An enqueue is acknowledged when the app's `LogWriter.append` returns; one that times out during the outage is
 not counted (it may still land later, and is then processed like any other job).
 """
 
@@ -131,10 +131,10 @@ async def test_broker_restart_mid_load_loses_no_acknowledged_enqueue_and_service
             i = 0
             while enqueuing.is_set():
                 fails = 1 if i % 10 == 0 else 0  # every tenth job fails once and is retried
-                event = app.build_enqueue("work", {"i": i, "fail_times": fails})
+                event = app._build_enqueue("work", {"i": i, "fail_times": fails})
                 i += 1
                 try:
-                    await asyncio.wait_for(app.append([event]), 3)
+                    await asyncio.wait_for(app.writer.append([event]), 3)
                     acknowledged[event.job_id] = Expected(JobStatus.COMPLETED, fails)
                 except Exception:  # noqa: BLE001 - a timeout or a send error: not acknowledged
                     refused += 1

@@ -226,10 +226,10 @@ async def test_a_broker_killed_under_load_loses_no_job_and_catches_up(
             i = lane
             while enqueuing.is_set():
                 fails = 1 if i % 10 == 0 else 0
-                event = app.build_enqueue("work", {"i": i, "fail_times": fails})
+                event = app._build_enqueue("work", {"i": i, "fail_times": fails})
                 i += ENQUEUERS
                 try:
-                    await asyncio.wait_for(app.append([event]), 5)
+                    await asyncio.wait_for(app.writer.append([event]), 5)
                     acknowledged[event.job_id] = Expected(JobStatus.COMPLETED, fails)
                     acked_at.append(time.monotonic())
                 except Exception:  # noqa: BLE001 - a timeout or a send error: not acknowledged

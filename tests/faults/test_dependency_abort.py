@@ -45,10 +45,10 @@ async def test_an_aborted_dependency_answer_leaves_the_changelog_equal_to_the_co
 
     count = len(await partitions_of(app.settings, f"{app.settings.namespace}.events"))
     dependency = await app.enqueue("add", {"a": 1, "b": 2}, delay=2)
-    enqueued = app.build_enqueue("add", {"a": 3, "b": 4}, depends_on=[dependency])
+    enqueued = app._build_enqueue("add", {"a": 3, "b": 4}, depends_on=[dependency])
     while job_partition(enqueued.job_id, count) == job_partition(dependency, count):  # another lane answers it
-        enqueued = app.build_enqueue("add", {"a": 3, "b": 4}, depends_on=[dependency])
-    await app.append([enqueued])
+        enqueued = app._build_enqueue("add", {"a": 3, "b": 4}, depends_on=[dependency])
+    await app.writer.append([enqueued])
     waiter = enqueued.job_id
 
     # the waiting job ran on the answer that the dependency's lane then aborted

@@ -26,11 +26,12 @@ import orjson
 import pytest
 
 from eventjobs import App
+from eventjobs.core.refused import Refused
 from eventjobs.core.records import TimerRecord
 from eventjobs.core.state import JobStatus
-from eventjobs.core.timer_index import MAX_ATTEMPT, RefusedTimer, admit_timer
+from eventjobs.core.timer_index import MAX_ATTEMPT, admit_timer
 from eventjobs.kafka.clients import partitions_of, producer, read_to_end
-from eventjobs.runtime.bad_records import BadRecords
+from eventjobs.log.bad_records import BadRecords
 from tests.e2e.conftest import job_events, spawn
 from tests.unit.test_timer_service import T0, service_owning, timer
 
@@ -65,7 +66,7 @@ def _record(job_id: str = "j", kind: str = "lease", attempt: int = 0, due_at: da
 )
 def test_a_timer_record_nobody_can_use_is_refused_with_its_kind(key: bytes, value: bytes, kind: str) -> None:
     refused = admit_timer(key, value)
-    assert isinstance(refused, RefusedTimer) and refused.kind == kind, refused
+    assert isinstance(refused, Refused) and refused.kind == kind, refused
     assert refused.reason and "\n" not in refused.reason
 
 

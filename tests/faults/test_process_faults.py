@@ -168,10 +168,10 @@ def mixed_load(app: App, count: int, seed: int, start: int = 0) -> tuple[list[Jo
             options["run_at"] = now + timedelta(seconds=rng.uniform(0.5, 2.0))
         if rng.random() < 0.03:
             options["idempotency_key"] = f"order-{seed}-{i}"
-        event = app.build_enqueue("work", args, **options)
+        event = app._build_enqueue("work", args, **options)
         events.append(event)
         if "idempotency_key" in options:  # the same job enqueued again: refused by the processor
-            events.append(app.build_enqueue("work", {**args, "again": True}, **options))
+            events.append(app._build_enqueue("work", {**args, "again": True}, **options))
         expected[event.job_id] = outcome
     return events, expected
 
@@ -374,7 +374,7 @@ class Load:
 
     async def _run(self) -> None:
         for start in range(0, len(self.events), self.chunk):
-            await self.app.append(self.events[start:start + self.chunk])
+            await self.app.writer.append(self.events[start:start + self.chunk])
             self.acknowledged = min(len(self.events), start + self.chunk)
             await asyncio.sleep(self.pause_s)
 

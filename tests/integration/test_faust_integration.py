@@ -112,7 +112,7 @@ async def test_faust_agents_enqueue_and_react_to_completions(
         )))
         fake_completed["attempt"] = "0"  # a lax reader would accept this; the strict codec does not
         await sender.send_and_wait(events_topic, json.dumps(fake_completed).encode(), key=b"fake-job")
-        misplaced = ej_app.build_enqueue("add", {"a": 0, "b": 0})
+        misplaced = ej_app._build_enqueue("add", {"a": 0, "b": 0})
         await sender.send_and_wait(events_topic, encode(misplaced), key=b"wrong-key")
     finally:
         await sender.stop()
@@ -235,7 +235,7 @@ def test_job_event_record_covers_the_catalogue_and_round_trips() -> None:
     fields = set().union(*(model.model_fields for model in EVENT_TYPES.values()))
     assert fields <= set(JobEventRecord._options.fields)
     app = build_app("tfaustrecord")
-    event = app.build_enqueue("add", {"a": 1, "b": 2}, idempotency_key="k", priority="high")
+    event = app._build_enqueue("add", {"a": 1, "b": 2}, idempotency_key="k", priority="high")
     record = JobEventRecord.from_data(decode(encode(event)))
     assert record.to_event() == event
     assert decode(record.dumps()) == event

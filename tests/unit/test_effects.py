@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventjobs.core.refused import Refused
 from eventjobs.testing import commands
 from eventjobs.core.clock import add_seconds
 from eventjobs.core.events import (
@@ -50,7 +51,7 @@ from eventjobs.core.housekeeping import (
     housekeeping_timer,
 )
 from eventjobs.core.records import DeadLetterRecord, ReadyRecord, TimerRecord, timer_key
-from eventjobs.core.timer_index import RefusedTimer, admit_timer
+from eventjobs.core.timer_index import admit_timer
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 S = JobStatus
@@ -1097,7 +1098,7 @@ def test_the_timer_service_still_fires_an_old_republish_timer_record_as_the_due_
     broken = old.encode().replace(b',"sequence":0', b"")
     assert broken != old.encode()
     refused = admit_timer(old.key, broken)
-    assert isinstance(refused, RefusedTimer) and refused.kind == "wrong fields"
+    assert isinstance(refused, Refused) and refused.kind == "wrong fields"
 
 
 def test_timer_records_built_without_validation_equal_and_encode_like_validated_ones() -> None:

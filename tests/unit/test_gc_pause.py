@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from eventjobs.core.gc_pause import LoadPause, collector_paused
+from eventjobs.runtime.gc_pause import LoadPause, collector_paused
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,7 @@ def test_services_run_with_the_collector_tuned() -> None:
             "    print(gc.get_threshold(), gc.get_freeze_count() > 1000)\n"
             "run_until_signalled(main)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
-    from eventjobs.core.gc_pause import SERVICE_THRESHOLDS
+    from eventjobs.runtime.gc_pause import SERVICE_THRESHOLDS
     assert out.strip() == f"{SERVICE_THRESHOLDS} True"
     assert SERVICE_THRESHOLDS[0] > 700  # not CPython's default
 

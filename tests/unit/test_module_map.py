@@ -85,3 +85,89 @@ def test_the_core_imports_nothing_outside_it() -> None:
         for path in (PACKAGE / "core").rglob("*.py")
     }
     assert not {path: units for path, units in outside.items() if units}
+
+
+def _module_of(path: Path) -> str:
+    """`eventjobs.core.fold` for eventjobs/core/fold.py, `eventjobs.core` for its `__init__`."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the modules of the package it imports, wherever the import stands: at the top, in a
+    function (a lazy import runs at some point, and then the circle is there), under TYPE_CHECKING.
+    `from eventjobs.core import fold` imports `eventjobs.core.fold` (a module) or `eventjobs.core`
+    (a name defined there)."""
+    modules = {_module_of(path): path for path in PACKAGE.rglob("*.py")}
+
+    def known(name: str) -> str:
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] == "eventjobs":
+                    imported |= {known(f"{node.module}.{alias.name}") for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {known(alias.name) for alias in node.names if alias.name.split(".")[0] == "eventjobs"}
+        graph[module] = imported - {module}
+    return graph
+
+
+def _a_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of imports in `graph` (its first node repeated at the end), or None."""
+    done: set[str] = set()
+    path: list[str] = []
+    on_path: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        path.append(node)
+        on_path.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in on_path:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in done and (found := visit(nxt)) is not None:
+                return found
+        path.pop()
+        on_path.discard(node)
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if start not in done and (found := visit(start)) is not None:
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_circle_and_only_a_circle() -> None:
+    assert _a_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _a_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """No circle of imports between modules, lazy ones included: each module can be read and
+    tested on top of the ones it imports."""
+    cycle = _a_cycle(_import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_package_imports_itself_through_others() -> None:
+    """No circle between the rows of the module map either (`eventjobs`: the public API): the
+    packages stack, so none needs another that needs it."""
+    units: dict[str, set[str]] = {}
+    for module, imported in _import_graph().items():
+        unit = _package_unit(module)
+        units.setdefault(unit, set()).update(_package_unit(other) for other in imported)
+    cycle = _a_cycle({unit: imported - {unit} for unit, imported in units.items()})
+    assert cycle is None, "package cycle: " + " -> ".join(cycle)
+
+
+def _package_unit(module: str) -> str:
+    """The module map's row of a module: `core` for eventjobs.core.fold, `app` for eventjobs.app,
+    `eventjobs` for the package's own `__init__`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "eventjobs"

@@ -22,10 +22,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from eventjobs.core.ids import created_ms
 from eventjobs.core.state import JobState, StateDecodeError, decode_state
 from eventjobs.kafka.clients import consumer, job_partition, partitions_of, read_to_end
-from eventjobs.runtime.bad_records import BadRecords, describe_key, origin
+from eventjobs.log.bad_records import BadRecords, describe_key, origin
 from eventjobs.settings import Settings
 
-log = logging.getLogger("eventjobs.runtime.state_watch")
+log = logging.getLogger("eventjobs.log.state_watch")
 
 FETCH_MAX_WAIT_MS = 500  # how long the broker holds a fetch of the tail open when nothing is new
 POLL_TIMEOUT_MS = 200
