@@ -40,7 +40,6 @@ from typing import Any, Literal
 import orjson
 
 from eventjobs.clickhouse.backend import Backend
-from eventjobs.core.codec import decode as decode_event
 from eventjobs.core.durations import parse_duration
 from eventjobs.readside.queries import (
     MAX_CHILDREN_LISTED,
@@ -51,9 +50,10 @@ from eventjobs.readside.queries import (
     QueryArgumentError,
     StatsRow,
     _stats_row,
+    job_filters,
     utc,
 )
-from eventjobs.readside.rows import JOB_COLUMNS, ProjectedJob, job_row, project_event
+from eventjobs.readside.rows import JOB_COLUMNS, ProjectedJob, fold_stored, job_row
 
 __all__ = [
     "AsOf",
@@ -200,15 +200,7 @@ def _fold_jobs(backend: Backend, as_of: AsOf, job_ids: list[str]) -> dict[str, P
     rows, params = _prefix(as_of, job_ids)
     result = backend.query(f"SELECT job_id, payload, log_partition, log_offset, outcome FROM {rows} "
                            "ORDER BY log_partition, log_offset", params)
-    jobs: dict[str, ProjectedJob] = {}
-    for job_id, payload, partition, offset, outcome in result.rows:
-        if outcome == "malformed":
-            continue
-        data = payload.encode()
-        projected = project_event(jobs.get(job_id), decode_event(data), data, int(partition), int(offset))
-        if projected.job is not None:
-            jobs[job_id] = projected.job
-    return jobs
+    return fold_stored(result.rows)
 
 
 def _summary(job: ProjectedJob) -> JobSummary:
@@ -223,25 +215,11 @@ def list_jobs_as_of(backend: Backend, as_of: AsOf, *, queue: str | None = None, 
                     until: datetime | None = None, offset: int = 0) -> list[JobSummary]:
     """`list_jobs` as of a moment: the jobs that existed then, newest enqueue first, with the state
     each had; filtered by queue, state then, job name and enqueue time."""
-    if status is not None and status not in STATUSES:
-        raise QueryArgumentError(f"unknown state {status!r} (allowed: {', '.join(STATUSES)})")
-    if limit < 1:
-        raise QueryArgumentError(f"limit must be at least 1, got {limit}")
-    if offset < 0:
-        raise QueryArgumentError(f"offset must be 0 or more, got {offset}")
+    where, filters = job_filters(queue=queue, status=status, name=name, since=since, until=until, limit=limit,
+                                 offset=offset)
     check_as_of(backend, as_of)
     jobs, params = _jobs_at(as_of)
-    where, params = ["1"], {**params, "limit": limit, "offset": offset}
-    for column, value in (("queue", queue), ("status", status), ("name", name)):
-        if value is not None:
-            where.append(f"{column} = {{{column}:String}}")
-            params[column] = value
-    if since is not None:
-        where.append("enqueued_at >= {since:DateTime64(3, 'UTC')}")
-        params["since"] = since
-    if until is not None:
-        where.append("enqueued_at < {until:DateTime64(3, 'UTC')}")
-        params["until"] = until
+    params = {**params, **filters}
     result = backend.query(f"SELECT job_id FROM {jobs} WHERE {' AND '.join(where)} "
                            "ORDER BY enqueued_at DESC, job_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}", params)
     ids = [row[0] for row in result.rows]

@@ -254,12 +254,10 @@ def to_json(value: Any) -> bytes:
                         orjson.OPT_NON_STR_KEYS)
 
 
-def list_jobs(backend: Backend, *, queue: str | None = None, status: str | None = None, name: str | None = None,
-              since: datetime | None = None, limit: int = 50, until: datetime | None = None,
-              args_contain: str | None = None, offset: int = 0) -> list[JobSummary]:
-    """Jobs, newest first, filtered by queue, status (state), job name, enqueue time (`since`
-    inclusive, `until` exclusive) and a text the args' JSON contains; `offset` skips that many
-    (pages)."""
+def job_filters(*, queue: str | None, status: str | None, name: str | None, since: datetime | None,
+                until: datetime | None, limit: int, offset: int) -> tuple[list[str], dict[str, Any]]:
+    """The WHERE terms and parameters of a jobs listing (queue, state, name, enqueue time; `since`
+    inclusive, `until` exclusive) and its page, each checked: the live listing and the as-of one."""
     if status is not None and status not in STATUSES:
         raise QueryArgumentError(f"unknown state {status!r} (allowed: {', '.join(STATUSES)})")
     if limit < 1:
@@ -278,6 +276,17 @@ def list_jobs(backend: Backend, *, queue: str | None = None, status: str | None 
     if until is not None:
         where.append("enqueued_at < {until:DateTime64(3, 'UTC')}")
         params["until"] = until
+    return where, params
+
+
+def list_jobs(backend: Backend, *, queue: str | None = None, status: str | None = None, name: str | None = None,
+              since: datetime | None = None, limit: int = 50, until: datetime | None = None,
+              args_contain: str | None = None, offset: int = 0) -> list[JobSummary]:
+    """Jobs, newest first, filtered by queue, status (state), job name, enqueue time (`since`
+    inclusive, `until` exclusive) and a text the args' JSON contains; `offset` skips that many
+    (pages)."""
+    where, params = job_filters(queue=queue, status=status, name=name, since=since, until=until, limit=limit,
+                                offset=offset)
     if args_contain:
         where.append("position(args, {args_contain:String}) > 0")
         params["args_contain"] = args_contain

@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from eventjobs.clickhouse.backend import Backend, qualified, quote_identifier
 from eventjobs.clickhouse.errors import ClickHouseError
@@ -184,8 +183,7 @@ def _copy_prefix(backend: Backend, live_db: str, scratch: str, start: dict[int, 
     the others are folded again from their earlier event rows, so the projector resumes them
     exactly where the live projector stood at that offset.
     """
-    from eventjobs.core.codec import decode as decode_event
-    from eventjobs.readside.rows import JOB_COLUMNS, columns_of, job_row, project_event
+    from eventjobs.readside.rows import JOB_COLUMNS, columns_of, fold_stored, job_row
 
     before = " OR ".join(f"(log_partition = {int(p)} AND log_offset < {int(o)})" for p, o in start.items()) or "0"
     backend.command(f"INSERT INTO {qualified(scratch, 'job_events')} SELECT * FROM {qualified(live_db, 'job_events')} "
@@ -205,14 +203,7 @@ def _copy_prefix(backend: Backend, live_db: str, scratch: str, start: dict[int, 
             f"SELECT job_id, payload, log_partition, log_offset, outcome FROM {qualified(scratch, 'job_events')} "
             f"WHERE job_id IN (SELECT job_id FROM {qualified(live_db, 'jobs')} FINAL WHERE {after}) "
             f"AND cityHash64(job_id) % {buckets} = {bucket} ORDER BY log_partition, log_offset", database="")
-        jobs: dict[str, Any] = {}
-        for job_id, payload, partition, offset, outcome in result.rows:
-            if outcome == "malformed":
-                continue
-            data = payload.encode()
-            projected = project_event(jobs.get(job_id), decode_event(data), data, int(partition), int(offset))
-            if projected.job is not None:
-                jobs[job_id] = projected.job
+        jobs = fold_stored(result.rows)
         if jobs:
             rows = [job_row(job) for job in jobs.values()]
             backend.insert("jobs", JOB_COLUMNS, columns_of(rows, len(JOB_COLUMNS)), database=scratch)

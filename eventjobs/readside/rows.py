@@ -17,10 +17,12 @@ processor does: an ``enqueued`` with the same id (same idempotency key) creates 
 from __future__ import annotations
 
 from datetime import datetime, UTC
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import orjson
 
+from eventjobs.core.codec import decode as decode_event
 from eventjobs.core.events import DERIVED_TYPES, LINKED_TYPES, JobEvent
 from eventjobs.core.fold import Decision, apply
 from eventjobs.core.state import JobState, JobStatus, decode_state, encode_state
@@ -245,3 +247,17 @@ def columns_of(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     if not rows:
         return [[] for _ in range(width)]
     return [list(column) for column in zip(*rows, strict=True)]
+
+
+def fold_stored(rows: Iterable[Sequence[Any]]) -> dict[str, ProjectedJob]:
+    """Fold `job_events` rows `(job_id, payload, log_partition, log_offset, outcome)`, in log order,
+    with `project_event` (malformed ones skipped): the jobs they leave, as the projector left them."""
+    jobs: dict[str, ProjectedJob] = {}
+    for job_id, payload, partition, offset, outcome in rows:
+        if outcome == "malformed":
+            continue
+        data = payload.encode()
+        projected = project_event(jobs.get(job_id), decode_event(data), data, int(partition), int(offset))
+        if projected.job is not None:
+            jobs[job_id] = projected.job
+    return jobs
