@@ -99,7 +99,7 @@ async def test_a_bad_batch_id_or_callback_sends_nothing(wf_app: App) -> None:
 def _fail_the_second_send(app: App) -> None:
     """The app's second send fails as a broker timeout does (the first, the batch's jobs, goes
     through to the real broker): the failure between the two sends of a batch."""
-    real_send = app._send
+    real_send = app.writer.send
     sends = 0
 
     async def send(*args: Any) -> None:
@@ -109,7 +109,7 @@ def _fail_the_second_send(app: App) -> None:
             raise KafkaTimeoutError("no acknowledgement within the request timeout")
         await real_send(*args)
 
-    app._send = send  # type: ignore[method-assign]
+    app.writer.send = send  # type: ignore[method-assign]
 
 
 async def _assert_ran_once_with_its_callback(runtime: Runtime, batch: Batch) -> None:
@@ -160,16 +160,16 @@ async def test_a_batch_whose_callback_send_failed_completes_when_called_again(wf
 
 CRASH_BETWEEN_THE_SENDS = """
 import asyncio, json, os, sys
-from eventjobs.app import App
+from eventjobs.log.writer import LogWriter
 from tests.e2e.test_dependencies import build_workflow_app
 
-real_send = App._send
+real_send = LogWriter.send
 async def send(self, *args):
     if getattr(self, "sent_once", False):
         os._exit(9)  # dies after the batch's jobs were acknowledged, before the callback is sent
     await real_send(self, *args)
     self.sent_once = True
-App._send = send
+LogWriter.send = send
 
 app = build_workflow_app(sys.argv[1], kafka_bootstrap=sys.argv[2])
 asyncio.run(app.enqueue_batch(json.loads(sys.argv[4]), then=("summarize", {}), batch_id=sys.argv[3]))
