@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from eventjobs import App, Cancel, JobContext, Snooze, UnknownDependency
 from eventjobs.core.codec import decode
+from eventjobs.core.events import JobEvent
 from eventjobs.core.ids import job_id_for_key
 from eventjobs.kafka.clients import partitions_of, producer, read_to_end
 from eventjobs.core.options import NoBackoff
@@ -141,6 +142,17 @@ def keys_on_distinct_partitions(name: str, count: int, partitions: int = 6) -> l
     raise AssertionError("no keys found")
 
 
+async def events_with_completions(settings: Settings, jobs: set[str], timeout: float = 30) -> list[JobEvent]:
+    """The namespace's log once it holds a `completed` event for each of `jobs`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        events = await job_events(settings)
+        if jobs <= {e.job_id for e in events if e.type == "completed"}:
+            return events
+        assert asyncio.get_running_loop().time() < deadline, "a completion never reached the committed log"
+        await asyncio.sleep(0.2)
+
+
 async def test_a_diamond_runs_d_after_b_and_c_and_d_sees_both_results(
     wf_app: App, tmp_path: Path, processes: list[Any]
 ) -> None:
@@ -165,13 +177,21 @@ async def test_a_diamond_runs_d_after_b_and_c_and_d_sees_both_results(
     assert set(saw) == {b, c}
     assert saw[b] == {"name": "B", "saw": {a: {"name": "A", "saw": {}}}}
     assert saw[c]["name"] == "C" and set(saw[c]["saw"]) == {a}
-    # And D started only after B and C had completed
-    events = await job_events(settings)
-    completed = {e.job_id: e.occurred_at for e in events if e.type == "completed"}
+    # And D started only after B and C had succeeded, and only after both answers were in its log.
+    # (A lane's `completed` may be re-derived, with a later stamp, when a rebalance aborts the
+    # transaction that first carried it, so the order is read from the answers and the workers'
+    # `attempt_succeeded`; every `completed` is in the committed log in the end.)
+    events = await events_with_completions(settings, {a, b, c, d})
+    succeeded = {e.job_id: e.occurred_at for e in events if e.type == "attempt_succeeded"}
     d_started = [e.occurred_at for e in events if e.type == "attempt_started" and e.job_id == d]
-    assert len(d_started) == 1 and d_started[0] >= max(completed[b], completed[c])
+    assert len(d_started) == 1 and d_started[0] >= max(succeeded[b], succeeded[c])
     b_started = min(e.occurred_at for e in events if e.type == "attempt_started" and e.job_id == b)
-    assert b_started >= completed[a]
+    assert b_started >= succeeded[a]
+    for dependent, dependencies in ((b, {a}), (c, {a}), (d, {b, c})):
+        own = [e for e in events if e.job_id == dependent]  # one partition, so in log order
+        first_start = next(i for i, e in enumerate(own) if e.type == "attempt_started")
+        answered = {e.dependency_id for e in own[:first_start] if e.type == "dependency_resolved"}
+        assert answered == dependencies, (dependent, own)
     # The requests went to the dependencies' partitions, the answers to the dependents'
     requested = [e for e in events if e.type == "dependency_requested"]
     assert sorted((e.job_id, e.dependent_id) for e in requested) == sorted([(a, b), (a, c), (b, d), (c, d)])
