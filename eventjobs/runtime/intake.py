@@ -15,9 +15,6 @@ revocations and the committer, and by nothing that runs a job. The intake owns i
 * holds (a paused queue puts its buffered records back) and revocations (rebalances drop a
   partition's buffered records; tombstones of the processor drop one attempt's);
 * the attempts seen here (`first_time`): revoked, or claimed here already, run no second time;
-* handovers (`Handover`): the first records of a newly assigned partition may have been claimed
-  by its previous owner (killed, or dropped from the group while it still fetched, after its last
-  offset commit), so they are marked `guarded` and run only once their claim is seen accepted;
 * the committer (`commit_loop`), which also measures the queue depth for `Hook.on_queue_depth`.
 """
 
@@ -27,7 +24,6 @@ import asyncio
 import functools
 import itertools
 import logging
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,14 +44,6 @@ from eventjobs.runtime.queue_pauses import QueuePauses
 log = logging.getLogger("eventjobs.runtime.worker")  # the worker's parts log as the worker (docs/operations.md)
 DEPTH_EVERY_S = 2.0  # how often the queue depth metric is measured (one ListOffsets request per consumer)
 REMEMBERED_ATTEMPTS = 100_000  # attempts remembered as revoked, and as claimed here (each)
-# After an assignment, a partition's records from its committed offset are guarded (run once
-# their claim is seen accepted) while they are among its first HANDOVER_GUARD_RECORDS and were
-# written before the assignment or within HANDOVER_GUARD_MARGIN_MS after it: what a previous
-# owner may have claimed beyond its last commit (its buffer and running jobs, or what it went on
-# fetching for a moment after the group had dropped it; the margin also covers clock skew between
-# the processor that wrote a record and this worker). A backlog behind them is not slowed.
-HANDOVER_GUARD_RECORDS = 2_000
-HANDOVER_GUARD_MARGIN_MS = 3_000
 
 
 def capability_subsets(capabilities: list[str]) -> list[tuple[str, ...]]:
@@ -86,25 +74,10 @@ class Item:
     begun: float | None = None  # event-loop time the handler was called
     end_sent: bool = False  # the attempt's ending event was sent (`drain` sends none then)
     ended: bool = False  # `after_attempt` was called
-    guarded: bool = False  # fetched right after a handover: run only once its claim is seen accepted
 
     def run_time(self) -> float:
         """Seconds since the handler was called (0 if it never was)."""
         return 0.0 if self.begun is None else asyncio.get_running_loop().time() - self.begun
-
-
-@dataclass
-class Handover:
-    """A partition just assigned: which of its first records are guarded (see HANDOVER_GUARD_RECORDS)."""
-
-    assigned_at_ms: int  # wall-clock time of the assignment (records carry their writer's wall clock)
-    first_offset: int | None = None  # the first record fetched after the assignment
-
-    def guards(self, record: ConsumerRecord[bytes, bytes]) -> bool:
-        if self.first_offset is None:
-            self.first_offset = record.offset
-        return (record.offset < self.first_offset + HANDOVER_GUARD_RECORDS
-                and int(record.timestamp) <= self.assigned_at_ms + HANDOVER_GUARD_MARGIN_MS)
 
 
 def _revokes(revoked: tuple[str, int, int] | None, item: Item) -> bool:
@@ -133,8 +106,6 @@ class Intake:
         self.consumers: list[AIOKafkaConsumer] = []
         self.buffers: dict[str, deque[Item]] = {p: deque() for p in PRIORITIES}
         self.offsets: dict[tuple[int, TopicPartition], Offsets] = {}
-        self.handovers: dict[tuple[int, TopicPartition], Handover] = {}  # partitions whose first records are guarded
-        self.guarded_after_handover = 0  # records fetched right after an assignment, run only once their claim stood
         # attempts whose ready records the processor revoked: (job id, attempt, enqueued_at ms)
         self.revoked: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         self.claimed_here: OrderedDict[tuple[str, int, int], None] = OrderedDict()  # ready_attempt keys
@@ -192,10 +163,8 @@ class Intake:
         """Partitions assigned to `source`: their fetch starts from the committed offset, so any
         offsets state left of an earlier ownership is stale."""
         index = self.consumers.index(source)
-        now_ms = int(time.time() * 1000)
         for tp in assigned:
             self.offsets.pop((index, tp), None)
-            self.handovers[(index, tp)] = Handover(now_ms)
 
     async def _release(self, source: AIOKafkaConsumer, revoked: list[TopicPartition]) -> None:
         """Partitions taken from `source` (a rebalance): their buffered ready records are dropped,
@@ -206,7 +175,6 @@ class Intake:
         self._unbuffer(source, set(revoked))
         offsets = {}
         for tp in revoked:
-            self.handovers.pop((index, tp), None)
             state = self.offsets.pop((index, tp), None)
             if state is not None and state.committable() >= 0:
                 offsets[tp] = OffsetAndMetadata(state.committable(), "")
@@ -254,21 +222,9 @@ class Intake:
                         self._revoke(record, priority)
                         continue
                     state.outstanding.add(record.offset)
-                    self.buffers[priority].append(Item(source, record, guarded=self._after_handover(index, tp, record)))
+                    self.buffers[priority].append(Item(source, record))
             if batch:
                 self.wakeup.set()
-
-    def _after_handover(self, index: int, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> bool:
-        """Whether `record` is among the first records of a partition just assigned (`Handover`);
-        once one is not, none of the partition's later records is."""
-        handover = self.handovers.get((index, tp))
-        if handover is None:
-            return False
-        if handover.guards(record):
-            self.guarded_after_handover += 1
-            return True
-        del self.handovers[(index, tp)]
-        return False
 
     def _revoke(self, tombstone: ConsumerRecord[bytes, bytes], priority: str) -> None:
         """Drop a buffered ready record of an attempt cancelled or expired before it started, and
@@ -450,8 +406,8 @@ class Intake:
                     self._commit_failing.discard(index)
                 except Exception as error:  # noqa: BLE001 - a rebalance; the next commit retries
                     # the first failure of a streak is told: a worker dropped from its group (a
-                    # missed session) fails every commit until it rejoins, and its new owner's
-                    # first records are guarded (`Handover`)
+                    # missed session) fails every commit until it rejoins, and the records it
+                    # claimed meanwhile are delivered again to their partition's new owner
                     level = logging.DEBUG if index in self._commit_failing else logging.INFO
                     self._commit_failing.add(index)
                     log.log(level, "offset commit of the ready partitions failed (%r); retried at the next commit", error)

@@ -325,7 +325,7 @@ class Worker(Supervised):
                                    f"job {ready.job_id} needs {ready.options.capabilities} but this worker has "
                                    f"{self.capabilities}; not claimed")
             return
-        self.attempts.launch(ready, item, claim, guarded=item.guarded or is_republished(item.record.headers))
+        self.attempts.launch(ready, item, claim, guarded=is_republished(item.record.headers))
 
     def _admit(self, record: ConsumerRecord[bytes, bytes]) -> tuple[ReadyRecord, JobEvent]:
         """The ready record, checked as far as claiming it needs, and the claim the runner writes

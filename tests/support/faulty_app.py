@@ -5,8 +5,6 @@ service class in that process only (the worker's parts: `CancelWatcher`, `Intake
 
 - `cancel-watcher`: the worker's cancel watcher fails one second after it started;
 - `committer-returns`: the worker's offset committer returns at once, as if its loop had ended;
-- `no-offset-commits`: the worker commits no offsets of its ready partitions (as a worker whose
-  last commits had not been made when it died);
 - `timer-take`: the timer service cannot take its partitions (the processor process runs it);
 - `housekeeping`: the processor's lease, re-publish and retention timers fail one second after start;
 - `dependency-abort`: the first transaction of the processor that carries a `dependency_resolved`
@@ -39,10 +37,6 @@ async def _failing_cancel_watcher(self: CancelWatcher, stop: asyncio.Event) -> N
 
 
 async def _returning_committer(self: Intake, stop: asyncio.Event) -> None:
-    return None
-
-
-async def _no_commit(self: Intake) -> None:
     return None
 
 
@@ -81,8 +75,6 @@ if FAULT == "cancel-watcher":
     CancelWatcher.watch = _failing_cancel_watcher  # type: ignore[method-assign]
 elif FAULT == "committer-returns":
     Intake.commit_loop = _returning_committer  # type: ignore[method-assign]
-elif FAULT == "no-offset-commits":
-    Intake.commit = _no_commit  # type: ignore[method-assign]
 elif FAULT == "timer-take":
     TimerService._take = _failing_take  # type: ignore[method-assign]
 elif FAULT == "dependency-abort":
