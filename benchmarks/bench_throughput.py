@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,13 +76,23 @@ class Stack:
         ]
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+        stop_processes(self.procs)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], *, whole_group: bool = False) -> None:
+    """SIGTERM to each process, then wait for each; one still running 30 s later is killed (with
+    `whole_group`, its whole process group: a process started in a session of its own)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            if whole_group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
                 proc.kill()
+            proc.wait()
 
 
 async def count_completed(settings: Settings, expected: int, timeout_s: float) -> float:
