@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-from pathlib import Path
 
 import pytest
 
@@ -15,15 +13,14 @@ from eventjobs import App
 from eventjobs.kafka.admin import apply_topics
 from eventjobs.settings import Settings
 from tests.e2e.conftest import Runtime, exec_doc_example
+from tests.support.doc_examples import doc_examples
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
-EXAMPLE = re.compile(r"```python\n# example: (?P<name>[\w-]+)\n(?P<code>.*?)```", re.S)
+PAGE = "hooks.md"
 
 
 async def test_the_attempt_log_example_writes_one_line_per_attempt(
         settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
-    examples = {m["name"]: m["code"] for m in EXAMPLE.finditer(DOC.read_text())}
-    scope = exec_doc_example(examples["attempt-log"], settings, f"{DOC.name}:attempt-log")
+    scope = exec_doc_example(doc_examples(PAGE)["attempt-log"], settings, f"{PAGE}:attempt-log")
     app: App = scope["app"]
     queues = sorted({d.options.queue for d in app.jobs.values()})
     await apply_topics(settings, queues)
