@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from aiokafka.admin import NewTopic  # noqa: E402
 
 from eventjobs.core.codec import decode  # noqa: E402
 from eventjobs.dev.broker import LocalKafka, free_port  # noqa: E402
+from eventjobs.dev.processes import stop_processes  # noqa: E402
 from eventjobs.kafka.clients import admin_client, partitions_of, read_to_end  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
 from eventjobs.kafka.admin import apply_topics, wait_for_topics  # noqa: E402
@@ -77,22 +77,6 @@ class Stack:
 
     def stop(self) -> None:
         stop_processes(self.procs)
-
-
-def stop_processes(procs: list[subprocess.Popen[bytes]], *, whole_group: bool = False) -> None:
-    """SIGTERM to each process, then wait for each; one still running 30 s later is killed (with
-    `whole_group`, its whole process group: a process started in a session of its own)."""
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            if whole_group:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-            proc.wait()
 
 
 async def count_completed(settings: Settings, expected: int, timeout_s: float) -> float:

@@ -57,9 +57,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eventjobs.dev.broker import POM, LocalKafka, free_port  # noqa: E402
+from eventjobs.dev.processes import stop_processes  # noqa: E402
 from benchmarks import stamps  # noqa: E402
 from benchmarks.bench_app import build_app  # noqa: E402
-from benchmarks.bench_throughput import fresh, pct, stop_processes  # noqa: E402
+from benchmarks.bench_throughput import fresh, pct  # noqa: E402
 
 SETUP = ("apt-get install -y redis-server (Debian's Redis) and .venv/bin/pip install -e '.[bench]' "
          "(taskiq, taskiq-redis)")

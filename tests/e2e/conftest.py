@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,9 +126,12 @@ def exec_doc_example(code: str, settings: Settings, origin: str) -> dict[str, An
     return scope
 
 
-async def run_doc_example(page: str, name: str, settings: Settings, **worker_options: Any) -> None:
-    """Run the example `name` of docs/`page` (`tests.support.doc_examples`) as written: its app in
-    `settings`' namespace, with a processor and a worker of its queues, then its `main()`."""
+@asynccontextmanager
+async def doc_example(page: str, name: str, settings: Settings,
+                      **worker_options: Any) -> AsyncIterator[tuple[dict[str, Any], Worker]]:
+    """The example `name` of docs/`page` (`tests.support.doc_examples`) as written, its app in
+    `settings`' namespace, with a processor and a worker of its queues running: its globals
+    (`main` among them) and the worker."""
     scope = exec_doc_example(doc_examples(page)[name], settings, f"{page}:{name}")
     app: App = scope["app"]
     queues = sorted({d.options.queue for d in app.jobs.values()})
@@ -135,7 +139,12 @@ async def run_doc_example(page: str, name: str, settings: Settings, **worker_opt
     runtime = Runtime(app)
     runtime.start_processor()
     try:
-        await runtime.start_worker(queues=queues, **worker_options)
-        await scope["main"]()
+        yield scope, await runtime.start_worker(queues=queues, **worker_options)
     finally:
         await runtime.close()
+
+
+async def run_doc_example(page: str, name: str, settings: Settings, **worker_options: Any) -> None:
+    """Run the example `name` of docs/`page`: its `main()`, with its services (`doc_example`)."""
+    async with doc_example(page, name, settings, **worker_options) as (scope, _):
+        await scope["main"]()
