@@ -35,6 +35,7 @@ from aiokafka.admin import NewTopic  # noqa: E402
 
 from eventjobs.core.codec import decode  # noqa: E402
 from eventjobs.dev.broker import LocalKafka, free_port  # noqa: E402
+from eventjobs.dev.processes import stop_processes  # noqa: E402
 from eventjobs.kafka.clients import admin_client, partitions_of, read_to_end  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
 from eventjobs.kafka.admin import apply_topics, wait_for_topics  # noqa: E402
@@ -75,13 +76,7 @@ class Stack:
         ]
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs)
 
 
 async def count_completed(settings: Settings, expected: int, timeout_s: float) -> float:

@@ -289,7 +289,9 @@ def retention_passed_event(
 def timer_fired_event(
     key: bytes, due_ms: int, attempt: int, *, now: datetime, actor: str
 ) -> DueEvent | LeaseExpiredEvent | ExpiredEvent | RetentionPassedEvent:
-    """The event a due timer (``TimerRecord`` key, due time in ms, attempt) causes.
+    """The event a due timer (its ``timer_key``, due time in ms, attempt) causes: a timer record's
+    (run_at, retry, ttl; the timer service) or a lane's housekeeping timer's (lease, republish,
+    retain, dead_letter; ``core.housekeeping``).
 
     Its id is derived from the timer, so firing the same timer again writes a duplicate, which
     ``apply`` ignores.

@@ -378,7 +378,7 @@ class AttemptTimedOutEvent(_Event):
 class LeaseExpiredEvent(_Event):
     """The worker's lease ran out without a result (worker died or stalled)."""
 
-    written_by: ClassVar[str] = "processor (its housekeeping timers); timer service (lease records of older processors)"
+    written_by: ClassVar[str] = "processor (its housekeeping timers)"
     type: Literal["lease_expired"] = "lease_expired"
     attempt: Attempt = Field(description=_ATTEMPT)
     lease_deadline: UtcTimestamp = Field(description="The deadline that passed (must be the job's current one).")

@@ -31,6 +31,7 @@ from eventjobs.app import App
 from eventjobs.clickhouse.backend import Backend
 from eventjobs.core.state import JobState
 from eventjobs.dev.broker import LocalKafka
+from eventjobs.dev.processes import stop_processes
 from eventjobs.settings import DEFAULT_BOOTSTRAP, Settings, load_settings
 from eventjobs.kafka.admin import apply_topics
 
@@ -236,13 +237,7 @@ def run_demo(home: Path, port: int, console: Console, *, serve_port: int | None 
         if serve_port is not None:
             processes.append(serve_dashboard(settings, serve_port, processes, logs, console))
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes, timeout_s=40)
         if serve_port is not None and started_broker:
             broker.down()
     if serve_port is not None:

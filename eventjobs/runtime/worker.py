@@ -199,8 +199,9 @@ class Worker(Supervised):
 
     @property
     def skipped_records(self) -> int:
-        """Changelog records the cancel watcher skipped because they could not be used."""
-        return self.cancels.bad_changelog.total
+        """Changelog records the cancel watcher skipped because they could not be used, and ready-topic
+        tombstones that revoke no attempt."""
+        return self.cancels.bad_changelog.total + self.intake.bad_tombstones.total
 
     # -- set-up ----------------------------------------------------------------------------
     def routes(self) -> list[str]:

@@ -374,7 +374,10 @@ async def test_a_revocation_names_the_attempt_it_revokes(namespace: str) -> None
     assert [(r.attempt, r.enqueued_at) for r in left] == [(0, older), (1, T0)]
     assert list(worker.revoked) == [("job-1", 0, ready_attempt(revoked)[2])]
     assert ready_attempt(ReadyRecord.decode(ready_bytes("job-1", 1))) not in worker.revoked
-    # And a tombstone without the attempt (an older processor's) drops the job's buffered records
-    # as it always did, and is not remembered
+    # And a tombstone that names no attempt (the processor writes none) revokes nothing: it is
+    # skipped and counted
     worker.intake._revoke(kafka_record(topic, 0, 4, "job-1", None), "normal")
-    assert list(worker.buffers["normal"]) == [] and len(worker.revoked) == 1
+    still = [ReadyRecord.decode(i.record.value) for i in worker.buffers["normal"]]
+    assert [(r.attempt, r.enqueued_at) for r in still] == [(0, older), (1, T0)]
+    assert len(worker.revoked) == 1 and worker.intake.bad_tombstones.counts == {"revokes no attempt": 1}
+    assert worker.skipped_records == 1
