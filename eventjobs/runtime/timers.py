@@ -137,7 +137,8 @@ class TimerService(Supervised):
         self._sender: AIOKafkaProducer | None = None
         self.loaded = asyncio.Event()  # set once every assigned partition was read to its end
         self._supervise_as("timer service", log)
-        self.bad = BadRecords(log, "timer service", action="skipped and tombstoned")
+        self.bad = BadRecords(log, "timer service", action="skipped and tombstoned",
+                              count=metrics.skipped if metrics is not None else None)
         # partition -> key -> (why, where) of bad records that are the newest of their key, to tombstone
         self._bad_keys: dict[int, dict[bytes, tuple[Refused, str]]] = {}
         self._retry: dict[int, _Retry] = {}  # partitions whose last send failed

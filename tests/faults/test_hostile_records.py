@@ -32,6 +32,7 @@ from eventjobs.core.state import JobStatus
 from eventjobs.core.timer_index import MAX_ATTEMPT, admit_timer
 from eventjobs.kafka.clients import partitions_of, producer, read_to_end
 from eventjobs.log.bad_records import BadRecords
+from tests.support.scrape import free_port, scrape
 from tests.e2e.conftest import job_events, spawn
 from tests.unit.test_timer_service import T0, service_owning, timer
 
@@ -171,8 +172,9 @@ async def _write(app: App, topic: str, records: list[tuple[bytes | None, bytes |
         await sender.stop()
 
 
-async def _start_services(app: App, tmp_path: Path, processes: list[Popen[bytes]], *worker_args: str) -> tuple[Popen[bytes], Popen[bytes]]:
-    processor = spawn(["processor", "--app", APP], app.settings, tmp_path / "processor.log")
+async def _start_services(app: App, tmp_path: Path, processes: list[Popen[bytes]], *worker_args: str,
+                          processor_args: tuple[str, ...] = ()) -> tuple[Popen[bytes], Popen[bytes]]:
+    processor = spawn(["processor", "--app", APP, *processor_args], app.settings, tmp_path / "processor.log")
     worker = spawn(["worker", "--app", APP, *worker_args], app.settings, tmp_path / "worker.log")
     processes.extend([processor, worker])
     warm = await app.enqueue("add", {"a": 1, "b": 1})
@@ -195,7 +197,9 @@ def _log_lines(path: Path, needle: str) -> list[str]:
 async def test_hostile_timer_records_are_skipped_and_tombstoned_and_timers_still_fire(
     app: App, tmp_path: Path, processes: list[Popen[bytes]]
 ) -> None:
-    processor, worker = await _start_services(app, tmp_path, processes)
+    metrics_port = free_port()
+    processor, worker = await _start_services(app, tmp_path, processes,
+                                              processor_args=("--metrics-port", str(metrics_port)))
     topic = app.names.timers
     now = datetime.now(timezone.utc)
     hostile: list[tuple[bytes | None, bytes | None]] = [
@@ -225,6 +229,9 @@ async def test_hostile_timer_records_are_skipped_and_tombstoned_and_timers_still
                  "causes no event"):
         assert len(_log_lines(log, f"timer service skipped and tombstoned a bad record ({kind})")) == 1, kind
     assert len(_log_lines(log, "not JSON")) == 2  # the first, and the count at 10: not 22 lines
+    # and each is counted by kind in the processor's metrics
+    skipped = {labels["kind"]: value for labels, value in (await scrape(metrics_port))["eventjobs_records_skipped_total"]}
+    assert skipped["not JSON"] == 22 and skipped["kind not fired"] == 1 and skipped["wrong fields"] == 1, skipped
 
     # A restart reads the topic from the beginning again: the tombstones replace the bad records,
     # so nothing is reported again, and timers fire.
