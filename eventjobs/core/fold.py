@@ -383,7 +383,7 @@ def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
 def _debounce(state: JobState, event: Any, actor: str) -> Decision:
     """Another enqueue of a debounced job's window, before the job started: it takes the new args
     and starts ``debounce`` after this enqueue (never earlier than it was to start)."""
-    run_at = add_seconds(event.occurred_at, state.options.debounce_s)  # type: ignore[arg-type]
+    run_at = add_seconds(event.occurred_at, state.options.debounce_s)  # type: ignore[arg-type]  # set: only a debounced job gets here
     if state.run_at is not None and state.run_at > run_at:
         run_at = state.run_at
     data = state.__dict__.copy()
