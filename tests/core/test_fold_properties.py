@@ -57,6 +57,7 @@ profiles = st.builds(
     retryable=st.floats(0.0, 1.0),
     timeout=st.floats(0.0, 0.5),
     lease_loss=st.floats(0.0, 0.3),
+    claim_start=st.sampled_from([0.0, 0.5, 1.0]),  # claimed + attempt_started, a mix, or one claiming start
     cancel=st.floats(0.0, 0.2),
     heartbeats=st.floats(0.0, 2.0),
     progress=st.floats(0.0, 2.0),
@@ -291,6 +292,11 @@ def test_the_events_of_a_refused_claim_never_change_the_state(log: list[JobEvent
               "actor": "worker:refused", "attempt": state.attempt, "claim_id": refused}
     event = data.draw(st.sampled_from([
         AttemptStartedEvent(**common, worker_id=state.worker_id or "w"),
+        # a second claim of the attempt that would also be its start (a worker that took a copy of the ready record)
+        AttemptStartedEvent(**{**common, "claim_id": None}, worker_id="other",
+                            lease_deadline=add_seconds(state.updated_at, 60)),
+        AttemptStartedEvent(**{**common, "claim_id": common["event_id"]}, worker_id=state.worker_id or "w",
+                            lease_deadline=add_seconds(state.updated_at, 60)),
         ProgressEvent(**common, percent=99.0),
         HeartbeatEvent(**common, lease_deadline=add_seconds(state.updated_at, 3600)),
         AttemptSucceededEvent(**common, result={"refused": True}),
@@ -384,8 +390,10 @@ def workflow_logs(draw: Any) -> list[JobEvent]:
     and reordered, waiting jobs expiring, dead-lettered ones retried."""
     rng = random.Random(draw(st.integers(0, 2**64 - 1), label="simulator seed"))
     cycles = draw(st.sampled_from([0.0, 0.3, 0.8]), label="chance of a dependency on a later job")
+    claim_start = draw(st.sampled_from([0.0, 0.5, 1.0]), label="chance a claim is also the start")
     return workflow_log(rng, jobs=draw(st.integers(1, 7), label="jobs"), cycles=cycles,
-                        expire=draw(st.sampled_from([0.0, 0.1, 0.4]), label="chance to expire while waiting"))
+                        expire=draw(st.sampled_from([0.0, 0.1, 0.4]), label="chance to expire while waiting"),
+                        profile=SimulationProfile(cancel=0.01, lease_loss=0.02, ttl=0.3, claim_start=claim_start))
 
 
 def copy_positions_end(log: list[JobEvent], i: int) -> int:
@@ -505,7 +513,8 @@ def test_no_workflow_job_runs_before_all_its_answers(log: list[JobEvent]) -> Non
     for event in log:
         before = states.get(event.job_id)
         decision = apply(before, event)
-        if event.type == "claimed" and decision.accepted:
+        if decision.accepted and (event.type == "claimed" or (event.type == "attempt_started"
+                                                              and before is not None and before.status is JobStatus.PENDING)):
             assert before is not None
             workflow = before.workflow
             if workflow is not None and workflow.depends_on:
