@@ -69,6 +69,7 @@ __all__ = [
     "ScheduledEvent",
     "UtcTimestamp",
     "check_json_object",
+    "is_claim",
     "parse_wire_timestamp",
 ]
 
@@ -696,3 +697,9 @@ LINKED_TYPES: frozenset[str] = frozenset(
 )
 
 Event = _Event  # the common base, for isinstance checks and type hints
+
+
+def is_claim(event: _Event) -> bool:
+    """Whether ``event`` claims an attempt: a ``claimed``, or an ``attempt_started`` that is also the
+    claim (it carries ``lease_deadline``). For readers of the log that count claims."""
+    return event.type == "claimed" or (event.type == "attempt_started" and event.__dict__.get("lease_deadline") is not None)
