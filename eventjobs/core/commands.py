@@ -49,6 +49,7 @@ __all__ = [
     "attempt_timed_out_event",
     "cancel_requested_event",
     "claimed_event",
+    "claiming_start_event",
     "dead_letter_retried_event",
     "discarded_event",
     "due_event",
@@ -183,6 +184,25 @@ def attempt_started_event(
     """The claiming worker starts the handler; ``claim_id`` is its ``claimed`` event's id."""
     return AttemptStartedEvent(
         **_envelope(job_id, now, actor, event_id), attempt=attempt, worker_id=worker_id, claim_id=claim_id
+    )
+
+
+def claiming_start_event(
+    job_id: str,
+    attempt: int,
+    *,
+    worker_id: str,
+    now: datetime,
+    actor: str,
+    lease_s: float = DEFAULT_LEASE_S,
+    event_id: str | None = None,
+) -> AttemptStartedEvent:
+    """A worker claims ``attempt`` and starts its handler at once: one ``attempt_started`` that is
+    also the claim (its ``claim_id`` is its own id; the lease ends at ``lease_deadline(now, lease_s)``)."""
+    envelope = _envelope(job_id, now, actor, event_id)
+    return AttemptStartedEvent(
+        **envelope, attempt=attempt, worker_id=worker_id, claim_id=envelope["event_id"],
+        lease_deadline=lease_deadline(now, lease_s),
     )
 
 

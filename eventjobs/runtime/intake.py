@@ -69,7 +69,7 @@ class Item:
 
     source: AIOKafkaConsumer
     record: ConsumerRecord[bytes, bytes]
-    claim_id: str | None = None  # the event_id of this worker's `claimed` event, once built
+    claim_id: str | None = None  # the event_id of this worker's claim (`attempt_started` or `claimed`), once built
     attempt: AttemptInfo | None = None  # once `before_attempt` was called (hooks watch attempts)
     begun: float | None = None  # event-loop time the handler was called
     end_sent: bool = False  # the attempt's ending event was sent (`drain` sends none then)

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from eventjobs.app import App
 from eventjobs.core.clock import Clock, SystemClock
-from eventjobs.core.commands import DEFAULT_LEASE_S, claimed_event
+from eventjobs.core.commands import DEFAULT_LEASE_S, claimed_event, claiming_start_event
 from eventjobs.core.events import JobEvent
 from eventjobs.core.records import ReadyRecord, is_republished
 from eventjobs.core.timer_index import brief
@@ -310,8 +310,9 @@ class Worker(Supervised):
             stopping.cancel()
 
     def _start_job(self, item: Item) -> None:
+        guarded = is_republished(item.record.headers)
         try:
-            ready, claim = self._admit(item.record)
+            ready, claim = self._admit(item.record, guarded=guarded)
         except BadReadyRecord as bad:  # a broken ready record must not stop the worker
             self.intake.quarantine(item, bad.kind, bad.reason)
             return
@@ -326,12 +327,14 @@ class Worker(Supervised):
                                    f"job {ready.job_id} needs {ready.options.capabilities} but this worker has "
                                    f"{self.capabilities}; not claimed")
             return
-        self.attempts.launch(ready, item, claim, guarded=is_republished(item.record.headers))
+        self.attempts.launch(ready, item, claim, guarded=guarded)
 
-    def _admit(self, record: ConsumerRecord[bytes, bytes]) -> tuple[ReadyRecord, JobEvent]:
+    def _admit(self, record: ConsumerRecord[bytes, bytes], *, guarded: bool = False) -> tuple[ReadyRecord, JobEvent]:
         """The ready record, checked as far as claiming it needs, and the claim the runner writes
         first (built here, once: a record it cannot be built from is refused); raises
-        `BadReadyRecord` otherwise."""
+        `BadReadyRecord` otherwise. The claim is an `attempt_started` that is also the claim (the
+        handler starts right after it), or, for a `guarded` record (re-published: the handler
+        waits for the claim's verdict), a `claimed` event the start follows once accepted."""
         try:
             ready = ReadyRecord.decode(record.value)
         except ValidationError as error:
@@ -342,8 +345,9 @@ class Worker(Supervised):
             raise BadReadyRecord("partition out of range", f"event-log partition {ready.partition} does not exist "
                                  f"({self._event_partitions} partitions)")
         try:
-            claim = claimed_event(ready.job_id, ready.attempt, worker_id=self.worker_id, now=self.clock.now(),
-                                  actor=self.actor, lease_s=self.lease_s)
+            build = claimed_event if guarded else claiming_start_event
+            claim = build(ready.job_id, ready.attempt, worker_id=self.worker_id, now=self.clock.now(),
+                          actor=self.actor, lease_s=self.lease_s)
         except ValidationError as error:
             raise BadReadyRecord("cannot be claimed", brief(error)) from None
         return ready, claim

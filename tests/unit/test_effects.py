@@ -154,6 +154,11 @@ class Job:
         return self.step(commands.claim(self.s, worker_id=worker, now=self.tick(), actor=f"worker:{worker}",
                                         lease_s=lease_s, event_id=self.eid()))
 
+    def claim_start(self, lease_s: float = 60.0, worker: str = "w1") -> Effects:
+        """The claim that is also the start (one `attempt_started` carrying the lease)."""
+        return self.step(commands.claim_and_start(self.s, worker_id=worker, now=self.tick(), actor=f"worker:{worker}",
+                                                  lease_s=lease_s, event_id=self.eid()))
+
     def start(self) -> Effects:
         return self.step(commands.attempt_started(self.s, now=self.tick(), actor="worker:w1", event_id=self.eid()))
 
@@ -388,6 +393,25 @@ def test_claim_calls_for_the_lease_timer_and_writes_only_the_state() -> None:
     nothing_but_state(job.start(), job)
     nothing_but_state(job.progress(), job)
     assert job.housekeeping == lease_timer(add_seconds(job.now, 90 - 2))  # neither moves the lease
+
+
+def test_a_claiming_start_calls_for_the_lease_timer_and_writes_only_the_state() -> None:
+    job = Job()
+    job.enqueue()
+    effects = job.claim_start(lease_s=90)
+    assert job.s.status is S.RUNNING
+    nothing_but_state(effects, job)  # the ready record was taken, not revoked
+    assert job.housekeeping == lease_timer(add_seconds(job.now, 90))
+    effects = job.succeed()
+    assert job.s.status is S.COMPLETED and [type(e) for e in effects.events] == [CompletedEvent]
+
+
+def test_a_claiming_start_tombstones_the_ttl_and_revokes_nothing() -> None:
+    job = Job()
+    job.enqueue(ttl=300)
+    effects = job.claim_start(lease_s=45)
+    assert effects.timers == {key("ttl"): None}
+    assert effects.ready == [] and effects.revoked == []
 
 
 def test_heartbeat_moves_the_lease_timer_to_the_new_deadline() -> None:
