@@ -219,7 +219,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(None, "enqueued", _S.WAITING, "a concurrency limit (option concurrency), no depends_on, no run_at ahead: "
                "asks the key's owner for a slot", ("slot_requested",)),
     *(
-        Transition(s, "due", _S.WAITING, f"as for pending, with a concurrency limit: asks for a slot", ("slot_requested",))
+        Transition(s, "due", _S.WAITING, "as for pending, with a concurrency limit: asks for a slot", ("slot_requested",))
         for s in (_S.SCHEDULED, _S.RETRYING)
     ),
     Transition(_S.WAITING, "slot_granted", _S.PENDING, "grants the request the job waits with (causation_id)"),

@@ -325,7 +325,10 @@ class Worker(Supervised):
                                    f"job {ready.job_id} needs {ready.options.capabilities} but this worker has "
                                    f"{self.capabilities}; not claimed")
             return
-        self.attempts.launch(ready, item, claim, guarded=is_republished(item.record.headers))
+        # a re-published record may be a second copy of an attempt claimed already; a limited job's
+        # handler must not run on a refused claim either (it would run beyond its key's slots)
+        guarded = is_republished(item.record.headers) or ready.options.concurrency is not None
+        self.attempts.launch(ready, item, claim, guarded=guarded)
 
     def _admit(self, record: ConsumerRecord[bytes, bytes]) -> tuple[ReadyRecord, JobEvent]:
         """The ready record, checked as far as claiming it needs, and the claim the runner writes
