@@ -18,7 +18,7 @@ from tests.e2e.conftest import Runtime, exec_doc_example
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "flow-control.md"
 EXAMPLE = re.compile(r"```python\n# example: (?P<name>[\w-]+)\n(?P<code>.*?)```", re.S)
-SECTIONS = ("unique-for", "debounce")
+SECTIONS = ("unique-for", "debounce", "concurrency")
 
 
 def examples() -> dict[str, str]:
