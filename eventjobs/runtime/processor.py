@@ -391,6 +391,7 @@ class LifecycleProcessor(Supervised):
         self.moved_events = 0
         self.moved_from: dict[str, int] = {}  # producer -> events moved (at most MOVED_PRODUCERS_LOGGED kept)
         self.metrics = metrics  # Prometheus metrics (eventjobs.metrics), or None
+        self._slot_totals: dict[str, list[int]] = {}  # limit name (as labelled) -> [slots in use, jobs waiting]
         if metrics is not None:
             self._counters = metrics.event_counters()
             metrics.quarantined.inc(0)
@@ -430,6 +431,7 @@ class LifecycleProcessor(Supervised):
             except BaseException:
                 await txn.stop()
                 raise
+            self._slots_changed({owner: (None, table) for owner, table in slots.items()})
             housekeeping = Housekeeping(self.retention, self.republish)
             housekeeping.track_all(table)
             self._housekeeping_tracked(housekeeping)
@@ -526,6 +528,7 @@ class LifecycleProcessor(Supervised):
             lane = self.lanes.pop(tp.partition, None)
             if lane is None:
                 continue
+            self._slots_changed({owner: (table, None) for owner, table in lane.slots.items()})
             if lane.task is not None:  # fold nothing more
                 lane.task.cancel()
                 await asyncio.gather(lane.task, return_exceptions=True)
@@ -623,7 +626,10 @@ class LifecycleProcessor(Supervised):
                                     max_event_bytes=self.settings.max_event_bytes, partition=tp.partition,
                                     max_state_bytes=self.settings.max_event_bytes, partition_count=self.partition_count,
                                     slots=lane.slots)
-                lane.slots.update(result.slot_tables)
+                if result.slot_tables:
+                    self._slots_changed({owner: (lane.slots.get(owner), table)
+                                         for owner, table in result.slot_tables.items()})
+                    lane.slots.update(result.slot_tables)
                 lane.housekeeping.track_all(result.effects.states, before=lane.table)
                 self._housekeeping_tracked(lane.housekeeping)
                 update_table(lane.table, result.effects.states)
@@ -777,6 +783,27 @@ class LifecycleProcessor(Supervised):
         if not due:
             return HOUSEKEEPING_WAIT_S
         return min(HOUSEKEEPING_WAIT_S, max(0.001, (min(due) - epoch_ms(now)) / 1000))
+
+    def _slots_changed(self, changes: dict[str, tuple[SlotTable | None, SlotTable | None]]) -> None:
+        """Keep the limits' gauges (slots in use, jobs waiting, by limit name) in step with the
+        owned slot tables: each change is (before, after), None for a table not owned (any more)."""
+        metrics = self.metrics
+        if metrics is None or not changes:
+            return
+        touched = set()
+        for before, after in changes.values():
+            for table, sign in ((before, -1), (after, 1)):
+                if table is None:
+                    continue
+                label = metrics.limits(table.limit)
+                totals = self._slot_totals.setdefault(label, [0, 0])
+                totals[0] += sign * table.in_use
+                totals[1] += sign * len(table.queue)
+                touched.add(label)
+        for label in touched:
+            in_use, waiting = self._slot_totals[label]
+            metrics.limit_slots_in_use.labels(label).set(in_use)
+            metrics.limit_jobs_waiting.labels(label).set(waiting)
 
     def _count(self, batch: list[_Folded]) -> None:
         """Count a committed batch's events in the metrics (what the log now holds)."""

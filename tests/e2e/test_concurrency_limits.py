@@ -263,3 +263,38 @@ async def test_jobs_show_says_which_key_a_job_waits_for_and_its_place(limits_run
     finally:
         backend.command(f"DROP DATABASE IF EXISTS `{settings.namespace}` SYNC", database="")
         backend.close()
+
+
+async def test_the_processor_gauges_slots_in_use_and_jobs_waiting_per_limit(limits_app: App) -> None:
+    from eventjobs.metrics import LIMIT_JOBS_WAITING, LIMIT_SLOTS_IN_USE, Metrics
+    from eventjobs.runtime.processor import run_processor
+
+    metrics = Metrics()
+    runtime = Runtime(limits_app)
+    runtime.tasks.append(asyncio.create_task(run_processor(limits_app.settings, runtime.stop, metrics=metrics)))
+
+    def gauges() -> tuple[float | None, float | None]:
+        labels = {"limit": "limited"}
+        return (metrics.registry.get_sample_value(LIMIT_SLOTS_IN_USE, labels),
+                metrics.registry.get_sample_value(LIMIT_JOBS_WAITING, labels))
+
+    async def until(wanted: tuple[float, float]) -> None:
+        for _ in range(400):
+            if gauges() == wanted:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"gauges {gauges()}, expected {wanted}")
+
+    try:
+        # Given 5 jobs of two keys (limit 2 each) and no worker: 2 + 1 hold slots, 2 wait
+        ids = [await limits_app.enqueue("limited", {"key": "a" if n < 4 else "b", "n": n, "seconds": 0.1})
+               for n in range(5)]
+        # Then the gauges say so, per limit name (keys are never labels)
+        await until((3, 2))
+        # When a worker runs them all, the gauges come back to 0
+        await runtime.start_worker()
+        for job_id in ids:
+            assert (await limits_app.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+        await until((0, 0))
+    finally:
+        await runtime.close()
