@@ -27,7 +27,7 @@ from eventjobs.clickhouse import ServerBackend
 from eventjobs.readside import queries as query
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir
 from eventjobs.readside.projector import Projector, ProjectorOptions
-from tests.readside.conftest import server_url  # noqa: F401 - fixtures
+from tests.readside.conftest import chdb_path, server_url  # noqa: F401 - fixtures
 from tests.readside.tables import cli_env, run_cli
 from tests.support.event_log import end_offsets
 from eventjobs.core.slots import decode_table
@@ -194,6 +194,45 @@ async def test_forty_jobs_over_four_keys_never_run_more_than_two_of_a_key_even_w
     assert {e.causation_id for e in events if e.type == "slot_granted"} == requests
     assert {e.causation_id for e in events if e.type == "slot_released"} == requests
     assert len(requests) >= 40 + len(cut_short)  # a retried attempt asks again
+
+
+async def test_a_processor_killed_mid_run_loses_no_grant_and_leaks_no_slot(
+    limits_app: App, tmp_path: Path, processes: list[Any]
+) -> None:
+    # Given two processor processes and a worker, and 24 jobs over 3 keys (limit 2 per key)
+    settings = limits_app.settings
+    runs = tmp_path / "runs.jsonl"
+    runs.touch()
+    env = {RUNS_ENV: str(runs)}
+    doomed = spawn(["processor", "--app", APP], settings, tmp_path / "p1.log", **env)
+    processes.append(doomed)
+    processes.append(spawn(["processor", "--app", APP], settings, tmp_path / "p2.log", **env))
+    processes.append(spawn(["worker", "--app", APP, "--lease", "3s", "--concurrency", "12"], settings,
+                           tmp_path / "w.log", **env))
+    keys = [f"tenant-{n}" for n in range(3)]
+    ids = [await limits_app.enqueue("limited", {"key": keys[n % 3], "n": n, "seconds": 0.3}) for n in range(24)]
+    # When one processor is SIGKILLed once a few jobs ran (requests, grants and releases in flight),
+    # and another takes its place
+    deadline = time.monotonic() + 90
+    while sum(1 for line in runs.read_text().splitlines() if '"end"' in line) < 5:
+        assert time.monotonic() < deadline, "no job ran"
+        await asyncio.sleep(0.02)
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait(timeout=10)
+    processes.append(spawn(["processor", "--app", APP], settings, tmp_path / "p3.log", **env))
+    # Then every job completes, no key ever ran more than 2 at once, and every table ends empty
+    for job_id in ids:
+        state = await limits_app.wait(job_id, timeout=180)
+        assert state.status is JobStatus.COMPLETED, state
+    peaks = {key: most_at_once(intervals) for key, intervals in runs_of(runs, None, None).items()}
+    assert sorted(peaks) == keys and all(peak <= 2 for peak in peaks.values()), peaks
+    tables: dict[str, Any] = {}
+    for _ in range(100):
+        tables = await slot_tables(settings)
+        if len(tables) == 3 and all(not t.holders and not t.queue for t in tables.values()):
+            break
+        await asyncio.sleep(0.1)
+    assert len(tables) == 3 and all(not t.holders and not t.queue for t in tables.values()), tables
 
 
 async def test_cancel_newest_cancels_a_job_that_asks_while_the_slot_is_taken(limits_runtime: Runtime) -> None:
