@@ -116,9 +116,6 @@ def enqueue(
             )
         if depends_on:
             raise InvalidJobOptions(f"{option} and depends_on cannot be combined (job {name!r})")
-    if options.concurrency is not None and window_s is not None:
-        raise InvalidJobOptions(f"a concurrency limit and {'unique_for' if options.unique_for else 'debounce'} cannot be "
-                                f"combined yet (job {name!r})")
     if job_id is None:
         if key is None:
             job_id = default_job_id or new_job_id()

@@ -306,3 +306,14 @@ def test_a_job_without_a_limit_derives_nothing_new() -> None:
     decision = apply(None, log.enqueued())
     assert decision.state is not None and decision.state.status is JobStatus.PENDING and decision.derived == ()
     assert decision.state.workflow is None
+
+
+def test_a_scheduled_job_carries_its_limit_with_the_key_of_its_args() -> None:
+    from eventjobs.core.options import Limit
+    from eventjobs.core.schedules import define_schedule, tick_job
+
+    options = JobOptions(concurrency=Limit(key=lambda args: args["tenant"], max=1))
+    definition = define_schedule("sync", {"tenant": "t-3"}, options, every="1m", now=T0)
+    event = tick_job(definition, T0, now=T0)
+    assert event.options.concurrency == ConcurrencySpec(limit="sync", key="t-3", max=1, strategy="queue")
+    assert apply(None, event).state.status is JobStatus.WAITING  # type: ignore[union-attr]
