@@ -172,13 +172,14 @@ def _fold(
         if isinstance(event, Refused):
             result.quarantined.append(Quarantined(record, event.reason, event.kind))
             continue
-        if event.type in SLOT_OWNER_TYPES:  # addressed to a concurrency limit's owner, not to a job
-            _fold_slot(result, slots if slots is not None else {}, record, event, actor, max_event_bytes, partition,
-                       partition_count)
-            continue
         before = states.get(event.job_id, _UNSEEN)
         if before is _UNSEEN:
             before = table.get(event.job_id)
+        # an owner id is never a job's, so only events of jobs not held here are asked this
+        if before is None and event.type in SLOT_OWNER_TYPES:  # to a concurrency limit's owner, not to a job
+            _fold_slot(result, slots if slots is not None else {}, record, event, actor, max_event_bytes, partition,
+                       partition_count)
+            continue
         if before is None and partition_count and partition is not None:  # not held here: on its partition?
             home = job_partition(event.job_id, partition_count)
             if home != partition:  # another partitioner wrote it: its job's lane applies the copy
