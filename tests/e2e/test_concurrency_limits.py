@@ -344,3 +344,61 @@ async def test_the_processor_gauges_slots_in_use_and_jobs_waiting_per_limit(limi
         await until((0, 0))
     finally:
         await runtime.close()
+
+
+async def test_a_grow_carries_the_slot_tables_and_the_waiting_jobs_run_within_the_limit(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    from tests.e2e.test_grow_partitions import specs_with
+    from tests.support.cli import run_cli as run_eventjobs
+
+    specs = specs_with(tmp_path / "topics", 4)
+    monkeypatch.setenv("EVENTJOBS_TOPICS_DIR", str(specs))
+    runs = tmp_path / "runs.jsonl"
+    runs.touch()
+    monkeypatch.setenv(RUNS_ENV, str(runs))
+    old_ns, new_ns = f"g{uuid.uuid4().hex[:10]}", f"g{uuid.uuid4().hex[:10]}"
+    old = build_limits_app(old_ns, kafka_bootstrap=kafka_bootstrap, topics_dir=specs)
+    await apply_topics(old.settings, ["default"])
+    # Given 5 jobs of one key (limit 2) and no worker: 2 hold the slots, 3 wait; then the processor stops
+    runtime = Runtime(old)
+    runtime.start_processor()
+    ids = [await old.enqueue("limited", {"key": "tenant-g", "n": n, "seconds": 0.3}) for n in range(5)]
+    for _ in range(400):
+        states = [await old.state(job_id) for job_id in ids]
+        if sorted(s.status.value for s in states if s is not None) == ["pending"] * 2 + ["waiting"] * 3:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"not 2 pending and 3 waiting: {states}")
+    await runtime.close()  # closes `old` too
+    producer_app = build_limits_app(old_ns, kafka_bootstrap=kafka_bootstrap, topics_dir=specs)
+    late = await producer_app.enqueue("limited", {"key": "tenant-g", "n": 5, "seconds": 0.3})  # carried over unfolded
+    await producer_app.close()
+    # When the namespace grows from 4 to 8 partitions
+    grown = await asyncio.to_thread(run_eventjobs, "partitions", "grow", "--namespace", old_ns, "--into", new_ns,
+                                    "--to", "8", env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert ", 1 slot tables" in grown.stdout, grown.stdout
+    # Then the new namespace's processor and worker run every job, never more than 2 at once
+    new = build_limits_app(new_ns, kafka_bootstrap=kafka_bootstrap, topics_dir=specs)
+    target = Runtime(new)
+    target.start_processor()
+    try:
+        await target.start_worker(concurrency=10)
+        for job_id in [*ids, late]:
+            assert (await new.wait(job_id, timeout=90)).status is JobStatus.COMPLETED
+        peaks = {key: most_at_once(intervals) for key, intervals in runs_of(runs, None, None).items()}
+        assert peaks == {"tenant-g": 2}, peaks
+        assert sum(len(v) for v in runs_of(runs, None, None).values()) == 6  # each ran once
+        tables: dict[str, Any] = {}
+        for _ in range(100):
+            tables = await slot_tables(new.settings)
+            if tables and all(not t.holders and not t.queue for t in tables.values()):
+                break
+            await asyncio.sleep(0.1)
+        assert len(tables) == 1 and all(not t.holders and not t.queue for t in tables.values()), tables
+    finally:
+        await target.close()
