@@ -304,6 +304,10 @@ async def test_jobs_show_says_which_key_a_job_waits_for_and_its_place(limits_run
         as_json = await asyncio.to_thread(run_cli, ["jobs", "show", places[3], "--json"], cli_env(settings))
         wait = json.loads(as_json.stdout)["job"]["slot_wait"]
         assert (wait["key"], wait["position"], wait["waiting"], wait["in_use"], wait["max"]) == ("tenant-9", 3, 3, 2, 2)
+        # the owner's history has every request of the key, in the order the owner decided them
+        owned = await asyncio.to_thread(run_cli, ["history", wait["owner_id"], "--json"], cli_env(settings))
+        assert owned.returncode == 0, owned.stderr
+        assert [e["type"] for e in json.loads(owned.stdout)["events"]] == ["slot_requested"] * 5
         # and the owner's events are no job of their own in the listing
         assert {j.job_id for j in query.list_jobs(backend, limit=100)} == set(ids)
     finally:
