@@ -643,7 +643,7 @@ class SlotRequestedEvent(_Event):
     attempt: Attempt = Field(description="The requester's attempt the slot is for.")
     limit: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="The limit's name.")
     key: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="The key whose jobs share the slots.")
-    max: Annotated[int, Field(ge=1, le=100_000)] = Field(description="Slots of the key (the requester's option).")
+    max: Annotated[int, Field(ge=1, le=1_000)] = Field(description="Slots of the key (the requester's option).")
     strategy: Literal["queue", "cancel_newest", "cancel_in_progress"] = Field(
         description="What the owner does when every slot is taken."
     )

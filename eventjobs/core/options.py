@@ -250,7 +250,8 @@ def matches_retry_on(exc_type: type[BaseException], retry_on: Sequence[str]) -> 
 ConcurrencyStrategy = Literal["queue", "cancel_newest", "cancel_in_progress"]
 #: Longest concurrency key and limit name (characters): the key is part of every slot event.
 MAX_CONCURRENCY_KEY_CHARS = 200
-MAX_CONCURRENCY = 100_000
+#: Largest max of a limit: its slot table (holders and queue) must fit one changelog record.
+MAX_CONCURRENCY = 1_000
 
 
 class ConcurrencySpec(BaseModel):

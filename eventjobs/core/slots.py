@@ -41,11 +41,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from eventjobs.core.events import SLOT_OWNER_TYPES, SlotGrantedEvent, SlotRefusedEvent, SlotRevokedEvent
 from eventjobs.core.ids import EVENTJOBS_NAMESPACE, derived_event_id
 
-__all__ = ["RELEASED_KEPT", "SlotDecision", "SlotHolder", "SlotTable", "apply_slot", "decode_table",
+__all__ = ["MAX_QUEUED", "RELEASED_KEPT", "SlotDecision", "SlotHolder", "SlotTable", "apply_slot", "decode_table",
            "encode_table", "owner_id", "position", "request_id"]
 
 #: Released request ids a table remembers (a duplicate request or release of one is recognised).
 RELEASED_KEPT = 256
+#: Requests a key's queue holds at most; a request beyond is refused (its job cancelled), so a table
+#: (at most MAX_CONCURRENCY holders, this many queued, RELEASED_KEPT ids) stays far below one record's
+#: limit (about 90 bytes an entry: under 600 KB).
+MAX_QUEUED = 5_000
 LIMIT_NAMESPACE = uuid.uuid5(EVENTJOBS_NAMESPACE, "concurrency-limit")
 
 
@@ -170,6 +174,11 @@ def apply_slot(table: SlotTable | None, event: Any, actor: str = "processor") ->
             data["holders"] = (*data["holders"], (job_id, request, False))
             data["granted_total"] += 1
             derived.append(_linked(SlotGrantedEvent, job_id, request, event, actor, {"owner_id": data["owner_id"]}))
+        elif event.strategy == "queue" and len(data["queue"]) >= MAX_QUEUED:
+            reason = f"cancelled: the key's queue is full ({_what(data)}, {len(data['queue']):,} waiting, MAX_QUEUED)"
+            data["released"] = _remember(data["released"], request)
+            derived.append(_linked(SlotRefusedEvent, job_id, request, event, actor,
+                                   {"owner_id": data["owner_id"], "reason": reason}))
         elif event.strategy == "cancel_newest":
             reason = f"cancelled: every slot is taken ({_what(data)}; strategy cancel_newest)"
             data["released"] = _remember(data["released"], request)

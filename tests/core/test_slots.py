@@ -327,3 +327,25 @@ def test_a_scheduled_job_carries_its_limit_with_the_key_of_its_args() -> None:
     event = tick_job(definition, T0, now=T0)
     assert event.options.concurrency == ConcurrencySpec(limit="sync", key="t-3", max=1, strategy="queue")
     assert apply(None, event).state.status is JobStatus.WAITING  # type: ignore[union-attr]
+
+
+def test_a_full_queue_refuses_the_request_so_a_table_stays_one_record() -> None:
+    from eventjobs.core.slots import MAX_QUEUED
+
+    table, out = run(None, *(request(f"j{n}", max_=1) for n in range(MAX_QUEUED + 2)))
+    assert table is not None and len(table.holders) == 1 and len(table.queue) == MAX_QUEUED
+    refused = [e for e in out if e.type == "slot_refused"]
+    assert [e.job_id for e in refused] == [f"j{MAX_QUEUED + 1}"] and "queue is full" in refused[0].reason
+    assert len(encode_table(table)) < 600_000
+
+
+def test_a_key_function_that_returns_no_key_is_refused_at_enqueue() -> None:
+    import pytest
+
+    from eventjobs.core.commands import enqueue as enqueue_event
+    from eventjobs.core.options import InvalidJobOptions, Limit
+
+    options = JobOptions(concurrency=Limit(key=lambda args: args.get("tenant"), max=2))  # type: ignore[arg-type,return-value]
+    with pytest.raises(InvalidJobOptions, match="concurrency key function returned None; return a non-empty string"):
+        enqueue_event("sync", {}, options, now=T0, actor="producer:test")
+    assert enqueue_event("sync", {"tenant": "t"}, options, now=T0, actor="producer:test").options.concurrency is not None
