@@ -35,6 +35,7 @@ from aiokafka.admin import NewTopic  # noqa: E402
 
 from eventjobs.core.codec import decode  # noqa: E402
 from eventjobs.dev.broker import LocalKafka, free_port  # noqa: E402
+from eventjobs.dev.processes import stop_processes  # noqa: E402
 from eventjobs.kafka.clients import admin_client, partitions_of, read_to_end  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
 from eventjobs.kafka.admin import apply_topics, wait_for_topics  # noqa: E402
@@ -75,13 +76,7 @@ class Stack:
         ]
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs)
 
 
 async def count_completed(settings: Settings, expected: int, timeout_s: float) -> float:
@@ -188,8 +183,10 @@ async def latency(bootstrap: str, rate: int, seconds: float, logs: Path, concurr
         # where the wait goes: enqueue -> the processor publishes the ready record (its Kafka
         # timestamp) -> the worker claims it -> the worker starts it
         to_hint = [(hints[e.job_id] - times[e.job_id]["enqueued"]).total_seconds() * 1000 for e in ids]
-        to_claim = [(times[e.job_id]["claimed"] - hints[e.job_id]).total_seconds() * 1000 for e in ids]
-        to_start = [(times[e.job_id]["attempt_started"] - times[e.job_id]["claimed"]).total_seconds() * 1000 for e in ids]
+        # (a worker that starts a job at once writes no `claimed`: its attempt_started is the claim, 0 ms apart)
+        claimed = {e.job_id: times[e.job_id].get("claimed", times[e.job_id]["attempt_started"]) for e in ids}
+        to_claim = [(claimed[e.job_id] - hints[e.job_id]).total_seconds() * 1000 for e in ids]
+        to_start = [(times[e.job_id]["attempt_started"] - claimed[e.job_id]).total_seconds() * 1000 for e in ids]
         return {"jobs": total, "rate": rate, "p50_ms": pct(waits, 50), "p99_ms": pct(waits, 99), "max_ms": max(waits),
                 "hops": {"enqueue->ready record": to_hint, "ready record->claimed": to_claim,
                          "claimed->started": to_start}}

@@ -57,7 +57,7 @@ async def fill(settings: Settings, count: int) -> float:
         for chunk in range(0, count, 10_000):
             futures = []
             for i in range(chunk, min(count, chunk + 10_000)):
-                record = TimerRecord(job_id=new_job_id(), kind=("lease", "retry", "ttl")[i % 3], attempt=i % 5,
+                record = TimerRecord(job_id=new_job_id(), kind=("run_at", "retry", "ttl")[i % 3], attempt=i % 5,
                                      due_at=due + timedelta(milliseconds=i))
                 futures.append(await sender.send(topic, record.encode(), key=record.key, partition=i % 6))
             await asyncio.gather(*futures)

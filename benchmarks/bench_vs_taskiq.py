@@ -45,7 +45,6 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eventjobs.dev.broker import POM, LocalKafka, free_port  # noqa: E402
+from eventjobs.dev.processes import stop_processes  # noqa: E402
 from benchmarks import stamps  # noqa: E402
 from benchmarks.bench_app import build_app  # noqa: E402
 from benchmarks.bench_throughput import fresh, pct  # noqa: E402
@@ -173,14 +173,7 @@ class Services:
         return [proc.pid for proc in self.procs]
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_processes(self.procs, whole_group=True)
 
 
 class Redis:

@@ -44,6 +44,7 @@ TIMERS_PENDING = "eventjobs_timers_pending"
 HOUSEKEEPING_TIMERS = "eventjobs_processor_housekeeping_timers"
 TIMER_LATENESS = "eventjobs_timer_lateness_seconds"
 QUARANTINED = "eventjobs_quarantined_total"
+RECORDS_SKIPPED = "eventjobs_records_skipped_total"
 PROJECTOR_LAG = "eventjobs_projector_lag_seconds"
 PROJECTOR_RECORDS_BEHIND = "eventjobs_projector_records_behind"
 SCHEDULES_SET_ASIDE = "eventjobs_schedules_set_aside"
@@ -252,6 +253,15 @@ class Metrics:
     def quarantined(self) -> Counter:
         return Counter(_base(QUARANTINED), "Records copied to the quarantine topic by this service.",
                        registry=self.registry)
+
+    @cached_property
+    def records_skipped(self) -> Counter:
+        return Counter(_base(RECORDS_SKIPPED), "Records this service read and could not use, by kind (the fixed kinds "
+                       "of log/bad_records.py's callers): skipped (and, on the timer topic, tombstoned); the first of "
+                       "each kind is logged with its reason.", ("kind",), registry=self.registry)
+
+    def skipped(self, kind: str) -> None:
+        self.records_skipped.labels(kind).inc()
 
     @cached_property
     def schedules_set_aside(self) -> Gauge:

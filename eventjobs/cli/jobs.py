@@ -250,13 +250,14 @@ def stats(
         out.print(table)
 
     if moment is None:
+        # `by` is any text here: the queries refuse one they do not know, naming the allowed values
         show_read_side(namespace, lambda backend: query.job_stats(
-            backend, queue=queue, since=started_after, by=by), as_json, "stats", render)  # type: ignore[arg-type]
+            backend, queue=queue, since=started_after, by=by), as_json, "stats", render)  # type: ignore[arg-type]  # see above
         return
     settings = settings_of(namespace)
     with closing(open_backend(settings)) as backend:
-        rows = history_at.stats_as_of(backend, moment, queue=queue, since=started_after, by=by)  # type: ignore[arg-type]
-        counts = history_at.status_counts_as_of(backend, moment, queue=queue, by=by)  # type: ignore[arg-type]
+        rows = history_at.stats_as_of(backend, moment, queue=queue, since=started_after, by=by)  # type: ignore[arg-type]  # idem
+        counts = history_at.status_counts_as_of(backend, moment, queue=queue, by=by)  # type: ignore[arg-type]  # idem
         fresh = freshness(settings, backend)
     if as_json:
         print_json({"stats": rows, "states": counts, "as_of": moment.as_json(), "freshness": fresh.as_json()})

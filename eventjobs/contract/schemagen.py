@@ -120,7 +120,7 @@ def contract() -> dict[str, Any]:
             },
             "{namespace}.timers": {
                 "value": "timer-record.json; a tombstone when the timer fired or was cancelled",
-                "key": "job_id:kind, job_id:retry:attempt or job_id:republish:attempt:sequence",
+                "key": "job_id:kind, job_id:retry:attempt or job_id:run_at:attempt",
                 "partition": "the job's partition (co-partitioned with the event log)",
                 "writer": "processor (arms), timer service (tombstones)",
                 "cleanup_policy": "compact",
@@ -215,7 +215,7 @@ def render_schemas() -> dict[str, str]:
         "ready-record.json": _record_schema(ReadyRecord, "eventjobs ready record",
                                            "{namespace}.ready.{route}.{priority}", "job_id"),
         "timer-record.json": _record_schema(TimerRecord, "eventjobs timer record", "{namespace}.timers",
-                                            "job_id:kind | job_id:retry:attempt | job_id:republish:attempt:sequence"),
+                                            "job_id:kind | job_id:retry:attempt | job_id:run_at:attempt"),
         "dead-letter-record.json": _record_schema(DeadLetterRecord, "eventjobs dead-letter record",
                                                   "{namespace}.dead-letters", "job_id"),
         "job-state.json": _record_schema(JobState, "eventjobs job state", "{namespace}.job-state", "job_id"),

@@ -49,6 +49,7 @@ __all__ = [
     "attempt_timed_out_event",
     "cancel_requested_event",
     "claimed_event",
+    "claiming_start_event",
     "dead_letter_retried_event",
     "discarded_event",
     "due_event",
@@ -186,6 +187,25 @@ def attempt_started_event(
     )
 
 
+def claiming_start_event(
+    job_id: str,
+    attempt: int,
+    *,
+    worker_id: str,
+    now: datetime,
+    actor: str,
+    lease_s: float = DEFAULT_LEASE_S,
+    event_id: str | None = None,
+) -> AttemptStartedEvent:
+    """A worker claims ``attempt`` and starts its handler at once: one ``attempt_started`` that is
+    also the claim (its ``claim_id`` is its own id; the lease ends at ``lease_deadline(now, lease_s)``)."""
+    envelope = _envelope(job_id, now, actor, event_id)
+    return AttemptStartedEvent(
+        **envelope, attempt=attempt, worker_id=worker_id, claim_id=envelope["event_id"],
+        lease_deadline=lease_deadline(now, lease_s),
+    )
+
+
 def progress_event(
     job_id: str, attempt: int, percent: float, message: str = "", *, now: datetime, actor: str, event_id: str | None = None,
     claim_id: str | None = None,
@@ -289,7 +309,9 @@ def retention_passed_event(
 def timer_fired_event(
     key: bytes, due_ms: int, attempt: int, *, now: datetime, actor: str
 ) -> DueEvent | LeaseExpiredEvent | ExpiredEvent | RetentionPassedEvent:
-    """The event a due timer (``TimerRecord`` key, due time in ms, attempt) causes.
+    """The event a due timer (its ``timer_key``, due time in ms, attempt) causes: a timer record's
+    (run_at, retry, ttl; the timer service) or a lane's housekeeping timer's (lease, republish,
+    retain, dead_letter; ``core.housekeeping``).
 
     Its id is derived from the timer, so firing the same timer again writes a duplicate, which
     ``apply`` ignores.

@@ -134,7 +134,8 @@ def collect(
         effects.ready.append(ready_record(after, now, partition))
         if after.ready_republishes:
             effects.republished.add(after.job_id)
-    if was is JobStatus.PENDING and status is not JobStatus.PENDING and before is not None and event.type != "claimed":
+    if (was is JobStatus.PENDING and status is not JobStatus.PENDING and before is not None
+            and status not in ACTIVE_STATUSES):  # claimed (or claimed and started): its ready record was taken
         # cancelled or expired while its ready record waits for a worker: tell the workers
         effects.revoked.append(ready_record(before, now, partition))
     if status is JobStatus.SCHEDULED and after.next_due_at is not None and (

@@ -69,6 +69,7 @@ __all__ = [
     "ScheduledEvent",
     "UtcTimestamp",
     "check_json_object",
+    "is_claim",
     "parse_wire_timestamp",
 ]
 
@@ -227,7 +228,8 @@ _ATTEMPT = "0-based attempt number this event is about."
 
 #: Attempt events name the claim they belong to (see the fold's claim check).
 _CLAIM_ID_DOC = (
-    "The claim this event is about: the event_id of the worker's `claimed` event for this attempt. "
+    "The claim this event is about: the event_id of the worker's `claimed` event for this attempt, or of its "
+    "`attempt_started` when that start was also the claim (it carries `lease_deadline`). "
     "The fold accepts it only from the claim it accepted (the job's `claim_id`); an event of a refused or "
     "older claim is recorded as rejected and decides nothing. None (events written before claim ids "
     "existed, or by a writer that holds no claim): the attempt number and status are checked as before "
@@ -309,13 +311,27 @@ class ClaimedEvent(_Event):
 
 
 class AttemptStartedEvent(_Event):
-    """The handler started running."""
+    """The handler started running.
+
+    After a ``claimed`` of the attempt, it names that claim. With ``lease_deadline`` it is also the
+    claim (a worker that starts the handler right after claiming writes one event, not two): the
+    fold accepts it only while the job is pending, as it would a ``claimed``, and its own
+    ``event_id`` becomes the job's claim.
+    """
 
     written_by: ClassVar[str] = "worker"
     type: Literal["attempt_started"] = "attempt_started"
     attempt: Attempt = Field(description=_ATTEMPT)
-    worker_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="Must be the claiming worker.")
+    worker_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        description="Must be the claiming worker (with lease_deadline: the worker claiming now)."
+    )
     claim_id: ClaimId = None
+    lease_deadline: UtcTimestamp | None = Field(
+        None,
+        description="Set only when this start is also the claim (from pending; claim_id then is None or this "
+        "event's own event_id): the lease ends here unless a heartbeat extends it. None: the start of an attempt "
+        "claimed by an earlier `claimed` event.",
+    )
 
 
 class ProgressEvent(_Event):
@@ -378,7 +394,7 @@ class AttemptTimedOutEvent(_Event):
 class LeaseExpiredEvent(_Event):
     """The worker's lease ran out without a result (worker died or stalled)."""
 
-    written_by: ClassVar[str] = "processor (its housekeeping timers); timer service (lease records of older processors)"
+    written_by: ClassVar[str] = "processor (its housekeeping timers)"
     type: Literal["lease_expired"] = "lease_expired"
     attempt: Attempt = Field(description=_ATTEMPT)
     lease_deadline: UtcTimestamp = Field(description="The deadline that passed (must be the job's current one).")
@@ -765,3 +781,9 @@ LINKED_TYPES: frozenset[str] = frozenset(
 SLOT_OWNER_TYPES: frozenset[str] = frozenset({"slot_requested", "slot_released"})
 
 Event = _Event  # the common base, for isinstance checks and type hints
+
+
+def is_claim(event: _Event) -> bool:
+    """Whether ``event`` claims an attempt: a ``claimed``, or an ``attempt_started`` that is also the
+    claim (it carries ``lease_deadline``). For readers of the log that count claims."""
+    return event.type == "claimed" or (event.type == "attempt_started" and event.__dict__.get("lease_deadline") is not None)

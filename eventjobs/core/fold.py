@@ -30,8 +30,10 @@ is disarmed once the job is retried from the dead-letter queue, a republish time
 re-publish it performs. The few recent ids kept in the state only make ``duplicate`` (rather
 than a "stale" rejection) precise for near redeliveries.
 
-Fenced attempts: the accepted ``claimed`` event's id becomes the job's ``claim_id``, and the
-worker's attempt events (started, progress, heartbeat, outcome) carry the claim they belong to.
+Fenced attempts: the accepted claim's id becomes the job's ``claim_id`` (a ``claimed`` event, or
+an ``attempt_started`` that carries ``lease_deadline``: the claim and the start in one event,
+pending -> running, with every check of a claim), and the worker's attempt events (started,
+progress, heartbeat, outcome) carry the claim they belong to.
 A worker whose claim was refused (another worker claimed the attempt first, e.g. from a
 redelivered or re-published ready record) may still run the handler, but its events are
 rejected, so only the accepted claim decides the attempt.
@@ -391,7 +393,7 @@ def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
 def _debounce(state: JobState, event: Any, actor: str) -> Decision:
     """Another enqueue of a debounced job's window, before the job started: it takes the new args
     and starts ``debounce`` after this enqueue (never earlier than it was to start)."""
-    run_at = add_seconds(event.occurred_at, state.options.debounce_s)  # type: ignore[arg-type]
+    run_at = add_seconds(event.occurred_at, state.options.debounce_s)  # type: ignore[arg-type]  # set: only a debounced job gets here
     if state.run_at is not None and state.run_at > run_at:
         run_at = state.run_at
     data = state.__dict__.copy()
@@ -438,7 +440,10 @@ def _on_due(state: JobState, event: Any, actor: str) -> Decision:
     return _accept(state, event, data)
 
 
-def _on_claimed(state: JobState, event: Any, actor: str) -> Decision:
+def _claim(state: JobState, event: Any) -> Decision | dict[str, Any]:
+    """A claim of the current attempt (a ``claimed``, or an ``attempt_started`` that is also the
+    claim): the new state's fields, or why it is refused. Only a pending job is claimed, once per
+    attempt: the first claim folded wins, and the claim is the event's own id."""
     if event.attempt != state.attempt:
         return _stale_attempt(state, event)
     status = state.status
@@ -458,13 +463,38 @@ def _on_claimed(state: JobState, event: Any, actor: str) -> Decision:
         data["expires_at"] = None  # started in time: the ttl only limits the wait for the first start
     if state.progress_at is not None:
         data["progress_percent"] = data["progress_message"] = data["progress_at"] = data["progress_event_id"] = None
+    return data
+
+
+def _on_claimed(state: JobState, event: Any, actor: str) -> Decision:
+    data = _claim(state, event)
+    if isinstance(data, Decision):  # refused: it says why
+        return data
+    return _accept(state, event, data)
+
+
+def _on_claiming_start(state: JobState, event: Any) -> Decision:
+    """An ``attempt_started`` with ``lease_deadline``: the claim and the start in one event, so
+    pending -> running, with every check of a claim (the start needs no other)."""
+    if event.claim_id is not None and event.claim_id != event.event_id:
+        return _reject(state, f"a start that is also the claim names itself as the claim, not {event.claim_id}")
+    data = _claim(state, event)
+    if isinstance(data, Decision):  # refused: it says why
+        return data
+    data["status"] = RUNNING
+    data["started_at"] = event.occurred_at
     return _accept(state, event, data)
 
 
 def _on_attempt_started(state: JobState, event: Any, actor: str) -> Decision:
+    if event.lease_deadline is not None:
+        return _on_claiming_start(state, event)
     if event.attempt != state.attempt:
         return _stale_attempt(state, event)
     if state.status is not CLAIMED:
+        if state.status is PENDING:
+            return _reject(state, f"attempt {state.attempt} is not claimed: a start without lease_deadline follows "
+                                  "an accepted claimed")
         return _not_accepted(state, event)
     claim_id = event.claim_id
     if claim_id is not None and claim_id != state.claim_id and state.claim_id is not None:

@@ -19,11 +19,10 @@ the lane keeps them in memory (`Housekeeping`) and rebuilds them from the table 
 partition, instead of writing timer records: that would be four records per job on the timer
 topic (a lease armed at the claim and tombstoned at the attempt's end, a re-publish armed at the
 enqueue and tombstoned at the claim, a retention armed at the finish), each read back by the
-timer service. The events are the timer service's: each is built by `timer_fired_event` from the
-equivalent timer key (`job:lease`, `timer_key(job, "republish", attempt, sequence)`, `job:retain`,
-`job:dead_letter`), so its id depends only on the timer (a lease's on its attempt and deadline),
-and a repeat (a restart, or a timer record an older processor wrote, which the timer service
-still fires) is a duplicate or a stale fire that `apply` ignores.
+timer service. Each event is built by `timer_fired_event` from the timer's key (`job:lease`,
+`timer_key(job, "republish", attempt, sequence)`, `job:retain`, `job:dead_letter`), as the timer
+service builds its own, so its id depends only on the timer (a lease's on its attempt and
+deadline), and a repeat (after a restart) is a duplicate or a stale fire that `apply` ignores.
 
 Whether a ready record still waits is the shell's question to the broker (the worker group's
 committed offset on the record's partition, the partition's log start and end); the answer's
@@ -44,7 +43,7 @@ from eventjobs.core.clock import add_seconds, epoch_ms, from_epoch_ms
 from eventjobs.core.commands import timer_fired_event
 from eventjobs.core.events import JobEvent
 from eventjobs.core.flow import window_end
-from eventjobs.core.records import TimerKind, timer_key
+from eventjobs.core.records import HousekeepingKind, timer_key
 from eventjobs.core.state import ACTIVE_STATUSES, TERMINAL_STATUSES, JobState, JobStatus
 from eventjobs.core.timer_index import TimerIndex
 
@@ -168,14 +167,14 @@ class HousekeepingTimer:
     """The one housekeeping timer a job's state calls for: what it fires, when, and its timer key."""
 
     job_id: str
-    kind: TimerKind  # "lease", "republish", "retain" or "dead_letter"
+    kind: HousekeepingKind
     due_at: datetime
     attempt: int
     sequence: int | None = None  # republish: which re-publish of the attempt's ready record
 
     @property
     def key(self) -> bytes:
-        """The key a timer record of this timer would have; the fired event's id derives from it."""
+        """The timer's key (`timer_key`): it indexes the lane's timers, and the fired event's id derives from it."""
         return timer_key(self.job_id, self.kind, self.attempt, self.sequence)
 
 

@@ -19,8 +19,13 @@ from eventjobs.core.refused import Refused
 from eventjobs.core.options import JobOptionsSpec, Priority
 from eventjobs.core.state import DependencyOutcome, JobState, JobStatus
 
-TimerKind = Literal["run_at", "retry", "lease", "ttl", "dead_letter", "retain", "republish"]
-TIMER_KINDS: tuple[TimerKind, ...] = ("run_at", "retry", "lease", "ttl", "dead_letter", "retain", "republish")
+#: The kinds of timer records: the processor writes them, the timer service fires them.
+TimerKind = Literal["run_at", "retry", "ttl"]
+TIMER_KINDS: tuple[TimerKind, ...] = ("run_at", "retry", "ttl")
+#: The processor's own timers (`core.housekeeping`): never written as records, but keyed (and the
+#: ids of the events they fire derived) the same way, `timer_key`.
+HousekeepingKind = Literal["lease", "dead_letter", "retain", "republish"]
+HOUSEKEEPING_KINDS: tuple[HousekeepingKind, ...] = ("lease", "dead_letter", "retain", "republish")
 
 
 
@@ -76,7 +81,7 @@ def revocation_headers(ready: ReadyRecord) -> list[tuple[str, bytes]]:
 
 def revoked_attempt(key: bytes | None, headers: Any) -> tuple[str, int, int] | None:
     """What a ready-topic tombstone revokes, as `ready_attempt` names it; None if it does not say
-    (a tombstone written before these headers existed)."""
+    (the processor's tombstones always do)."""
     found = dict(headers or ())
     attempt, enqueued = found.get(REVOKED_ATTEMPT_HEADER), found.get(REVOKED_ENQUEUED_AT_HEADER)
     if key is None or not attempt or not enqueued or not attempt.isdigit() or not enqueued.lstrip(b"-").isdigit():
@@ -147,32 +152,28 @@ class TimerRecord(_Record):
     kind: TimerKind
     attempt: int
     due_at: datetime
-    sequence: int | None = None  # republish timers only: which re-publish of the attempt's ready record
 
     @property
     def key(self) -> bytes:
-        return timer_key(self.job_id, self.kind, self.attempt, self.sequence)
-
-    def encode(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()  # no "sequence" but for republish timers
+        return timer_key(self.job_id, self.kind, self.attempt)
 
     @classmethod
     def decode(cls, data: bytes) -> TimerRecord:
         return cls.model_validate_json(data)
 
 
-def timer_key(job_id: str, kind: TimerKind, attempt: int | None = None, sequence: int | None = None) -> bytes:
+def timer_key(job_id: str, kind: TimerKind | HousekeepingKind, attempt: int | None = None,
+              sequence: int | None = None) -> bytes:
     """`job_id:kind`, for retries `job_id:retry:attempt`, for republishes `job_id:republish:attempt:sequence`,
     for the run_at timer of a later attempt (after a snooze) `job_id:run_at:attempt`.
 
     A retry timer names its attempt because the timer service tombstones what it fired after the
     fired event is already visible: the processor may by then have armed the next attempt's retry,
-    which a shared key would let that tombstone delete. A republish timer is re-armed when it
-    fires, so it names its attempt and sequence for the same reason.
+    which a shared key would let that tombstone delete.
 
-    The processor no longer writes republish, retain or dead_letter timers (they are its lanes'
-    own, `core.housekeeping`), but their keys still name the events those timers fire (the id
-    derives from the key) and the records an older processor wrote, which are still fired.
+    The housekeeping kinds (lease, republish, retain, dead_letter) are no records: their keys
+    index a lane's own timers and name the events those fire (the id derives from the key); a
+    republish timer is re-armed when it fires, so it names its attempt and sequence.
     """
     if kind == "retry":
         if attempt is None:

@@ -84,7 +84,8 @@ _STATUS_DOC = {
     "Its ready record is published again if it is lost while the job stays pending (the processor's timer `republish` "
     "looks after 1 h, doubling, at most daily; a record still waiting for the workers, in a paused or busy queue, is not).",
     JobStatus.SCHEDULED: "Waiting for its run_at; the timer service writes `due` (timer run_at) then.",
-    JobStatus.CLAIMED: "A worker holds a lease on the current attempt but has not started the handler yet.",
+    JobStatus.CLAIMED: "A worker holds a lease on the current attempt but has not started the handler yet (a worker "
+    "that starts it right after claiming writes one `attempt_started` that is also the claim: pending -> running).",
     JobStatus.RUNNING: "The handler is running; heartbeats extend the lease, progress is recorded.",
     JobStatus.RETRYING: "An attempt failed and a retry is due at next_due_at; the timer service writes `due` (timer retry) then.",
     JobStatus.COMPLETED: "Terminal: the handler succeeded; result holds what it returned.",
@@ -237,7 +238,10 @@ TRANSITIONS: tuple[Transition, ...] = (
         "timer is republish, attempt is the current one, sequence is ready_republishes: the ready record is published again",
     ),
     Transition(_S.PENDING, "claimed", _S.CLAIMED, "attempt is the current one, lease_deadline after occurred_at"),
-    Transition(_S.CLAIMED, "attempt_started", _S.RUNNING, "same attempt, claim and worker as the accepted claim"),
+    Transition(_S.CLAIMED, "attempt_started", _S.RUNNING, "no lease_deadline: same attempt, claim and worker as the "
+               "accepted claim"),
+    Transition(_S.PENDING, "attempt_started", _S.RUNNING, "with lease_deadline, the start is also the claim: attempt is "
+               "the current one, lease_deadline after occurred_at, claim_id none or the event's own id"),
     *(Transition(s, "progress", s, f"current attempt, {_OF_THE_CLAIM}, newer than the last progress") for s in ACTIVE_STATUSES),
     *(
         Transition(s, "heartbeat", s, f"current attempt, {_OF_THE_CLAIM}, lease_deadline later than the current one")

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from eventjobs.core.refused import Refused
 from eventjobs.core.clock import epoch_ms
-from eventjobs.core.records import TimerRecord
+from eventjobs.core.records import TIMER_KINDS, TimerRecord
 from eventjobs.core.validation import worded
 
 MAX_ATTEMPT = (1 << 20) - 1  # the largest attempt a timer can carry (events allow up to 1,000,000)
@@ -83,25 +83,27 @@ def admit_timer(key: bytes | None, value: bytes) -> tuple[int, int] | Refused:
     """(due ms, attempt) of a timer record read from the timer topic, or why it is refused.
 
     The timer topic is compacted and read from its beginning on every start, so a record nobody
-    can use must be refused here, never raised on: not JSON, wrong fields, an attempt the index
-    cannot hold, a due time out of range, or a key other than the one the processor writes for
-    that record (`TimerRecord.key`: `job_id:kind`, `job_id:retry:attempt`, or
-    `job_id:republish:attempt:sequence`).
+    can use must be refused here, never raised on: not JSON, a kind the timer service does not
+    fire (`TIMER_KINDS`; the lease, re-publish and retention timers are the processor's own,
+    `core.housekeeping`, never records), other wrong fields, an attempt the index cannot hold, a
+    due time out of range, or a key other than the one the processor writes for that record
+    (`TimerRecord.key`: `job_id:kind`, `job_id:retry:attempt`, `job_id:run_at:attempt`).
     """
     try:
         timer = TimerRecord.decode(value)
     except ValidationError as error:
         problems = error.errors()
-        kind = "not JSON" if problems and problems[0]["type"] == "json_invalid" else "wrong fields"
-        return Refused(kind, f"not a timer record: {brief(error)}")
+        if problems and problems[0]["type"] == "json_invalid":
+            return Refused("not JSON", f"not a timer record: {brief(error)}")
+        if any(problem["loc"] == ("kind",) and problem["type"] == "literal_error" for problem in problems):
+            return Refused("kind not fired", f"the timer service fires kinds {', '.join(TIMER_KINDS)} only: "
+                                             f"{brief(error)}")
+        return Refused("wrong fields", f"not a timer record: {brief(error)}")
     except ValueError as error:  # e.g. bytes that are not UTF-8
         return Refused("not JSON", f"not a timer record: {error}")
     if not 0 <= timer.attempt <= MAX_ATTEMPT:
         return Refused("attempt out of range", f"attempt {timer.attempt} is outside 0..{MAX_ATTEMPT}")
-    try:
-        expected = timer.key
-    except ValueError as error:  # e.g. a republish timer without its sequence
-        return Refused("wrong fields", f"not a timer record: {error}")
+    expected = timer.key
     if key != expected:
         return Refused("key does not match", f"key {key!r} is not the record's key {expected!r}")
     due_at = timer.due_at if timer.due_at.tzinfo is not None else timer.due_at.replace(tzinfo=UTC)

@@ -28,8 +28,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from eventjobs.app import App
+from eventjobs.clickhouse.backend import Backend
 from eventjobs.core.state import JobState
 from eventjobs.dev.broker import LocalKafka
+from eventjobs.dev.processes import stop_processes
 from eventjobs.settings import DEFAULT_BOOTSTRAP, Settings, load_settings
 from eventjobs.kafka.admin import apply_topics
 
@@ -177,8 +179,25 @@ async def _show_projections(settings: Settings, since: datetime, count: int, con
         if flaky is not None:
             history = await asyncio.to_thread(query.job_history, backend, flaky.job_id)
             console.print(history_table(flaky.job_id, history))
+            await _show_as_of(backend, flaky.job_id, history, console, settings.namespace)
     finally:
         backend.close()
+
+
+async def _show_as_of(backend: Backend, job_id: str, history: list[Any], console: Console, namespace: str) -> None:
+    """The same job as it stood right after its first failed attempt: history as of a moment."""
+    from eventjobs.readside.as_of import AsOf, show_job_as_of
+
+    first_failure = next((e for e in history if e.type == "attempt_failed"), None)
+    if first_failure is None:
+        return
+    moment = AsOf(at=first_failure.occurred_at)
+    then = await asyncio.to_thread(show_job_as_of, backend, job_id, moment)
+    at = first_failure.occurred_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    console.print(f"[bold]The same job {moment.describe()}[/] (its first failure), from the history alone: "
+                  f"status {then.status}, attempt {then.attempt}, {then.attempts_started} started, last error "
+                  f"{then.error_type}: {then.error_message}\n  (`eventjobs jobs show {job_id} --as-of {at} --namespace {namespace}`)",
+                  highlight=False)
 
 
 def _ms(seconds: float | None) -> str:
@@ -218,13 +237,7 @@ def run_demo(home: Path, port: int, console: Console, *, serve_port: int | None 
         if serve_port is not None:
             processes.append(serve_dashboard(settings, serve_port, processes, logs, console))
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes, timeout_s=40)
         if serve_port is not None and started_broker:
             broker.down()
     if serve_port is not None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -81,6 +82,17 @@ def admin_client(settings: Settings) -> AIOKafkaAdminClient:
     options = connection_options(settings)
     options.pop("request_timeout_ms")
     return AdminClient(**options, request_timeout_ms=int(settings.kafka_request_timeout_s * 1000))
+
+
+@asynccontextmanager
+async def started_admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client, started, and closed when the block ends."""
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
 
 
 def _retry_coordinator_lookups_across_lost_connections() -> None:

@@ -4,13 +4,15 @@ Every consumer isolates each record it reads: one it cannot decode or act on is 
 where the service can write, quarantined or tombstoned) while everything after it flows. A flood
 of bad records must not flood the log either, so `BadRecords` logs the first record of each kind
 with its origin and reason, then only the running count at 10, 100, 1,000 ... of that kind; the
-exact counts are attributes of the service (and `counts` here).
+exact counts are attributes of the service (and `counts` here), and a service that serves
+Prometheus metrics passes `count` (`Metrics.skipped`: `eventjobs_records_skipped_total`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 
@@ -33,11 +35,13 @@ def describe_key(key: bytes | None) -> str:
 class BadRecords:
     """Counts skipped records by kind; logs the first of each kind, then the count at powers of ten."""
 
-    def __init__(self, logger: logging.Logger | str, service: str, *, action: str = "skipped") -> None:
+    def __init__(self, logger: logging.Logger | str, service: str, *, action: str = "skipped",
+                 count: Callable[[str], None] | None = None) -> None:
         self.log = logging.getLogger(logger) if isinstance(logger, str) else logger
         self.service = service
         self.action = action
         self.counts: Counter[str] = Counter()
+        self._count = count  # also counted there (a metric), by kind
 
     @property
     def total(self) -> int:
@@ -46,6 +50,8 @@ class BadRecords:
     def report(self, kind: str, where: str, reason: str) -> None:
         """Count one bad record of `kind` found at `where` (e.g. `topic/partition@offset, key ...`)."""
         self.counts[kind] += 1
+        if self._count is not None:
+            self._count(kind)
         count = self.counts[kind]
         if count == 1:
             self.log.error(

@@ -26,8 +26,8 @@ How it is computed:
   with the projector's own `project_event`, the code that writes the live `jobs` rows, so a job as
   of now reads exactly like its live row.
 * Stats: status counts per group from the same per-job query, and the metric counts, rates and
-  quantiles of `stats` computed from the counted `job_events` rows inside the cut, with the
-  definitions of `job_metrics_1m` (which those rows feed).
+  quantiles of `stats` by the live query (`queries.job_stats`) over the counted `job_events`
+  rows inside the cut, aggregated as `job_metrics_1m_mv` aggregates them (`_metrics_at`).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from eventjobs.readside.queries import (
     JobSummary,
     QueryArgumentError,
     StatsRow,
-    _stats_row,
     job_filters,
+    job_stats,
     utc,
 )
 from eventjobs.readside.rows import JOB_COLUMNS, ProjectedJob, fold_stored, job_row
@@ -285,31 +285,30 @@ def status_counts_as_of(backend: Backend, as_of: AsOf, *, queue: str | None = No
 
 def stats_as_of(backend: Backend, as_of: AsOf, *, queue: str | None = None, since: datetime | None = None,
                 by: Literal["name", "queue"] = "name") -> list[StatsRow]:
-    """`job_stats` up to the moment: the same counts, rates and quantiles, from the counted
-    `job_events` rows inside the cut (the rows that feed `job_metrics_1m`)."""
+    """`job_stats` up to the moment: the same query, over `_metrics_at` instead of `job_metrics_1m`."""
     if by not in ("name", "queue"):
         raise QueryArgumentError(f"--by must be 'name' or 'queue', got {by!r}")
     check_as_of(backend, as_of)
+    source, params = _metrics_at(as_of)
+    return job_stats(backend, queue=queue, since=since, by=by, source=source, source_params=params)
+
+
+def _metrics_at(as_of: AsOf) -> tuple[str, dict[str, Any]]:
+    """A subquery of `job_metrics_1m`'s shape (the columns `job_stats` reads) over the counted
+    `job_events` rows inside the cut, with the definitions of `job_metrics_1m_mv`, which those
+    rows feed (projections/004_job_metrics.sql)."""
     cut, params = as_of.cut()
-    where = ["counted = 1", cut]
-    if queue is not None:
-        where.append("queue = {queue:String}")
-        params["queue"] = queue
-    if since is not None:
-        where.append("toStartOfMinute(occurred_at) >= toStartOfMinute({since:DateTime64(3, 'UTC')})")
-        params["since"] = since
-    result = backend.query(
-        f"SELECT {by} AS grp, countIf(type = 'enqueued') AS enqueued, countIf(type = 'attempt_started') AS started, "
-        "countIf(type = 'completed') AS completed, countIf(type = 'failed') AS failed, "
-        "countIf(type = 'retry_scheduled') AS retried, countIf(type = 'dead_lettered') AS dead_lettered, "
-        "countIf(type = 'cancelled') AS cancelled, "
-        "countIf(type IN ('attempt_failed', 'attempt_timed_out', 'lease_expired')) AS failed_attempts, "
-        "countIf(type = 'attempt_succeeded') AS succeeded_attempts, "
-        "toDateTime(min(toStartOfMinute(occurred_at)), 'UTC') AS first_minute, "
-        "toDateTime(max(toStartOfMinute(occurred_at)), 'UTC') AS last_minute, "
-        "quantilesDeterministicIf(0.5, 0.95, 0.99)(duration_s, cityHash64(event_id), has_duration = 1) AS duration, "
-        "quantilesDeterministicIf(0.5, 0.95, 0.99)(wait_s, cityHash64(event_id), has_wait = 1) AS wait "
-        f"FROM job_events WHERE {' AND '.join(where)} GROUP BY grp ORDER BY grp",
-        params,
+    source = (
+        "(SELECT toDateTime(toStartOfMinute(occurred_at), 'UTC') AS minute, queue, name, "
+        "countIfState(type = 'enqueued') AS enqueued, countIfState(type = 'attempt_started') AS started, "
+        "countIfState(type = 'attempt_succeeded') AS succeeded_attempts, "
+        "countIfState(type IN ('attempt_failed', 'attempt_timed_out', 'lease_expired')) AS failed_attempts, "
+        "countIfState(type = 'completed') AS completed, countIfState(type = 'failed') AS failed, "
+        "countIfState(type = 'retry_scheduled') AS retried, countIfState(type = 'dead_lettered') AS dead_lettered, "
+        "countIfState(type = 'cancelled') AS cancelled, "
+        "quantilesDeterministicIfState(0.5, 0.95, 0.99)(wait_s, cityHash64(event_id), has_wait = 1) "
+        "AS wait_quantiles, "
+        "quantilesDeterministicIfState(0.5, 0.95, 0.99)(duration_s, cityHash64(event_id), has_duration = 1) "
+        f"AS duration_quantiles FROM job_events WHERE counted = 1 AND {cut} GROUP BY minute, queue, name)"
     )
-    return [_stats_row(row) for row in result.dicts()]
+    return source, params

@@ -120,6 +120,31 @@ def _flush(current: list[str], statements: list[str]) -> None:
     current.clear()
 
 
+_VIEW = re.compile(r"^CREATE\s+MATERIALIZED\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(?P<view>\w+)\s+TO\s+(?P<table>\w+)"
+                   r"\s+AS\s+(?P<select>SELECT\b.*)$", re.DOTALL | re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ViewDefinition:
+    """A materialized view a projection file creates: the table it writes to and its SELECT,
+    as the file states them (the one place that SELECT is written)."""
+
+    view: str
+    table: str
+    select: str
+
+
+def view_definitions(directory: Path) -> dict[str, ViewDefinition]:
+    """Every `CREATE MATERIALIZED VIEW <view> TO <table> AS SELECT ...` of the projection files, by view."""
+    views: dict[str, ViewDefinition] = {}
+    for migration in load_migrations(directory):
+        for statement in migration.statements():
+            match = _VIEW.match(statement)
+            if match is not None:
+                views[match["view"]] = ViewDefinition(match["view"], match["table"], match["select"])
+    return views
+
+
 def load_migrations(directory: Path) -> list[Migration]:
     """The numbered SQL files of `directory`, in order; refuses odd names and duplicate numbers."""
     if not directory.is_dir():

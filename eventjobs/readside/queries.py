@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, UTC
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
@@ -426,13 +427,23 @@ def job_history(backend: Backend, job_id: str) -> list[HistoryEntry]:
     return entries
 
 
+#: Where `job_stats` reads by default: the live per-minute metrics (projections/004_job_metrics.sql).
+METRICS_TABLE = "job_metrics_1m"
+
+
 def job_stats(backend: Backend, *, queue: str | None = None, since: datetime | None = None,
-              by: Literal["name", "queue"] = "name") -> list[StatsRow]:
-    """Throughput, failure rate, run duration and wait quantiles per job name or queue."""
+              by: Literal["name", "queue"] = "name", source: str = METRICS_TABLE,
+              source_params: Mapping[str, Any] | None = None) -> list[StatsRow]:
+    """Throughput, failure rate, run duration and wait quantiles per job name or queue.
+
+    `source` is `job_metrics_1m` (live), or a subquery of its shape (`minute`, `queue`, `name` and
+    the count and quantile states read here) with its `source_params`: `as_of.stats_as_of`
+    passes the states of the `job_events` rows inside a cut.
+    """
     if by not in ("name", "queue"):
         raise QueryArgumentError(f"--by must be 'name' or 'queue', got {by!r}")
     where: list[str] = ["1"]
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = dict(source_params or {})
     if queue is not None:
         where.append("queue = {queue:String}")
         params["queue"] = queue
@@ -447,7 +458,7 @@ def job_stats(backend: Backend, *, queue: str | None = None, since: datetime | N
         "min(minute) AS first_minute, max(minute) AS last_minute, "
         "quantilesDeterministicIfMerge(0.5, 0.95, 0.99)(duration_quantiles) AS duration, "
         "quantilesDeterministicIfMerge(0.5, 0.95, 0.99)(wait_quantiles) AS wait "
-        f"FROM job_metrics_1m WHERE {' AND '.join(where)} GROUP BY grp ORDER BY grp",
+        f"FROM {source} WHERE {' AND '.join(where)} GROUP BY grp ORDER BY grp",
         params,
     )
     return [_stats_row(row) for row in result.dicts()]

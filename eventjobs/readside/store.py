@@ -17,7 +17,8 @@ Exactly-once in effect, without transactions across tables:
   while the INSERT was unanswered) leaves that batch out of the metrics. Such a batch is the one
   whose event rows are past `projector_progress` (nothing after it has been written), so before
   folding on, the projector rebuilds the metric rows of the minutes those rows fall in from
-  `job_events` (`repair_views`): deleted, then aggregated again by the view's own SELECT. No
+  `job_events` (`repair_views`): deleted, then aggregated again by the view's own SELECT (as
+  projections/ states it, `migrations.view_definitions`). No
   double count, and no batch left out.
 """
 
@@ -26,9 +27,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from eventjobs.clickhouse.backend import Backend
+from eventjobs.clickhouse.backend import Backend, quote_identifier
+from eventjobs.readside.migrations import default_projections_dir, view_definitions
 from eventjobs.readside.lag import PartitionLag
 from eventjobs.readside.rows import (
     DEAD_LETTER_COLUMNS,
@@ -42,12 +45,10 @@ from eventjobs.readside.rows import (
     job_row,
 )
 
-#: The materialized views fed by `job_events` (projections/), and the table each writes to. A
-#: view left out here would not be repaired after a torn INSERT: `test_migrations` checks that
-#: every view of the projections is listed.
+#: The materialized views fed by `job_events` (projections/), and the table each writes to, in
+#: rows per `minute`. A view left out here would not be repaired after a torn INSERT: a test
+#: checks that every view of the projections is listed.
 VIEWS_OF_JOB_EVENTS = {"job_metrics_1m_mv": "job_metrics_1m"}
-#: The condition every such view puts on the rows it aggregates, where the repair adds its minutes.
-_VIEW_FILTER = "WHERE counted = 1"
 
 LAG_COLUMNS = ["log_partition", "next_offset", "end_offset", "records_behind", "last_projected_at", "lag_s",
                "updated_at"]
@@ -93,9 +94,10 @@ class Batch:
 class ProjectionStore:
     """Reads and writes the projection tables of one database."""
 
-    def __init__(self, backend: Backend, database: str | None = None) -> None:
+    def __init__(self, backend: Backend, database: str | None = None, projections_dir: Path | None = None) -> None:
         self.backend = backend
         self.database = database or backend.database
+        self.projections_dir = projections_dir or default_projections_dir()  # where the views' SELECTs are
 
     def positions(self) -> Positions:
         events = self.backend.query(
@@ -122,19 +124,21 @@ class ProjectionStore:
             "ORDER BY 1", database=self.database).rows]
         if not minutes:
             return []
+        definitions = view_definitions(self.projections_dir)
+        chosen = "minute IN {minutes:Array(DateTime('UTC'))}"
         for view, table in VIEWS_OF_JOB_EVENTS.items():
-            select = self.backend.query(
-                "SELECT as_select FROM system.tables WHERE database = {db:String} AND name = {view:String}",
-                {"db": self.database, "view": view}, database=self.database).scalar()
-            if not select or _VIEW_FILTER not in select:
-                raise RuntimeError(f"the view {view} of {self.database} does not filter its rows by "
-                                   f"{_VIEW_FILTER!r}: its rows cannot be rebuilt (projections/ and "
-                                   f"readside/store.py VIEWS_OF_JOB_EVENTS disagree)")
-            chosen = "toStartOfMinute(occurred_at) IN {minutes:Array(DateTime('UTC'))}"
-            self.backend.command(f"ALTER TABLE {table} DELETE WHERE minute IN {{minutes:Array(DateTime('UTC'))}} "
-                                 "SETTINGS mutations_sync = 2", {"minutes": minutes}, database=self.database)
-            self.backend.command(f"INSERT INTO {table} " + select.replace(_VIEW_FILTER, f"{_VIEW_FILTER} AND {chosen}", 1),
+            definition = definitions.get(view)
+            if definition is None or definition.table != table:
+                raise RuntimeError(f"{self.projections_dir} creates no view {view} TO {table}: its rows cannot be "
+                                   f"rebuilt (projections/ and readside/store.py VIEWS_OF_JOB_EVENTS disagree)")
+            # the view's own SELECT, as projections/ states it, limited to the minutes by its output
+            # column `minute` (a grouping key: ClickHouse filters the job_events rows before grouping)
+            columns = ", ".join(quote_identifier(row[0]) for row in self.backend.query(
+                f"DESCRIBE ({definition.select})", database=self.database).rows)
+            self.backend.command(f"ALTER TABLE {table} DELETE WHERE {chosen} SETTINGS mutations_sync = 2",
                                  {"minutes": minutes}, database=self.database)
+            self.backend.command(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM ({definition.select}) "
+                                 f"WHERE {chosen}", {"minutes": minutes}, database=self.database)
         return [datetime.fromisoformat(minute) for minute in minutes]
 
     def last_projected(self) -> dict[int, datetime]:

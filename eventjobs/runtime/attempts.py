@@ -1,17 +1,19 @@
 """The worker's attempt runner: claim, start, heartbeats, the handler's call, the ending event.
 
-Why this module exists: an attempt is one sequence (claim -> started -> heartbeats while the
+Why this module exists: an attempt is one sequence (claim and start -> heartbeats while the
 handler runs -> the one ending event), with state of its own (the attempts running, the
 thread pool's gate, the verdicts awaited for re-published records), and nothing in it touches
 the buffers or the offsets: the claim's acknowledgement is handed to the intake
 (`acknowledged`). Which event ends an attempt is `core.attempt_end`'s rule (`_end`), for a
 normal end as for one the worker's shutdown forces (`drain`).
 
-Every event of an attempt names the worker's claim (`claim_id`), so an attempt whose claim the
+The claim of a ready record is its `attempt_started`, carrying the lease (`claiming_start_event`):
+the handler is called right after it, so the claim and the start are one event. Every event of
+an attempt names the worker's claim (`claim_id`, that event's id), so an attempt whose claim the
 fold refused (another claim came first) may run here but decides nothing. A re-published ready
-record, which may be a second copy of an attempt already claimed elsewhere, runs only once the
-claim is seen accepted on the job-state changelog (`runtime.claim_verdicts`, read by the
-cancel watcher).
+record, which may be a second copy of an attempt already claimed elsewhere, is claimed with a
+`claimed` event and runs (its `attempt_started` written) only once the claim is seen accepted on
+the job-state changelog (`runtime.claim_verdicts`, read by the cancel watcher).
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ class AttemptRunner:
 
     # -- one attempt -----------------------------------------------------------------------
     async def _run(self, ready: ReadyRecord, item: Item, claim: JobEvent, guarded: bool = False) -> None:
-        # Every event of the attempt names this claim (the claimed event's id): if the fold refused
+        # Every event of the attempt names this claim (the claim event's id): if the fold refused
         # it (another claim of the attempt came first, e.g. from a ready record redelivered after
         # a worker died), the handler still runs here, this worker cannot know, but none of its
         # events counts. Only the accepted claim decides the attempt. A re-published record
@@ -172,11 +174,10 @@ class AttemptRunner:
         if guarded:
             if not await self._claim_stands(ready, item, claim):
                 return
-        else:
-            await self._send(claim)
-        started = await self._send(attempt_started_event(ready.job_id, ready.attempt, worker_id=self.worker_id,
-                                                         now=self.clock.now(), actor=self.actor, claim_id=claim_id))
-        if not guarded:
+            await self._send(attempt_started_event(ready.job_id, ready.attempt, worker_id=self.worker_id,
+                                                   now=self.clock.now(), actor=self.actor, claim_id=claim_id))
+        else:  # the claim is the start (an attempt_started with the lease): one event, not two
+            started = await self._send(claim)
             started.add_done_callback(lambda ack: self._acknowledged(ack, item))
         heartbeats = asyncio.create_task(self._heartbeat_loop(ready, claim_id))
         try:

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from eventjobs.core.clock import Clock, SystemClock
 from eventjobs.core.codec import admit
@@ -60,7 +61,7 @@ from eventjobs.core.records import capability_route, queue_of_route
 from eventjobs.core.schedules import admit_schedule_record
 from eventjobs.core.state import JobState, JobStatus, encode_state
 from eventjobs.kafka.admin import apply_topics, create_missing_topics, ready_routes
-from eventjobs.kafka.clients import admin_client, consumer, job_partition, partitions_of, producer, read_to_end
+from eventjobs.kafka.clients import consumer, job_partition, partitions_of, producer, read_to_end, started_admin
 from eventjobs.kafka.offsets import log_offsets
 from eventjobs.kafka.topics import TopicNames, load_specs
 from eventjobs.runtime.state_check import compare_state, processor_committed, read_changelog
@@ -195,16 +196,12 @@ def _route(state: JobState) -> str:
 async def _refuse_while_running(settings: Settings, names: TopicNames) -> None:
     """Every consumer group of the source's services must be empty: a running processor would
     keep folding (and its timer service firing) into the old layout, a worker claiming there."""
-    admin = admin_client(settings)
-    await admin.start()
-    try:
+    async with started_admin(settings) as admin:
         prefix = names.worker_group("")  # every queue route's group of workers
         groups = [names.processor_group, names.timers_group, names.schedules_group]
         groups += sorted(group for group, *_ in await admin.list_consumer_groups() if group.startswith(prefix))
         # one group per request: aiokafka 0.14 misreads a DescribeGroups answer about several groups
         described = [response for group in groups for response in await admin.describe_consumer_groups([group])]
-    finally:
-        await admin.close()
     busy = []
     for response in described:
         for group in response.groups:  # (error_code, group_id, state, protocol_type, protocol, members, ...)
@@ -216,14 +213,14 @@ async def _refuse_while_running(settings: Settings, names: TopicNames) -> None:
                           f"and worker of the namespace (and the producers writing to it), then grow")
 
 
+async def _namespace_topics(admin: AIOKafkaAdminClient, namespace: str) -> list[str]:
+    """The topics of `namespace` (`<namespace>.*`), sorted."""
+    return sorted(name for name in await admin.list_topics() if name.startswith(f"{namespace}."))
+
+
 async def _refuse_existing(target: Settings) -> None:
-    admin = admin_client(target)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-    finally:
-        await admin.close()
-    taken = sorted(name for name in existing if name.startswith(f"{target.namespace}."))
+    async with started_admin(target) as admin:
+        taken = await _namespace_topics(admin, target.namespace)
     if taken:
         raise GrowRefused(f"namespace {target.namespace!r} has topics already ({', '.join(taken[:4])}"
                           f"{', ...' if len(taken) > 4 else ''}): grow into a namespace that does not exist yet")
@@ -246,18 +243,15 @@ async def _refuse_open_transactions(settings: Settings, names: TopicNames, commi
 
 
 async def _delete_target_topics(target: Settings) -> None:
-    admin = admin_client(target)
-    await admin.start()
     try:
-        mine = [name for name in await admin.list_topics() if name.startswith(f"{target.namespace}.")]
-        if mine:
-            await admin.delete_topics(mine)
-            log.warning("the grow failed: deleted the topics it had created (%s)", ", ".join(sorted(mine)))
+        async with started_admin(target) as admin:
+            mine = await _namespace_topics(admin, target.namespace)
+            if mine:
+                await admin.delete_topics(mine)
+                log.warning("the grow failed: deleted the topics it had created (%s)", ", ".join(mine))
     except Exception as error:  # noqa: BLE001 - the grow's own error is the one to report
         log.error("the grow failed and its topics in %s could not be deleted (%r): delete them before growing "
                   "into it again", target.namespace, error)
-    finally:
-        await admin.close()
 
 
 async def _create_target_topics(target: Settings, new: TopicNames, partitions: int, routes: set[str]) -> None:

@@ -69,7 +69,7 @@ class Item:
 
     source: AIOKafkaConsumer
     record: ConsumerRecord[bytes, bytes]
-    claim_id: str | None = None  # the event_id of this worker's `claimed` event, once built
+    claim_id: str | None = None  # the event_id of this worker's claim (`attempt_started` or `claimed`), once built
     attempt: AttemptInfo | None = None  # once `before_attempt` was called (hooks watch attempts)
     begun: float | None = None  # event-loop time the handler was called
     end_sent: bool = False  # the attempt's ending event was sent (`drain` sends none then)
@@ -80,10 +80,8 @@ class Item:
         return 0.0 if self.begun is None else asyncio.get_running_loop().time() - self.begun
 
 
-def _revokes(revoked: tuple[str, int, int] | None, item: Item) -> bool:
-    """Whether a tombstone revoking `revoked` (None: any attempt) revokes the buffered `item` of its job."""
-    if revoked is None:
-        return True
+def _revokes(revoked: tuple[str, int, int], item: Item) -> bool:
+    """Whether a tombstone revoking `revoked` revokes the buffered `item` of its job."""
     try:
         return ready_attempt(ReadyRecord.decode(item.record.value)) == revoked
     except Exception:  # noqa: BLE001 - a broken record is quarantined when its turn comes
@@ -116,8 +114,10 @@ class Intake:
         self._route_queues: list[str] = []  # the queue of each consumer's route (`routes()`, in order), made at start
         # ready records quarantined (counted by kind, each kind logged once); see docs/architecture.md, "Bad input"
         self.bad_ready = BadRecords(log, "worker", action="quarantined")
+        self.bad_tombstones = BadRecords(log, "worker", action="skipped")  # ready-topic tombstones naming no attempt
         self.quarantining: set[asyncio.Task[None]] = set()
         self._sender: AIOKafkaProducer | None = None
+        self._commit_failing: set[int] = set()  # consumers whose last offset commit failed
         self._depth_due = 0.0  # event-loop time of the next queue depth measurement
 
     def routes(self) -> list[str]:
@@ -228,13 +228,16 @@ class Intake:
     def _revoke(self, tombstone: ConsumerRecord[bytes, bytes], priority: str) -> None:
         """Drop a buffered ready record of an attempt cancelled or expired before it started, and
         remember the attempt (job, attempt and enqueue time: the job's next attempt, after a
-        dead-letter retry say, is not revoked). A tombstone that names no attempt (written by an
-        older processor) drops the job's buffered records and is not remembered."""
+        dead-letter retry say, is not revoked). A tombstone that names no attempt (the processor
+        writes none: a foreign producer's) revokes nothing; it is skipped and counted."""
         revoked = revoked_attempt(tombstone.key, tombstone.headers)
-        if revoked is not None:
-            self.revoked[revoked] = None
-            while len(self.revoked) > REMEMBERED_ATTEMPTS:
-                self.revoked.popitem(last=False)
+        if revoked is None:
+            self.bad_tombstones.report("revokes no attempt", f"{origin(tombstone)} ({describe_key(tombstone.key)})",
+                                       "a ready-topic tombstone without its attempt's headers; nothing is revoked")
+            return
+        self.revoked[revoked] = None
+        while len(self.revoked) > REMEMBERED_ATTEMPTS:
+            self.revoked.popitem(last=False)
         buffer = self.buffers[priority]
         for item in [i for i in buffer if i.record.key == tombstone.key and _revokes(revoked, i)]:
             buffer.remove(item)
@@ -402,5 +405,11 @@ class Intake:
             if offsets:
                 try:
                     await source.commit(offsets)
+                    self._commit_failing.discard(index)
                 except Exception as error:  # noqa: BLE001 - a rebalance; the next commit retries
-                    log.debug("offset commit failed: %s", error)
+                    # the first failure of a streak is told: a worker dropped from its group (a
+                    # missed session) fails every commit until it rejoins, and the records it
+                    # claimed meanwhile are delivered again to their partition's new owner
+                    level = logging.DEBUG if index in self._commit_failing else logging.INFO
+                    self._commit_failing.add(index)
+                    log.log(level, "offset commit of the ready partitions failed (%r); retried at the next commit", error)

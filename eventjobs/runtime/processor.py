@@ -137,8 +137,7 @@ def fold_batch(
     hold, whose job belongs on another partition (``job_partition``), is not applied but listed in
     ``moved``: the lane copies it to its job's partition, whose lane applies it (so a producer with
     another partitioner is served). A job is only ever created on its own partition, so the jobs a
-    lane holds are its own and the hash is computed once per job, not once per event; a job an
-    older processor created elsewhere (before this rule) stays where it is held.
+    lane holds are its own and the hash is computed once per job, not once per event.
 
     A record whose derived events would be over ``max_event_bytes``, or whose job state would be
     over ``max_state_bytes`` (None: states are not checked here), is quarantined with the reason

@@ -123,7 +123,7 @@ class ScheduleService(Supervised):
         self.due: dict[int, TimerIndex] = {}  # partition -> when to look at each schedule next (ms)
         self.lock = asyncio.Lock()
         self._supervise_as("schedule service", log)
-        self.bad = BadRecords(log, "schedule service")
+        self.bad = BadRecords(log, "schedule service", count=metrics.skipped if metrics is not None else None)
         self.fired = 0  # ticks fired (enqueued and recorded) by this instance
         self._unsettled: deque[tuple[int, Iterator[str]]] = deque()  # schedules whose next look is to be computed
         self._set_aside: dict[str, tuple[str, str]] = {}  # schedule id -> (its definition event id, reason)

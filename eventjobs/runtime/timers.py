@@ -1,23 +1,23 @@
 """The timer service: fires scheduled runs, retry backoffs and TTLs on time.
 
 (A running attempt's lease, re-publishing a pending job's ready record and retention are the
-processor's own timers, `core/housekeeping.py`; records of those kinds that an older processor
-wrote are still fired, `lease_expired` among them.)
+processor's own timers, `core/housekeeping.py`, never records: a timer record of such a kind is
+refused, "Bad input" below.)
 
 Design (docs/architecture.md, "Timers"): the compacted topic `<ns>.timers` is the durable truth,
 one record per pending timer keyed `job_id:kind`, co-partitioned with the event log. This service
 owns timer partitions through a consumer group, rebuilds an in-memory `TimerIndex` of each
 assigned partition by reading it from the beginning, then keeps reading new timers. When timers
-are due it appends the events they cause (`due`, `expired`; `lease_expired`, `retention_passed`
-for an older processor's records) and, once those are acknowledged, a tombstone for each fired
-timer. A crash before the events are acknowledged fires nothing (the timers are still in the
+are due it appends the events they cause (`due`, `expired`) and, once those are acknowledged, a
+tombstone for each fired timer. A crash before the events are acknowledged fires nothing (the timers are still in the
 topic); a crash between events and tombstones fires the same timers again after the restart, with
 the same event ids, and the fold ignores a stale or repeated fire, so firing is exactly-once in
 effect. No transaction is needed for that, and its commit round trips would sit between a due time
 and the job's start.
 
-Bad input (docs/architecture.md, "Bad input"): a timer record nobody can use (not JSON, wrong
-fields, an attempt out of range, a key that is not the record's key) is skipped, counted in
+Bad input (docs/architecture.md, "Bad input"): a timer record nobody can use (not JSON, a kind
+this service does not fire, other wrong fields, an attempt out of range, a key that is not the
+record's key; `admit_timer`) is skipped, counted in
 `skipped_records`, logged once per kind, and tombstoned on the timer topic so that no restart
 reads it again. Failures: a send that fails transiently is retried with backoff (per partition,
 logged); one that cannot be retried, or keeps failing for `GIVE_UP_S`, and a partition take or
@@ -137,7 +137,8 @@ class TimerService(Supervised):
         self._sender: AIOKafkaProducer | None = None
         self.loaded = asyncio.Event()  # set once every assigned partition was read to its end
         self._supervise_as("timer service", log)
-        self.bad = BadRecords(log, "timer service", action="skipped and tombstoned")
+        self.bad = BadRecords(log, "timer service", action="skipped and tombstoned",
+                              count=metrics.skipped if metrics is not None else None)
         # partition -> key -> (why, where) of bad records that are the newest of their key, to tombstone
         self._bad_keys: dict[int, dict[bytes, tuple[Refused, str]]] = {}
         self._retry: dict[int, _Retry] = {}  # partitions whose last send failed

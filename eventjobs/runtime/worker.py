@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from eventjobs.app import App
 from eventjobs.core.clock import Clock, SystemClock
-from eventjobs.core.commands import DEFAULT_LEASE_S, claimed_event
+from eventjobs.core.commands import DEFAULT_LEASE_S, claimed_event, claiming_start_event
 from eventjobs.core.events import JobEvent
 from eventjobs.core.records import ReadyRecord, is_republished
 from eventjobs.core.timer_index import brief
@@ -199,8 +199,9 @@ class Worker(Supervised):
 
     @property
     def skipped_records(self) -> int:
-        """Changelog records the cancel watcher skipped because they could not be used."""
-        return self.cancels.bad_changelog.total
+        """Changelog records the cancel watcher skipped because they could not be used, and ready-topic
+        tombstones that revoke no attempt."""
+        return self.cancels.bad_changelog.total + self.intake.bad_tombstones.total
 
     # -- set-up ----------------------------------------------------------------------------
     def routes(self) -> list[str]:
@@ -310,7 +311,7 @@ class Worker(Supervised):
 
     def _start_job(self, item: Item) -> None:
         try:
-            ready, claim = self._admit(item.record)
+            ready, claim, guarded = self._admit(item.record, guarded=is_republished(item.record.headers))
         except BadReadyRecord as bad:  # a broken ready record must not stop the worker
             self.intake.quarantine(item, bad.kind, bad.reason)
             return
@@ -325,15 +326,15 @@ class Worker(Supervised):
                                    f"job {ready.job_id} needs {ready.options.capabilities} but this worker has "
                                    f"{self.capabilities}; not claimed")
             return
-        # a re-published record may be a second copy of an attempt claimed already; a limited job's
-        # handler must not run on a refused claim either (it would run beyond its key's slots)
-        guarded = is_republished(item.record.headers) or ready.options.concurrency is not None
         self.attempts.launch(ready, item, claim, guarded=guarded)
 
-    def _admit(self, record: ConsumerRecord[bytes, bytes]) -> tuple[ReadyRecord, JobEvent]:
+    def _admit(self, record: ConsumerRecord[bytes, bytes], *, guarded: bool = False
+               ) -> tuple[ReadyRecord, JobEvent, bool]:
         """The ready record, checked as far as claiming it needs, and the claim the runner writes
         first (built here, once: a record it cannot be built from is refused); raises
-        `BadReadyRecord` otherwise."""
+        `BadReadyRecord` otherwise. The claim is an `attempt_started` that is also the claim (the
+        handler starts right after it), or, for a `guarded` record (re-published, or a limited job: the handler
+        waits for the claim's verdict), a `claimed` event the start follows once accepted."""
         try:
             ready = ReadyRecord.decode(record.value)
         except ValidationError as error:
@@ -343,9 +344,13 @@ class Worker(Supervised):
         if ready.partition is not None and self._event_partitions and not 0 <= ready.partition < self._event_partitions:
             raise BadReadyRecord("partition out of range", f"event-log partition {ready.partition} does not exist "
                                  f"({self._event_partitions} partitions)")
+        # a limited job is guarded too: its handler must not run on a refused claim (a copy of an
+        # attempt another worker holds would run beyond its key's slots)
+        guarded = guarded or ready.options.concurrency is not None
         try:
-            claim = claimed_event(ready.job_id, ready.attempt, worker_id=self.worker_id, now=self.clock.now(),
-                                  actor=self.actor, lease_s=self.lease_s)
+            build = claimed_event if guarded else claiming_start_event
+            claim = build(ready.job_id, ready.attempt, worker_id=self.worker_id, now=self.clock.now(),
+                          actor=self.actor, lease_s=self.lease_s)
         except ValidationError as error:
             raise BadReadyRecord("cannot be claimed", brief(error)) from None
-        return ready, claim
+        return ready, claim, guarded

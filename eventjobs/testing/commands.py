@@ -23,6 +23,7 @@ from eventjobs.core.commands import (
     attempt_timed_out_event,
     cancel_requested_event,
     claimed_event,
+    claiming_start_event,
     dead_letter_retried_event,
     discarded_event,
     due_event,
@@ -58,6 +59,7 @@ __all__ = [
     "attempt_timed_out_event",
     "cancel_requested_event",
     "claimed_event",
+    "claiming_start_event",
     "dead_letter_retried_event",
     "discarded_event",
     "due_event",
@@ -74,6 +76,7 @@ __all__ = [
     "attempt_started",
     "cancel_request",
     "claim",
+    "claim_and_start",
     "dead_letter_retry",
     "discard",
     "due",
@@ -102,6 +105,24 @@ def claim(
     if state.status is not JobStatus.PENDING:
         raise CommandRefused(f"job {state.job_id} is {state.status.value}, only a pending job can be claimed")
     return claimed_event(
+        state.job_id, state.attempt, worker_id=worker_id, now=now, actor=actor, lease_s=lease_s, event_id=event_id
+    )
+
+
+def claim_and_start(
+    state: JobState,
+    *,
+    worker_id: str,
+    now: datetime,
+    actor: str,
+    lease_s: float = DEFAULT_LEASE_S,
+    event_id: str | None = None,
+) -> AttemptStartedEvent:
+    """A worker claims the job's current attempt and starts its handler at once: one
+    ``attempt_started`` that is also the claim (only a pending job can be claimed)."""
+    if state.status is not JobStatus.PENDING:
+        raise CommandRefused(f"job {state.job_id} is {state.status.value}, only a pending job can be claimed")
+    return claiming_start_event(
         state.job_id, state.attempt, worker_id=worker_id, now=now, actor=actor, lease_s=lease_s, event_id=event_id
     )
 

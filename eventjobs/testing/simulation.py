@@ -54,6 +54,7 @@ class SimulationProfile:
     retryable: float = 0.85  # a failure is retryable
     timeout: float = 0.05  # a failure is a timeout
     lease_loss: float = 0.05  # a claimed/running attempt loses its lease
+    claim_start: float = 0.0  # a pending job's claim is also the start (one attempt_started, as the worker writes it)
     cancel: float = 0.02  # someone asks to cancel at a decision point
     heartbeats: float = 0.5  # mean heartbeats per attempt
     progress: float = 0.5  # mean progress reports per attempt
@@ -167,6 +168,8 @@ def _next_event(
         if can_expire and rng.random() < p.expire:
             return commands.expire(state, now=tick(), actor="timer:0", event_id=new_id())
         if status is JobStatus.PENDING:
+            if p.claim_start and rng.random() < p.claim_start:
+                return commands.claim_and_start(state, worker_id=worker[7:], now=tick(), actor=worker, event_id=new_id())
             return commands.claim(state, worker_id=worker[7:], now=tick(), actor=worker, event_id=new_id())
         return commands.due(state, now=tick(50), actor="timer:0", event_id=new_id())
 

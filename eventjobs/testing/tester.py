@@ -36,9 +36,8 @@ from eventjobs.core.attempt_end import (
 from eventjobs.core.clock import FrozenClock, epoch_ms, from_epoch_ms, utc_ms
 from eventjobs.core.commands import (
     DEFAULT_LEASE_S,
-    attempt_started_event,
     cancel_requested_event,
-    claimed_event,
+    claiming_start_event,
     heartbeat_event,
     progress_event,
 )
@@ -92,7 +91,7 @@ class JobRun:
 
     @property
     def types(self) -> list[str]:
-        """The types of `events`, for short assertions: `["enqueued", "claimed", ...]`."""
+        """The types of `events`, for short assertions: `["enqueued", "attempt_started", ...]`."""
         return [event.type for event in self.events]
 
     @property
@@ -265,13 +264,11 @@ class JobTester:
     async def _attempt(self, ready: ReadyRecord) -> None:
         """Claim, start and run one attempt, and write the event that ends it, as the worker does."""
         now = self.clock.now()
-        claim = claimed_event(ready.job_id, ready.attempt, worker_id=self.worker_id, now=now, actor=self.actor,
-                              lease_s=self.lease_s)
+        claim = claiming_start_event(ready.job_id, ready.attempt, worker_id=self.worker_id, now=now, actor=self.actor,
+                                     lease_s=self.lease_s)  # the claim is the start, as the worker writes it
         self.lane.write(claim)
         if self.lane.states[ready.job_id].claim_id != claim.event_id:  # refused: another claim won (not here)
             return
-        self.lane.write(attempt_started_event(ready.job_id, ready.attempt, worker_id=self.worker_id, now=now,
-                                              actor=self.actor, claim_id=claim.event_id))
         definition = self.app.jobs.get(ready.name)
         backoff = definition.options.backoff if definition is not None and callable(definition.options.backoff) else None
         try:

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventjobs.core.codec import encode
-from eventjobs.core.commands import cancel_requested_event, enqueue
+from eventjobs.core.commands import enqueue
 from eventjobs.core.events import JobEvent
 from eventjobs.core.options import JobOptions
 from eventjobs.core.partitioning import job_partition, key_partition, murmur2
@@ -110,18 +110,6 @@ def test_the_processor_moves_an_event_it_does_not_hold_to_its_jobs_partition() -
     assert there.moved == [] and there.effects.states[event.job_id].status is JobStatus.PENDING
     # without the partition count (old callers, tests) nothing is moved
     assert fold_batch({}, [rec(event, wrong, 7)], actor="p", max_event_bytes=1 << 20, partition=wrong).moved == []
-
-
-def test_a_job_a_partition_holds_is_applied_there_whatever_the_rule_says() -> None:
-    """A job an older processor created on another partition (before the rule) finishes where it is."""
-    event = new_job()
-    wrong = foreign_partition(event.job_id)
-    first = fold_batch({}, [rec(event, wrong, 0)], actor="p", max_event_bytes=1 << 20, partition=wrong)
-    table = {event.job_id: first.effects.states[event.job_id]}
-    cancel = cancel_requested_event(event.job_id, "no", now=T0, actor="operator:x")
-    result = fold_batch(table, [rec(cancel, wrong, 1)], actor="p", max_event_bytes=1 << 20, partition=wrong,
-                        partition_count=COUNT)
-    assert result.moved == [] and result.effects.states[event.job_id].status is JobStatus.CANCELLED
 
 
 def test_bad_records_are_quarantined_wherever_they_arrive() -> None:

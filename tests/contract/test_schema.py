@@ -159,7 +159,7 @@ def test_the_records_beside_events_are_valid_under_their_schemas() -> None:
     assert state is not None
     ready = ReadyRecord(job_id=event.job_id, attempt=0, name="add", queue="default", priority=event.priority,
                         args=event.args, options=event.options, enqueued_at=T0, ready_at=T0, partition=3)
-    timer = TimerRecord(job_id=event.job_id, kind="republish", attempt=0, due_at=T0, sequence=0)
+    timer = TimerRecord(job_id=event.job_id, kind="retry", attempt=1, due_at=T0)
     dead = DeadLetterRecord(job_id=event.job_id, name="add", queue="default", reason="attempts exhausted",
                             error_type="KeyError", message="'b'", traceback="", attempts=20,
                             dead_letter_event_id=str(uuid.uuid4()), dead_lettered_at=T0)

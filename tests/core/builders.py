@@ -103,6 +103,16 @@ class JobLog:
     def started(self, attempt: int = 0, worker: str = "w1", **overrides: Any) -> AttemptStartedEvent:
         return AttemptStartedEvent(**self._env(**overrides), actor=f"worker:{worker}", attempt=attempt, worker_id=worker)
 
+    def claim_started(self, attempt: int = 0, worker: str = "w1", lease_s: float = 60.0, *, own_claim: bool = True,
+                      **overrides: Any) -> AttemptStartedEvent:
+        """An ``attempt_started`` that is also the claim (it carries the lease; its claim_id is its own id,
+        or None with ``own_claim=False``)."""
+        env = self._env(**overrides)
+        return AttemptStartedEvent(
+            **{"claim_id": env["event_id"] if own_claim else None, **env}, actor=f"worker:{worker}", attempt=attempt,
+            worker_id=worker, lease_deadline=add_seconds(self.now, lease_s),
+        )
+
     def progress(self, attempt: int = 0, percent: float = 50.0, message: str = "half", **overrides: Any) -> ProgressEvent:
         return ProgressEvent(**self._env(**overrides), actor="worker:w1", attempt=attempt, percent=percent, message=message)
 

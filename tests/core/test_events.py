@@ -21,6 +21,7 @@ from eventjobs.core.events import (
     EnqueuedEvent,
     Event,
     JobEvent,
+    is_claim,
     parse_wire_timestamp,
 )
 from eventjobs.core.options import JobOptions, Priority
@@ -155,3 +156,10 @@ def test_decoded_timestamps_share_the_utc_singleton() -> None:
     # one shared tzinfo instead of one object per datetime: less for the garbage collector
     event = decode(encode(JobLog().claimed()))
     assert event.occurred_at.tzinfo is timezone.utc and event.lease_deadline.tzinfo is timezone.utc
+
+
+def test_is_claim_names_a_claimed_and_a_start_that_is_also_the_claim() -> None:
+    log = JobLog()
+    assert is_claim(log.claimed(0))
+    assert is_claim(log.claim_started(0)) and is_claim(log.claim_started(0, own_claim=False))
+    assert not is_claim(log.started(0)) and not is_claim(log.heartbeat(0))

@@ -121,7 +121,8 @@ def _scenario(row: Transition) -> tuple[JobState | None, Any]:
     make = {
         "due": lambda: _due_for(state, log),
         "claimed": lambda: log.claimed(state.attempt),
-        "attempt_started": lambda: log.started(state.attempt),
+        "attempt_started": lambda: (log.claim_started(state.attempt) if state.status is S.PENDING  # claim and start
+                                    else log.started(state.attempt)),
         "progress": lambda: log.progress(state.attempt),
         "heartbeat": lambda: log.heartbeat(state.attempt, lease_s=120),
         "attempt_succeeded": lambda: log.succeeded(state.attempt, {"ok": 1}),
@@ -430,6 +431,102 @@ def test_claim_with_a_lease_already_over_is_rejected() -> None:
     state, log, _ = reach(S.PENDING)
     decision = apply(state, log.claimed(0, lease_s=0))
     assert decision.rejected == "lease_deadline is not after occurred_at: the lease would already be over"
+
+
+def test_a_start_that_is_also_the_claim_takes_the_lease_and_runs_the_job() -> None:
+    state, log, _ = reach(S.PENDING)
+    log.tick(2)
+    event = log.claim_started(0, worker="w7", lease_s=45)
+    new = apply(state, event).state
+    assert new is not None
+    assert (new.status, new.worker_id, new.claim_id, new.attempts_started) == (S.RUNNING, "w7", event.event_id, 1)
+    assert new.lease_deadline == T0 + timedelta(seconds=47)
+    assert new.started_at == new.updated_at == T0 + timedelta(seconds=2)
+
+
+@pytest.mark.parametrize("own_claim", [True, False], ids=["claim_id is its own id", "no claim_id"])
+def test_a_claiming_start_equals_a_claim_and_its_start_at_the_same_moment(own_claim: bool) -> None:
+    state, log, _ = reach(S.PENDING)
+    log.tick(2)
+    both = log.claim_started(0, worker="w7", lease_s=45, own_claim=own_claim)
+    claim = log.claimed(0, worker="w7", lease_s=45, event_id=both.event_id)
+    start = log.started(0, worker="w7", claim_id=claim.event_id)
+    one = apply(state, both).state
+    claimed = apply(state, claim).state
+    two = apply(claimed, start).state
+    assert one is not None and two is not None
+    assert one.version == state.version + 1 and two.version == state.version + 2
+    ignored = {"version", "recent_event_ids"}
+    assert one.model_dump(exclude=ignored) == two.model_dump(exclude=ignored)
+
+
+def test_a_claiming_start_of_a_claimed_or_running_attempt_is_rejected() -> None:
+    for status in (S.CLAIMED, S.RUNNING):
+        state, log, _ = reach(status)
+        decision = apply(state, log.claim_started(0, worker="w2"))
+        assert decision.rejected == "attempt 0 is already claimed by w1"
+        assert decision.state is state
+
+
+def test_a_claiming_start_after_another_claiming_start_is_rejected() -> None:
+    state, log, _ = reach(S.PENDING)
+    first = apply(state, log.claim_started(0, worker="w1")).state
+    decision = apply(first, log.claim_started(0, worker="w2"))
+    assert decision.rejected == "attempt 0 is already claimed by w1"
+    assert decision.state is first
+
+
+def test_a_claiming_start_of_a_wrong_attempt_is_stale() -> None:
+    state, log, _ = reach(S.PENDING)
+    decision = apply(state, log.claim_started(3))
+    assert decision.rejected == "stale attempt 3: job is on attempt 0 (pending); recorded, no effect"
+
+
+def test_a_claiming_start_with_a_lease_already_over_is_rejected() -> None:
+    state, log, _ = reach(S.PENDING)
+    decision = apply(state, log.claim_started(0, lease_s=0))
+    assert decision.rejected == "lease_deadline is not after occurred_at: the lease would already be over"
+
+
+def test_a_claiming_start_naming_another_claim_is_rejected() -> None:
+    state, log, _ = reach(S.PENDING)
+    decision = apply(state, log.claim_started(0, claim_id="job-1-e999"))
+    assert decision.rejected == "a start that is also the claim names itself as the claim, not job-1-e999"
+    assert decision.state is state
+
+
+def test_a_start_without_lease_of_a_pending_job_is_rejected() -> None:
+    state, log, _ = reach(S.PENDING)
+    decision = apply(state, log.started(0))
+    assert decision.rejected == "attempt 0 is not claimed: a start without lease_deadline follows an accepted claimed"
+
+
+def test_a_claiming_start_of_a_scheduled_or_ended_job_is_not_accepted() -> None:
+    state, log, _ = reach(S.RETRYING)
+    decision = apply(state, log.claim_started(1))
+    assert decision.rejected == "'attempt_started' is not accepted while the job is retrying (only when: claimed, pending)"
+    state, log, _ = reach(S.COMPLETED)
+    assert apply(state, log.claim_started(0)).rejected is not None
+
+
+def test_the_claiming_starts_attempt_events_decide_and_a_refused_claims_do_not() -> None:
+    state, log, _ = reach(S.PENDING)
+    both = log.claim_started(0, worker="w1")
+    running = apply(state, both).state
+    assert running is not None
+    other = log.claimed(0, worker="w2")
+    assert apply(running, other).rejected == "attempt 0 is already claimed by w1"
+    refused = apply(running, log.succeeded(0, claim_id=other.event_id))
+    assert refused.rejected is not None and refused.state is running
+    done = apply(running, log.succeeded(0, claim_id=both.event_id)).state
+    assert done is not None and done.status is S.COMPLETED
+
+
+def test_a_claiming_start_disarms_the_ttl() -> None:
+    state, log, _ = reach(S.PENDING, options=JobOptions(max_attempts=3, ttl=60))
+    assert state.expires_at is not None
+    new = apply(state, log.claim_started(0)).state
+    assert new is not None and new.expires_at is None
 
 
 def test_attempt_started_runs_the_job() -> None:
@@ -1144,7 +1241,7 @@ def test_the_refused_claims_attempt_events_are_rejected_and_decide_nothing(worke
     # When the refused claim's worker reports anyway (it ran the handler: it cannot know)
     log.tick()
     late_start = apply(state, log.started(0, worker=worker_b, claim_id=refused))
-    assert late_start.rejected == "'attempt_started' is not accepted while the job is running (only when: claimed)"
+    assert late_start.rejected == "'attempt_started' is not accepted while the job is running (only when: claimed, pending)"
     for event in (
         log.progress(0, 90, "almost", claim_id=refused),
         log.heartbeat(0, lease_s=600, claim_id=refused),

@@ -8,6 +8,8 @@
 * random valid lifecycles end in exactly one terminal state with attempts <= max_attempts;
 * stale events (an old attempt's outcome, an old lease timer) never change the state;
 * nothing a worker whose claim was refused writes about the attempt changes the state;
+* a claim and its start written as one event (an ``attempt_started`` carrying the lease) fold to
+  the same states as ``claimed`` + ``attempt_started``, and lifecycles mixing both are valid;
 * with the retention events the timer service writes once a lifecycle ends (a dead-lettered job
   discarded, a finished job forgotten), folding is still deterministic and duplicates still
   change nothing;
@@ -38,13 +40,14 @@ from eventjobs.core.events import (
     AttemptStartedEvent,
     AttemptSucceededEvent,
     AttemptTimedOutEvent,
+    ClaimedEvent,
     HeartbeatEvent,
     JobEvent,
     LeaseExpiredEvent,
     ProgressEvent,
     RetentionPassedEvent,
 )
-from eventjobs.core.fold import apply, fold
+from eventjobs.core.fold import apply, fold, replay
 from eventjobs.core.ids import derived_event_id
 from eventjobs.testing.simulation import EPOCH, SimulationProfile, job_lifecycle, workflow_log
 from eventjobs.core.state import TERMINAL_STATUSES, JobState, JobStatus, decode_state, encode_state
@@ -57,6 +60,7 @@ profiles = st.builds(
     retryable=st.floats(0.0, 1.0),
     timeout=st.floats(0.0, 0.5),
     lease_loss=st.floats(0.0, 0.3),
+    claim_start=st.sampled_from([0.0, 0.5, 1.0]),  # claimed + attempt_started, a mix, or one claiming start
     cancel=st.floats(0.0, 0.2),
     heartbeats=st.floats(0.0, 2.0),
     progress=st.floats(0.0, 2.0),
@@ -291,6 +295,11 @@ def test_the_events_of_a_refused_claim_never_change_the_state(log: list[JobEvent
               "actor": "worker:refused", "attempt": state.attempt, "claim_id": refused}
     event = data.draw(st.sampled_from([
         AttemptStartedEvent(**common, worker_id=state.worker_id or "w"),
+        # a second claim of the attempt that would also be its start (a worker that took a copy of the ready record)
+        AttemptStartedEvent(**{**common, "claim_id": None}, worker_id="other",
+                            lease_deadline=add_seconds(state.updated_at, 60)),
+        AttemptStartedEvent(**{**common, "claim_id": common["event_id"]}, worker_id=state.worker_id or "w",
+                            lease_deadline=add_seconds(state.updated_at, 60)),
         ProgressEvent(**common, percent=99.0),
         HeartbeatEvent(**common, lease_deadline=add_seconds(state.updated_at, 3600)),
         AttemptSucceededEvent(**common, result={"refused": True}),
@@ -301,6 +310,47 @@ def test_the_events_of_a_refused_claim_never_change_the_state(log: list[JobEvent
     decision = apply(state, event)
     assert decision.rejected is not None
     assert decision.state is state and decision.derived == ()
+
+
+def merge_claims_and_starts(log: list[JobEvent]) -> list[JobEvent]:
+    """``log`` with each ``claimed`` followed by its ``attempt_started`` written as one start that is
+    also the claim (the claim's id, so the attempt's later events name it; the start's time)."""
+    merged: list[JobEvent] = []
+    k = 0
+    while k < len(log):
+        claim = log[k]
+        start = log[k + 1] if k + 1 < len(log) else None
+        if isinstance(claim, ClaimedEvent) and isinstance(start, AttemptStartedEvent) and start.claim_id == claim.event_id:
+            merged.append(AttemptStartedEvent(
+                event_id=claim.event_id, job_id=claim.job_id, occurred_at=start.occurred_at, actor=start.actor,
+                attempt=claim.attempt, worker_id=claim.worker_id, claim_id=claim.event_id,
+                lease_deadline=claim.lease_deadline,
+            ))
+            k += 2
+        else:
+            merged.append(claim)
+            k += 1
+    return merged
+
+
+@SETTINGS
+@given(log=lifecycles())
+def test_a_claim_and_its_start_written_as_one_event_fold_to_the_same_states(log: list[JobEvent]) -> None:
+    # Given a lifecycle, and the same lifecycle with every claim and its start written as one event
+    merged = merge_claims_and_starts(log)
+    pairs = len(log) - len(merged)
+    # When both are folded
+    states, merged_states = fold(log), fold(merged)
+    # Then every original event of the merged log is accepted (derived ones are echoes) ...
+    for event, decision in replay(merged, {}):
+        assert decision.rejected is None, (event.type, decision.rejected)
+        assert decision.duplicate == (event.type in DERIVED_TYPES)
+    # ... and the job ends in the same state: the same attempts, claim, lease, times and outcome
+    # (only the version, one lower per merged pair, and the recent ids differ)
+    state, merged_state = states[log[0].job_id], merged_states[log[0].job_id]
+    ignored = {"version", "recent_event_ids"}
+    assert merged_state.model_dump(exclude=ignored) == state.model_dump(exclude=ignored)
+    assert merged_state.version == state.version - pairs
 
 
 @SETTINGS
@@ -384,8 +434,10 @@ def workflow_logs(draw: Any) -> list[JobEvent]:
     and reordered, waiting jobs expiring, dead-lettered ones retried."""
     rng = random.Random(draw(st.integers(0, 2**64 - 1), label="simulator seed"))
     cycles = draw(st.sampled_from([0.0, 0.3, 0.8]), label="chance of a dependency on a later job")
+    claim_start = draw(st.sampled_from([0.0, 0.5, 1.0]), label="chance a claim is also the start")
     return workflow_log(rng, jobs=draw(st.integers(1, 7), label="jobs"), cycles=cycles,
-                        expire=draw(st.sampled_from([0.0, 0.1, 0.4]), label="chance to expire while waiting"))
+                        expire=draw(st.sampled_from([0.0, 0.1, 0.4]), label="chance to expire while waiting"),
+                        profile=SimulationProfile(cancel=0.01, lease_loss=0.02, ttl=0.3, claim_start=claim_start))
 
 
 def copy_positions_end(log: list[JobEvent], i: int) -> int:
@@ -505,7 +557,8 @@ def test_no_workflow_job_runs_before_all_its_answers(log: list[JobEvent]) -> Non
     for event in log:
         before = states.get(event.job_id)
         decision = apply(before, event)
-        if event.type == "claimed" and decision.accepted:
+        if decision.accepted and (event.type == "claimed" or (event.type == "attempt_started"
+                                                              and before is not None and before.status is JobStatus.PENDING)):
             assert before is not None
             workflow = before.workflow
             if workflow is not None and workflow.depends_on:

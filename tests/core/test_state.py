@@ -62,6 +62,7 @@ def test_the_transition_table_is_consistent() -> None:
     # every status can be reached
     assert {row.target for row in TRANSITIONS} - {None} == set(JobStatus)
     assert ACCEPTING_STATUSES["claimed"] == {S.PENDING}
+    assert ACCEPTING_STATUSES["attempt_started"] == {S.PENDING, S.CLAIMED}  # pending: a start that is also the claim
     assert ACCEPTING_STATUSES["attempt_failed"] == {S.CLAIMED, S.RUNNING}
 
 

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from eventjobs.runtime.processor import run_processor
 from eventjobs.settings import Settings
 from eventjobs.kafka.admin import apply_topics
 from eventjobs.runtime.worker import Worker
+from tests.support.doc_examples import doc_examples
 from tests.support.jobs_app import build_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,3 +124,27 @@ def exec_doc_example(code: str, settings: Settings, origin: str) -> dict[str, An
     scope: dict[str, Any] = {"__name__": re.sub(r"\W", "_", origin)}
     exec(compile(code, origin, "exec"), scope)  # noqa: S102 - the project's own docs
     return scope
+
+
+@asynccontextmanager
+async def doc_example(page: str, name: str, settings: Settings,
+                      **worker_options: Any) -> AsyncIterator[tuple[dict[str, Any], Worker]]:
+    """The example `name` of docs/`page` (`tests.support.doc_examples`) as written, its app in
+    `settings`' namespace, with a processor and a worker of its queues running: its globals
+    (`main` among them) and the worker."""
+    scope = exec_doc_example(doc_examples(page)[name], settings, f"{page}:{name}")
+    app: App = scope["app"]
+    queues = sorted({d.options.queue for d in app.jobs.values()})
+    await apply_topics(settings, queues)
+    runtime = Runtime(app)
+    runtime.start_processor()
+    try:
+        yield scope, await runtime.start_worker(queues=queues, **worker_options)
+    finally:
+        await runtime.close()
+
+
+async def run_doc_example(page: str, name: str, settings: Settings, **worker_options: Any) -> None:
+    """Run the example `name` of docs/`page`: its `main()`, with its services (`doc_example`)."""
+    async with doc_example(page, name, settings, **worker_options) as (scope, _):
+        await scope["main"]()

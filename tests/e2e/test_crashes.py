@@ -11,6 +11,7 @@ from pathlib import Path
 from subprocess import Popen
 
 from eventjobs import App
+from eventjobs.core.events import is_claim
 from eventjobs.core.fold import fold
 from eventjobs.core.options import ConstantBackoff
 from eventjobs.core.state import JobStatus
@@ -46,7 +47,7 @@ async def test_worker_killed_mid_job_is_rerun_elsewhere(runtime: Runtime, tmp_pa
     events = await job_events(app.settings, job_id)
     types = [e.type for e in events]
     assert types.count("lease_expired") == 1 and types.count("completed") == 1
-    claims = [(e.attempt, e.worker_id) for e in events if e.type == "claimed"]
+    claims = [(e.attempt, e.worker_id) for e in events if is_claim(e)]
     assert claims[0] == (0, "doomed") and (1, "rescuer") in claims  # a redelivered attempt-0 claim is refused
 
 

@@ -6,39 +6,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-from pathlib import Path
 
 import pytest
 
-from eventjobs import App
-from eventjobs.kafka.admin import apply_topics
 from eventjobs.settings import Settings
-from tests.e2e.conftest import Runtime, exec_doc_example
+from tests.e2e.conftest import doc_example
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
-EXAMPLE = re.compile(r"```python\n# example: (?P<name>[\w-]+)\n(?P<code>.*?)```", re.S)
+PAGE = "hooks.md"
 
 
 async def test_the_attempt_log_example_writes_one_line_per_attempt(
         settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
-    examples = {m["name"]: m["code"] for m in EXAMPLE.finditer(DOC.read_text())}
-    scope = exec_doc_example(examples["attempt-log"], settings, f"{DOC.name}:attempt-log")
-    app: App = scope["app"]
-    queues = sorted({d.options.queue for d in app.jobs.values()})
-    await apply_topics(settings, queues)
-    runtime = Runtime(app)
-    runtime.start_processor()
-    try:
-        with caplog.at_level(logging.INFO, logger="shop.attempts"):
-            worker = await runtime.start_worker(queues=queues, concurrency=4)
+    with caplog.at_level(logging.INFO, logger="shop.attempts"):
+        async with doc_example(PAGE, "attempt-log", settings, concurrency=4) as (scope, worker):
             receipt, payment = await scope["main"]()
             deadline = asyncio.get_running_loop().time() + 10  # the line follows the ending event's send
             while len([r for r in caplog.records if r.name == "shop.attempts"]) < 2 and \
                     asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
-    finally:
-        await runtime.close()
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "shop.attempts"]
     by_job = {line["job_id"]: line for line in lines}
     assert len(lines) == 2 and set(by_job) == {receipt, payment}

@@ -5,17 +5,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import urllib.request
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from subprocess import Popen
 
-from prometheus_client.parser import text_string_to_metric_families
 
 from eventjobs import App, metrics
 from eventjobs.core.state import JobStatus
 from tests.e2e.conftest import job_events, spawn
+from tests.support.scrape import free_port, scrape, scrape_when_up, total
 
 APP = "tests.support.jobs_app:app"
 
@@ -31,58 +29,19 @@ PROCESSOR_COUNTS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-Samples = dict[str, list[tuple[dict[str, str], float]]]
-
-
-async def _scrape(port: int) -> Samples:
-    def get() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            assert response.headers["Content-Type"].startswith("text/plain")
-            return response.read().decode()
-
-    samples: Samples = defaultdict(list)
-    for family in text_string_to_metric_families(await asyncio.to_thread(get)):
-        for sample in family.samples:
-            samples[sample.name].append((sample.labels, sample.value))
-    return samples
-
-
-async def _scrape_when_up(port: int, proc: Popen[bytes], log: Path, timeout: float = 60) -> Samples:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        assert proc.poll() is None, f"the service exited: {log.read_text()[-3000:]}"
-        try:
-            return await _scrape(port)
-        except OSError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
-def _total(samples: Samples, metric: str, **labels: str) -> float:
-    return sum(value for sample_labels, value in samples.get(metric, [])
-               if all(sample_labels.get(k) == v for k, v in labels.items()))
-
-
 async def test_metrics_of_the_processor_and_the_worker_agree_with_the_event_log(
         app: App, tmp_path: Path, processes: list[Popen[bytes]]) -> None:
     settings = app.settings
-    processor_port, worker_port = _free_port(), _free_port()
+    processor_port, worker_port = free_port(), free_port()
     processor_log, worker_log = tmp_path / "processor.log", tmp_path / "worker.log"
     processor = spawn(["processor", "--app", APP, "--metrics-port", str(processor_port)], settings, processor_log)
     processes.append(processor)
     worker = spawn(["worker", "--app", APP, "--queues", "default", "--concurrency", "4", "--lease", "5s"],
                    settings, worker_log, EVENTJOBS_METRICS_PORT=str(worker_port))  # the port from the environment
     processes.append(worker)
-    before = await _scrape_when_up(worker_port, worker, worker_log)
-    assert _total(before, metrics.WORKER_SLOTS) == 4
-    await _scrape_when_up(processor_port, processor, processor_log)
+    before = await scrape_when_up(worker_port, worker, worker_log)
+    assert total(before, metrics.WORKER_SLOTS) == 4
+    await scrape_when_up(processor_port, processor, processor_log)
 
     completing = [await app.enqueue("add", {"a": i, "b": 1}) for i in range(5)]
     retried = await app.enqueue("flaky", {"fail_times": 1})
@@ -103,39 +62,39 @@ async def test_metrics_of_the_processor_and_the_worker_agree_with_the_event_log(
     # counters move once the processor's transaction commits (within its commit interval)
     deadline = asyncio.get_running_loop().time() + 30
     while True:
-        scraped = await _scrape(processor_port)
-        counted = {name: _total(scraped, name) for name in PROCESSOR_COUNTS}
+        scraped = await scrape(processor_port)
+        counted = {name: total(scraped, name) for name in PROCESSOR_COUNTS}
         if counted == expected or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.2)
     assert counted == expected, (counted, dict(log_counts))
-    assert _total(scraped, metrics.JOBS_COMPLETED, name="add", queue="default") == 5
-    assert _total(scraped, metrics.JOBS_COMPLETED, name="flaky", queue="default") == 1
-    assert _total(scraped, metrics.JOBS_RETRIED, name="flaky", queue="default") == 1
-    assert _total(scraped, metrics.JOBS_DEAD_LETTERED, name="picky", queue="default") == 1
-    assert _total(scraped, metrics.JOBS_CANCELLED, name="add", queue="default") == 1
+    assert total(scraped, metrics.JOBS_COMPLETED, name="add", queue="default") == 5
+    assert total(scraped, metrics.JOBS_COMPLETED, name="flaky", queue="default") == 1
+    assert total(scraped, metrics.JOBS_RETRIED, name="flaky", queue="default") == 1
+    assert total(scraped, metrics.JOBS_DEAD_LETTERED, name="picky", queue="default") == 1
+    assert total(scraped, metrics.JOBS_CANCELLED, name="add", queue="default") == 1
     assert not any("job_id" in labels for samples in scraped.values() for labels, _ in samples)
     # the timer service, in the processor's process: the retry's timer fired; the cancelled job's
     # run_at timer was tombstoned; the processor's own retention timers of the finished jobs are
     # pending, one per job of this test (the processor's partitions hold no other job)
-    assert _total(scraped, metrics.TIMER_LATENESS + "_count") >= 1
+    assert total(scraped, metrics.TIMER_LATENESS + "_count") >= 1
     assert metrics.TIMERS_PENDING in scraped
-    assert _total(scraped, metrics.HOUSEKEEPING_TIMERS) == len([*completing, retried, dead, later])
-    assert metrics.PROCESSOR_LAG in scraped and _total(scraped, metrics.QUARANTINED) == 0
+    assert total(scraped, metrics.HOUSEKEEPING_TIMERS) == len([*completing, retried, dead, later])
+    assert metrics.PROCESSOR_LAG in scraped and total(scraped, metrics.QUARANTINED) == 0
 
     # the worker: starts, durations and waits of every attempt it ran, nothing busy now
-    scraped = await _scrape(worker_port)
-    assert _total(scraped, metrics.JOBS_STARTED) == expected_started
-    assert _total(scraped, metrics.JOBS_STARTED, name="flaky", queue="default") == 2
-    assert _total(scraped, metrics.JOB_DURATION + "_count") == expected_started
-    assert _total(scraped, metrics.JOB_WAIT + "_count") == expected_started
-    assert 0 < _total(scraped, metrics.JOB_WAIT + "_sum") < 60
-    assert _total(scraped, metrics.WORKER_BUSY_SLOTS) == 0 and _total(scraped, metrics.WORKER_SLOTS) == 4
+    scraped = await scrape(worker_port)
+    assert total(scraped, metrics.JOBS_STARTED) == expected_started
+    assert total(scraped, metrics.JOBS_STARTED, name="flaky", queue="default") == 2
+    assert total(scraped, metrics.JOB_DURATION + "_count") == expected_started
+    assert total(scraped, metrics.JOB_WAIT + "_count") == expected_started
+    assert 0 < total(scraped, metrics.JOB_WAIT + "_sum") < 60
+    assert total(scraped, metrics.WORKER_BUSY_SLOTS) == 0 and total(scraped, metrics.WORKER_SLOTS) == 4
 
     # queue depth: nothing is left unconsumed (measured every couple of seconds)
     deadline = asyncio.get_running_loop().time() + 15
     while True:
-        depth = [(labels, value) for labels, value in (await _scrape(worker_port)).get(metrics.QUEUE_DEPTH, [])
+        depth = [(labels, value) for labels, value in (await scrape(worker_port)).get(metrics.QUEUE_DEPTH, [])
                  if labels["queue"] == "default"]
         if (len(depth) == 4 and all(value == 0 for _, value in depth)) or asyncio.get_running_loop().time() > deadline:
             break
@@ -148,20 +107,20 @@ async def test_the_worker_reports_ready_records_waiting_as_queue_depth(
         app: App, tmp_path: Path, processes: list[Popen[bytes]]) -> None:
     """With every slot busy, the records behind them are unconsumed: the depth shows them."""
     settings = app.settings
-    port = _free_port()
+    port = free_port()
     processes.append(spawn(["processor", "--app", APP], settings, tmp_path / "processor.log"))
     worker = spawn(["worker", "--app", APP, "--queues", "default", "--concurrency", "1", "--metrics-port", str(port)],
                    settings, tmp_path / "worker.log")
     processes.append(worker)
-    await _scrape_when_up(port, worker, tmp_path / "worker.log")
+    await scrape_when_up(port, worker, tmp_path / "worker.log")
     for _ in range(6):
         await app.enqueue("sleepy", {"seconds": 20})
     deadline = asyncio.get_running_loop().time() + 60
     while True:
-        scraped = await _scrape(port)
-        depth = _total(scraped, metrics.QUEUE_DEPTH, queue="default", priority="normal")
+        scraped = await scrape(port)
+        depth = total(scraped, metrics.QUEUE_DEPTH, queue="default", priority="normal")
         # (right after the claim the running job's record may still count as waiting: 6 for a moment)
-        if (depth == 5 and _total(scraped, metrics.WORKER_BUSY_SLOTS) == 1) or asyncio.get_running_loop().time() > deadline:
+        if (depth == 5 and total(scraped, metrics.WORKER_BUSY_SLOTS) == 1) or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.5)
-    assert depth == 5 and _total(scraped, metrics.WORKER_BUSY_SLOTS) == 1, scraped.get(metrics.QUEUE_DEPTH)
+    assert depth == 5 and total(scraped, metrics.WORKER_BUSY_SLOTS) == 1, scraped.get(metrics.QUEUE_DEPTH)

@@ -23,15 +23,18 @@ from tests.e2e.conftest import QUEUES, Runtime
 # topics get none. Keep in step with docs/benchmarks.md, "Records per job" (the table there is
 # this one).
 RECORDS_PER_JOB = {
-    "events": (5, 5),  # enqueued, claimed, attempt_started, attempt_succeeded, completed (derived)
+    # enqueued, attempt_started (the worker's claim and start in one event), attempt_succeeded,
+    # completed (derived)
+    "events": (4, 4),
     # compacted: one record per key per commit. The pending state, then the completed one; only
-    # the completed one when the worker's claim, start and outcome were folded before the
+    # the completed one when the worker's claiming start and outcome were folded before the
     # enqueue's commit began (its ready record goes out before that commit)
     "job-state": (1, 2),
     "ready": (1, 1),  # the ready record the worker takes
     # none: the lease is the processor's housekeeping timer (in memory, rebuilt from job-state)
     "timers": (0, 0),
 }
+MOST_RECORDS_PER_JOB = 7  # the sum over every topic (6-7 today)
 NOT_PER_JOB = {"workers"}  # the worker registry: announcements per worker, keyed by worker id
 JOBS = 4
 COMMIT_INTERVAL_S = 2.0  # longer than a trivial job takes from its ready record to its outcome
@@ -80,4 +83,7 @@ async def test_a_job_alone_writes_the_documented_records_per_topic(app: App) -> 
             assert fewest <= counts[spec_key] <= most, (
                 f"job {job_id} wrote {counts[spec_key]} record(s) to the {spec_key!r} topics, documented "
                 f"{fewest}..{most}; records per job by topic spec: {measured}")
+        assert sum(counts.values()) <= MOST_RECORDS_PER_JOB, (
+            f"job {job_id} wrote {sum(counts.values())} records, at most {MOST_RECORDS_PER_JOB} documented: {measured}")
+    assert MOST_RECORDS_PER_JOB == sum(most for _, most in RECORDS_PER_JOB.values())
     assert set(unowned) <= NOT_PER_JOB, f"records that name no job outside {NOT_PER_JOB}: {dict(unowned)}"

@@ -395,13 +395,13 @@ async def test_a_stored_schedule_whose_ticks_cannot_be_computed_stops_no_process
     service raised croniter's error beside the lifecycle processor. Now the processor keeps
     moving jobs, the other schedules keep ticking, and the bad ones are set aside, in the log,
     the metric and the listing."""
-    from tests.e2e.test_metrics import _free_port, _scrape_when_up, _total
+    from tests.support.scrape import free_port, scrape_when_up, total
     from tests.support.cli import run_cli
 
     settings = app.settings
     await app.schedule("add", {"a": 1, "b": 1}, every="1s", schedule_id="fine")
     bad = await _write_uncomputable_schedules(settings, app.clock.now())
-    port, log = _free_port(), tmp_path / "processor.log"
+    port, log = free_port(), tmp_path / "processor.log"
     processor = spawn(["processor", "--app", APP, "--metrics-port", str(port)], settings, log)
     worker = spawn(["worker", "--app", APP, "--queues", "default"], settings, tmp_path / "worker.log")
     processes += [processor, worker]
@@ -410,8 +410,8 @@ async def test_a_stored_schedule_whose_ticks_cannot_be_computed_stops_no_process
     job_id = await app.enqueue("add", {"a": 2, "b": 3})
     assert (await app.wait(job_id, timeout=60)).result == {"sum": 5}
     assert processor.poll() is None, log.read_text()[-3000:]
-    samples = await _scrape_when_up(port, processor, log)
-    assert _total(samples, "eventjobs_schedules_set_aside", reason=SET_ASIDE_UNCOMPUTABLE) == len(bad)
+    samples = await scrape_when_up(port, processor, log)
+    assert total(samples, "eventjobs_schedules_set_aside", reason=SET_ASIDE_UNCOMPUTABLE) == len(bad)
     assert "it is set aside until its definition changes" in log.read_text()
 
     listed = {s.schedule_id: s for s in await app.schedules()}

@@ -7,38 +7,21 @@ in a fresh namespace (the one thing it changes is the app's name and broker addr
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 import pytest
 
-from eventjobs import App
-from eventjobs.kafka.admin import apply_topics
 from eventjobs.settings import Settings
-from tests.e2e.conftest import Runtime, exec_doc_example
+from tests.e2e.conftest import run_doc_example
+from tests.support.doc_examples import doc_examples
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "workflows.md"
-EXAMPLE = re.compile(r"```python\n# example: (?P<name>[\w-]+)\n(?P<code>.*?)```", re.S)
+PAGE = "workflows.md"
 #: The examples of the sections this file covers.
 SECTIONS = ("dependencies", "fan-out-fan-in", "batches", "snooze")
 
 
-def examples() -> dict[str, str]:
-    return {m["name"]: m["code"] for m in EXAMPLE.finditer(DOC.read_text())}
-
-
 def test_every_section_has_its_example() -> None:
-    assert set(SECTIONS) <= set(examples())
+    assert set(SECTIONS) <= set(doc_examples(PAGE))
 
 
 @pytest.mark.parametrize("name", SECTIONS)
 async def test_the_example_runs(name: str, settings: Settings) -> None:
-    scope = exec_doc_example(examples()[name], settings, f"{DOC.name}:{name}")
-    app: App = scope["app"]
-    await apply_topics(settings, sorted({d.options.queue for d in app.jobs.values()}))
-    runtime = Runtime(app)
-    runtime.start_processor()
-    try:
-        await runtime.start_worker(queues=sorted({d.options.queue for d in app.jobs.values()}), concurrency=10)
-        await scope["main"]()
-    finally:
-        await runtime.close()
+    await run_doc_example(PAGE, name, settings, concurrency=10)

@@ -31,7 +31,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from eventjobs import App, JobContext
 from eventjobs.core.housekeeping import ReadyRepublish
-from eventjobs.core.events import JobEvent
+from eventjobs.core.events import JobEvent, is_claim
 from eventjobs.core.fold import replay
 from eventjobs.core.options import JobOptions, Priority
 from eventjobs.core.records import ReadyRecord, ready_attempt, republished_headers, revocation_headers
@@ -141,7 +141,8 @@ async def test_a_ready_record_delivered_twice_is_decided_by_the_accepted_claim_o
 
     events = await job_events(app.settings, job_id)
     decided = decisions_of(events)
-    claims = [(e, d) for e, d in decided if e.type == "claimed"]
+    claims = [(e, d) for e, d in decided if is_claim(e)]  # each worker's start, which is also its claim
+    assert [e.type for e, _ in claims] == ["attempt_started", "attempt_started"]
     assert [(e.worker_id, d.rejected) for e, d in claims] == [
         (owner.worker_id, None), (other.worker_id, "attempt 0 is already claimed by " + owner.worker_id)
     ]
@@ -198,9 +199,10 @@ async def test_a_republished_ready_record_whose_claim_is_refused_is_not_run(runt
     assert RUNS[job_id] == 1
     events = await job_events(app.settings, job_id)
     decided = decisions_of(events)
-    claims = [(e.worker_id, d.rejected) for e, d in decided if e.type == "claimed"]
-    assert claims == [(done.worker_id, None),
-                      (other.worker_id, "job is completed (terminal): 'claimed' changes nothing")], claims
+    # the first run's start was its claim; the copy's claim is a `claimed` that waits for its verdict
+    claims = [(e.type, e.worker_id, d.rejected) for e, d in decided if is_claim(e)]
+    assert claims == [("attempt_started", done.worker_id, None),
+                      ("claimed", other.worker_id, "job is completed (terminal): 'claimed' changes nothing")], claims
     assert [e.actor for e in events if e.type == "attempt_started"] == [f"worker:{done.worker_id}"]
     assert (await app.state(job_id)) == done  # the refusal wrote the same state again, nothing else
 
@@ -374,7 +376,10 @@ async def test_a_revocation_names_the_attempt_it_revokes(namespace: str) -> None
     assert [(r.attempt, r.enqueued_at) for r in left] == [(0, older), (1, T0)]
     assert list(worker.revoked) == [("job-1", 0, ready_attempt(revoked)[2])]
     assert ready_attempt(ReadyRecord.decode(ready_bytes("job-1", 1))) not in worker.revoked
-    # And a tombstone without the attempt (an older processor's) drops the job's buffered records
-    # as it always did, and is not remembered
+    # And a tombstone that names no attempt (the processor writes none) revokes nothing: it is
+    # skipped and counted
     worker.intake._revoke(kafka_record(topic, 0, 4, "job-1", None), "normal")
-    assert list(worker.buffers["normal"]) == [] and len(worker.revoked) == 1
+    still = [ReadyRecord.decode(i.record.value) for i in worker.buffers["normal"]]
+    assert [(r.attempt, r.enqueued_at) for r in still] == [(0, older), (1, T0)]
+    assert len(worker.revoked) == 1 and worker.intake.bad_tombstones.counts == {"revokes no attempt": 1}
+    assert worker.skipped_records == 1

@@ -32,6 +32,7 @@ from eventjobs.core.state import JobStatus
 from eventjobs.core.timer_index import MAX_ATTEMPT, admit_timer
 from eventjobs.kafka.clients import partitions_of, producer, read_to_end
 from eventjobs.log.bad_records import BadRecords
+from tests.support.scrape import free_port, scrape
 from tests.e2e.conftest import job_events, spawn
 from tests.unit.test_timer_service import T0, service_owning, timer
 
@@ -42,26 +43,30 @@ NOT_UTF8 = b"\xff\xfe\xfd"
 # -- the pure parts ----------------------------------------------------------------------------
 
 
-def _record(job_id: str = "j", kind: str = "lease", attempt: int = 0, due_at: datetime = T0) -> TimerRecord:
+def _record(job_id: str = "j", kind: str = "ttl", attempt: int = 0, due_at: datetime = T0) -> TimerRecord:
     return TimerRecord(job_id=job_id, kind=kind, attempt=attempt, due_at=due_at)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("key", "value", "kind"),
     [
-        (b"j:lease", b"not json", "not JSON"),
+        (b"j:ttl", b"not json", "not JSON"),
         (b"", b"not json", "not JSON"),
-        (b"j:lease", NOT_UTF8, "not JSON"),
-        (b"j:lease", b'{"job_id": "j"}', "wrong fields"),
-        (b"j:lease", b'{"job_id": "j", "kind": "snooze", "attempt": 0, "due_at": "2025-01-01T00:00:00Z"}',
+        (b"j:ttl", NOT_UTF8, "not JSON"),
+        (b"j:ttl", b'{"job_id": "j"}', "wrong fields"),
+        (b"j:snooze", b'{"job_id": "j", "kind": "snooze", "attempt": 0, "due_at": "2025-01-01T00:00:00Z"}',
+         "kind not fired"),
+        (b"j:lease", b'{"job_id": "j", "kind": "lease", "attempt": 0, "due_at": "2025-01-01T00:00:00Z"}',
+         "kind not fired"),  # a lease is a processor lane's own timer, never a record
+        (b"j:ttl", b'{"job_id": "j", "kind": "ttl", "attempt": 0, "due_at": "2025-01-01T00:00:00Z", "sequence": 0}',
          "wrong fields"),
         (b"j:retry:2000000", _record(kind="retry", attempt=2_000_000).encode(), "attempt out of range"),
-        (b"j:lease", _record(attempt=10**30).encode(), "attempt out of range"),
-        (b"j:lease", _record(attempt=-1).encode(), "attempt out of range"),
+        (b"j:ttl", _record(attempt=10**30).encode(), "attempt out of range"),
+        (b"j:ttl", _record(attempt=-1).encode(), "attempt out of range"),
         (b"", _record().encode(), "key does not match"),
         (NOT_UTF8, _record().encode(), "key does not match"),
         (b"j:run_at", _record().encode(), "key does not match"),
-        (b"other:lease", _record().encode(), "key does not match"),
+        (b"other:ttl", _record().encode(), "key does not match"),
     ],
 )
 def test_a_timer_record_nobody_can_use_is_refused_with_its_kind(key: bytes, value: bytes, kind: str) -> None:
@@ -73,10 +78,10 @@ def test_a_timer_record_nobody_can_use_is_refused_with_its_kind(key: bytes, valu
 def test_a_good_timer_record_is_admitted_with_its_due_time_and_attempt() -> None:
     record = _record(kind="retry", attempt=MAX_ATTEMPT)
     assert admit_timer(record.key, record.encode()) == (int(T0.timestamp() * 1000), MAX_ATTEMPT)
-    naive = b'{"job_id": "j", "kind": "lease", "attempt": 1, "due_at": "2025-01-01T12:00:00"}'
-    assert admit_timer(b"j:lease", naive) == (int(T0.timestamp() * 1000), 1)  # no zone: UTC
-    ancient = b'{"job_id": "j", "kind": "lease", "attempt": 1, "due_at": "0001-01-01T00:00:00Z"}'
-    assert admit_timer(b"j:lease", ancient) == (-62135596800000, 1)  # due long ago: fires at once
+    naive = b'{"job_id": "j", "kind": "ttl", "attempt": 1, "due_at": "2025-01-01T12:00:00"}'
+    assert admit_timer(b"j:ttl", naive) == (int(T0.timestamp() * 1000), 1)  # no zone: UTC
+    ancient = b'{"job_id": "j", "kind": "ttl", "attempt": 1, "due_at": "0001-01-01T00:00:00Z"}'
+    assert admit_timer(b"j:ttl", ancient) == (-62135596800000, 1)  # due long ago: fires at once
 
 
 def test_bad_records_are_counted_each_and_logged_once_per_kind(caplog: pytest.LogCaptureFixture) -> None:
@@ -98,11 +103,11 @@ def test_bad_records_are_counted_each_and_logged_once_per_kind(caplog: pytest.Lo
 def test_the_timer_service_skips_bad_timer_records_and_takes_them_for_tombstones() -> None:
     service = service_owning(0)
     good_key, good_value = timer("good", "run_at", 1)
-    replaced_key, replaced_value = timer("replaced", "lease", 5)
+    replaced_key, replaced_value = timer("replaced", "ttl", 5)
     records = [
         (b"j:run_at", b"not json", 10),
         (b"", b"not json", 11),
-        (b"j:lease", _record(attempt=10**30).encode(), 12),
+        (b"j:ttl", _record(attempt=10**30).encode(), 12),
         (NOT_UTF8, _record().encode(), 13),
         (replaced_key, b"{}", 14),
         (good_key, good_value, 15),
@@ -110,18 +115,18 @@ def test_the_timer_service_skips_bad_timer_records_and_takes_them_for_tombstones
     ]
     service.index_timers(0, records)  # raised ValidationError / ValueError before
     assert sorted(key for key, _, _ in service.indexes[0].items()) == [good_key, replaced_key]
-    assert service.take_bad_records(0) == [b"j:run_at", b"", b"j:lease", NOT_UTF8]
+    assert service.take_bad_records(0) == [b"j:run_at", b"", b"j:ttl", NOT_UTF8]
     assert service.skipped_records == 4
     assert service.bad.counts == {"not JSON": 2, "attempt out of range": 1, "key does not match": 1}
     assert service.take_bad_records(0) == []  # taken once
     (firing,) = service.take_due(T0 + timedelta(seconds=10))
-    assert [(e.job_id, e.type) for e in firing.events] == [("good", "due"), ("replaced", "lease_expired")]
+    assert [(e.job_id, e.type) for e in firing.events] == [("good", "due"), ("replaced", "expired")]
 
 
 def test_a_bad_record_replacing_a_timer_removes_the_timer_and_is_held_until_the_partition_is_loaded() -> None:
     service = service_owning(0)
     service.loading[0] = 100  # still rebuilding: a later record of the key may follow
-    key, value = timer("j", "lease", 1)
+    key, value = timer("j", "ttl", 1)
     service.index_timers(0, [(key, value), (key, b"not json")])
     assert service.indexes[0].get(key) is None  # the newest record of the key is the bad one
     assert service.take_bad_records(0) == [] and service.skipped_records == 0
@@ -167,8 +172,9 @@ async def _write(app: App, topic: str, records: list[tuple[bytes | None, bytes |
         await sender.stop()
 
 
-async def _start_services(app: App, tmp_path: Path, processes: list[Popen[bytes]], *worker_args: str) -> tuple[Popen[bytes], Popen[bytes]]:
-    processor = spawn(["processor", "--app", APP], app.settings, tmp_path / "processor.log")
+async def _start_services(app: App, tmp_path: Path, processes: list[Popen[bytes]], *worker_args: str,
+                          processor_args: tuple[str, ...] = ()) -> tuple[Popen[bytes], Popen[bytes]]:
+    processor = spawn(["processor", "--app", APP, *processor_args], app.settings, tmp_path / "processor.log")
     worker = spawn(["worker", "--app", APP, *worker_args], app.settings, tmp_path / "worker.log")
     processes.extend([processor, worker])
     warm = await app.enqueue("add", {"a": 1, "b": 1})
@@ -191,14 +197,17 @@ def _log_lines(path: Path, needle: str) -> list[str]:
 async def test_hostile_timer_records_are_skipped_and_tombstoned_and_timers_still_fire(
     app: App, tmp_path: Path, processes: list[Popen[bytes]]
 ) -> None:
-    processor, worker = await _start_services(app, tmp_path, processes)
+    metrics_port = free_port()
+    processor, worker = await _start_services(app, tmp_path, processes,
+                                              processor_args=("--metrics-port", str(metrics_port)))
     topic = app.names.timers
     now = datetime.now(timezone.utc)
     hostile: list[tuple[bytes | None, bytes | None]] = [
         (b"h1:run_at", b"not json"),
-        (b"h2:lease", b'{"job_id": "h2"}'),  # wrong fields
+        (b"h2:ttl", b'{"job_id": "h2"}'),  # wrong fields
         (b"h3:retry:" + str(10**30).encode(), _record("h3", "retry", 10**30, now).encode()),  # huge attempt
-        (b"h4:lease", _record("h4", "lease", 2**40, now).encode()),
+        (b"h4:ttl", _record("h4", "ttl", 2**40, now).encode()),
+        (b"h8:lease", _record("h8", "ttl", 0, now).encode().replace(b'"ttl"', b'"lease"')),  # a housekeeping kind
         (b"h5:snooze", _record("h5", "run_at", 0, now).encode()),  # a key that is not the record's
         (NOT_UTF8, _record("h6", "run_at", 0, now).encode()),
         (b"", b"not json"),  # an empty key
@@ -216,9 +225,13 @@ async def test_hostile_timer_records_are_skipped_and_tombstoned_and_timers_still
     assert processor.poll() is None and worker.poll() is None
 
     log = tmp_path / "processor.log"
-    for kind in ("not JSON", "wrong fields", "attempt out of range", "key does not match", "causes no event"):
+    for kind in ("not JSON", "wrong fields", "kind not fired", "attempt out of range", "key does not match",
+                 "causes no event"):
         assert len(_log_lines(log, f"timer service skipped and tombstoned a bad record ({kind})")) == 1, kind
     assert len(_log_lines(log, "not JSON")) == 2  # the first, and the count at 10: not 22 lines
+    # and each is counted by kind in the processor's metrics
+    skipped = {labels["kind"]: value for labels, value in (await scrape(metrics_port))["eventjobs_records_skipped_total"]}
+    assert skipped["not JSON"] == 22 and skipped["kind not fired"] == 1 and skipped["wrong fields"] == 1, skipped
 
     # A restart reads the topic from the beginning again: the tombstones replace the bad records,
     # so nothing is reported again, and timers fire.

@@ -47,7 +47,7 @@ from eventjobs.readside.store import ProjectionStore
 from eventjobs.settings import Settings
 from eventjobs.web.app import create_app
 from eventjobs.web.reads import ReadSide
-from eventjobs.testing.simulation import generate_log, sim_id, workflow_log
+from eventjobs.testing.simulation import SimulationProfile, generate_log, sim_id, workflow_log
 from tests.readside.conftest import open_test_backend
 
 PARTITIONS = 3
@@ -66,7 +66,9 @@ class Written:
 def random_log(seed: int) -> list[JobEvent]:
     """Job lives and a workflow interleaved, redeliveries, unknown ids, forgotten and re-enqueued jobs."""
     rng = random.Random(seed)
-    lives = generate_log(rng.randint(60, 260), seed=seed, concurrency=rng.randint(3, 20))
+    claim_start = (0.0, 0.5, 1.0)[seed % 3]  # claims that are also the start: none, some, all
+    lives = generate_log(rng.randint(60, 260), seed=seed, concurrency=rng.randint(3, 20),
+                         profile=SimulationProfile(claim_start=claim_start))
     flow = workflow_log(random.Random(seed + 1), jobs=rng.randint(2, 5))
     log: list[JobEvent] = []
     i = j = 0

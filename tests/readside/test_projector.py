@@ -22,7 +22,7 @@ from eventjobs.core.ids import job_id_for_key
 from eventjobs.core.options import JobOptions
 from eventjobs.testing.simulation import generate_log
 from eventjobs.core.state import JobStatus
-from eventjobs.readside.migrations import apply_migrations, default_projections_dir
+from eventjobs.readside.migrations import apply_migrations, default_projections_dir, view_definitions
 from eventjobs.readside.projector import Projector, ProjectorOptions
 from eventjobs.readside.store import VIEWS_OF_JOB_EVENTS
 from eventjobs.settings import Settings
@@ -298,3 +298,7 @@ def test_every_view_of_job_events_is_repaired(backend: Backend) -> None:
     views = {row[0] for row in backend.query(
         "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine = 'MaterializedView'").rows}
     assert views == set(VIEWS_OF_JOB_EVENTS)
+    # and each is rebuilt by the SELECT its projection file creates it with
+    definitions = view_definitions(default_projections_dir())
+    assert {view: d.table for view, d in definitions.items()} == VIEWS_OF_JOB_EVENTS
+    assert all("FROM job_events" in d.select and "GROUP BY minute" in d.select for d in definitions.values())

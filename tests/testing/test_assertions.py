@@ -67,7 +67,7 @@ async def test_assert_completed_shows_the_last_error_and_the_events(job_tester: 
     assert message.startswith(f"job deliver {run.job_id} is dead_lettered, not completed (attempt 0, 1 started, "
                               f"max_attempts 4)\nreason: ")
     assert "last error: ValueError: no such address\nTraceback (most recent call last):" in message
-    assert message.endswith("ValueError: no such address\nevents: enqueued, claimed, attempt_started, attempt_failed, "
+    assert message.endswith("ValueError: no such address\nevents: enqueued, attempt_started, attempt_failed, "
                             "failed, dead_lettered")
 
 

@@ -44,13 +44,12 @@ from eventjobs.core.housekeeping import (
     DEFAULT_RETAIN_COMPLETED_S,
     READY_REPUBLISH_CAP_S,
     READY_REPUBLISH_FIRST_S,
-    Housekeeping,
     HousekeepingTimer,
     ReadyRepublish,
     Retention,
     housekeeping_timer,
 )
-from eventjobs.core.records import DeadLetterRecord, ReadyRecord, TimerRecord, timer_key
+from eventjobs.core.records import HOUSEKEEPING_KINDS, DeadLetterRecord, ReadyRecord, TimerRecord, timer_key
 from eventjobs.core.timer_index import admit_timer
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -154,6 +153,11 @@ class Job:
     def claim(self, lease_s: float = 60.0, worker: str = "w1") -> Effects:
         return self.step(commands.claim(self.s, worker_id=worker, now=self.tick(), actor=f"worker:{worker}",
                                         lease_s=lease_s, event_id=self.eid()))
+
+    def claim_start(self, lease_s: float = 60.0, worker: str = "w1") -> Effects:
+        """The claim that is also the start (one `attempt_started` carrying the lease)."""
+        return self.step(commands.claim_and_start(self.s, worker_id=worker, now=self.tick(), actor=f"worker:{worker}",
+                                                  lease_s=lease_s, event_id=self.eid()))
 
     def start(self) -> Effects:
         return self.step(commands.attempt_started(self.s, now=self.tick(), actor="worker:w1", event_id=self.eid()))
@@ -389,6 +393,25 @@ def test_claim_calls_for_the_lease_timer_and_writes_only_the_state() -> None:
     nothing_but_state(job.start(), job)
     nothing_but_state(job.progress(), job)
     assert job.housekeeping == lease_timer(add_seconds(job.now, 90 - 2))  # neither moves the lease
+
+
+def test_a_claiming_start_calls_for_the_lease_timer_and_writes_only_the_state() -> None:
+    job = Job()
+    job.enqueue()
+    effects = job.claim_start(lease_s=90)
+    assert job.s.status is S.RUNNING
+    nothing_but_state(effects, job)  # the ready record was taken, not revoked
+    assert job.housekeeping == lease_timer(add_seconds(job.now, 90))
+    effects = job.succeed()
+    assert job.s.status is S.COMPLETED and [type(e) for e in effects.events] == [CompletedEvent]
+
+
+def test_a_claiming_start_tombstones_the_ttl_and_revokes_nothing() -> None:
+    job = Job()
+    job.enqueue(ttl=300)
+    effects = job.claim_start(lease_s=45)
+    assert effects.timers == {key("ttl"): None}
+    assert effects.ready == [] and effects.revoked == []
 
 
 def test_heartbeat_moves_the_lease_timer_to_the_new_deadline() -> None:
@@ -835,7 +858,7 @@ def test_stale_lease_expired_while_running_writes_nothing_and_the_current_lease_
     first_deadline = job.s.lease_deadline
     job.heartbeat(lease_s=300)
     running = job.s
-    effects = job.lease_expired(deadline=first_deadline)  # an old timer (an older processor's record) fired late
+    effects = job.lease_expired(deadline=first_deadline)  # fired before the heartbeat was folded
     assert job.decision.rejected == "lease was extended since this timer was set: the worker is still alive"  # type: ignore[union-attr]
     assert job.s is running
     nothing_at_all(effects)  # nothing to re-arm: the lease timer follows the state, which did not change
@@ -1079,26 +1102,15 @@ def test_the_processors_republish_delays_decide_the_republish_timer_not_the_reco
     assert housekeeping_timer(decision.state) == republish_timer(T0) != republish_timer(T0, republish=fast)
 
 
-def test_the_timer_service_still_fires_an_old_republish_timer_record_as_the_due_the_fold_expects() -> None:
-    """A republish timer record an older processor wrote is admitted, and fires the event the
-    lane's housekeeping would fire for the same timer (the same key, hence the same id)."""
-    job = Job()
-    job.enqueue()
-    timer = job.housekeeping
-    assert timer is not None
-    old = TimerRecord(job_id="job-1", kind="republish", attempt=timer.attempt, sequence=timer.sequence,
-                      due_at=timer.due_at)
-    assert old.key == timer.key == b"job-1:republish:0:0"
-    due_ms, attempt = admit_timer(old.key, old.encode())  # type: ignore[misc]
-    fired = commands.timer_fired_event(old.key, due_ms, attempt, now=timer.due_at, actor="timer:0")
-    assert (fired.type, fired.timer, fired.attempt, fired.sequence) == ("due", "republish", 0, 0)  # type: ignore[union-attr]
-    effects = job.step(fired)
-    assert job.decision.accepted and len(effects.ready) == 1  # type: ignore[union-attr]
-    # a republish record without its sequence is refused, not raised on
-    broken = old.encode().replace(b',"sequence":0', b"")
-    assert broken != old.encode()
-    refused = admit_timer(old.key, broken)
-    assert isinstance(refused, Refused) and refused.kind == "wrong fields"
+@pytest.mark.parametrize("kind", HOUSEKEEPING_KINDS)
+def test_a_timer_record_of_a_housekeeping_kind_is_refused_not_fired(kind: Any) -> None:
+    """Leases, re-publishes and retentions are a lane's own timers, never records: a timer record
+    of such a kind (a foreign producer's) is refused with its reason, so nothing is fired."""
+    record = (b'{"job_id":"job-1","kind":"%s","attempt":0,"due_at":"2025-01-01T12:00:00Z","sequence":0}'
+              % kind.encode())
+    refused = admit_timer(timer_key("job-1", kind, 0, 0), record)
+    assert isinstance(refused, Refused) and refused.kind == "kind not fired"
+    assert "run_at, retry, ttl" in refused.reason
 
 
 def test_timer_records_built_without_validation_equal_and_encode_like_validated_ones() -> None:
@@ -1106,39 +1118,6 @@ def test_timer_records_built_without_validation_equal_and_encode_like_validated_
     ttl = armed(job.enqueue(ttl=60))[key("ttl")]
     assert TimerRecord.decode(ttl.encode()) == ttl == TimerRecord.model_validate(ttl.model_dump())
     assert b"sequence" not in ttl.encode()
-
-
-def test_the_timer_service_still_fires_an_old_lease_record_as_the_housekeeping_lease_expired() -> None:
-    """A lease timer record an older processor wrote fires the very event the lane's housekeeping
-    fires for the same lease (same key, attempt and deadline: the same id), so whichever comes
-    second is a duplicate; one for a deadline a heartbeat moved since is refused, and writes nothing."""
-    job = Job()
-    job.enqueue()
-    job.run(lease_s=30)
-    timer = job.housekeeping
-    assert timer is not None and timer.kind == "lease"
-    old = TimerRecord(job_id="job-1", kind="lease", attempt=0, due_at=timer.due_at)
-    assert old.key == timer.key == b"job-1:lease"
-    due_ms, attempt = admit_timer(old.key, old.encode())  # type: ignore[misc]
-    late = add_seconds(timer.due_at, 0.25)
-    from_record = commands.timer_fired_event(old.key, due_ms, attempt, now=late, actor="timer:0")
-    from_lane = Housekeeping.fire(timer, timer.due_at, actor="processor:0")
-    assert from_record.event_id == from_lane.event_id and from_record.type == from_lane.type == "lease_expired"
-    assert from_record.lease_deadline == from_lane.lease_deadline == job.s.lease_deadline  # type: ignore[union-attr]
-    job.step(from_lane)
-    assert job.decision.accepted and job.s.status is S.RETRYING  # type: ignore[union-attr]
-    nothing_at_all(job.step(from_record))
-    assert job.decision.duplicate  # type: ignore[union-attr]
-    # a record of a lease a heartbeat extended since: refused, nothing re-armed
-    other = Job("job-2")
-    other.enqueue()
-    other.run(lease_s=30)
-    stale = TimerRecord(job_id="job-2", kind="lease", attempt=0, due_at=other.s.lease_deadline)
-    other.heartbeat(lease_s=60)
-    fired = commands.timer_fired_event(stale.key, *admit_timer(stale.key, stale.encode()), now=other.tick(),  # type: ignore[misc]
-                                       actor="timer:0")
-    nothing_at_all(other.step(fired))
-    assert other.decision.rejected is not None and other.housekeeping == lease_timer(other.s.lease_deadline, job_id="job-2")  # type: ignore[union-attr]
 
 
 # -- property: the records written always describe the state ------------------------------------
@@ -1245,7 +1224,7 @@ def test_written_records_always_match_the_state(data: Any, max_attempts: int, de
     housekeeping timer it needs (a lease per active attempt, republish, retain or dead_letter).
 
     Timer-fired events tombstone their timer first, as the timer service does. A stale lease
-    fire (an older processor's record, fired late) changes nothing, and the state still calls
+    fire (one written before a heartbeat was folded) changes nothing, and the state still calls
     for its current lease.
     """
     job = Job()

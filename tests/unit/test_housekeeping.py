@@ -35,9 +35,8 @@ from eventjobs.core.housekeeping import (
     records_since_wait,
 )
 from eventjobs.core.options import JobOptions
-from eventjobs.core.records import TimerRecord, timer_key
+from eventjobs.core.records import timer_key
 from eventjobs.core.state import JobState, JobStatus
-from eventjobs.core.timer_index import admit_timer
 from tests.unit.test_effects import T0, Job, dead_letter_timer, lease_timer, republish_timer, retain
 
 S = JobStatus
@@ -69,16 +68,6 @@ def tracked(*jobs: Job, retention: Retention = Retention(), republish: ReadyRepu
     table = {job.job_id: job.s for job in jobs}
     housekeeping.track_all(table)
     return housekeeping, table
-
-
-def fired_by_the_timer_service(timer: HousekeepingTimer, now: datetime, actor: str = ACTOR) -> JobEvent:
-    """What the timer service fires for the timer record an older processor wrote for `timer`."""
-    record = TimerRecord(job_id=timer.job_id, kind=timer.kind, attempt=timer.attempt, sequence=timer.sequence,
-                         due_at=timer.due_at)
-    admitted = admit_timer(record.key, record.encode())
-    assert isinstance(admitted, tuple), admitted
-    due_ms, attempt = admitted
-    return commands.timer_fired_event(record.key, due_ms, attempt, now=now, actor=actor)
 
 
 # -- which timer a state calls for ----------------------------------------------------------------
@@ -260,7 +249,7 @@ def test_a_republish_fires_nothing_before_its_due_time_and_the_due_event_at_it()
     assert len(housekeeping) == 0 and housekeeping.next_due_ms() is None  # popped until told a new state
 
 
-def test_a_fired_event_has_the_id_the_timer_service_derives_for_the_equivalent_timer() -> None:
+def test_a_fired_events_id_derives_from_its_timer_key_as_the_timer_services_do() -> None:
     pending = Job("job-p")
     pending.enqueue()
     done = completed(Job("job-c"))
@@ -275,7 +264,7 @@ def test_a_fired_event_has_the_id_the_timer_service_derives_for_the_equivalent_t
         assert timer is not None and timer.key == key
         by_key = commands.timer_fired_event(key, epoch_ms(timer.due_at), timer.attempt, now=now, actor=ACTOR)
         assert events[job_id].event_id == by_key.event_id
-        assert events[job_id] == by_key == fired_by_the_timer_service(timer, now)  # an old timer record's event
+        assert events[job_id] == by_key
     # the ids depend only on the timer: another pass, later, by another actor, gives the same ids
     again, _ = tracked(pending, done, dead)
     later = {e.job_id: e.event_id for e in again.due(table, add_seconds(now, HOUR), actor="processor:9")}
@@ -355,32 +344,6 @@ def test_an_entry_whose_job_was_forgotten_fires_nothing() -> None:
     table.clear()
     assert housekeeping.due(table, add_seconds(T0, 30 * DAY), actor=ACTOR) == []
     assert len(housekeeping) == 0
-
-
-def test_a_republish_fired_by_an_older_processors_timer_record_starts_the_next_wait() -> None:
-    # Given a pending job tracked by its lane, whose first republish an older processor's timer
-    # record fires (the timer service writes it); the lane folds it and is told the new state
-    job = Job()
-    job.enqueue()
-    housekeeping, table = tracked(job)
-    first = housekeeping_timer(job.s)
-    assert first is not None
-    before = job.s
-    job.now = first.due_at
-    effects = job.step(fired_by_the_timer_service(first, first.due_at))
-    assert job.decision.accepted and job.s.ready_republishes == 1  # type: ignore[union-attr]
-    housekeeping.track_all(effects.states, before=table)
-    table["job-1"] = job.s
-    # When the first entry's time comes, nothing fires: the entry follows the new publish
-    assert before.ready_republishes == 0
-    assert housekeeping.due(table, first.due_at, actor=ACTOR) == []
-    second = housekeeping_timer(job.s)
-    assert second == republish_timer(first.due_at, sequence=1)
-    assert len(housekeeping) == 1 and housekeeping.next_due_ms() == epoch_ms(second.due_at)
-    # and it fires at its own time, for sequence 1
-    assert housekeeping.due(table, second.due_at - MS, actor=ACTOR) == []
-    (event,) = housekeeping.due(table, second.due_at, actor=ACTOR)
-    assert (event.timer, event.sequence) == ("republish", 1)  # type: ignore[union-attr]
 
 
 def test_an_entry_whose_job_now_calls_for_a_later_time_is_tracked_again_not_fired() -> None:
@@ -526,7 +489,7 @@ def test_an_entry_at_an_old_deadline_fires_nothing_and_tracks_the_new_one() -> N
     assert housekeeping.next_due_ms() == epoch_ms(job.s.lease_deadline)  # type: ignore[arg-type]
 
 
-def test_a_lease_that_runs_out_fires_lease_expired_with_the_timer_services_id() -> None:
+def test_a_lease_that_runs_out_fires_lease_expired_with_an_id_of_the_timer() -> None:
     # Given a running attempt whose worker sends no more heartbeats
     job = Job()
     job.enqueue()
@@ -540,9 +503,6 @@ def test_a_lease_that_runs_out_fires_lease_expired_with_the_timer_services_id() 
     (event,) = housekeeping.due(table, now, actor=ACTOR)
     assert isinstance(event, LeaseExpiredEvent)
     assert (event.attempt, event.lease_deadline, event.occurred_at, event.actor) == (0, deadline, now, ACTOR)
-    # the event the timer service fires for an older processor's lease record: the same id
-    timer = lease_timer(deadline)
-    assert event.event_id == fired_by_the_timer_service(timer, now, actor="timer:0").event_id
     assert event == commands.timer_fired_event(b"job-1:lease", epoch_ms(deadline), 0, now=now, actor=ACTOR)
     # and the fold ends the attempt with it (the job is retried)
     job.now = now
@@ -550,7 +510,8 @@ def test_a_lease_that_runs_out_fires_lease_expired_with_the_timer_services_id() 
     assert job.decision.accepted and job.s.status is S.RETRYING and job.s.lease_deadline is None  # type: ignore[union-attr]
     housekeeping.track_all(effects.states)
     assert len(housekeeping) == 0  # retrying: its retry is a timer record
-    job.step(fired_by_the_timer_service(timer, add_seconds(now, 1), actor="timer:0"))  # a repeat: a duplicate
+    # the same timer fired again (after a restart, by another lane): a duplicate
+    job.step(Housekeeping.fire(lease_timer(deadline), add_seconds(now, 1), actor="processor:1"))
     assert job.decision.duplicate  # type: ignore[union-attr]
 
 

@@ -23,6 +23,7 @@ from eventjobs.core.options import (
     Priority,
 )
 from eventjobs.core.records import (
+    HOUSEKEEPING_KINDS,
     TIMER_KINDS,
     DeadLetterRecord,
     ReadyRecord,
@@ -116,14 +117,12 @@ def test_ready_record_round_trip(
 @settings(max_examples=100, deadline=None)
 @given(job_id=job_ids, kind=st.sampled_from(TIMER_KINDS), attempt=st.integers(0, 1_000_000), due_at=aware_datetimes)
 def test_timer_record_round_trip_and_key(job_id: str, kind: Any, attempt: int, due_at: datetime) -> None:
-    sequence = attempt % 7 if kind == "republish" else None
-    record = TimerRecord(job_id=job_id, kind=kind, attempt=attempt, due_at=due_at, sequence=sequence)
+    record = TimerRecord(job_id=job_id, kind=kind, attempt=attempt, due_at=due_at)
     decoded = TimerRecord.decode(record.encode())
     assert decoded == record
     assert decoded.due_at == due_at
-    suffix = {"retry": f"retry:{attempt}", "republish": f"republish:{attempt}:{sequence}",
-              "run_at": f"run_at:{attempt}" if attempt else "run_at"}.get(kind, kind)
-    assert record.key == decoded.key == timer_key(job_id, kind, attempt, sequence) == f"{job_id}:{suffix}".encode()
+    suffix = {"retry": f"retry:{attempt}", "run_at": f"run_at:{attempt}" if attempt else "run_at"}.get(kind, kind)
+    assert record.key == decoded.key == timer_key(job_id, kind, attempt) == f"{job_id}:{suffix}".encode()
 
 
 @settings(max_examples=100, deadline=None)
@@ -145,8 +144,8 @@ def test_dead_letter_record_round_trip(job_id: str, texts: list[str], attempts: 
 
 
 def test_encoded_timer_record_is_flat_json_with_utc_time() -> None:
-    record = TimerRecord(job_id="job-1", kind="lease", attempt=2, due_at=T0 + timedelta(milliseconds=250))
-    assert record.encode() == b'{"job_id":"job-1","kind":"lease","attempt":2,"due_at":"2025-01-01T12:00:00.250000Z"}'
+    record = TimerRecord(job_id="job-1", kind="retry", attempt=2, due_at=T0 + timedelta(milliseconds=250))
+    assert record.encode() == b'{"job_id":"job-1","kind":"retry","attempt":2,"due_at":"2025-01-01T12:00:00.250000Z"}'
 
 
 @pytest.mark.parametrize(
@@ -176,8 +175,8 @@ def test_records_are_frozen() -> None:
 
 
 def test_timer_keys_are_job_and_kind_and_the_attempt_of_a_retry() -> None:
-    assert [timer_key("job-7", kind, 3, 1) for kind in TIMER_KINDS] == [
-        b"job-7:run_at:3", b"job-7:retry:3", b"job-7:lease", b"job-7:ttl", b"job-7:dead_letter", b"job-7:retain",
+    assert [timer_key("job-7", kind, 3, 1) for kind in (*TIMER_KINDS, *HOUSEKEEPING_KINDS)] == [
+        b"job-7:run_at:3", b"job-7:retry:3", b"job-7:ttl", b"job-7:lease", b"job-7:dead_letter", b"job-7:retain",
         b"job-7:republish:3:1",
     ]
     assert timer_key("ünï", "ttl") == "ünï:ttl".encode()
@@ -188,17 +187,20 @@ def test_timer_keys_are_job_and_kind_and_the_attempt_of_a_retry() -> None:
         timer_key("job-7", "republish", 3)
 
 
-def test_a_republish_timer_record_names_its_sequence_and_others_do_not() -> None:
-    republish = TimerRecord(job_id="j", kind="republish", attempt=2, due_at=T0, sequence=4)
-    assert republish.encode() == (
-        b'{"job_id":"j","kind":"republish","attempt":2,"due_at":"2025-01-01T12:00:00Z","sequence":4}'
-    )
-    assert parse_timer_key(republish.key) == ("j", "republish", 4)
-    assert b"sequence" not in TimerRecord(job_id="j", kind="ttl", attempt=2, due_at=T0).encode()
+def test_a_republish_key_names_its_sequence_and_timer_records_are_of_fired_kinds_only() -> None:
+    assert parse_timer_key(timer_key("j", "republish", 2, 4)) == ("j", "republish", 4)
+    for kind in HOUSEKEEPING_KINDS:  # a lane's own timers: no record of them is valid
+        with pytest.raises(ValidationError):
+            TimerRecord(job_id="j", kind=kind, attempt=2, due_at=T0)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        TimerRecord.decode(b'{"job_id":"j","kind":"ttl","attempt":2,"due_at":"2025-01-01T12:00:00Z","sequence":4}')
 
 
-@given(st.tuples(job_ids, st.sampled_from(TIMER_KINDS), st.integers(0, 99)),
-       st.tuples(job_ids, st.sampled_from(TIMER_KINDS), st.integers(0, 99)))
+ALL_KINDS = (*TIMER_KINDS, *HOUSEKEEPING_KINDS)
+
+
+@given(st.tuples(job_ids, st.sampled_from(ALL_KINDS), st.integers(0, 99)),
+       st.tuples(job_ids, st.sampled_from(ALL_KINDS), st.integers(0, 99)))
 def test_timer_keys_of_different_timers_differ_and_parse_back(a: tuple[str, Any, int], b: tuple[str, Any, int]) -> None:
     def identity(t: tuple[str, Any, int]) -> tuple[str, Any, int | None]:
         return (t[0], t[1], t[2] if t[1] in ("retry", "republish") or (t[1] == "run_at" and t[2]) else None)

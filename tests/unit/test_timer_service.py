@@ -42,14 +42,14 @@ def test_a_pass_fires_exactly_the_timers_due_at_its_time_in_due_order() -> None:
     service = service_owning(0)
     service.index_timers(0, [
         timer("late", "run_at", 30),
-        timer("lease", "lease", 9, attempt=2),
+        timer("short", "ttl", 9, attempt=2),
         timer("early", "run_at", 5),
         timer("retry", "retry", 10, attempt=1),
         timer("ttl", "ttl", 20),
     ])
     assert fired_at(service, 4.999) == []
     assert fired_at(service, 5) == [("timer:0", "early", "due")]
-    assert fired_at(service, 19) == [("timer:0", "lease", "lease_expired"), ("timer:0", "retry", "due")]
+    assert fired_at(service, 19) == [("timer:0", "short", "expired"), ("timer:0", "retry", "due")]
     assert fired_at(service, 19) == []  # fired once: taken out of the index
     assert fired_at(service, 60) == [("timer:0", "ttl", "expired"), ("timer:0", "late", "due")]
     assert service.pending == 0
@@ -57,13 +57,13 @@ def test_a_pass_fires_exactly_the_timers_due_at_its_time_in_due_order() -> None:
 
 def test_replaced_and_cancelled_timers_fire_as_they_are_now() -> None:
     service = service_owning(0)
-    service.index_timers(0, [timer("a", "lease", 10), timer("b", "run_at", 10), timer("c", "run_at", 10)])
-    service.index_timers(0, [timer("a", "lease", 40, attempt=0), (b"b:run_at", None)])  # heartbeat; cancel
+    service.index_timers(0, [timer("a", "retry", 10, attempt=1), timer("b", "run_at", 10), timer("c", "run_at", 10)])
+    service.index_timers(0, [timer("a", "retry", 40, attempt=1), (b"b:run_at", None)])  # moved; cancelled
     assert fired_at(service, 30) == [("timer:0", "c", "due")]
     (firing,) = service.take_due(T0 + timedelta(seconds=40))
     (event,) = firing.events
-    assert event.type == "lease_expired" and event.lease_deadline == T0 + timedelta(seconds=40)  # type: ignore[union-attr]
-    assert firing.timers == [(b"a:lease", int((T0 + timedelta(seconds=40)).timestamp() * 1000), 0)]
+    assert event.type == "due" and event.attempt == 1  # type: ignore[union-attr]
+    assert firing.timers == [(b"a:retry:1", int((T0 + timedelta(seconds=40)).timestamp() * 1000), 1)]
 
 
 def test_a_partition_still_loading_fires_nothing_and_a_foreign_one_is_ignored() -> None:

@@ -54,7 +54,7 @@ def test_every_page_renders_with_data(page: Any, stack: Stack) -> None:
     assert timeline.locator("tr.attempt_failed").count() == 3
     assert timeline.locator("tr.dead_lettered").count() == 1
     assert "warehouse API rejected SKU SKU-DEAD" in timeline.locator("tr.attempt_failed").first.inner_text()
-    assert "worker:" in timeline.locator("tr.claimed td.actor").first.inner_text()
+    assert "worker:" in timeline.locator("tr.attempt_started td.actor").first.inner_text()  # the start claims
     failed = timeline.locator("tr.attempt_failed").first
     failed.locator("details summary").click()  # the traceback opens in place
     assert "RuntimeError: warehouse API rejected" in failed.locator("details pre").inner_text()
@@ -153,7 +153,7 @@ def test_pausing_a_queue_in_the_ui_stops_claims(page: Any, stack: Stack) -> None
         return [e.type for e in await job_events(app.settings, job_id)]
 
     types = run(lambda app: not_claimed_for(app, 4.0), stack.settings)
-    assert "enqueued" in types and "claimed" not in types, types
+    assert "enqueued" in types and "claimed" not in types and "attempt_started" not in types, types
 
     page.goto("/queues")
     page.locator('#queues tr[data-queue="emails"] button.resume').click()

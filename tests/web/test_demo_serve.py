@@ -74,4 +74,7 @@ def test_demo_serve_keeps_the_dashboard_up_until_sigint_then_stops_everything(ka
     assert demo.returncode == 0, output
     assert f"dashboard at http://127.0.0.1:{port}/" in output
     assert "stopped the dashboard, the worker and the processor" in output
+    # the retried card payment, as it stood after its first failure, answered from its history
+    flat = " ".join(output.split())
+    assert "(its first failure), from the history alone: status retrying, attempt 1, 1 started" in flat, output
     assert not [pid for pid in started if _alive(pid)], output
