@@ -26,6 +26,7 @@ from eventjobs.core.options import (
     ConstantBackoff,
     ExponentialBackoff,
     InvalidJobOptions,
+    Limit,
     LinearBackoff,
     NoBackoff,
     Priority,
@@ -52,6 +53,7 @@ __all__ = [
     "NoBackoff",
     "CallableBackoff",
     "Priority",
+    "Limit",
     # what the app's calls return
     "Batch",
     "JobDefinition",

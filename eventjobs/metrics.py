@@ -49,6 +49,8 @@ PROJECTOR_LAG = "eventjobs_projector_lag_seconds"
 PROJECTOR_RECORDS_BEHIND = "eventjobs_projector_records_behind"
 SCHEDULES_SET_ASIDE = "eventjobs_schedules_set_aside"
 HOOK_FAILURES = "eventjobs_hook_failures_total"
+LIMIT_SLOTS_IN_USE = "eventjobs_limit_slots_in_use"
+LIMIT_JOBS_WAITING = "eventjobs_limit_jobs_waiting"
 
 JOB_LABELS = ("name", "queue")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -137,6 +139,7 @@ class Metrics:
         self.queues = LabelCap(max_label_values)
         self._depth_children: dict[tuple[str, str], Any] = {}
         self.hook_names = LabelCap(max_label_values)
+        self.limits = LabelCap(max_label_values)  # concurrency limits' names (never their keys)
 
     def _jobs_counter(self, name: str, doc: str) -> JobFamily:
         return JobFamily(Counter(_base(name), doc, JOB_LABELS, registry=self.registry), self.names, self.queues)
@@ -229,6 +232,17 @@ class Metrics:
                      "owned partitions: one per claimed or running, pending, or retained (finished, not yet "
                      "forgotten) job.",
                      registry=self.registry)
+
+    @cached_property
+    def limit_slots_in_use(self) -> Gauge:
+        return Gauge(LIMIT_SLOTS_IN_USE, "Concurrency limits: slots held (granted, not yet released) over the keys "
+                     "whose owner is on this processor's partitions, by limit name (sum over processors for a "
+                     "limit's total).", ("limit",), registry=self.registry)
+
+    @cached_property
+    def limit_jobs_waiting(self) -> Gauge:
+        return Gauge(LIMIT_JOBS_WAITING, "Concurrency limits: jobs queued for a slot over the keys whose owner is on "
+                     "this processor's partitions, by limit name.", ("limit",), registry=self.registry)
 
     @cached_property
     def timer_lateness(self) -> Histogram:

@@ -188,6 +188,11 @@ def _print_job(job: query.JobDetail) -> None:
     if job.reason:
         out.print(f"reason    {job.reason}", markup=False)
     _print_links(job.depends_on, job.waiting_for, job.dependents, job.parent_job_id, job.children)
+    wait = job.slot_wait
+    if wait is not None:
+        place = f"position {wait.position} of {wait.waiting}" if wait.position is not None else "asking"
+        out.print(f"waiting for a slot of limit {wait.limit!r} key {wait.key!r} ({place}; {wait.in_use} of "
+                  f"{wait.max} slots in use)", markup=False)
     if job.snoozes:
         out.print(f"snoozed   {job.snoozes} time(s)")
     if job.result is not None:

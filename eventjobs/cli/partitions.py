@@ -12,7 +12,7 @@ from eventjobs.cli.output import err, kafka_failure_in_one_line, out
 from eventjobs.runtime.grow import grow
 from eventjobs.settings import load_settings
 
-partitions_app = typer.Typer(help="More partitions for the job topics (events, job-state, timers).",
+partitions_app = typer.Typer(help="More partitions for the job topics (events, job-state, timers, limit-state).",
                              no_args_is_help=True)
 
 
@@ -43,8 +43,9 @@ def partitions_grow(
     out.print(f"jobs carried over: {sum(report.jobs.values()):,} ({jobs}); {report.moved:,} on another partition number")
     out.print(f"written: {report.history_events:,} history events, {report.tail_events:,} events not folded yet, "
               f"{report.timers:,} timers, {report.ready:,} ready records, {report.dead_letters:,} dead letters, "
-              f"{report.schedule_records:,} schedule records, {report.queue_controls:,} queue pause or resume records")
+              f"{report.schedule_records:,} schedule records, {report.queue_controls:,} queue pause or resume records, "
+              f"{report.slot_tables:,} slot tables")
     out.print(f"paused in {report.source}: {', '.join(report.paused_queues) or 'no queues'}")
     out.print(f"next: set EVENTJOBS_NAMESPACE={report.target} (or App(\"{report.target}\")) for every producer, "
               f"processor, worker and projector, and set partitions: {report.partitions} in topics/events.yaml, "
-              f"job-state.yaml and timers.yaml")
+              f"job-state.yaml, timers.yaml and limit-state.yaml")

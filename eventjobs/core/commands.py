@@ -133,7 +133,7 @@ def enqueue(
         name=name,
         queue=options.queue,
         args=args,
-        options=options.to_spec(),
+        options=options.to_spec(name, args),
         run_at=add_seconds(utc_ms(now), options.debounce) if options.debounce is not None else options.resolve_run_at(now),
         priority=options.priority,
         idempotency_key=key,

@@ -642,6 +642,82 @@ class DebouncedEvent(_Event):
     run_at: UtcTimestamp = Field(description="When the job now starts (its scheduled time after the replacement).")
 
 
+class SlotRequestedEvent(_Event):
+    """A job of a concurrency-limited key asks the key's owner for a slot (keyed by the owner).
+
+    The owner is a derived id (``eventjobs.core.slots.owner_id``: the limit's name and the key), so
+    every job of the key asks the one processor lane that owns that id, wherever the job lives.
+    Derived by the job's lane each time the job would become pending (a new attempt: the first, a
+    retry, a run_at or snooze that is due, a dead-letter retry, its dependencies answered); its id
+    is derived from the job's ``enqueued`` and the attempt, so deriving it again is a duplicate.
+    The owner grants a free slot at once (``slot_granted``), or acts by the strategy.
+    """
+
+    written_by: ClassVar[str] = LINKED_WRITER
+    type: Literal["slot_requested"] = "slot_requested"
+    requester_id: EventId = Field(description="The job that asks for a slot.")
+    attempt: Attempt = Field(description="The requester's attempt the slot is for.")
+    limit: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="The limit's name.")
+    key: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="The key whose jobs share the slots.")
+    max: Annotated[int, Field(ge=1, le=1_000)] = Field(description="Slots of the key (the requester's option).")
+    strategy: Literal["queue", "cancel_newest", "cancel_in_progress"] = Field(
+        description="What the owner does when every slot is taken."
+    )
+
+
+class SlotReleasedEvent(_Event):
+    """A job gives its slot back, or withdraws its request (keyed by the owner).
+
+    Derived by the job's lane when the job leaves the attempt the slot was for: it completed,
+    failed, was cancelled or dead-lettered, its lease expired, it is retried or snoozed (a new
+    attempt asks again). Its ``causation_id`` is the request and its id is derived from it, so a
+    slot is released once whatever the job's lane derives again.
+    """
+
+    written_by: ClassVar[str] = LINKED_WRITER
+    type: Literal["slot_released"] = "slot_released"
+    requester_id: EventId = Field(description="The job that held (or waited for) the slot.")
+
+
+class SlotGrantedEvent(_Event):
+    """The key's owner gave the job a slot (keyed by the job): it becomes pending and may be claimed.
+
+    Its ``causation_id`` is the request it grants and its id is derived from it.
+    """
+
+    written_by: ClassVar[str] = LINKED_WRITER
+    type: Literal["slot_granted"] = "slot_granted"
+    owner_id: EventId = Field(description="The limit's owner (slot table) that granted it.")
+
+
+class SlotRefusedEvent(_Event):
+    """The key's owner refused the job's request (keyed by the job), which cancels it.
+
+    Strategy ``cancel_newest``: every slot was taken when the job asked. Strategy
+    ``cancel_in_progress``: a newer job asked while this one still waited. Its ``causation_id``
+    is the request, its id derived from it.
+    """
+
+    written_by: ClassVar[str] = LINKED_WRITER
+    type: Literal["slot_refused"] = "slot_refused"
+    owner_id: EventId = Field(description="The limit's owner that refused it.")
+    reason: Text = Field(description="Why, for the job's history.")
+
+
+class SlotRevokedEvent(_Event):
+    """Strategy ``cancel_in_progress``: a newer job of the key asked, so this holder is cancelled (keyed by it).
+
+    A job that has not started is cancelled at once; a claimed or running one gets a cancel
+    request (its attempt's end cancels it, and releases the slot). Its ``causation_id`` is the
+    holder's request, its id derived from it (one revocation per slot).
+    """
+
+    written_by: ClassVar[str] = LINKED_WRITER
+    type: Literal["slot_revoked"] = "slot_revoked"
+    owner_id: EventId = Field(description="The limit's owner that revoked the slot.")
+    reason: Text = Field(description="Why, for the job's history.")
+
+
 JobEvent = Annotated[
     Union[  # noqa: UP007 - one member a line, so that a new event is a one-line change
         EnqueuedEvent,
@@ -672,6 +748,11 @@ JobEvent = Annotated[
         DependencyProbeEvent,
         AttemptSnoozedEvent,
         DebouncedEvent,
+        SlotRequestedEvent,
+        SlotReleasedEvent,
+        SlotGrantedEvent,
+        SlotRefusedEvent,
+        SlotRevokedEvent,
     ],
     Field(discriminator="type"),
 ]
@@ -695,6 +776,9 @@ DERIVED_TYPES: frozenset[str] = frozenset(
 LINKED_TYPES: frozenset[str] = frozenset(
     type_ for type_, cls in EVENT_TYPES.items() if cls.written_by == LINKED_WRITER
 )
+
+#: Linked types addressed to a concurrency limit's owner (its slot table), not to a job.
+SLOT_OWNER_TYPES: frozenset[str] = frozenset({"slot_requested", "slot_released"})
 
 Event = _Event  # the common base, for isinstance checks and type hints
 

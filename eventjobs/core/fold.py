@@ -74,6 +74,8 @@ from eventjobs.core.events import (
     LeaseExpiredEvent,
     RetryScheduledEvent,
     ScheduledEvent,
+    SlotReleasedEvent,
+    SlotRequestedEvent,
 )
 from eventjobs.core.flow import debounce_open, window_end
 from eventjobs.core.ids import derived_event_id
@@ -85,6 +87,7 @@ from eventjobs.core.limits import (
     MAX_REVIVABLE_DEPENDENTS,
 )
 from eventjobs.core.options import JobOptionsSpec, backoff_delay_s
+from eventjobs.core.slots import owner_id
 from eventjobs.core.state import (
     ACCEPTING_STATUSES,
     ACTIVE_STATUSES,
@@ -319,6 +322,11 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
             status, scheduled = WAITING, False
     elif scheduled:
         derived = (_derive(ScheduledEvent, event, 0, actor, {"run_at": run_at}),)
+    elif options.concurrency is not None:  # runs only once the key's owner grants a slot
+        status = WAITING
+        request = _ask_slot(options, event.job_id, event.event_id, 0, event, actor)
+        workflow = _build(Workflow, {**_NO_WORKFLOW, "slot_request": request.event_id}, _WORKFLOW_FIELDS)
+        derived = (request,)
     data = {  # every JobState field, in declaration order (a test checks this)
         "job_id": event.job_id,
         "name": event.name,
@@ -427,6 +435,8 @@ def _on_due(state: JobState, event: Any, actor: str) -> Decision:
     data["next_due_at"] = None
     if state.ready_republishes:
         data["ready_republishes"] = 0  # counted per attempt
+    if state.options.concurrency is not None:
+        return _accept(state, event, data, _slot_or_pending(data, event, actor))
     return _accept(state, event, data)
 
 
@@ -722,10 +732,13 @@ def _on_dead_letter_retried(state: JobState, event: Any, actor: str) -> Decision
         dead_letter_event_id=None,
     )
     workflow = state.workflow
-    if workflow is None:
-        return _accept(state, event, data)
-    # one that expired while waiting waits again for the dependencies that have not answered
-    derived = _after_answers(data, workflow, event, actor) if workflow.depends_on else ()
+    if workflow is None or not workflow.depends_on:
+        data["workflow"] = workflow
+        derived = _slot_or_pending(data, event, actor) if state.options.concurrency is not None else ()
+        if workflow is None:
+            return _accept(state, event, data, derived)
+    else:  # one that expired while waiting waits again for the dependencies that have not answered
+        derived = _after_answers(data, workflow, event, actor)
     status = data["status"]
     if status is not CANCELLED:  # it runs again: the dependents its failure answered may wait for it again
         reopens, workflow = _reopen_dependents(state.job_id, data["workflow"], event, actor)
@@ -1004,6 +1017,8 @@ def _after_answers(data: dict[str, Any], workflow: Workflow, event: Event, actor
         data["next_due_at"] = run_at
         return (_derive(ScheduledEvent, event, 0, actor, {"run_at": run_at}),)
     data["status"] = PENDING
+    if data["options"].concurrency is not None:
+        return _slot_or_pending(data, event, actor)
     return ()
 
 
@@ -1117,6 +1132,108 @@ def _on_dependency_probe(state: JobState, event: Any, actor: str) -> Decision:
     return _accept(state, event, data, _probes(state.enqueued_event_id, workflow, [*path, job_id], origin, event, actor))
 
 
+# ---- concurrency limits: slots of a key, asked of and given back to the key's owner --------------
+#
+# A limited job asks its key's owner (``eventjobs.core.slots``) for a slot each time it would become
+# pending, and waits meanwhile; the grant makes it pending. When it leaves that attempt (terminal,
+# retry, snooze, cancel, expiry) ``apply`` derives the release. Both are linked events keyed by the
+# owner, their ids derived from the request, which is derived from the job's enqueued and attempt.
+
+#: Statuses in which a limited job still waits for, or holds, the slot of its current request.
+_HOLDING = (WAITING, PENDING, CLAIMED, RUNNING)
+
+
+def _ask_slot(options: JobOptionsSpec, job_id: str, enqueued_event_id: str, attempt: int, trigger: Event,
+              actor: str) -> Any:
+    """The ``slot_requested`` of ``attempt`` (same id whenever it is derived)."""
+    limit = options.concurrency
+    assert limit is not None
+    return _derive_for(SlotRequestedEvent, owner_id(limit.limit, limit.key), enqueued_event_id, attempt, trigger, actor,
+                       {"requester_id": job_id, "attempt": attempt, "limit": limit.limit, "key": limit.key,
+                        "max": limit.max, "strategy": limit.strategy})
+
+
+def _slot_or_pending(data: dict[str, Any], event: Event, actor: str) -> tuple[Any, ...]:
+    """A limited job (``data``) that would become pending waits for a slot instead: returns the request."""
+    request = _ask_slot(data["options"], data["job_id"], data["enqueued_event_id"], data["attempt"], event, actor)
+    current = data["workflow"]
+    base = _NO_WORKFLOW if current is None else current.__dict__
+    data["workflow"] = _build(Workflow, {**base, "slot_request": request.event_id, "slot_granted": False},
+                              _WORKFLOW_FIELDS)
+    data["status"] = WAITING
+    return (request,)
+
+
+def _release_slot(state: JobState, decision: Decision, event: Event, actor: str) -> Decision:
+    """The job left the attempt its slot was for: the release goes to the owner, the state forgets the request."""
+    request = state.workflow.slot_request  # type: ignore[union-attr]  # the caller checked
+    limit = state.options.concurrency
+    new = decision[0]
+    if limit is None or new is None:
+        return decision
+    release = _derive_for(SlotReleasedEvent, owner_id(limit.limit, limit.key), request, 0, event, actor,  # type: ignore[arg-type]
+                          {"requester_id": state.job_id})
+    data = new.__dict__.copy()
+    data["workflow"] = _slim(_changed(new.workflow, slot_request=None, slot_granted=False))  # type: ignore[arg-type]
+    data["recent_event_ids"] = (*new.recent_event_ids, release.event_id)[-RECENT_EVENT_IDS:]
+    return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), (*decision[1], release), None, False))
+
+
+def _slot_event_stale(state: JobState, event: Any) -> Decision | None:
+    workflow = state.workflow
+    if workflow is None or workflow.slot_request != event.causation_id:
+        return _reject(state, f"'{event.type}' answers slot request {event.causation_id}, which job {state.job_id} no "
+                              f"longer holds (released since): stale, no effect")
+    return None
+
+
+def _not_a_job_event(state: JobState, event: Any, actor: str) -> Decision:
+    return _reject(state, f"'{event.type}' is addressed to a concurrency limit's owner (eventjobs.core.slots), not a job")
+
+
+def _on_slot_granted(state: JobState, event: Any, actor: str) -> Decision:
+    stale = _slot_event_stale(state, event)
+    if stale is not None:
+        return stale
+    if state.workflow.slot_granted:  # type: ignore[union-attr]  # checked by _slot_event_stale
+        return _duplicate(state)
+    if state.status is not WAITING:
+        return _not_accepted(state, event)
+    data = state.__dict__.copy()
+    data["status"] = PENDING
+    data["workflow"] = _changed(state.workflow, slot_granted=True)  # type: ignore[arg-type]
+    return _accept(state, event, data)
+
+
+def _on_slot_refused(state: JobState, event: Any, actor: str) -> Decision:
+    stale = _slot_event_stale(state, event)
+    if stale is not None:
+        return stale
+    if state.status is not WAITING or state.workflow.slot_granted:  # type: ignore[union-attr]  # checked above
+        return _not_accepted(state, event)
+    data = state.__dict__.copy()
+    data.update(status=CANCELLED, finished_at=event.occurred_at, reason=event.reason)
+    return _accept(state, event, data, (_derive(CancelledEvent, event, 0, actor, {"reason": event.reason}),))
+
+
+def _on_slot_revoked(state: JobState, event: Any, actor: str) -> Decision:
+    stale = _slot_event_stale(state, event)
+    if stale is not None:
+        return stale
+    status = state.status
+    if status is PENDING:
+        data = state.__dict__.copy()
+        data.update(status=CANCELLED, finished_at=event.occurred_at, reason=event.reason)
+        return _accept(state, event, data, (_derive(CancelledEvent, event, 0, actor, {"reason": event.reason}),))
+    if status in ACTIVE_STATUSES:
+        if state.cancel_requested:
+            return _duplicate(state) if state.reason == event.reason else _reject(state, "cancel already requested")
+        data = state.__dict__.copy()
+        data.update(cancel_requested=True, reason=event.reason)
+        return _accept(state, event, data)
+    return _not_accepted(state, event)
+
+
 def _on_attempt_snoozed(state: JobState, event: Any, actor: str) -> Decision:
     refused = _outside_the_active_attempt(state, event)
     if refused is not None:
@@ -1157,6 +1274,11 @@ _HANDLERS: dict[str, _Handler] = {
     "dependency_reopened": _on_dependency_reopened,
     "dependency_probe": _on_dependency_probe,
     "attempt_snoozed": _on_attempt_snoozed,
+    "slot_requested": _not_a_job_event,
+    "slot_released": _not_a_job_event,
+    "slot_granted": _on_slot_granted,
+    "slot_refused": _on_slot_refused,
+    "slot_revoked": _on_slot_revoked,
     **dict.fromkeys(DERIVED_TYPES, _on_derived),
 }
 
@@ -1189,6 +1311,11 @@ def apply(state: JobState | None, event: JobEvent, actor: str = "processor") -> 
         # a discard follows a dead-lettering, which answered already), so most events skip this
         if decision[1]:
             new = decision[0]
+            workflow = state.workflow
+            if workflow is not None and workflow.slot_request is not None and new is not None and new is not state \
+                    and new.status not in _HOLDING:  # left the attempt its slot was for: give the slot back
+                decision = _release_slot(state, decision, event, actor)
+                new = decision[0]
             if new is not None and new is not state and new.workflow is not None and new.workflow.dependents \
                     and new.status in TERMINAL_STATUSES:
                 return _answer_dependents(decision, event, actor)

@@ -32,6 +32,8 @@ from eventjobs.core.limits import MAX_DEPENDENCIES, MAX_WINDOW_S, MIN_WINDOW_S
 from eventjobs.core.validation import issues
 
 __all__ = [
+    "ConcurrencySpec",
+    "Limit",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_SNOOZES",
     "DependencyFailure",
@@ -244,6 +246,32 @@ def matches_retry_on(exc_type: type[BaseException], retry_on: Sequence[str]) -> 
 # --------------------------------------------------------------------------------------------
 
 
+#: What a concurrency limit does with a job that asks for a slot while all are taken.
+ConcurrencyStrategy = Literal["queue", "cancel_newest", "cancel_in_progress"]
+#: Longest concurrency key and limit name (characters): the key is part of every slot event.
+MAX_CONCURRENCY_KEY_CHARS = 200
+#: Largest max of a limit: its slot table (holders and queue) must fit one changelog record.
+MAX_CONCURRENCY = 1_000
+
+
+class ConcurrencySpec(BaseModel):
+    """A concurrency limit as a job carries it: the key already resolved (docs/flow-control.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    limit: Annotated[str, Field(min_length=1, max_length=MAX_CONCURRENCY_KEY_CHARS)] = Field(
+        description="The limit's name (the job name unless given): keys of different limits never share slots."
+    )
+    key: Annotated[str, Field(min_length=1, max_length=MAX_CONCURRENCY_KEY_CHARS)] = Field(
+        description="The key whose jobs share max slots."
+    )
+    max: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)] = Field(description="Jobs of the key claimed or running at once.")
+    strategy: ConcurrencyStrategy = Field(
+        "queue", description="When every slot is taken: queue (wait in order), cancel_newest (the asking job is "
+        "cancelled), cancel_in_progress (the oldest holder is cancelled, the asking job runs after it)."
+    )
+
+
 class JobOptionsSpec(BaseModel):
     """The part of a job's options the processor needs, in serializable form."""
 
@@ -275,6 +303,10 @@ class JobOptionsSpec(BaseModel):
         None, description="Debounce window (seconds of event time): a later enqueue with the same key in the window "
         "replaces the waiting job's args and starts it this long after itself (docs/flow-control.md)."
     )
+    concurrency: ConcurrencySpec | None = Field(
+        None, description="Concurrency limit: at most max jobs of its key claimed or running at once, across every "
+        "worker and partition (docs/flow-control.md)."
+    )
 
 
 def _seconds(name: str, value: float | timedelta | None, *, allow_zero: bool) -> float | None:
@@ -292,6 +324,74 @@ def _seconds(name: str, value: float | timedelta | None, *, allow_zero: bool) ->
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound} seconds, got {value if not isinstance(value, timedelta) else seconds}")
     return seconds
+
+
+class Limit(BaseModel):
+    """A concurrency limit per key: ``@app.job(concurrency=Limit(key=lambda a: a["tenant"], max=2))``.
+
+    At most ``max`` jobs with the same key are claimed or running at once, across every worker and
+    partition. ``key`` is a value or a function of the job's args (like ``idempotency_key``);
+    ``strategy`` says what happens to a job that asks while every slot is taken: ``"queue"``
+    (it waits, in order), ``"cancel_newest"`` (it is cancelled), ``"cancel_in_progress"`` (the
+    oldest running one is cancelled, and this one runs once it ended). ``name`` names the limit
+    (default: the job's name); jobs of different types with the same ``name`` share its slots.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    key: str | Callable[[Mapping[str, Any]], str]
+    max: int
+    strategy: ConcurrencyStrategy = "queue"
+    name: str | None = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidJobOptions(f"concurrency: {_describe_errors(exc)}") from None
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _check_key(cls, value: Any) -> Any:
+        if callable(value):
+            return value
+        if isinstance(value, str) and 0 < len(value) <= MAX_CONCURRENCY_KEY_CHARS:
+            return value
+        raise ValueError(f"concurrency key must be a non-empty string (<= {MAX_CONCURRENCY_KEY_CHARS} chars) or a "
+                         f"callable of the args, got {value!r}")
+
+    @field_validator("max", mode="before")
+    @classmethod
+    def _check_max(cls, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CONCURRENCY:
+            raise ValueError(f"concurrency max must be an integer from 1 to {MAX_CONCURRENCY:,}, got {value!r}")
+        return value
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _check_strategy(cls, value: Any) -> str:
+        if value not in get_args(ConcurrencyStrategy):
+            raise ValueError(f"concurrency strategy must be one of {', '.join(get_args(ConcurrencyStrategy))}, "
+                             f"got {value!r}")
+        return value  # type: ignore[no-any-return]  # checked above
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _check_name(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and 0 < len(value) <= MAX_CONCURRENCY_KEY_CHARS):
+            return value
+        raise ValueError(f"concurrency name must be a non-empty string (<= {MAX_CONCURRENCY_KEY_CHARS} chars), "
+                         f"got {value!r}")
+
+    def resolve(self, job_name: str, args: Mapping[str, Any]) -> ConcurrencySpec:
+        """The limit as the job carries it, its key computed from ``args``."""
+        key = self.key
+        if not isinstance(key, str):
+            key = key(args)
+            if not isinstance(key, str) or not key or len(key) > MAX_CONCURRENCY_KEY_CHARS:
+                raise InvalidJobOptions(f"concurrency key function returned {key!r}; return a non-empty string "
+                                        f"(<= {MAX_CONCURRENCY_KEY_CHARS} chars)")
+        return ConcurrencySpec(limit=self.name or job_name, key=key, max=self.max, strategy=self.strategy)
 
 
 class JobOptions(BaseModel):
@@ -319,11 +419,12 @@ class JobOptions(BaseModel):
     on_dependency_failure: DependencyFailure = "cancel"
     unique_for: float | None = None
     debounce: float | None = None
+    concurrency: Limit | None = None
 
     _KNOWN: ClassVar[tuple[str, ...]] = (
         "queue", "max_attempts", "backoff", "retry_on", "timeout", "priority", "ttl",
         "dead_letter_retention", "idempotency_key", "run_at", "delay", "capabilities",
-        "max_snoozes", "on_dependency_failure", "unique_for", "debounce",
+        "max_snoozes", "on_dependency_failure", "unique_for", "debounce", "concurrency",
     )  # fmt: skip
 
     def __init__(self, **data: Any) -> None:
@@ -469,6 +570,15 @@ class JobOptions(BaseModel):
     def _check_window(cls, value: Any, info: Any) -> float | None:
         return window_seconds(info.field_name, value)
 
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _check_concurrency(cls, value: Any) -> Limit | None:
+        if value is None or isinstance(value, Limit):
+            return value
+        if isinstance(value, dict):
+            return Limit(**value)
+        raise ValueError(f"concurrency must be a Limit(key=..., max=...), got {type(value).__name__}")
+
     @model_validator(mode="after")
     def _check_schedule(self) -> JobOptions:
         if self.run_at is not None and self.delay is not None:
@@ -480,6 +590,9 @@ class JobOptions(BaseModel):
             )
         if self.debounce is not None and (self.run_at is not None or self.delay is not None):
             raise ValueError("debounce sets when the job starts (debounce after the last enqueue): give no run_at or delay")
+        if self.concurrency is not None and (self.unique_for is not None or self.debounce is not None):
+            raise ValueError(f"a concurrency limit cannot be combined with {'unique_for' if self.unique_for else 'debounce'}"
+                             " yet")
         return self
 
     # ---- derived values ------------------------------------------------------------------
@@ -509,8 +622,12 @@ class JobOptions(BaseModel):
             return None
         return self.backoff
 
-    def to_spec(self) -> JobOptionsSpec:
-        """The serializable options carried by the ``enqueued`` event."""
+    def to_spec(self, job_name: str | None = None, args: Mapping[str, Any] | None = None) -> JobOptionsSpec:
+        """The serializable options carried by the ``enqueued`` event (a concurrency limit's key is
+        computed from ``args``; its name defaults to ``job_name``)."""
+        concurrency = None
+        if self.concurrency is not None:
+            concurrency = self.concurrency.resolve(job_name or "job", args or {})
         return JobOptionsSpec(
             max_attempts=self.max_attempts,
             backoff=self.backoff_spec(),
@@ -522,6 +639,7 @@ class JobOptions(BaseModel):
             max_snoozes=self.max_snoozes,
             unique_for_s=self.unique_for,
             debounce_s=self.debounce,
+            concurrency=concurrency,
         )
 
     @classmethod
@@ -539,6 +657,8 @@ class JobOptions(BaseModel):
             max_snoozes=spec.max_snoozes,
             unique_for=spec.unique_for_s,
             debounce=spec.debounce_s,
+            concurrency=Limit(key=spec.concurrency.key, max=spec.concurrency.max, strategy=spec.concurrency.strategy,
+                              name=spec.concurrency.limit) if spec.concurrency is not None else None,
             **others,
         )
 

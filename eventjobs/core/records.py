@@ -124,7 +124,8 @@ def claim_verdict(state: JobState | None, ready: ReadyRecord, claim_id: str) -> 
     ``accepted``: the state names the claim. ``refused``: the state shows that the attempt can no
     longer run on this claim: another claim of it, a later attempt, another incarnation of the
     job id (enqueued at another time), an end, or the job forgotten (None). ``undecided``: still
-    pending on that attempt (a state written before the claim was folded); a later state decides.
+    pending on that attempt, or (a limited job) still waiting for that attempt's slot: a state
+    written before the claim was folded; a later state decides.
     """
     if state is None:
         return "refused"
@@ -132,9 +133,16 @@ def claim_verdict(state: JobState | None, ready: ReadyRecord, claim_id: str) -> 
         return "accepted"
     if (state.attempt != ready.attempt
             or ready_attempt(ready)[2] != (state.enqueued_at - _EPOCH) // _MS
-            or state.status is not JobStatus.PENDING):
+            or (state.status is not JobStatus.PENDING and not _awaits_its_slot(state))):
         return "refused"
     return "undecided"
+
+
+def _awaits_its_slot(state: JobState) -> bool:
+    """A limited job waiting for the slot of this attempt: a state from before the grant that made
+    it pending (the processor publishes the ready record before it commits the states before it)."""
+    workflow = state.workflow
+    return state.status is JobStatus.WAITING and workflow is not None and workflow.slot_request is not None
 
 
 class TimerRecord(_Record):

@@ -246,7 +246,7 @@ def define_schedule(
     try:
         definition = ScheduleDefinition(
             schedule_id=schedule_id, job=job, args=args, queue=options.queue, priority=options.priority,
-            options=options.to_spec(), every_ms=every_ms, cron=cron, timezone=timezone,
+            options=options.to_spec(job, args), every_ms=every_ms, cron=cron, timezone=timezone,
             catch_up=catch_up, declared=declared, since=utc_ms(now),  # type: ignore[arg-type]  # catch_up is checked against CATCH_UP_VALUES above
         )
     except ValidationError as error:

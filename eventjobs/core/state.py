@@ -78,7 +78,8 @@ class JobStatus(str, enum.Enum):
 _STATUS_DOC = {
     JobStatus.WAITING: "Waiting for the jobs in its depends_on to end (each answers with `dependency_resolved`); then pending "
     "(or scheduled, if its run_at is still ahead), or cancelled if a dependency did not complete, or if a cycle probe "
-    "(`dependency_probe`) shows that it waits for itself.",
+    "(`dependency_probe`) shows that it waits for itself. A job with a concurrency limit also waits here for a slot of "
+    "its key (`slot_requested`, answered by `slot_granted`) each time it would become pending.",
     JobStatus.PENDING: "Ready to run: a worker of its queue (with the required capabilities) may claim the current attempt. "
     "Its ready record is published again if it is lost while the job stays pending (the processor's timer `republish` "
     "looks after 1 h, doubling, at most daily; a record still waiting for the workers, in a paused or busy queue, is not).",
@@ -216,6 +217,19 @@ TRANSITIONS: tuple[Transition, ...] = (
                    ("failed", "dead_lettered"))
         for s in ACTIVE_STATUSES
     ),
+    Transition(None, "enqueued", _S.WAITING, "a concurrency limit (option concurrency), no depends_on, no run_at ahead: "
+               "asks the key's owner for a slot", ("slot_requested",)),
+    *(
+        Transition(s, "due", _S.WAITING, "as for pending, with a concurrency limit: asks for a slot", ("slot_requested",))
+        for s in (_S.SCHEDULED, _S.RETRYING)
+    ),
+    Transition(_S.WAITING, "slot_granted", _S.PENDING, "grants the request the job waits with (causation_id)"),
+    Transition(_S.WAITING, "slot_refused", _S.CANCELLED, "refuses the request the job waits with (strategy "
+               "cancel_newest, or a newer request under cancel_in_progress)", ("cancelled", "slot_released")),
+    Transition(_S.PENDING, "slot_revoked", _S.CANCELLED, "revokes the slot the job holds (strategy cancel_in_progress): "
+               "not claimed yet, cancelled at once", ("cancelled", "slot_released")),
+    *(Transition(s, "slot_revoked", s, "revokes the slot the job holds (strategy cancel_in_progress): sets "
+                 "cancel_requested; the attempt's end cancels it") for s in ACTIVE_STATUSES),
     Transition(_S.SCHEDULED, "due", _S.PENDING, "timer is run_at, attempt is the current one (debounce: not before "
                "next_due_at, which a later enqueue may have put back)"),
     Transition(_S.RETRYING, "due", _S.PENDING, "timer is retry, attempt is the current one"),
@@ -348,6 +362,13 @@ class Workflow(BaseModel):
         description="Cycle probes this job forwarded while waiting: the wait each checks (its origin) -> the shortest "
         "path it came by (oldest first, at most MAX_PROBE_ORIGINS_KEPT).",
     )
+
+    slot_request: str | None = Field(
+        None,
+        description="Concurrency limit: the slot_requested event of the attempt that waits for (or holds) a slot; "
+        "None when the job neither waits for nor holds one.",
+    )
+    slot_granted: bool = Field(False, description="The slot of slot_request was granted (the job may be claimed).")
 
     @property
     def unresolved(self) -> tuple[str, ...]:

@@ -143,6 +143,13 @@ class JobEventRecord(faust.Record, serializer="json", include_metadata=False):
     path: list[str] | None = None
     origin: str | None = None
     via: str | None = None
+    # concurrency limits: a slot request to a key's owner, its release, the owner's answers
+    requester_id: str | None = None
+    limit: str | None = None
+    key: str | None = None
+    max: int | None = None
+    strategy: str | None = None
+    owner_id: str | None = None
     # attempts, leases, progress
     attempt: int | None = None
     timer: str | None = None

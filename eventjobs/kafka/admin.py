@@ -206,7 +206,7 @@ async def check_layout(settings: Settings) -> int:
     by one replica) are logged as warnings: the processor runs, but a broker loss could lose jobs.
     """
     names = TopicNames(settings.namespace, load_specs(settings.topics_dir))
-    wanted = [names.events, names.job_state, names.timers, names.dead_letters, names.quarantine]
+    wanted = [names.events, names.job_state, names.timers, names.limit_state, names.dead_letters, names.quarantine]
     admin = await _connect(settings)
     try:
         existing = set(await admin.list_topics())
@@ -215,19 +215,20 @@ async def check_layout(settings: Settings) -> int:
             raise TopicLayoutError(
                 f"topics {missing} do not exist; create them with `eventjobs topics apply --namespace {settings.namespace}`"
             )
-        durable = await describe(admin, wanted[:3])
+        durable = await describe(admin, wanted[:4])
         brokers = await _broker_count(admin)
     finally:
         await admin.close()
     counts = {name: topic.partitions for name, topic in durable.items()}
     specs = {names.events: names.specs["events"].spec, names.job_state: names.specs["job-state"].spec,
-             names.timers: names.specs["timers"].spec}
+             names.timers: names.specs["timers"].spec, names.limit_state: names.specs["limit-state"].spec}
     for name, topic in durable.items():  # replicated as the spec asks? (a warning: the processor still runs)
         for note in replication_drift(specs[name], topic, brokers) + min_insync_drift(topic):
             log.warning("topic %s %s", name, note)
     if len(set(counts.values())) != 1:
         raise TopicLayoutError(
-            f"{names.events}, {names.job_state} and {names.timers} must have the same number of partitions, "
+            f"{names.events}, {names.job_state}, {names.timers} and {names.limit_state} must have the same number of "
+            f"partitions, "
             f"found {counts}"
         )
     return counts[names.events]

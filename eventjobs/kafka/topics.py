@@ -153,7 +153,7 @@ def load_specs(topics_dir: Path) -> dict[str, SpecFile]:
     return specs
 
 
-REQUIRED_SPECS = ("events", "job-state", "ready", "timers", "dead-letters", "quarantine", "workers",
+REQUIRED_SPECS = ("events", "job-state", "limit-state", "ready", "timers", "dead-letters", "quarantine", "workers",
                   "queue-control", "schedules")
 
 
@@ -174,6 +174,11 @@ class TopicNames:
     @property
     def job_state(self) -> str:
         return self._single("job-state")
+
+    @property
+    def limit_state(self) -> str:
+        """Changelog of the concurrency limits' slot tables (compacted, keyed by owner id; see core/slots.py)."""
+        return self._single("limit-state")
 
     @property
     def timers(self) -> str:

@@ -177,6 +177,22 @@ class JobDetail:
     dependents: list[str] = field(default_factory=list)
     snoozes: int = 0
     children: list[str] = field(default_factory=list)
+    #: a job waiting for a slot of its concurrency limit: which key, and its place in the key's queue
+    slot_wait: SlotWait | None = None
+
+
+@dataclass(frozen=True)
+class SlotWait:
+    """Why a limited job waits: its key's slots are taken (``eventjobs.core.slots``)."""
+
+    limit: str
+    key: str
+    owner_id: str
+    max: int
+    in_use: int
+    #: 1-based place of the job's request in the key's queue; None: not queued (yet, or granted)
+    position: int | None
+    waiting: int
 
 
 #: At most this many children of a job are listed (`JobDetail.children`, `job_links`).
@@ -305,7 +321,7 @@ def list_jobs(backend: Backend, *, queue: str | None = None, status: str | None 
 
 def show_job(backend: Backend, job_id: str) -> JobDetail:
     """One job's current state; `JobNotFound` if the projection does not know it."""
-    columns = [name for name in JobDetail.__dataclass_fields__ if name != "children"]
+    columns = [name for name in JobDetail.__dataclass_fields__ if name not in ("children", "slot_wait")]
     result = backend.query(f"SELECT {', '.join(columns)} FROM jobs FINAL WHERE job_id = {{id:String}}", {"id": job_id})
     if not result.rows:
         raise JobNotFound(f"no job {job_id!r} in the read side (unknown id, or not projected yet)")
@@ -315,7 +331,38 @@ def show_job(backend: Backend, job_id: str) -> JobDetail:
     row["forgotten"] = bool(row["forgotten"])
     for name in ("depends_on", "waiting_for", "dependents"):
         row[name] = list(row[name])
-    return JobDetail(**row, children=children_of(backend, job_id))
+    wait = slot_wait(backend, job_id) if row["status"] == JobStatus.WAITING.value and not row["waiting_for"] else None
+    return JobDetail(**row, children=children_of(backend, job_id), slot_wait=wait)
+
+
+def slot_wait(backend: Backend, job_id: str) -> SlotWait | None:
+    """Where a job with a concurrency limit stands in its key's queue, from the key owner's events
+    (its requests and releases, folded again as the owner folded them); None for a job without a
+    limit. Costs a read of the key's request history (one owner's events)."""
+    from eventjobs.core.codec import decode
+    from eventjobs.core.events import EnqueuedEvent
+    from eventjobs.core.slots import apply_slot, owner_id, position
+
+    found = backend.query("SELECT payload FROM job_events WHERE job_id = {id:String} AND type = 'enqueued' "
+                          "ORDER BY log_partition, log_offset LIMIT 1", {"id": job_id})
+    if not found.rows:
+        return None
+    try:
+        enqueued = decode(found.dicts()[0]["payload"].encode())
+    except Exception:  # noqa: BLE001 - a payload the read side kept but cannot decode: no answer
+        return None
+    limit = enqueued.options.concurrency if isinstance(enqueued, EnqueuedEvent) else None
+    if limit is None:
+        return None
+    owner = owner_id(limit.limit, limit.key)
+    rows = backend.query("SELECT payload FROM job_events WHERE job_id = {id:String} AND type IN "
+                         "('slot_requested', 'slot_released') ORDER BY log_partition, log_offset", {"id": owner})
+    table = None
+    for row in rows.dicts():
+        table = apply_slot(table, decode(row["payload"].encode())).table
+    return SlotWait(limit=limit.limit, key=limit.key, owner_id=owner, max=limit.max,
+                    in_use=table.in_use if table is not None else 0, position=position(table, job_id),
+                    waiting=len(table.queue) if table is not None else 0)
 
 
 def children_of(backend: Backend, job_id: str) -> list[str]:

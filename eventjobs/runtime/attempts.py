@@ -168,7 +168,8 @@ class AttemptRunner:
         # it (another claim of the attempt came first, e.g. from a ready record redelivered after
         # a worker died), the handler still runs here, this worker cannot know, but none of its
         # events counts. Only the accepted claim decides the attempt. A re-published record
-        # (`guarded`) may well be such a copy: it runs only once its claim is seen accepted.
+        # (`guarded`) may well be such a copy: it runs only once its claim is seen accepted. So
+        # does a job with a concurrency limit (`guarded` too), whose slot only the accepted claim holds.
         claim_id = item.claim_id = claim.event_id
         if guarded:
             if not await self._claim_stands(ready, item, claim):
@@ -234,13 +235,13 @@ class AttemptRunner:
                 accepted = await verdict
         except TimeoutError:
             accepted = False
-            log.warning("no verdict on the claim of re-published job %s (attempt %d) within its lease (%.1f s); "
+            log.warning("no verdict on the claim of guarded job %s (attempt %d) within its lease (%.1f s); "
                         "not run here", ready.job_id, ready.attempt, self.lease_s)
         finally:
             self.verdicts.forget(ready, verdict)
         if not accepted:
             self.refused_copies += 1
-            log.debug("re-published job %s (attempt %d): claim %s refused or superseded; not run here",
+            log.debug("guarded job %s (attempt %d): claim %s refused or superseded; not run here",
                       ready.job_id, ready.attempt, claim.event_id)
         return accepted
 

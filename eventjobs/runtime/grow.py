@@ -23,7 +23,10 @@ What `grow` writes into the target, in one Kafka transaction (all of it, or noth
 4. every event the source's processor had not folded yet (the tail past its committed offsets:
    requests and answers between jobs in flight, late worker results, new enqueues), after that
    point, on each event's new job partition, for the target's processor to fold;
-5. the schedules (latest record of each key) and the queue pauses.
+5. the schedules (latest record of each key), the queue pauses, and the concurrency limits' slot
+   tables (latest of each key owner, which match the processor's committed offsets as the job
+   states do; the slot requests and releases not folded yet are in the tail), each table on its
+   owner's new partition.
 
 While copying, the source's log is folded up to the processor's committed offsets as the
 processor folded it; that fold must equal the changelog (`replay --state`'s check), or nothing is
@@ -73,6 +76,10 @@ TRANSACTION_TIMEOUT_MS = 900_000
 _ACKS_IN_FLIGHT = 2000  # sends awaited at a time: memory stays bounded however large the history
 
 
+#: The topics whose partition number is the job partition rule's: the grown count for each.
+CO_PARTITIONED = ("events", "job-state", "timers", "limit-state")
+
+
 class GrowRefused(RuntimeError):
     """The grow cannot run (or was rolled back); the message says why and what to do."""
 
@@ -92,6 +99,7 @@ class GrowReport:
     dead_letters: int = 0
     schedule_records: int = 0
     queue_controls: int = 0
+    slot_tables: int = 0
     paused_queues: list[str] = field(default_factory=list)
 
 
@@ -159,6 +167,7 @@ async def _write(source: Settings, target: Settings, names: TopicNames, new: Top
             await _install_states(writer, new, table, waiting_ready, partitions, clock, report)
             await _copy_schedules(source, target, writer, names, new, report)
             await _copy_queue_controls(source, writer, names, new, report)
+            await _copy_slot_tables(source, writer, names, new, partitions, report)
             # the history is in the states already: the target's processor starts right after it
             await writer.send_offsets_to_transaction(
                 {TopicPartition(new.events, p): starts.get(p, 0) for p in range(partitions)}, new.processor_group)
@@ -248,7 +257,7 @@ async def _delete_target_topics(target: Settings) -> None:
 async def _create_target_topics(target: Settings, new: TopicNames, partitions: int, routes: set[str]) -> None:
     """The co-partitioned topics with `partitions`, everything else as its spec says."""
     grown = {key: new.specs[key].spec.model_copy(update={"partitions": partitions})
-             for key in ("events", "job-state", "timers")}
+             for key in CO_PARTITIONED}
     await create_missing_topics(target, {spec.render(target.namespace): spec for spec in grown.values()})
     await apply_topics(target, sorted(routes | {"default"}))
 
@@ -396,6 +405,16 @@ async def _latest(settings: Settings, topic: str) -> dict[bytes, ConsumerRecord[
         else:
             latest[record.key] = record
     return latest
+
+
+async def _copy_slot_tables(source: Settings, writer: AIOKafkaProducer, names: TopicNames, new: TopicNames,
+                           partitions: int, report: GrowReport) -> None:
+    """Each concurrency-limit key's slot table (latest record), on its owner's new partition."""
+    sends = _Sends(writer)
+    for key, record in (await _latest(source, names.limit_state)).items():
+        await sends.send(new.limit_state, record.value, key, job_partition(key.decode(errors="replace"), partitions))
+        report.slot_tables += 1
+    await sends.flush()
 
 
 async def _copy_schedules(source: Settings, target: Settings, writer: AIOKafkaProducer, names: TopicNames,

@@ -30,8 +30,9 @@ from aiokafka.errors import ProducerFenced
 
 from eventjobs.core.codec import EventEncodeError, admit, encode
 from eventjobs.core.refused import Refused
-from eventjobs.core.events import LINKED_TYPES
+from eventjobs.core.events import LINKED_TYPES, SLOT_OWNER_TYPES
 from eventjobs.core.fold import Decision, apply
+from eventjobs.core.slots import SlotTable, apply_slot, decode_table, encode_table
 from eventjobs.runtime.gc_pause import collector_paused
 from eventjobs.core.state import JobState, JobStatus, StateDecodeError, decode_state, encode_state
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
@@ -95,6 +96,9 @@ class BatchResult:
     # (event type, the job's state) of every accepted or derived event a metric counts
     # (`eventjobs.metrics.COUNTED_EVENTS`); counted once the batch commits
     counted: list[tuple[str, JobState]] = field(default_factory=list)
+    # concurrency limits: the slot tables of the keys this partition owns that the batch changed
+    # (owner id -> table), written to the limit-state changelog (`eventjobs.core.slots`)
+    slot_tables: dict[str, SlotTable] = field(default_factory=dict)
 
 
 def merged(results: list[BatchResult]) -> BatchResult:
@@ -115,6 +119,7 @@ def merged(results: list[BatchResult]) -> BatchResult:
         effects.timers.update(result.effects.timers)
         effects.dead_letters.update(result.effects.dead_letters)
         total.quarantined.extend(result.quarantined)
+        total.slot_tables.update(result.slot_tables)
         total.state_bytes.update(result.state_bytes)
         total.event_bytes.update(result.event_bytes)
     return total
@@ -123,6 +128,7 @@ def merged(results: list[BatchResult]) -> BatchResult:
 def fold_batch(
     table: dict[str, JobState], records: list[ConsumerRecord[bytes, bytes]], *, actor: str, max_event_bytes: int,
     partition: int | None = None, max_state_bytes: int | None = None, partition_count: int | None = None,
+    slots: dict[str, SlotTable] | None = None,
 ) -> BatchResult:
     """Apply a partition's batch to its state table (not modified: new states are in the effects,
     None for a job forgotten by its retention).
@@ -141,14 +147,14 @@ def fold_batch(
     Only the last state of a job in a batch is written, so states are encoded (once, for `_send`)
     after the fold; only if one is too large is the batch folded again, checking every step.
     """
-    result = _fold(table, records, actor, max_event_bytes, partition, None, partition_count)
+    result = _fold(table, records, actor, max_event_bytes, partition, None, partition_count, slots)
     if max_state_bytes is None:
         return result
     for job_id, state in result.effects.states.items():
         if state is not None:
             data = encode_state(state)
             if len(data) > max_state_bytes:  # rare: find and quarantine the record that made it so
-                return _fold(table, records, actor, max_event_bytes, partition, max_state_bytes, partition_count)
+                return _fold(table, records, actor, max_event_bytes, partition, max_state_bytes, partition_count, slots)
             result.state_bytes[job_id] = (state, data)
     return result
 
@@ -156,6 +162,7 @@ def fold_batch(
 def _fold(
     table: dict[str, JobState], records: list[ConsumerRecord[bytes, bytes]], actor: str, max_event_bytes: int,
     partition: int | None, max_state_bytes: int | None, partition_count: int | None = None,
+    slots: dict[str, SlotTable] | None = None,
 ) -> BatchResult:
     result = BatchResult()
     states = result.effects.states
@@ -167,6 +174,11 @@ def _fold(
         before = states.get(event.job_id, _UNSEEN)
         if before is _UNSEEN:
             before = table.get(event.job_id)
+        # an owner id is never a job's, so only events of jobs not held here are asked this
+        if before is None and event.type in SLOT_OWNER_TYPES:  # to a concurrency limit's owner, not to a job
+            _fold_slot(result, slots if slots is not None else {}, record, event, actor, max_event_bytes, partition,
+                       partition_count)
+            continue
         if before is None and partition_count and partition is not None:  # not held here: on its partition?
             home = job_partition(event.job_id, partition_count)
             if home != partition:  # another partitioner wrote it: its job's lane applies the copy
@@ -193,6 +205,38 @@ def _fold(
             if derived.type in COUNTED_EVENTS:
                 result.counted.append((derived.type, decision.state or before))
     return result
+
+
+def _fold_slot(result: BatchResult, slots: dict[str, SlotTable], record: ConsumerRecord[bytes, bytes], event: Any,
+               actor: str, max_event_bytes: int, partition: int | None, partition_count: int | None) -> None:
+    """Apply a slot request or release to its owner's table (``eventjobs.core.slots``); what it
+    grants, refuses or revokes goes to those jobs' partitions like every linked event."""
+    owner = event.job_id
+    before = result.slot_tables.get(owner) or slots.get(owner)
+    if before is None and partition_count and partition is not None:
+        home = job_partition(owner, partition_count)
+        if home != partition:
+            result.moved.append(Moved(record, home, event.actor))
+            return
+    decision = apply_slot(before, event, actor)
+    encoded = []
+    for derived in decision.derived:
+        try:
+            encoded.append((derived.event_id, encode(derived, max_bytes=max_event_bytes)))
+        except EventEncodeError as error:
+            result.quarantined.append(Quarantined(record, f"a derived event that cannot be written: {error}",
+                                                  "output over the size limit"))
+            return
+    result.event_bytes.update(encoded)
+    if decision.rejected is not None or decision.duplicate:
+        result.rejected += 1
+        log.debug("%s %s of limit owner %s: %s", "duplicate" if decision.duplicate else "rejected", event.type, owner,
+                  decision.rejected)
+    else:
+        result.applied += 1
+    if decision.table is not None and decision.table is not before:
+        result.slot_tables[owner] = decision.table
+    result.effects.events.extend(decision.derived)
 
 
 def _encode_outputs(
@@ -287,6 +331,7 @@ class _Lane:
     producer: AIOKafkaProducer
     table: dict[str, JobState]
     housekeeping: Housekeeping  # the table's lease, re-publish and retention timers (in memory, rebuilt from it)
+    slots: dict[str, SlotTable] = field(default_factory=dict)  # concurrency limits' slot tables this partition owns
     pending: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     folded: list[_Folded] = field(default_factory=list)
@@ -346,6 +391,7 @@ class LifecycleProcessor(Supervised):
         self.moved_events = 0
         self.moved_from: dict[str, int] = {}  # producer -> events moved (at most MOVED_PRODUCERS_LOGGED kept)
         self.metrics = metrics  # Prometheus metrics (eventjobs.metrics), or None
+        self._slot_totals: dict[str, list[int]] = {}  # limit name (as labelled) -> [slots in use, jobs waiting]
         if metrics is not None:
             self._counters = metrics.event_counters()
             metrics.quarantined.inc(0)
@@ -380,14 +426,17 @@ class LifecycleProcessor(Supervised):
             await txn.start()  # init_transactions: fences the previous owner of this partition
             try:
                 table = await self._restore(tp.partition, txn)
+                slots = await self._restore_slots(tp.partition)
                 start = await self._committed(tp)
             except BaseException:
                 await txn.stop()
                 raise
+            self._slots_changed({owner: (None, table) for owner, table in slots.items()})
             housekeeping = Housekeeping(self.retention, self.republish)
             housekeeping.track_all(table)
             self._housekeeping_tracked(housekeeping)
-            lane = _Lane(tp, txn, table, housekeeping, last_commit=asyncio.get_running_loop().time(), next_offset=start)
+            lane = _Lane(tp, txn, table, housekeeping, slots=slots, last_commit=asyncio.get_running_loop().time(),
+                         next_offset=start)
             lane.task = self._supervised(self._run_lane(lane), f"the fold of partition {tp.partition}")
             lane.committer = self._supervised(self._commit_loop(lane), f"the committer of partition {tp.partition}")
             self.lanes[tp.partition] = lane
@@ -439,6 +488,24 @@ class LifecycleProcessor(Supervised):
                 await asyncio.gather(*acks)
         return table
 
+    async def _restore_slots(self, partition: int) -> dict[str, SlotTable]:
+        """The slot tables of the concurrency-limit keys the partition owns (``limit-state``, compacted).
+        A record that does not decode is logged and left out (that key's table starts again empty)."""
+        slots: dict[str, SlotTable] = {}
+        async for record in read_to_end(self.settings, [TopicPartition(self.names.limit_state, partition)]):
+            if record.key is None:
+                continue
+            key = record.key.decode("utf-8", errors="replace")
+            if record.value is None:
+                slots.pop(key, None)
+                continue
+            try:
+                slots[key] = decode_table(record.value)
+            except ValueError as error:
+                slots.pop(key, None)
+                self.bad_records.report("undecodable slot table", origin(record), str(error))
+        return slots
+
     async def _read_changelog(self, partition: int, table: dict[str, JobState],
                               bad: dict[bytes, tuple[ConsumerRecord[bytes, bytes], str]]) -> None:
         """Fold the changelog partition into `table`; keys whose latest record does not decode go to `bad`."""
@@ -461,6 +528,7 @@ class LifecycleProcessor(Supervised):
             lane = self.lanes.pop(tp.partition, None)
             if lane is None:
                 continue
+            self._slots_changed({owner: (table, None) for owner, table in lane.slots.items()})
             if lane.task is not None:  # fold nothing more
                 lane.task.cancel()
                 await asyncio.gather(lane.task, return_exceptions=True)
@@ -556,7 +624,12 @@ class LifecycleProcessor(Supervised):
                 records, lane.pending = lane.pending[: self.max_batch], lane.pending[self.max_batch :]
                 result = fold_batch(lane.table, records, actor=f"processor:{tp.partition}",
                                     max_event_bytes=self.settings.max_event_bytes, partition=tp.partition,
-                                    max_state_bytes=self.settings.max_event_bytes, partition_count=self.partition_count)
+                                    max_state_bytes=self.settings.max_event_bytes, partition_count=self.partition_count,
+                                    slots=lane.slots)
+                if result.slot_tables:
+                    self._slots_changed({owner: (lane.slots.get(owner), table)
+                                         for owner, table in result.slot_tables.items()})
+                    lane.slots.update(result.slot_tables)
                 lane.housekeeping.track_all(result.effects.states, before=lane.table)
                 self._housekeeping_tracked(lane.housekeeping)
                 update_table(lane.table, result.effects.states)
@@ -710,6 +783,27 @@ class LifecycleProcessor(Supervised):
         if not due:
             return HOUSEKEEPING_WAIT_S
         return min(HOUSEKEEPING_WAIT_S, max(0.001, (min(due) - epoch_ms(now)) / 1000))
+
+    def _slots_changed(self, changes: dict[str, tuple[SlotTable | None, SlotTable | None]]) -> None:
+        """Keep the limits' gauges (slots in use, jobs waiting, by limit name) in step with the
+        owned slot tables: each change is (before, after), None for a table not owned (any more)."""
+        metrics = self.metrics
+        if metrics is None or not changes:
+            return
+        touched = set()
+        for before, after in changes.values():
+            for table, sign in ((before, -1), (after, 1)):
+                if table is None:
+                    continue
+                label = metrics.limits(table.limit)
+                totals = self._slot_totals.setdefault(label, [0, 0])
+                totals[0] += sign * table.in_use
+                totals[1] += sign * len(table.queue)
+                touched.add(label)
+        for label in touched:
+            in_use, waiting = self._slot_totals[label]
+            metrics.limit_slots_in_use.labels(label).set(in_use)
+            metrics.limit_jobs_waiting.labels(label).set(waiting)
 
     def _count(self, batch: list[_Folded]) -> None:
         """Count a committed batch's events in the metrics (what the log now holds)."""
@@ -872,6 +966,8 @@ class LifecycleProcessor(Supervised):
                 continue  # about another job: written plainly to its partition (`_send_linked`)
             data = event_bytes.get(event.event_id) or encode(event, max_bytes=max_bytes)
             acks.append(await txn.send(names.events, data, key=event.job_id.encode(), partition=partition))
+        for owner, table in result.slot_tables.items():
+            acks.append(await txn.send(names.limit_state, encode_table(table), key=owner.encode(), partition=partition))
         for key, timer in effects.timers.items():
             acks.append(await txn.send(names.timers, timer.encode() if timer else None, key=key, partition=partition))
         for job_id, entry in effects.dead_letters.items():

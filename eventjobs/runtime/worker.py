@@ -310,9 +310,8 @@ class Worker(Supervised):
             stopping.cancel()
 
     def _start_job(self, item: Item) -> None:
-        guarded = is_republished(item.record.headers)
         try:
-            ready, claim = self._admit(item.record, guarded=guarded)
+            ready, claim, guarded = self._admit(item.record, guarded=is_republished(item.record.headers))
         except BadReadyRecord as bad:  # a broken ready record must not stop the worker
             self.intake.quarantine(item, bad.kind, bad.reason)
             return
@@ -329,11 +328,12 @@ class Worker(Supervised):
             return
         self.attempts.launch(ready, item, claim, guarded=guarded)
 
-    def _admit(self, record: ConsumerRecord[bytes, bytes], *, guarded: bool = False) -> tuple[ReadyRecord, JobEvent]:
+    def _admit(self, record: ConsumerRecord[bytes, bytes], *, guarded: bool = False
+               ) -> tuple[ReadyRecord, JobEvent, bool]:
         """The ready record, checked as far as claiming it needs, and the claim the runner writes
         first (built here, once: a record it cannot be built from is refused); raises
         `BadReadyRecord` otherwise. The claim is an `attempt_started` that is also the claim (the
-        handler starts right after it), or, for a `guarded` record (re-published: the handler
+        handler starts right after it), or, for a `guarded` record (re-published, or a limited job: the handler
         waits for the claim's verdict), a `claimed` event the start follows once accepted."""
         try:
             ready = ReadyRecord.decode(record.value)
@@ -344,10 +344,13 @@ class Worker(Supervised):
         if ready.partition is not None and self._event_partitions and not 0 <= ready.partition < self._event_partitions:
             raise BadReadyRecord("partition out of range", f"event-log partition {ready.partition} does not exist "
                                  f"({self._event_partitions} partitions)")
+        # a limited job is guarded too: its handler must not run on a refused claim (a copy of an
+        # attempt another worker holds would run beyond its key's slots)
+        guarded = guarded or ready.options.concurrency is not None
         try:
             build = claimed_event if guarded else claiming_start_event
             claim = build(ready.job_id, ready.attempt, worker_id=self.worker_id, now=self.clock.now(),
                           actor=self.actor, lease_s=self.lease_s)
         except ValidationError as error:
             raise BadReadyRecord("cannot be claimed", brief(error)) from None
-        return ready, claim
+        return ready, claim, guarded

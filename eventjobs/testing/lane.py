@@ -7,7 +7,8 @@ written is folded by ``apply``, ``effects.collect`` says what the new state call
 attempt, timers to arm or cancel, a dead-letter entry), timers fire through
 ``timer_fired_event`` (the timer service's builder) and the lane's ``Housekeeping`` (lease,
 re-publish and retention). Events the processor derives for another job (``LINKED_TYPES``: dependency
-requests and answers) are applied to that job at once; the other derived events follow their
+requests and answers, slot grants) are applied to that job at once, and a concurrency limit's slot
+requests and releases to its key's slot table (``slots.apply_slot``); the other derived events follow their
 cause in the log (the processor applied them already, so folding them again changes nothing).
 
 Synchronous and pure but for its own tables: the caller says what time it is.
@@ -21,10 +22,11 @@ from datetime import datetime
 from eventjobs.core.clock import epoch_ms
 from eventjobs.core.commands import timer_fired_event
 from eventjobs.core.effects import Effects, collect
-from eventjobs.core.events import LINKED_TYPES, JobEvent
+from eventjobs.core.events import LINKED_TYPES, SLOT_OWNER_TYPES, JobEvent
 from eventjobs.core.fold import apply
 from eventjobs.core.housekeeping import Housekeeping, Retention
 from eventjobs.core.records import DeadLetterRecord, ReadyRecord
+from eventjobs.core.slots import SlotTable, apply_slot
 from eventjobs.core.state import JobState, JobStatus
 from eventjobs.core.timer_index import TimerIndex
 
@@ -44,6 +46,7 @@ class MemoryLane:
         self._ready: list[ReadyRecord] = []  # ready records not yet taken, in publish order
         self._timers = TimerIndex()  # the timer topic: run_at, retry and ttl timers
         self._housekeeping = Housekeeping(retention)  # the lane's lease, re-publish and retention timers
+        self.slot_tables: dict[str, SlotTable] = {}  # concurrency limits: each key owner's table
 
     def write(self, event: JobEvent) -> None:
         """Append ``event`` to the log and fold it (and what it makes the processor derive)."""
@@ -52,6 +55,13 @@ class MemoryLane:
             self._fold(linked.popleft(), linked)
 
     def _fold(self, event: JobEvent, linked: deque[JobEvent]) -> None:
+        if event.type in SLOT_OWNER_TYPES:  # to a concurrency limit's owner: its slot table decides
+            slot = apply_slot(self.slot_tables.get(event.job_id), event, actor=PROCESSOR_ACTOR)
+            self.events.append(event)
+            if slot.table is not None:
+                self.slot_tables[event.job_id] = slot.table
+            linked.extend(slot.derived)
+            return
         before = self.states.get(event.job_id)
         decision = apply(before, event, actor=PROCESSOR_ACTOR)
         self.events.append(event)

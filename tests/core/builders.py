@@ -33,6 +33,11 @@ from eventjobs.core.events import (
     LeaseExpiredEvent,
     ProgressEvent,
     RetentionPassedEvent,
+    SlotGrantedEvent,
+    SlotRefusedEvent,
+    SlotReleasedEvent,
+    SlotRequestedEvent,
+    SlotRevokedEvent,
 )
 from eventjobs.core.fold import Decision, apply
 from eventjobs.core.ids import derived_event_id
@@ -168,6 +173,33 @@ class JobLog:
 
     def timed_out(self, attempt: int = 0, timeout_s: float = 30.0, **overrides: Any) -> AttemptTimedOutEvent:
         return AttemptTimedOutEvent(**self._env(**overrides), actor="worker:w1", attempt=attempt, timeout_s=timeout_s)
+
+    # a concurrency limit's owner, for this job ---------------------------------------------------
+    def _slot_request(self, state: JobState | None) -> str:
+        workflow = state.workflow if state is not None else None
+        return (workflow.slot_request if workflow is not None else None) or "no-request"
+
+    def granted(self, state: JobState | None, **overrides: Any) -> SlotGrantedEvent:
+        request = self._slot_request(state)
+        return SlotGrantedEvent(**self._env(event_id=derived_event_id(request, "slot_granted", 0), causation_id=request,
+                                            **overrides), actor="processor:0", owner_id="owner-1")
+
+    def slot_refused(self, state: JobState | None, **overrides: Any) -> SlotRefusedEvent:
+        request = self._slot_request(state)
+        return SlotRefusedEvent(**self._env(event_id=derived_event_id(request, "slot_refused", 0), causation_id=request,
+                                            **overrides), actor="processor:0", owner_id="owner-1", reason="full")
+
+    def slot_revoked(self, state: JobState | None, **overrides: Any) -> SlotRevokedEvent:
+        request = self._slot_request(state)
+        return SlotRevokedEvent(**self._env(event_id=derived_event_id(request, "slot_revoked", 0), causation_id=request,
+                                            **overrides), actor="processor:0", owner_id="owner-1", reason="newer")
+
+    def slot_requested(self, **overrides: Any) -> SlotRequestedEvent:
+        return SlotRequestedEvent(**self._env(**overrides), actor="processor:0", requester_id="job-2", attempt=0,
+                                  limit="l", key="k", max=1, strategy="queue")
+
+    def slot_released(self, **overrides: Any) -> SlotReleasedEvent:
+        return SlotReleasedEvent(**self._env(causation_id="r", **overrides), actor="processor:0", requester_id="job-2")
 
     # timer service ------------------------------------------------------------------------------
     def due(self, attempt: int = 0, timer: str = "retry", sequence: int | None = None, **overrides: Any) -> DueEvent:

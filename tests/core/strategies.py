@@ -97,6 +97,12 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "path": st.lists(ids, min_size=1, max_size=5),
     "origin": ids,
     "via": ids,
+    "requester_id": ids,
+    "owner_id": ids,
+    "limit": st.text(min_size=1, max_size=40),
+    "key": st.text(min_size=1, max_size=40),
+    "max": st.integers(1, 1000),
+    "strategy": st.sampled_from(["queue", "cancel_newest", "cancel_in_progress"]),
 }
 
 

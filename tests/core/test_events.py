@@ -32,7 +32,7 @@ EXPECTED_TYPES = [
     "attempt_failed", "attempt_timed_out", "lease_expired", "retry_scheduled", "completed", "failed",
     "cancel_requested", "cancelled", "expired", "dead_lettered", "dead_letter_retried", "discarded", "retention_passed",
     "duplicate_rejected", "dependency_requested", "dependency_resolved", "dependency_reopened", "dependency_probe",
-    "attempt_snoozed", "debounced",
+    "attempt_snoozed", "debounced", "slot_requested", "slot_released", "slot_granted", "slot_refused", "slot_revoked",
 ]  # fmt: skip
 
 

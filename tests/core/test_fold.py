@@ -18,7 +18,7 @@ from eventjobs.core.events import (
 )
 from eventjobs.core.fold import Decision, apply, fold, replay
 from eventjobs.core.ids import derived_event_id
-from eventjobs.core.options import ConstantBackoff, ExponentialBackoff, JobOptions, NoBackoff, backoff_delay_s
+from eventjobs.core.options import ConstantBackoff, ExponentialBackoff, JobOptions, Limit, NoBackoff, backoff_delay_s
 from eventjobs.core.state import ACCEPTING_STATUSES, RECENT_EVENT_IDS, TRANSITIONS, JobState, JobStatus, Transition
 from tests.core.builders import T0, TRACEBACK, JobLog, Run, awaited_answer, reach
 
@@ -30,9 +30,50 @@ S = JobStatus
 # --------------------------------------------------------------------------------------------
 
 
+LIMITED = JobOptions(max_attempts=3, backoff=ConstantBackoff(delay_s=10), concurrency=Limit(key="t-1", max=1))
+
+
+def _limited(status: JobStatus, log: JobLog) -> JobState:
+    """A job with a concurrency limit in ``status`` (waiting: for its slot)."""
+    run = Run()
+    state = run.all(log.enqueued(LIMITED, run_in=60 if status is S.SCHEDULED else None))
+    if status in (S.WAITING, S.SCHEDULED):
+        return state
+    state = run.all(log.granted(state))
+    if status is S.PENDING:
+        return state
+    log.tick()
+    state = run.all(log.claimed(state.attempt))
+    if status is S.CLAIMED:
+        return state
+    state = run.all(log.started(state.attempt))
+    if status is S.RUNNING:
+        return state
+    log.tick()
+    return run.all(log.failed(state.attempt))  # retrying
+
+
+def _slot_scenario(row: Transition, log: JobLog) -> tuple[JobState | None, Any] | None:
+    if row.event == "enqueued" and row.source is None and "concurrency" in row.when:
+        return None, log.enqueued(LIMITED)
+    if row.event == "due" and row.target is S.WAITING:
+        state = _limited(row.source, log)  # type: ignore[arg-type]
+        log.tick(60)
+        return state, log.due(state.attempt, "run_at" if row.source is S.SCHEDULED else "retry")
+    if row.event.startswith("slot_"):
+        state = _limited(row.source, log)  # type: ignore[arg-type]
+        log.tick()
+        make = {"slot_granted": log.granted, "slot_refused": log.slot_refused, "slot_revoked": log.slot_revoked}
+        return state, make[row.event](state)
+    return None
+
+
 def _scenario(row: Transition) -> tuple[JobState | None, Any]:
     """A state in ``row.source`` and an event that satisfies ``row.when``."""
     log = JobLog()
+    limited = _slot_scenario(row, log)
+    if limited is not None:
+        return limited
     if row.event == "enqueued" and row.source is not None:  # debounce: a later enqueue of the job's window
         options = JobOptions(debounce=30, idempotency_key="k")
         state = Run().all(log.enqueued(options, run_in=30 if row.source is S.SCHEDULED else None))
@@ -217,6 +258,11 @@ def _any_event_of_type(type_: str, state: JobState, log: JobLog) -> Any:
         "dependency_reopened": lambda: log.reopened(state, "dep-a"),
         "dependency_probe": lambda: log.probe(["job-2"], "origin", "via"),
         "attempt_snoozed": lambda: log.snoozed(attempt),
+        "slot_requested": lambda: log.slot_requested(job_id=state.job_id),
+        "slot_released": lambda: log.slot_released(job_id=state.job_id),
+        "slot_granted": lambda: log.granted(state),
+        "slot_refused": lambda: log.slot_refused(state),
+        "slot_revoked": lambda: log.slot_revoked(state),
     }
     return makers[type_]()
 

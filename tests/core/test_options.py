@@ -150,7 +150,7 @@ def test_priority_order_and_parsing() -> None:
         ({"retry_on": [42]}, "retry_on entries must be exception types or their names, got 42"),
         ({"backoff": 5}, "backoff must be ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff or a callable of the 0-based attempt returning seconds, got int"),
         ({"idempotency_key": ""}, "idempotency_key must be a non-empty string (<= 512 chars) or a callable of the args, got ''"),
-        ({"colour": "blue"}, "unknown job option 'colour' (known: queue, max_attempts, backoff, retry_on, timeout, priority, ttl, dead_letter_retention, idempotency_key, run_at, delay, capabilities, max_snoozes, on_dependency_failure, unique_for, debounce)"),
+        ({"colour": "blue"}, "unknown job option 'colour' (known: queue, max_attempts, backoff, retry_on, timeout, priority, ttl, dead_letter_retention, idempotency_key, run_at, delay, capabilities, max_snoozes, on_dependency_failure, unique_for, debounce, concurrency)"),
         ({"unique_for": 0}, "unique_for must be > 0 seconds, got 0"),
         ({"unique_for": -5}, "unique_for must be > 0 seconds, got -5"),
         ({"unique_for": "-1m"}, "unique_for must be a duration like '10m', '30s' or '250ms', a timedelta or a number of seconds: '-1m' is not a duration"),
@@ -160,6 +160,13 @@ def test_priority_order_and_parsing() -> None:
         ({"debounce": 0.0001}, "debounce must be from 0.001 s (1 ms) to 2.592e+06 s (30 days, MAX_WINDOW_S), got 0.0001 s"),
         ({"unique_for": "10m", "debounce": "1m"}, "give unique_for or debounce, not both: unique_for keeps the first job of a window and refuses the later ones, debounce keeps one job and gives it the last args"),
         ({"debounce": "1m", "delay": 5}, "debounce sets when the job starts (debounce after the last enqueue): give no run_at or delay"),
+        ({"concurrency": {"key": "t", "max": 0}}, "concurrency: concurrency max must be an integer from 1 to 1,000, got 0"),
+        ({"concurrency": {"key": "t", "max": 1001}}, "concurrency: concurrency max must be an integer from 1 to 1,000, got 1001"),
+        ({"concurrency": {"max": 2}}, "concurrency: key: Field required"),
+        ({"concurrency": {"key": "", "max": 2}}, "concurrency: concurrency key must be a non-empty string (<= 200 chars) or a callable of the args, got ''"),
+        ({"concurrency": {"key": "t", "max": 2, "strategy": "drop"}}, "concurrency: concurrency strategy must be one of queue, cancel_newest, cancel_in_progress, got 'drop'"),
+        ({"concurrency": 2}, "concurrency must be a Limit(key=..., max=...), got int"),
+        ({"concurrency": {"key": "t", "max": 2}, "debounce": "1m"}, "a concurrency limit cannot be combined with debounce yet"),
     ],
 )
 def test_invalid_options_are_rejected_with_a_clear_message(options: dict[str, Any], message: str) -> None:

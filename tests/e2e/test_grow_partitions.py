@@ -37,7 +37,7 @@ from tests.support.fault_app import build_app, read_executions
 
 pytestmark = pytest.mark.kafka
 
-CO_PARTITIONED = ("events", "job-state", "timers")
+CO_PARTITIONED = ("events", "job-state", "timers", "limit-state")
 
 
 def specs_with(directory: Path, partitions: int) -> Path:

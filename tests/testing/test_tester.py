@@ -283,3 +283,28 @@ async def test_time_only_moves_forward(job_tester: JobTester) -> None:
     with pytest.raises(ValueError, match="time only moves forward"):
         await job_tester.advance(-1)
 
+
+
+async def test_jobs_with_a_concurrency_limit_run_one_after_another_in_the_tester() -> None:
+    from eventjobs import App, Limit
+
+    limited_app = App("limited")
+
+    @limited_app.job(concurrency=Limit(key=lambda args: args["tenant"], max=1))
+    async def sync_tenant(args: dict[str, object]) -> dict[str, object]:
+        return {"n": args["n"]}
+
+    tester = JobTester(limited_app)
+    # Given three jobs of one key (one slot) and one of another key
+    ids = [tester.enqueue("sync_tenant", {"tenant": "a", "n": n}) for n in range(3)]
+    other = tester.enqueue("sync_tenant", {"tenant": "b", "n": 9})
+    # Then the first of each key holds its slot (pending), the others wait for it
+    assert [tester.state(job_id).status for job_id in ids] == [JobStatus.PENDING, JobStatus.WAITING, JobStatus.WAITING]
+    assert tester.state(other).status is JobStatus.PENDING
+    # When the tester drains, every job runs, the key's in the order they asked
+    await tester.drain()
+    assert [tester.state(job_id).result for job_id in ids] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    started = [e.job_id for e in tester.events if e.type == "attempt_started"]
+    assert [job_id for job_id in started if job_id in ids] == ids
+    assert all(not table.holders and not table.queue for table in tester.lane.slot_tables.values())
+    the_log_folds_to_the_testers_states(tester)

@@ -463,3 +463,28 @@ def test_batches_committed_together_write_each_compacted_key_once_and_every_even
     assert sum(len(r.effects.timers) for r in results) > len(total.effects.timers)  # arms superseded
     assert [e.event_id for e in total.effects.events] == [e.event_id for r in results for e in r.effects.events]
     assert merged([results[0]]) is results[0]
+
+
+def test_a_limited_job_asks_its_keys_owner_whose_table_the_batch_keeps() -> None:
+    from eventjobs.core.options import Limit
+    from eventjobs.core.slots import owner_id
+    from eventjobs.core.commands import enqueue as enqueue_event
+
+    # Given two enqueues of one key with a limit of 1
+    options = JobOptions(concurrency=Limit(key="t-1", max=1))
+    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    first = enqueue_event("sync", {}, options, now=now, actor="producer:test")
+    second = enqueue_event("sync", {}, options, now=now, actor="producer:test")
+    result = run({}, records_of([first, second]))
+    # Then both wait, and ask the owner (events for another partition: written by `_send_linked`)
+    asks = [e for e in result.effects.events if e.type == "slot_requested"]
+    assert [e.requester_id for e in asks] == [first.job_id, second.job_id]  # type: ignore[attr-defined]
+    assert {e.job_id for e in asks} == {owner_id("sync", "t-1")}
+    assert result.effects.ready == [] and result.slot_tables == {}
+    # When the owner's lane folds the requests (twice: a redelivery), it grants one and queues one
+    slots: dict[str, Any] = {}
+    owned = fold_batch({}, records_of(asks + asks), actor="processor:3", max_event_bytes=MAX, slots=slots)
+    table = owned.slot_tables[owner_id("sync", "t-1")]
+    assert [h[0] for h in table.holders] == [first.job_id] and [q[0] for q in table.queue] == [second.job_id]
+    assert [(e.type, e.job_id) for e in owned.effects.events] == [("slot_granted", first.job_id)]
+    assert owned.effects.states == {}  # no job state for an owner

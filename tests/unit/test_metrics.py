@@ -66,7 +66,7 @@ def test_a_service_exposes_only_the_families_it_uses() -> None:
 def test_every_name_is_an_eventjobs_metric() -> None:
     names = [value for key, value in vars(metrics).items() if key.isupper() and isinstance(value, str)
              and value.startswith("eventjobs_")]
-    assert len(names) == len(set(names)) == 22
+    assert len(names) == len(set(names)) == 24
     assert set(COUNTED_EVENTS.values()) <= set(names)
 
 

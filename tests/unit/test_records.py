@@ -321,6 +321,27 @@ def test_the_verdict_on_a_claim_is_read_from_the_jobs_state() -> None:
     assert claim_verdict(_state_after().s, reborn, "mine") == "refused"
 
 
+def test_a_limited_job_waiting_for_its_slot_is_undecided_not_refused() -> None:
+    # the processor publishes a ready record when the grant is folded, before it commits the
+    # states before it: a worker may read the job still waiting for the attempt's slot
+    from eventjobs.core.effects import ready_record
+    from eventjobs.core.fold import apply
+    from eventjobs.core.options import JobOptions, Limit
+    from eventjobs.core.records import claim_verdict
+    from tests.core.builders import JobLog
+
+    log = JobLog("limited")
+    waiting = apply(None, log.enqueued(JobOptions(concurrency=Limit(key="k", max=1)))).state
+    assert waiting is not None and waiting.status.value == "waiting"
+    pending = apply(waiting, log.granted(waiting)).state
+    assert pending is not None
+    ready = ready_record(pending, T0)
+    assert claim_verdict(waiting, ready, "mine") == "undecided"
+    assert claim_verdict(pending, ready, "mine") == "undecided"
+    cancelled = apply(waiting, log.cancel()).state
+    assert claim_verdict(cancelled, ready, "mine") == "refused"
+
+
 def test_a_republished_record_and_a_claim_that_waits_are_told_by_their_headers() -> None:
     from eventjobs.core.records import AWAITS_VERDICT, awaits_verdict, is_republished, republished_headers
 

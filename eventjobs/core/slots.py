@@ -1,0 +1,243 @@
+"""Concurrency limits per key: the key owner's slot table and its pure fold ``apply_slot``.
+
+Why this module exists: a limit such as "at most 2 jobs of tenant t-7 claimed or running at once"
+must be counted in one place, while the jobs of the key live on many partitions (a job's
+partition follows its id). As for dependencies, the conversation is in linked events, keyed by
+whom they are about, with ids derived from their cause:
+
+* the **owner** of a key is a derived id (``owner_id(limit, key)``); its partition's processor lane
+  keeps the key's ``SlotTable`` (in the compacted ``limit-state`` changelog);
+* a job that would become pending asks instead (``slot_requested``, keyed by the owner, id
+  derived from the job's ``enqueued`` and its attempt) and waits (status ``waiting``);
+* the owner grants a free slot (``slot_granted``, keyed by the job, id derived from the request);
+  the job becomes pending, its ready record is published, a worker claims it;
+* when the job leaves that attempt (any terminal outcome, a retry, a snooze, a lease expiry) its
+  lane derives ``slot_released`` (keyed by the owner, id derived from the request), and the owner
+  grants the oldest waiting request.
+
+Strategies when every slot is taken: ``queue`` (the request waits, first come first served);
+``cancel_newest`` (``slot_refused``: the asking job is cancelled); ``cancel_in_progress`` (the
+oldest holder not yet revoked gets ``slot_revoked``, which cancels it, and the request waits at
+the head of the queue for its slot; a request that still waits when a newer one comes is
+refused).
+
+Idempotency: a request is known by its id while it is held or queued, and for the last
+``RELEASED_KEPT`` released ones; a duplicate of any of them changes nothing. A release of a
+request the table does not know is remembered too, so a request that arrives after its own
+release (it cannot, in one partition's order, but a table restored from an older changelog
+could see it) is not granted. The table never grants more than ``max`` (the last request's
+option; lowering it lets the holders finish) and grants only requests it holds in its queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from eventjobs.core.events import SLOT_OWNER_TYPES, SlotGrantedEvent, SlotRefusedEvent, SlotRevokedEvent
+from eventjobs.core.ids import EVENTJOBS_NAMESPACE, derived_event_id
+
+__all__ = ["MAX_QUEUED", "RELEASED_KEPT", "SlotDecision", "SlotHolder", "SlotTable", "apply_slot", "decode_table",
+           "encode_table", "owner_id", "position", "request_id"]
+
+#: Released request ids a table remembers (a duplicate request or release of one is recognised).
+RELEASED_KEPT = 256
+#: Requests a key's queue holds at most; a request beyond is refused (its job cancelled), so a table
+#: (at most MAX_CONCURRENCY holders, this many queued, RELEASED_KEPT ids) stays far below one record's
+#: limit (about 90 bytes an entry: under 600 KB).
+MAX_QUEUED = 5_000
+LIMIT_NAMESPACE = uuid.uuid5(EVENTJOBS_NAMESPACE, "concurrency-limit")
+
+
+def owner_id(limit: str, key: str) -> str:
+    """The id of the owner of ``key`` under limit ``limit``: its slot events are keyed by it."""
+    return str(uuid.uuid5(LIMIT_NAMESPACE, f"{limit}\x1f{key}"))
+
+
+def request_id(enqueued_event_id: str, attempt: int) -> str:
+    """The ``slot_requested`` a job sends for ``attempt`` (derived from its ``enqueued``)."""
+    return derived_event_id(enqueued_event_id, "slot_requested", attempt)
+
+
+class SlotHolder(NamedTuple):
+    job_id: str
+    request_id: str
+    revoked: bool = False
+
+
+class SlotTable(BaseModel):
+    """One key's slots: who holds them and who waits, in order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    owner_id: str
+    limit: str
+    key: str
+    max: int = Field(description="Slots (the option of the last request).")
+    strategy: str = "queue"
+    holders: tuple[tuple[str, str, bool], ...] = Field((), description="(job id, request id, revoked), oldest first.")
+    queue: tuple[tuple[str, str], ...] = Field((), description="(job id, request id) waiting, oldest first.")
+    released: tuple[str, ...] = Field((), description="The last RELEASED_KEPT released (or refused) request ids.")
+    granted_total: int = 0
+    version: int = 0
+    updated_at: datetime | None = None
+
+    @property
+    def in_use(self) -> int:
+        return len(self.holders)
+
+    def knows(self, request: str) -> bool:
+        return (any(h[1] == request for h in self.holders) or any(q[1] == request for q in self.queue)
+                or request in self.released)
+
+
+def position(table: SlotTable | None, job_id: str) -> int | None:
+    """1-based place of ``job_id`` in the table's queue (None: not queued)."""
+    if table is None:
+        return None
+    for index, (queued, _) in enumerate(table.queue):
+        if queued == job_id:
+            return index + 1
+    return None
+
+
+class SlotDecision(NamedTuple):
+    table: SlotTable | None
+    derived: tuple[Any, ...] = ()
+    rejected: str | None = None
+    duplicate: bool = False
+
+
+def _linked(cls: type[Any], job_id: str, cause: str, trigger: Any, actor: str, payload: dict[str, Any]) -> Any:
+    type_ = cls.model_fields["type"].default
+    return cls.model_construct(
+        event_id=derived_event_id(cause, type_, 0), job_id=job_id, type=type_, occurred_at=trigger.occurred_at,
+        schema_version=1, causation_id=cause, actor=actor, **payload,
+    )
+
+
+def _remember(released: tuple[str, ...], *ids: str) -> tuple[str, ...]:
+    return (*released, *ids)[-RELEASED_KEPT:]
+
+
+def _fill(table: dict[str, Any], trigger: Any, actor: str) -> list[Any]:
+    """Grant the oldest queued requests while a slot is free."""
+    grants = []
+    holders, queue = list(table["holders"]), list(table["queue"])
+    while queue and len(holders) < table["max"]:
+        job_id, request = queue.pop(0)
+        holders.append((job_id, request, False))
+        grants.append(_linked(SlotGrantedEvent, job_id, request, trigger, actor, {"owner_id": table["owner_id"]}))
+    table["holders"], table["queue"] = tuple(holders), tuple(queue)
+    table["granted_total"] += len(grants)
+    return grants
+
+
+def _what(table: dict[str, Any]) -> str:
+    return f"limit {table['limit']!r} key {table['key']!r}: {len(table['holders'])} of {table['max']} slot(s) taken"
+
+
+def apply_slot(table: SlotTable | None, event: Any, actor: str = "processor") -> SlotDecision:
+    """Apply a ``slot_requested`` or ``slot_released`` to the owner's table (None: no table yet).
+
+    Pure and total: anything that does not fit is rejected with a reason, the table unchanged.
+    """
+    if event.type not in SLOT_OWNER_TYPES:
+        return SlotDecision(table, rejected=f"'{event.type}' is not addressed to a concurrency limit's owner")
+    request = event.causation_id if event.type == "slot_released" else event.event_id
+    if request is None:
+        return SlotDecision(table, rejected="a slot release must name its request (causation_id)")
+    if table is None:
+        if event.type == "slot_released":  # never asked here: remembered, so a late request is not granted
+            data: dict[str, Any] = {"owner_id": event.job_id, "limit": "?", "key": "?", "max": 1, "strategy": "queue",
+                                    "holders": (), "queue": (), "released": (request,), "granted_total": 0,
+                                    "version": 1, "updated_at": event.occurred_at}
+            return SlotDecision(SlotTable.model_construct(**data), rejected="release of a request this owner never saw")
+        data = {"owner_id": event.job_id, "limit": event.limit, "key": event.key, "max": event.max,
+                "strategy": event.strategy, "holders": (), "queue": (), "released": (), "granted_total": 0,
+                "version": 0, "updated_at": None}
+    else:
+        if table.owner_id != event.job_id:
+            return SlotDecision(table, rejected=f"event for owner {event.job_id} applied to the table of {table.owner_id}")
+        data = dict(table.__dict__)
+        if event.type == "slot_requested" and table.knows(request):
+            return SlotDecision(table, duplicate=True)
+    derived: list[Any] = []
+    if event.type == "slot_requested":
+        data["limit"], data["key"], data["max"], data["strategy"] = event.limit, event.key, event.max, event.strategy
+        job_id = event.requester_id
+        if len(data["holders"]) < data["max"] and not data["queue"]:
+            data["holders"] = (*data["holders"], (job_id, request, False))
+            data["granted_total"] += 1
+            derived.append(_linked(SlotGrantedEvent, job_id, request, event, actor, {"owner_id": data["owner_id"]}))
+        elif event.strategy == "queue" and len(data["queue"]) >= MAX_QUEUED:
+            reason = f"cancelled: the key's queue is full ({_what(data)}, {len(data['queue']):,} waiting, MAX_QUEUED)"
+            data["released"] = _remember(data["released"], request)
+            derived.append(_linked(SlotRefusedEvent, job_id, request, event, actor,
+                                   {"owner_id": data["owner_id"], "reason": reason}))
+        elif event.strategy == "cancel_newest":
+            reason = f"cancelled: every slot is taken ({_what(data)}; strategy cancel_newest)"
+            data["released"] = _remember(data["released"], request)
+            derived.append(_linked(SlotRefusedEvent, job_id, request, event, actor,
+                                   {"owner_id": data["owner_id"], "reason": reason}))
+        elif event.strategy == "cancel_in_progress":
+            holders = list(data["holders"])
+            unrevoked = next((i for i, h in enumerate(holders) if not h[2]), None)
+            if unrevoked is not None:
+                held_job, held_request, _ = holders[unrevoked]
+                holders[unrevoked] = (held_job, held_request, True)
+                data["holders"] = tuple(holders)
+                reason = f"cancelled in favour of job {job_id}, newer ({_what(data)}; strategy cancel_in_progress)"
+                derived.append(_linked(SlotRevokedEvent, held_job, held_request, event, actor,
+                                       {"owner_id": data["owner_id"], "reason": reason}))
+            elif data["queue"]:  # every holder is on its way out already: the older waiting request gives way
+                old_job, old_request = data["queue"][0]
+                data["queue"] = data["queue"][1:]
+                data["released"] = _remember(data["released"], old_request)
+                reason = f"cancelled in favour of job {job_id}, newer, while it waited (strategy cancel_in_progress)"
+                derived.append(_linked(SlotRefusedEvent, old_job, old_request, event, actor,
+                                       {"owner_id": data["owner_id"], "reason": reason}))
+            data["queue"] = (*data["queue"], (job_id, request))
+            derived += _fill(data, event, actor)
+        else:
+            data["queue"] = (*data["queue"], (job_id, request))
+            derived += _fill(data, event, actor)
+    else:  # slot_released
+        holders = data["holders"]
+        held = [h for h in holders if h[1] == request]
+        queued = [q for q in data["queue"] if q[1] == request]
+        if not held and not queued:
+            if request in data["released"]:
+                return SlotDecision(table, duplicate=True)
+            data["released"] = _remember(data["released"], request)
+            data["version"] += 1
+            data["updated_at"] = event.occurred_at
+            return SlotDecision(SlotTable.model_construct(**data),
+                                rejected=f"release of request {request}, which holds no slot here: remembered")
+        data["holders"] = tuple(h for h in holders if h[1] != request)
+        data["queue"] = tuple(q for q in data["queue"] if q[1] != request)
+        data["released"] = _remember(data["released"], request)
+        derived += _fill(data, event, actor)
+    data["version"] += 1
+    data["updated_at"] = event.occurred_at
+    return SlotDecision(SlotTable.model_construct(**data), tuple(derived))
+
+
+def encode_table(table: SlotTable) -> bytes:
+    return orjson.dumps(table.model_dump(mode="json"))
+
+
+def decode_table(data: bytes) -> SlotTable:
+    """A changelog record back (``ValueError`` if it is not a valid table)."""
+    try:
+        raw = orjson.loads(data)
+        raw["holders"] = tuple(tuple(h) for h in raw.get("holders", ()))
+        raw["queue"] = tuple(tuple(q) for q in raw.get("queue", ()))
+        raw["released"] = tuple(raw.get("released", ()))
+        return SlotTable.model_validate(raw, strict=False)
+    except (orjson.JSONDecodeError, ValidationError, AttributeError, TypeError) as error:
+        raise ValueError(f"invalid slot table: {error}") from None

@@ -1,0 +1,351 @@
+"""Concurrency limits: the key owner's slot table (``apply_slot``) and the job side of the fold.
+
+Unit cases first (Given/When/Then), then a property test over whole worlds: several limited jobs
+of two keys on one owner each, random lifecycles (success, failure and retry, lease expiry,
+cancel, dead-letter retry), linked events delivered in any order per destination, duplicated,
+and derived again after a "crash" (a lane folding the same events again derives the same ids).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventjobs.core.codec import decode, encode
+from eventjobs.core.events import SLOT_OWNER_TYPES, EnqueuedEvent, SlotRequestedEvent
+from eventjobs.core.fold import apply, fold
+from eventjobs.core.options import ConcurrencySpec, ConstantBackoff, JobOptions
+from eventjobs.core.slots import SlotTable, apply_slot, decode_table, encode_table, owner_id, position, request_id
+from eventjobs.core.state import JobState, JobStatus
+
+from tests.core.builders import T0, JobLog
+
+
+def limited(key: str = "t-1", max_: int = 2, strategy: str = "queue", attempts: int = 3) -> Any:
+    spec = JobOptions(max_attempts=attempts, backoff=ConstantBackoff(delay_s=10)).to_spec()
+    return spec.model_copy(update={"concurrency": ConcurrencySpec(limit="send", key=key, max=max_,
+                                                                  strategy=strategy)})  # type: ignore[arg-type]
+
+
+def enqueue(log: JobLog, spec: Any) -> EnqueuedEvent:
+    return EnqueuedEvent(event_id=log.next_id(), job_id=log.job_id, occurred_at=log.now, actor="producer:test:1",
+                         name="send", queue="default", args={}, options=spec)
+
+
+def request(job: str, attempt: int = 0, key: str = "t-1", max_: int = 2, strategy: str = "queue") -> Any:
+    return SlotRequestedEvent(event_id=request_id(f"{job}-enq", attempt), job_id=owner_id("send", key),
+                              occurred_at=T0, actor="processor:0", requester_id=job, attempt=attempt, limit="send",
+                              key=key, max=max_, strategy=strategy)  # type: ignore[arg-type]
+
+
+def release(job: str, attempt: int = 0, key: str = "t-1") -> Any:
+    from eventjobs.core.events import SlotReleasedEvent
+    from eventjobs.core.ids import derived_event_id
+    req = request_id(f"{job}-enq", attempt)
+    return SlotReleasedEvent(event_id=derived_event_id(req, "slot_released", 0), job_id=owner_id("send", key),
+                             occurred_at=T0, actor="processor:0", causation_id=req, requester_id=job)
+
+
+def run(table: SlotTable | None, *events: Any) -> tuple[SlotTable | None, list[Any]]:
+    out = []
+    for event in events:
+        decision = apply_slot(table, event)
+        table = decision.table
+        out += decision.derived
+    return table, out
+
+
+# ---- the owner ------------------------------------------------------------------------------
+
+
+def test_grants_up_to_max_then_queues_in_order() -> None:
+    table, out = run(None, request("a"), request("b"), request("c"), request("d"))
+    assert [e.job_id for e in out] == ["a", "b"] and {e.type for e in out} == {"slot_granted"}
+    assert table is not None and [h[0] for h in table.holders] == ["a", "b"]
+    assert [q[0] for q in table.queue] == ["c", "d"] and position(table, "d") == 2
+    # a release grants the oldest waiting request, once
+    table, out = run(table, release("b"))
+    assert [(e.type, e.job_id, e.causation_id) for e in out] == [("slot_granted", "c", request_id("c-enq", 0))]
+    table, out = run(table, release("b"), request("c"))  # duplicates: nothing again
+    assert out == [] and [h[0] for h in table.holders] == ["a", "c"]  # type: ignore[union-attr]
+
+
+def test_a_withdrawn_request_leaves_the_queue_and_a_late_duplicate_is_not_granted() -> None:
+    table, _ = run(None, request("a", max_=1), request("b", max_=1), release("b"))
+    assert table is not None and table.queue == ()
+    table, out = run(table, request("b", max_=1), release("a"))
+    assert out == [] and table is not None and table.holders == () and table.queue == ()
+
+
+def test_cancel_newest_refuses_when_full() -> None:
+    table, out = run(None, request("a", max_=1, strategy="cancel_newest"), request("b", max_=1, strategy="cancel_newest"))
+    assert [e.type for e in out] == ["slot_granted", "slot_refused"] and out[1].job_id == "b"
+    assert "cancel_newest" in out[1].reason and table is not None and table.queue == ()
+
+
+def test_cancel_in_progress_revokes_the_oldest_holder_and_the_newest_runs_next() -> None:
+    s = "cancel_in_progress"
+    table, out = run(None, request("a", max_=1, strategy=s), request("b", max_=1, strategy=s))
+    assert [(e.type, e.job_id) for e in out] == [("slot_granted", "a"), ("slot_revoked", "a")]
+    table, out = run(table, request("c", max_=1, strategy=s))  # a is on its way out: b, still waiting, gives way
+    assert [(e.type, e.job_id) for e in out] == [("slot_refused", "b")]
+    table, out = run(table, release("a"), release("b"))
+    assert [(e.type, e.job_id) for e in out] == [("slot_granted", "c")]
+    assert table is not None and [h[0] for h in table.holders] == ["c"]
+
+
+def test_table_survives_its_changelog_record() -> None:
+    table, _ = run(None, request("a"), request("b"), request("c"), release("a"))
+    assert table is not None and decode_table(encode_table(table)) == table
+
+
+# ---- the job ---------------------------------------------------------------------------------
+
+
+def test_a_limited_job_waits_for_its_grant_and_releases_on_its_end() -> None:
+    log = JobLog("a")
+    enq = enqueue(log, limited())
+    decision = apply(None, enq)
+    assert decision.state is not None and decision.state.status is JobStatus.WAITING
+    (asked,) = decision.derived
+    assert asked.type == "slot_requested" and asked.job_id == owner_id("send", "t-1")
+    table, (grant,) = run(None, asked)
+    state = apply(decision.state, grant).state
+    assert state is not None and state.status is JobStatus.PENDING
+    assert apply(state, grant).duplicate
+    state = apply(state, log.claimed()).state
+    decision = apply(state, log.succeeded())
+    assert decision.state is not None and decision.state.status is JobStatus.COMPLETED
+    released = [e for e in decision.derived if e.type == "slot_released"]
+    assert len(released) == 1 and released[0].causation_id == asked.event_id
+    assert decision.state.workflow is None  # nothing left of the slot in the state
+    table, _ = run(table, *released)
+    assert table is not None and table.holders == ()
+
+
+def test_a_retry_gives_the_slot_back_and_asks_again_when_due() -> None:
+    log = JobLog("a")
+    state = apply(None, enqueue(log, limited())).state
+    grant = run(None, request("a"))[1][0]
+    grant = grant.model_copy(update={"causation_id": request_id(state.enqueued_event_id, 0)})  # type: ignore[union-attr]
+    state = apply(state, grant).state
+    state = apply(state, log.claimed()).state
+    decision = apply(state, log.lease_expired(0, state.lease_deadline))  # type: ignore[union-attr]
+    assert decision.state is not None and decision.state.status is JobStatus.RETRYING
+    assert [e.type for e in decision.derived] == ["retry_scheduled", "slot_released"]
+    decision = apply(decision.state, log.due(1))
+    assert decision.state is not None and decision.state.status is JobStatus.WAITING
+    assert [e.type for e in decision.derived] == ["slot_requested"] and decision.derived[0].attempt == 1
+
+
+def test_slot_events_survive_the_codec() -> None:
+    log = JobLog("a")
+    decision = apply(None, enqueue(log, limited()))
+    for event in decision.derived:
+        assert decode(encode(event)) == event
+
+
+# ---- property: whole worlds ------------------------------------------------------------------
+
+
+class World:
+    """Jobs and owners, each applied by its own fold; linked events wait in one inbox per destination."""
+
+    def __init__(self, rnd: random.Random, jobs: int, strategy: str) -> None:
+        self.rnd = rnd
+        self.states: dict[str, JobState | None] = {}
+        self.tables: dict[str, SlotTable | None] = defaultdict(lambda: None)
+        self.inbox: dict[str, list[Any]] = defaultdict(list)
+        self.delivered: list[Any] = []
+        self.logs = {f"j{i}": JobLog(f"j{i}") for i in range(jobs)}
+        self.keys = {f"j{i}": f"k{i % 2}" for i in range(jobs)}
+        self.max = 2
+        self.strategy = strategy
+        self.started: dict[str, int] = defaultdict(int)
+        self.log: list[Any] = []  # the jobs' partitions, merged: every event applied to a job, and its own derived ones
+
+    def route(self, derived: tuple[Any, ...]) -> None:
+        for event in derived:
+            if event.type in SLOT_OWNER_TYPES or event.type.startswith("slot_"):
+                self.inbox[event.job_id].append(event)
+
+    def job(self, job_id: str, event: Any) -> None:
+        decision = apply(self.states.get(job_id), event)
+        if decision.state is not None:
+            self.states[job_id] = decision.state
+        self.route(decision.derived)
+        self.log.append(event)
+        own = [d for d in decision.derived if d.job_id == job_id]
+        self.log += own
+        for echo in own:  # the processor reads its own derived events back: they change nothing
+            again = apply(self.states.get(job_id), echo)
+            assert again.duplicate or again.rejected, (echo, again)
+            assert again.state == self.states.get(job_id) and again.derived == ()
+        if self.rnd.random() < 0.1:  # a crash before the commit: the lane folds it again, same derived ids
+            self.route(apply(self.states.get(job_id), event).derived or decision.derived)
+
+    def deliver(self, destination: str) -> None:
+        box = self.inbox[destination]
+        if not box:
+            return
+        event = box.pop(0)  # one partition: in order
+        self.delivered.append(event)
+        if self.rnd.random() < 0.15:
+            box.insert(self.rnd.randrange(len(box) + 1), event)  # delivered again later
+        if event.type in SLOT_OWNER_TYPES:
+            decision = apply_slot(self.tables[destination], event)
+            self.tables[destination] = decision.table
+            self.route(decision.derived)
+        else:
+            self.job(destination, event)
+        self.check()
+
+    def check(self) -> None:
+        for owner, table in self.tables.items():
+            if table is None:
+                continue
+            assert len(table.holders) <= table.max, f"owner {owner} over its max: {table.holders}"
+            requests = [h[1] for h in table.holders] + [q[1] for q in table.queue]
+            assert len(requests) == len(set(requests)), "a request held or queued twice"
+        held: dict[str, int] = defaultdict(int)
+        for job_id, state in self.states.items():
+            if state is None or state.workflow is None or not state.workflow.slot_granted:
+                continue
+            assert state.status in (JobStatus.PENDING, JobStatus.CLAIMED, JobStatus.RUNNING)
+            held[self.keys[job_id]] += 1
+            table = self.tables[owner_id("send", self.keys[job_id])]
+            assert table is not None and any(h[0] == job_id and h[1] == state.workflow.slot_request
+                                             for h in table.holders), "a job holds a slot its owner does not count"
+        assert all(n <= self.max for n in held.values())
+
+    def step(self) -> None:
+        rnd = self.rnd
+        choice = rnd.random()
+        busy = [d for d, box in self.inbox.items() if box]
+        if busy and choice < 0.5:
+            self.deliver(rnd.choice(busy))
+            return
+        job_id = rnd.choice(list(self.logs))
+        log, state = self.logs[job_id], self.states.get(job_id)
+        log.tick(1)
+        if state is None:
+            self.job(job_id, enqueue(log, limited(self.keys[job_id], self.max, self.strategy)))
+            return
+        a = state.attempt
+        if state.status is JobStatus.PENDING:
+            self.job(job_id, log.claimed(a) if rnd.random() < 0.9 else log.cancel())
+        elif state.status is JobStatus.CLAIMED:
+            self.job(job_id, log.started(a))
+        elif state.status is JobStatus.RUNNING:
+            r = rnd.random()
+            if r < 0.5:
+                self.job(job_id, log.succeeded(a))
+            elif r < 0.75:
+                self.job(job_id, log.failed(a))
+            elif r < 0.9:
+                self.job(job_id, log.lease_expired(a, state.lease_deadline))  # a killed worker
+            else:
+                self.job(job_id, log.snoozed(a, 1))
+        elif state.status in (JobStatus.RETRYING, JobStatus.SCHEDULED):
+            self.job(job_id, log.due(a, "retry" if state.status is JobStatus.RETRYING else "run_at"))
+        elif state.status is JobStatus.WAITING and rnd.random() < 0.05:
+            self.job(job_id, log.cancel())
+        elif state.status is JobStatus.DEAD_LETTERED and rnd.random() < 0.3:
+            self.job(job_id, log.dlq_retry(state.dead_letter_event_id))
+
+    def settle(self) -> None:
+        """Deliver everything, and run every job to an end."""
+        for _ in range(20000):
+            busy = [d for d, box in self.inbox.items() if box]
+            if busy:
+                self.deliver(self.rnd.choice(busy))
+                continue
+            open_jobs = [j for j, s in self.states.items() if s is not None and not s.is_terminal]
+            open_jobs += [j for j in self.logs if j not in self.states]
+            if not open_jobs:
+                return
+            movable = [j for j in open_jobs if j not in self.states or self.states[j].status is not JobStatus.WAITING]  # type: ignore[union-attr]
+            if movable:
+                open_jobs = movable
+            job_id = self.rnd.choice(open_jobs)
+            log, state = self.logs[job_id], self.states.get(job_id)
+            log.tick(1)
+            if state is None:
+                self.job(job_id, enqueue(log, limited(self.keys[job_id], self.max, self.strategy)))
+            elif state.status is JobStatus.PENDING:
+                self.job(job_id, log.claimed(state.attempt))
+            elif state.status is JobStatus.CLAIMED:
+                self.job(job_id, log.started(state.attempt))
+            elif state.status is JobStatus.RUNNING:
+                self.job(job_id, log.succeeded(state.attempt))
+            elif state.status in (JobStatus.RETRYING, JobStatus.SCHEDULED):
+                self.job(job_id, log.due(state.attempt, "retry" if state.status is JobStatus.RETRYING else "run_at"))
+            elif state.status is JobStatus.WAITING:
+                raise AssertionError(f"job {job_id} waits for a slot with nothing left to deliver: a leaked slot")
+        raise AssertionError("the world did not settle")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), jobs=st.integers(1, 9), steps=st.integers(0, 300),
+       strategy=st.sampled_from(["queue", "cancel_newest", "cancel_in_progress"]))
+def test_no_slot_granted_twice_none_leaked(seed: int, jobs: int, steps: int, strategy: str) -> None:
+    world = World(random.Random(seed), jobs, strategy)
+    for _ in range(steps):
+        world.step()
+    world.settle()
+    # every job ended; every owner is empty: no slot leaked, none waits
+    assert all(s is not None and s.is_terminal for s in world.states.values())
+    for owner, table in world.tables.items():
+        assert table is None or (table.holders == () and table.queue == ()), f"owner {owner} leaked {table}"
+    # folding the jobs' log from scratch (replay, the projector) reaches the live states
+    assert fold(world.log) == {k: v for k, v in world.states.items() if v is not None}
+    # the owners' grants, replayed from the delivered log alone, reach the same tables (a restart's fold)
+    replayed: dict[str, SlotTable | None] = defaultdict(lambda: None)
+    for event in world.delivered:
+        if event.type in SLOT_OWNER_TYPES:
+            replayed[event.job_id] = apply_slot(replayed[event.job_id], event).table
+    assert dict(replayed) == {k: v for k, v in world.tables.items() if k in replayed}
+
+
+def test_a_job_without_a_limit_derives_nothing_new() -> None:
+    log = JobLog("p")
+    decision = apply(None, log.enqueued())
+    assert decision.state is not None and decision.state.status is JobStatus.PENDING and decision.derived == ()
+    assert decision.state.workflow is None
+
+
+def test_a_scheduled_job_carries_its_limit_with_the_key_of_its_args() -> None:
+    from eventjobs.core.options import Limit
+    from eventjobs.core.schedules import define_schedule, tick_job
+
+    options = JobOptions(concurrency=Limit(key=lambda args: args["tenant"], max=1))
+    definition = define_schedule("sync", {"tenant": "t-3"}, options, every="1m", now=T0)
+    event = tick_job(definition, T0, now=T0)
+    assert event.options.concurrency == ConcurrencySpec(limit="sync", key="t-3", max=1, strategy="queue")
+    assert apply(None, event).state.status is JobStatus.WAITING  # type: ignore[union-attr]
+
+
+def test_a_full_queue_refuses_the_request_so_a_table_stays_one_record() -> None:
+    from eventjobs.core.slots import MAX_QUEUED
+
+    table, out = run(None, *(request(f"j{n}", max_=1) for n in range(MAX_QUEUED + 2)))
+    assert table is not None and len(table.holders) == 1 and len(table.queue) == MAX_QUEUED
+    refused = [e for e in out if e.type == "slot_refused"]
+    assert [e.job_id for e in refused] == [f"j{MAX_QUEUED + 1}"] and "queue is full" in refused[0].reason
+    assert len(encode_table(table)) < 600_000
+
+
+def test_a_key_function_that_returns_no_key_is_refused_at_enqueue() -> None:
+    import pytest
+
+    from eventjobs.core.commands import enqueue as enqueue_event
+    from eventjobs.core.options import InvalidJobOptions, Limit
+
+    options = JobOptions(concurrency=Limit(key=lambda args: args.get("tenant"), max=2))  # type: ignore[arg-type,return-value]
+    with pytest.raises(InvalidJobOptions, match="concurrency key function returned None; return a non-empty string"):
+        enqueue_event("sync", {}, options, now=T0, actor="producer:test")
+    assert enqueue_event("sync", {"tenant": "t"}, options, now=T0, actor="producer:test").options.concurrency is not None
