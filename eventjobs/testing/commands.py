@@ -92,6 +92,11 @@ class CommandRefused(ValueError):
     """The command makes no sense for the job's current state (nothing was written)."""
 
 
+def _claimable(state: JobState) -> None:
+    if state.status is not JobStatus.PENDING:
+        raise CommandRefused(f"job {state.job_id} is {state.status.value}, only a pending job can be claimed")
+
+
 def claim(
     state: JobState,
     *,
@@ -102,8 +107,7 @@ def claim(
     event_id: str | None = None,
 ) -> ClaimedEvent:
     """A worker claims the job's current attempt (only a pending job can be claimed)."""
-    if state.status is not JobStatus.PENDING:
-        raise CommandRefused(f"job {state.job_id} is {state.status.value}, only a pending job can be claimed")
+    _claimable(state)
     return claimed_event(
         state.job_id, state.attempt, worker_id=worker_id, now=now, actor=actor, lease_s=lease_s, event_id=event_id
     )
@@ -120,8 +124,7 @@ def claim_and_start(
 ) -> AttemptStartedEvent:
     """A worker claims the job's current attempt and starts its handler at once: one
     ``attempt_started`` that is also the claim (only a pending job can be claimed)."""
-    if state.status is not JobStatus.PENDING:
-        raise CommandRefused(f"job {state.job_id} is {state.status.value}, only a pending job can be claimed")
+    _claimable(state)
     return claiming_start_event(
         state.job_id, state.attempt, worker_id=worker_id, now=now, actor=actor, lease_s=lease_s, event_id=event_id
     )
