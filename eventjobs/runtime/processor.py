@@ -179,11 +179,8 @@ def _fold(
             _fold_slot(result, slots if slots is not None else {}, record, event, actor, max_event_bytes, partition,
                        partition_count)
             continue
-        if before is None and partition_count and partition is not None:  # not held here: on its partition?
-            home = job_partition(event.job_id, partition_count)
-            if home != partition:  # another partitioner wrote it: its job's lane applies the copy
-                result.moved.append(Moved(record, home, event.actor))
-                continue
+        if before is None and _moved_elsewhere(result, record, event, partition, partition_count):
+            continue
         decision = apply(before, event, actor=actor)
         oversized = _encode_outputs(result, before, decision, max_event_bytes, max_state_bytes)
         if oversized is not None:
@@ -207,17 +204,27 @@ def _fold(
     return result
 
 
+def _moved_elsewhere(result: BatchResult, record: ConsumerRecord[bytes, bytes], event: Any, partition: int | None,
+                     partition_count: int | None) -> bool:
+    """For an event of a job (or limit owner) not held here: whether it belongs on another partition
+    (another partitioner wrote it); then it is listed in ``moved`` and its own lane applies the copy."""
+    if not partition_count or partition is None:
+        return False
+    home = job_partition(event.job_id, partition_count)
+    if home == partition:
+        return False
+    result.moved.append(Moved(record, home, event.actor))
+    return True
+
+
 def _fold_slot(result: BatchResult, slots: dict[str, SlotTable], record: ConsumerRecord[bytes, bytes], event: Any,
                actor: str, max_event_bytes: int, partition: int | None, partition_count: int | None) -> None:
     """Apply a slot request or release to its owner's table (``eventjobs.core.slots``); what it
     grants, refuses or revokes goes to those jobs' partitions like every linked event."""
     owner = event.job_id
     before = result.slot_tables.get(owner) or slots.get(owner)
-    if before is None and partition_count and partition is not None:
-        home = job_partition(owner, partition_count)
-        if home != partition:
-            result.moved.append(Moved(record, home, event.actor))
-            return
+    if before is None and _moved_elsewhere(result, record, event, partition, partition_count):
+        return
     decision = apply_slot(before, event, actor)
     encoded = []
     for derived in decision.derived:
