@@ -189,10 +189,14 @@ def _print_job(job: query.JobDetail) -> None:
         out.print(f"reason    {job.reason}", markup=False)
     _print_links(job.depends_on, job.waiting_for, job.dependents, job.parent_job_id, job.children)
     wait = job.slot_wait
-    if wait is not None:
+    if wait is not None and job.status == "scheduled":
+        if wait.starts_at is not None:
+            out.print(f"held back by the rate of limit {wait.limit!r} key {wait.key!r} ({wait.rate}): starts at "
+                      f"{format_time(wait.starts_at)} UTC", markup=False)
+    elif wait is not None:
         place = f"position {wait.position} of {wait.waiting}" if wait.position is not None else "asking"
-        out.print(f"waiting for a slot of limit {wait.limit!r} key {wait.key!r} ({place}; {wait.in_use} of "
-                  f"{wait.max} slots in use)", markup=False)
+        slots = f"{wait.in_use} of {wait.max} slots in use" if wait.max is not None else f"rate {wait.rate}"
+        out.print(f"waiting for a slot of limit {wait.limit!r} key {wait.key!r} ({place}; {slots})", markup=False)
     if job.snoozes:
         out.print(f"snoozed   {job.snoozes} time(s)")
     if job.result is not None:

@@ -659,10 +659,16 @@ class SlotRequestedEvent(_Event):
     attempt: Attempt = Field(description="The requester's attempt the slot is for.")
     limit: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="The limit's name.")
     key: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="The key whose jobs share the slots.")
-    max: Annotated[int, Field(ge=1, le=1_000)] = Field(description="Slots of the key (the requester's option).")
+    max: Annotated[int, Field(ge=1, le=1_000)] | None = Field(
+        None, description="Slots of the key (the requester's option; None: no cap, only a rate)."
+    )
     strategy: Literal["queue", "cancel_newest", "cancel_in_progress"] = Field(
         description="What the owner does when every slot is taken."
     )
+    rate: Annotated[str, Field(pattern=r"^[0-9]+/[smh]$", max_length=20)] | None = Field(
+        None, description="Starts of the key per second, minute or hour ('20/s'; None: no rate)."
+    )
+    burst: Annotated[int, Field(ge=1, le=10_000)] = Field(1, description="Starts let through at once beyond the rate.")
 
 
 class SlotReleasedEvent(_Event):
@@ -680,7 +686,8 @@ class SlotReleasedEvent(_Event):
 
 
 class SlotGrantedEvent(_Event):
-    """The key's owner gave the job a slot (keyed by the job): it becomes pending and may be claimed.
+    """The key's owner gave the job a slot (keyed by the job): it becomes pending and may be claimed,
+    or, held back by the limit's rate, scheduled until ``not_before``.
 
     Its ``causation_id`` is the request it grants and its id is derived from it.
     """
@@ -688,6 +695,9 @@ class SlotGrantedEvent(_Event):
     written_by: ClassVar[str] = LINKED_WRITER
     type: Literal["slot_granted"] = "slot_granted"
     owner_id: EventId = Field(description="The limit's owner (slot table) that granted it.")
+    not_before: UtcTimestamp | None = Field(
+        None, description="A rate limit's start: the job waits (scheduled) until then (None: it may start at once)."
+    )
 
 
 class SlotRefusedEvent(_Event):

@@ -322,11 +322,6 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
             status, scheduled = WAITING, False
     elif scheduled:
         derived = (_derive(ScheduledEvent, event, 0, actor, {"run_at": run_at}),)
-    elif options.concurrency is not None:  # runs only once the key's owner grants a slot
-        status = WAITING
-        request = _ask_slot(options, event.job_id, event.event_id, 0, event, actor)
-        workflow = _build(Workflow, {**_NO_WORKFLOW, "slot_request": request.event_id}, _WORKFLOW_FIELDS)
-        derived = (request,)
     data = {  # every JobState field, in declaration order (a test checks this)
         "job_id": event.job_id,
         "name": event.name,
@@ -365,6 +360,9 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
         "recent_event_ids": (event.event_id, *[d.event_id for d in derived])[-RECENT_EVENT_IDS:],
         "workflow": workflow,
     }
+    if status is PENDING and options.concurrency is not None:  # runs only once the key's owner grants a slot
+        derived = _pending_or_ask(data, event, actor)
+        data["recent_event_ids"] = (event.event_id, *[d.event_id for d in derived])[-RECENT_EVENT_IDS:]
     return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), derived, None, False))
 
 
@@ -431,13 +429,10 @@ def _on_due(state: JobState, event: Any, actor: str) -> Decision:
             )
         data["ready_republishes"] = state.ready_republishes + 1
         return _accept(state, event, data)
-    data["status"] = PENDING
     data["next_due_at"] = None
     if state.ready_republishes:
         data["ready_republishes"] = 0  # counted per attempt
-    if state.options.concurrency is not None:
-        return _accept(state, event, data, _slot_or_pending(data, event, actor))
-    return _accept(state, event, data)
+    return _accept(state, event, data, _pending_or_ask(data, event, actor))
 
 
 def _claim(state: JobState, event: Any) -> Decision | dict[str, Any]:
@@ -734,7 +729,7 @@ def _on_dead_letter_retried(state: JobState, event: Any, actor: str) -> Decision
     workflow = state.workflow
     if workflow is None or not workflow.depends_on:
         data["workflow"] = workflow
-        derived = _slot_or_pending(data, event, actor) if state.options.concurrency is not None else ()
+        derived = _pending_or_ask(data, event, actor)
         if workflow is None:
             return _accept(state, event, data, derived)
     else:  # one that expired while waiting waits again for the dependencies that have not answered
@@ -1016,10 +1011,7 @@ def _after_answers(data: dict[str, Any], workflow: Workflow, event: Event, actor
         data["status"] = SCHEDULED
         data["next_due_at"] = run_at
         return (_derive(ScheduledEvent, event, 0, actor, {"run_at": run_at}),)
-    data["status"] = PENDING
-    if data["options"].concurrency is not None:
-        return _slot_or_pending(data, event, actor)
-    return ()
+    return _pending_or_ask(data, event, actor)
 
 
 def _on_dependency_resolved(state: JobState, event: Any, actor: str) -> Decision:
@@ -1150,13 +1142,21 @@ def _ask_slot(options: JobOptionsSpec, job_id: str, enqueued_event_id: str, atte
     assert limit is not None
     return _derive_for(SlotRequestedEvent, owner_id(limit.limit, limit.key), enqueued_event_id, attempt, trigger, actor,
                        {"requester_id": job_id, "attempt": attempt, "limit": limit.limit, "key": limit.key,
-                        "max": limit.max, "strategy": limit.strategy})
+                        "max": limit.max, "strategy": limit.strategy, "rate": limit.rate, "burst": limit.burst})
 
 
-def _slot_or_pending(data: dict[str, Any], event: Event, actor: str) -> tuple[Any, ...]:
-    """A limited job (``data``) that would become pending waits for a slot instead: returns the request."""
-    request = _ask_slot(data["options"], data["job_id"], data["enqueued_event_id"], data["attempt"], event, actor)
+def _pending_or_ask(data: dict[str, Any], event: Event, actor: str) -> tuple[Any, ...]:
+    """The job (``data``) becomes pending, or, if it has a limit, waits for a slot instead: returns
+    the request (or nothing). A job whose grant held it back for the rate (scheduled until its
+    start) holds its grant already: it becomes pending."""
+    data["status"] = PENDING
+    options = data["options"]
+    if options.concurrency is None:
+        return ()
     current = data["workflow"]
+    if current is not None and current.slot_request is not None and current.slot_granted:
+        return ()
+    request = _ask_slot(options, data["job_id"], data["enqueued_event_id"], data["attempt"], event, actor)
     base = _NO_WORKFLOW if current is None else current.__dict__
     data["workflow"] = _build(Workflow, {**base, "slot_request": request.event_id, "slot_granted": False},
                               _WORKFLOW_FIELDS)
@@ -1165,26 +1165,54 @@ def _slot_or_pending(data: dict[str, Any], event: Event, actor: str) -> tuple[An
 
 
 def _release_slot(state: JobState, decision: Decision, event: Event, actor: str) -> Decision:
-    """The job left the attempt its slot was for: the release goes to the owner, the state forgets the request."""
+    """The job left the attempt its slot was for: the release goes to the owner (a limit with a max:
+    a rate alone holds nothing), the state forgets the request."""
     request = state.workflow.slot_request  # type: ignore[union-attr]  # the caller checked
     limit = state.options.concurrency
     new = decision[0]
     if limit is None or new is None:
         return decision
-    release = _derive_for(SlotReleasedEvent, owner_id(limit.limit, limit.key), request, 0, event, actor,  # type: ignore[arg-type]
-                          {"requester_id": state.job_id})
     data = new.__dict__.copy()
     data["workflow"] = _slim(_changed(new.workflow, slot_request=None, slot_granted=False))  # type: ignore[arg-type]
-    data["recent_event_ids"] = (*new.recent_event_ids, release.event_id)[-RECENT_EVENT_IDS:]
-    return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), (*decision[1], release), None, False))
+    derived = decision[1]
+    if limit.max is not None:
+        release = _release_of(state.job_id, owner_id(limit.limit, limit.key), request, event, actor)  # type: ignore[arg-type]
+        data["recent_event_ids"] = (*new.recent_event_ids, release.event_id)[-RECENT_EVENT_IDS:]
+        derived = (*derived, release)
+    return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), derived, None, False))
 
 
-def _slot_event_stale(state: JobState, event: Any) -> Decision | None:
+def _release_of(job_id: str, owner: str, request: str, event: Event, actor: str) -> Any:
+    """The ``slot_released`` of ``request`` (one id, however often it is derived)."""
+    return _derive_for(SlotReleasedEvent, owner, request, 0, event, actor, {"requester_id": job_id})
+
+
+def _holds_slot(before: JobState, after: JobState) -> bool:
+    """Whether ``after`` still waits for, or holds, the slot ``before`` asked for: waiting, pending,
+    claimed or running, or scheduled by its grant's rate in the same attempt."""
+    status = after.status
+    return status in _HOLDING or (status is SCHEDULED and after.attempt == before.attempt
+                                  and after.workflow is not None and after.workflow.slot_granted)
+
+
+def _slot_event_stale(state: JobState, event: Any, actor: str) -> Decision | None:
     workflow = state.workflow
     if workflow is None or workflow.slot_request != event.causation_id:
-        return _reject(state, f"'{event.type}' answers slot request {event.causation_id}, which job {state.job_id} no "
-                              f"longer holds (released since): stale, no effect")
+        reason = (f"'{event.type}' answers slot request {event.causation_id}, which job {state.job_id} no longer "
+                  f"holds (released since): stale, no effect")
+        return _answer_stale_grant(state, event, actor, reason)
     return None
+
+
+def _answer_stale_grant(state: JobState | None, event: Any, actor: str, reason: str) -> Decision:
+    """A grant the job does not hold (an owner that forgot its table granted a duplicate request
+    again): the slot is given back at once, so it cannot leak. Other slot answers change nothing."""
+    limit = state.options.concurrency if state is not None else None
+    if event.type != "slot_granted" or event.causation_id is None or (state is not None and (limit is None or
+                                                                                          limit.max is None)):
+        return _reject(state, reason)
+    release = _release_of(event.job_id, event.owner_id, event.causation_id, event, actor)
+    return _tuple_new(Decision, (state, (release,), f"{reason}; the slot is given back", False))
 
 
 def _not_a_job_event(state: JobState, event: Any, actor: str) -> Decision:
@@ -1192,7 +1220,7 @@ def _not_a_job_event(state: JobState, event: Any, actor: str) -> Decision:
 
 
 def _on_slot_granted(state: JobState, event: Any, actor: str) -> Decision:
-    stale = _slot_event_stale(state, event)
+    stale = _slot_event_stale(state, event, actor)
     if stale is not None:
         return stale
     if state.workflow.slot_granted:  # type: ignore[union-attr]  # checked by _slot_event_stale
@@ -1200,13 +1228,18 @@ def _on_slot_granted(state: JobState, event: Any, actor: str) -> Decision:
     if state.status is not WAITING:
         return _not_accepted(state, event)
     data = state.__dict__.copy()
-    data["status"] = PENDING
     data["workflow"] = _changed(state.workflow, slot_granted=True)  # type: ignore[arg-type]
+    not_before = event.not_before
+    if not_before is not None and not_before > event.occurred_at:  # held back by the rate: a run_at timer
+        data["status"] = SCHEDULED
+        data["next_due_at"] = not_before
+    else:
+        data["status"] = PENDING
     return _accept(state, event, data)
 
 
 def _on_slot_refused(state: JobState, event: Any, actor: str) -> Decision:
-    stale = _slot_event_stale(state, event)
+    stale = _slot_event_stale(state, event, actor)
     if stale is not None:
         return stale
     if state.status is not WAITING or state.workflow.slot_granted:  # type: ignore[union-attr]  # checked above
@@ -1217,7 +1250,7 @@ def _on_slot_refused(state: JobState, event: Any, actor: str) -> Decision:
 
 
 def _on_slot_revoked(state: JobState, event: Any, actor: str) -> Decision:
-    stale = _slot_event_stale(state, event)
+    stale = _slot_event_stale(state, event, actor)
     if stale is not None:
         return stale
     status = state.status
@@ -1301,11 +1334,16 @@ def apply(state: JobState | None, event: JobEvent, actor: str = "processor") -> 
             if event.type == "dependency_requested":  # no such job: the dependent learns it at once
                 answer = _answer(None, event.job_id, event.dependent_id, event.event_id, event, actor, "missing")
                 return _tuple_new(Decision, (None, (answer,), f"unknown job {event.job_id!r}: answered missing", False))
+            if event.type == "slot_granted":  # the job is forgotten: its slot goes back
+                return _answer_stale_grant(None, event, actor, f"unknown job {event.job_id!r}: a grant it cannot use")
             return _reject(None, f"unknown job {event.job_id!r}: no enqueued event seen for it")
         if event.job_id != state.job_id:
             return _reject(state, f"event for job {event.job_id!r} applied to the state of job {state.job_id!r}")
         if event.event_id in state.recent_event_ids:
-            return _duplicate(state)
+            # a grant the job gave back already may come again from an owner that forgot its table
+            # (same id: derived from the request): the slot goes back again, so it cannot leak
+            stale = _slot_event_stale(state, event, actor) if event.type == "slot_granted" else None
+            return _duplicate(state) if stale is None else stale
         decision = _HANDLERS[event.type](state, event, actor)
         # every move into an ended status derives an event (completed, cancelled, dead_lettered ...;
         # a discard follows a dead-lettering, which answered already), so most events skip this
@@ -1313,7 +1351,7 @@ def apply(state: JobState | None, event: JobEvent, actor: str = "processor") -> 
             new = decision[0]
             workflow = state.workflow
             if workflow is not None and workflow.slot_request is not None and new is not None and new is not state \
-                    and new.status not in _HOLDING:  # left the attempt its slot was for: give the slot back
+                    and not _holds_slot(state, new):  # left the attempt its slot was for: give the slot back
                 decision = _release_slot(state, decision, event, actor)
                 new = decision[0]
             if new is not None and new is not state and new.workflow is not None and new.workflow.dependents \

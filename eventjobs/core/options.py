@@ -252,6 +252,33 @@ ConcurrencyStrategy = Literal["queue", "cancel_newest", "cancel_in_progress"]
 MAX_CONCURRENCY_KEY_CHARS = 200
 #: Largest max of a limit: its slot table (holders and queue) must fit one changelog record.
 MAX_CONCURRENCY = 1_000
+#: Largest burst of a rate limit (starts let through at once beyond the rate).
+MAX_RATE_BURST = 10_000
+#: The key of a limit given no key: every job of the limit shares one owner.
+WHOLE_LIMIT_KEY = "*"
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_RATE_PERIOD_MS = {"s": 1_000, "sec": 1_000, "second": 1_000, "m": 60_000, "min": 60_000, "minute": 60_000,
+                   "h": 3_600_000, "hour": 3_600_000}
+
+
+def rate_interval_ms(rate: str) -> int:
+    """The spacing of a rate's starts in whole milliseconds, rounded up (so never faster than the
+    rate): ``"20/s"`` is 50, ``"3/s"`` 334, ``"100/m"`` 600. ``ValueError`` names what is allowed."""
+    match = _RATE.match(rate) if isinstance(rate, str) else None
+    if match is None:
+        raise ValueError(f"rate must be a count per second, minute or hour such as '20/s', '100/m' or '5000/h', "
+                         f"got {rate!r}")
+    count, period_ms = int(match.group(1)), _RATE_PERIOD_MS[match.group(2)]
+    if not 1 <= count <= period_ms:
+        raise ValueError(f"rate {rate!r}: the count must be from 1 to {period_ms:,} per {match.group(2)} "
+                         f"(at most one start per millisecond)")
+    return -(-period_ms // count)
+
+
+def _canonical_rate(rate: str) -> str:
+    match = _RATE.match(rate)
+    assert match is not None
+    return f"{int(match.group(1))}/{match.group(2)[0]}"
 
 
 class ConcurrencySpec(BaseModel):
@@ -265,11 +292,29 @@ class ConcurrencySpec(BaseModel):
     key: Annotated[str, Field(min_length=1, max_length=MAX_CONCURRENCY_KEY_CHARS)] = Field(
         description="The key whose jobs share max slots."
     )
-    max: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)] = Field(description="Jobs of the key claimed or running at once.")
+    max: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)] | None = Field(
+        None, description="Jobs of the key claimed or running at once (None: no cap, only a rate)."
+    )
     strategy: ConcurrencyStrategy = Field(
         "queue", description="When every slot is taken: queue (wait in order), cancel_newest (the asking job is "
         "cancelled), cancel_in_progress (the oldest holder is cancelled, the asking job runs after it)."
     )
+    rate: Annotated[str, Field(pattern=r"^[0-9]+/[smh]$", max_length=20)] | None = Field(
+        None, description="Starts of the key per second, minute or hour ('20/s'), spaced evenly by event time."
+    )
+    burst: Annotated[int, Field(ge=1, le=MAX_RATE_BURST)] = Field(
+        1, description="Starts let through at once beyond the rate's spacing (1: none)."
+    )
+
+    @model_validator(mode="after")
+    def _check_spec(self) -> ConcurrencySpec:
+        if self.max is None and self.rate is None:
+            raise ValueError("a limit needs a max, a rate or both")
+        if self.rate is not None:
+            rate_interval_ms(self.rate)
+        if self.max is None and self.strategy != "queue":
+            raise ValueError(f"strategy {self.strategy} needs a max (slots to take); a rate alone only queues")
+        return self
 
 
 class JobOptionsSpec(BaseModel):
@@ -327,22 +372,29 @@ def _seconds(name: str, value: float | timedelta | None, *, allow_zero: bool) ->
 
 
 class Limit(BaseModel):
-    """A concurrency limit per key: ``@app.job(concurrency=Limit(key=lambda a: a["tenant"], max=2))``.
+    """A limit per key: ``@app.job(concurrency=Limit(key=lambda a: a["tenant"], max=2, rate="20/s"))``.
 
-    At most ``max`` jobs with the same key are claimed or running at once, across every worker and
-    partition. ``key`` is a value or a function of the job's args (like ``idempotency_key``);
-    ``strategy`` says what happens to a job that asks while every slot is taken: ``"queue"``
-    (it waits, in order), ``"cancel_newest"`` (it is cancelled), ``"cancel_in_progress"`` (the
-    oldest running one is cancelled, and this one runs once it ended). ``name`` names the limit
-    (default: the job's name); jobs of different types with the same ``name`` share its slots.
+    ``max``: at most this many jobs with the same key are claimed or running at once, across every
+    worker and partition. ``rate``: at most this many of them start per second, minute or hour
+    (``"20/s"``, ``"100/m"``, ``"5000/h"``), spaced evenly by event time, with ``burst`` starts
+    let through at once beyond the spacing (default 1: none); a job over the rate waits, it is not
+    failed. Give ``max``, ``rate`` or both. ``key`` is a value or a function of the job's args
+    (like ``idempotency_key``); without a key every job of the limit shares it (a limit per job
+    type). ``strategy`` says what happens to a job that asks while every slot is taken:
+    ``"queue"`` (it waits, in order), ``"cancel_newest"`` (it is cancelled),
+    ``"cancel_in_progress"`` (the oldest running one is cancelled, and this one runs once it
+    ended); the cancelling ones need a ``max``. ``name`` names the limit (default: the job's
+    name); jobs of different types with the same ``name`` share its slots and rate.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    key: str | Callable[[Mapping[str, Any]], str]
-    max: int
+    key: str | Callable[[Mapping[str, Any]], str] | None = None
+    max: int | None = None
     strategy: ConcurrencyStrategy = "queue"
     name: str | None = None
+    rate: str | None = None
+    burst: int | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -353,7 +405,7 @@ class Limit(BaseModel):
     @field_validator("key", mode="before")
     @classmethod
     def _check_key(cls, value: Any) -> Any:
-        if callable(value):
+        if value is None or callable(value):
             return value
         if isinstance(value, str) and 0 < len(value) <= MAX_CONCURRENCY_KEY_CHARS:
             return value
@@ -362,7 +414,9 @@ class Limit(BaseModel):
 
     @field_validator("max", mode="before")
     @classmethod
-    def _check_max(cls, value: Any) -> int:
+    def _check_max(cls, value: Any) -> int | None:
+        if value is None:
+            return None
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CONCURRENCY:
             raise ValueError(f"concurrency max must be an integer from 1 to {MAX_CONCURRENCY:,}, got {value!r}")
         return value
@@ -383,15 +437,46 @@ class Limit(BaseModel):
         raise ValueError(f"concurrency name must be a non-empty string (<= {MAX_CONCURRENCY_KEY_CHARS} chars), "
                          f"got {value!r}")
 
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _check_rate(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        rate_interval_ms(value)  # raises with what is allowed
+        return _canonical_rate(value)
+
+    @field_validator("burst", mode="before")
+    @classmethod
+    def _check_burst(cls, value: Any) -> int | None:
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_RATE_BURST:
+            raise ValueError(f"concurrency burst must be an integer from 1 to {MAX_RATE_BURST:,}, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_limit(self) -> Limit:
+        if self.max is None and self.rate is None:
+            raise ValueError("give max (jobs of a key at once), rate (starts per second, minute or hour) or both")
+        if self.burst is not None and self.rate is None:
+            raise ValueError("burst needs a rate")
+        if self.max is None and self.strategy != "queue":
+            raise ValueError(f"strategy {self.strategy!r} needs a max (slots to take); with a rate alone jobs "
+                             f"only wait")
+        return self
+
     def resolve(self, job_name: str, args: Mapping[str, Any]) -> ConcurrencySpec:
         """The limit as the job carries it, its key computed from ``args``."""
         key = self.key
-        if not isinstance(key, str):
+        if key is None:
+            key = WHOLE_LIMIT_KEY
+        elif not isinstance(key, str):
             key = key(args)
             if not isinstance(key, str) or not key or len(key) > MAX_CONCURRENCY_KEY_CHARS:
                 raise InvalidJobOptions(f"concurrency key function returned {key!r}; return a non-empty string "
                                         f"(<= {MAX_CONCURRENCY_KEY_CHARS} chars)")
-        return ConcurrencySpec(limit=self.name or job_name, key=key, max=self.max, strategy=self.strategy)
+        return ConcurrencySpec(limit=self.name or job_name, key=key, max=self.max, strategy=self.strategy,
+                               rate=self.rate, burst=self.burst or 1)
 
 
 class JobOptions(BaseModel):
@@ -658,7 +743,9 @@ class JobOptions(BaseModel):
             unique_for=spec.unique_for_s,
             debounce=spec.debounce_s,
             concurrency=Limit(key=spec.concurrency.key, max=spec.concurrency.max, strategy=spec.concurrency.strategy,
-                              name=spec.concurrency.limit) if spec.concurrency is not None else None,
+                              name=spec.concurrency.limit, rate=spec.concurrency.rate,
+                              burst=spec.concurrency.burst if spec.concurrency.rate else None)
+            if spec.concurrency is not None else None,
             **others,
         )
 

@@ -21,12 +21,27 @@ oldest holder not yet revoked gets ``slot_revoked``, which cancels it, and the r
 the head of the queue for its slot; a request that still waits when a newer one comes is
 refused).
 
+Rate limits (``rate="20/s"``, ``burst``) are decided by the same owner, with the generic cell
+rate algorithm over event time: each grant is given a start ``not_before`` at least one interval
+(``ceil(period / count)`` ms) after the previous one, ``burst`` of them may share a moment, and
+the table keeps the theoretical arrival time (``tat_ms``). A job granted a later start waits
+scheduled until then (a run_at timer), holding its slot if the limit has a ``max`` too; a
+replay of the owner's events reaches the same starts. With a rate and no ``max`` nothing is
+held: every request is granted at once, with its start.
+
 Idempotency: a request is known by its id while it is held or queued, and for the last
 ``RELEASED_KEPT`` released ones; a duplicate of any of them changes nothing. A release of a
 request the table does not know is remembered too, so a request that arrives after its own
 release (it cannot, in one partition's order, but a table restored from an older changelog
 could see it) is not granted. The table never grants more than ``max`` (the last request's
 option; lowering it lets the holders finish) and grants only requests it holds in its queue.
+
+Forgetting: a table with no holder, no queue and no rate debt (``tat_ms`` passed) has nothing a
+new table would not have but the ids it remembers; ``forgettable`` says when it has been idle
+``SLOT_TABLE_IDLE_S``, and the owner's lane then drops it (a tombstone in ``limit-state``), so
+memory follows the keys in use, not every key ever used. A duplicate request that arrives after
+(a lane's redo long after the fact) is granted by the new table; the job, which no longer
+holds that request, answers the stale grant with a release (``apply``), so no slot leaks.
 """
 
 from __future__ import annotations
@@ -38,11 +53,13 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from eventjobs.core.clock import epoch_ms, from_epoch_ms
 from eventjobs.core.events import SLOT_OWNER_TYPES, SlotGrantedEvent, SlotRefusedEvent, SlotRevokedEvent
 from eventjobs.core.ids import EVENTJOBS_NAMESPACE, derived_event_id
+from eventjobs.core.options import rate_interval_ms
 
-__all__ = ["MAX_QUEUED", "RELEASED_KEPT", "SlotDecision", "SlotHolder", "SlotTable", "apply_slot", "decode_table",
-           "encode_table", "owner_id", "position", "request_id"]
+__all__ = ["MAX_QUEUED", "RELEASED_KEPT", "SLOT_TABLE_IDLE_S", "SlotDecision", "SlotHolder", "SlotTable", "apply_slot",
+           "decode_table", "encode_table", "forgettable", "owner_id", "position", "request_id"]
 
 #: Released request ids a table remembers (a duplicate request or release of one is recognised).
 RELEASED_KEPT = 256
@@ -50,6 +67,9 @@ RELEASED_KEPT = 256
 #: (at most MAX_CONCURRENCY holders, this many queued, RELEASED_KEPT ids) stays far below one record's
 #: limit (about 90 bytes an entry: under 600 KB).
 MAX_QUEUED = 5_000
+#: An empty table (no holder, nothing queued, no rate debt) idle this long (event time of its last
+#: change, the lane's clock) is forgotten: a tombstone in ``limit-state``.
+SLOT_TABLE_IDLE_S = 600
 LIMIT_NAMESPACE = uuid.uuid5(EVENTJOBS_NAMESPACE, "concurrency-limit")
 
 
@@ -77,8 +97,12 @@ class SlotTable(BaseModel):
     owner_id: str
     limit: str
     key: str
-    max: int = Field(description="Slots (the option of the last request).")
+    max: int | None = Field(description="Slots (the option of the last request; None: no cap, only a rate).")
     strategy: str = "queue"
+    rate: str | None = Field(None, description="Starts per second, minute or hour (the last request's option).")
+    burst: int = 1
+    tat_ms: int = Field(0, description="The rate's theoretical arrival time (epoch ms): the next start's earliest "
+                                       "moment, burst aside.")
     holders: tuple[tuple[str, str, bool], ...] = Field((), description="(job id, request id, revoked), oldest first.")
     queue: tuple[tuple[str, str], ...] = Field((), description="(job id, request id) waiting, oldest first.")
     released: tuple[str, ...] = Field((), description="The last RELEASED_KEPT released (or refused) request ids.")
@@ -124,21 +148,53 @@ def _remember(released: tuple[str, ...], *ids: str) -> tuple[str, ...]:
     return (*released, *ids)[-RELEASED_KEPT:]
 
 
+def _start(table: dict[str, Any], trigger: Any) -> datetime | None:
+    """The rate's start for a grant made at the trigger's time (None: at once), moving ``tat_ms``."""
+    if table["rate"] is None:
+        return None
+    interval = rate_interval_ms(table["rate"])
+    now = epoch_ms(trigger.occurred_at)
+    arrival = max(table["tat_ms"], now)
+    start = max(now, arrival - (table["burst"] - 1) * interval)
+    table["tat_ms"] = arrival + interval
+    return from_epoch_ms(start) if start > now else None
+
+
+def _grant(table: dict[str, Any], job_id: str, request: str, trigger: Any, actor: str) -> Any:
+    """Give ``request`` its grant (and its slot, if the limit has a max)."""
+    if table["max"] is None:  # a rate alone: nothing held, the id remembered against duplicates
+        table["released"] = _remember(table["released"], request)
+    else:
+        table["holders"] = (*table["holders"], (job_id, request, False))
+    table["granted_total"] += 1
+    return _linked(SlotGrantedEvent, job_id, request, trigger, actor,
+                   {"owner_id": table["owner_id"], "not_before": _start(table, trigger)})
+
+
+def _free(table: dict[str, Any]) -> bool:
+    return table["max"] is None or len(table["holders"]) < table["max"]
+
+
 def _fill(table: dict[str, Any], trigger: Any, actor: str) -> list[Any]:
     """Grant the oldest queued requests while a slot is free."""
     grants = []
-    holders, queue = list(table["holders"]), list(table["queue"])
-    while queue and len(holders) < table["max"]:
-        job_id, request = queue.pop(0)
-        holders.append((job_id, request, False))
-        grants.append(_linked(SlotGrantedEvent, job_id, request, trigger, actor, {"owner_id": table["owner_id"]}))
-    table["holders"], table["queue"] = tuple(holders), tuple(queue)
-    table["granted_total"] += len(grants)
+    while table["queue"] and _free(table):
+        (job_id, request), table["queue"] = table["queue"][0], table["queue"][1:]
+        grants.append(_grant(table, job_id, request, trigger, actor))
     return grants
 
 
 def _what(table: dict[str, Any]) -> str:
     return f"limit {table['limit']!r} key {table['key']!r}: {len(table['holders'])} of {table['max']} slot(s) taken"
+
+
+def forgettable(table: SlotTable, now: datetime, idle_s: float = SLOT_TABLE_IDLE_S) -> bool:
+    """Whether the owner may drop ``table``: nothing held or queued, no rate debt, idle ``idle_s``."""
+    if table.holders or table.queue:
+        return False
+    now_ms = epoch_ms(now)
+    last = epoch_ms(table.updated_at) if table.updated_at is not None else 0
+    return table.tat_ms <= now_ms and now_ms - last >= idle_s * 1000
 
 
 def apply_slot(table: SlotTable | None, event: Any, actor: str = "processor") -> SlotDecision:
@@ -154,12 +210,13 @@ def apply_slot(table: SlotTable | None, event: Any, actor: str = "processor") ->
     if table is None:
         if event.type == "slot_released":  # never asked here: remembered, so a late request is not granted
             data: dict[str, Any] = {"owner_id": event.job_id, "limit": "?", "key": "?", "max": 1, "strategy": "queue",
-                                    "holders": (), "queue": (), "released": (request,), "granted_total": 0,
-                                    "version": 1, "updated_at": event.occurred_at}
+                                    "rate": None, "burst": 1, "tat_ms": 0, "holders": (), "queue": (),
+                                    "released": (request,), "granted_total": 0, "version": 1,
+                                    "updated_at": event.occurred_at}
             return SlotDecision(SlotTable.model_construct(**data), rejected="release of a request this owner never saw")
         data = {"owner_id": event.job_id, "limit": event.limit, "key": event.key, "max": event.max,
-                "strategy": event.strategy, "holders": (), "queue": (), "released": (), "granted_total": 0,
-                "version": 0, "updated_at": None}
+                "strategy": event.strategy, "rate": None, "burst": 1, "tat_ms": 0, "holders": (), "queue": (),
+                "released": (), "granted_total": 0, "version": 0, "updated_at": None}
     else:
         if table.owner_id != event.job_id:
             return SlotDecision(table, rejected=f"event for owner {event.job_id} applied to the table of {table.owner_id}")
@@ -169,11 +226,10 @@ def apply_slot(table: SlotTable | None, event: Any, actor: str = "processor") ->
     derived: list[Any] = []
     if event.type == "slot_requested":
         data["limit"], data["key"], data["max"], data["strategy"] = event.limit, event.key, event.max, event.strategy
+        data["rate"], data["burst"] = event.rate, event.burst
         job_id = event.requester_id
-        if len(data["holders"]) < data["max"] and not data["queue"]:
-            data["holders"] = (*data["holders"], (job_id, request, False))
-            data["granted_total"] += 1
-            derived.append(_linked(SlotGrantedEvent, job_id, request, event, actor, {"owner_id": data["owner_id"]}))
+        if _free(data) and not data["queue"]:
+            derived.append(_grant(data, job_id, request, event, actor))
         elif event.strategy == "queue" and len(data["queue"]) >= MAX_QUEUED:
             reason = f"cancelled: the key's queue is full ({_what(data)}, {len(data['queue']):,} waiting, MAX_QUEUED)"
             data["released"] = _remember(data["released"], request)

@@ -149,7 +149,10 @@ class JobEventRecord(faust.Record, serializer="json", include_metadata=False):
     key: str | None = None
     max: int | None = None
     strategy: str | None = None
+    rate: str | None = None
+    burst: int | None = None
     owner_id: str | None = None
+    not_before: datetime | None = None
     # attempts, leases, progress
     attempt: int | None = None
     timer: str | None = None

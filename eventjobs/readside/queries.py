@@ -188,11 +188,14 @@ class SlotWait:
     limit: str
     key: str
     owner_id: str
-    max: int
+    max: int | None  # None: no cap, only a rate
     in_use: int
     #: 1-based place of the job's request in the key's queue; None: not queued (yet, or granted)
     position: int | None
     waiting: int
+    rate: str | None = None
+    #: a job held back by the rate (scheduled): the start its grant gave it
+    starts_at: datetime | None = None
 
 
 #: At most this many children of a job are listed (`JobDetail.children`, `job_links`).
@@ -331,14 +334,17 @@ def show_job(backend: Backend, job_id: str) -> JobDetail:
     row["forgotten"] = bool(row["forgotten"])
     for name in ("depends_on", "waiting_for", "dependents"):
         row[name] = list(row[name])
-    wait = slot_wait(backend, job_id) if row["status"] == JobStatus.WAITING.value and not row["waiting_for"] else None
+    waits = (row["status"] == JobStatus.WAITING.value and not row["waiting_for"]) or \
+        row["status"] == JobStatus.SCHEDULED.value
+    wait = slot_wait(backend, job_id) if waits else None
     return JobDetail(**row, children=children_of(backend, job_id), slot_wait=wait)
 
 
 def slot_wait(backend: Backend, job_id: str) -> SlotWait | None:
     """Where a job with a concurrency limit stands in its key's queue, from the key owner's events
     (its requests and releases, folded again as the owner folded them); None for a job without a
-    limit. Costs a read of the key's request history (one owner's events)."""
+    limit. A job the limit's rate holds back (scheduled) also gets the start its grant gave it.
+    Costs a read of the key's request history (one owner's events)."""
     from eventjobs.core.codec import decode
     from eventjobs.core.events import EnqueuedEvent
     from eventjobs.core.slots import apply_slot, owner_id, position
@@ -355,6 +361,12 @@ def slot_wait(backend: Backend, job_id: str) -> SlotWait | None:
     if limit is None:
         return None
     owner = owner_id(limit.limit, limit.key)
+    starts_at = None
+    if limit.rate is not None:
+        grant = backend.query("SELECT payload FROM job_events WHERE job_id = {id:String} AND type = 'slot_granted' "
+                              "ORDER BY log_partition DESC, log_offset DESC LIMIT 1", {"id": job_id})
+        if grant.rows:
+            starts_at = getattr(decode(grant.dicts()[0]["payload"].encode()), "not_before", None)
     rows = backend.query("SELECT payload FROM job_events WHERE job_id = {id:String} AND type IN "
                          "('slot_requested', 'slot_released') ORDER BY log_partition, log_offset", {"id": owner})
     table = None
@@ -362,7 +374,7 @@ def slot_wait(backend: Backend, job_id: str) -> SlotWait | None:
         table = apply_slot(table, decode(row["payload"].encode())).table
     return SlotWait(limit=limit.limit, key=limit.key, owner_id=owner, max=limit.max,
                     in_use=table.in_use if table is not None else 0, position=position(table, job_id),
-                    waiting=len(table.queue) if table is not None else 0)
+                    waiting=len(table.queue) if table is not None else 0, rate=limit.rate, starts_at=starts_at)
 
 
 def children_of(backend: Backend, job_id: str) -> list[str]:

@@ -32,7 +32,7 @@ from eventjobs.core.codec import EventEncodeError, admit, encode
 from eventjobs.core.refused import Refused
 from eventjobs.core.events import LINKED_TYPES, SLOT_OWNER_TYPES
 from eventjobs.core.fold import Decision, apply
-from eventjobs.core.slots import SlotTable, apply_slot, decode_table, encode_table
+from eventjobs.core.slots import SlotTable, apply_slot, decode_table, encode_table, forgettable
 from eventjobs.runtime.gc_pause import collector_paused
 from eventjobs.core.state import JobState, JobStatus, StateDecodeError, decode_state, encode_state
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
@@ -68,6 +68,8 @@ MOVED_FROM_HEADER = "eventjobs.moved-from"
 #: The longest the processor waits between two looks at its lanes' housekeeping timers (a timer
 #: tracked meanwhile that is due sooner than the next look wakes it at once).
 HOUSEKEEPING_WAIT_S = 0.5
+#: How often a lane that owns slot tables looks for idle empty ones to forget (`core.slots.forgettable`).
+SLOT_SWEEP_S = 60.0
 MOVED_PRODUCERS_LOGGED = 1000  # producers whose first moved event is logged (and counted by name); bounded
 #: The longest a partition's take waits for the group coordinator to say where the partition starts.
 COMMITTED_OFFSET_TIMEOUT_S = 120.0
@@ -97,8 +99,9 @@ class BatchResult:
     # (`eventjobs.metrics.COUNTED_EVENTS`); counted once the batch commits
     counted: list[tuple[str, JobState]] = field(default_factory=list)
     # concurrency limits: the slot tables of the keys this partition owns that the batch changed
-    # (owner id -> table), written to the limit-state changelog (`eventjobs.core.slots`)
-    slot_tables: dict[str, SlotTable] = field(default_factory=dict)
+    # (owner id -> table; None: forgotten, a tombstone), written to the limit-state changelog
+    # (`eventjobs.core.slots`)
+    slot_tables: dict[str, SlotTable | None] = field(default_factory=dict)
 
 
 def merged(results: list[BatchResult]) -> BatchResult:
@@ -350,6 +353,7 @@ class _Lane:
     task: asyncio.Task[None] | None = None
     committer: asyncio.Task[None] | None = None
     next_offset: int = -1  # first offset not yet folded (-1: unknown)
+    slots_swept: float = 0.0  # event-loop time of the last look for idle slot tables (`_forget_idle_slots`)
 
     @property
     def backlog(self) -> int:
@@ -621,8 +625,15 @@ class LifecycleProcessor(Supervised):
         """Fold arriving records at once and publish their ready records; the committer follows."""
         tp = lane.partition
         while True:
-            await lane.wakeup.wait()
+            if lane.slots:  # woken at least once a sweep period, so that idle tables are forgotten
+                try:
+                    await asyncio.wait_for(lane.wakeup.wait(), SLOT_SWEEP_S)
+                except TimeoutError:
+                    pass
+            else:
+                await lane.wakeup.wait()
             lane.wakeup.clear()
+            self._forget_idle_slots(lane)
             while lane.pending:
                 if lane.backlog >= 4 * self.max_batch:  # the committer is behind: wait for it
                     lane.committed.clear()
@@ -636,7 +647,7 @@ class LifecycleProcessor(Supervised):
                 if result.slot_tables:
                     self._slots_changed({owner: (lane.slots.get(owner), table)
                                          for owner, table in result.slot_tables.items()})
-                    lane.slots.update(result.slot_tables)
+                    lane.slots.update(result.slot_tables)  # type: ignore[arg-type]  # a fold writes no tombstone
                 lane.housekeeping.track_all(result.effects.states, before=lane.table)
                 self._housekeeping_tracked(lane.housekeeping)
                 update_table(lane.table, result.effects.states)
@@ -647,6 +658,25 @@ class LifecycleProcessor(Supervised):
                 hints = await self._publish_hints(result, lane)
                 lane.folded.append(_Folded(result, records[-1].offset + 1, len(records), hints))
                 lane.commit_wakeup.set()
+
+    def _forget_idle_slots(self, lane: _Lane) -> None:
+        """Drop the lane's slot tables that hold nothing and were idle `SLOT_TABLE_IDLE_S` (a
+        tombstone each, committed with the lane's next transaction), at most once a sweep period:
+        the memory of limits follows the keys in use. What a forgotten table remembered is not
+        needed (`eventjobs.core.slots`: a stale grant is given back by its job)."""
+        loop_now = asyncio.get_running_loop().time()
+        if not lane.slots or lane.next_offset < 0 or loop_now - lane.slots_swept < SLOT_SWEEP_S:
+            return
+        lane.slots_swept = loop_now
+        now = self.clock.now()
+        idle: dict[str, SlotTable | None] = {owner: None for owner, table in lane.slots.items()
+                                             if forgettable(table, now)}
+        if not idle:
+            return
+        self._slots_changed({owner: (lane.slots.pop(owner), None) for owner in idle})
+        lane.folded.append(_Folded(BatchResult(slot_tables=idle), lane.next_offset, 0, []))
+        lane.commit_wakeup.set()
+        log.debug("partition %d forgot %d idle slot table(s)", lane.partition.partition, len(idle))
 
     async def _commit_loop(self, lane: _Lane) -> None:
         """Commit everything folded so far in one transaction, at most once per commit interval.
@@ -974,7 +1004,8 @@ class LifecycleProcessor(Supervised):
             data = event_bytes.get(event.event_id) or encode(event, max_bytes=max_bytes)
             acks.append(await txn.send(names.events, data, key=event.job_id.encode(), partition=partition))
         for owner, table in result.slot_tables.items():
-            acks.append(await txn.send(names.limit_state, encode_table(table), key=owner.encode(), partition=partition))
+            value = encode_table(table) if table is not None else None  # None: forgotten, a tombstone
+            acks.append(await txn.send(names.limit_state, value, key=owner.encode(), partition=partition))
         for key, timer in effects.timers.items():
             acks.append(await txn.send(names.timers, timer.encode() if timer else None, key=key, partition=partition))
         for job_id, entry in effects.dead_letters.items():

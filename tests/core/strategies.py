@@ -103,6 +103,9 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "key": st.text(min_size=1, max_size=40),
     "max": st.integers(1, 1000),
     "strategy": st.sampled_from(["queue", "cancel_newest", "cancel_in_progress"]),
+    "rate": st.builds(lambda n, unit: f"{n}/{unit}", st.integers(1, 1000), st.sampled_from("smh")),
+    "burst": st.integers(1, 10_000),
+    "not_before": timestamps,
 }
 
 

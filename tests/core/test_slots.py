@@ -25,10 +25,11 @@ from eventjobs.core.state import JobState, JobStatus
 from tests.core.builders import T0, JobLog
 
 
-def limited(key: str = "t-1", max_: int = 2, strategy: str = "queue", attempts: int = 3) -> Any:
+def limited(key: str = "t-1", max_: int | None = 2, strategy: str = "queue", attempts: int = 3,
+            rate: str | None = None, burst: int = 1) -> Any:
     spec = JobOptions(max_attempts=attempts, backoff=ConstantBackoff(delay_s=10)).to_spec()
-    return spec.model_copy(update={"concurrency": ConcurrencySpec(limit="send", key=key, max=max_,
-                                                                  strategy=strategy)})  # type: ignore[arg-type]
+    return spec.model_copy(update={"concurrency": ConcurrencySpec(limit="send", key=key, max=max_, strategy=strategy,
+                                                                  rate=rate, burst=burst)})  # type: ignore[arg-type]
 
 
 def enqueue(log: JobLog, spec: Any) -> EnqueuedEvent:
@@ -36,18 +37,19 @@ def enqueue(log: JobLog, spec: Any) -> EnqueuedEvent:
                          name="send", queue="default", args={}, options=spec)
 
 
-def request(job: str, attempt: int = 0, key: str = "t-1", max_: int = 2, strategy: str = "queue") -> Any:
+def request(job: str, attempt: int = 0, key: str = "t-1", max_: int | None = 2, strategy: str = "queue",
+            rate: str | None = None, burst: int = 1, at: Any = T0) -> Any:
     return SlotRequestedEvent(event_id=request_id(f"{job}-enq", attempt), job_id=owner_id("send", key),
-                              occurred_at=T0, actor="processor:0", requester_id=job, attempt=attempt, limit="send",
-                              key=key, max=max_, strategy=strategy)  # type: ignore[arg-type]
+                              occurred_at=at, actor="processor:0", requester_id=job, attempt=attempt, limit="send",
+                              key=key, max=max_, strategy=strategy, rate=rate, burst=burst)  # type: ignore[arg-type]
 
 
-def release(job: str, attempt: int = 0, key: str = "t-1") -> Any:
+def release(job: str, attempt: int = 0, key: str = "t-1", at: Any = T0) -> Any:
     from eventjobs.core.events import SlotReleasedEvent
     from eventjobs.core.ids import derived_event_id
     req = request_id(f"{job}-enq", attempt)
     return SlotReleasedEvent(event_id=derived_event_id(req, "slot_released", 0), job_id=owner_id("send", key),
-                             occurred_at=T0, actor="processor:0", causation_id=req, requester_id=job)
+                             occurred_at=at, actor="processor:0", causation_id=req, requester_id=job)
 
 
 def run(table: SlotTable | None, *events: Any) -> tuple[SlotTable | None, list[Any]]:
@@ -149,13 +151,125 @@ def test_slot_events_survive_the_codec() -> None:
         assert decode(encode(event)) == event
 
 
+# ---- rates: starts spaced by event time ------------------------------------------------------
+
+
+def _starts(grants: list[Any]) -> list[int]:
+    """Each grant's start, in ms after T0 (0: at once)."""
+    return [0 if g.not_before is None else round((g.not_before - T0).total_seconds() * 1000) for g in grants]
+
+
+def test_a_rate_spaces_the_starts_by_one_interval() -> None:
+    # Given 20/s and no max: five requests at the same moment
+    table, out = run(None, *(request(f"j{n}", max_=None, rate="20/s") for n in range(5)))
+    # Then each is granted at once, with a start 50 ms after the previous one, and nothing is held
+    assert [e.type for e in out] == ["slot_granted"] * 5 and _starts(out) == [0, 50, 100, 150, 200]
+    assert table is not None and table.holders == () and table.queue == ()
+    # and a duplicate request takes no second start
+    table, again = run(table, request("j4", max_=None, rate="20/s"))
+    assert again == []
+
+
+def test_a_burst_lets_that_many_start_at_once_then_the_spacing_holds() -> None:
+    _, out = run(None, *(request(f"j{n}", max_=None, rate="10/s", burst=3) for n in range(6)))
+    assert _starts(out) == [0, 0, 0, 100, 200, 300]
+
+
+def test_after_a_quiet_spell_the_rate_starts_at_once_again() -> None:
+    from eventjobs.core.clock import add_seconds
+
+    table, out = run(None, request("a", max_=None, rate="1/s"), request("b", max_=None, rate="1/s"))
+    assert _starts(out) == [0, 1000]
+    _, out = run(table, request("c", max_=None, rate="1/s", at=add_seconds(T0, 60)))
+    assert out[0].not_before is None  # a minute later: no debt left
+
+
+def test_a_rate_with_a_max_holds_the_slot_through_the_wait() -> None:
+    from eventjobs.core.clock import add_seconds
+
+    table, out = run(None, *(request(f"j{n}", max_=2, rate="2/s") for n in range(3)))
+    assert [e.job_id for e in out] == ["j0", "j1"] and _starts(out) == [0, 500]
+    assert table is not None and [h[0] for h in table.holders] == ["j0", "j1"] and [q[0] for q in table.queue] == ["j2"]
+    _, out = run(table, release("j0", at=add_seconds(T0, 0.2)))  # freed at 200 ms: j2 starts one interval after j1
+    assert [e.job_id for e in out] == ["j2"] and _starts(out) == [1000]
+
+
+def test_a_job_held_back_by_the_rate_waits_scheduled_then_runs_on_its_timer() -> None:
+    log = JobLog("a")
+    decision = apply(None, enqueue(log, limited(max_=None, rate="1/s")))
+    (asked,) = decision.derived
+    _, (first, grant) = run(None, request("other", max_=None, rate="1/s"), asked)
+    assert first.not_before is None and grant.not_before is not None
+    state = apply(decision.state, grant).state
+    assert state is not None and state.status is JobStatus.SCHEDULED and state.next_due_at == grant.not_before
+    decision = apply(state, log.due(0, "run_at"))
+    assert decision.state is not None and decision.state.status is JobStatus.PENDING and decision.derived == ()
+    state = apply(decision.state, log.claimed()).state
+    decision = apply(state, log.succeeded())
+    # a rate alone holds no slot: nothing to give back
+    assert decision.state is not None and decision.state.status is JobStatus.COMPLETED
+    assert [e.type for e in decision.derived] == ["completed"] and decision.state.workflow is None
+
+
+def test_a_rate_held_job_that_is_cancelled_gives_its_slot_back() -> None:
+    log = JobLog("a")
+    decision = apply(None, enqueue(log, limited(max_=2, rate="1/s")))
+    (asked,) = decision.derived
+    grant = run(None, request("other", max_=2, rate="1/s"), asked)[1][1]
+    state = apply(decision.state, grant).state
+    assert state is not None and state.status is JobStatus.SCHEDULED
+    decision = apply(state, log.cancel())
+    assert [e.type for e in decision.derived] == ["cancelled", "slot_released"]
+
+
+# ---- forgetting an idle table -------------------------------------------------------------------
+
+
+def test_an_empty_table_is_forgotten_only_when_idle_and_free_of_rate_debt() -> None:
+    from eventjobs.core.clock import add_seconds
+    from eventjobs.core.slots import SLOT_TABLE_IDLE_S, forgettable
+
+    table, _ = run(None, request("a"), release("a"))
+    assert table is not None and not forgettable(table, add_seconds(T0, SLOT_TABLE_IDLE_S - 1))
+    assert forgettable(table, add_seconds(T0, SLOT_TABLE_IDLE_S))
+    busy, _ = run(None, request("a"))
+    assert busy is not None and not forgettable(busy, add_seconds(T0, 10 * SLOT_TABLE_IDLE_S))
+    owed, _ = run(None, *(request(f"j{n}", max_=None, rate="1/h") for n in range(3)))  # starts up to 2 h ahead
+    assert owed is not None and not forgettable(owed, add_seconds(T0, 3600))
+    assert forgettable(owed, add_seconds(T0, 3 * 3600))
+
+
+def test_a_grant_the_job_no_longer_holds_is_given_back_so_nothing_leaks() -> None:
+    # Given a job that asked, was granted, ran and released; its owner then forgot the table
+    log = JobLog("a")
+    decision = apply(None, enqueue(log, limited(max_=1)))
+    (asked,) = decision.derived
+    table, (grant,) = run(None, asked)
+    state = apply(apply(decision.state, grant).state, log.claimed()).state
+    done = apply(state, log.succeeded())
+    table, _ = run(table, *[e for e in done.derived if e.type == "slot_released"])
+    assert table is not None and table.holders == ()
+    # When the request arrives again (a lane's redo) at an owner with no table, and is granted
+    table, (again,) = run(None, asked)
+    assert table is not None and len(table.holders) == 1
+    # Then the job answers the stale grant with the release, and the owner is empty again
+    answer = apply(done.state, again)
+    assert answer.rejected and [e.type for e in answer.derived] == ["slot_released"]
+    table, _ = run(table, *answer.derived)
+    assert table is not None and table.holders == ()
+    # and so does a job that is forgotten by now
+    gone = apply(None, again)
+    assert [e.type for e in gone.derived] == ["slot_released"] and gone.derived[0].job_id == asked.job_id
+
+
 # ---- property: whole worlds ------------------------------------------------------------------
 
 
 class World:
     """Jobs and owners, each applied by its own fold; linked events wait in one inbox per destination."""
 
-    def __init__(self, rnd: random.Random, jobs: int, strategy: str) -> None:
+    def __init__(self, rnd: random.Random, jobs: int, strategy: str, rate: str | None = None,
+                 max_: int | None = 2) -> None:
         self.rnd = rnd
         self.states: dict[str, JobState | None] = {}
         self.tables: dict[str, SlotTable | None] = defaultdict(lambda: None)
@@ -163,8 +277,10 @@ class World:
         self.delivered: list[Any] = []
         self.logs = {f"j{i}": JobLog(f"j{i}") for i in range(jobs)}
         self.keys = {f"j{i}": f"k{i % 2}" for i in range(jobs)}
-        self.max = 2
+        self.max = max_
+        self.rate = rate
         self.strategy = strategy
+        self.forgotten = 0
         self.started: dict[str, int] = defaultdict(int)
         self.log: list[Any] = []  # the jobs' partitions, merged: every event applied to a job, and its own derived ones
 
@@ -208,19 +324,33 @@ class World:
         for owner, table in self.tables.items():
             if table is None:
                 continue
-            assert len(table.holders) <= table.max, f"owner {owner} over its max: {table.holders}"
+            assert table.max is not None or table.holders == (), "a rate alone holds no slot"
+            assert len(table.holders) <= (table.max or 0), f"owner {owner} over its max: {table.holders}"
             requests = [h[1] for h in table.holders] + [q[1] for q in table.queue]
             assert len(requests) == len(set(requests)), "a request held or queued twice"
         held: dict[str, int] = defaultdict(int)
         for job_id, state in self.states.items():
             if state is None or state.workflow is None or not state.workflow.slot_granted:
                 continue
-            assert state.status in (JobStatus.PENDING, JobStatus.CLAIMED, JobStatus.RUNNING)
+            assert state.status in (JobStatus.PENDING, JobStatus.CLAIMED, JobStatus.RUNNING, JobStatus.SCHEDULED)
+            if self.max is None:
+                continue
             held[self.keys[job_id]] += 1
             table = self.tables[owner_id("send", self.keys[job_id])]
             assert table is not None and any(h[0] == job_id and h[1] == state.workflow.slot_request
                                              for h in table.holders), "a job holds a slot its owner does not count"
-        assert all(n <= self.max for n in held.values())
+        assert all(n <= (self.max or 0) for n in held.values())
+
+    def forget_idle(self) -> None:
+        """An owner's lane drops a table with nothing held, queued or owed (as after its idle time)."""
+        from eventjobs.core.clock import from_epoch_ms
+        from eventjobs.core.slots import forgettable
+
+        for owner, table in list(self.tables.items()):
+            if table is not None and forgettable(table, from_epoch_ms(table.tat_ms + 10**9), idle_s=0):
+                self.tables[owner] = None
+                self.delivered.append(("forgotten", owner))
+                self.forgotten += 1
 
     def step(self) -> None:
         rnd = self.rnd
@@ -229,11 +359,14 @@ class World:
         if busy and choice < 0.5:
             self.deliver(rnd.choice(busy))
             return
+        if choice > 0.97:
+            self.forget_idle()
+            return
         job_id = rnd.choice(list(self.logs))
         log, state = self.logs[job_id], self.states.get(job_id)
         log.tick(1)
         if state is None:
-            self.job(job_id, enqueue(log, limited(self.keys[job_id], self.max, self.strategy)))
+            self.job(job_id, enqueue(log, limited(self.keys[job_id], self.max, self.strategy, rate=self.rate)))
             return
         a = state.attempt
         if state.status is JobStatus.PENDING:
@@ -275,7 +408,7 @@ class World:
             log, state = self.logs[job_id], self.states.get(job_id)
             log.tick(1)
             if state is None:
-                self.job(job_id, enqueue(log, limited(self.keys[job_id], self.max, self.strategy)))
+                self.job(job_id, enqueue(log, limited(self.keys[job_id], self.max, self.strategy, rate=self.rate)))
             elif state.status is JobStatus.PENDING:
                 self.job(job_id, log.claimed(state.attempt))
             elif state.status is JobStatus.CLAIMED:
@@ -291,9 +424,12 @@ class World:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32), jobs=st.integers(1, 9), steps=st.integers(0, 300),
-       strategy=st.sampled_from(["queue", "cancel_newest", "cancel_in_progress"]))
-def test_no_slot_granted_twice_none_leaked(seed: int, jobs: int, steps: int, strategy: str) -> None:
-    world = World(random.Random(seed), jobs, strategy)
+       limit=st.sampled_from([("queue", 2, None), ("cancel_newest", 2, None), ("cancel_in_progress", 2, None),
+                              ("queue", 2, "1/s"), ("queue", None, "2/s"), ("cancel_newest", 1, "1/m")]))
+def test_no_slot_granted_twice_none_leaked(seed: int, jobs: int, steps: int, limit: tuple[str, int | None, str | None]
+                                           ) -> None:
+    strategy, max_, rate = limit
+    world = World(random.Random(seed), jobs, strategy, rate=rate, max_=max_)
     for _ in range(steps):
         world.step()
     world.settle()
@@ -303,12 +439,33 @@ def test_no_slot_granted_twice_none_leaked(seed: int, jobs: int, steps: int, str
         assert table is None or (table.holders == () and table.queue == ()), f"owner {owner} leaked {table}"
     # folding the jobs' log from scratch (replay, the projector) reaches the live states
     assert fold(world.log) == {k: v for k, v in world.states.items() if v is not None}
-    # the owners' grants, replayed from the delivered log alone, reach the same tables (a restart's fold)
+    # the owners' grants, replayed from the delivered log alone (with the forgetting where it
+    # happened), reach the same tables (a restart's fold)
     replayed: dict[str, SlotTable | None] = defaultdict(lambda: None)
     for event in world.delivered:
-        if event.type in SLOT_OWNER_TYPES:
+        if isinstance(event, tuple):
+            replayed[event[1]] = None
+        elif event.type in SLOT_OWNER_TYPES:
             replayed[event.job_id] = apply_slot(replayed[event.job_id], event).table
     assert dict(replayed) == {k: v for k, v in world.tables.items() if k in replayed}
+
+
+def test_rate_starts_never_come_closer_than_the_rate_allows() -> None:
+    """Over random request times, any window holds at most burst + its length / interval starts."""
+    from eventjobs.core.clock import add_seconds
+
+    rnd = random.Random(7)
+    for burst in (1, 3):
+        table, grants, at = None, [], T0
+        for n in range(300):
+            at = add_seconds(at, rnd.choice([0, 0, 0.01, 0.2, 1.5]))
+            table, out = run(table, request(f"j{n}", max_=None, rate="10/s", burst=burst, at=at))
+            grants += [(g.not_before or g.occurred_at) for g in out]
+        starts = sorted(round((g - T0).total_seconds() * 1000) for g in grants)
+        assert len(starts) == 300
+        for i, start in enumerate(starts):
+            in_window = sum(1 for other in starts[i:] if other < start + 1000)
+            assert in_window <= 10 + burst - 1, (burst, start, in_window)
 
 
 def test_a_job_without_a_limit_derives_nothing_new() -> None:
