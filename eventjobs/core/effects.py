@@ -79,6 +79,7 @@ def ready_record(state: JobState, now: datetime, partition: int | None = None) -
         parent_job_id=state.parent_job_id,
         partition=partition,
         dependencies=state.workflow.dependencies or None if state.workflow is not None else None,
+        start_at=state.workflow.slot_start if state.workflow is not None else None,
     )
 
 

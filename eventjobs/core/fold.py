@@ -1158,8 +1158,8 @@ def _pending_or_ask(data: dict[str, Any], event: Event, actor: str) -> tuple[Any
         return ()
     request = _ask_slot(options, data["job_id"], data["enqueued_event_id"], data["attempt"], event, actor)
     base = _NO_WORKFLOW if current is None else current.__dict__
-    data["workflow"] = _build(Workflow, {**base, "slot_request": request.event_id, "slot_granted": False},
-                              _WORKFLOW_FIELDS)
+    data["workflow"] = _build(Workflow, {**base, "slot_request": request.event_id, "slot_granted": False,
+                                         "slot_start": None}, _WORKFLOW_FIELDS)
     data["status"] = WAITING
     return (request,)
 
@@ -1173,7 +1173,8 @@ def _release_slot(state: JobState, decision: Decision, event: Event, actor: str)
     if limit is None or new is None:
         return decision
     data = new.__dict__.copy()
-    data["workflow"] = _slim(_changed(new.workflow, slot_request=None, slot_granted=False))  # type: ignore[arg-type]
+    data["workflow"] = _slim(_changed(new.workflow, slot_request=None, slot_granted=False,  # type: ignore[arg-type]
+                                      slot_start=None))
     derived = decision[1]
     if limit.max is not None:
         release = _release_of(state.job_id, owner_id(limit.limit, limit.key), request, event, actor)  # type: ignore[arg-type]
@@ -1228,8 +1229,9 @@ def _on_slot_granted(state: JobState, event: Any, actor: str) -> Decision:
     if state.status is not WAITING:
         return _not_accepted(state, event)
     data = state.__dict__.copy()
-    data["workflow"] = _changed(state.workflow, slot_granted=True)  # type: ignore[arg-type]
     not_before = event.not_before
+    start = (not_before or event.occurred_at) if state.options.concurrency.rate is not None else None  # type: ignore[union-attr]  # a job that asked has a limit
+    data["workflow"] = _changed(state.workflow, slot_granted=True, slot_start=start)  # type: ignore[arg-type]
     if not_before is not None and not_before > event.occurred_at:  # held back by the rate: a run_at timer
         data["status"] = SCHEDULED
         data["next_due_at"] = not_before

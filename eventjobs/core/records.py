@@ -52,6 +52,7 @@ class ReadyRecord(_Record):
     partition: int | None = None  # the job's event-log partition, as the processor's lane holds it (informative:
     # the worker writes every event of the attempt to `job_partition` of the job id, which is the same)
     dependencies: dict[str, DependencyOutcome] | None = None  # how its depends_on ended (ctx.dependency_results)
+    start_at: datetime | None = None  # a limit with a rate: the start its grant gave (`Workflow.slot_start`)
 
     @classmethod
     def decode(cls, data: bytes) -> ReadyRecord:

@@ -56,10 +56,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from eventjobs.core.clock import epoch_ms, from_epoch_ms
 from eventjobs.core.events import SLOT_OWNER_TYPES, SlotGrantedEvent, SlotRefusedEvent, SlotRevokedEvent
 from eventjobs.core.ids import EVENTJOBS_NAMESPACE, derived_event_id
+from eventjobs.core.limits import RATE_START_LAG_S
 from eventjobs.core.options import rate_interval_ms
 
 __all__ = ["MAX_QUEUED", "RELEASED_KEPT", "SLOT_TABLE_IDLE_S", "SlotDecision", "SlotHolder", "SlotTable", "apply_slot",
-           "decode_table", "encode_table", "forgettable", "owner_id", "position", "request_id"]
+           "decode_table", "encode_table", "forgettable", "owner_id", "position", "rate_hold_s", "request_id"]
 
 #: Released request ids a table remembers (a duplicate request or release of one is recognised).
 RELEASED_KEPT = 256
@@ -186,6 +187,12 @@ def _fill(table: dict[str, Any], trigger: Any, actor: str) -> list[Any]:
 
 def _what(table: dict[str, Any]) -> str:
     return f"limit {table['limit']!r} key {table['key']!r}: {len(table['holders'])} of {table['max']} slot(s) taken"
+
+
+def rate_hold_s(start_at: datetime, now: datetime, lag_s: float = RATE_START_LAG_S) -> float:
+    """Seconds a worker waits, once its claim stands, before the handler of a job whose rate grant
+    gave ``start_at``: until ``lag_s`` after it (never longer than ``lag_s``; 0 when that passed)."""
+    return min(lag_s, max(0.0, (start_at - now).total_seconds() + lag_s))
 
 
 def forgettable(table: SlotTable, now: datetime, idle_s: float = SLOT_TABLE_IDLE_S) -> bool:

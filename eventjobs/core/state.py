@@ -369,6 +369,10 @@ class Workflow(BaseModel):
         "None when the job neither waits for nor holds one.",
     )
     slot_granted: bool = Field(False, description="The slot of slot_request was granted (the job may be claimed).")
+    slot_start: datetime | None = Field(
+        None, description="A limit with a rate: the start its grant gave (the worker starts the handler "
+        "RATE_START_LAG_S after it, so that starts keep the grants' spacing)."
+    )
 
     @property
     def unresolved(self) -> tuple[str, ...]:

@@ -48,6 +48,7 @@ from eventjobs.core.codec import encode
 from eventjobs.core.commands import attempt_started_event, heartbeat_event, progress_event
 from eventjobs.core.events import JobEvent
 from eventjobs.core.records import AWAITS_VERDICT, ReadyRecord
+from eventjobs.core.slots import rate_hold_s
 from eventjobs.core.state import JobStatus
 from eventjobs.hooks import AttemptInfo, AttemptOutcome, Hooks
 from eventjobs.kafka.clients import job_partition, topic_partition_count
@@ -174,6 +175,8 @@ class AttemptRunner:
         if guarded:
             if not await self._claim_stands(ready, item, claim):
                 return
+            if ready.start_at is not None:  # a rate's start: kept at a fixed lag after the grant's
+                await asyncio.sleep(rate_hold_s(ready.start_at, self.clock.now()))
             await self._send(attempt_started_event(ready.job_id, ready.attempt, worker_id=self.worker_id,
                                                    now=self.clock.now(), actor=self.actor, claim_id=claim_id))
         else:  # the claim is the start (an attempt_started with the lease): one event, not two

@@ -202,8 +202,12 @@ def test_a_job_held_back_by_the_rate_waits_scheduled_then_runs_on_its_timer() ->
     assert first.not_before is None and grant.not_before is not None
     state = apply(decision.state, grant).state
     assert state is not None and state.status is JobStatus.SCHEDULED and state.next_due_at == grant.not_before
+    assert state.workflow is not None and state.workflow.slot_start == grant.not_before
     decision = apply(state, log.due(0, "run_at"))
     assert decision.state is not None and decision.state.status is JobStatus.PENDING and decision.derived == ()
+    # its ready record carries the grant's start: the worker starts the handler a fixed lag after it
+    from eventjobs.core.effects import ready_record
+    assert ready_record(decision.state, log.now).start_at == grant.not_before
     state = apply(decision.state, log.claimed()).state
     decision = apply(state, log.succeeded())
     # a rate alone holds no slot: nothing to give back
@@ -220,6 +224,16 @@ def test_a_rate_held_job_that_is_cancelled_gives_its_slot_back() -> None:
     assert state is not None and state.status is JobStatus.SCHEDULED
     decision = apply(state, log.cancel())
     assert [e.type for e in decision.derived] == ["cancelled", "slot_released"]
+
+
+def test_a_worker_holds_a_rate_limited_start_to_a_fixed_lag_after_its_grant() -> None:
+    from eventjobs.core.clock import add_seconds
+    from eventjobs.core.slots import rate_hold_s
+
+    assert rate_hold_s(T0, T0, lag_s=0.5) == 0.5  # claimed at once: waits the whole lag
+    assert rate_hold_s(T0, add_seconds(T0, 0.2), lag_s=0.5) == 0.3  # the chain took 200 ms
+    assert rate_hold_s(T0, add_seconds(T0, 2), lag_s=0.5) == 0.0  # later than the lag: at once
+    assert rate_hold_s(add_seconds(T0, 60), T0, lag_s=0.5) == 0.5  # never longer than the lag
 
 
 # ---- forgetting an idle table -------------------------------------------------------------------

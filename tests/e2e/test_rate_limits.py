@@ -1,0 +1,125 @@
+"""Rate limits end to end: separate processor and worker processes, starts counted by the handlers.
+
+The jobs live in `build_rates_app`; subprocesses load it as `--app tests.e2e.test_rate_limits:app`
+with EVENTJOBS_NAMESPACE set. Each handler appends its start (wall clock, one machine) to the
+file named by RATES_RUNS_FILE, so the rate is checked from what the handlers did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventjobs import App, JobContext, Limit
+from eventjobs.core.state import JobStatus
+from eventjobs.kafka.admin import apply_topics
+from eventjobs.settings import Settings
+from tests.e2e.conftest import job_events, spawn
+
+APP = "tests.e2e.test_rate_limits:app"
+RUNS_ENV = "RATES_RUNS_FILE"
+RATE, BURST = 20, 1  # the limit under test: 20 starts a second, no burst beyond the spacing
+
+
+def build_rates_app(namespace: str, **settings: Any) -> App:
+    app = App(namespace, **settings)
+
+    @app.job(queue="default", concurrency=Limit(rate=f"{RATE}/s", burst=BURST))
+    async def call_partner(args: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        path = os.environ.get(RUNS_ENV)
+        if path:
+            line = json.dumps({"job": ctx.job_id, "attempt": ctx.attempt, "pid": os.getpid(), "at": time.time()})
+            with open(path, "a") as handle:  # one short write per line: lines of processes do not interleave
+                handle.write(line + "\n")
+        await asyncio.sleep(0.05)
+        return {"n": args["n"]}
+
+    @app.job(queue="default")
+    async def warm_up(args: dict[str, Any]) -> None:
+        return None
+
+    return app
+
+
+app = build_rates_app(os.environ.get("EVENTJOBS_NAMESPACE", "testrates"))
+
+
+@pytest.fixture
+async def rates_app(settings: Settings) -> AsyncIterator[App]:
+    await apply_topics(settings, ["default"])
+    application = build_rates_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap)
+    yield application
+    await application.close()
+
+
+def most_in_a_window(times: list[float], window: float = 1.0) -> int:
+    """The most of `times` in any half-open window [t, t + window)."""
+    ordered = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(ordered):
+        while ordered[first] <= at - window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def test_most_in_a_window_counts_a_half_open_second() -> None:
+    assert most_in_a_window([0.0, 0.5, 0.99, 1.0, 1.2]) == 4
+    assert most_in_a_window([0.0, 1.0, 2.0]) == 1
+    assert most_in_a_window([]) == 0
+
+
+async def test_two_hundred_jobs_at_twenty_a_second_over_two_workers_take_ten_seconds(
+    rates_app: App, tmp_path: Path, processes: list[Any]
+) -> None:
+    # Given two processor processes and two worker processes (16 handlers: far more than the rate needs)
+    settings = rates_app.settings
+    runs = tmp_path / "runs.jsonl"
+    runs.touch()
+    env = {RUNS_ENV: str(runs)}
+    for n in (1, 2):
+        processes.append(spawn(["processor", "--app", APP], settings, tmp_path / f"p{n}.log", **env))
+    for n in (1, 2):
+        processes.append(spawn(["worker", "--app", APP, "--concurrency", "8", "--worker-id", f"w{n}"],
+                               settings, tmp_path / f"w{n}.log", **env))
+    # that are serving (a rate spaces when jobs become ready: with no worker up, a backlog would
+    # start as the workers come, see docs/flow-control.md)
+    deadline = time.monotonic() + 60
+    while not all("serving default" in (tmp_path / f"w{n}.log").read_text() for n in (1, 2)):
+        assert time.monotonic() < deadline, "the workers did not start"
+        await asyncio.sleep(0.1)
+    for job_id in [await rates_app.enqueue("warm_up", {"n": n}) for n in range(8)]:
+        assert (await rates_app.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+    # When 200 jobs of a job type limited to 20 starts a second are enqueued at once
+    ids = [await rates_app.enqueue("call_partner", {"n": n}) for n in range(200)]
+    # Then every job completes
+    for job_id in ids:
+        state = await rates_app.wait(job_id, timeout=120)
+        assert state.status is JobStatus.COMPLETED, state
+    notes = [json.loads(line) for line in runs.read_text().splitlines()]
+    starts = [note["at"] for note in notes]
+    assert len({(n["job"], n["attempt"]) for n in notes}) == 200
+    # both workers ran some
+    assert len({note["pid"] for note in notes}) == 2
+    # the run took at least 9 s from the first start to the last (the grants span (200 - burst) / 20
+    # = 9.95 s; each start follows its grant's by the timer's and the claim's few milliseconds)
+    took = max(starts) - min(starts)
+    assert took >= 9.0, took
+    # the owner's grants (event time) never put more than 20 + burst - 1 starts in a second
+    grants = [e for e in await job_events(settings) if e.type == "slot_granted"]
+    assert len(grants) == 200
+    planned = [(g.not_before or g.occurred_at).timestamp() for g in grants]
+    assert most_in_a_window(planned) <= RATE + BURST - 1
+    # and the handlers' own starts, which follow the grants' starts by the timer and the claim,
+    # never more than the rate plus the documented burst in any second
+    busiest = most_in_a_window(starts)
+    assert busiest <= RATE + BURST, busiest
+    print(f"\n200 jobs at {RATE}/s: first to last start {took:.2f} s; most handler starts in a second: {busiest}; "
+          f"starts per worker: {[sum(1 for n in notes if n['pid'] == pid) for pid in {n['pid'] for n in notes}]}")
