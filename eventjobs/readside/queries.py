@@ -401,38 +401,35 @@ def limit_keys(backend: Backend, *, queue: str | None = None, limit: int = 50) -
     once released or refused. The key's options (`max`, strategy, `rate`, `burst`) are its latest
     request's. Cost: a scan of every slot event ever projected (the `type` index skips the other
     granules), grouped by request and then by owner, so it grows with the limited jobs' history,
-    not with what is waiting now; a grant or release not projected yet shows as the request's
-    previous step."""
+    not with what is waiting now (`benchmarks/bench_limit_keys.py`: 742,000 slot events in
+    0.2-0.6 s on chdb); a grant or release not projected yet shows as the request's previous step."""
     if limit < 1:
         raise QueryArgumentError(f"limit must be at least 1, got {limit}")
     params: dict[str, Any] = {"types": list(SLOT_EVENT_TYPES), "limit": limit}
     having = "1"
     if queue is not None:
-        having = "countIf(requester_id IN (SELECT job_id FROM jobs WHERE queue = {queue:String})) > 0"
+        having = ("countIf(JSONExtractString(asking, 'requester_id') IN "
+                  "(SELECT job_id FROM jobs WHERE queue = {queue:String})) > 0")
         params["queue"] = queue
     requested = "type = 'slot_requested'"
+    order = "ORDER BY waiting DESC, in_use DESC, last_activity_at DESC, owner_id"
     result = backend.query(
-        "SELECT owner_id, argMax(limit_name, at) AS lim, argMax(limit_key, at) AS lkey, argMax(cap, at) AS lmax, "
-        "argMax(strategy, at) AS lstrategy, argMax(rate, at) AS lrate, argMax(burst, at) AS lburst, "
-        "toUInt64(countIf(granted AND NOT closed)) AS in_use, toUInt64(countIf(NOT granted AND NOT closed)) AS waiting, "
-        "max(last_at) AS last_activity_at FROM ("
-        " SELECT if(type = 'slot_requested', event_id, causation_id) AS request,"
-        f" anyIf(job_id, {requested}) AS owner_id,"
-        f" anyIf(JSONExtractString(payload, 'requester_id'), {requested}) AS requester_id,"
-        f" anyIf(JSONExtractString(payload, 'limit'), {requested}) AS limit_name,"
-        f" anyIf(JSONExtractString(payload, 'key'), {requested}) AS limit_key,"
-        f" anyIf(JSONExtractInt(payload, 'max'), {requested}) AS cap,"  # 0: null or absent, no cap
-        f" anyIf(JSONExtractString(payload, 'strategy'), {requested}) AS strategy,"
-        f" anyIf(JSONExtractString(payload, 'rate'), {requested}) AS rate,"  # '': null or absent
-        f" anyIf(JSONExtractInt(payload, 'burst'), {requested}) AS burst,"  # 0: absent, a burst of 1
-        f" minIf((occurred_at, log_partition, log_offset), {requested}) AS at,"
-        f" countIf({requested}) > 0 AS asked,"
-        " countIf(type = 'slot_granted') > 0 AS granted,"
-        " countIf(type IN ('slot_released', 'slot_refused')) > 0 AS closed,"
-        " max(occurred_at) AS last_at"
-        " FROM job_events WHERE type IN {types:Array(String)} GROUP BY request"
-        f") WHERE asked GROUP BY owner_id HAVING {having} "
-        "ORDER BY waiting DESC, in_use DESC, last_activity_at DESC, owner_id LIMIT {limit:UInt32}",
+        # the options are read from the latest request's payload only, once per key
+        "SELECT owner_id, JSONExtractString(latest, 'limit') AS lim, JSONExtractString(latest, 'key') AS lkey, "
+        "JSONExtractInt(latest, 'max') AS lmax, "  # 0: null or absent, no cap
+        "JSONExtractString(latest, 'strategy') AS lstrategy, JSONExtractString(latest, 'rate') AS lrate, "  # '': none
+        "JSONExtractInt(latest, 'burst') AS lburst, "  # 0: absent, a burst of 1
+        "in_use, waiting, last_activity_at FROM ("
+        " SELECT owner_id, argMax(asking, at) AS latest, toUInt64(countIf(granted AND NOT closed)) AS in_use,"
+        " toUInt64(countIf(NOT granted AND NOT closed)) AS waiting, max(last_at) AS last_activity_at FROM ("
+        "  SELECT if(type = 'slot_requested', event_id, causation_id) AS request,"
+        f"  anyIf(job_id, {requested}) AS owner_id, anyIf(payload, {requested}) AS asking,"
+        f"  minIf((occurred_at, log_partition, log_offset), {requested}) AS at, countIf({requested}) > 0 AS asked,"
+        "  countIf(type = 'slot_granted') > 0 AS granted,"
+        "  countIf(type IN ('slot_released', 'slot_refused')) > 0 AS closed, max(occurred_at) AS last_at"
+        "  FROM job_events WHERE type IN {types:Array(String)} GROUP BY request"
+        f" ) WHERE asked GROUP BY owner_id HAVING {having} {order} LIMIT {{limit:UInt32}}"
+        f") {order}",
         params,
     )
     keys = []
