@@ -402,7 +402,8 @@ def limit_keys(backend: Backend, *, queue: str | None = None, limit: int = 50) -
     request's. Cost: a scan of every slot event ever projected (the `type` index skips the other
     granules), grouped by request and then by owner, so it grows with the limited jobs' history,
     not with what is waiting now (`benchmarks/bench_limit_keys.py`: 742,000 slot events in
-    0.2-0.6 s on chdb); a grant or release not projected yet shows as the request's previous step."""
+    0.2-0.6 s on chdb); with `queue`, plus the set of that queue's job ids from `jobs`. A grant or
+    release not projected yet shows as the request's previous step."""
     if limit < 1:
         raise QueryArgumentError(f"limit must be at least 1, got {limit}")
     params: dict[str, Any] = {"types": list(SLOT_EVENT_TYPES), "limit": limit}
