@@ -198,6 +198,26 @@ class SlotWait:
     starts_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class LimitKey:
+    """One key of a concurrency limit as its requests say: slots in use, jobs waiting, its options."""
+
+    owner_id: str
+    limit: str
+    key: str
+    #: slots of the key (the latest request's option); None: no cap on running jobs, a rate only
+    max: int | None
+    strategy: str
+    #: the latest request's rate ("20/s") and burst; rate None: no rate limit
+    rate: str | None
+    burst: int
+    #: requests granted and not released (or refused) yet
+    in_use: int
+    #: requests neither granted nor released (or refused) yet
+    waiting: int
+    last_activity_at: datetime
+
+
 #: At most this many children of a job are listed (`JobDetail.children`, `job_links`).
 MAX_CHILDREN_LISTED = 1000
 
@@ -375,6 +395,63 @@ def slot_wait(backend: Backend, job_id: str) -> SlotWait | None:
     return SlotWait(limit=limit.limit, key=limit.key, owner_id=owner, max=limit.max,
                     in_use=table.in_use if table is not None else 0, position=position(table, job_id),
                     waiting=len(table.queue) if table is not None else 0, rate=limit.rate, starts_at=starts_at)
+
+
+#: the events of a concurrency limit's conversation, as `limit_keys` reads them
+SLOT_EVENT_TYPES = ("slot_requested", "slot_granted", "slot_released", "slot_refused", "slot_revoked")
+
+
+def limit_keys(backend: Backend, *, queue: str | None = None, limit: int = 50) -> list[LimitKey]:
+    """Each key of a concurrency limit, the busiest first (most jobs waiting, then most slots in
+    use, then the latest activity), at most `limit`; with `queue`, only the keys some job of that
+    queue asked a slot of (the counts stay the key's, over every queue).
+
+    Computed in ClickHouse from the slot events in `job_events`, not from the owners' tables: each
+    request (a `slot_requested`, keyed by the owner) with its answers (`slot_granted` /
+    `slot_refused`, keyed by the job, and `slot_released`, keyed by the owner, all naming the
+    request as their causation) is *in use* once granted and *waiting* until granted, and neither
+    once released or refused. The key's options (`max`, strategy, `rate`, `burst`) are its latest
+    request's. Cost: a scan of every slot event ever projected (the `type` index skips the other
+    granules), grouped by request and then by owner, so it grows with the limited jobs' history,
+    not with what is waiting now (`benchmarks/bench_limit_keys.py`: 742,000 slot events in
+    0.2-0.6 s on chdb); with `queue`, plus the set of that queue's job ids from `jobs`. A grant or
+    release not projected yet shows as the request's previous step."""
+    if limit < 1:
+        raise QueryArgumentError(f"limit must be at least 1, got {limit}")
+    params: dict[str, Any] = {"types": list(SLOT_EVENT_TYPES), "limit": limit}
+    having = "1"
+    if queue is not None:
+        having = ("countIf(JSONExtractString(asking, 'requester_id') IN "
+                  "(SELECT job_id FROM jobs WHERE queue = {queue:String})) > 0")
+        params["queue"] = queue
+    requested = "type = 'slot_requested'"
+    order = "ORDER BY waiting DESC, in_use DESC, last_activity_at DESC, owner_id"
+    result = backend.query(
+        # the options are read from the latest request's payload only, once per key
+        "SELECT owner_id, JSONExtractString(latest, 'limit') AS lim, JSONExtractString(latest, 'key') AS lkey, "
+        "JSONExtractInt(latest, 'max') AS lmax, "  # 0: null or absent, no cap
+        "JSONExtractString(latest, 'strategy') AS lstrategy, JSONExtractString(latest, 'rate') AS lrate, "  # '': none
+        "JSONExtractInt(latest, 'burst') AS lburst, "  # 0: absent, a burst of 1
+        "in_use, waiting, last_activity_at FROM ("
+        " SELECT owner_id, argMax(asking, at) AS latest, toUInt64(countIf(granted AND NOT closed)) AS in_use,"
+        " toUInt64(countIf(NOT granted AND NOT closed)) AS waiting, max(last_at) AS last_activity_at FROM ("
+        "  SELECT if(type = 'slot_requested', event_id, causation_id) AS request,"
+        f"  anyIf(job_id, {requested}) AS owner_id, anyIf(payload, {requested}) AS asking,"
+        f"  minIf((occurred_at, log_partition, log_offset), {requested}) AS at, countIf({requested}) > 0 AS asked,"
+        "  countIf(type = 'slot_granted') > 0 AS granted,"
+        "  countIf(type IN ('slot_released', 'slot_refused')) > 0 AS closed, max(occurred_at) AS last_at"
+        "  FROM job_events WHERE type IN {types:Array(String)} GROUP BY request"
+        f" ) WHERE asked GROUP BY owner_id HAVING {having} {order} LIMIT {{limit:UInt32}}"
+        f") {order}",
+        params,
+    )
+    keys = []
+    for row in result.dicts():
+        keys.append(LimitKey(owner_id=row["owner_id"], limit=row["lim"], key=row["lkey"], max=int(row["lmax"]) or None,
+                             strategy=row["lstrategy"], rate=row["lrate"] or None, burst=max(int(row["lburst"]), 1),
+                             in_use=int(row["in_use"]), waiting=int(row["waiting"]),
+                             last_activity_at=row["last_activity_at"]))
+    return keys
 
 
 def children_of(backend: Backend, job_id: str) -> list[str]:

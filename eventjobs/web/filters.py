@@ -70,6 +70,11 @@ def parse_time(value: str, key: str, now: datetime) -> datetime:
                         f"nor an age (15m, 2h, 1d)") from None
 
 
+def queue_name(params: Mapping[str, str]) -> str | None:
+    """`?queue=`: one queue's name (None when absent)."""
+    return _text(params, "queue")
+
+
 def moment(params: Mapping[str, str], now: datetime) -> AsOf | None:
     """`?as_of=`: a past time, an age or a log position, as `--as-of` takes it (None when absent)."""
     text = _text(params, "as_of")

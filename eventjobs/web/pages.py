@@ -1,5 +1,5 @@
 """The pages (GET only: nothing here changes anything): overview, jobs, a job, dead letters,
-workers, queues, and the JSON the overview's charts refresh from."""
+workers, queues (with the concurrency limits' keys), and the JSON the overview's charts refresh from."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from eventjobs.clickhouse.backend import Backend
 from eventjobs.readside import queries
 from eventjobs.readside.as_of import AsOfError, list_jobs_as_of, show_job_as_of
-from eventjobs.web.filters import PAGE_SIZE, WINDOWS, BadFilter, job_filter, job_id, moment, window
+from eventjobs.web.filters import PAGE_SIZE, WINDOWS, BadFilter, job_filter, job_id, moment, queue_name, window
 from eventjobs.web.views import problem, render
 
 
@@ -132,10 +132,23 @@ async def workers(request: Request) -> Response:
     return render(request, "workers.html", {"workers": await request.app.state.app.workers()})
 
 
+#: the queues page lists at most this many concurrency limit keys, the busiest first
+LIMIT_KEYS_LISTED = 50
+
+
 async def queues(request: Request) -> Response:
-    """Every queue with its pause state (`<ns>.queue-control`) and its open jobs (the projection)."""
+    """Every queue with its pause state (`<ns>.queue-control`) and its open jobs (the projection),
+    and the keys of the concurrency limits (of one queue's jobs with `?queue=`): slots, waiting, rate."""
+    try:
+        chosen = queue_name(request.query_params)
+    except BadFilter as error:
+        return problem(request, 400, str(error))
     statuses = await request.app.state.app.queues()
-    depth = await request.app.state.reads.ask(queries.queue_depth)
+
+    def ask(backend: Backend) -> tuple[list[queries.QueueDepth], list[queries.LimitKey]]:
+        return queries.queue_depth(backend), queries.limit_keys(backend, queue=chosen, limit=LIMIT_KEYS_LISTED)
+
+    depth, limits = await request.app.state.reads.ask(ask)
     open_jobs: dict[str, int] = {}
     for row in depth:
         open_jobs[row.queue] = open_jobs.get(row.queue, 0) + row.total
@@ -143,4 +156,5 @@ async def queues(request: Request) -> Response:
     for queue in open_jobs.keys() - listed.keys():  # seen by the read side, unknown to the cluster's topics
         listed[queue] = None
     rows = [{"queue": queue, "open": open_jobs.get(queue, 0), "status": listed[queue]} for queue in sorted(listed)]
-    return render(request, "queues.html", {"queues": rows})
+    return render(request, "queues.html", {"queues": rows, "limits": limits, "limits_queue": chosen,
+                                            "limits_listed": LIMIT_KEYS_LISTED})

@@ -98,6 +98,12 @@ def test_a_bad_moment_on_a_job_page_is_a_400(client: TestClient) -> None:
     assert "as_of: --as-of &#39;soon&#39; is not a moment" in answer.text
 
 
+def test_a_bad_queue_on_the_queues_page_is_a_400(client: TestClient) -> None:
+    answer = client.get("/queues?queue=" + "q" * 201)
+    assert answer.status_code == 400
+    assert "queue: at most 200 characters, got 201" in answer.text
+
+
 def test_a_bad_window_is_a_400(client: TestClient) -> None:
     answer = client.get("/api/series?window=3y")
     assert answer.status_code == 400
