@@ -150,3 +150,35 @@ def test_no_limited_job_no_key_and_a_bad_limit_is_refused(backend: Backend) -> N
     assert queries.limit_keys(backend) == []
     with pytest.raises(QueryArgumentError, match="at least 1"):
         queries.limit_keys(backend, limit=0)
+
+
+def test_a_job_held_back_by_a_rate_says_when_it_starts(backend: Backend) -> None:
+    """`slot_wait` (jobs show, the job page) of a scheduled job: the start its rate grant gave."""
+    from eventjobs.core.fold import apply
+    from eventjobs.core.options import JobOptions, Limit
+    from tests.core.builders import JobLog
+
+    log, rows = Log(), []
+    options = JobOptions(concurrency=Limit(rate="1/s"))
+    states, grants = {}, []
+    for name in ("first", "second"):
+        job = JobLog(name)
+        enqueued = job.enqueued(options=options)
+        decision = apply(None, enqueued)
+        states[name] = decision.state
+        log.write(enqueued)
+        for request in decision.derived:
+            log.write(request)
+            grant = apply_slot(log.tables.get(request.job_id), request)
+            log.tables[request.job_id] = grant.table
+            for answer in grant.derived:
+                log.write(answer)
+                grants.append(answer)
+    rows = log.rows
+    assert len(rows) == 6 and grants[0].not_before is None and grants[1].not_before is not None
+    store(backend, log)
+    wait = queries.slot_wait(backend, "second")
+    assert wait is not None and wait.rate == "1/s" and wait.max is None
+    assert wait.starts_at == grants[1].not_before
+    first = queries.slot_wait(backend, "first")
+    assert first is not None and first.starts_at is None  # granted at once
