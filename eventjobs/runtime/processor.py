@@ -32,7 +32,7 @@ from eventjobs.core.codec import EventEncodeError, admit, encode
 from eventjobs.core.refused import Refused
 from eventjobs.core.events import LINKED_TYPES, SLOT_OWNER_TYPES
 from eventjobs.core.fold import Decision, apply
-from eventjobs.core.slots import SlotTable, apply_slot, decode_table, encode_table, forgettable
+from eventjobs.core.slots import SLOT_TABLE_IDLE_S, SlotTable, apply_slot, decode_table, encode_table, forgettable
 from eventjobs.runtime.gc_pause import collector_paused
 from eventjobs.core.state import JobState, JobStatus, StateDecodeError, decode_state, encode_state
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
@@ -370,11 +370,13 @@ class LifecycleProcessor(Supervised):
 
     def __init__(self, settings: Settings, *, max_batch: int = 2000, commit_interval_s: float = 0.1,
                  instance: str | None = None, republish: ReadyRepublish | None = None,
-                 metrics: Metrics | None = None, clock: Clock | None = None) -> None:
+                 metrics: Metrics | None = None, clock: Clock | None = None,
+                 slot_idle_s: float = SLOT_TABLE_IDLE_S, slot_sweep_s: float = SLOT_SWEEP_S) -> None:
         if commit_interval_s < 0:
             raise ValueError(f"commit_interval_s must be >= 0, got {commit_interval_s}")
         self.settings = settings
         self.commit_interval_s = commit_interval_s
+        self.slot_idle_s, self.slot_sweep_s = slot_idle_s, slot_sweep_s  # forgetting idle slot tables
         self.retention = Retention(settings.retain_completed_s, settings.dead_letter_retention_s)
         # when a pending job's ready record is looked at, and published again if it is lost
         self.republish = republish or ReadyRepublish.after(settings.republish_after_s)
@@ -627,7 +629,7 @@ class LifecycleProcessor(Supervised):
         while True:
             if lane.slots:  # woken at least once a sweep period, so that idle tables are forgotten
                 try:
-                    await asyncio.wait_for(lane.wakeup.wait(), SLOT_SWEEP_S)
+                    await asyncio.wait_for(lane.wakeup.wait(), self.slot_sweep_s)
                 except TimeoutError:
                     pass
             else:
@@ -665,12 +667,12 @@ class LifecycleProcessor(Supervised):
         the memory of limits follows the keys in use. What a forgotten table remembered is not
         needed (`eventjobs.core.slots`: a stale grant is given back by its job)."""
         loop_now = asyncio.get_running_loop().time()
-        if not lane.slots or lane.next_offset < 0 or loop_now - lane.slots_swept < SLOT_SWEEP_S:
+        if not lane.slots or lane.next_offset < 0 or loop_now - lane.slots_swept < self.slot_sweep_s:
             return
         lane.slots_swept = loop_now
         now = self.clock.now()
         idle: dict[str, SlotTable | None] = {owner: None for owner, table in lane.slots.items()
-                                             if forgettable(table, now)}
+                                             if forgettable(table, now, self.slot_idle_s)}
         if not idle:
             return
         self._slots_changed({owner: (lane.slots.pop(owner), None) for owner in idle})

@@ -406,3 +406,57 @@ async def test_a_grow_carries_the_slot_tables_and_the_waiting_jobs_run_within_th
         assert len(tables) == 1 and all(not t.holders and not t.queue for t in tables.values()), tables
     finally:
         await target.close()
+
+
+async def test_an_idle_key_s_table_is_forgotten_and_the_key_limits_again(limits_app: App) -> None:
+    """Memory follows the keys in use: an owner's lane drops a table that is empty and idle (here
+    after 1 s, looked at every 0.5 s), a tombstone in limit-state, and a later job of the key gets
+    a new table."""
+    from eventjobs.runtime.processor import LifecycleProcessor
+
+    settings = limits_app.settings
+    stop = asyncio.Event()
+    processor = LifecycleProcessor(settings, slot_idle_s=1.0, slot_sweep_s=0.5)
+    running = asyncio.create_task(processor.run(stop))
+    rt = Runtime(limits_app)
+    try:
+        await rt.start_worker(concurrency=4)
+        keys = [f"tenant-{n}" for n in range(3)]
+        ids = [await limits_app.enqueue("limited", {"key": keys[n % 3], "n": n, "seconds": 0.05}) for n in range(9)]
+        for job_id in ids:
+            assert (await limits_app.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+        # When the keys stay idle, their owners' lanes forget their tables
+        deadline = time.monotonic() + 30
+        while any(lane.slots for lane in processor.lanes.values()):
+            assert time.monotonic() < deadline, {p: list(lane.slots) for p, lane in processor.lanes.items()}
+            await asyncio.sleep(0.1)
+        topic = f"{settings.namespace}.limit-state"
+        latest: dict[str, bytes | None] = {}
+        for _ in range(100):  # the tombstones commit with the lane's next transaction
+            latest = {record.key.decode(): record.value  # type: ignore[union-attr]  # keyed by owner
+                      async for record in read_to_end(settings, await partitions_of(settings, topic))}
+            if len(latest) == 3 and all(value is None for value in latest.values()):
+                break
+            await asyncio.sleep(0.1)
+        assert len(latest) == 3 and all(value is None for value in latest.values()), latest
+        # Then a key used again limits again, from a new table
+        again = [await limits_app.enqueue("limited", {"key": keys[0], "n": 100 + n, "seconds": 0.05}) for n in range(3)]
+        for job_id in again:
+            assert (await limits_app.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+        from eventjobs.core.slots import owner_id
+
+        owner = owner_id("limited", keys[0]).encode()
+        history: list[bytes | None] = []
+        for _ in range(100):  # the owner's records in order: its table, the tombstone, a new table
+            history = [record.value async for record in read_to_end(settings, await partitions_of(settings, topic))
+                       if record.key == owner]
+            tombstone = history.index(None) if None in history else len(history)
+            after = [decode_table(value) for value in history[tombstone + 1:] if value is not None]
+            if after and after[-1].granted_total == 3 and not after[-1].holders:
+                break
+            await asyncio.sleep(0.1)
+        assert after and after[-1].granted_total == 3 and not after[-1].holders, history
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 60)
+        await rt.close()

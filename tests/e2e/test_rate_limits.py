@@ -28,16 +28,20 @@ RUNS_ENV = "RATES_RUNS_FILE"
 RATE, BURST = 20, 1  # the limit under test: 20 starts a second, no burst beyond the spacing
 
 
+def _note_start(ctx: JobContext) -> None:
+    path = os.environ.get(RUNS_ENV)
+    if path:
+        line = json.dumps({"job": ctx.job_id, "attempt": ctx.attempt, "pid": os.getpid(), "at": time.time()})
+        with open(path, "a") as handle:  # one short write per line: lines of processes do not interleave
+            handle.write(line + "\n")
+
+
 def build_rates_app(namespace: str, **settings: Any) -> App:
     app = App(namespace, **settings)
 
     @app.job(queue="default", concurrency=Limit(rate=f"{RATE}/s", burst=BURST))
     async def call_partner(args: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-        path = os.environ.get(RUNS_ENV)
-        if path:
-            line = json.dumps({"job": ctx.job_id, "attempt": ctx.attempt, "pid": os.getpid(), "at": time.time()})
-            with open(path, "a") as handle:  # one short write per line: lines of processes do not interleave
-                handle.write(line + "\n")
+        _note_start(ctx)
         await asyncio.sleep(0.05)
         return {"n": args["n"]}
 
