@@ -18,7 +18,12 @@ from aiokafka import TopicPartition
 from eventjobs.core.clock import Clock, SystemClock
 from eventjobs.core.ids import batch_member_ids, derived_event_id, new_batch_id
 from eventjobs.core.limits import MAX_BATCH_ID_CHARS, MAX_DEPENDENCIES, RECENT_ENQUEUES_KEPT
-from eventjobs.core.commands import cancel_requested_event, dead_letter_retried_event, discarded_event
+from eventjobs.core.commands import (
+    cancel_requested_event,
+    dead_letter_retried_event,
+    discarded_event,
+    limit_changed_event,
+)
 from eventjobs.core.events import EnqueuedEvent, JobEvent
 from eventjobs.core.flow import Verdict, enqueue_verdict, window_end
 from eventjobs.core.options import JobOptions
@@ -432,6 +437,23 @@ class App:
     async def cancel(self, job_id: str, reason: str = "cancelled by request") -> None:
         """Ask to cancel: pending, scheduled and retrying jobs stop at once; a running one at its end."""
         await self.writer.append([cancel_requested_event(job_id, reason, now=self.clock.now(), actor=self.actor)])
+
+    # -- limits at run time ----------------------------------------------------------------
+    async def set_limit(self, limit: str, *, key: str | None = None, max: int | None = None,
+                        rate: str | None = None, burst: int | None = None) -> str:
+        """Set limit ``limit``'s max and rate for ``key`` (None: a limit without key) from now on,
+        whatever its jobs' options say (docs/flow-control.md); returns the key owner's id. Raising
+        ``max`` grants waiting jobs at once; lowering it lets the running ones finish."""
+        event = limit_changed_event(limit, key, max_=max, rate=rate, burst=burst, now=self.clock.now(),
+                                    actor=self.actor)
+        await self.writer.append([event])
+        return str(event.job_id)
+
+    async def reset_limit(self, limit: str, *, key: str | None = None) -> str:
+        """Hand limit ``limit``'s max and rate for ``key`` back to its jobs' own options."""
+        event = limit_changed_event(limit, key, reset=True, now=self.clock.now(), actor=self.actor)
+        await self.writer.append([event])
+        return str(event.job_id)
 
     # -- periodic schedules ----------------------------------------------------------------
     def _build_schedule(self, name: str, args: dict[str, Any] | None = None, *, every: Any = None,

@@ -17,7 +17,7 @@ from eventjobs.app import (
     InvalidJobArguments, NotInDeadLetters, PayloadTooLarge, ScheduleNotFound, UnknownDependency, UnknownQueue,
 )
 from eventjobs.cli import config, dashboard, deadletters, dev, jobs, projections, replay, services, topics
-from eventjobs.cli import partitions, queues, schedules, workers
+from eventjobs.cli import limits, partitions, queues, schedules, workers
 from eventjobs.cli.options import AppLoadError
 from eventjobs.cli.output import err
 from eventjobs.clickhouse.errors import ClickHouseError
@@ -56,6 +56,7 @@ app.add_typer(config.config_app, name="config")
 app.add_typer(schedules.schedules_app, name="schedules")
 app.command("workers")(workers.workers)
 app.add_typer(queues.queues_app, name="queues")
+app.add_typer(limits.limits_app, name="limits")
 app.add_typer(partitions.partitions_app, name="partitions")
 
 # Errors the user can act on: printed as one clear message, no traceback, exit code 1.

@@ -39,7 +39,7 @@ from eventjobs.core.events import (
 from eventjobs.core.ids import derived_event_id, job_id_for_key, new_event_id, new_job_id
 from eventjobs.core.limits import MAX_PROGRESS_MESSAGE_CHARS, MAX_REASON_BYTES, truncate_text
 from eventjobs.core.flow import windowed_job_id
-from eventjobs.core.options import InvalidJobOptions, JobOptions, check_depends_on
+from eventjobs.core.options import WHOLE_LIMIT_KEY, InvalidJobOptions, JobOptions, Limit, check_depends_on
 from eventjobs.core.records import parse_timer_key
 
 __all__ = [
@@ -278,6 +278,34 @@ def cancel_requested_event(
 ) -> CancelRequestedEvent:
     """Ask to cancel the job (it stops now if waiting, or when the running attempt ends)."""
     return CancelRequestedEvent(**_envelope(job_id, now, actor, event_id), reason=_reason(reason))
+
+
+def limit_changed_event(
+    limit: str, key: str | None = None, *, max_: int | None = None, rate: str | None = None, burst: int | None = None,
+    reset: bool = False, now: datetime, actor: str,
+) -> Any:
+    """Set limit ``limit``'s max, rate and burst for ``key`` (None: the limit without key) at run
+    time, or (``reset``) hand them back to the jobs' own options. ``InvalidJobOptions`` says what
+    is wrong (the rules of ``Limit``)."""
+    from eventjobs.core.events import LimitChangedEvent
+    from eventjobs.core.slots import owner_id
+
+    checked = None
+    if reset:
+        if max_ is not None or rate is not None or burst is not None:
+            raise InvalidJobOptions(f"limit {limit!r}: a reset hands max, rate and burst back to the jobs' options; "
+                                    f"give none of them with it")
+    else:
+        try:
+            checked = Limit(key=key, name=limit, max=max_, rate=rate, burst=burst)
+        except InvalidJobOptions as error:
+            raise InvalidJobOptions(f"limit {limit!r}: {str(error).removeprefix('concurrency: ')}") from None
+    resolved = key or WHOLE_LIMIT_KEY
+    return LimitChangedEvent(
+        **_envelope(owner_id(limit, resolved), now, actor, None), limit=limit, key=resolved,
+        max=checked.max if checked else None, rate=checked.rate if checked else None,
+        burst=(checked.burst or 1) if checked else 1, reset=reset,
+    )
 
 
 def dead_letter_retried_event(

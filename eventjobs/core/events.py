@@ -728,6 +728,26 @@ class SlotRevokedEvent(_Event):
     reason: Text = Field(description="Why, for the job's history.")
 
 
+class LimitChangedEvent(_Event):
+    """An operator set a limit's max and rate for a key at run time (keyed by the key's owner).
+
+    From then on the owner uses these instead of the options its jobs' requests carry, until a
+    ``reset`` hands the choice back to the requests. Raising ``max`` grants waiting jobs at once;
+    lowering it lets the holders finish. A new rate spaces the grants made after it.
+    """
+
+    written_by: ClassVar[str] = "operator / producer (API, CLI)"
+    type: Literal["limit_changed"] = "limit_changed"
+    limit: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="The limit's name.")
+    key: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="The key ('*': a limit without key).")
+    max: Annotated[int, Field(ge=1, le=1_000)] | None = Field(None, description="Slots of the key (None: no cap).")
+    rate: Annotated[str, Field(pattern=r"^[0-9]+/[smh]$", max_length=20)] | None = Field(
+        None, description="Starts of the key per second, minute or hour (None: no rate)."
+    )
+    burst: Annotated[int, Field(ge=1, le=10_000)] = Field(1, description="Starts let through at once beyond the rate.")
+    reset: bool = Field(False, description="Back to the options of the jobs' requests (max, rate and burst ignored).")
+
+
 JobEvent = Annotated[
     Union[  # noqa: UP007 - one member a line, so that a new event is a one-line change
         EnqueuedEvent,
@@ -763,6 +783,7 @@ JobEvent = Annotated[
         SlotGrantedEvent,
         SlotRefusedEvent,
         SlotRevokedEvent,
+        LimitChangedEvent,
     ],
     Field(discriminator="type"),
 ]
@@ -788,7 +809,7 @@ LINKED_TYPES: frozenset[str] = frozenset(
 )
 
 #: Linked types addressed to a concurrency limit's owner (its slot table), not to a job.
-SLOT_OWNER_TYPES: frozenset[str] = frozenset({"slot_requested", "slot_released"})
+SLOT_OWNER_TYPES: frozenset[str] = frozenset({"slot_requested", "slot_released", "limit_changed"})
 
 Event = _Event  # the common base, for isinstance checks and type hints
 

@@ -1165,8 +1165,9 @@ def _pending_or_ask(data: dict[str, Any], event: Event, actor: str) -> tuple[Any
 
 
 def _release_slot(state: JobState, decision: Decision, event: Event, actor: str) -> Decision:
-    """The job left the attempt its slot was for: the release goes to the owner (a limit with a max:
-    a rate alone holds nothing), the state forgets the request."""
+    """The job left the attempt its slot was for: the release goes to the owner, the state forgets
+    the request. A grant under a rate alone held nothing, but the owner decides what its grants
+    hold (an operator may have set a max since: ``limit_changed``), so every grant is given back."""
     request = state.workflow.slot_request  # type: ignore[union-attr]  # the caller checked
     limit = state.options.concurrency
     new = decision[0]
@@ -1175,12 +1176,9 @@ def _release_slot(state: JobState, decision: Decision, event: Event, actor: str)
     data = new.__dict__.copy()
     data["workflow"] = _slim(_changed(new.workflow, slot_request=None, slot_granted=False,  # type: ignore[arg-type]
                                       slot_start=None))
-    derived = decision[1]
-    if limit.max is not None:
-        release = _release_of(state.job_id, owner_id(limit.limit, limit.key), request, event, actor)  # type: ignore[arg-type]
-        data["recent_event_ids"] = (*new.recent_event_ids, release.event_id)[-RECENT_EVENT_IDS:]
-        derived = (*derived, release)
-    return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), derived, None, False))
+    release = _release_of(state.job_id, owner_id(limit.limit, limit.key), request, event, actor)  # type: ignore[arg-type]
+    data["recent_event_ids"] = (*new.recent_event_ids, release.event_id)[-RECENT_EVENT_IDS:]
+    return _tuple_new(Decision, (_build(JobState, data, _STATE_FIELDS), (*decision[1], release), None, False))
 
 
 def _release_of(job_id: str, owner: str, request: str, event: Event, actor: str) -> Any:
@@ -1209,8 +1207,7 @@ def _answer_stale_grant(state: JobState | None, event: Any, actor: str, reason: 
     """A grant the job does not hold (an owner that forgot its table granted a duplicate request
     again): the slot is given back at once, so it cannot leak. Other slot answers change nothing."""
     limit = state.options.concurrency if state is not None else None
-    if event.type != "slot_granted" or event.causation_id is None or (state is not None and (limit is None or
-                                                                                          limit.max is None)):
+    if event.type != "slot_granted" or event.causation_id is None or (state is not None and limit is None):
         return _reject(state, reason)
     release = _release_of(event.job_id, event.owner_id, event.causation_id, event, actor)
     return _tuple_new(Decision, (state, (release,), f"{reason}; the slot is given back", False))
@@ -1311,6 +1308,7 @@ _HANDLERS: dict[str, _Handler] = {
     "attempt_snoozed": _on_attempt_snoozed,
     "slot_requested": _not_a_job_event,
     "slot_released": _not_a_job_event,
+    "limit_changed": _not_a_job_event,
     "slot_granted": _on_slot_granted,
     "slot_refused": _on_slot_refused,
     "slot_revoked": _on_slot_revoked,

@@ -102,6 +102,8 @@ class SlotTable(BaseModel):
     strategy: str = "queue"
     rate: str | None = Field(None, description="Starts per second, minute or hour (the last request's option).")
     burst: int = 1
+    overridden: bool = Field(False, description="max, rate and burst were set by an operator (limit_changed): "
+                                                "requests do not change them.")
     tat_ms: int = Field(0, description="The rate's theoretical arrival time (epoch ms): the next start's earliest "
                                        "moment, burst aside.")
     holders: tuple[tuple[str, str, bool], ...] = Field((), description="(job id, request id, revoked), oldest first.")
@@ -196,8 +198,9 @@ def rate_hold_s(start_at: datetime, now: datetime, lag_s: float = RATE_START_LAG
 
 
 def forgettable(table: SlotTable, now: datetime, idle_s: float = SLOT_TABLE_IDLE_S) -> bool:
-    """Whether the owner may drop ``table``: nothing held or queued, no rate debt, idle ``idle_s``."""
-    if table.holders or table.queue:
+    """Whether the owner may drop ``table``: nothing held or queued, no rate debt, no operator's
+    setting, idle ``idle_s``."""
+    if table.holders or table.queue or table.overridden:
         return False
     now_ms = epoch_ms(now)
     last = epoch_ms(table.updated_at) if table.updated_at is not None else 0
@@ -205,24 +208,27 @@ def forgettable(table: SlotTable, now: datetime, idle_s: float = SLOT_TABLE_IDLE
 
 
 def apply_slot(table: SlotTable | None, event: Any, actor: str = "processor") -> SlotDecision:
-    """Apply a ``slot_requested`` or ``slot_released`` to the owner's table (None: no table yet).
+    """Apply a ``slot_requested``, ``slot_released`` or ``limit_changed`` to the owner's table
+    (None: no table yet).
 
     Pure and total: anything that does not fit is rejected with a reason, the table unchanged.
     """
     if event.type not in SLOT_OWNER_TYPES:
         return SlotDecision(table, rejected=f"'{event.type}' is not addressed to a concurrency limit's owner")
+    if event.type == "limit_changed":
+        return _change(table, event, actor)
     request = event.causation_id if event.type == "slot_released" else event.event_id
     if request is None:
         return SlotDecision(table, rejected="a slot release must name its request (causation_id)")
     if table is None:
         if event.type == "slot_released":  # never asked here: remembered, so a late request is not granted
             data: dict[str, Any] = {"owner_id": event.job_id, "limit": "?", "key": "?", "max": 1, "strategy": "queue",
-                                    "rate": None, "burst": 1, "tat_ms": 0, "holders": (), "queue": (),
+                                    "rate": None, "burst": 1, "overridden": False, "tat_ms": 0, "holders": (), "queue": (),
                                     "released": (request,), "granted_total": 0, "version": 1,
                                     "updated_at": event.occurred_at}
             return SlotDecision(SlotTable.model_construct(**data), rejected="release of a request this owner never saw")
         data = {"owner_id": event.job_id, "limit": event.limit, "key": event.key, "max": event.max,
-                "strategy": event.strategy, "rate": None, "burst": 1, "tat_ms": 0, "holders": (), "queue": (),
+                "strategy": event.strategy, "rate": None, "burst": 1, "overridden": False, "tat_ms": 0, "holders": (), "queue": (),
                 "released": (), "granted_total": 0, "version": 0, "updated_at": None}
     else:
         if table.owner_id != event.job_id:
@@ -232,8 +238,9 @@ def apply_slot(table: SlotTable | None, event: Any, actor: str = "processor") ->
             return SlotDecision(table, duplicate=True)
     derived: list[Any] = []
     if event.type == "slot_requested":
-        data["limit"], data["key"], data["max"], data["strategy"] = event.limit, event.key, event.max, event.strategy
-        data["rate"], data["burst"] = event.rate, event.burst
+        data["limit"], data["key"], data["strategy"] = event.limit, event.key, event.strategy
+        if not data["overridden"]:
+            data["max"], data["rate"], data["burst"] = event.max, event.rate, event.burst
         job_id = event.requester_id
         if _free(data) and not data["queue"]:
             derived.append(_grant(data, job_id, request, event, actor))
@@ -285,6 +292,30 @@ def apply_slot(table: SlotTable | None, event: Any, actor: str = "processor") ->
         data["queue"] = tuple(q for q in data["queue"] if q[1] != request)
         data["released"] = _remember(data["released"], request)
         derived += _fill(data, event, actor)
+    data["version"] += 1
+    data["updated_at"] = event.occurred_at
+    return SlotDecision(SlotTable.model_construct(**data), tuple(derived))
+
+
+def _change(table: SlotTable | None, event: Any, actor: str) -> SlotDecision:
+    """An operator's ``limit_changed``: the key's max, rate and burst from now on (or, ``reset``, the
+    requests' again); waiting requests are granted as far as the new max allows."""
+    if table is not None and table.owner_id != event.job_id:
+        return SlotDecision(table, rejected=f"event for owner {event.job_id} applied to the table of {table.owner_id}")
+    if table is None:
+        data: dict[str, Any] = {"owner_id": event.job_id, "limit": event.limit, "key": event.key, "max": event.max,
+                                "strategy": "queue", "rate": None, "burst": 1, "overridden": False, "tat_ms": 0,
+                                "holders": (), "queue": (), "released": (), "granted_total": 0, "version": 0,
+                                "updated_at": None}
+    else:
+        data = dict(table.__dict__)
+    if event.reset:
+        if table is None or not table.overridden:
+            return SlotDecision(table, duplicate=True)
+        data["overridden"] = False  # the next request's options apply
+    else:
+        data["max"], data["rate"], data["burst"], data["overridden"] = event.max, event.rate, event.burst, True
+    derived = _fill(data, event, actor)
     data["version"] += 1
     data["updated_at"] = event.occurred_at
     return SlotDecision(SlotTable.model_construct(**data), tuple(derived))

@@ -6,7 +6,7 @@ returned values are the same) and returns plain dataclasses the CLI prints or du
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, UTC
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -216,6 +216,8 @@ class LimitKey:
     #: requests neither granted nor released (or refused) yet
     waiting: int
     last_activity_at: datetime
+    #: max, rate and burst were set at run time (`eventjobs limits set`): they are the operator's
+    set_at_run_time: bool = False
 
 
 #: At most this many children of a job are listed (`JobDetail.children`, `job_links`).
@@ -415,7 +417,9 @@ def limit_keys(backend: Backend, *, queue: str | None = None, limit: int = 50) -
     granules), grouped by request and then by owner, so it grows with the limited jobs' history,
     not with what is waiting now (`benchmarks/bench_limit_keys.py`: 742,000 slot events in
     0.2-0.6 s on chdb); with `queue`, plus the set of that queue's job ids from `jobs`. A grant or
-    release not projected yet shows as the request's previous step."""
+    release not projected yet shows as the request's previous step. A key whose latest
+    `limit_changed` (an operator's, keyed by the owner like its requests) is not a reset shows
+    that change's options instead of its requests'."""
     if limit < 1:
         raise QueryArgumentError(f"limit must be at least 1, got {limit}")
     params: dict[str, Any] = {"types": list(SLOT_EVENT_TYPES), "limit": limit}
@@ -451,6 +455,24 @@ def limit_keys(backend: Backend, *, queue: str | None = None, limit: int = 50) -
                              strategy=row["lstrategy"], rate=row["lrate"] or None, burst=max(int(row["lburst"]), 1),
                              in_use=int(row["in_use"]), waiting=int(row["waiting"]),
                              last_activity_at=row["last_activity_at"]))
+    return _with_run_time_settings(backend, keys)
+
+
+def _with_run_time_settings(backend: Backend, keys: list[LimitKey]) -> list[LimitKey]:
+    """`keys` with the options of each one's latest `limit_changed`, where that is not a reset."""
+    if not keys:
+        return keys
+    changes = backend.query(
+        "SELECT job_id, argMax(payload, (log_partition, log_offset)) AS latest FROM job_events "
+        "WHERE type = 'limit_changed' AND job_id IN {owners:Array(String)} GROUP BY job_id",
+        {"owners": [key.owner_id for key in keys]},
+    )
+    latest = {row["job_id"]: orjson.loads(row["latest"]) for row in changes.dicts()}
+    for index, key in enumerate(keys):
+        change = latest.get(key.owner_id)
+        if change is not None and not change.get("reset"):
+            keys[index] = replace(key, max=change.get("max"), rate=change.get("rate"),
+                                              burst=change.get("burst") or 1, set_at_run_time=True)
     return keys
 
 

@@ -198,6 +198,11 @@ class JobLog:
         return SlotRequestedEvent(**self._env(**overrides), actor="processor:0", requester_id="job-2", attempt=0,
                                   limit="l", key="k", max=1, strategy="queue")
 
+    def limit_changed(self, **overrides: Any) -> Any:
+        from eventjobs.core.events import LimitChangedEvent
+
+        return LimitChangedEvent(**self._env(**overrides), actor="cli:test", limit="l", key="k", max=2)
+
     def slot_released(self, **overrides: Any) -> SlotReleasedEvent:
         return SlotReleasedEvent(**self._env(causation_id="r", **overrides), actor="processor:0", requester_id="job-2")
 

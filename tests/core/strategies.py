@@ -106,6 +106,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "rate": st.builds(lambda n, unit: f"{n}/{unit}", st.integers(1, 1000), st.sampled_from("smh")),
     "burst": st.integers(1, 10_000),
     "not_before": timestamps,
+    "reset": st.booleans(),
 }
 
 

@@ -33,6 +33,7 @@ EXPECTED_TYPES = [
     "cancel_requested", "cancelled", "expired", "dead_lettered", "dead_letter_retried", "discarded", "retention_passed",
     "duplicate_rejected", "dependency_requested", "dependency_resolved", "dependency_reopened", "dependency_probe",
     "attempt_snoozed", "debounced", "slot_requested", "slot_released", "slot_granted", "slot_refused", "slot_revoked",
+    "limit_changed",
 ]  # fmt: skip
 
 

@@ -263,6 +263,7 @@ def _any_event_of_type(type_: str, state: JobState, log: JobLog) -> Any:
         "slot_granted": lambda: log.granted(state),
         "slot_refused": lambda: log.slot_refused(state),
         "slot_revoked": lambda: log.slot_revoked(state),
+        "limit_changed": lambda: log.limit_changed(job_id=state.job_id),
     }
     return makers[type_]()
 

@@ -210,9 +210,11 @@ def test_a_job_held_back_by_the_rate_waits_scheduled_then_runs_on_its_timer() ->
     assert ready_record(decision.state, log.now).start_at == grant.not_before
     state = apply(decision.state, log.claimed()).state
     decision = apply(state, log.succeeded())
-    # a rate alone holds no slot: nothing to give back
+    # a rate alone held no slot: the release finds nothing held (the owner decides what a grant holds)
     assert decision.state is not None and decision.state.status is JobStatus.COMPLETED
-    assert [e.type for e in decision.derived] == ["completed"] and decision.state.workflow is None
+    assert [e.type for e in decision.derived] == ["completed", "slot_released"] and decision.state.workflow is None
+    table = run(None, asked)[0]
+    assert run(table, decision.derived[1])[1] == [] and table is not None and table.holders == ()
 
 
 def test_a_rate_held_job_that_is_cancelled_gives_its_slot_back() -> None:
@@ -234,6 +236,46 @@ def test_a_worker_holds_a_rate_limited_start_to_a_fixed_lag_after_its_grant() ->
     assert rate_hold_s(T0, add_seconds(T0, 0.2), lag_s=0.5) == 0.3  # the chain took 200 ms
     assert rate_hold_s(T0, add_seconds(T0, 2), lag_s=0.5) == 0.0  # later than the lag: at once
     assert rate_hold_s(add_seconds(T0, 60), T0, lag_s=0.5) == 0.5  # never longer than the lag
+
+
+# ---- an operator's change at run time ----------------------------------------------------------
+
+
+def change(max_: int | None = None, rate: str | None = None, reset: bool = False, key: str = "t-1") -> Any:
+    from eventjobs.core.events import LimitChangedEvent
+
+    return LimitChangedEvent(event_id=f"change-{max_}-{rate}-{reset}", job_id=owner_id("send", key), occurred_at=T0,
+                             actor="cli:test", limit="send", key=key, max=max_, rate=rate, reset=reset)
+
+
+def test_raising_max_at_run_time_grants_the_waiting_jobs_and_requests_do_not_undo_it() -> None:
+    table, _ = run(None, *(request(f"j{n}", max_=1) for n in range(4)))
+    assert table is not None and len(table.holders) == 1 and len(table.queue) == 3
+    table, out = run(table, change(max_=3))
+    assert [e.job_id for e in out] == ["j1", "j2"] and table is not None and table.overridden
+    table, out = run(table, request("j9", max_=1))  # a job's own option no longer decides
+    assert table is not None and table.max == 3 and [q[0] for q in table.queue] == ["j3", "j9"] and out == []
+    # reset: the next request's options apply again
+    table, _ = run(table, change(reset=True), release("j0"), release("j1"))
+    assert table is not None and not table.overridden
+    table, out = run(table, request("j10", max_=1))
+    assert table is not None and table.max == 1
+
+
+def test_a_rate_set_at_run_time_spaces_the_grants_after_it() -> None:
+    table, out = run(None, change(max_=None, rate="10/s"), *(request(f"j{n}", max_=5) for n in range(3)))
+    assert _starts(out) == [0, 100, 200] and table is not None and table.max is None and table.holders == ()
+    from eventjobs.core.clock import add_seconds
+    from eventjobs.core.slots import forgettable
+    assert not forgettable(table, add_seconds(T0, 10**6))  # an operator's setting is never forgotten
+
+
+def test_lowering_max_lets_the_holders_finish() -> None:
+    table, _ = run(None, *(request(f"j{n}", max_=3) for n in range(4)))
+    table, out = run(table, change(max_=1), release("j0"), release("j1"))
+    assert out == [] and table is not None and [h[0] for h in table.holders] == ["j2"]
+    table, out = run(table, release("j2"))
+    assert [e.job_id for e in out] == ["j3"]
 
 
 # ---- forgetting an idle table -------------------------------------------------------------------
@@ -295,6 +337,8 @@ class World:
         self.rate = rate
         self.strategy = strategy
         self.forgotten = 0
+        self.lowered = False  # an operator lowered a max: holders above it finish, none is added
+        self.operator_max: dict[str, int] = {}  # key -> the max an operator set last (a reset: the jobs' own)
         self.started: dict[str, int] = defaultdict(int)
         self.log: list[Any] = []  # the jobs' partitions, merged: every event applied to a job, and its own derived ones
 
@@ -329,6 +373,9 @@ class World:
         if event.type in SLOT_OWNER_TYPES:
             decision = apply_slot(self.tables[destination], event)
             self.tables[destination] = decision.table
+            table = decision.table
+            if table is not None and table.max is not None and any(d.type == "slot_granted" for d in decision.derived):
+                assert len(table.holders) <= table.max, f"granted beyond the max: {table.holders}"
             self.route(decision.derived)
         else:
             self.job(destination, event)
@@ -339,7 +386,7 @@ class World:
             if table is None:
                 continue
             assert table.max is not None or table.holders == (), "a rate alone holds no slot"
-            assert len(table.holders) <= (table.max or 0), f"owner {owner} over its max: {table.holders}"
+            assert self.lowered or len(table.holders) <= (table.max or 0), f"owner {owner} over its max: {table.holders}"
             requests = [h[1] for h in table.holders] + [q[1] for q in table.queue]
             assert len(requests) == len(set(requests)), "a request held or queued twice"
         held: dict[str, int] = defaultdict(int)
@@ -353,7 +400,9 @@ class World:
             table = self.tables[owner_id("send", self.keys[job_id])]
             assert table is not None and any(h[0] == job_id and h[1] == state.workflow.slot_request
                                              for h in table.holders), "a job holds a slot its owner does not count"
-        assert all(n <= (self.max or 0) for n in held.values())
+        for key, n in held.items():
+            table = self.tables[owner_id("send", key)]
+            assert self.lowered or table is None or n <= (table.max or 0)
 
     def forget_idle(self) -> None:
         """An owner's lane drops a table with nothing held, queued or owed (as after its idle time)."""
@@ -375,6 +424,20 @@ class World:
             return
         if choice > 0.97:
             self.forget_idle()
+            return
+        if choice > 0.95 and self.max is not None:  # an operator sets the max (or resets) at run time
+            from eventjobs.core.events import LimitChangedEvent
+
+            key = rnd.choice(["k0", "k1"])
+            reset = rnd.random() < 0.3
+            new_max = self.max if reset else rnd.choice([1, 2, 3])  # the jobs' own option stays self.max
+            previous = self.operator_max.get(key, self.max)
+            self.lowered = self.lowered or new_max < previous
+            self.operator_max[key] = new_max
+            owner = owner_id("send", key)
+            self.inbox[owner].append(LimitChangedEvent(
+                event_id=f"op-{len(self.delivered)}-{rnd.random()}", job_id=owner, occurred_at=T0, actor="cli:test",
+                limit="send", key=key, max=new_max, reset=reset))
             return
         job_id = rnd.choice(list(self.logs))
         log, state = self.logs[job_id], self.states.get(job_id)

@@ -460,3 +460,48 @@ async def test_an_idle_key_s_table_is_forgotten_and_the_key_limits_again(limits_
         stop.set()
         await asyncio.wait_for(running, 60)
         await rt.close()
+
+
+async def test_an_operator_raises_a_key_s_max_at_run_time_and_the_waiting_jobs_start(
+    limits_app: App, limits_runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`eventjobs limits set` (App.set_limit): the owner uses the operator's max from then on."""
+    runs = tmp_path / "runs.jsonl"
+    runs.touch()
+    monkeypatch.setenv(RUNS_ENV, str(runs))
+    await limits_runtime.start_worker(concurrency=8)
+    # Given 8 jobs of one key whose jobs say max 2, each running 1 s
+    ids = [await limits_app.enqueue("limited", {"key": "tenant-x", "n": n, "seconds": 1.0}) for n in range(8)]
+    deadline = time.monotonic() + 30
+    while '"start"' not in runs.read_text():
+        assert time.monotonic() < deadline, "no job started"
+        await asyncio.sleep(0.05)
+    # When an operator raises the key's max to 4 while they run and wait
+    owner = await limits_app.set_limit("limited", key="tenant-x", max=4)
+    for job_id in ids:
+        assert (await limits_app.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+    # Then up to 4 ran at once, never more, and the change is an event in the owner's history
+    peak = most_at_once(runs_of(runs, None, None)["tenant-x"])
+    assert peak == 4, peak
+    changes = [e for e in await job_events(limits_app.settings, owner) if e.type == "limit_changed"]
+    assert [(e.max, e.reset) for e in changes] == [(4, False)]
+    # and a reset hands the max back to the jobs' option (2) from their next request
+    await limits_app.reset_limit("limited", key="tenant-x")
+    runs.write_text("")
+    ids = [await limits_app.enqueue("limited", {"key": "tenant-x", "n": 10 + n, "seconds": 0.5}) for n in range(6)]
+    for job_id in ids:
+        assert (await limits_app.wait(job_id, timeout=60)).status is JobStatus.COMPLETED
+    assert most_at_once(runs_of(runs, None, None)["tenant-x"]) == 2
+
+
+def test_a_bad_run_time_limit_is_refused_before_anything_is_sent(limits_app: App) -> None:
+    from eventjobs.core.options import InvalidJobOptions
+
+    with pytest.raises(InvalidJobOptions, match="limit 'limited': concurrency max must be an integer from 1 to 1,000"):
+        asyncio.run(limits_app.set_limit("limited", key="k", max=0))
+    with pytest.raises(InvalidJobOptions, match="give max .* rate .* or both"):
+        asyncio.run(limits_app.set_limit("limited", key="k"))
+    with pytest.raises(InvalidJobOptions, match="a reset hands max, rate and burst back"):
+        from eventjobs.core.commands import limit_changed_event
+        from eventjobs.core.clock import SystemClock
+        limit_changed_event("limited", "k", max_=2, reset=True, now=SystemClock().now(), actor="test")
