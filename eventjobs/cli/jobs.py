@@ -58,6 +58,9 @@ def enqueue(
     queue: Annotated[str | None, typer.Option(help="Override the job's queue.")] = None,
     unique_for: Annotated[str | None, typer.Option(
         "--unique-for", help="One job per idempotency key per window of this length, e.g. 10m (docs/flow-control.md).")] = None,
+    unique_states: Annotated[str | None, typer.Option(
+        "--unique-states", help="With --unique-for: the statuses (comma-separated) in which the window's job refuses "
+        "another; an enqueue after it ended in one left out runs it again.")] = None,
     debounce: Annotated[str | None, typer.Option(
         help="One job per idempotency key per window of this length, run this long after its last enqueue with "
              "the last args, e.g. 30s.")] = None,
@@ -87,6 +90,8 @@ def enqueue(
         options["queue"] = queue
     if unique_for is not None:
         options["unique_for"] = unique_for
+    if unique_states is not None:
+        options["unique_states"] = [state.strip() for state in unique_states.split(",") if state.strip()]
     if debounce is not None:
         options["debounce"] = debounce
     if depends_on:

@@ -89,6 +89,13 @@ class Verdict(enum.Enum):
     REFUSED = "refused"  #: another enqueue won the window (the job's id is the winner's)
 
 
+def runs_again(state: JobState) -> bool:
+    """Whether a later enqueue of ``state``'s window starts the job again (same id, a new run):
+    its ``unique_states`` leave out the status the job ended in."""
+    states = state.options.unique_states
+    return states is not None and state.status.value not in states
+
+
 def enqueue_verdict(state: JobState, event_id: str, replaced_id: str) -> Verdict | None:
     """The verdict on the enqueue ``event_id`` as the job's state ``state`` shows it, or None (not decided yet).
 
@@ -99,6 +106,8 @@ def enqueue_verdict(state: JobState, event_id: str, replaced_id: str) -> Verdict
     """
     if state.enqueued_event_id == event_id:
         return Verdict.WON
+    if runs_again(state):  # the enqueue will start the job again: decided once the state shows it
+        return None
     if state.options.debounce_s is None:
         return Verdict.REFUSED
     if replaced_id in state.recent_event_ids:

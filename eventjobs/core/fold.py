@@ -77,7 +77,7 @@ from eventjobs.core.events import (
     SlotReleasedEvent,
     SlotRequestedEvent,
 )
-from eventjobs.core.flow import debounce_open, window_end
+from eventjobs.core.flow import debounce_open, runs_again, window_end
 from eventjobs.core.ids import derived_event_id
 from eventjobs.core.limits import (
     MAX_DEPENDENCY_RESULTS_BYTES,
@@ -369,6 +369,8 @@ def _create(event: EnqueuedEvent, actor: str) -> Decision:
 def _on_enqueued(state: JobState, event: Any, actor: str) -> Decision:
     if event.event_id == state.enqueued_event_id:
         return _duplicate(state)
+    if runs_again(state):  # unique_states: the window's job ended in a status that no longer refuses
+        return _create(event, actor)
     if event.options.debounce_s is not None and state.options.debounce_s is not None and debounce_open(state):
         return _debounce(state, event, actor)
     notice = _derive(

@@ -246,6 +246,12 @@ def matches_retry_on(exc_type: type[BaseException], retry_on: Sequence[str]) -> 
 # --------------------------------------------------------------------------------------------
 
 
+#: A status a ``unique_for`` window's job may refuse later enqueues in (``unique_states``), and those
+#: it must (a job not ended yet cannot run again; a dead-lettered one waits for an operator).
+UniqueState = Literal["waiting", "pending", "scheduled", "claimed", "running", "retrying", "dead_lettered", "completed",
+                      "cancelled", "discarded"]
+UNIQUE_STATES_REQUIRED = ("waiting", "pending", "scheduled", "claimed", "running", "retrying", "dead_lettered")
+
 #: What a concurrency limit does with a job that asks for a slot while all are taken.
 ConcurrencyStrategy = Literal["queue", "cancel_newest", "cancel_in_progress"]
 #: Longest concurrency key and limit name (characters): the key is part of every slot event.
@@ -343,6 +349,11 @@ class JobOptionsSpec(BaseModel):
     unique_for_s: Annotated[float, Field(ge=MIN_WINDOW_S, le=MAX_WINDOW_S, allow_inf_nan=False)] | None = Field(
         None, description="Uniqueness window (seconds of event time): one job per idempotency key per window, later "
         "enqueues in it are refused (docs/flow-control.md)."
+    )
+    unique_states: tuple[UniqueState, ...] | None = Field(
+        None, description="With unique_for: the statuses in which the window's job refuses a later enqueue (None: "
+        "all). An enqueue of the window after the job ended in a status left out runs the job again, under the "
+        "same id (docs/flow-control.md)."
     )
     debounce_s: Annotated[float, Field(ge=MIN_WINDOW_S, le=MAX_WINDOW_S, allow_inf_nan=False)] | None = Field(
         None, description="Debounce window (seconds of event time): a later enqueue with the same key in the window "
@@ -503,13 +514,14 @@ class JobOptions(BaseModel):
     max_snoozes: int = DEFAULT_MAX_SNOOZES
     on_dependency_failure: DependencyFailure = "cancel"
     unique_for: float | None = None
+    unique_states: tuple[UniqueState, ...] | None = None
     debounce: float | None = None
     concurrency: Limit | None = None
 
     _KNOWN: ClassVar[tuple[str, ...]] = (
         "queue", "max_attempts", "backoff", "retry_on", "timeout", "priority", "ttl",
         "dead_letter_retention", "idempotency_key", "run_at", "delay", "capabilities",
-        "max_snoozes", "on_dependency_failure", "unique_for", "debounce", "concurrency",
+        "max_snoozes", "on_dependency_failure", "unique_for", "unique_states", "debounce", "concurrency",
     )  # fmt: skip
 
     def __init__(self, **data: Any) -> None:
@@ -655,6 +667,22 @@ class JobOptions(BaseModel):
     def _check_window(cls, value: Any, info: Any) -> float | None:
         return window_seconds(info.field_name, value)
 
+    @field_validator("unique_states", mode="before")
+    @classmethod
+    def _check_unique_states(cls, value: Any) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        states = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple, set, frozenset)) else None
+        known = get_args(UniqueState)
+        if not states or any(state not in known for state in states):
+            raise ValueError(f"unique_states must be statuses from {', '.join(known)}, got {value!r}")
+        missing = [state for state in UNIQUE_STATES_REQUIRED if state not in states]
+        if missing:
+            raise ValueError(f"unique_states must include every status of a job not ended yet "
+                             f"({', '.join(UNIQUE_STATES_REQUIRED)}): a job of the window can run again only once it "
+                             f"ended; leave out completed, cancelled or discarded; missing {', '.join(missing)}")
+        return tuple(state for state in known if state in states)
+
     @field_validator("concurrency", mode="before")
     @classmethod
     def _check_concurrency(cls, value: Any) -> Limit | None:
@@ -668,6 +696,9 @@ class JobOptions(BaseModel):
     def _check_schedule(self) -> JobOptions:
         if self.run_at is not None and self.delay is not None:
             raise ValueError("give run_at or delay, not both")
+        if self.unique_states is not None and self.unique_for is None:
+            raise ValueError("unique_states needs unique_for: they are the statuses in which the window's job refuses "
+                             "a later enqueue")
         if self.unique_for is not None and self.debounce is not None:
             raise ValueError(
                 "give unique_for or debounce, not both: unique_for keeps the first job of a window and refuses the "
@@ -723,6 +754,7 @@ class JobOptions(BaseModel):
             capabilities=self.capabilities,
             max_snoozes=self.max_snoozes,
             unique_for_s=self.unique_for,
+            unique_states=self.unique_states,
             debounce_s=self.debounce,
             concurrency=concurrency,
         )
@@ -741,6 +773,7 @@ class JobOptions(BaseModel):
             capabilities=spec.capabilities,
             max_snoozes=spec.max_snoozes,
             unique_for=spec.unique_for_s,
+            unique_states=spec.unique_states,
             debounce=spec.debounce_s,
             concurrency=Limit(key=spec.concurrency.key, max=spec.concurrency.max, strategy=spec.concurrency.strategy,
                               name=spec.concurrency.limit, rate=spec.concurrency.rate,

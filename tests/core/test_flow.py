@@ -95,6 +95,50 @@ def test_a_second_enqueue_in_the_window_is_refused_with_the_winners_id() -> None
     assert enqueue_verdict(states[first.job_id], second.event_id, "") is Verdict.REFUSED
 
 
+def test_with_unique_states_an_enqueue_after_the_job_completed_runs_it_again_in_the_window() -> None:
+    # Given a job of a 10-minute window that refuses later enqueues only while it has not ended
+    run = Run()
+    in_progress = ("waiting", "pending", "scheduled", "claimed", "running", "retrying", "dead_lettered")
+    first = _enqueue("user-7", WINDOW_START, {"n": 1}, unique_for="10m", unique_states=in_progress)
+    log = JobLog(first.job_id, WINDOW_START)
+    run.apply(first)
+    # When a second enqueue comes while it runs, it is refused
+    log.tick(10)
+    run.all(log.claimed(), log.started())
+    second = _enqueue("user-7", add_seconds(WINDOW_START, 20), {"n": 2}, unique_for="10m", unique_states=in_progress)
+    assert run.state is not None
+    refused = apply(run.state, second)
+    assert refused.rejected and [d.type for d in refused.derived] == ["duplicate_rejected"]
+    assert enqueue_verdict(run.state, second.event_id, "") is Verdict.REFUSED
+    # and once it completed, a third enqueue in the same window runs it again: same id, its args
+    log.tick(30)
+    done = run.all(log.succeeded())
+    assert done.status is S.COMPLETED
+    third = _enqueue("user-7", add_seconds(WINDOW_START, 60), {"n": 3}, unique_for="10m", unique_states=in_progress)
+    assert third.job_id == first.job_id
+    assert enqueue_verdict(done, third.event_id, "") is None  # not decided until the new run shows
+    again = apply(done, third)
+    assert again.rejected is None and again.state is not None and again.state.status is S.PENDING
+    assert again.state.args == {"n": 3} and again.state.enqueued_event_id == third.event_id
+    assert enqueue_verdict(again.state, third.event_id, "") is Verdict.WON
+    # its ready record goes out, and replaying the log reaches the same state
+    effects = Effects()
+    collect(effects, done, again, third)
+    assert [r.job_id for r in effects.ready] == [first.job_id]
+    assert fold([*run.log, third])[first.job_id] == again.state
+
+
+def test_unique_states_must_keep_every_status_of_a_job_not_ended() -> None:
+    with pytest.raises(InvalidJobOptions, match="unique_states must include every status of a job not ended yet .* "
+                                                "missing running"):
+        JobOptions(idempotency_key="k", unique_for="10m", unique_states=["pending", "scheduled", "waiting", "claimed",
+                                                                         "retrying", "dead_lettered"])
+    with pytest.raises(InvalidJobOptions, match="unique_states needs unique_for"):
+        JobOptions(unique_states=["waiting", "pending", "scheduled", "claimed", "running", "retrying", "dead_lettered"])
+    with pytest.raises(InvalidJobOptions, match="unique_states must be statuses from"):
+        JobOptions(idempotency_key="k", unique_for="10m", unique_states=["done"])
+
+
 def test_an_enqueue_after_the_window_is_a_new_job() -> None:
     first = _enqueue("user-7", WINDOW_START, unique_for="10m")
     later = _enqueue("user-7", add_seconds(WINDOW_START, 600), unique_for="10m")

@@ -150,7 +150,7 @@ def test_priority_order_and_parsing() -> None:
         ({"retry_on": [42]}, "retry_on entries must be exception types or their names, got 42"),
         ({"backoff": 5}, "backoff must be ExponentialBackoff, LinearBackoff, ConstantBackoff, NoBackoff or a callable of the 0-based attempt returning seconds, got int"),
         ({"idempotency_key": ""}, "idempotency_key must be a non-empty string (<= 512 chars) or a callable of the args, got ''"),
-        ({"colour": "blue"}, "unknown job option 'colour' (known: queue, max_attempts, backoff, retry_on, timeout, priority, ttl, dead_letter_retention, idempotency_key, run_at, delay, capabilities, max_snoozes, on_dependency_failure, unique_for, debounce, concurrency)"),
+        ({"colour": "blue"}, "unknown job option 'colour' (known: queue, max_attempts, backoff, retry_on, timeout, priority, ttl, dead_letter_retention, idempotency_key, run_at, delay, capabilities, max_snoozes, on_dependency_failure, unique_for, unique_states, debounce, concurrency)"),
         ({"unique_for": 0}, "unique_for must be > 0 seconds, got 0"),
         ({"unique_for": -5}, "unique_for must be > 0 seconds, got -5"),
         ({"unique_for": "-1m"}, "unique_for must be a duration like '10m', '30s' or '250ms', a timedelta or a number of seconds: '-1m' is not a duration"),

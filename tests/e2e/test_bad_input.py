@@ -79,6 +79,10 @@ async def test_enqueue_with_the_broker_down_says_so(settings: Settings) -> None:
         (["enqueue", "add", "--app", "tests.support.jobs_app:app", "--unique-for", "0s", "--idempotency-key", "k"],
          "unique_for must be > 0 seconds"),
         (["enqueue", "add", "--app", "tests.support.jobs_app:app", "--debounce", "5s"], "debounce needs an idempotency_key"),
+        (["enqueue", "add", "--app", "tests.support.jobs_app:app", "--idempotency-key", "k", "--unique-for", "1h",
+          "--unique-states", "pending,running"], "unique_states must include every status of a job not ended yet"),
+        (["limits", "set", "add", "--namespace", "x", "--rate", "fast"], "rate must be a count per second, minute or hour"),
+        (["limits", "set", "add", "--namespace", "x"], "give max (jobs of a key at once), rate"),
         (["processor", "--app", "tests.support.jobs_app:app", "--commit-interval", "-5s"], "'-5s' is not a duration"),
     ],
 )
@@ -109,6 +113,11 @@ async def test_cli_enqueue_with_a_window_names_the_windows_job(app: App) -> None
     assert first.stdout == second.stdout  # the window's job: the same id, from the key and the hour
     [event, _] = await job_events(app.settings, first.stdout.strip())
     assert event.options.unique_for_s == 3600
+    states = "waiting,pending,scheduled,claimed,running,retrying,dead_lettered"
+    limited = run_cli(*args[:-1], "k3", "--unique-for", "1h", "--unique-states", states, settings=app.settings)
+    assert limited.returncode == 0, limited.stderr
+    [event] = await job_events(app.settings, limited.stdout.strip())
+    assert event.options.unique_states == tuple(states.split(","))
     debounced = run_cli(*args, "--debounce", "250ms", settings=app.settings)
     [event] = await job_events(app.settings, debounced.stdout.strip())
     assert event.options.debounce_s == 0.25 and event.run_at is not None

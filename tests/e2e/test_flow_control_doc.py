@@ -13,7 +13,7 @@ from tests.e2e.conftest import run_doc_example
 from tests.support.doc_examples import doc_examples
 
 PAGE = "flow-control.md"
-SECTIONS = ("unique-for", "debounce", "concurrency", "rate")
+SECTIONS = ("unique-for", "unique-states", "debounce", "concurrency", "rate")
 
 
 def test_every_section_has_its_example() -> None:
