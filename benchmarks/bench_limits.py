@@ -3,7 +3,8 @@
 Three namespaces, one in-process processor and worker each (the real broker, KAFKA_BOOTSTRAP_SERVERS):
 ``plain`` jobs without a limit; ``limited`` jobs with a limit that is never full (each job has its
 own key: the cost of asking and releasing alone); ``keyed`` jobs with a limit that is never full
-but one key for all (the owner's table written at each change). Jobs are enqueued one after another,
+but one key for all (the owner's table written at each change); ``rated`` jobs with a rate that
+never binds (100/s, one key for all, no max: the cost of the rate's path, its start lag included). Jobs are enqueued one after another,
 ``--gap`` apart, so the wait measured is latency, not queueing. Every topic of the namespace is read
 back (read_committed) and its records counted per job.
 
@@ -35,6 +36,8 @@ def build(namespace: str, mode: str) -> App:
         limit = Limit(key=lambda args: f"k{args['n']}", max=1_000)
     elif mode == "keyed":
         limit = Limit(key="one", max=1_000)
+    elif mode == "rated":
+        limit = Limit(rate="100/s")
 
     @app.job(concurrency=limit)
     async def noop(args: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +108,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between two enqueues")
+    parser.add_argument("--modes", default="plain,limited,keyed,rated", help="comma-separated: plain, limited, keyed, rated")
     options = parser.parse_args()
-    for mode in ("plain", "limited", "keyed"):
+    for mode in options.modes.split(","):
         begun = time.monotonic()
         result = await run(mode, options.jobs, options.gap)
         shown = ", ".join(f"{k} {v:.2f}" for k, v in result.items())

@@ -182,3 +182,24 @@ def test_a_job_held_back_by_a_rate_says_when_it_starts(backend: Backend) -> None
     assert wait.starts_at == grants[1].not_before
     first = queries.slot_wait(backend, "first")
     assert first is not None and first.starts_at is None  # granted at once
+
+
+def test_an_operator_s_setting_shows_instead_of_the_requests_until_a_reset(backend: Backend) -> None:
+    from eventjobs.core.commands import limit_changed_event
+
+    log = Log()
+    log.request("sync", "t-1", 2, "queue", "default")
+    owner = owner_id("sync", "t-1")
+    log.clock += timedelta(seconds=1)
+    change = limit_changed_event("sync", "t-1", max_=5, rate="10/m", now=log.clock, actor="cli:test")
+    assert change.job_id == owner
+    log.write(change)
+    store(backend, log)
+    [key] = queries.limit_keys(backend)
+    assert (key.max, key.rate, key.set_at_run_time) == (5, "10/m", True)
+    reset = limit_changed_event("sync", "t-1", reset=True, now=log.clock + timedelta(seconds=1), actor="cli:test")
+    log.rows.clear()
+    log.write(reset)
+    backend.insert("job_events", JOB_EVENT_COLUMNS, [list(column) for column in zip(*log.rows, strict=True)])
+    [key] = queries.limit_keys(backend)
+    assert (key.max, key.rate, key.set_at_run_time) == (2, None, False)
