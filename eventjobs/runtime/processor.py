@@ -230,14 +230,10 @@ def _fold_slot(result: BatchResult, slots: dict[str, SlotTable], record: Consume
     if before is None and _moved_elsewhere(result, record, event, partition, partition_count):
         return
     decision = apply_slot(before, event, actor)
-    encoded = []
-    for derived in decision.derived:
-        try:
-            encoded.append((derived.event_id, encode(derived, max_bytes=max_event_bytes)))
-        except EventEncodeError as error:
-            result.quarantined.append(Quarantined(record, f"a derived event that cannot be written: {error}",
-                                                  "output over the size limit"))
-            return
+    encoded = _encode_derived(decision.derived, max_event_bytes)
+    if isinstance(encoded, str):
+        result.quarantined.append(Quarantined(record, encoded, "output over the size limit"))
+        return
     result.event_bytes.update(encoded)
     if decision.rejected is not None or decision.duplicate:
         result.rejected += 1
@@ -262,16 +258,24 @@ def _encode_outputs(
         if len(state_data) > max_state_bytes:
             return f"a job state of {len(state_data):,} bytes, over the limit of {max_state_bytes:,}"
         checked = (state, state_data)
-    encoded = []
-    for derived in decision.derived:
-        try:
-            encoded.append((derived.event_id, encode(derived, max_bytes=max_event_bytes)))
-        except EventEncodeError as error:
-            return f"a derived event that cannot be written: {error}"
+    encoded = _encode_derived(decision.derived, max_event_bytes)
+    if isinstance(encoded, str):
+        return encoded
     if checked is not None:
         result.state_bytes[checked[0].job_id] = checked
     result.event_bytes.update(encoded)
     return None
+
+
+def _encode_derived(derived: Iterable[Any], max_event_bytes: int) -> list[tuple[str, bytes]] | str:
+    """The derived events encoded, as (event id, bytes), or why one of them cannot be written."""
+    encoded = []
+    for event in derived:
+        try:
+            encoded.append((event.event_id, encode(event, max_bytes=max_event_bytes)))
+        except EventEncodeError as error:
+            return f"a derived event that cannot be written: {error}"
+    return encoded
 
 
 def quarantine_headers(record: ConsumerRecord[bytes, bytes], reason: str) -> list[tuple[str, bytes]]:
