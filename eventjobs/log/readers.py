@@ -2,17 +2,19 @@
 
 Each admits every record through the core (`admit_*`): one that cannot be used is skipped and
 reported to the caller's `BadRecords` (counted, logged once per kind), and the good ones are
-kept. The app's operator calls and the schedule service read through these.
+kept. The app's operator calls and the schedule service read through these; the processor
+restores its changelogs through `read_compacted`, which leaves the reporting to its caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from eventjobs.core.refused import Refused
 from eventjobs.core.partitioning import job_partition
@@ -23,6 +25,8 @@ from eventjobs.kafka.clients import partitions_of, read_to_end
 from eventjobs.kafka.topics import TopicNames
 from eventjobs.log.bad_records import BadRecords, describe_key, origin
 from eventjobs.settings import Settings
+
+T = TypeVar("T")
 
 SLICE_S = 0.005  # longest stretch of folding records or computing ticks before the loop gets a turn
 
@@ -116,3 +120,41 @@ async def read_job_states(settings: Settings, partitions: list[TopicPartition], 
         else:
             found.pop(record.key, None)
     return sorted(found.values(), key=lambda s: (s.enqueued_at, s.job_id))
+
+
+@dataclass
+class Compacted(Generic[T]):
+    """A compacted topic read to the end by `read_compacted`."""
+
+    latest: dict[str, T] = field(default_factory=dict)  # key (UTF-8, undecodable bytes replaced) -> its value
+    # key (as written) -> its latest record and why it does not decode; the key is not in `latest`
+    undecodable: dict[bytes, tuple[ConsumerRecord[bytes, bytes], Exception]] = field(default_factory=dict)
+
+
+async def read_compacted(settings: Settings, partitions: list[TopicPartition], decode: Callable[[bytes], T],
+                         errors: type[Exception] | tuple[type[Exception], ...], *,
+                         on_undecodable: Callable[[ConsumerRecord[bytes, bytes], Exception], None] | None = None,
+                         ) -> Compacted[T]:
+    """The latest value per key of a compacted topic, decoded by `decode`; a tombstone removes its key.
+
+    A record `decode` refuses (raises one of `errors`) removes its key too: that key is listed in
+    `undecodable` until a later record of it comes, and `on_undecodable` (if given) is told of
+    every such record as it is read. Records without a key are skipped.
+    """
+    read: Compacted[T] = Compacted()
+    async for record in read_to_end(settings, partitions):
+        if record.key is None:
+            continue
+        key = record.key.decode("utf-8", errors="replace")
+        read.undecodable.pop(record.key, None)
+        if record.value is None:
+            read.latest.pop(key, None)
+            continue
+        try:
+            read.latest[key] = decode(record.value)
+        except errors as error:
+            read.latest.pop(key, None)
+            read.undecodable[record.key] = (record, error)
+            if on_undecodable is not None:
+                on_undecodable(record, error)
+    return read

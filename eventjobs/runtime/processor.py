@@ -38,9 +38,10 @@ from eventjobs.core.state import JobState, JobStatus, StateDecodeError, decode_s
 from eventjobs.core.clock import Clock, SystemClock, epoch_ms
 from eventjobs.core.effects import Effects, collect
 from eventjobs.core.housekeeping import Housekeeping, HousekeepingTimer, ReadyRepublish, Retention, earliest_publish
-from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, producer, read_to_end
+from eventjobs.kafka.clients import OwnershipListener, consumer, job_partition, producer
 from eventjobs.core.records import ReadyRecord, awaits_verdict, capability_route, republished_headers, revocation_headers
 from eventjobs.log.bad_records import BadRecords, describe_key, origin
+from eventjobs.log.readers import read_compacted
 from eventjobs.runtime.ready_checks import Candidate, ReadyChecks
 from eventjobs.runtime.supervisor import Supervised, run_services
 from eventjobs.metrics import COUNTED_EVENTS, Metrics
@@ -229,14 +230,10 @@ def _fold_slot(result: BatchResult, slots: dict[str, SlotTable], record: Consume
     if before is None and _moved_elsewhere(result, record, event, partition, partition_count):
         return
     decision = apply_slot(before, event, actor)
-    encoded = []
-    for derived in decision.derived:
-        try:
-            encoded.append((derived.event_id, encode(derived, max_bytes=max_event_bytes)))
-        except EventEncodeError as error:
-            result.quarantined.append(Quarantined(record, f"a derived event that cannot be written: {error}",
-                                                  "output over the size limit"))
-            return
+    encoded = _encode_derived(decision.derived, max_event_bytes)
+    if isinstance(encoded, str):
+        result.quarantined.append(Quarantined(record, encoded, "output over the size limit"))
+        return
     result.event_bytes.update(encoded)
     if decision.rejected is not None or decision.duplicate:
         result.rejected += 1
@@ -261,16 +258,24 @@ def _encode_outputs(
         if len(state_data) > max_state_bytes:
             return f"a job state of {len(state_data):,} bytes, over the limit of {max_state_bytes:,}"
         checked = (state, state_data)
-    encoded = []
-    for derived in decision.derived:
-        try:
-            encoded.append((derived.event_id, encode(derived, max_bytes=max_event_bytes)))
-        except EventEncodeError as error:
-            return f"a derived event that cannot be written: {error}"
+    encoded = _encode_derived(decision.derived, max_event_bytes)
+    if isinstance(encoded, str):
+        return encoded
     if checked is not None:
         result.state_bytes[checked[0].job_id] = checked
     result.event_bytes.update(encoded)
     return None
+
+
+def _encode_derived(derived: Iterable[Any], max_event_bytes: int) -> list[tuple[str, bytes]] | str:
+    """The derived events encoded, as (event id, bytes), or why one of them cannot be written."""
+    encoded = []
+    for event in derived:
+        try:
+            encoded.append((event.event_id, encode(event, max_bytes=max_event_bytes)))
+        except EventEncodeError as error:
+            return f"a derived event that cannot be written: {error}"
+    return encoded
 
 
 def quarantine_headers(record: ConsumerRecord[bytes, bytes], reason: str) -> list[tuple[str, bytes]]:
@@ -486,55 +491,30 @@ class LifecycleProcessor(Supervised):
         copied to the quarantine topic with the reason and tombstoned, in one transaction of the
         partition's own (fenced) producer, so it is reported once and not read again.
         """
-        table: dict[str, JobState] = {}
-        bad: dict[bytes, tuple[ConsumerRecord[bytes, bytes], str]] = {}  # latest record per key is bad
         with collector_paused():  # every restored state outlives the restore: do not rescan them
-            await self._read_changelog(partition, table, bad)
-        if bad:  # reported only now: a later record of the key (a tombstone) may have replaced it
+            read = await read_compacted(self.settings, [TopicPartition(self.names.job_state, partition)],
+                                        decode_state, StateDecodeError)
+        if read.undecodable:  # reported only now: a later record of the key (a tombstone) may have replaced it
             async with txn.transaction():
                 acks = []
-                for key_bytes, (record, reason) in bad.items():
+                for key_bytes, (record, error) in read.undecodable.items():
+                    reason = f"undecodable job state in the changelog: {error}"
                     self.bad_records.report("undecodable state", f"{origin(record)} ({describe_key(key_bytes)})", reason)
                     acks.append(await txn.send(self.names.quarantine, record.value, key=key_bytes,
                                                headers=quarantine_headers(record, reason)))
                     acks.append(await txn.send(self.names.job_state, None, key=key_bytes, partition=partition))
                 await asyncio.gather(*acks)
-        return table
+        return read.latest
 
     async def _restore_slots(self, partition: int) -> dict[str, SlotTable]:
         """The slot tables of the concurrency-limit keys the partition owns (``limit-state``, compacted).
         A record that does not decode is logged and left out (that key's table starts again empty)."""
-        slots: dict[str, SlotTable] = {}
-        async for record in read_to_end(self.settings, [TopicPartition(self.names.limit_state, partition)]):
-            if record.key is None:
-                continue
-            key = record.key.decode("utf-8", errors="replace")
-            if record.value is None:
-                slots.pop(key, None)
-                continue
-            try:
-                slots[key] = decode_table(record.value)
-            except ValueError as error:
-                slots.pop(key, None)
-                self.bad_records.report("undecodable slot table", origin(record), str(error))
-        return slots
+        def undecodable(record: ConsumerRecord[bytes, bytes], error: Exception) -> None:
+            self.bad_records.report("undecodable slot table", origin(record), str(error))
 
-    async def _read_changelog(self, partition: int, table: dict[str, JobState],
-                              bad: dict[bytes, tuple[ConsumerRecord[bytes, bytes], str]]) -> None:
-        """Fold the changelog partition into `table`; keys whose latest record does not decode go to `bad`."""
-        async for record in read_to_end(self.settings, [TopicPartition(self.names.job_state, partition)]):
-            if record.key is None:
-                continue
-            key = record.key.decode("utf-8", errors="replace")
-            bad.pop(record.key, None)
-            if record.value is None:
-                table.pop(key, None)
-                continue
-            try:
-                table[key] = decode_state(record.value)
-            except StateDecodeError as error:
-                table.pop(key, None)
-                bad[record.key] = (record, f"undecodable job state in the changelog: {error}")
+        read = await read_compacted(self.settings, [TopicPartition(self.names.limit_state, partition)],
+                                    decode_table, ValueError, on_undecodable=undecodable)
+        return read.latest
 
     async def _release(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:

@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +39,10 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
 
-    def start_processor(self) -> None:
-        self.tasks.append(asyncio.create_task(run_processor(self.app.settings, self.stop)))
+    def start_processor(self, settings: Settings | None = None, **options: Any) -> None:
+        """Run the processor and timer service on `settings` (the app's by default), with
+        `run_processor`'s keyword `options`."""
+        self.tasks.append(asyncio.create_task(run_processor(settings or self.app.settings, self.stop, **options)))
 
     async def start_worker(self, **options: object) -> Worker:
         worker = Worker(self.app, queues=options.pop("queues", ["default"]), lease_s=options.pop("lease_s", 5.0),  # type: ignore[arg-type]
@@ -58,20 +60,41 @@ class Runtime:
         assert not errors, errors
 
 
+@asynccontextmanager
+async def built_app(settings: Settings, build: Callable[..., App] = build_app, queues: list[str] = QUEUES,
+                    **options: Any) -> AsyncIterator[App]:
+    """The app `build(namespace, kafka_bootstrap=..., **options)` makes on the test's namespace and
+    broker, its queues' topics applied; closed at the end of the block. What an app fixture yields."""
+    await apply_topics(settings, queues)
+    application = build(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap, **options)
+    try:
+        yield application
+    finally:
+        await application.close()
+
+
+@asynccontextmanager
+async def processor_runtime(app: App, settings: Settings | None = None, **options: Any) -> AsyncIterator[Runtime]:
+    """The in-process runtime of `app` with its processor started (`Runtime.start_processor`; workers
+    are the test's to start); closed at the end of the block. What a runtime fixture yields."""
+    rt = Runtime(app)
+    rt.start_processor(settings, **options)
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[App]:
-    await apply_topics(settings, QUEUES)
-    application = build_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap)
-    yield application
-    await application.close()
+    async with built_app(settings) as application:
+        yield application
 
 
 @pytest.fixture
 async def runtime(app: App) -> AsyncIterator[Runtime]:
-    rt = Runtime(app)
-    rt.start_processor()
-    yield rt
-    await rt.close()
+    async with processor_runtime(app) as rt:
+        yield rt
 
 
 async def job_events(settings: Settings, job_id: str | None = None) -> list[JobEvent]:

@@ -27,12 +27,11 @@ from eventjobs.core.options import NoBackoff
 from eventjobs.core.partitioning import job_partition
 from eventjobs.core.state import JobStatus
 from eventjobs.clickhouse import ServerBackend
-from eventjobs.kafka.admin import apply_topics
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir
 from eventjobs.readside import queries as query
 from eventjobs.readside.projector import Projector, ProjectorOptions
 from eventjobs.settings import Settings
-from tests.e2e.conftest import Runtime, job_events, spawn, wait_for_status
+from tests.e2e.conftest import Runtime, built_app, job_events, processor_runtime, spawn, wait_for_status
 from tests.readside.conftest import chdb_path, server_url  # noqa: F401 - fixtures
 from tests.readside.tables import cli_env, run_cli
 from tests.support.event_log import end_offsets
@@ -117,18 +116,14 @@ app = build_workflow_app(os.environ.get("EVENTJOBS_NAMESPACE", "testworkflows"))
 
 @pytest.fixture
 async def wf_app(settings: Settings) -> AsyncIterator[App]:
-    await apply_topics(settings, ["default"])
-    application = build_workflow_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap)
-    yield application
-    await application.close()
+    async with built_app(settings, build_workflow_app, ["default"]) as application:
+        yield application
 
 
 @pytest.fixture
 async def wf_runtime(wf_app: App) -> AsyncIterator[Runtime]:
-    rt = Runtime(wf_app)
-    rt.start_processor()
-    yield rt
-    await rt.close()
+    async with processor_runtime(wf_app) as rt:
+        yield rt
 
 
 def keys_on_distinct_partitions(name: str, count: int, partitions: int = 6) -> list[str]:

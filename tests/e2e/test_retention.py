@@ -12,7 +12,7 @@ from eventjobs import App
 from eventjobs.core.state import JobStatus
 from eventjobs.kafka.clients import partitions_of, read_to_end
 from eventjobs.runtime.processor import run_processor
-from tests.e2e.conftest import Runtime, job_events, wait_for_status
+from tests.e2e.conftest import Runtime, job_events, processor_runtime, wait_for_status
 from tests.support.jobs_app import EXECUTIONS
 
 
@@ -20,10 +20,8 @@ from tests.support.jobs_app import EXECUTIONS
 async def short_retention(app: App) -> AsyncIterator[Runtime]:
     """A runtime whose processor keeps finished jobs 1.5 s and dead letters 1 s."""
     settings = app.settings.model_copy(update={"retain_completed_s": 1.5, "dead_letter_retention_s": 1.0})
-    rt = Runtime(app)
-    rt.tasks.append(asyncio.create_task(run_processor(settings, rt.stop)))
-    yield rt
-    await rt.close()
+    async with processor_runtime(app, settings) as rt:
+        yield rt
 
 
 async def changelog_value(app: App, job_id: str) -> bytes | None | str:
@@ -121,8 +119,7 @@ async def test_a_restarted_processor_rebuilds_retention_from_its_table_and_write
     finally:
         first_stop.set()
         await first
-    rt.tasks.append(asyncio.create_task(run_processor(
-        app.settings.model_copy(update={"retain_completed_s": 1.5}), rt.stop)))
+    rt.start_processor(app.settings.model_copy(update={"retain_completed_s": 1.5}))
     try:
         (forgotten,) = await events_of_type(app, job_id, "retention_passed")
         assert forgotten.scope == "finished" and forgotten.actor.startswith("processor:")

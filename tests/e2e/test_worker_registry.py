@@ -18,9 +18,8 @@ from eventjobs.core.control import WorkerStatus
 from eventjobs.core.state import JobStatus
 from eventjobs.kafka.admin import apply_topics
 from eventjobs.settings import Settings
-from tests.e2e.conftest import QUEUES, Runtime, spawn
+from tests.e2e.conftest import QUEUES, Runtime, built_app, processor_runtime, spawn
 from tests.support.cli import run_cli
-from tests.support.jobs_app import build_app
 
 HEARTBEAT_S = 0.5  # the workers of these tests announce themselves twice a second; gone after 1.5 s
 
@@ -28,12 +27,8 @@ HEARTBEAT_S = 0.5  # the workers of these tests announce themselves twice a seco
 @pytest.fixture
 async def quick_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """The in-process processor, with an app whose workers heartbeat every HEARTBEAT_S."""
-    await apply_topics(settings, QUEUES)
-    app = build_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap, worker_heartbeat_s=HEARTBEAT_S)
-    rt = Runtime(app)
-    rt.start_processor()
-    yield rt
-    await rt.close()
+    async with built_app(settings, worker_heartbeat_s=HEARTBEAT_S) as app, processor_runtime(app) as rt:
+        yield rt
 
 
 async def until(app: App, check: str, predicate: object, timeout: float = 20) -> list[WorkerStatus]:

@@ -38,10 +38,9 @@ from eventjobs.core.records import ReadyRecord, ready_attempt, republished_heade
 from eventjobs.core.state import JobStatus
 from eventjobs.kafka.clients import consumer, key_partition, partitions_of, producer
 from eventjobs.kafka.topics import PRIORITIES
-from eventjobs.runtime.processor import run_processor
 from eventjobs.runtime.intake import Item as _Item, Offsets as _Offsets
 from eventjobs.runtime.worker import Worker
-from tests.e2e.conftest import Runtime, job_events, wait_for_status
+from tests.e2e.conftest import Runtime, job_events, processor_runtime, wait_for_status
 from tests.support.jobs_app import EXECUTIONS
 
 pytestmark = pytest.mark.kafka
@@ -213,11 +212,8 @@ async def test_a_republished_ready_record_whose_claim_is_refused_is_not_run(runt
 @pytest.fixture
 async def fast_republish(app: App) -> AsyncIterator[Runtime]:
     """The runtime with a processor that re-publishes a pending job's ready record after 1 s, then 2 s."""
-    rt = Runtime(app)
-    rt.tasks.append(asyncio.create_task(run_processor(app.settings, rt.stop,
-                                                      republish=ReadyRepublish(first_s=1.0, cap_s=2.0))))
-    yield rt
-    await rt.close()
+    async with processor_runtime(app, republish=ReadyRepublish(first_s=1.0, cap_s=2.0)) as rt:
+        yield rt
 
 
 async def consume_past(app: App, job_id: str) -> None:

@@ -41,12 +41,11 @@ import pytest
 from eventjobs import App
 from eventjobs.core.events import DERIVED_TYPES, JobEvent
 from eventjobs.core.state import JobState, JobStatus
-from eventjobs.kafka.admin import apply_topics
 from eventjobs.kafka.clients import admin_client, partitions_of
 from eventjobs.kafka.topics import TopicNames, load_specs
 from eventjobs.runtime.state_check import compare_state, processor_committed, read_changelog
 from eventjobs.settings import Settings
-from tests.e2e.conftest import job_events, spawn
+from tests.e2e.conftest import built_app, job_events, spawn
 from tests.support.fault_app import EXECUTIONS_ENV, build_app, execution_lines, read_executions
 
 pytestmark = pytest.mark.kafka
@@ -59,10 +58,8 @@ APP = "tests.support.fault_app:app"
 @pytest.fixture
 async def fault_app(settings: Settings) -> AsyncIterator[App]:
     """The fault app (tests/support/fault_app.py) on the test's namespace, topics applied."""
-    await apply_topics(settings, ["default"])
-    application = build_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap)
-    yield application
-    await application.close()
+    async with built_app(settings, build_app, ["default"]) as application:
+        yield application
 
 
 @dataclass

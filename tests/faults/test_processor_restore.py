@@ -1,5 +1,6 @@
 """A processor restoring a changelog partition with undecodable records: it serves the partition,
-quarantines each bad record once with its reason, tombstones it, and a later restore is clean."""
+quarantines each bad record once with its reason, tombstones it, and a later restore is clean.
+An undecodable slot table (limit-state) is reported and left out: that key's table starts again empty."""
 
 from __future__ import annotations
 
@@ -53,3 +54,19 @@ async def test_undecodable_changelog_records_are_quarantined_once_and_tombstoned
     await _ordinary_jobs_complete(app)
     assert _log_lines(tmp_path / "again.log", "bad record") == []
     assert len([r for r in await _records(app, app.names.quarantine) if (r.key, r.value) in HOSTILE]) == len(HOSTILE)
+
+
+async def test_an_undecodable_slot_table_is_reported_and_left_out_on_restore(
+    app: App, tmp_path: Path, processes: list[Popen[bytes]]
+) -> None:
+    processor, worker = await _start_services(app, tmp_path, processes)
+    await _write(app, app.names.limit_state, [(b"bad-owner-1", b"not json"), (b"bad-owner-2", b"[]")], partition=0)
+    processor.send_signal(signal.SIGTERM)  # the next processor restores partition 0's slot tables with them in it
+    assert processor.wait(timeout=30) == 0
+
+    restarted = spawn(["processor", "--app", APP], app.settings, tmp_path / "restarted.log")
+    processes.append(restarted)
+    await _ordinary_jobs_complete(app)
+    assert restarted.poll() is None and worker.poll() is None
+    (line,) = _log_lines(tmp_path / "restarted.log", "bad record (undecodable slot table)")  # the first, logged
+    assert f"{app.names.limit_state}/0@" in line and "invalid slot table" in line

@@ -488,3 +488,32 @@ def test_a_limited_job_asks_its_keys_owner_whose_table_the_batch_keeps() -> None
     assert [h[0] for h in table.holders] == [first.job_id] and [q[0] for q in table.queue] == [second.job_id]
     assert [(e.type, e.job_id) for e in owned.effects.events] == [("slot_granted", first.job_id)]
     assert owned.effects.states == {}  # no job state for an owner
+
+
+def test_a_record_whose_derived_event_cannot_be_written_is_quarantined_and_the_batch_goes_on() -> None:
+    from eventjobs.core.commands import enqueue as enqueue_event
+    from eventjobs.core.options import Limit
+
+    # Given a limited job (its enqueue derives a request to its key's owner) and a plain one, of a
+    # size the limit allows, folded by a processor whose name makes every derived event too large
+    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    limited = enqueue_event("sync", {}, JobOptions(concurrency=Limit(key="t-1", max=1)), now=now, actor="producer:test")
+    plain = enqueue_event("sync", {}, JobOptions(), now=now, actor="producer:test")
+    actor, limit = "processor:" + "x" * 1_000, 1_000
+    assert all(len(encode(e)) < limit for e in (limited, plain))
+    result = fold_batch({}, records_of([limited, plain]), actor=actor, max_event_bytes=limit)
+    # Then the limited job's record is quarantined with the reason, and nothing of it is written
+    assert [(q.record.offset, q.kind) for q in result.quarantined] == [(0, "output over the size limit")]
+    assert result.quarantined[0].reason.startswith(
+        f"applying this enqueued event of job {limited.job_id} would write a derived event that cannot be written: ")
+    assert set(result.effects.states) == {plain.job_id} and result.applied == 1
+    assert result.effects.events == [] and result.event_bytes == {}
+
+    # Given the owner's lane folding a request whose grant would be too large
+    ask = fold_batch({}, records_of([limited]), actor="processor:3", max_event_bytes=MAX).effects.events[0]
+    assert ask.type == "slot_requested" and len(encode(ask)) < limit
+    owned = fold_batch({}, records_of([ask]), actor=actor, max_event_bytes=limit, slots={})
+    # Then the request is quarantined with the reason, and the owner's table is not written
+    assert [(q.record.offset, q.kind) for q in owned.quarantined] == [(0, "output over the size limit")]
+    assert owned.quarantined[0].reason.startswith("a derived event that cannot be written: ")
+    assert owned.slot_tables == {} and owned.effects.events == [] and owned.event_bytes == {} and owned.applied == 0
