@@ -141,11 +141,12 @@ SCHEDULE_LATE_AFTER_S = 60
 #: Most missed ticks of one schedule ``catch_up="all"`` fires on return (the latest ones).
 MAX_CATCH_UP_TICKS = 100
 #: How long after the start its rate grant gave a rate-limited job's handler starts (the worker
-#: waits for it): the timer, the ready record, the claim and its verdict take a varying few
-#: hundred milliseconds at most on a busy host; starting every job this long after its grant's
-#: start, rather than when that chain happens to finish, keeps the grants' spacing in the starts
-#: (a job whose chain takes longer starts at once, late). One fixed delay for every job of a rate.
-RATE_START_LAG_S = 0.5
+#: waits for it): the timer, the ready record, the claim and its verdict take from a few to several
+#: hundred milliseconds on a busy host (up to 0.7 s seen here at a load average of 4-5 on 2 cores);
+#: starting every job this long after its grant's start, rather than when that chain happens to
+#: finish, keeps the grants' spacing in the starts (a job whose chain takes longer starts at once,
+#: late). One fixed delay for every job of a rate.
+RATE_START_LAG_S = 1.0
 #: A schedule must fire within this many days (five years and their leap days) of its definition:
 #: ``every=`` at most this long, a ``cron=`` with a tick this soon. A rule that never fires
 #: (``0 0 30 2 *``) is refused when it is defined rather than found out by every service later.
