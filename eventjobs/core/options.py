@@ -706,9 +706,9 @@ class JobOptions(BaseModel):
             )
         if self.debounce is not None and (self.run_at is not None or self.delay is not None):
             raise ValueError("debounce sets when the job starts (debounce after the last enqueue): give no run_at or delay")
-        if self.concurrency is not None and (self.unique_for is not None or self.debounce is not None):
-            raise ValueError(f"a concurrency limit cannot be combined with {'unique_for' if self.unique_for else 'debounce'}"
-                             " yet")
+        if self.concurrency is not None and self.debounce is not None:
+            raise ValueError("a concurrency limit cannot be combined with debounce yet (a debounce may put a job back "
+                             "after its slot was granted)")
         return self
 
     # ---- derived values ------------------------------------------------------------------

@@ -172,7 +172,7 @@ def test_priority_order_and_parsing() -> None:
         ({"concurrency": {"key": "", "max": 2}}, "concurrency: concurrency key must be a non-empty string (<= 200 chars) or a callable of the args, got ''"),
         ({"concurrency": {"key": "t", "max": 2, "strategy": "drop"}}, "concurrency: concurrency strategy must be one of queue, cancel_newest, cancel_in_progress, got 'drop'"),
         ({"concurrency": 2}, "concurrency must be a Limit(key=..., max=...), got int"),
-        ({"concurrency": {"key": "t", "max": 2}, "debounce": "1m"}, "a concurrency limit cannot be combined with debounce yet"),
+        ({"concurrency": {"key": "t", "max": 2}, "debounce": "1m"}, "a concurrency limit cannot be combined with debounce yet (a debounce may put a job back after its slot was granted)"),
     ],
 )
 def test_invalid_options_are_rejected_with_a_clear_message(options: dict[str, Any], message: str) -> None:

@@ -583,3 +583,32 @@ def test_a_key_function_that_returns_no_key_is_refused_at_enqueue() -> None:
     with pytest.raises(InvalidJobOptions, match="concurrency key function returned None; return a non-empty string"):
         enqueue_event("sync", {}, options, now=T0, actor="producer:test")
     assert enqueue_event("sync", {"tenant": "t"}, options, now=T0, actor="producer:test").options.concurrency is not None
+
+
+def test_a_limit_with_a_uniqueness_window_asks_once_per_run_and_refuses_the_window_s_repeats() -> None:
+    from eventjobs.core.commands import enqueue as enqueue_event
+    from eventjobs.core.options import Limit
+
+    not_ended = ("waiting", "pending", "scheduled", "claimed", "running", "retrying", "dead_lettered")
+    options = JobOptions(idempotency_key="report-7", unique_for="1h", unique_states=not_ended,
+                         concurrency=Limit(key="t-1", max=1))
+    first = enqueue_event("report", {"n": 1}, options, now=T0, actor="producer:test")
+    decision = apply(None, first)
+    assert decision.state is not None and decision.state.status is JobStatus.WAITING
+    (asked,) = decision.derived
+    # a repeat of the window while it waits is refused, and asks for nothing
+    repeat = enqueue_event("report", {"n": 2}, options, now=T0, actor="producer:test")
+    refused = apply(decision.state, repeat)
+    assert refused.rejected and [e.type for e in refused.derived] == ["duplicate_rejected"]
+    table, (grant,) = run(None, asked)
+    log = JobLog(first.job_id)
+    state = apply(apply(decision.state, grant).state, log.claimed()).state
+    done = apply(state, log.succeeded())
+    assert [e.type for e in done.derived] == ["completed", "slot_released"]
+    table, _ = run(table, done.derived[1])
+    # after it ended, the window runs it again (unique_states): a new request, granted
+    again = apply(done.state, enqueue_event("report", {"n": 3}, options, now=T0, actor="producer:test"))
+    assert again.state is not None and again.state.status is JobStatus.WAITING
+    (asked_again,) = again.derived
+    assert asked_again.event_id != asked.event_id
+    assert [e.type for e in run(table, asked_again)[1]] == ["slot_granted"]
