@@ -308,3 +308,24 @@ async def test_jobs_with_a_concurrency_limit_run_one_after_another_in_the_tester
     assert [job_id for job_id in started if job_id in ids] == ids
     assert all(not table.holders and not table.queue for table in tester.lane.slot_tables.values())
     the_log_folds_to_the_testers_states(tester)
+
+
+async def test_jobs_with_a_rate_wait_for_their_starts_on_the_testers_clock() -> None:
+    from eventjobs import App, Limit
+
+    rated_app = App("rated")
+
+    @rated_app.job(concurrency=Limit(rate="2/s"))
+    def ping(args: dict[str, object]) -> dict[str, object]:
+        return {"n": args["n"]}
+
+    tester = JobTester(rated_app)
+    ids = [tester.enqueue("ping", {"n": n}) for n in range(4)]
+    # Given 2 starts a second: the first runs now, the others are scheduled 500 ms apart
+    await tester.drain()
+    assert [tester.state(job_id).status for job_id in ids] == [JobStatus.COMPLETED] + [JobStatus.SCHEDULED] * 3
+    # When the clock moves on, each runs at its start
+    await tester.drain(advance_clock=True)
+    finished = [tester.state(job_id).finished_at for job_id in ids]
+    assert [round((f - finished[0]).total_seconds(), 3) for f in finished] == [0, 0.5, 1.0, 1.5]  # type: ignore[operator]
+    the_log_folds_to_the_testers_states(tester)
