@@ -35,7 +35,7 @@ from eventjobs.core.state import JobStatus
 from eventjobs.kafka.admin import apply_topics
 from eventjobs.kafka.clients import partitions_of, read_to_end
 from eventjobs.settings import Settings
-from tests.e2e.conftest import Runtime, job_events, spawn, wait_for_status
+from tests.e2e.conftest import Runtime, built_app, job_events, processor_runtime, spawn, wait_for_status
 
 APP = "tests.e2e.test_concurrency_limits:app"
 RUNS_ENV = "LIMITS_RUNS_FILE"
@@ -78,18 +78,14 @@ app = build_limits_app(os.environ.get("EVENTJOBS_NAMESPACE", "testlimits"))
 
 @pytest.fixture
 async def limits_app(settings: Settings) -> AsyncIterator[App]:
-    await apply_topics(settings, ["default"])
-    application = build_limits_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap)
-    yield application
-    await application.close()
+    async with built_app(settings, build_limits_app, ["default"]) as application:
+        yield application
 
 
 @pytest.fixture
 async def limits_runtime(limits_app: App) -> AsyncIterator[Runtime]:
-    rt = Runtime(limits_app)
-    rt.start_processor()
-    yield rt
-    await rt.close()
+    async with processor_runtime(limits_app) as rt:
+        yield rt
 
 
 def most_at_once(intervals: list[tuple[float, float]]) -> int:
@@ -499,7 +495,7 @@ def test_a_bad_run_time_limit_is_refused_before_anything_is_sent(limits_app: App
 
     with pytest.raises(InvalidJobOptions, match="limit 'limited': concurrency max must be an integer from 1 to 1,000"):
         asyncio.run(limits_app.set_limit("limited", key="k", max=0))
-    with pytest.raises(InvalidJobOptions, match="give max .* rate .* or both"):
+    with pytest.raises(InvalidJobOptions, match=r"give max .* rate .* or both"):
         asyncio.run(limits_app.set_limit("limited", key="k"))
     with pytest.raises(InvalidJobOptions, match="a reset hands max, rate and burst back"):
         from eventjobs.core.commands import limit_changed_event

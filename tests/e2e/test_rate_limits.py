@@ -19,9 +19,8 @@ import pytest
 
 from eventjobs import App, JobContext, Limit
 from eventjobs.core.state import JobStatus
-from eventjobs.kafka.admin import apply_topics
 from eventjobs.settings import Settings
-from tests.e2e.conftest import job_events, spawn
+from tests.e2e.conftest import built_app, job_events, spawn
 
 APP = "tests.e2e.test_rate_limits:app"
 RUNS_ENV = "RATES_RUNS_FILE"
@@ -57,10 +56,8 @@ app = build_rates_app(os.environ.get("EVENTJOBS_NAMESPACE", "testrates"))
 
 @pytest.fixture
 async def rates_app(settings: Settings) -> AsyncIterator[App]:
-    await apply_topics(settings, ["default"])
-    application = build_rates_app(settings.namespace, kafka_bootstrap=settings.kafka_bootstrap)
-    yield application
-    await application.close()
+    async with built_app(settings, build_rates_app, ["default"]) as application:
+        yield application
 
 
 def most_in_a_window(times: list[float], window: float = 1.0) -> int:

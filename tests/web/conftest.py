@@ -102,6 +102,19 @@ def _projected(settings: Settings, count: int) -> bool:
     return sum(row.status in ("completed", "cancelled", "dead_lettered") for row in rows) >= count
 
 
+def wait_for_dashboard(url: str, process: subprocess.Popen[bytes], log: Path, within_s: float = 30) -> None:
+    """Until the dashboard at `url` answers (its process must stay up meanwhile: else its log)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            urllib.request.urlopen(url + "/static/dashboard.css", timeout=2).close()
+            return
+        except OSError:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"the dashboard did not answer within {within_s:.0f} s"
+            time.sleep(0.2)
+
+
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is None:
@@ -138,15 +151,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             assert time.monotonic() < deadline, "the projector did not catch up within 60 s"
             time.sleep(0.3)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/static/dashboard.css", timeout=2).close()
-                break
-            except OSError:
-                assert processes[-1].poll() is None, (home / "dashboard.log").read_text()
-                assert time.monotonic() < deadline, "the dashboard did not answer within 30 s"
-                time.sleep(0.2)
+        wait_for_dashboard(url, processes[-1], home / "dashboard.log")
         yield Stack(settings, url, states, roles, processes)
     finally:
         _stop(processes)

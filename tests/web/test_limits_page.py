@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from eventjobs.core.state import JobStatus
 from eventjobs.dev.broker import free_port
 from eventjobs.kafka.admin import apply_topics
 from eventjobs.settings import Settings
-from tests.web.conftest import ROOT, _spawn, _stop, in_thread
+from tests.web.conftest import ROOT, _spawn, _stop, in_thread, wait_for_dashboard
 
 pytestmark = pytest.mark.kafka
 
@@ -100,15 +99,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         busy, quiet = in_thread(lambda: _enqueue_and_wait(settings))
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/static/dashboard.css", timeout=2).close()
-                break
-            except OSError:
-                assert processes[-1].poll() is None, (home / "dashboard.log").read_text()
-                assert time.monotonic() < deadline, "the dashboard did not answer within 30 s"
-                time.sleep(0.2)
+        wait_for_dashboard(url, processes[-1], home / "dashboard.log")
         yield Stack(settings, url, gate, busy, quiet)
     finally:
         gate.touch()
