@@ -80,6 +80,7 @@ def ready_record(state: JobState, now: datetime, partition: int | None = None) -
         partition=partition,
         dependencies=state.workflow.dependencies or None if state.workflow is not None else None,
         start_at=state.workflow.slot_start if state.workflow is not None else None,
+        rate_reasked=state.workflow.rate_reasked if state.workflow is not None else False,
     )
 
 

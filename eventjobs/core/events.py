@@ -617,6 +617,10 @@ class AttemptSnoozedEvent(_Event):
         description="Seconds until the job runs again."
     )
     claim_id: ClaimId = None
+    late_for_rate: bool = Field(
+        False, description="Not the handler's: the worker claimed a rate-limited job too late after its grant's start "
+        "and gives it back to ask for a new start (once per run; not counted against max_snoozes)."
+    )
 
 
 class DuplicateRejectedEvent(_Event):

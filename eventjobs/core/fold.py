@@ -501,6 +501,8 @@ def _on_attempt_started(state: JobState, event: Any, actor: str) -> Decision:
     data = state.__dict__.copy()
     data["status"] = RUNNING
     data["started_at"] = event.occurred_at
+    if state.workflow is not None and state.workflow.rate_reasked:  # a run began: a later one may ask again
+        data["workflow"] = _changed(state.workflow, rate_reasked=False)
     return _accept(state, event, data)
 
 
@@ -1273,7 +1275,11 @@ def _on_attempt_snoozed(state: JobState, event: Any, actor: str) -> Decision:
     if refused is not None:
         return refused
     snoozes = state.workflow.snoozes if state.workflow is not None else 0
-    if state.cancel_requested or snoozes >= state.options.max_snoozes:
+    late = event.late_for_rate
+    if late and (state.options.concurrency is None or state.options.concurrency.rate is None
+                 or state.workflow is None or state.workflow.rate_reasked):
+        return _reject(state, "a late start gives a rate-limited job back once per run: refused")
+    if state.cancel_requested or (snoozes >= state.options.max_snoozes and not late):
         return _on_attempt_ended_badly(state, event, actor)  # cancel, or over the bound: fails like an error
     due_at = add_seconds(event.occurred_at, round(event.delay_s * 1000) / 1000)
     data = state.__dict__.copy()
@@ -1282,7 +1288,7 @@ def _on_attempt_snoozed(state: JobState, event: Any, actor: str) -> Decision:
     data["max_attempts"] = state.max_attempts + 1  # ... but the budget grows with them: no attempt used
     data["next_due_at"] = due_at
     data["lease_deadline"] = None
-    data["workflow"] = _workflow(state, snoozes=snoozes + 1)
+    data["workflow"] = _workflow(state, rate_reasked=True) if late else _workflow(state, snoozes=snoozes + 1)
     return _accept(state, event, data, (_derive(ScheduledEvent, event, 0, actor, {"run_at": due_at}),))
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "SCHEDULE_LATE_AFTER_S",
     "RESERVE_BYTES",
     "RATE_START_LAG_S",
+    "RATE_LATE_S",
     "SizeLimits",
     "json_size",
     "size_limits",
@@ -147,6 +148,12 @@ MAX_CATCH_UP_TICKS = 100
 #: finish, keeps the grants' spacing in the starts (a job whose chain takes longer starts at once,
 #: late). One fixed delay for every job of a rate.
 RATE_START_LAG_S = 1.0
+#: A rate-limited job claimed later than this after its grant's start and the lag (it became
+#: ready while no worker could take it, or while processors handed partitions over) does not start
+#: then, with the jobs of other late starts: its worker gives the claim back (a snooze that uses
+#: no attempt, `AttemptSnoozedEvent.late_for_rate`) and the job asks the owner for a new start,
+#: once per run. So such a backlog starts at the rate again rather than at once.
+RATE_LATE_S = 0.25
 #: A schedule must fire within this many days (five years and their leap days) of its definition:
 #: ``every=`` at most this long, a ``cron=`` with a tick this soon. A rule that never fires
 #: (``0 0 30 2 *``) is refused when it is defined rather than found out by every service later.

@@ -127,12 +127,13 @@ class Snooze:
 
 def attempt_snoozed_event(
     job_id: str, attempt: int, delay_s: float, *, occurred_at: datetime, actor: str, causation_id: str | None = None,
-    event_id: str | None = None, claim_id: str | None = None,
+    event_id: str | None = None, claim_id: str | None = None, late_for_rate: bool = False,
 ) -> AttemptSnoozedEvent:
-    """The ``attempt_snoozed`` event: ``attempt`` asked to run again after ``delay_s`` (under the claim ``claim_id``)."""
+    """The ``attempt_snoozed`` event: ``attempt`` asked to run again after ``delay_s`` (under the claim
+    ``claim_id``); ``late_for_rate``: not the handler's, its worker came too late for its rate's start."""
     return AttemptSnoozedEvent(
         event_id=event_id or new_event_id(), job_id=job_id, occurred_at=occurred_at, causation_id=causation_id,
-        actor=actor, attempt=attempt, delay_s=delay_s, claim_id=claim_id,
+        actor=actor, attempt=attempt, delay_s=delay_s, claim_id=claim_id, late_for_rate=late_for_rate,
     )
 
 

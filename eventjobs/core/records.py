@@ -53,6 +53,7 @@ class ReadyRecord(_Record):
     # the worker writes every event of the attempt to `job_partition` of the job id, which is the same)
     dependencies: dict[str, DependencyOutcome] | None = None  # how its depends_on ended (ctx.dependency_results)
     start_at: datetime | None = None  # a limit with a rate: the start its grant gave (`Workflow.slot_start`)
+    rate_reasked: bool = False  # it was claimed too late once and asked again: it starts however late now
 
     @classmethod
     def decode(cls, data: bytes) -> ReadyRecord:

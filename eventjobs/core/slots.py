@@ -56,11 +56,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from eventjobs.core.clock import epoch_ms, from_epoch_ms
 from eventjobs.core.events import SLOT_OWNER_TYPES, SlotGrantedEvent, SlotRefusedEvent, SlotRevokedEvent
 from eventjobs.core.ids import EVENTJOBS_NAMESPACE, derived_event_id
-from eventjobs.core.limits import RATE_START_LAG_S
+from eventjobs.core.limits import RATE_LATE_S, RATE_START_LAG_S
 from eventjobs.core.options import rate_interval_ms
 
 __all__ = ["MAX_QUEUED", "RELEASED_KEPT", "SLOT_TABLE_IDLE_S", "SlotDecision", "SlotHolder", "SlotTable", "apply_slot",
-           "decode_table", "encode_table", "forgettable", "owner_id", "position", "rate_hold_s", "request_id"]
+           "decode_table", "encode_table", "forgettable", "late_for_rate", "owner_id", "position", "rate_hold_s", "request_id"]
 
 #: Released request ids a table remembers (a duplicate request or release of one is recognised).
 RELEASED_KEPT = 256
@@ -189,6 +189,13 @@ def _fill(table: dict[str, Any], trigger: Any, actor: str) -> list[Any]:
 
 def _what(table: dict[str, Any]) -> str:
     return f"limit {table['limit']!r} key {table['key']!r}: {len(table['holders'])} of {table['max']} slot(s) taken"
+
+
+def late_for_rate(start_at: datetime, now: datetime, lag_s: float = RATE_START_LAG_S,
+                  late_s: float = RATE_LATE_S) -> bool:
+    """Whether a worker that has a rate-limited job's claim accepted at ``now`` is too late for the
+    start its grant gave (``start_at``): it should give the job back to ask for a new start."""
+    return (now - start_at).total_seconds() > lag_s + late_s
 
 
 def rate_hold_s(start_at: datetime, now: datetime, lag_s: float = RATE_START_LAG_S) -> float:

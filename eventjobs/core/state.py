@@ -203,8 +203,8 @@ TRANSITIONS: tuple[Transition, ...] = (
         "job of the path among them), which ends the others", ("cancelled", "dependency_resolved"),
     ),
     *(
-        Transition(s, "attempt_snoozed", _S.SCHEDULED, f"{_OF_THE_CLAIM}, snoozes below max_snoozes: next attempt, "
-                   "budget one larger, due after delay_s", ("scheduled",))
+        Transition(s, "attempt_snoozed", _S.SCHEDULED, f"{_OF_THE_CLAIM}, snoozes below max_snoozes (or late_for_rate, "
+                   "once per run, not counted): next attempt, budget one larger, due after delay_s", ("scheduled",))
         for s in ACTIVE_STATUSES
     ),
     *(
@@ -369,6 +369,10 @@ class Workflow(BaseModel):
         "None when the job neither waits for nor holds one.",
     )
     slot_granted: bool = Field(False, description="The slot of slot_request was granted (the job may be claimed).")
+    rate_reasked: bool = Field(
+        False, description="A limit with a rate: the job was claimed too late for its start and asked again "
+        "(once per run: cleared when its handler starts)."
+    )
     slot_start: datetime | None = Field(
         None, description="A limit with a rate: the start its grant gave (the worker starts the handler "
         "RATE_START_LAG_S after it, so that starts keep the grants' spacing)."

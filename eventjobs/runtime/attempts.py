@@ -48,7 +48,8 @@ from eventjobs.core.codec import encode
 from eventjobs.core.commands import attempt_started_event, heartbeat_event, progress_event
 from eventjobs.core.events import JobEvent
 from eventjobs.core.records import AWAITS_VERDICT, ReadyRecord
-from eventjobs.core.slots import rate_hold_s
+from eventjobs.core.outcome import attempt_snoozed_event
+from eventjobs.core.slots import late_for_rate, rate_hold_s
 from eventjobs.core.state import JobStatus
 from eventjobs.hooks import AttemptInfo, AttemptOutcome, Hooks
 from eventjobs.kafka.clients import job_partition, topic_partition_count
@@ -110,6 +111,7 @@ class AttemptRunner:
         # watcher, which is `watching` once it is positioned), and those refused (not run here)
         self.verdicts: ClaimVerdicts = cancels.verdicts
         self.refused_copies = 0
+        self.late_for_rate = 0  # rate-limited claims given back as too late for their start (`_give_back_late`)
         self.heartbeat_failures = 0
         self._sender: AIOKafkaProducer | None = None
         self._event_partitions = 0  # partitions of the event log (a ready record names one)
@@ -176,6 +178,9 @@ class AttemptRunner:
             if not await self._claim_stands(ready, item, claim):
                 return
             if ready.start_at is not None:  # a rate's start: kept at a fixed lag after the grant's
+                if not ready.rate_reasked and late_for_rate(ready.start_at, self.clock.now()):
+                    await self._give_back_late(ready, item, claim_id)
+                    return
                 await asyncio.sleep(rate_hold_s(ready.start_at, self.clock.now()))
             await self._send(attempt_started_event(ready.job_id, ready.attempt, worker_id=self.worker_id,
                                                    now=self.clock.now(), actor=self.actor, claim_id=claim_id))
@@ -221,6 +226,19 @@ class AttemptRunner:
         item.ended = True
         error = happened.error if isinstance(happened, (Raised, NotRecordable)) else None
         await self.hooks.after_attempt(item.attempt, AttemptOutcome(end, duration_s, error))
+
+    async def _give_back_late(self, ready: ReadyRecord, item: Item, claim_id: str) -> None:
+        """A rate-limited job claimed too late for its start (`slots.late_for_rate`): it does not
+        start now, with others as late; the job asks its owner for a new start (once per run)."""
+        log.info("rate-limited job %s (attempt %d) was claimed too late for its start at %s; it asks for a new "
+                 "start", ready.job_id, ready.attempt, ready.start_at)
+        self.late_for_rate += 1
+        event = attempt_snoozed_event(ready.job_id, ready.attempt, 0.0, occurred_at=self.clock.now(), actor=self.actor,
+                                      claim_id=claim_id, late_for_rate=True)
+        ack = await self._send(event)
+        item.end_sent = True
+        ack.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.error(  # type: ignore[func-returns-value]  # logs a failed write only
+            "the late claim of job %s was not given back (%s); its lease will expire", ready.job_id, done.exception()))
 
     async def _claim_stands(self, ready: ReadyRecord, item: Item, claim: JobEvent) -> bool:
         """Claim a re-published ready record and wait for the verdict: whether the job-state

@@ -107,6 +107,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "burst": st.integers(1, 10_000),
     "not_before": timestamps,
     "reset": st.booleans(),
+    "late_for_rate": st.booleans(),
 }
 
 

@@ -238,6 +238,44 @@ def test_a_worker_holds_a_rate_limited_start_to_a_fixed_lag_after_its_grant() ->
     assert rate_hold_s(add_seconds(T0, 60), T0, lag_s=0.5) == 0.5  # never longer than the lag
 
 
+def test_a_job_claimed_too_late_for_its_start_asks_again_once_per_run() -> None:
+    from eventjobs.core.clock import add_seconds
+    from eventjobs.core.effects import ready_record
+    from eventjobs.core.limits import RATE_LATE_S, RATE_START_LAG_S
+    from eventjobs.core.slots import late_for_rate
+
+    # the worker's rule: later than the lag and RATE_LATE_S after the grant's start
+    assert not late_for_rate(T0, add_seconds(T0, RATE_START_LAG_S + RATE_LATE_S))
+    assert late_for_rate(T0, add_seconds(T0, RATE_START_LAG_S + RATE_LATE_S + 0.001))
+    # Given a rate-limited job granted, pending and claimed (by a worker that came late)
+    log = JobLog("a")
+    decision = apply(None, enqueue(log, limited(max_=None, rate="1/s")))
+    table, (grant,) = run(None, *decision.derived)
+    state = apply(apply(decision.state, grant).state, log.claimed()).state
+    # When its worker gives it back as too late
+    late = apply(state, log.snoozed(0, 0.0, late_for_rate=True))
+    # Then it is scheduled at once for its next attempt, its grant given back, nothing counted as a snooze
+    assert late.state is not None and late.state.status is JobStatus.SCHEDULED and late.state.attempt == 1
+    assert [e.type for e in late.derived] == ["scheduled", "slot_released"]
+    assert late.state.workflow is not None and late.state.workflow.rate_reasked and late.state.workflow.snoozes == 0
+    # and when due it asks the owner for a new start (a new request: the next attempt's)
+    due = apply(late.state, log.due(1, "run_at"))
+    assert due.state is not None and due.state.status is JobStatus.WAITING
+    (again,) = due.derived
+    assert again.type == "slot_requested" and again.attempt == 1
+    table, (regrant,) = run(table, *late.derived[1:], again)
+    state = apply(due.state, regrant).state
+    if state.status is JobStatus.SCHEDULED:  # type: ignore[union-attr]
+        state = apply(state, log.due(1, "run_at")).state
+    assert state is not None and state.status is JobStatus.PENDING and ready_record(state, log.now).rate_reasked
+    # it is not given back twice in one run
+    claimed = apply(state, log.claimed(1)).state
+    assert apply(claimed, log.snoozed(1, 0.0, late_for_rate=True)).rejected
+    # and once its handler started, a later run may ask again
+    started = apply(claimed, log.started(1)).state
+    assert started is not None and started.workflow is not None and not started.workflow.rate_reasked
+
+
 # ---- an operator's change at run time ----------------------------------------------------------
 
 
@@ -449,7 +487,11 @@ class World:
         if state.status is JobStatus.PENDING:
             self.job(job_id, log.claimed(a) if rnd.random() < 0.9 else log.cancel())
         elif state.status is JobStatus.CLAIMED:
-            self.job(job_id, log.started(a))
+            late_allowed = self.rate is not None and not (state.workflow is not None and state.workflow.rate_reasked)
+            if late_allowed and rnd.random() < 0.2:  # its worker came too late for its start: asks again
+                self.job(job_id, log.snoozed(a, 0.0, late_for_rate=True))
+            else:
+                self.job(job_id, log.started(a))
         elif state.status is JobStatus.RUNNING:
             r = rnd.random()
             if r < 0.5:

@@ -126,5 +126,45 @@ async def test_two_hundred_jobs_at_twenty_a_second_over_two_workers_take_ten_sec
     # never more than the rate plus the documented burst in any second
     busiest = most_in_a_window(starts)
     assert busiest <= RATE + BURST, busiest
+    late = sum(1 for e in await job_events(settings) if e.type == "attempt_snoozed" and e.late_for_rate)
     print(f"\n200 jobs at {RATE}/s: first to last start {took:.2f} s; most handler starts in a second: {busiest}; "
+          f"given back as late: {late}; "
           f"starts per worker: {[sum(1 for n in notes if n['pid'] == pid) for pid in {n['pid'] for n in notes}]}")
+
+
+async def test_jobs_that_came_due_while_no_worker_ran_start_at_the_rate_when_the_workers_come(
+    rates_app: App, tmp_path: Path, processes: list[Any]
+) -> None:
+    """A backlog: the rate's starts passed while no worker could take the jobs. A worker that claims
+    one later than RATE_START_LAG_S + RATE_LATE_S after its start gives it back to ask for a new
+    start (once per run), so the backlog starts at the rate, not all at once."""
+    from eventjobs.core.limits import RATE_LATE_S
+
+    settings = rates_app.settings
+    runs = tmp_path / "runs.jsonl"
+    runs.touch()
+    env = {RUNS_ENV: str(runs)}
+    for n in (1, 2):
+        processes.append(spawn(["processor", "--app", APP], settings, tmp_path / f"p{n}.log", **env))
+    deadline = time.monotonic() + 60
+    while not all("owns partition" in (tmp_path / f"p{n}.log").read_text() for n in (1, 2)):
+        assert time.monotonic() < deadline, "the processors did not start"
+        await asyncio.sleep(0.1)
+    # Given 60 jobs at 20 a second whose starts (0 to 3 s) all pass before any worker runs
+    ids = [await rates_app.enqueue("call_partner", {"n": n}) for n in range(60)]
+    await asyncio.sleep(4)
+    # When two workers come
+    for n in (1, 2):
+        processes.append(spawn(["worker", "--app", APP, "--concurrency", "8", "--worker-id", f"w{n}"],
+                               settings, tmp_path / f"w{n}.log", **env))
+    for job_id in ids:
+        assert (await rates_app.wait(job_id, timeout=120)).status is JobStatus.COMPLETED
+    # Then the late ones were given back and asked again, and no second held more than the rate
+    # allows plus what a claim within RATE_LATE_S of lateness may add
+    given_back = [e for e in await job_events(settings) if e.type == "attempt_snoozed" and e.late_for_rate]
+    assert given_back, "no late claim was given back"
+    starts = [json.loads(line)["at"] for line in runs.read_text().splitlines()]
+    assert len(starts) == 60
+    busiest = most_in_a_window(starts)
+    assert busiest <= RATE * (1 + RATE_LATE_S) + BURST, busiest
+    print(f"\n60 jobs due while no worker ran: {len(given_back)} given back as late; most starts in a second: {busiest}")
