@@ -153,6 +153,8 @@ class JobEventRecord(faust.Record, serializer="json", include_metadata=False):
     burst: int | None = None
     owner_id: str | None = None
     not_before: datetime | None = None
+    reset: bool | None = None  # limit_changed: back to the jobs' options
+    late_for_rate: bool | None = None  # attempt_snoozed: given back as too late for its rate's start
     # attempts, leases, progress
     attempt: int | None = None
     timer: str | None = None

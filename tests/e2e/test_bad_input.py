@@ -46,7 +46,8 @@ async def _log_size(settings: Settings) -> int:
          "debounce needs an idempotency_key (a value, or a function of the args): the window is kept per key; job 'add' has none"),
         ("add", {}, {"unique_for": "1m", "debounce": "1m", "idempotency_key": "k"}, InvalidJobOptions,
          "give unique_for or debounce, not both"),
-        ("add", {}, {"unique_states": ["pending"]}, InvalidJobOptions, "unknown job option 'unique_states'"),
+        ("add", {}, {"unique_states": ["pending"], "unique_for": "1m", "idempotency_key": "k"}, InvalidJobOptions,
+         "unique_states must include every status of a job not ended yet"),
     ],
 )
 async def test_enqueue_rejects_bad_input_and_sends_nothing(

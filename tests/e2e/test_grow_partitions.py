@@ -163,7 +163,12 @@ async def test_grow_4_to_8_carries_every_live_job_and_each_completes_once(
         finals[scheduled] = await new.wait(scheduled, timeout=120)
         finals[waiting] = await new.wait(waiting, timeout=60)
         finals[late] = await new.wait(late, timeout=60)
-        assert all(state.status is JobStatus.COMPLETED for state in finals.values()), finals
+        unfinished = {
+            job_id: (state.status, state.name, state.reason, state.attempt, state.last_error)
+            for job_id, state in finals.items()
+            if state.status is not JobStatus.COMPLETED
+        }
+        assert not unfinished, unfinished
         assert (await new.wait(cancelled, timeout=30)).status is JobStatus.CANCELLED  # the cancel in flight
         # at its time: not before, and soon after (or soon after the new services ran, on a slow machine)
         started = finals[scheduled].started_at
