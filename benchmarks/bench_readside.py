@@ -43,7 +43,8 @@ from eventjobs.kafka.clients import consumer  # noqa: E402
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir  # noqa: E402
 from eventjobs.readside.projector import BatchFolder, JobCache, Projector, ProjectorOptions, events_topic  # noqa: E402
 from eventjobs.readside.replay import replay_projections  # noqa: E402
-from eventjobs.readside.rows import JOB_EVENT_COLUMNS, columns_of, project_event  # noqa: E402
+from eventjobs.readside.rows import (  # noqa: E402
+    DEAD_LETTER_COLUMNS, JOB_COLUMNS, JOB_EVENT_COLUMNS, columns_of, dead_letter_row, job_row, project_event)
 from eventjobs.readside.store import ProjectionStore  # noqa: E402
 from eventjobs.settings import Settings  # noqa: E402
 from eventjobs.kafka.admin import apply_topics  # noqa: E402
@@ -130,12 +131,16 @@ async def replay(backend: ChdbBackend, settings: Settings, n: int) -> dict[str, 
     return {"events_per_s": report.events / report.elapsed_s, "elapsed_s": report.elapsed_s}
 
 
-def build_query_table(backend: ChdbBackend, target: int) -> int:
-    """About `target` job_events rows (and their metrics) in database `q1m` (see the module doc)."""
-    database = "q1m"
+def build_query_table(backend: ChdbBackend, target: int, database: str = "q1m") -> int:
+    """About `target` job_events rows, with their metrics and the `jobs` and `dead_letters` rows
+    of their jobs, in `database` (see the module doc). The base log's last 2,000 events are left
+    out, so about 200 jobs stay open (pending, claimed, running, retrying) in every copy. Copy k
+    prefixes job and event ids with `cKKKK-`, so a later copy's ids sort after an earlier one's as
+    uuid7 ids of later jobs do (the tables' parts then hold ranges of ids as they do in a live
+    read side); the ids inside the stored payloads and states are not renamed."""
     backend.command(f"DROP DATABASE IF EXISTS {database} SYNC", database="")
     apply_migrations(backend, default_projections_dir(), database)
-    log = job_log(100_000, seed=42)
+    log = job_log(102_000, seed=42)[:-2_000]
     jobs: dict = {}
     rows = []
     for offset, event in enumerate(log):
@@ -144,18 +149,26 @@ def build_query_table(backend: ChdbBackend, target: int) -> int:
             jobs[event.job_id] = projected.job
         rows.append(projected.row)
     backend.insert("job_events", JOB_EVENT_COLUMNS, columns_of(rows, len(JOB_EVENT_COLUMNS)), database=database)
+    backend.insert("jobs", JOB_COLUMNS, columns_of([job_row(job) for job in jobs.values()], len(JOB_COLUMNS)),
+                   database=database)
+    dead = [dead_letter_row(job) for job in jobs.values() if job.state.status.value == "dead_lettered"]
+    backend.insert("dead_letters", DEAD_LETTER_COLUMNS, columns_of(dead, len(DEAD_LETTER_COLUMNS)), database=database)
     base = len(rows)
-    columns = ", ".join(quote_identifier(c) for c in JOB_EVENT_COLUMNS)
     copies = max(0, (target - base + base - 1) // base)
+    shifted = {"occurred_at", "enqueued_at", "run_at", "started_at", "finished_at", "updated_at", "next_due_at",
+               "ready_at", "dead_lettered_at"}
     for copy in range(1, copies + 1):
-        select = ", ".join(
-            f"concat(job_id, '-{copy}')" if c == "job_id" else
-            f"concat(event_id, '-{copy}')" if c == "event_id" else
-            f"occurred_at + INTERVAL {copy} DAY" if c == "occurred_at" else
-            f"log_offset + {copy * base}" if c == "log_offset" else quote_identifier(c)
-            for c in JOB_EVENT_COLUMNS)
-        backend.command(f"INSERT INTO {database}.job_events ({columns}) SELECT {select} FROM {database}.job_events "
-                        f"WHERE log_offset < {base}", database="")
+        for table, names, where in (("job_events", JOB_EVENT_COLUMNS, f"log_offset < {base}"),
+                                    ("jobs", JOB_COLUMNS, "length(job_id) = 36"),
+                                    ("dead_letters", DEAD_LETTER_COLUMNS, "length(job_id) = 36")):
+            select = ", ".join(
+                f"concat('c{copy:04d}-', {c})" if c in ("job_id", "event_id") else
+                f"{c} + INTERVAL {copy} DAY" if c in shifted else
+                f"log_offset + {copy * base}" if c == "log_offset" else quote_identifier(c)
+                for c in names)
+            columns = ", ".join(quote_identifier(c) for c in names)
+            backend.command(f"INSERT INTO {database}.{table} ({columns}) SELECT {select} FROM {database}.{table} "
+                            f"WHERE {where}", database="")
     backend.command(f"OPTIMIZE TABLE {database}.job_metrics_1m FINAL", database="")
     return int(backend.query(f"SELECT count() FROM {database}.job_events", database="").scalar())
 

@@ -64,7 +64,7 @@ class Written:
 
 
 def random_log(seed: int) -> list[JobEvent]:
-    """Job lives and a workflow interleaved, redeliveries, unknown ids, forgotten and re-enqueued jobs."""
+    """Job lives and a workflow interleaved, children, redeliveries, unknown ids, forgotten and re-enqueued jobs."""
     rng = random.Random(seed)
     claim_start = (0.0, 0.5, 1.0)[seed % 3]  # claims that are also the start: none, some, all
     lives = generate_log(rng.randint(60, 260), seed=seed, concurrency=rng.randint(3, 20),
@@ -79,6 +79,12 @@ def random_log(seed: int) -> list[JobEvent]:
         else:
             log.append(flow[j])
             j += 1
+    enqueued: list[str] = []
+    for index, event in enumerate(log):  # some jobs enqueued by a job enqueued before them: its children
+        if event.type == "enqueued":
+            if enqueued and rng.random() < 0.3:
+                log[index] = event.model_copy(update={"parent_job_id": rng.choice(enqueued[-20:])})
+            enqueued.append(event.job_id)
     states: dict[str, JobState] = {}
     for event in log:
         decision = apply(states.get(event.job_id), event)
@@ -241,6 +247,16 @@ def test_as_of_equals_the_fold_of_the_log_prefix(chdb_tables: Backend, seed: int
             assert row.total == sum(row.by_status.values())
             counted.update({status: n for status, n in row.by_status.items() if n})
         assert counted == wanted, as_of
+        # and the metrics count the counted rows inside the cut (for a time, the whole minutes
+        # before it come from job_metrics_1m and only its own minute from job_events)
+        cut, params = as_of.cut()
+        rows = tables.query(
+            "SELECT name, countIf(type = 'enqueued'), countIf(type = 'attempt_started'), countIf(type = 'completed'), "
+            "countIf(type = 'dead_lettered'), countIf(type IN ('attempt_failed', 'attempt_timed_out', 'lease_expired')) "
+            f"FROM job_events WHERE counted = 1 AND {cut} GROUP BY name", params).rows
+        metrics = {row.group: (row.enqueued, row.started, row.completed, row.dead_lettered, row.failed_attempts)
+                   for row in stats_as_of(tables, as_of)}
+        assert metrics == {name: tuple(counts) for name, *counts in rows}, as_of
         # and one job shown in full reads as the fold's state
         for job_id in rng.sample(sorted(expected), min(3, len(expected))):
             state, forgotten = expected[job_id]
@@ -252,6 +268,12 @@ def test_as_of_equals_the_fold_of_the_log_prefix(chdb_tables: Backend, seed: int
                 state.result, state.last_error.error_type if state.last_error else "",
                 state.last_error.message if state.last_error else "", state.reason or "", state.worker_id or "",
                 state.finished_at, state.next_due_at, state.workflow.snoozes if state.workflow else 0)
+        # and a parent's children are those of its jobs that existed then, oldest enqueue first
+        parents = sorted({s.parent_job_id for s, _ in expected.values() if s.parent_job_id in expected})
+        for parent in parents[:3]:
+            children = sorted((s for s, _ in expected.values() if s.parent_job_id == parent),
+                              key=lambda child: (ms(child.enqueued_at), child.job_id))
+            assert show_job_as_of(tables, parent, as_of).children == [child.job_id for child in children], as_of
 
 
 def test_a_moment_is_a_time_an_age_or_a_position() -> None:
