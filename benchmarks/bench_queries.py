@@ -37,7 +37,7 @@ from eventjobs.clickhouse import Backend, ChdbBackend  # noqa: E402
 from eventjobs.readside import queries  # noqa: E402
 from eventjobs.readside.migrations import apply_migrations, default_projections_dir  # noqa: E402
 from eventjobs.readside.as_of import (  # noqa: E402
-    AsOf, list_jobs_as_of, show_job_as_of, stats_as_of, status_counts_as_of)  # noqa: E402
+    AsOf, list_jobs_as_of, show_job_as_of, stats_as_of, status_counts_as_of)
 
 PAGE_SIZE = 50  # the dashboard's jobs page (it asks for one more, to know whether a next page exists)
 
@@ -58,8 +58,8 @@ def questions(backend: Backend) -> list[tuple[str, Callable[[], Any]]]:
 
     return [
         ("page /  (overview, last hour)", lambda: (
-            queries.queue_depth(backend), queries.job_stats(backend, since=hour_ago, by="queue"),
-            queries.job_stats(backend, since=hour_ago, by="name"), queries.dead_letter_count(backend),
+            queries.queue_depth(backend), queries.job_stats_by_queue_and_name(backend, since=hour_ago),
+            queries.dead_letter_count(backend),
             queries.minute_series(backend, since=hour_ago), queries.reported_lag(backend), fresh())),
         ("page /jobs", lambda: (queries.list_jobs(backend, limit=PAGE_SIZE + 1), fresh())),
         ("page /jobs?status=dead_lettered", lambda: (

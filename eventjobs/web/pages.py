@@ -51,9 +51,10 @@ async def overview(request: Request) -> Response:
     since = until - span
 
     def ask(backend: Backend) -> dict[str, Any]:
+        by_queue, by_name = queries.job_stats_by_queue_and_name(backend, since=since)
         return {"depth": queries.queue_depth(backend),
-                "stats": queries.job_stats(backend, since=since, by="queue"),
-                "by_name": queries.job_stats(backend, since=since, by="name"),
+                "stats": by_queue,
+                "by_name": by_name,
                 "dead_count": queries.dead_letter_count(backend),
                 "series": _series(backend, since, until),
                 "reported_lag": queries.reported_lag(backend)}

@@ -71,6 +71,13 @@ async def test_dashboard_queries_agree_with_the_log(backend: Backend, settings: 
     later = queries.minute_series(backend, since=max(e.occurred_at for e in log) + timedelta(minutes=2))
     assert later == []
 
+    # the overview's stats: by queue and by name in one read, as each grouping alone gives them
+    for since in (None, START):
+        by_queue, by_name = queries.job_stats_by_queue_and_name(backend, since=since)
+        assert by_queue == queries.job_stats(backend, by="queue", since=since) and by_queue
+        assert by_name == queries.job_stats(backend, by="name", since=since) and len(by_name) > 1
+        assert sum(row.completed for row in by_queue) == sum(row.completed for row in by_name) > 0
+
     # queue depth: the open states of the fold, by queue and priority
     states = fold(log)
     expected: Counter[tuple[str, str, str]] = Counter(
