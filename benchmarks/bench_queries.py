@@ -52,6 +52,7 @@ def questions(backend: Backend) -> list[tuple[str, Callable[[], Any]]]:
         "(SELECT quantileExact(0.5)(occurred_at) FROM job_events) ORDER BY occurred_at LIMIT 1").rows[0]
     dead_id = backend.query("SELECT job_id FROM dead_letters FINAL WHERE deleted = 0 LIMIT 1").scalar()
     as_of = AsOf(at=middle)
+    recent = AsOf(at=hour_ago)
 
     def fresh() -> Any:
         return queries.freshness(backend, None)
@@ -82,6 +83,7 @@ def questions(backend: Backend) -> list[tuple[str, Callable[[], Any]]]:
         ("deadletters list", lambda: queries.dead_letters(backend)),
         ("jobs show ID --as-of T", lambda: show_job_as_of(backend, job_id, as_of)),
         ("jobs list --as-of T", lambda: list_jobs_as_of(backend, as_of)),
+        ("jobs list --as-of (an hour before the end)", lambda: list_jobs_as_of(backend, recent)),
         ("stats --as-of T", lambda: (stats_as_of(backend, as_of), status_counts_as_of(backend, as_of))),
         ("  its metrics (stats_as_of)", lambda: stats_as_of(backend, as_of)),
         ("  its status counts (status_counts_as_of)", lambda: status_counts_as_of(backend, as_of)),

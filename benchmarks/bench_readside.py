@@ -170,6 +170,8 @@ def build_query_table(backend: ChdbBackend, target: int, database: str = "q1m") 
             backend.command(f"INSERT INTO {database}.{table} ({columns}) SELECT {select} FROM {database}.{table} "
                             f"WHERE {where}", database="")
     backend.command(f"OPTIMIZE TABLE {database}.job_metrics_1m FINAL", database="")
+    backend.command(f"INSERT INTO {database}.projector_progress (log_partition, state_offset) SELECT log_partition, "
+                    f"max(log_offset) FROM {database}.job_events GROUP BY log_partition", database="")  # all written
     return int(backend.query(f"SELECT count() FROM {database}.job_events", database="").scalar())
 
 

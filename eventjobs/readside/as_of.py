@@ -161,13 +161,12 @@ def check_as_of(backend: Backend, as_of: AsOf) -> None:
                             f"{projected[partition]} (the projector has not got there yet, or the log ends there)")
 
 
-def _prefix(as_of: AsOf, job_ids: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+def _prefix(as_of: AsOf, only: str = "", only_params: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """A subquery of the `job_events` rows in each job's prefix as of the moment (see the module
-    docstring), of every job or only of `job_ids`."""
+    docstring), of every job or of those the SQL condition `only` (with `only_params`) selects."""
     cut, params = as_of.cut()
-    only = ""
-    if job_ids is not None:
-        only, params = " AND job_id IN {as_of_ids:Array(String)}", {**params, "as_of_ids": job_ids}
+    params = {**params, **(only_params or {})}
+    only = f" AND {only}" if only else ""
     if as_of.at is None:  # a position: the rows inside the cut are the prefix
         return f"(SELECT * FROM job_events WHERE {cut}{only})", params
     # a time: each job's rows up to its last one inside the cut, in log order (a window over the
@@ -182,13 +181,30 @@ def _prefix(as_of: AsOf, job_ids: list[str] | None = None) -> tuple[str, dict[st
     )
 
 
-def _jobs_at(as_of: AsOf) -> tuple[str, dict[str, Any]]:
+def _jobs_at(backend: Backend, as_of: AsOf) -> tuple[str, dict[str, Any]]:
     """A subquery with one row per job that existed as of the moment: status, queue, name,
-    forgotten and enqueued_at, by `argMax` over its prefix rows in log order."""
-    rows, params = _prefix(as_of)
+    forgotten and enqueued_at.
+
+    A job none of whose rows lies after the moment (none outside the cut, for a position: of the
+    partitions it names) and whose `jobs` row is written (its rows are at or below the state
+    offset of `projector_progress`) stood then as it stands now: its `jobs` row is the fold of all
+    its rows, which are its prefix. Only the other jobs (those that changed after the moment, and
+    any the projector has not written yet) are computed from their prefix rows: `argMax` in log
+    order. So a moment close to now reads few rows besides `jobs`."""
+    cut, params = as_of.cut()
+    unwritten = _not_in_jobs_rows(backend)
+    after = f"NOT {cut}" if unwritten is None else f"(NOT {cut} OR {unwritten})"
+    scope, jobs_scope = "1", "1"
+    if as_of.at is None:
+        named = ", ".join(str(int(partition)) for partition in sorted(as_of.offsets))
+        scope = jobs_scope = f"log_partition IN ({named})"
+    changed = f"(SELECT DISTINCT job_id FROM job_events WHERE {scope} AND {after})"
+    rows, params = _prefix(as_of, f"job_id IN {changed}", params)
     by = "(log_partition, log_offset)"
     return (
-        (f"(SELECT job_id, argMaxIf(status_after, {by}, status_after != '') AS status, "
+        ("(SELECT job_id, status, queue, name, forgotten = 1 AS forgotten, enqueued_at FROM jobs FINAL "
+         f"WHERE {jobs_scope} AND job_id NOT IN {changed} UNION ALL "
+         f"SELECT job_id, argMaxIf(status_after, {by}, status_after != '') AS status, "
          f"argMaxIf(queue, {by}, status_after != '') AS queue, argMaxIf(name, {by}, status_after != '') AS name, "
          f"argMaxIf(outcome, {by}, status_after != '' OR outcome = 'forgotten') = 'forgotten' AS forgotten, "
          f"argMaxIf(occurred_at, {by}, type = 'enqueued' AND outcome = 'applied') AS enqueued_at "
@@ -197,11 +213,27 @@ def _jobs_at(as_of: AsOf) -> tuple[str, dict[str, Any]]:
     )
 
 
+def _not_in_jobs_rows(backend: Backend) -> str | None:
+    """The SQL condition of the `job_events` rows not folded into `jobs` rows yet, or None when
+    there is none: those past the state offset of their partition in `projector_progress` (the
+    projector writes a batch's event rows, then its `jobs` rows, then that offset). Read from the
+    `positions` projection and `projector_progress`: a few rows."""
+    written = {int(p): int(o) for p, o in backend.query(
+        "SELECT log_partition, max(state_offset) FROM projector_progress GROUP BY log_partition").rows}
+    newest = {int(p): int(o) for p, o in backend.query(
+        "SELECT log_partition, max(log_offset) FROM job_events GROUP BY log_partition").rows}
+    behind = [(p, written.get(p, -1)) for p, o in sorted(newest.items()) if o > written.get(p, -1)]
+    if not behind:
+        return None
+    return "(" + " OR ".join(f"(log_partition = {p} AND log_offset > {o})" if o >= 0 else f"log_partition = {p}"
+                             for p, o in behind) + ")"
+
+
 def _fold_jobs(backend: Backend, as_of: AsOf, job_ids: list[str]) -> dict[str, ProjectedJob]:
     """The projected jobs `job_ids` as of the moment: their prefix payloads folded with the projector's fold."""
     if not job_ids:
         return {}
-    rows, params = _prefix(as_of, job_ids)
+    rows, params = _prefix(as_of, "job_id IN {as_of_ids:Array(String)}", {"as_of_ids": job_ids})
     result = backend.query(f"SELECT job_id, payload, log_partition, log_offset, outcome FROM {rows} "
                            "ORDER BY log_partition, log_offset", params)
     return fold_stored(result.rows)
@@ -222,7 +254,7 @@ def list_jobs_as_of(backend: Backend, as_of: AsOf, *, queue: str | None = None, 
     where, filters = job_filters(queue=queue, status=status, name=name, since=since, until=until, limit=limit,
                                  offset=offset)
     check_as_of(backend, as_of)
-    jobs, params = _jobs_at(as_of)
+    jobs, params = _jobs_at(backend, as_of)
     params = {**params, **filters}
     result = backend.query(f"SELECT job_id FROM {jobs} WHERE {' AND '.join(where)} "
                            "ORDER BY enqueued_at DESC, job_id LIMIT {limit:UInt32} OFFSET {offset:UInt64}", params)
@@ -252,14 +284,18 @@ def show_job_as_of(backend: Backend, job_id: str, as_of: AsOf) -> JobDetail:
 
 
 def _children_as_of(backend: Backend, job_id: str, as_of: AsOf) -> list[str]:
-    """The jobs `job_id` enqueued that existed as of the moment, oldest first (at most `MAX_CHILDREN_LISTED`).
-    Only the rows of its children are read: their ids from `jobs` (its parent index), then their
-    enqueues inside the cut."""
+    """The jobs `job_id` enqueued that existed as of the moment, oldest first (at most `MAX_CHILDREN_LISTED`):
+    the applied enqueues inside the cut that name it as parent. Only the rows of its children are
+    read: their ids from `jobs` (its parent index), and the rows not in `jobs` rows yet."""
     cut, params = as_of.cut()
+    unwritten = _not_in_jobs_rows(backend)
+    also = "" if unwritten is None else (
+        " UNION ALL SELECT job_id FROM job_events WHERE type = 'enqueued' AND " + unwritten)
     result = backend.query(
-        "SELECT job_id FROM jobs FINAL WHERE parent_job_id = {id:String} AND job_id IN (SELECT job_id FROM "
-        "job_events WHERE job_id IN (SELECT job_id FROM jobs WHERE parent_job_id = {id:String}) AND type = 'enqueued' "
-        f"AND outcome = 'applied' AND {cut}) ORDER BY enqueued_at, job_id LIMIT {MAX_CHILDREN_LISTED}",
+        "SELECT job_id FROM job_events WHERE job_id IN (SELECT job_id FROM jobs WHERE parent_job_id = {id:String}"
+        f"{also}) AND type = 'enqueued' AND outcome = 'applied' AND {cut} "
+        "AND JSONExtractString(payload, 'parent_job_id') = {id:String} "
+        f"GROUP BY job_id ORDER BY max(occurred_at), job_id LIMIT {MAX_CHILDREN_LISTED}",
         {**params, "id": job_id})
     return [row[0] for row in result.rows]
 
@@ -279,7 +315,7 @@ def status_counts_as_of(backend: Backend, as_of: AsOf, *, queue: str | None = No
     if by not in ("name", "queue"):
         raise QueryArgumentError(f"--by must be 'name' or 'queue', got {by!r}")
     check_as_of(backend, as_of)
-    jobs, params = _jobs_at(as_of)
+    jobs, params = _jobs_at(backend, as_of)
     where = "1"
     if queue is not None:
         where, params = "queue = {queue:String}", {**params, "queue": queue}
