@@ -17,8 +17,10 @@ fold's (the property test in tests/readside/test_as_of.py checks it against `app
 How it is computed:
 
 * Which jobs existed, their status, queue, name, enqueue time and whether they were forgotten: in
-  SQL, `argMax` over the prefix rows by log position (`status_after` is the fold's status after
-  each event; empty when there was no job: an event for an unknown id, or the forgetting one).
+  SQL. A job with no row after the moment whose rows are all folded into its `jobs` row stood
+  then as it stands now, so its `jobs` row answers; for the others, `argMax` over the prefix rows
+  by log position (`status_after` is the fold's status after each event; empty when there was no
+  job: an event for an unknown id, or the forgetting one).
   Filters, order and pages of `jobs list`, and the counts of `stats`, are this query.
 * Everything else a job shows (attempts, timestamps, result, last error, progress, workflow
   links) is not a column of an event but what the fold made of all of them. For the jobs one page
