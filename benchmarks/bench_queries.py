@@ -10,7 +10,8 @@ then times, over one open backend (as a page does, minus opening it), the questi
 * each dashboard page (`eventjobs/web/pages.py`): the overview, the jobs list unfiltered and
   filtered, one job, the dead letters, the queues page, each with the freshness line;
 * each CLI read command: `jobs list`, `jobs show`, `history`, `stats`, `deadletters list`, and the
-  `--as-of` forms of `jobs list`, `jobs show` and `stats`.
+  `--as-of` forms of `jobs list`, `jobs show` and `stats` as of the middle of the log (and of
+  `jobs list` also an hour before its end).
 
 Prints the machine, the table size, and p50 / p95 / max in ms of `--runs` runs of each (after one
 warm-up run).
