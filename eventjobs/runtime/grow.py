@@ -30,7 +30,10 @@ What `grow` writes into the target, in one Kafka transaction (all of it, or noth
 
 While copying, the source's log is folded up to the processor's committed offsets as the
 processor folded it; that fold must equal the changelog (`replay --state`'s check), or nothing is
-committed: the states carried over are the log's. After committing, the target
+committed: the states carried over are the log's. After committing, the grow waits until the
+target group's offsets read back (the group coordinator applies a transaction's offsets a moment
+after the commit returns; read before that, the check would fold the tail as well, and a processor
+started at once would start from the log's beginning), the target
 is checked the same way, and the source's queues are paused (reason naming the target), so a
 worker started on the old namespace by mistake takes nothing.
 
@@ -73,6 +76,10 @@ log = logging.getLogger("eventjobs.runtime.grow")
 COPIED_FROM_HEADER = "eventjobs.copied-from"
 #: The grow's transaction may last this long (Kafka's default cap, `transaction.max.timeout.ms`).
 TRANSACTION_TIMEOUT_MS = 900_000
+#: How long the grow waits, after its transaction committed, for the new processor group's offsets
+#: to read back: the group coordinator applies a transaction's offsets when the commit marker
+#: reaches it, a moment after the commit returns, and until then they read as absent.
+OFFSETS_VISIBLE_S = 60.0
 _ACKS_IN_FLIGHT = 2000  # sends awaited at a time: memory stays bounded however large the history
 
 
@@ -128,10 +135,12 @@ async def grow(source: Settings, target: Settings, partitions: int, *, clock: Cl
     report = GrowReport(source.namespace, target.namespace, len(events_before), partitions)
     await _create_target_topics(target, new, partitions, {_route(state) for _, state in table.values()})
     try:
-        await _write(source, target, names, new, table, begins, ends, partitions, clock, say, report)
+        starts = await _write(source, target, names, new, table, begins, ends, partitions, clock, say, report)
     except BaseException:
         await _delete_target_topics(target)  # what the grow made: a later grow may start afresh
         raise
+    # the check below (and the new processor) read these offsets: absent, they would fold the tail too
+    await _offsets_visible(target, [TopicPartition(new.events, p) for p in range(partitions)], starts)
     report.jobs = Counter(state.status.value for _, state in table.values())
     report.moved = sum(1 for job_id, (p, _) in table.items() if job_partition(job_id, partitions) != p)
     say(f"checking that the changelog of {target.namespace} equals the fold of its log")
@@ -145,8 +154,9 @@ async def grow(source: Settings, target: Settings, partitions: int, *, clock: Cl
 
 async def _write(source: Settings, target: Settings, names: TopicNames, new: TopicNames,
                  table: dict[str, tuple[int, JobState]], begins: dict[int, int], ends: dict[int, int], partitions: int,
-                 clock: Clock, say: Progress, report: GrowReport) -> None:
-    """Everything the target gets, in one transaction (the steps of the module docstring)."""
+                 clock: Clock, say: Progress, report: GrowReport) -> dict[int, int]:
+    """Everything the target gets, in one transaction (the steps of the module docstring); returns
+    the offsets its processor group starts from, per partition of the new event log."""
     writer = producer(target, transactional_id=new.grow_transactional_id, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                       linger_ms=5)
     await writer.start()
@@ -176,6 +186,17 @@ async def _write(source: Settings, target: Settings, names: TopicNames, new: Top
                                   f"still writes to it): stop it and grow again; nothing was written")
     finally:
         await writer.stop()
+    return {p: starts.get(p, 0) for p in range(partitions)}
+
+
+async def _offsets_visible(target: Settings, partitions: list[TopicPartition], starts: dict[int, int]) -> None:
+    """Wait until the target processor group's committed offsets read back as `starts`."""
+    deadline = asyncio.get_running_loop().time() + OFFSETS_VISIBLE_S
+    while (committed := await processor_committed(target, partitions)) != starts:
+        if asyncio.get_running_loop().time() > deadline:
+            raise GrowRefused(f"{target.namespace} was written but its processor's offsets read back as {committed}, "
+                              f"not {starts}, after {OFFSETS_VISIBLE_S:.0f} s; do not start services on it")
+        await asyncio.sleep(0.1)
 
 
 def _differing(folded: dict[str, tuple[int, JobState]], table: dict[str, tuple[int, JobState]]) -> list[str]:

@@ -118,15 +118,16 @@ async def test_two_hundred_jobs_at_twenty_a_second_over_two_workers_take_ten_sec
     assert took >= 9.0, took
     # the owner's grants (event time) never put more than 20 + burst - 1 starts in a second
     # (a grant derived again by an owner's redo after a handover is the same event, by id)
-    grants = list({e.event_id: e for e in await job_events(settings) if e.type == "slot_granted"}.values())
-    assert len(grants) == 200
+    events = await job_events(settings)
+    grants = list({e.event_id: e for e in events if e.type == "slot_granted"}.values())
+    late = sum(1 for e in events if e.type == "attempt_snoozed" and e.late_for_rate)
+    assert len(grants) == 200 + late  # a start given back as too late asks again: one more grant each
     planned = [(g.not_before or g.occurred_at).timestamp() for g in grants]
     assert most_in_a_window(planned) <= RATE + BURST - 1
     # and the handlers' own starts, which follow the grants' starts by the timer and the claim,
     # never more than the rate plus the documented burst in any second
     busiest = most_in_a_window(starts)
     assert busiest <= RATE + BURST, busiest
-    late = sum(1 for e in await job_events(settings) if e.type == "attempt_snoozed" and e.late_for_rate)
     print(f"\n200 jobs at {RATE}/s: first to last start {took:.2f} s; most handler starts in a second: {busiest}; "
           f"given back as late: {late}; "
           f"starts per worker: {[sum(1 for n in notes if n['pid'] == pid) for pid in {n['pid'] for n in notes}]}")
