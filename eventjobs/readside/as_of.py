@@ -56,6 +56,7 @@ from eventjobs.readside.queries import (
     utc,
 )
 from eventjobs.readside.rows import JOB_COLUMNS, ProjectedJob, fold_stored, job_row
+from eventjobs.readside.store import ProjectionStore
 
 __all__ = [
     "AsOf",
@@ -218,13 +219,11 @@ def _jobs_at(backend: Backend, as_of: AsOf) -> tuple[str, dict[str, Any]]:
 def _not_in_jobs_rows(backend: Backend) -> str | None:
     """The SQL condition of the `job_events` rows not folded into `jobs` rows yet, or None when
     there is none: those past the state offset of their partition in `projector_progress` (the
-    projector writes a batch's event rows, then its `jobs` rows, then that offset). Read from the
-    `positions` projection and `projector_progress`: a few rows."""
-    written = {int(p): int(o) for p, o in backend.query(
-        "SELECT log_partition, max(state_offset) FROM projector_progress GROUP BY log_partition").rows}
-    newest = {int(p): int(o) for p, o in backend.query(
-        "SELECT log_partition, max(log_offset) FROM job_events GROUP BY log_partition").rows}
-    behind = [(p, written.get(p, -1)) for p, o in sorted(newest.items()) if o > written.get(p, -1)]
+    projector writes a batch's event rows, then its `jobs` rows, then that offset). The projector's
+    own `positions` (from the `positions` projection and `projector_progress`: a few rows)."""
+    positions = ProjectionStore(backend).positions()
+    written = positions.state_done
+    behind = [(p, written.get(p, -1)) for p, o in sorted(positions.events_done.items()) if o > written.get(p, -1)]
     if not behind:
         return None
     return "(" + " OR ".join(f"(log_partition = {p} AND log_offset > {o})" if o >= 0 else f"log_partition = {p}"

@@ -553,7 +553,7 @@ def job_stats(backend: Backend, *, queue: str | None = None, since: datetime | N
     """
     if by not in ("name", "queue"):
         raise QueryArgumentError(f"--by must be 'name' or 'queue', got {by!r}")
-    rows = _stats_query(backend, f"{by} AS grp, 0 AS by_name", "grp", queue=queue, since=since, source=source,
+    rows = _stats_query(backend, f"{by} AS grp", "grp", queue=queue, since=since, source=source,
                         source_params=source_params)
     return [_stats_row(row) for row in rows]
 

@@ -179,14 +179,15 @@ async def _write(source: Settings, target: Settings, names: TopicNames, new: Top
             await _copy_queue_controls(source, writer, names, new, report)
             await _copy_slot_tables(source, writer, names, new, partitions, report)
             # the history is in the states already: the target's processor starts right after it
+            offsets = {p: starts.get(p, 0) for p in range(partitions)}
             await writer.send_offsets_to_transaction(
-                {TopicPartition(new.events, p): starts.get(p, 0) for p in range(partitions)}, new.processor_group)
+                {TopicPartition(new.events, p): offset for p, offset in offsets.items()}, new.processor_group)
             if (await log_offsets(source, names.events))[2] != ends:
                 raise GrowRefused(f"events were appended to {names.events} during the grow (a producer or service "
                                   f"still writes to it): stop it and grow again; nothing was written")
     finally:
         await writer.stop()
-    return {p: starts.get(p, 0) for p in range(partitions)}
+    return offsets
 
 
 async def _offsets_visible(target: Settings, partitions: list[TopicPartition], starts: dict[int, int]) -> None:
