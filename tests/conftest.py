@@ -4,18 +4,27 @@ Kafka, in order of preference: `KAFKA_BOOTSTRAP_SERVERS` when set; Docker Compos
 pytest-docker when a Docker engine answers; otherwise the project's own local broker
 (`eventjobs.dev.broker.LocalKafka`, the code behind `eventjobs dev up`) on a free port with its
 data in a temporary directory. Tests isolate themselves by a unique namespace (topic prefix).
+
+The suite runs in two processes (pytest-xdist, `-n 2 --dist loadfile` in pyproject.toml: most
+tests wait on a broker or a service process, so two at once nearly halve the run). They share the
+one broker: the first worker that needs it starts it under a file lock in a directory the
+controller hands to every worker, the others read its address there, and the controller stops it
+when the run ends. Each worker has its own chdb (it lives in the process).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from eventjobs.dev.broker import LocalKafka, free_port
 from eventjobs.dev.probe import broker_answers
@@ -56,15 +65,80 @@ def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
         services.wait_until_responsive(timeout=120.0, pause=1.0, check=lambda: broker_answers(bootstrap))
         yield bootstrap
         return
-    # 1 GiB of heap: the whole suite creates a few thousand partitions (one namespace per test) on
-    # this one broker, and 512 MiB was seen running out under a long run of many namespaces
-    broker = LocalKafka(home=tmp_path_factory.mktemp("kafka"), port=free_port(), controller_port=free_port(),
-                        heap="1g")
+    shared = getattr(request.config, "workerinput", {}).get(SHARED_DIR)
+    if shared:
+        yield _shared_broker(Path(shared))
+        return
+    broker = _new_broker(tmp_path_factory.mktemp("kafka"))
     broker.up()
     try:
         yield broker.bootstrap
     finally:
         broker.down()
+
+
+SHARED_DIR = "eventjobs_shared_dir"  # the key of the directory the controller hands to its workers
+
+
+def _new_broker(home: Path) -> LocalKafka:
+    # 1 GiB of heap: the whole suite creates a few thousand partitions (one namespace per test) on
+    # this one broker, and 512 MiB was seen running out under a long run of many namespaces
+    return LocalKafka(home=home, port=free_port(), controller_port=free_port(), heap="1g")
+
+
+def _shared_broker(shared: Path) -> str:
+    """The run's one broker, started by the first worker that asks (the others wait on the lock)."""
+    record = shared / "kafka.json"
+    with FileLock(shared / "kafka.lock"):
+        if not record.exists():
+            broker = _new_broker(shared / "kafka")
+            broker.up()
+            record.write_text(json.dumps({"port": broker.port, "controller_port": broker.controller_port}))
+        ports = json.loads(record.read_text())
+    return f"127.0.0.1:{ports['port']}"
+
+
+class SharedBroker:
+    """The controller's side under pytest-xdist: a directory for the workers, the broker stopped at the end."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="eventjobs-tests-"))
+
+    def pytest_configure_node(self, node: object) -> None:
+        node.workerinput[SHARED_DIR] = str(self.directory)  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        record = self.directory / "kafka.json"
+        if record.exists():
+            ports = json.loads(record.read_text())
+            LocalKafka(home=self.directory / "kafka", port=ports["port"], controller_port=ports["controller_port"]).down()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput") and config.getoption("numprocesses"):
+        config.pluginmanager.register(SharedBroker(), "eventjobs-shared-broker")
+
+
+#: The test directories from the longest files to the shortest: the two processes take whole files
+#: in this order (`--no-loadscope-reorder`), so the last files handed out are short and both end
+#: close together rather than one running a fault test alone at the end.
+LONGEST_FIRST = ("faults", "e2e", "readside", "web", "contract", "integration", "testing", "core", "unit")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        parts = item.path.relative_to(ROOT).parts
+        folder = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+        return LONGEST_FIRST.index(folder) if folder in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a directory stays
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shared = config.pluginmanager.get_plugin("eventjobs-shared-broker")
+    if shared is not None:
+        shared.stop()
 
 
 @pytest.fixture

@@ -222,7 +222,7 @@ def _empty(backend: Backend) -> None:
         backend.command(f"TRUNCATE TABLE {table}")
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1))
 def test_as_of_equals_the_fold_of_the_log_prefix(chdb_tables: Backend, seed: int) -> None:
     tables = chdb_tables
