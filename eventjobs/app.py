@@ -426,7 +426,9 @@ class App:
         Any number of callers may wait at once: one watcher per app follows the changelog. A job
         that finished before the call is answered too, from the cache of the latest states
         (`EVENTJOBS_WAIT_CACHE_JOBS`) or else from the job's changelog partition. `timeout` covers
-        everything; the TimeoutError says the job's last state, or that none exists.
+        everything; the TimeoutError says the job's last state, or that none exists. A job retried
+        from the dead-letter queue stays dead_lettered until a processor folds the retry, so a
+        `wait` right after `retry_dead_letter` can answer that dead letter: check `state` first.
         """
         return await self._state_watcher().wait(job_id, timeout)
 

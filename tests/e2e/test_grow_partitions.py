@@ -56,6 +56,11 @@ async def _status(app: App, job_id: str, status: JobStatus) -> bool:
     return state is not None and state.status is status
 
 
+async def _left(app: App, job_id: str, status: JobStatus) -> bool:
+    state = await app.state(job_id)
+    return state is not None and state.status is not status
+
+
 def _stop(process: Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
@@ -158,6 +163,9 @@ async def test_grow_4_to_8_carries_every_live_job_and_each_completes_once(
         services = [new_services.start("processor", "new-processor"), new_services.start("worker", "new-worker")]
         assert (await new.dead_letters())[0].job_id == expired  # the dead-letter queue came along
         await new.retry_dead_letter(expired)
+        # until the new processor folds the retry, the job's latest state is still the dead letter, which
+        # `wait` would answer at once
+        await poll(lambda: _left(new, expired, JobStatus.DEAD_LETTERED), 60, f"{expired} retried", every=0.1)
         finals = {job_id: await new.wait(job_id, timeout=90) for job_id in [*pending, expired]}
         serving_since = min(state.finished_at for state in finals.values())  # type: ignore[type-var]
         finals[scheduled] = await new.wait(scheduled, timeout=120)
