@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from eventjobs import App, JobContext, Limit
+from eventjobs.core.limits import RATE_LATE_S, RATE_START_LAG_S
 from eventjobs.core.state import JobStatus
 from eventjobs.settings import Settings
 from tests.e2e.conftest import built_app, job_events, spawn
@@ -124,10 +125,15 @@ async def test_two_hundred_jobs_at_twenty_a_second_over_two_workers_take_ten_sec
     assert len(grants) == 200 + late  # a start given back as too late asks again: one more grant each
     planned = [(g.not_before or g.occurred_at).timestamp() for g in grants]
     assert most_in_a_window(planned) <= RATE + BURST - 1
-    # and the handlers' own starts, which follow the grants' starts by the timer and the claim,
-    # never more than the rate plus the documented burst in any second
+    # each handler starts its job's last grant's start plus the lag, never before (one host, one clock)
+    planned_for = {g.job_id: (g.not_before or g.occurred_at).timestamp() for g in grants}  # log order: the last
+    early = [n for n in notes if n["at"] < planned_for[n["job"]] + RATE_START_LAG_S - 0.005]
+    assert not early, early
+    # so in any second the handlers start at most the documented bound for jobs claimed in time,
+    # rate x (1 + RATE_LATE_S) + burst: a start may come up to RATE_LATE_S after its planned moment
+    # (21 starts, the rate plus the burst, on a quiet host; see docs/flow-control.md)
     busiest = most_in_a_window(starts)
-    assert busiest <= RATE + BURST, busiest
+    assert busiest <= int(RATE * (1 + RATE_LATE_S)) + BURST, busiest
     print(f"\n200 jobs at {RATE}/s: first to last start {took:.2f} s; most handler starts in a second: {busiest}; "
           f"given back as late: {late}; "
           f"starts per worker: {[sum(1 for n in notes if n['pid'] == pid) for pid in {n['pid'] for n in notes}]}")
