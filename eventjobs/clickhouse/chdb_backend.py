@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import chdb
 from clickhouse_connect.driver.binding import format_bind_value
 
 from eventjobs.clickhouse.backend import (
@@ -105,6 +104,10 @@ class ChdbBackend:
             _Engine.users += 1
 
     def _connect(self, database: str | None, readonly: bool = False) -> Any:
+        # imported here, not with the module: the engine is a 550 MB library that takes 0.3-1 s to
+        # load, and workers, processors and most CLI commands import this module but never open it
+        import chdb
+
         try:
             connection = chdb.connect(str(self.path))
         except Exception as error:  # noqa: BLE001 - chdb raises RuntimeError with ClickHouse's text (or others)
