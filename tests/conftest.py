@@ -86,16 +86,24 @@ def _new_broker(home: Path) -> LocalKafka:
     return LocalKafka(home=home, port=free_port(), controller_port=free_port(), heap="1g")
 
 
+def _recorded_broker(shared: Path) -> LocalKafka | None:
+    """The broker a worker started in `shared` (None: none yet), as its record names it."""
+    record = shared / "kafka.json"
+    if not record.exists():
+        return None
+    ports = json.loads(record.read_text())
+    return LocalKafka(home=shared / "kafka", port=ports["port"], controller_port=ports["controller_port"])
+
+
 def _shared_broker(shared: Path) -> str:
     """The run's one broker, started by the first worker that asks (the others wait on the lock)."""
-    record = shared / "kafka.json"
     with FileLock(shared / "kafka.lock"):
-        if not record.exists():
+        broker = _recorded_broker(shared)
+        if broker is None:
             broker = _new_broker(shared / "kafka")
             broker.up()
-            record.write_text(json.dumps({"port": broker.port, "controller_port": broker.controller_port}))
-        ports = json.loads(record.read_text())
-    return f"127.0.0.1:{ports['port']}"
+            (shared / "kafka.json").write_text(json.dumps({"port": broker.port, "controller_port": broker.controller_port}))
+    return broker.bootstrap
 
 
 class SharedBroker:
@@ -108,10 +116,9 @@ class SharedBroker:
         node.workerinput[SHARED_DIR] = str(self.directory)  # type: ignore[attr-defined]
 
     def stop(self) -> None:
-        record = self.directory / "kafka.json"
-        if record.exists():
-            ports = json.loads(record.read_text())
-            LocalKafka(home=self.directory / "kafka", port=ports["port"], controller_port=ports["controller_port"]).down()
+        broker = _recorded_broker(self.directory)
+        if broker is not None:
+            broker.down()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

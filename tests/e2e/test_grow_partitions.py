@@ -51,14 +51,10 @@ def specs_with(directory: Path, partitions: int) -> Path:
     return directory
 
 
-async def _status(app: App, job_id: str, status: JobStatus) -> bool:
+async def _status(app: App, job_id: str, *statuses: JobStatus) -> bool:
+    """Whether the job's latest state has one of `statuses`."""
     state = await app.state(job_id)
-    return state is not None and state.status is status
-
-
-async def _left(app: App, job_id: str, status: JobStatus) -> bool:
-    state = await app.state(job_id)
-    return state is not None and state.status is not status
+    return state is not None and state.status in statuses
 
 
 def _stop(process: Popen[bytes]) -> None:
@@ -165,7 +161,8 @@ async def test_grow_4_to_8_carries_every_live_job_and_each_completes_once(
         await new.retry_dead_letter(expired)
         # until the new processor folds the retry, the job's latest state is still the dead letter, which
         # `wait` would answer at once
-        await poll(lambda: _left(new, expired, JobStatus.DEAD_LETTERED), 60, f"{expired} retried", every=0.1)
+        retried = set(JobStatus) - {JobStatus.DEAD_LETTERED}
+        await poll(lambda: _status(new, expired, *retried), 60, f"{expired} retried", every=0.1)
         finals = {job_id: await new.wait(job_id, timeout=90) for job_id in [*pending, expired]}
         serving_since = min(state.finished_at for state in finals.values())  # type: ignore[type-var]
         finals[scheduled] = await new.wait(scheduled, timeout=120)
